@@ -1,0 +1,1 @@
+//! The sans-IO Raft core: one deterministic state machine per group.

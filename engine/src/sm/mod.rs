@@ -1,0 +1,1 @@
+//! The replicated state machine of one Raft group: sessions, primitives and elections.
