@@ -1,0 +1,193 @@
+//! Errors of the state machine: what went wrong when applying a command or restoring a
+//! snapshot, each with a message a person can act on, and the mapping to the Atomix
+//! `OperationResponseHeaders.Status` the server reports.
+//!
+//! | [`ErrorKind`] | `OperationResponseHeaders.Status` | gRPC code the server returns |
+//! |---|---|---|
+//! | `Invalid` | `INVALID` | `INVALID_ARGUMENT` |
+//! | `NotFound` | `NOT_FOUND` | `NOT_FOUND` |
+//! | `Internal` | `INTERNAL` | `INTERNAL` |
+
+use std::fmt;
+
+use conclave_proto::atomix::multiraft::v1::operation_response_headers::Status;
+
+/// The longest election, primitive or candidate name accepted, in bytes of UTF-8.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// Which name of a command failed validation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameField {
+    /// The name of an election (a primitive), in CreatePrimitive or an election command.
+    Election,
+    /// The candidate name of an election command.
+    Candidate,
+}
+
+impl fmt::Display for NameField {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NameField::Election => "election name",
+            NameField::Candidate => "candidate name",
+        })
+    }
+}
+
+/// The class of an [`SmError`], which decides the status reported to the client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request itself is wrong (empty or oversized name, bad timeout, stale sequence
+    /// number, undecodable payload): `INVALID` / gRPC `INVALID_ARGUMENT`.
+    Invalid,
+    /// The request names a session or primitive that does not exist (never created, closed
+    /// or expired): `NOT_FOUND` / gRPC `NOT_FOUND`.
+    NotFound,
+    /// The engine fed the state machine an entry it had already applied; a bug of the
+    /// caller, never of the client: `INTERNAL` / gRPC `INTERNAL`.
+    Internal,
+}
+
+impl ErrorKind {
+    /// The Atomix multi-raft response status for this kind.
+    pub fn status(self) -> Status {
+        match self {
+            ErrorKind::Invalid => Status::Invalid,
+            ErrorKind::NotFound => Status::NotFound,
+            ErrorKind::Internal => Status::Internal,
+        }
+    }
+}
+
+/// Why a command was not applied. Every error leaves the sessions, the registry and the
+/// elections exactly as they were (a sequenced command's error is still remembered so that
+/// a retry gets the same answer).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SmError {
+    /// The payload is not a valid `conclave.sm.v1.Command`.
+    MalformedCommand { reason: String },
+    /// A name is empty.
+    EmptyName { field: NameField },
+    /// A name is longer than [`MAX_NAME_BYTES`].
+    NameTooLong { field: NameField, len: usize },
+    /// OpenSession with a zero timeout, which would expire the session at once.
+    ZeroSessionTimeout,
+    /// The session does not exist: never opened, closed, or expired.
+    UnknownSession { session_id: u64 },
+    /// The sequence number is at or below what the client already acknowledged with
+    /// KeepAlive, so its output was released and the command cannot be answered again.
+    SequenceFromThePast { session_id: u64, sequence_num: u64, released_through: u64 },
+    /// No primitive has this id.
+    UnknownPrimitive { primitive_id: u64 },
+    /// No election of this name was ever created.
+    ElectionNotFound { name: String },
+    /// The entry's index is not above the last applied index: the caller replayed an entry.
+    EntryAlreadyApplied { index: u64, last_applied: u64 },
+}
+
+impl SmError {
+    /// The class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SmError::MalformedCommand { .. }
+            | SmError::EmptyName { .. }
+            | SmError::NameTooLong { .. }
+            | SmError::ZeroSessionTimeout
+            | SmError::SequenceFromThePast { .. } => ErrorKind::Invalid,
+            SmError::UnknownSession { .. }
+            | SmError::UnknownPrimitive { .. }
+            | SmError::ElectionNotFound { .. } => ErrorKind::NotFound,
+            SmError::EntryAlreadyApplied { .. } => ErrorKind::Internal,
+        }
+    }
+
+    /// The Atomix multi-raft response status for this error.
+    pub fn status(&self) -> Status {
+        self.kind().status()
+    }
+}
+
+impl fmt::Display for SmError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SmError::MalformedCommand { reason } => {
+                write!(f, "malformed state-machine command: {reason}")
+            }
+            SmError::EmptyName { field } => write!(f, "the {field} must not be empty"),
+            SmError::NameTooLong { field, len } => write!(
+                f,
+                "the {field} is {len} bytes long; the limit is {MAX_NAME_BYTES} bytes"
+            ),
+            SmError::ZeroSessionTimeout => {
+                f.write_str("the session timeout must be greater than zero")
+            }
+            SmError::UnknownSession { session_id } => write!(
+                f,
+                "session {session_id} does not exist (never opened, closed or expired); open a new session"
+            ),
+            SmError::SequenceFromThePast { session_id, sequence_num, released_through } => {
+                write!(
+                    f,
+                    "sequence number {sequence_num} of session {session_id} is from the past: \
+                     outputs up to {released_through} were acknowledged and released; use a \
+                     sequence number above {released_through}"
+                )
+            }
+            SmError::UnknownPrimitive { primitive_id } => write!(
+                f,
+                "primitive {primitive_id} does not exist; create it with CreatePrimitive first"
+            ),
+            SmError::ElectionNotFound { name } => write!(
+                f,
+                "election {name:?} was never created; create it first"
+            ),
+            SmError::EntryAlreadyApplied { index, last_applied } => write!(
+                f,
+                "log entry {index} is not above the last applied index {last_applied}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SmError {}
+
+/// Why a snapshot could not be restored. The state machine is never partly restored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotError {
+    /// The bytes are not a `conclave.sm.v1.Snapshot`.
+    Decode { reason: String },
+    /// The snapshot was written by a version this code does not read.
+    UnsupportedVersion { found: u32, supported: u32 },
+    /// The snapshot decodes but breaks an invariant of the state (duplicate ids, a
+    /// candidate bound to a missing session, ...).
+    Inconsistent { reason: String },
+}
+
+impl fmt::Display for SnapshotError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SnapshotError::Decode { reason } => {
+                write!(f, "state-machine snapshot does not decode: {reason}")
+            }
+            SnapshotError::UnsupportedVersion { found, supported } => write!(
+                f,
+                "state-machine snapshot version {found} is not supported (this build reads version {supported})"
+            ),
+            SnapshotError::Inconsistent { reason } => {
+                write!(f, "state-machine snapshot is inconsistent: {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for SnapshotError {}
+
+/// Checks a name: not empty and at most [`MAX_NAME_BYTES`] bytes.
+pub fn validate_name(field: NameField, name: &str) -> Result<(), SmError> {
+    if name.is_empty() {
+        return Err(SmError::EmptyName { field });
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(SmError::NameTooLong { field, len: name.len() });
+    }
+    Ok(())
+}
