@@ -1,1 +1,46 @@
-//! The sans-IO Raft core: one deterministic state machine per group.
+//! The sans-IO Raft core: one deterministic state machine per group, with no files,
+//! sockets, threads or clocks. Time arrives as ticks, randomness from an injected RNG, and
+//! durability is the caller's job: it persists what [`Ready`] asks, then reports back.
+//!
+//! Drive a [`RaftNode`] like this:
+//! 1. inputs: [`RaftNode::tick`], [`RaftNode::step`] (peer messages), [`RaftNode::propose`],
+//!    [`RaftNode::read_index`], [`RaftNode::persisted`], [`RaftNode::propose_membership_change`],
+//!    [`RaftNode::transfer_leadership`], [`RaftNode::compact`];
+//! 2. outputs: [`RaftNode::ready`] returns a [`Ready`]; see its documentation for the order
+//!    of duties (send, persist, send-after-persist, apply, serve reads, report events).
+//!
+//! Messages are the protobuf types of `conclave.raft.v1`, so the wire layer ships them as
+//! they are; [`Outbox`] gathers every group's messages for one peer into one `MessageBatch`.
+//! Features: pre-vote, check-quorum, pipelined replication with bounded in-flight messages
+//! and bytes, fast back-off, the §5.4.2 commit rule, ReadIndex reads, single-step membership
+//! changes with voters, observers and witnesses, and leadership transfer.
+
+mod batch;
+mod config;
+mod error;
+mod log;
+mod membership;
+mod node;
+mod progress;
+mod read;
+mod ready;
+mod replicate;
+mod step;
+
+pub use batch::{open_batch, Outbox};
+pub use config::{Config, DeliberateBugs};
+pub use conclave_proto::conclave::raft::v1::{Entry, EntryKind, Message, MessageBatch, MessageType};
+pub use error::RaftError;
+pub use membership::{Membership, Role};
+pub use node::{RaftNode, Recovered};
+pub use ready::{HardState, RaftEvent, RaftRole, ReadState, Ready};
+
+/// The `u8` the durable log stores for an entry kind.
+pub fn entry_kind_to_u8(kind: EntryKind) -> u8 {
+    kind as i32 as u8
+}
+
+/// The entry kind of a stored `u8`, or `None` for an unknown value.
+pub fn entry_kind_from_u8(value: u8) -> Option<EntryKind> {
+    EntryKind::try_from(i32::from(value)).ok()
+}

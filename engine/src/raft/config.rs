@@ -1,0 +1,92 @@
+//! Configuration of one Raft group replica: timing in ticks, flow-control limits, optional
+//! features, and the fault-injection switches used only by the simulation's "teeth" tests.
+
+use super::error::RaftError;
+
+/// Faults that deliberately break Raft safety. All false by default; only the simulation's
+/// teeth tests turn them on, to prove the checkers catch each one.
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeliberateBugs {
+    /// Grant votes without checking that the candidate's log is at least as up to date.
+    pub vote_for_stale_log: bool,
+    /// Advance the commit index over entries of earlier terms by counting replicas alone.
+    pub commit_old_term_by_count: bool,
+    /// Acknowledge appended entries before they are persisted.
+    pub ack_before_persist: bool,
+}
+
+/// Settings of one replica. Time is measured in ticks of the caller's clock.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This replica's node id (never 0).
+    pub id: u64,
+    /// The group this replica belongs to.
+    pub group_id: u32,
+    /// Minimum election timeout; the actual one is drawn from `[election_ticks, 2 * election_ticks)`.
+    pub election_ticks: u32,
+    /// Interval between a leader's heartbeats. Must be smaller than `election_ticks`.
+    pub heartbeat_ticks: u32,
+    /// Campaign in a pre-vote round first, so a partitioned node cannot disrupt the group.
+    pub pre_vote: bool,
+    /// A leader steps down when it has not heard from a quorum within an election timeout;
+    /// followers that heard from a leader recently ignore vote requests.
+    pub check_quorum: bool,
+    /// Maximum entries in one append message.
+    pub max_entries_per_message: usize,
+    /// Maximum payload bytes in one append message (at least one entry is always sent).
+    pub max_bytes_per_message: usize,
+    /// Maximum append messages in flight to one follower.
+    pub max_inflight_messages: usize,
+    /// Maximum payload bytes in flight to one follower.
+    pub max_inflight_bytes: usize,
+    /// Maximum proposals (entries) accepted but not yet committed; more are refused.
+    pub max_uncommitted_entries: usize,
+    /// Fault injection for the simulation's teeth tests. Leave at the default.
+    #[doc(hidden)]
+    pub deliberate_bugs: DeliberateBugs,
+}
+
+impl Config {
+    /// A configuration with the defaults for replica `id` of group `group_id`.
+    pub fn new(id: u64, group_id: u32) -> Self {
+        Config {
+            id,
+            group_id,
+            election_ticks: 10,
+            heartbeat_ticks: 2,
+            pre_vote: true,
+            check_quorum: true,
+            max_entries_per_message: 256,
+            max_bytes_per_message: 1 << 20,
+            max_inflight_messages: 64,
+            max_inflight_bytes: 8 << 20,
+            max_uncommitted_entries: 1 << 16,
+            deliberate_bugs: DeliberateBugs::default(),
+        }
+    }
+
+    /// Checks the settings are consistent.
+    pub fn validate(&self) -> Result<(), RaftError> {
+        let bad = |why: &str| Err(RaftError::InvalidConfig(why.to_string()));
+        if self.id == 0 {
+            return bad("replica id must not be 0 (0 means \"none\")");
+        }
+        if self.heartbeat_ticks == 0 {
+            return bad("heartbeat_ticks must be at least 1");
+        }
+        if self.election_ticks <= self.heartbeat_ticks {
+            return bad("election_ticks must be greater than heartbeat_ticks");
+        }
+        if self.max_entries_per_message == 0 || self.max_inflight_messages == 0 {
+            return bad("max_entries_per_message and max_inflight_messages must be at least 1");
+        }
+        if self.max_bytes_per_message == 0 || self.max_inflight_bytes == 0 {
+            return bad("max_bytes_per_message and max_inflight_bytes must be at least 1");
+        }
+        if self.max_uncommitted_entries == 0 {
+            return bad("max_uncommitted_entries must be at least 1");
+        }
+        Ok(())
+    }
+}

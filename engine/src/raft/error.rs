@@ -1,0 +1,41 @@
+//! Errors the Raft core returns to its caller. None of them leaves the node in a bad state.
+
+use std::fmt;
+
+/// Why an input to a [`super::RaftNode`] was refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RaftError {
+    /// The configuration is inconsistent; the text says which setting.
+    InvalidConfig(String),
+    /// The operation needs the leader; `leader` is the known leader (0 if unknown).
+    NotLeader { leader: u64 },
+    /// Too many proposals are waiting to commit.
+    ProposalQueueFull,
+    /// A message from a peer was malformed or addressed elsewhere; the text says why.
+    InvalidMessage(String),
+    /// Recovered durable state contradicts itself; the text says how.
+    CorruptState(String),
+    /// A membership change was refused; the text says why.
+    MembershipChange(String),
+    /// A leadership transfer was refused; the text says why.
+    Transfer(String),
+}
+
+impl fmt::Display for RaftError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RaftError::InvalidConfig(why) => write!(f, "invalid raft configuration: {why}"),
+            RaftError::NotLeader { leader: 0 } => write!(f, "not the leader; leader unknown"),
+            RaftError::NotLeader { leader } => write!(f, "not the leader; leader is node {leader}"),
+            RaftError::ProposalQueueFull => {
+                write!(f, "too many uncommitted proposals; retry after some commit")
+            }
+            RaftError::InvalidMessage(why) => write!(f, "invalid raft message: {why}"),
+            RaftError::CorruptState(why) => write!(f, "recovered raft state is corrupt: {why}"),
+            RaftError::MembershipChange(why) => write!(f, "membership change refused: {why}"),
+            RaftError::Transfer(why) => write!(f, "leadership transfer refused: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for RaftError {}

@@ -1,0 +1,480 @@
+//! `RaftNode`: the deterministic Raft state machine of one replica of one group. This file
+//! holds its state, construction and recovery, the caller-facing inputs and the `Ready`
+//! drain; message handling lives in `step.rs`, leader replication in `replicate.rs`.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use conclave_proto::conclave::raft::v1::{Entry, EntryKind, Message, MessageType};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+
+use super::config::Config;
+use super::error::RaftError;
+use super::log::RaftLog;
+use super::membership::{Membership, Role};
+use super::progress::Progress;
+use super::read::ReadQueue;
+use super::ready::{HardState, RaftEvent, RaftRole, Ready};
+
+/// What a restarted replica recovered from its durable storage.
+#[derive(Clone, Debug)]
+pub struct Recovered {
+    pub hard_state: HardState,
+    /// Index and term of the last entry covered by the snapshot (0, 0 without one).
+    pub compacted_index: u64,
+    pub compacted_term: u64,
+    /// The configuration in effect at `compacted_index` (the bootstrap one without snapshot).
+    pub membership: Membership,
+    /// Durable entries `compacted_index + 1 ..`, contiguous.
+    pub entries: Vec<Entry>,
+    /// Highest index the state machine already reflects (at least `compacted_index`).
+    pub applied: u64,
+}
+
+/// One replica of one Raft group. Feed it inputs, then drain [`RaftNode::ready`].
+pub struct RaftNode {
+    pub(super) cfg: Config,
+    pub(super) rng: ChaCha8Rng,
+    pub(super) term: u64,
+    pub(super) vote: u64,
+    pub(super) leader: u64,
+    pub(super) role: RaftRole,
+    pub(super) log: RaftLog,
+    /// Configurations of the uncompacted log: the base one at the compaction point first,
+    /// then one per membership entry, as (index, term, membership).
+    pub(super) configs: Vec<(u64, u64, Membership)>,
+    pub(super) progress: BTreeMap<u64, Progress>,
+    /// Votes received in the current (pre-)election: node id to granted.
+    pub(super) votes: BTreeMap<u64, bool>,
+    pub(super) election_elapsed: u32,
+    pub(super) heartbeat_elapsed: u32,
+    pub(super) randomized_election_ticks: u32,
+    /// Target of a leadership transfer in progress (0: none) and ticks since it started.
+    pub(super) transferee: u64,
+    pub(super) transfer_elapsed: u32,
+    pub(super) reads: ReadQueue,
+    // Outputs accumulated until the next `ready()`.
+    pub(super) out_messages: Vec<Message>,
+    pub(super) out_persisted_messages: Vec<Message>,
+    pub(super) out_events: Vec<RaftEvent>,
+    pub(super) last_hard_state: HardState,
+    pub(super) last_reported_leader: (u64, u64),
+}
+
+impl RaftNode {
+    /// A fresh replica of a group whose initial configuration is `membership`.
+    pub fn new(cfg: Config, membership: Membership, rng: ChaCha8Rng) -> Result<Self, RaftError> {
+        let recovered = Recovered {
+            hard_state: HardState::default(),
+            compacted_index: 0,
+            compacted_term: 0,
+            membership,
+            entries: Vec::new(),
+            applied: 0,
+        };
+        Self::restart(cfg, recovered, rng)
+    }
+
+    /// Rebuilds a replica from what its durable storage holds.
+    pub fn restart(cfg: Config, recovered: Recovered, rng: ChaCha8Rng) -> Result<Self, RaftError> {
+        cfg.validate()?;
+        let Recovered { hard_state, compacted_index, compacted_term, membership, entries, applied } =
+            recovered;
+        let mut log = RaftLog::recovered(compacted_index, compacted_term, entries, hard_state.commit)?;
+        if applied < compacted_index || applied > log.committed() {
+            return Err(RaftError::CorruptState(format!(
+                "applied index {applied} outside [{compacted_index}, {}]",
+                log.committed()
+            )));
+        }
+        log.take_committed(applied);
+        if log.last_term() > hard_state.term {
+            return Err(RaftError::CorruptState(format!(
+                "log holds term {} beyond the hard state's term {}",
+                log.last_term(),
+                hard_state.term
+            )));
+        }
+        let mut configs = vec![(compacted_index, compacted_term, membership)];
+        for entry in log.iter() {
+            if entry.kind == EntryKind::Membership as i32 {
+                configs.push((entry.index, entry.term, Membership::decode(&entry.data)?));
+            }
+        }
+        let mut node = RaftNode {
+            cfg,
+            rng,
+            term: hard_state.term,
+            vote: hard_state.vote,
+            leader: 0,
+            role: RaftRole::Follower,
+            log,
+            configs,
+            progress: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            election_elapsed: 0,
+            heartbeat_elapsed: 0,
+            randomized_election_ticks: 0,
+            transferee: 0,
+            transfer_elapsed: 0,
+            reads: ReadQueue::default(),
+            out_messages: Vec::new(),
+            out_persisted_messages: Vec::new(),
+            out_events: Vec::new(),
+            last_hard_state: hard_state,
+            last_reported_leader: (hard_state.term, 0),
+        };
+        node.reset_election_timer();
+        Ok(node)
+    }
+
+    // ----- observers -----
+
+    pub fn id(&self) -> u64 {
+        self.cfg.id
+    }
+    pub fn group_id(&self) -> u32 {
+        self.cfg.group_id
+    }
+    pub fn role(&self) -> RaftRole {
+        self.role
+    }
+    pub fn term(&self) -> u64 {
+        self.term
+    }
+    /// The known leader (0: none).
+    pub fn leader(&self) -> u64 {
+        self.leader
+    }
+    pub fn commit_index(&self) -> u64 {
+        self.log.committed()
+    }
+    pub fn applied_index(&self) -> u64 {
+        self.log.applied()
+    }
+    pub fn last_index(&self) -> u64 {
+        self.log.last_index()
+    }
+    pub fn hard_state(&self) -> HardState {
+        HardState { term: self.term, vote: self.vote, commit: self.log.committed() }
+    }
+    /// The configuration in effect (the latest in the log, committed or not).
+    pub fn membership(&self) -> &Membership {
+        &self.configs.last().expect("configs always holds the base configuration").2
+    }
+    /// Term of the entry at `index`, if held (or at the compaction point).
+    pub fn entry_term(&self, index: u64) -> Option<u64> {
+        self.log.term(index)
+    }
+    /// The uncompacted entries held in memory.
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.log.iter()
+    }
+    /// This replica's role in the configuration in effect (None: not a member).
+    pub fn member_role(&self) -> Option<Role> {
+        self.membership().role(self.cfg.id)
+    }
+
+    // ----- inputs -----
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) {
+        if self.role == RaftRole::Leader {
+            self.tick_leader();
+        } else {
+            self.election_elapsed = self.election_elapsed.saturating_add(1);
+            if self.election_elapsed >= self.randomized_election_ticks && self.can_campaign() {
+                self.election_elapsed = 0;
+                self.start_election(false);
+            }
+        }
+    }
+
+    fn tick_leader(&mut self) {
+        self.heartbeat_elapsed += 1;
+        self.election_elapsed += 1;
+        if self.transferee != 0 {
+            self.transfer_elapsed += 1;
+            if self.transfer_elapsed >= self.cfg.election_ticks {
+                let to = std::mem::take(&mut self.transferee);
+                self.out_events.push(RaftEvent::TransferAborted { to });
+            }
+        }
+        if self.election_elapsed >= self.cfg.election_ticks {
+            self.election_elapsed = 0;
+            if self.cfg.check_quorum && !self.quorum_recently_active() {
+                let term = self.term;
+                self.become_follower(term, 0);
+                return;
+            }
+        }
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
+            self.heartbeat_elapsed = 0;
+            self.broadcast_heartbeat();
+        }
+    }
+
+    /// Appends `payloads` as normal entries. Returns the index range `(first, last)`; an
+    /// empty batch returns `(last + 1, last)`.
+    pub fn propose(
+        &mut self,
+        payloads: impl IntoIterator<Item = Bytes>,
+    ) -> Result<(u64, u64), RaftError> {
+        self.check_can_propose()?;
+        let first = self.log.last_index() + 1;
+        let term = self.term;
+        let mut next = first;
+        let entries: Vec<Entry> = payloads
+            .into_iter()
+            .map(|data| {
+                let entry = Entry { index: next, term, kind: EntryKind::Normal as i32, data };
+                next += 1;
+                entry
+            })
+            .collect();
+        let uncommitted = (self.log.last_index() - self.log.committed()) as usize + entries.len();
+        if uncommitted > self.cfg.max_uncommitted_entries {
+            return Err(RaftError::ProposalQueueFull);
+        }
+        self.log.append_new(entries);
+        self.broadcast_append();
+        Ok((first, next - 1))
+    }
+
+    pub(super) fn check_can_propose(&self) -> Result<(), RaftError> {
+        if self.role != RaftRole::Leader {
+            return Err(RaftError::NotLeader { leader: self.leader });
+        }
+        if self.transferee != 0 {
+            return Err(RaftError::Transfer(format!(
+                "leadership is moving to node {}; propose there",
+                self.transferee
+            )));
+        }
+        Ok(())
+    }
+
+    /// Entries up to (`index`, `term`) are durable. Stale acknowledgements are ignored.
+    pub fn persisted(&mut self, index: u64, term: u64) {
+        if self.log.persisted_to(index, term) && self.role == RaftRole::Leader {
+            self.maybe_commit();
+        }
+    }
+
+    /// Proposes the complete configuration `next`, which must differ from the one in effect
+    /// by at most one voting member. Returns the index of the membership entry.
+    pub fn propose_membership_change(&mut self, next: Membership) -> Result<u64, RaftError> {
+        self.check_can_propose()?;
+        let pending = self.configs.last().map_or(0, |c| c.0);
+        if pending > self.log.committed() {
+            return Err(RaftError::MembershipChange(format!(
+                "the change at index {pending} has not committed yet"
+            )));
+        }
+        if self.log.term(self.log.committed()) != Some(self.term) {
+            return Err(RaftError::MembershipChange(
+                "the leader has not committed an entry of its term yet".into(),
+            ));
+        }
+        self.membership().check_single_change(&next)?;
+        let index = self.log.last_index() + 1;
+        let entry = Entry {
+            index,
+            term: self.term,
+            kind: EntryKind::Membership as i32,
+            data: next.encode(),
+        };
+        self.log.append_new([entry]);
+        self.push_config(index, self.term, next);
+        self.broadcast_append();
+        Ok(index)
+    }
+
+    /// Starts moving leadership to voter `to`: catch it up, then tell it to campaign now.
+    pub fn transfer_leadership(&mut self, to: u64) -> Result<(), RaftError> {
+        if self.role != RaftRole::Leader {
+            return Err(RaftError::NotLeader { leader: self.leader });
+        }
+        if to == self.cfg.id {
+            return Err(RaftError::Transfer("this node is already the leader".into()));
+        }
+        if self.membership().role(to) != Some(Role::Voter) {
+            return Err(RaftError::Transfer(format!("node {to} is not a voter of this group")));
+        }
+        self.transferee = to;
+        self.transfer_elapsed = 0;
+        let caught_up = self.progress.get(&to).is_some_and(|p| p.match_index == self.log.last_index());
+        if caught_up {
+            self.send_timeout_now(to);
+        } else {
+            self.send_append(to);
+        }
+        Ok(())
+    }
+
+    /// Drops in-memory entries up to `index` (clamped to what is applied), keeping the
+    /// configuration in effect there. Call after the state machine captured a snapshot.
+    pub fn compact(&mut self, index: u64) {
+        let index = index.min(self.log.applied());
+        if index <= self.log.compacted_index() {
+            return;
+        }
+        self.log.compact_to(index);
+        let keep_from = self.configs.iter().rposition(|c| c.0 <= index).unwrap_or(0);
+        self.configs.drain(..keep_from);
+        let term = self.log.term(index).unwrap_or(0);
+        let base = &mut self.configs[0];
+        base.0 = index;
+        base.1 = term;
+    }
+
+    /// True if `ready()` would return something.
+    pub fn has_ready(&self) -> bool {
+        !self.out_messages.is_empty()
+            || !self.out_persisted_messages.is_empty()
+            || !self.out_events.is_empty()
+            || self.hard_state() != self.last_hard_state
+            || self.log.last_index() >= self.log.first_index().max(1) && self.has_unstable()
+            || self.log.committed().min(self.log.persisted()) > self.log.applied()
+            || self.reads.has_ready()
+    }
+
+    fn has_unstable(&self) -> bool {
+        self.log.persisted() < self.log.last_index()
+    }
+
+    /// Drains everything accumulated since the last call.
+    pub fn ready(&mut self) -> Ready {
+        let hard_state = self.hard_state();
+        let hard_state = if hard_state != self.last_hard_state {
+            self.last_hard_state = hard_state;
+            Some(hard_state)
+        } else {
+            None
+        };
+        let witness = self.member_role() == Some(Role::Witness);
+        let committed = self.log.take_committed(u64::MAX);
+        for entry in &committed {
+            if entry.kind == EntryKind::Membership as i32 {
+                self.out_events.push(RaftEvent::MembershipCommitted { index: entry.index });
+            }
+        }
+        Ready {
+            messages: std::mem::take(&mut self.out_messages),
+            hard_state,
+            entries: self.log.take_unstable(),
+            persisted_messages: std::mem::take(&mut self.out_persisted_messages),
+            committed_entries: if witness { Vec::new() } else { committed },
+            read_states: self.reads.take_ready(),
+            events: std::mem::take(&mut self.out_events),
+        }
+    }
+
+    // ----- shared helpers -----
+
+    pub(super) fn reset_election_timer(&mut self) {
+        self.election_elapsed = 0;
+        let base = self.cfg.election_ticks;
+        self.randomized_election_ticks = self.rng.random_range(base..2 * base);
+    }
+
+    /// Voters may campaign; observers, witnesses and removed replicas may not.
+    pub(super) fn can_campaign(&self) -> bool {
+        self.member_role() == Some(Role::Voter)
+    }
+
+    pub(super) fn new_message(&self, to: u64, msg_type: MessageType) -> Message {
+        Message {
+            group_id: self.cfg.group_id,
+            from: self.cfg.id,
+            to,
+            term: self.term,
+            msg_type: msg_type as i32,
+            ..Message::default()
+        }
+    }
+
+    pub(super) fn set_leader(&mut self, leader: u64) {
+        self.leader = leader;
+        if self.last_reported_leader != (self.term, leader) {
+            self.last_reported_leader = (self.term, leader);
+            self.out_events.push(RaftEvent::LeaderChanged { term: self.term, leader });
+        }
+    }
+
+    pub(super) fn set_role(&mut self, role: RaftRole) {
+        if self.role != role {
+            self.role = role;
+            self.out_events.push(RaftEvent::RoleChanged { role, term: self.term });
+        }
+    }
+
+    pub(super) fn become_follower(&mut self, term: u64, leader: u64) {
+        if term > self.term {
+            self.term = term;
+            self.vote = 0;
+        }
+        self.set_role(RaftRole::Follower);
+        self.set_leader(leader);
+        self.reset_election_timer();
+        self.progress.clear();
+        self.votes.clear();
+        self.transferee = 0;
+        self.reads.clear();
+    }
+
+    /// Records the configuration of a membership entry just placed in the log.
+    pub(super) fn push_config(&mut self, index: u64, term: u64, membership: Membership) {
+        self.configs.push((index, term, membership.clone()));
+        self.out_events.push(RaftEvent::MembershipChanged { index, membership });
+        self.on_config_changed();
+    }
+
+    /// Drops configurations whose entries were truncated away, then records those of `new`.
+    pub(super) fn sync_configs(&mut self, new: &[Entry]) -> Result<(), RaftError> {
+        let before = self.configs.len();
+        let log = &self.log;
+        let mut keep = 1;
+        while keep < self.configs.len() {
+            let (index, term, _) = &self.configs[keep];
+            if log.term(*index) != Some(*term) {
+                break;
+            }
+            keep += 1;
+        }
+        self.configs.truncate(keep);
+        let last_known = self.configs.last().map_or(0, |c| c.0);
+        let rolled_back = self.configs.len() < before;
+        for entry in new {
+            if entry.kind == EntryKind::Membership as i32
+                && entry.index > last_known
+                && self.log.term(entry.index) == Some(entry.term)
+            {
+                let membership = Membership::decode(&entry.data)?;
+                self.push_config(entry.index, entry.term, membership);
+            }
+        }
+        if rolled_back {
+            let (index, _, membership) = self.configs.last().expect("base configuration").clone();
+            self.out_events.push(RaftEvent::MembershipChanged { index, membership });
+            self.on_config_changed();
+        }
+        Ok(())
+    }
+
+    /// Brings leader state in line with the configuration in effect.
+    fn on_config_changed(&mut self) {
+        if self.role != RaftRole::Leader {
+            return;
+        }
+        let members: Vec<u64> = self.membership().members().map(|(id, _)| id).collect();
+        let next = self.log.last_index() + 1;
+        self.progress.retain(|id, _| members.contains(id));
+        for id in members {
+            if id != self.cfg.id {
+                self.progress.entry(id).or_insert_with(|| Progress::new(next));
+            }
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The leader's view of one follower: how far its log matches, what to send next, and the
+//! flow-control window (bounded messages and bytes in flight) for pipelined replication.
+
+use std::collections::VecDeque;
+
+/// How the leader currently replicates to a follower.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicationState {
+    /// The match point is unknown: send one append at a time and wait for its answer.
+    Probe,
+    /// The follower is in sync: pipeline appends up to the flow-control window.
+    Replicate,
+}
+
+/// Replication progress of one peer, kept by the leader.
+#[derive(Clone, Debug)]
+pub struct Progress {
+    /// Highest index known to match the leader's log (and be durable on the peer).
+    pub match_index: u64,
+    /// Next index to send.
+    pub next_index: u64,
+    pub state: ReplicationState,
+    /// In `Probe`: an append is outstanding, wait for its answer or the next heartbeat.
+    pub probe_sent: bool,
+    /// In `Replicate`: (last index, payload bytes) of each append in flight, oldest first.
+    inflight: VecDeque<(u64, usize)>,
+    inflight_bytes: usize,
+    /// The peer answered since the last check-quorum round.
+    pub recent_active: bool,
+    /// Highest ReadIndex round the peer confirmed in this term.
+    pub read_ack_seq: u64,
+}
+
+impl Progress {
+    pub fn new(next_index: u64) -> Self {
+        Progress {
+            match_index: 0,
+            next_index,
+            state: ReplicationState::Probe,
+            probe_sent: false,
+            inflight: VecDeque::new(),
+            inflight_bytes: 0,
+            recent_active: false,
+            read_ack_seq: 0,
+        }
+    }
+
+    /// True if no more appends may be sent now.
+    pub fn is_paused(&self, max_messages: usize, max_bytes: usize) -> bool {
+        match self.state {
+            ReplicationState::Probe => self.probe_sent,
+            ReplicationState::Replicate => {
+                self.inflight.len() >= max_messages || self.inflight_bytes >= max_bytes
+            }
+        }
+    }
+
+    pub fn become_probe(&mut self) {
+        self.state = ReplicationState::Probe;
+        self.next_index = self.match_index + 1;
+        self.probe_sent = false;
+        self.clear_inflight();
+    }
+
+    fn become_replicate(&mut self) {
+        self.state = ReplicationState::Replicate;
+        self.next_index = self.match_index + 1;
+        self.probe_sent = false;
+        self.clear_inflight();
+    }
+
+    fn clear_inflight(&mut self) {
+        self.inflight.clear();
+        self.inflight_bytes = 0;
+    }
+
+    /// Records an append ending at `last_index` carrying `bytes` of payload.
+    pub fn sent(&mut self, last_index: u64, bytes: usize) {
+        match self.state {
+            ReplicationState::Probe => self.probe_sent = true,
+            ReplicationState::Replicate => {
+                if last_index >= self.next_index {
+                    self.next_index = last_index + 1;
+                    self.inflight.push_back((last_index, bytes));
+                    self.inflight_bytes += bytes;
+                }
+            }
+        }
+    }
+
+    /// The peer accepted entries up to `index`. Returns true if the match point advanced.
+    pub fn on_accept(&mut self, index: u64) -> bool {
+        let advanced = index > self.match_index;
+        if advanced {
+            self.match_index = index;
+        }
+        if self.next_index <= index {
+            self.next_index = index + 1;
+        }
+        while let Some((last, bytes)) = self.inflight.front().copied() {
+            if last > index {
+                break;
+            }
+            self.inflight.pop_front();
+            self.inflight_bytes -= bytes;
+        }
+        if self.state == ReplicationState::Probe && (advanced || index == self.match_index) {
+            self.become_replicate();
+        }
+        advanced
+    }
+
+    /// The peer rejected an append whose previous index was `rejected`; `hint` is the
+    /// largest index the leader believes may match. Returns false for stale rejections.
+    pub fn on_reject(&mut self, rejected: u64, hint: u64) -> bool {
+        match self.state {
+            ReplicationState::Replicate => {
+                if rejected <= self.match_index {
+                    return false;
+                }
+                self.become_probe();
+                true
+            }
+            ReplicationState::Probe => {
+                if self.next_index == 0 || rejected != self.next_index - 1 {
+                    return false;
+                }
+                self.next_index = (hint + 1).min(rejected).max(self.match_index + 1);
+                self.probe_sent = false;
+                true
+            }
+        }
+    }
+}

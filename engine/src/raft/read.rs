@@ -1,0 +1,140 @@
+//! Linearizable reads by ReadIndex: the leader notes its commit index, confirms with a
+//! heartbeat round that a quorum still follows it, then releases the read; followers forward
+//! reads to the leader. Rounds are numbered so one heartbeat acknowledgement confirms every
+//! earlier read at once.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use conclave_proto::conclave::raft::v1::{Message, MessageType};
+
+use super::error::RaftError;
+use super::membership::Role;
+use super::node::RaftNode;
+use super::ready::{RaftRole, ReadState};
+
+#[derive(Debug)]
+struct PendingRead {
+    seq: u64,
+    index: u64,
+    context: Bytes,
+    /// Node that asked (the leader itself for local reads).
+    requester: u64,
+}
+
+/// The leader's reads in flight, and reads ready for the caller.
+#[derive(Debug, Default)]
+pub(super) struct ReadQueue {
+    last_seq: u64,
+    /// Reads that arrived before the leader committed an entry of its term.
+    waiting_commit: Vec<(Bytes, u64)>,
+    pending: VecDeque<PendingRead>,
+    ready: Vec<ReadState>,
+}
+
+impl ReadQueue {
+    pub(super) fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    pub(super) fn take_ready(&mut self) -> Vec<ReadState> {
+        std::mem::take(&mut self.ready)
+    }
+
+    /// Forgets reads in flight (leadership lost); ready ones stay deliverable.
+    pub(super) fn clear(&mut self) {
+        self.waiting_commit.clear();
+        self.pending.clear();
+    }
+
+    /// The newest round number, carried by heartbeats.
+    pub(super) fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+}
+
+impl RaftNode {
+    /// Asks for a linearizable read. A [`ReadState`] with this `context` comes out of `ready()`
+    /// once confirmed; serve the read when the applied index reaches its `index`.
+    pub fn read_index(&mut self, context: Bytes) -> Result<(), RaftError> {
+        if self.member_role() == Some(Role::Witness) {
+            return Err(RaftError::InvalidConfig("a witness has no state machine to read".into()));
+        }
+        match self.role {
+            RaftRole::Leader => {
+                let id = self.cfg.id;
+                self.leader_read(context, id);
+                Ok(())
+            }
+            _ if self.leader != 0 => {
+                let mut msg = self.new_message(self.leader, MessageType::ReadIndex);
+                msg.context = context;
+                self.out_messages.push(msg);
+                Ok(())
+            }
+            _ => Err(RaftError::NotLeader { leader: 0 }),
+        }
+    }
+
+    pub(super) fn leader_read(&mut self, context: Bytes, requester: u64) {
+        debug_assert_eq!(self.role, RaftRole::Leader);
+        if self.log.term(self.log.committed()) != Some(self.term) {
+            self.reads.waiting_commit.push((context, requester));
+            return;
+        }
+        self.reads.last_seq += 1;
+        let read = PendingRead {
+            seq: self.reads.last_seq,
+            index: self.log.committed(),
+            context,
+            requester,
+        };
+        self.reads.pending.push_back(read);
+        self.advance_reads();
+        if !self.reads.pending.is_empty() {
+            self.broadcast_heartbeat();
+        }
+    }
+
+    /// Called when the commit index moved: release reads that waited for the term's entry.
+    pub(super) fn start_waiting_reads(&mut self) {
+        if self.reads.waiting_commit.is_empty() || self.log.term(self.log.committed()) != Some(self.term) {
+            return;
+        }
+        for (context, requester) in std::mem::take(&mut self.reads.waiting_commit) {
+            self.leader_read(context, requester);
+        }
+    }
+
+    /// Releases every read whose round a quorum has confirmed.
+    pub(super) fn advance_reads(&mut self) {
+        while let Some(front) = self.reads.pending.front() {
+            let seq = front.seq;
+            let id = self.cfg.id;
+            let confirmed = self
+                .membership()
+                .voting()
+                .filter(|member| {
+                    *member == id || self.progress.get(member).is_some_and(|p| p.read_ack_seq >= seq)
+                })
+                .count();
+            if !self.membership().is_quorum(confirmed) {
+                break;
+            }
+            let read = self.reads.pending.pop_front().expect("front exists");
+            if read.requester == id {
+                self.reads.ready.push(ReadState { index: read.index, context: read.context });
+            } else {
+                let mut msg = self.new_message(read.requester, MessageType::ReadIndexResponse);
+                msg.index = read.index;
+                msg.context = read.context;
+                self.out_messages.push(msg);
+            }
+        }
+    }
+
+    /// A follower's answer from the leader.
+    pub(super) fn on_read_index_response(&mut self, msg: Message) {
+        self.reads.ready.push(ReadState { index: msg.index, context: msg.context });
+    }
+}

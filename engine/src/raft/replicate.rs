@@ -1,0 +1,212 @@
+//! The leader side of `RaftNode`: becoming leader, pipelined appends under flow control,
+//! fast back-off on rejections, heartbeats, check-quorum, the commit rule (only entries of
+//! the current term commit by counting, Raft §5.4.2) and leadership-transfer hand-off.
+
+use bytes::Bytes;
+use conclave_proto::conclave::raft::v1::{Entry, EntryKind, Message, MessageType};
+
+use super::log::entry_bytes;
+use super::membership::Role;
+use super::node::RaftNode;
+use super::progress::{Progress, ReplicationState};
+use super::ready::RaftRole;
+
+impl RaftNode {
+    pub(super) fn become_leader(&mut self) {
+        debug_assert_eq!(self.role, RaftRole::Candidate);
+        self.set_role(RaftRole::Leader);
+        let id = self.cfg.id;
+        self.set_leader(id);
+        self.votes.clear();
+        self.heartbeat_elapsed = 0;
+        self.election_elapsed = 0;
+        self.transferee = 0;
+        let next = self.log.last_index() + 1;
+        let peers: Vec<u64> =
+            self.membership().members().map(|(peer, _)| peer).filter(|peer| *peer != id).collect();
+        self.progress = peers.into_iter().map(|peer| (peer, Progress::new(next))).collect();
+        let noop = Entry {
+            index: next,
+            term: self.term,
+            kind: EntryKind::LeaderNoop as i32,
+            data: Bytes::new(),
+        };
+        self.log.append_new([noop]);
+        self.maybe_commit();
+        self.broadcast_append();
+    }
+
+    /// Check-quorum: did a quorum of voting members answer since the last check? Resets
+    /// the activity marks for the next round.
+    pub(super) fn quorum_recently_active(&mut self) -> bool {
+        let id = self.cfg.id;
+        let active = self
+            .membership()
+            .voting()
+            .filter(|member| *member == id || self.progress.get(member).is_some_and(|p| p.recent_active))
+            .count();
+        for progress in self.progress.values_mut() {
+            progress.recent_active = false;
+        }
+        self.membership().is_quorum(active)
+    }
+
+    pub(super) fn broadcast_heartbeat(&mut self) {
+        let committed = self.log.committed();
+        let read_seq = self.reads.last_seq();
+        let mut messages = Vec::with_capacity(self.progress.len());
+        for (peer, progress) in &self.progress {
+            let mut msg = self.new_message(*peer, MessageType::Heartbeat);
+            msg.commit = committed.min(progress.match_index);
+            msg.read_seq = read_seq;
+            messages.push(msg);
+        }
+        self.out_messages.extend(messages);
+    }
+
+    pub(super) fn broadcast_append(&mut self) {
+        let peers: Vec<u64> = self.progress.keys().copied().collect();
+        for peer in peers {
+            self.send_append(peer);
+        }
+    }
+
+    /// Sends `to` the next append if flow control allows. Returns true if one was sent.
+    pub(super) fn send_append(&mut self, to: u64) -> bool {
+        let witness = self.membership().role(to) == Some(Role::Witness);
+        let Some(progress) = self.progress.get(&to) else { return false };
+        if progress.is_paused(self.cfg.max_inflight_messages, self.cfg.max_inflight_bytes) {
+            return false;
+        }
+        let prev_index = progress.next_index - 1;
+        let Some(prev_term) = self.log.term(prev_index) else {
+            // The entries this peer needs were compacted away; it can only catch up from a
+            // snapshot, which this core does not ship yet.
+            return false;
+        };
+        let mut entries = if progress.next_index <= self.log.last_index() {
+            self.log.entries_from(
+                progress.next_index,
+                self.cfg.max_entries_per_message,
+                self.cfg.max_bytes_per_message,
+            )
+        } else {
+            Vec::new()
+        };
+        if witness {
+            for entry in &mut entries {
+                if entry.kind != EntryKind::Membership as i32 {
+                    entry.data = Bytes::new();
+                }
+            }
+        }
+        let last = entries.last().map_or(prev_index, |e| e.index);
+        let bytes: usize = entries.iter().map(entry_bytes).sum();
+        let mut msg = self.new_message(to, MessageType::Append);
+        msg.index = prev_index;
+        msg.log_term = prev_term;
+        msg.entries = entries;
+        msg.commit = self.log.committed();
+        self.out_messages.push(msg);
+        self.progress.get_mut(&to).expect("checked above").sent(last, bytes);
+        true
+    }
+
+    /// Sends appends to `to` while there is something to send and the window allows.
+    fn send_pipelined(&mut self, to: u64) {
+        let last = self.log.last_index();
+        loop {
+            let Some(progress) = self.progress.get(&to) else { return };
+            let more = progress.next_index <= last
+                && !(progress.state == ReplicationState::Probe && progress.probe_sent);
+            if !more || !self.send_append(to) {
+                return;
+            }
+        }
+    }
+
+    pub(super) fn send_timeout_now(&mut self, to: u64) {
+        let msg = self.new_message(to, MessageType::TimeoutNow);
+        self.out_messages.push(msg);
+    }
+
+    pub(super) fn on_append_response(&mut self, msg: Message) {
+        let last = self.log.last_index();
+        let hint = if msg.reject && msg.log_term > 0 {
+            self.log.find_conflict_by_term(msg.reject_hint, msg.log_term).0
+        } else {
+            msg.reject_hint
+        };
+        let Some(progress) = self.progress.get_mut(&msg.from) else { return };
+        progress.recent_active = true;
+        if msg.reject {
+            if progress.on_reject(msg.index, hint) {
+                self.send_append(msg.from);
+            }
+            return;
+        }
+        if msg.index > last {
+            return;
+        }
+        let was_probe = progress.state == ReplicationState::Probe;
+        let advanced = progress.on_accept(msg.index);
+        let caught_up = progress.match_index == last;
+        if advanced {
+            self.maybe_commit();
+        }
+        if self.transferee == msg.from && caught_up {
+            self.send_timeout_now(msg.from);
+        }
+        if advanced || was_probe {
+            self.send_pipelined(msg.from);
+        }
+    }
+
+    pub(super) fn on_heartbeat_response(&mut self, msg: Message) {
+        let last = self.log.last_index();
+        let Some(progress) = self.progress.get_mut(&msg.from) else { return };
+        progress.recent_active = true;
+        progress.read_ack_seq = progress.read_ack_seq.max(msg.read_seq);
+        let lagging = progress.match_index < last;
+        if lagging && progress.state == ReplicationState::Probe {
+            progress.probe_sent = false;
+        }
+        self.advance_reads();
+        if lagging {
+            self.send_append(msg.from);
+        }
+    }
+
+    /// Advances the commit index to the highest index a quorum holds durably, provided that
+    /// entry is of the current term.
+    pub(super) fn maybe_commit(&mut self) {
+        let id = self.cfg.id;
+        let persisted = self.log.persisted();
+        let progress = &self.progress;
+        let quorum_index = self.membership().quorum_index(|member| {
+            if member == id {
+                persisted
+            } else {
+                progress.get(&member).map_or(0, |p| p.match_index)
+            }
+        });
+        if quorum_index <= self.log.committed() {
+            return;
+        }
+        let current_term = self.log.term(quorum_index) == Some(self.term);
+        if !current_term && !self.cfg.deliberate_bugs.commit_old_term_by_count {
+            return;
+        }
+        self.log.commit_to(quorum_index);
+        self.start_waiting_reads();
+        let latest_config_index = self.configs.last().map_or(0, |c| c.0);
+        let still_voter = self.membership().role(id) == Some(Role::Voter);
+        if !still_voter && latest_config_index <= self.log.committed() {
+            // The committed configuration no longer has us as a voter: hand over.
+            let term = self.term;
+            self.become_follower(term, 0);
+            return;
+        }
+        self.broadcast_append();
+    }
+}

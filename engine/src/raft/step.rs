@@ -1,0 +1,274 @@
+//! Message handling of `RaftNode`: term rules, elections (pre-vote, vote, TimeoutNow), and
+//! the follower side of replication (appends and heartbeats).
+
+use conclave_proto::conclave::raft::v1::{Message, MessageType};
+
+use super::error::RaftError;
+use super::node::RaftNode;
+use super::ready::RaftRole;
+
+/// `context` of vote requests caused by a leadership transfer: they bypass the leader lease.
+pub(super) const TRANSFER_CONTEXT: &[u8] = b"transfer";
+
+impl RaftNode {
+    /// Handles one message from a peer. Malformed or misaddressed messages are refused with
+    /// an error and change nothing.
+    pub fn step(&mut self, msg: Message) -> Result<(), RaftError> {
+        if msg.group_id != self.cfg.group_id || msg.to != self.cfg.id {
+            return Err(RaftError::InvalidMessage(format!(
+                "message for group {} node {} delivered to group {} node {}",
+                msg.group_id, msg.to, self.cfg.group_id, self.cfg.id
+            )));
+        }
+        if msg.from == 0 || msg.from == self.cfg.id {
+            return Err(RaftError::InvalidMessage(format!("bad sender {}", msg.from)));
+        }
+        let msg_type = match MessageType::try_from(msg.msg_type) {
+            Ok(MessageType::Unspecified) | Err(_) => {
+                return Err(RaftError::InvalidMessage(format!("unknown message type {}", msg.msg_type)))
+            }
+            Ok(t) => t,
+        };
+        if !self.accept_term(&msg, msg_type) {
+            return Ok(());
+        }
+        match msg_type {
+            MessageType::PreVote | MessageType::Vote => {
+                self.on_vote_request(msg, msg_type);
+                Ok(())
+            }
+            MessageType::PreVoteResponse | MessageType::VoteResponse => {
+                self.on_vote_response(msg, msg_type);
+                Ok(())
+            }
+            MessageType::Append | MessageType::Heartbeat => {
+                if self.role != RaftRole::Follower {
+                    if self.role == RaftRole::Leader {
+                        return Err(RaftError::InvalidMessage(format!(
+                            "two leaders in term {}: node {} and this node",
+                            self.term, msg.from
+                        )));
+                    }
+                    let term = self.term;
+                    self.become_follower(term, msg.from);
+                }
+                self.election_elapsed = 0;
+                if self.leader != msg.from {
+                    self.set_leader(msg.from);
+                }
+                if msg_type == MessageType::Append {
+                    self.on_append(msg)
+                } else {
+                    self.on_heartbeat(msg);
+                    Ok(())
+                }
+            }
+            MessageType::AppendResponse | MessageType::HeartbeatResponse => {
+                if self.role == RaftRole::Leader {
+                    if msg_type == MessageType::AppendResponse {
+                        self.on_append_response(msg);
+                    } else {
+                        self.on_heartbeat_response(msg);
+                    }
+                }
+                Ok(())
+            }
+            MessageType::TimeoutNow => {
+                if self.role == RaftRole::Follower && self.can_campaign() {
+                    self.start_election(true);
+                }
+                Ok(())
+            }
+            MessageType::ReadIndex => {
+                if self.role == RaftRole::Leader {
+                    self.leader_read(msg.context, msg.from);
+                }
+                Ok(())
+            }
+            MessageType::ReadIndexResponse => {
+                self.on_read_index_response(msg);
+                Ok(())
+            }
+            MessageType::Unspecified => unreachable!("refused above"),
+        }
+    }
+
+    /// Applies the term rules. Returns false if the message must be dropped.
+    fn accept_term(&mut self, msg: &Message, msg_type: MessageType) -> bool {
+        use MessageType::*;
+        if msg.term > self.term {
+            let is_vote = matches!(msg_type, PreVote | Vote);
+            if is_vote {
+                let forced = msg.context.as_ref() == TRANSFER_CONTEXT;
+                let in_lease = self.cfg.check_quorum
+                    && self.leader != 0
+                    && self.election_elapsed < self.cfg.election_ticks;
+                if in_lease && !forced {
+                    return false;
+                }
+            }
+            let granted_pre_vote = msg_type == PreVoteResponse && !msg.reject;
+            if msg_type == PreVote || granted_pre_vote {
+                return true;
+            }
+            let leader = if matches!(msg_type, Append | Heartbeat) { msg.from } else { 0 };
+            self.become_follower(msg.term, leader);
+            return true;
+        }
+        if msg.term < self.term {
+            if (self.cfg.check_quorum || self.cfg.pre_vote) && matches!(msg_type, Append | Heartbeat) {
+                // Tell a stale leader about the newer term so it steps down.
+                let reply = self.new_message(msg.from, AppendResponse);
+                self.out_messages.push(reply);
+            } else if msg_type == PreVote {
+                let mut reply = self.new_message(msg.from, PreVoteResponse);
+                reply.reject = true;
+                self.out_messages.push(reply);
+            }
+            return false;
+        }
+        true
+    }
+
+    fn on_vote_request(&mut self, msg: Message, msg_type: MessageType) {
+        let pre = msg_type == MessageType::PreVote;
+        let can_vote = self.vote == msg.from
+            || (self.vote == 0 && self.leader == 0)
+            || (pre && msg.term > self.term);
+        let log_ok = self.log.is_up_to_date(msg.index, msg.log_term)
+            || self.cfg.deliberate_bugs.vote_for_stale_log;
+        let response_type = if pre { MessageType::PreVoteResponse } else { MessageType::VoteResponse };
+        let mut reply = self.new_message(msg.from, response_type);
+        if can_vote && log_ok {
+            if pre {
+                // Answer in the term asked for, so the pre-candidate counts it.
+                reply.term = msg.term;
+                self.out_messages.push(reply);
+            } else {
+                self.vote = msg.from;
+                self.election_elapsed = 0;
+                // The vote must be durable before the candidate learns of it.
+                self.out_persisted_messages.push(reply);
+            }
+        } else {
+            reply.reject = true;
+            self.out_messages.push(reply);
+        }
+    }
+
+    fn on_vote_response(&mut self, msg: Message, msg_type: MessageType) {
+        let expected = match self.role {
+            RaftRole::PreCandidate => MessageType::PreVoteResponse,
+            RaftRole::Candidate => MessageType::VoteResponse,
+            _ => return,
+        };
+        let expected_term = if self.role == RaftRole::PreCandidate { self.term + 1 } else { self.term };
+        if msg_type != expected || msg.term != expected_term {
+            return;
+        }
+        if self.membership().role(msg.from).is_some_and(|r| r.votes()) {
+            self.votes.entry(msg.from).or_insert(!msg.reject);
+        }
+        self.tally_votes();
+    }
+
+    pub(super) fn tally_votes(&mut self) {
+        let granted = self.votes.values().filter(|g| **g).count();
+        let rejected = self.votes.values().filter(|g| !**g).count();
+        let membership = self.membership();
+        if membership.is_quorum(granted) {
+            if self.role == RaftRole::PreCandidate {
+                self.campaign(false);
+            } else {
+                self.become_leader();
+            }
+        } else if membership.is_quorum(rejected) {
+            let term = self.term;
+            self.become_follower(term, 0);
+        }
+    }
+
+    /// Starts an election after a timeout (`forced`: on TimeoutNow, skipping pre-vote).
+    pub(super) fn start_election(&mut self, forced: bool) {
+        if self.cfg.pre_vote && !forced {
+            self.set_role(RaftRole::PreCandidate);
+            self.set_leader(0);
+            self.votes.clear();
+            self.reset_election_timer();
+            self.request_votes(MessageType::PreVote, self.term + 1, false);
+        } else {
+            self.campaign(forced);
+        }
+    }
+
+    fn campaign(&mut self, forced: bool) {
+        self.term += 1;
+        self.vote = self.cfg.id;
+        self.set_role(RaftRole::Candidate);
+        self.set_leader(0);
+        self.votes.clear();
+        self.reset_election_timer();
+        self.request_votes(MessageType::Vote, self.term, forced);
+    }
+
+    fn request_votes(&mut self, msg_type: MessageType, term: u64, forced: bool) {
+        let id = self.cfg.id;
+        let peers: Vec<u64> = self.membership().voting().filter(|p| *p != id).collect();
+        for peer in peers {
+            let mut msg = self.new_message(peer, msg_type);
+            msg.term = term;
+            msg.index = self.log.last_index();
+            msg.log_term = self.log.last_term();
+            if forced {
+                msg.context = bytes::Bytes::from_static(TRANSFER_CONTEXT);
+            }
+            if msg_type == MessageType::Vote {
+                // Our own vote must be durable before we ask for others'.
+                self.out_persisted_messages.push(msg);
+            } else {
+                self.out_messages.push(msg);
+            }
+        }
+        self.votes.insert(id, true);
+        self.tally_votes();
+    }
+
+    fn on_append(&mut self, msg: Message) -> Result<(), RaftError> {
+        let mut reply = self.new_message(msg.from, MessageType::AppendResponse);
+        if msg.index < self.log.committed() {
+            reply.index = self.log.committed();
+            self.out_persisted_messages.push(reply);
+            return Ok(());
+        }
+        let new_entries = msg.entries.clone();
+        match self.log.try_append(msg.index, msg.log_term, msg.entries)? {
+            Some(last_match) => {
+                self.sync_configs(&new_entries)?;
+                self.log.commit_to(msg.commit.min(last_match));
+                reply.index = last_match;
+                if self.cfg.deliberate_bugs.ack_before_persist {
+                    self.out_messages.push(reply);
+                } else {
+                    self.out_persisted_messages.push(reply);
+                }
+            }
+            None => {
+                let (hint_index, hint_term) =
+                    self.log.find_conflict_by_term(msg.index.min(self.log.last_index()), msg.log_term);
+                reply.index = msg.index;
+                reply.reject = true;
+                reply.reject_hint = hint_index;
+                reply.log_term = hint_term;
+                self.out_messages.push(reply);
+            }
+        }
+        Ok(())
+    }
+
+    fn on_heartbeat(&mut self, msg: Message) {
+        self.log.commit_to(msg.commit);
+        let mut reply = self.new_message(msg.from, MessageType::HeartbeatResponse);
+        reply.read_seq = msg.read_seq;
+        self.out_messages.push(reply);
+    }
+}
