@@ -1,0 +1,266 @@
+//! One client connection: the HTTP/2 handshake, accepting request streams and spawning a
+//! task per call, keepalive pings and idle timeouts on glommio timers, and graceful
+//! shutdown (GOAWAY, then a bounded wait for in-flight calls).
+use std::cell::Cell;
+use std::future::{poll_fn, Future};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use glommio::net::TcpStream;
+use glommio::timer::Timer;
+use h2::server::{Connection, SendResponse};
+use h2::{Ping, PingPong, RecvStream};
+use http::Request;
+
+use super::call::{serve_call, CallEnv};
+use super::io::GlommioIo;
+use super::router::ConnectionInfo;
+use super::server::{ServerConfig, ServerShared};
+
+/// Source of process-wide unique connection ids (shared by every shard).
+static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Serves `stream` until the client leaves, keepalive fails, the idle timeout passes, or
+/// the server shuts down. The observer hears about the connection on both ends.
+pub(crate) async fn serve_connection(server: Rc<ServerShared>, stream: TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "could not set TCP_NODELAY on a client connection");
+    }
+    let id = NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed);
+    let info = Rc::new(ConnectionInfo::new(id, stream.peer_addr().ok()));
+    let _open = server.track_connection();
+    if let Some(observer) = &server.observer {
+        observer.connection_opened(&info);
+    }
+    match handshake(&server, stream).await {
+        Some(connection) => drive(&server, connection, &info).await,
+        None => tracing::debug!(connection = id, "HTTP/2 handshake did not complete"),
+    }
+    info.mark_closed();
+    if let Some(observer) = &server.observer {
+        observer.connection_closed(&info);
+    }
+}
+
+type H2Connection = Connection<GlommioIo, Bytes>;
+
+fn h2_builder(config: &ServerConfig) -> h2::server::Builder {
+    let mut builder = h2::server::Builder::new();
+    builder
+        .initial_window_size(config.initial_stream_window)
+        .initial_connection_window_size(config.initial_connection_window)
+        .max_frame_size(config.max_frame_size)
+        .max_header_list_size(config.max_header_list_size)
+        .max_concurrent_streams(config.max_concurrent_streams)
+        .max_send_buffer_size(config.max_send_buffer_size);
+    builder
+}
+
+async fn handshake(server: &ServerShared, stream: TcpStream) -> Option<H2Connection> {
+    let handshake = h2_builder(&server.config).handshake::<_, Bytes>(GlommioIo::new(stream));
+    let mut handshake = std::pin::pin!(handshake);
+    let mut timer = Timer::new(server.config.handshake_timeout);
+    let mut shutdown = server.shutdown.fired();
+    poll_fn(|cx| {
+        if let Poll::Ready(result) = handshake.as_mut().poll(cx) {
+            return Poll::Ready(
+                result
+                    .map_err(|error| tracing::debug!(%error, "handshake failed"))
+                    .ok(),
+            );
+        }
+        if Pin::new(&mut timer).poll(cx).is_ready() || shutdown.poll_fired(cx).is_ready() {
+            return Poll::Ready(None);
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+enum Event {
+    Call(Request<RecvStream>, SendResponse<Bytes>),
+    Closed,
+    Failed(h2::Error),
+    ShutdownRequested,
+    GraceExpired,
+    KeepaliveDue,
+    Pong,
+    IdleCheck,
+}
+
+/// Keepalive: a ping every `interval`; no pong within `timeout` closes the connection.
+struct Keepalive {
+    ping_pong: PingPong,
+    interval: Duration,
+    timeout: Duration,
+    timer: Timer,
+    awaiting_pong: bool,
+}
+
+async fn drive(server: &ServerShared, mut connection: H2Connection, info: &Rc<ConnectionInfo>) {
+    let config = &server.config;
+    let env = Rc::new(CallEnv {
+        router: Rc::clone(&server.router),
+        config: Rc::clone(&server.config),
+        connection: Rc::clone(info),
+        shutdown: server.shutdown.clone(),
+    });
+    let mut keepalive = match (config.keepalive_interval, connection.ping_pong()) {
+        (Some(interval), Some(ping_pong)) => Some(Keepalive {
+            ping_pong,
+            interval,
+            timeout: config.keepalive_timeout,
+            timer: Timer::new(interval),
+            awaiting_pong: false,
+        }),
+        _ => None,
+    };
+    let active_calls = Rc::new(Cell::new(0usize));
+    let last_activity = Rc::new(Cell::new(Instant::now()));
+    let mut idle_timer = config.idle_timeout.map(Timer::new);
+    let mut shutdown = server.shutdown.fired();
+    let mut grace_timer: Option<Timer> = None;
+    loop {
+        let event = poll_fn(|cx| {
+            if grace_timer.is_none() && shutdown.poll_fired(cx).is_ready() {
+                return Poll::Ready(Event::ShutdownRequested);
+            }
+            if let Some(timer) = grace_timer.as_mut() {
+                if Pin::new(timer).poll(cx).is_ready() {
+                    return Poll::Ready(Event::GraceExpired);
+                }
+            }
+            match connection.poll_accept(cx) {
+                Poll::Ready(Some(Ok((request, respond)))) => {
+                    return Poll::Ready(Event::Call(request, respond))
+                }
+                Poll::Ready(Some(Err(error))) => return Poll::Ready(Event::Failed(error)),
+                Poll::Ready(None) => return Poll::Ready(Event::Closed),
+                Poll::Pending => {}
+            }
+            if let Some(keepalive) = keepalive.as_mut() {
+                if keepalive.awaiting_pong && keepalive.ping_pong.poll_pong(cx).is_ready() {
+                    return Poll::Ready(Event::Pong);
+                }
+                if Pin::new(&mut keepalive.timer).poll(cx).is_ready() {
+                    return Poll::Ready(Event::KeepaliveDue);
+                }
+            }
+            if let Some(timer) = idle_timer.as_mut() {
+                if Pin::new(timer).poll(cx).is_ready() {
+                    return Poll::Ready(Event::IdleCheck);
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Call(request, respond) => {
+                spawn_call(request, respond, &env, &active_calls, &last_activity);
+            }
+            Event::Closed => return,
+            Event::Failed(error) => {
+                tracing::debug!(connection = info.id(), %error, "connection ended with an error");
+                return;
+            }
+            Event::ShutdownRequested => {
+                connection.graceful_shutdown();
+                grace_timer = Some(Timer::new(config.shutdown_grace));
+            }
+            Event::GraceExpired => {
+                tracing::debug!(
+                    connection = info.id(),
+                    calls = active_calls.get(),
+                    "shutdown grace expired; closing the connection with calls in flight"
+                );
+                connection.abrupt_shutdown(h2::Reason::NO_ERROR);
+                return;
+            }
+            Event::Pong => {
+                let keepalive = keepalive
+                    .as_mut()
+                    .unwrap_or_else(|| unreachable!("pong without keepalive"));
+                keepalive.awaiting_pong = false;
+                keepalive.timer.reset(keepalive.interval);
+            }
+            Event::KeepaliveDue => {
+                let keepalive = keepalive
+                    .as_mut()
+                    .unwrap_or_else(|| unreachable!("tick without keepalive"));
+                if keepalive.awaiting_pong {
+                    tracing::debug!(connection = info.id(), "keepalive ping unanswered; closing");
+                    return;
+                }
+                match keepalive.ping_pong.send_ping(Ping::opaque()) {
+                    Ok(()) => {
+                        keepalive.awaiting_pong = true;
+                        keepalive.timer.reset(keepalive.timeout);
+                    }
+                    Err(error) => {
+                        tracing::debug!(connection = info.id(), %error, "could not send a keepalive ping");
+                        keepalive.timer.reset(keepalive.interval);
+                    }
+                }
+            }
+            Event::IdleCheck => {
+                let idle_timeout = config
+                    .idle_timeout
+                    .unwrap_or_else(|| unreachable!("idle check without timeout"));
+                let idle_for = last_activity.get().elapsed();
+                let timer = idle_timer
+                    .as_mut()
+                    .unwrap_or_else(|| unreachable!("idle check without timer"));
+                if active_calls.get() > 0 {
+                    timer.reset(idle_timeout);
+                } else if idle_for < idle_timeout {
+                    timer.reset(idle_timeout - idle_for);
+                } else if grace_timer.is_none() {
+                    tracing::debug!(connection = info.id(), "idle timeout; sending GOAWAY");
+                    connection.graceful_shutdown();
+                    grace_timer = Some(Timer::new(config.shutdown_grace));
+                    idle_timer = None;
+                } else {
+                    idle_timer = None;
+                }
+            }
+        }
+    }
+}
+
+fn spawn_call(
+    request: Request<RecvStream>,
+    respond: SendResponse<Bytes>,
+    env: &Rc<CallEnv>,
+    active_calls: &Rc<Cell<usize>>,
+    last_activity: &Rc<Cell<Instant>>,
+) {
+    let env = Rc::clone(env);
+    let guard = ActiveCall {
+        active_calls: Rc::clone(active_calls),
+        last_activity: Rc::clone(last_activity),
+    };
+    active_calls.set(active_calls.get() + 1);
+    glommio::spawn_local(async move {
+        let _guard = guard;
+        serve_call(request, respond, env).await;
+    })
+    .detach();
+}
+
+/// Counts a call in flight for the idle timeout; updates the activity time when it ends.
+struct ActiveCall {
+    active_calls: Rc<Cell<usize>>,
+    last_activity: Rc<Cell<Instant>>,
+}
+
+impl Drop for ActiveCall {
+    fn drop(&mut self) {
+        debug_assert!(self.active_calls.get() > 0);
+        self.active_calls.set(self.active_calls.get() - 1);
+        self.last_activity.set(Instant::now());
+    }
+}

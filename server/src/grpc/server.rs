@@ -1,0 +1,223 @@
+//! The shard-local gRPC server: configuration, the accept loop, connection tracking,
+//! connection observers, and graceful shutdown.
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use futures_lite::future::FutureExt as _;
+use glommio::net::{TcpListener, TcpStream};
+use glommio::timer::Timer;
+
+use super::connection;
+use super::router::{ConnectionInfo, Router};
+use super::signal::Signal;
+
+/// Knobs of the gRPC edge; see tuning.md, section "gRPC edge", for guidance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Largest request message accepted; larger ones get `RESOURCE_EXHAUSTED`.
+    pub max_recv_message_len: usize,
+    /// Largest response message sent; larger ones end the call with `RESOURCE_EXHAUSTED`.
+    pub max_send_message_len: usize,
+    /// Size a server stream aims for when coalescing queued messages into one DATA write.
+    pub target_chunk_len: usize,
+    /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: calls in flight per connection.
+    pub max_concurrent_streams: u32,
+    /// HTTP/2 initial flow-control window of each stream (request bodies).
+    pub initial_stream_window: u32,
+    /// HTTP/2 flow-control window of the whole connection (request bodies).
+    pub initial_connection_window: u32,
+    /// HTTP/2 SETTINGS_MAX_FRAME_SIZE the server accepts (16 KiB to 16 MiB - 1).
+    pub max_frame_size: u32,
+    /// HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE the server accepts.
+    pub max_header_list_size: u32,
+    /// Most response bytes h2 buffers per stream ahead of the client's window.
+    pub max_send_buffer_size: usize,
+    /// A connection that has not completed the HTTP/2 preface by then is closed.
+    pub handshake_timeout: Duration,
+    /// How often the server pings each connection; `None` disables keepalive.
+    pub keepalive_interval: Option<Duration>,
+    /// A ping unanswered for this long closes the connection (a dead client is noticed
+    /// within `keepalive_interval + keepalive_timeout`).
+    pub keepalive_timeout: Duration,
+    /// A connection with no call in flight for this long gets GOAWAY. `None` (the
+    /// default) keeps idle connections: client sessions are bound to connections, so an
+    /// idle timeout would end the candidacies of idle clients.
+    pub idle_timeout: Option<Duration>,
+    /// On shutdown, how long in-flight calls may take before connections are dropped.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> ServerConfig {
+        ServerConfig {
+            max_recv_message_len: 4 << 20,
+            max_send_message_len: 4 << 20,
+            target_chunk_len: 16 << 10,
+            max_concurrent_streams: 1024,
+            initial_stream_window: 1 << 20,
+            initial_connection_window: 4 << 20,
+            max_frame_size: 16 << 10,
+            max_header_list_size: 16 << 10,
+            max_send_buffer_size: 400 << 10,
+            handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Some(Duration::from_secs(10)),
+            keepalive_timeout: Duration::from_secs(10),
+            idle_timeout: None,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Hears about every connection the server serves, so the node can bind client sessions
+/// to connections and end them the moment a client goes away.
+pub trait ConnectionObserver {
+    /// A client connected (called before any of its calls).
+    fn connection_opened(&self, connection: &Rc<ConnectionInfo>) {
+        let _ = connection;
+    }
+
+    /// The connection ended (client closed it, keepalive failed, idle timeout, shutdown).
+    /// Called exactly once per opened connection, after `connection.is_closed()` is set.
+    fn connection_closed(&self, connection: &Rc<ConnectionInfo>) {
+        let _ = connection;
+    }
+}
+
+pub(crate) struct ServerShared {
+    pub router: Rc<Router>,
+    pub config: Rc<ServerConfig>,
+    pub observer: Option<Rc<dyn ConnectionObserver>>,
+    pub shutdown: Signal,
+    open_connections: Cell<usize>,
+    drained: Signal,
+}
+
+impl ServerShared {
+    pub(crate) fn track_connection(self: &Rc<Self>) -> OpenConnection {
+        self.open_connections.set(self.open_connections.get() + 1);
+        OpenConnection {
+            server: Rc::clone(self),
+        }
+    }
+
+    fn check_drained(&self) {
+        if self.shutdown.is_fired() && self.open_connections.get() == 0 {
+            self.drained.fire();
+        }
+    }
+}
+
+/// Keeps a connection counted as open until dropped.
+pub(crate) struct OpenConnection {
+    server: Rc<ServerShared>,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        let open = self.server.open_connections.get();
+        debug_assert!(open > 0);
+        self.server.open_connections.set(open - 1);
+        self.server.check_drained();
+    }
+}
+
+/// A gRPC server on one shard. Cheap to clone (clones share state); `!Send`.
+#[derive(Clone)]
+pub struct GrpcServer {
+    shared: Rc<ServerShared>,
+}
+
+impl GrpcServer {
+    /// A server answering calls with `router`.
+    pub fn new(router: Router, config: ServerConfig) -> GrpcServer {
+        GrpcServer::with_observer(router, config, None)
+    }
+
+    /// A server that also reports connection open/close to `observer`.
+    pub fn with_observer(
+        router: Router,
+        config: ServerConfig,
+        observer: Option<Rc<dyn ConnectionObserver>>,
+    ) -> GrpcServer {
+        assert!(
+            config.target_chunk_len > 0,
+            "target_chunk_len must be positive"
+        );
+        GrpcServer {
+            shared: Rc::new(ServerShared {
+                router: Rc::new(router),
+                config: Rc::new(config),
+                observer,
+                shutdown: Signal::new(),
+                open_connections: Cell::new(0),
+                drained: Signal::new(),
+            }),
+        }
+    }
+
+    /// Accepts connections on `listener` (which this call owns and closes) until
+    /// [`GrpcServer::shutdown`], then waits for open connections to finish (each is given
+    /// `shutdown_grace`). Must run inside a glommio executor; only one executor may accept
+    /// on a given listening socket (see [`crate::net`]).
+    pub async fn serve(&self, listener: TcpListener) {
+        loop {
+            let accepted = async { Some(listener.accept().await) }
+                .or(async {
+                    self.shared.shutdown.fired().await;
+                    None
+                })
+                .await;
+            match accepted {
+                None => break,
+                Some(Ok(stream)) => self.serve_connection(stream),
+                Some(Err(error)) => {
+                    // Usually EMFILE/ENFILE or a connection reset before accept: back off a
+                    // little so a full fd table does not spin the shard.
+                    tracing::warn!(%error, "accepting a client connection failed");
+                    Timer::new(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        drop(listener);
+        self.drained().await;
+    }
+
+    /// Serves one already-accepted connection on this shard (e.g. a stream another shard
+    /// accepted and handed over with `AcceptedTcpStream::bind_to_executor`).
+    pub fn serve_connection(&self, stream: TcpStream) {
+        if self.shared.shutdown.is_fired() {
+            return;
+        }
+        let shared = Rc::clone(&self.shared);
+        glommio::spawn_local(connection::serve_connection(shared, stream)).detach();
+    }
+
+    /// Begins graceful shutdown: stop accepting, end server streams with `UNAVAILABLE`,
+    /// send GOAWAY, let in-flight unary calls finish within `shutdown_grace`.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.fire();
+        self.shared.check_drained();
+    }
+
+    /// Whether shutdown has begun.
+    pub fn is_shutting_down(&self) -> bool {
+        self.shared.shutdown.is_fired()
+    }
+
+    /// Connections currently open.
+    pub fn open_connections(&self) -> usize {
+        self.shared.open_connections.get()
+    }
+
+    /// Completes once shutdown has begun and every connection has closed.
+    pub async fn drained(&self) {
+        self.shared.drained.fired().await;
+        debug_assert_eq!(self.open_connections(), 0);
+    }
+
+    /// The configuration the server runs with.
+    pub fn config(&self) -> &ServerConfig {
+        &self.shared.config
+    }
+}
