@@ -51,12 +51,14 @@ pub struct FrameBuilder<'a> {
     flags: FrameFlags,
     count: u32,
     max_body_len: usize,
+    max_messages: u32,
     finished: bool,
 }
 
 impl<'a> FrameBuilder<'a> {
     /// Starts a frame at the end of `dst`, with room for at most `limits.max_body_len` body bytes.
     pub fn new(dst: &'a mut BytesMut, flags: FrameFlags, limits: FrameLimits) -> FrameBuilder<'a> {
+        assert!(limits.max_messages > 0, "frame limits allow no message at all");
         let start = dst.len();
         dst.put_bytes(0, HEADER_LEN);
         FrameBuilder {
@@ -65,6 +67,7 @@ impl<'a> FrameBuilder<'a> {
             flags,
             count: 0,
             max_body_len: limits.max_body_len as usize,
+            max_messages: limits.max_messages,
             finished: false,
         }
     }
@@ -87,7 +90,7 @@ impl<'a> FrameBuilder<'a> {
         if needed > self.max_body_len {
             return Err(PushError::MessageTooLarge { encoded_len, max_body_len: self.max_body_len as u32 });
         }
-        if self.body_len() + needed > self.max_body_len {
+        if self.body_len() + needed > self.max_body_len || self.count >= self.max_messages {
             return Err(PushError::FrameFull);
         }
         self.dst.reserve(needed);

@@ -24,6 +24,9 @@ pub const FRAME_VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 20;
 /// Default largest frame body accepted or produced: 16 MiB.
 pub const DEFAULT_MAX_BODY_LEN: u32 = 16 << 20;
+/// Default most messages in one frame. Bounds the memory of a decoded batch: one body byte
+/// can decode into a whole (empty) message struct.
+pub const DEFAULT_MAX_MESSAGES: u32 = 1 << 16;
 
 /// Flag bits of a frame header. Unknown bits are rejected by the decoder.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -59,11 +62,13 @@ impl FrameFlags {
 pub struct FrameLimits {
     /// Largest frame body in bytes; a larger frame is refused by both sides.
     pub max_body_len: u32,
+    /// Most messages in one frame; a frame claiming more is refused by both sides.
+    pub max_messages: u32,
 }
 
 impl Default for FrameLimits {
     fn default() -> Self {
-        FrameLimits { max_body_len: DEFAULT_MAX_BODY_LEN }
+        FrameLimits { max_body_len: DEFAULT_MAX_BODY_LEN, max_messages: DEFAULT_MAX_MESSAGES }
     }
 }
 
@@ -113,6 +118,9 @@ impl FrameHeader {
         if body_len > limits.max_body_len {
             return Err(FrameError::TooLarge { body_len, max_body_len: limits.max_body_len });
         }
+        if count > limits.max_messages {
+            return Err(FrameError::TooManyMessages { count, max_messages: limits.max_messages });
+        }
         // Every message takes at least one byte (its length varint), so a count larger than
         // the body is a lie that is caught before anything is read or allocated for it.
         if count > body_len {
@@ -135,6 +143,8 @@ pub enum FrameError {
     ReservedBitsSet,
     /// The body is longer than the configured limit.
     TooLarge { body_len: u32, max_body_len: u32 },
+    /// The header claims more messages than the limit allows.
+    TooManyMessages { count: u32, max_messages: u32 },
     /// The header claims more messages than the body has bytes.
     CountExceedsBody { count: u32, body_len: u32 },
     /// The body's crc32 does not match the header.
@@ -164,6 +174,9 @@ impl fmt::Display for FrameError {
             FrameError::ReservedBitsSet => write!(f, "reserved frame header bytes are not zero"),
             FrameError::TooLarge { body_len, max_body_len } => {
                 write!(f, "frame body of {body_len} bytes exceeds the limit of {max_body_len}")
+            }
+            FrameError::TooManyMessages { count, max_messages } => {
+                write!(f, "frame claims {count} messages, more than the limit of {max_messages}")
             }
             FrameError::CountExceedsBody { count, body_len } => {
                 write!(f, "frame claims {count} messages in a body of only {body_len} bytes")
@@ -217,7 +230,7 @@ mod tests {
     #[test]
     fn header_refuses_each_malformation() {
         let good = FrameHeader { flags: FrameFlags::NONE, count: 1, body_len: 10, body_crc: 1 };
-        let limits = FrameLimits { max_body_len: 100 };
+        let limits = FrameLimits { max_body_len: 100, max_messages: 8 };
         let mut raw = header_bytes(good);
         raw[0] = b'X';
         assert!(matches!(FrameHeader::parse(&raw, limits), Err(FrameError::BadMagic(_))));
@@ -235,10 +248,15 @@ mod tests {
             FrameHeader::parse(&raw, limits),
             Err(FrameError::TooLarge { body_len: 101, max_body_len: 100 })
         );
-        let raw = header_bytes(FrameHeader { count: 11, ..good });
+        let raw = header_bytes(FrameHeader { count: 9, body_len: 100, ..good });
         assert_eq!(
             FrameHeader::parse(&raw, limits),
-            Err(FrameError::CountExceedsBody { count: 11, body_len: 10 })
+            Err(FrameError::TooManyMessages { count: 9, max_messages: 8 })
+        );
+        let raw = header_bytes(FrameHeader { count: 8, body_len: 7, ..good });
+        assert_eq!(
+            FrameHeader::parse(&raw, limits),
+            Err(FrameError::CountExceedsBody { count: 8, body_len: 7 })
         );
     }
 }

@@ -17,7 +17,7 @@ use crate::frame::{FrameFlags, FrameLimits, FRAME_VERSION};
 
 /// Handshake frames are tiny; this bounds what a stranger can make us buffer before it is
 /// known to be a peer.
-pub(crate) const HANDSHAKE_LIMITS: FrameLimits = FrameLimits { max_body_len: 4096 };
+pub(crate) const HANDSHAKE_LIMITS: FrameLimits = FrameLimits { max_body_len: 4096, max_messages: 1 };
 
 /// This shard's identity on the wire.
 #[derive(Clone, Debug, PartialEq, Eq)]
