@@ -1,0 +1,317 @@
+//! One replica of one Raft group on a shard: the Raft node, the state machine it applies,
+//! and the requests waiting on them — proposals by log index, linearizable reads by read
+//! context, and watchers by election.
+//!
+//! Synchronous and I/O-free. The shard runtime feeds it inputs, takes [`Ready`] from
+//! [`Replica::take_ready`], persists and sends what that asks, then hands the durable part
+//! back through [`Replica::apply_ready`]. Every reply is delivered exactly once: with the
+//! applied result, or with a [`ShardError`] when the outcome is known not to come.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use crate::raft::{EntryKind, RaftError, RaftEvent, RaftNode, RaftRole, Ready};
+use crate::sm::{
+    self, Command, ElectionTerm, Notification, Output, PendingQueries, PrimitiveId, PrimitiveRef,
+    SessionId, SmError, StateMachine,
+};
+
+use super::error::ShardError;
+
+/// A one-shot reply callback. Runs on the replica's shard; a cross-shard caller's callback
+/// forwards the value to the caller's shard.
+pub type Reply<T> = Box<dyn FnOnce(T)>;
+
+/// A proposal's outcome: the index it was applied at and the state machine's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    pub index: u64,
+    pub result: Result<Output, SmError>,
+}
+
+/// A read's outcome: the index the state was read at and the election state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadTerm {
+    pub index: u64,
+    pub result: Result<ElectionTerm, SmError>,
+}
+
+/// What a read asks of the state machine.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TermQuery {
+    /// Driver queries name their session, which must exist.
+    pub session_id: Option<SessionId>,
+    pub primitive: PrimitiveRef,
+    /// The read must observe at least this index (the driver's `max_received_index`).
+    pub min_index: u64,
+}
+
+/// Receives every change of one election, in order. Returns false to unsubscribe (e.g. the
+/// stream ended or overflowed).
+pub type Watcher = Box<dyn FnMut(&Notification) -> bool>;
+
+/// What a read does once its index is applied.
+enum ReadAction {
+    /// Answer the query.
+    Term(Reply<Result<ReadTerm, ShardError>>),
+    /// Answer the query and, if the election exists, subscribe the watcher in the same step
+    /// so that no change between the first state and the subscription is missed.
+    Watch(Reply<Result<ReadTerm, ShardError>>, Watcher),
+}
+
+struct PendingRead {
+    query: TermQuery,
+    action: ReadAction,
+}
+
+/// Raft, state machine and waiting requests of one group.
+pub struct Replica {
+    raft: RaftNode,
+    sm: StateMachine,
+    /// Proposals by the index of their (last) entry, with the term they were proposed in.
+    proposals: BTreeMap<u64, (u64, Reply<Result<Committed, ShardError>>)>,
+    /// Reads waiting for Raft to confirm a read index, by read context.
+    confirming: BTreeMap<u64, PendingRead>,
+    /// Reads with a confirmed index, waiting for the state machine to apply it.
+    applying: PendingQueries<PendingRead>,
+    next_read_id: u64,
+    watchers: BTreeMap<PrimitiveId, Vec<Watcher>>,
+    /// Set when this replica just became leader and has not proposed its barrier yet.
+    barrier_due: bool,
+}
+
+impl Replica {
+    /// A replica of a Raft node and the state machine that reflects its applied index.
+    pub fn new(raft: RaftNode, sm: StateMachine) -> Replica {
+        debug_assert!(sm.last_applied() <= raft.commit_index().max(sm.last_applied()));
+        Replica {
+            raft,
+            sm,
+            proposals: BTreeMap::new(),
+            confirming: BTreeMap::new(),
+            applying: PendingQueries::new(),
+            next_read_id: 1,
+            watchers: BTreeMap::new(),
+            barrier_due: false,
+        }
+    }
+
+    pub fn raft(&self) -> &RaftNode {
+        &self.raft
+    }
+
+    pub fn raft_mut(&mut self) -> &mut RaftNode {
+        &mut self.raft
+    }
+
+    pub fn state_machine(&self) -> &StateMachine {
+        &self.sm
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.role() == RaftRole::Leader
+    }
+
+    /// Proposes a command (already stamped with the leader's time).
+    pub fn propose(&mut self, command: &Command, reply: Reply<Result<Committed, ShardError>>) {
+        match self.raft.propose([sm::command::encode(command)]) {
+            Ok((_, last)) => {
+                let term = self.raft.term();
+                if let Some((_, stale)) = self.proposals.insert(last, (term, reply)) {
+                    // An index is only reused after a truncation, which `apply_ready` resolves
+                    // first; answer the displaced waiter rather than drop it.
+                    stale(Err(ShardError::LeadershipLost));
+                }
+            }
+            Err(e) => reply(Err(ShardError::from_raft(self.raft.group_id(), e))),
+        }
+    }
+
+    /// Starts a linearizable read of an election.
+    pub fn read(&mut self, query: TermQuery, reply: Reply<Result<ReadTerm, ShardError>>) {
+        self.start_read(PendingRead { query, action: ReadAction::Term(reply) });
+    }
+
+    /// Starts a watch: a linearizable read of the election's current state, then every
+    /// change after it. `first` gets the current state (or the error); `watcher` every
+    /// later change while it returns true.
+    pub fn watch(
+        &mut self,
+        query: TermQuery,
+        first: Reply<Result<ReadTerm, ShardError>>,
+        watcher: Watcher,
+    ) {
+        self.start_read(PendingRead { query, action: ReadAction::Watch(first, watcher) });
+    }
+
+    fn start_read(&mut self, read: PendingRead) {
+        let id = self.next_read_id;
+        self.next_read_id += 1;
+        match self.raft.read_index(Bytes::copy_from_slice(&id.to_be_bytes())) {
+            Ok(()) => {
+                self.confirming.insert(id, read);
+            }
+            Err(e) => {
+                let error = ShardError::from_raft(self.raft.group_id(), e);
+                fail_read(read, error);
+            }
+        }
+    }
+
+    /// True when the node has output for the runtime.
+    pub fn has_ready(&self) -> bool {
+        self.raft.has_ready()
+    }
+
+    /// Drains the Raft node's output. Reacts to role changes first: a replica that became
+    /// leader owes a barrier; one that lost leadership fails the reads it cannot confirm.
+    pub fn take_ready(&mut self) -> Ready {
+        let ready = self.raft.ready();
+        for event in &ready.events {
+            if let RaftEvent::RoleChanged { role, .. } = event {
+                if *role == RaftRole::Leader {
+                    self.barrier_due = true;
+                } else {
+                    self.barrier_due = false;
+                    for (_, read) in std::mem::take(&mut self.confirming) {
+                        let leader = self.raft.leader();
+                        fail_read(read, ShardError::NotLeader { group: self.raft.group_id(), leader });
+                    }
+                }
+            }
+        }
+        ready
+    }
+
+    /// True once after this replica became leader: the runtime then proposes
+    /// `sm::command::leader_barrier(now)` so the state machine learns the new term's time.
+    pub fn take_barrier_due(&mut self) -> bool {
+        std::mem::take(&mut self.barrier_due) && self.is_leader()
+    }
+
+    /// The earliest time (ms, the leader's clock) at which an open session may expire, so a
+    /// leader knows when a barrier entry is needed to let expiry happen without traffic.
+    pub fn next_session_deadline_ms(&self) -> Option<u64> {
+        self.sm.sessions().iter().map(|s| s.deadline_ms()).min()
+    }
+
+    /// Applies the committed entries of a Ready whose persistence is done, answers the
+    /// proposals and reads they settle, and notifies watchers.
+    pub fn apply_committed(&mut self, ready: &mut Ready) {
+        for entry in ready.committed_entries.drain(..) {
+            let index = entry.index;
+            // Proposals at lower indexes whose entries were replaced never get an answer
+            // of their own: they lost their place.
+            while let Some((&waiting, _)) = self.proposals.first_key_value() {
+                if waiting >= index {
+                    break;
+                }
+                let (_, (_, reply)) = self.proposals.pop_first().expect("checked non-empty");
+                reply(Err(ShardError::LeadershipLost));
+            }
+            let proposal = match self.proposals.first_key_value() {
+                Some((&i, _)) if i == index => self.proposals.pop_first().map(|(_, p)| p),
+                _ => None,
+            };
+            if entry.kind != EntryKind::Normal as i32 {
+                if let Some((_, reply)) = proposal {
+                    reply(Err(ShardError::LeadershipLost));
+                }
+                continue;
+            }
+            let applied = self.sm.apply_bytes(index, entry.term, &entry.data);
+            for notification in &applied.notifications {
+                self.notify(notification);
+            }
+            if let Some((term, reply)) = proposal {
+                if term == entry.term {
+                    reply(Ok(Committed { index, result: applied.result }));
+                } else {
+                    reply(Err(ShardError::LeadershipLost));
+                }
+            }
+        }
+        debug_assert!(self.sm.last_applied() <= self.raft.commit_index());
+        for state in ready.read_states.drain(..) {
+            let Some(id) = state.context.as_ref().try_into().ok().map(u64::from_be_bytes) else {
+                continue;
+            };
+            if let Some(read) = self.confirming.remove(&id) {
+                let min = state.index.max(read.query.min_index);
+                if let Some(read) = self.applying.submit(self.sm.last_applied(), min, read) {
+                    self.answer(read);
+                }
+            }
+        }
+        for read in self.applying.release(self.sm.last_applied()) {
+            self.answer(read);
+        }
+    }
+
+    fn answer(&mut self, read: PendingRead) {
+        let index = self.sm.last_applied();
+        let result = self.sm.query_term(read.query.session_id, &read.query.primitive);
+        match read.action {
+            ReadAction::Term(reply) => reply(Ok(ReadTerm { index, result })),
+            ReadAction::Watch(first, watcher) => {
+                let primitive_id = match &read.query.primitive {
+                    PrimitiveRef::Id(id) => Some(*id),
+                    PrimitiveRef::Name(name) => self.sm.registry().id_of(name),
+                };
+                let ok = result.is_ok();
+                first(Ok(ReadTerm { index, result }));
+                if let (true, Some(id)) = (ok, primitive_id) {
+                    self.watchers.entry(id).or_default().push(watcher);
+                }
+            }
+        }
+    }
+
+    fn notify(&mut self, notification: &Notification) {
+        if let Some(list) = self.watchers.get_mut(&notification.primitive_id) {
+            list.retain_mut(|w| w(notification));
+            if list.is_empty() {
+                self.watchers.remove(&notification.primitive_id);
+            }
+        }
+    }
+
+    /// The number of registered watchers (for metrics and tests).
+    pub fn watcher_count(&self) -> usize {
+        self.watchers.values().map(Vec::len).sum()
+    }
+
+    /// Fails every waiting request (the shard is stopping or the replica is removed).
+    pub fn fail_all(&mut self, error: ShardError) {
+        for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
+            reply(Err(error.clone()));
+        }
+        for (_, read) in std::mem::take(&mut self.confirming) {
+            fail_read(read, error.clone());
+        }
+        for read in self.applying.drain() {
+            fail_read(read, error.clone());
+        }
+        self.watchers.clear();
+    }
+}
+
+fn fail_read(read: PendingRead, error: ShardError) {
+    match read.action {
+        ReadAction::Term(reply) | ReadAction::Watch(reply, _) => reply(Err(error)),
+    }
+}
+
+impl ShardError {
+    /// The shard-level meaning of a Raft refusal.
+    pub fn from_raft(group: u32, e: RaftError) -> ShardError {
+        match e {
+            RaftError::NotLeader { leader } => ShardError::NotLeader { group, leader },
+            RaftError::ProposalQueueFull => ShardError::Overloaded(format!(
+                "group {group} has too many uncommitted proposals; retry shortly"
+            )),
+            other => ShardError::Unavailable(format!("group {group}: {other}")),
+        }
+    }
+}
