@@ -10,6 +10,7 @@
 //!   to decode; messages decoded from a [`Frame`] slice its body for their `bytes` fields.
 //! - [`Peer`]: the outbound connection of one shard to one node; queue with
 //!   [`PeerSender::send`] (ordinary lane) or [`PeerSender::send_bulk`] (snapshot lane).
+//! - [`PeerSet`]: every outbound [`Peer`] of a shard, keyed by node id.
 //! - [`PeerListener`]: the inbound side; delivers [`Inbound`] batches to a glommio channel.
 //! - [`ConnectionEvent`]: established / failed, for the Node API's Watch.
 
@@ -20,6 +21,7 @@ pub mod frame;
 pub mod handshake;
 pub mod listener;
 pub mod peer;
+pub mod peers;
 pub mod queue;
 
 pub use backoff::{Backoff, BackoffConfig};
@@ -29,4 +31,5 @@ pub use frame::{FrameError, FrameFlags, FrameHeader, FrameLimits, FRAME_MAGIC, F
 pub use handshake::{check_handshake, HandshakeError, LocalIdentity, RemotePeer};
 pub use listener::{bind_exclusive, Inbound, ListenerConfig, ListenerHandle, PeerListener};
 pub use peer::{Peer, PeerConfig, PeerSender, PeerStats};
+pub use peers::PeerSet;
 pub use queue::{Lane, LaneLimits, SendError};

@@ -230,5 +230,7 @@ async fn read_frames<M: Message + Default>(
         if inbound.send(Inbound { from, bulk, messages }).await.is_err() {
             return "the shard stopped receiving".into();
         }
+        // A busy socket never makes the reader wait: give the shard's other tasks their turn.
+        glommio::yield_if_needed().await;
     }
 }

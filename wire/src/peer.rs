@@ -289,6 +289,7 @@ async fn serve<M: Message>(shared: &Shared<M>, config: &PeerConfig, stream: TcpS
                 // Do not keep a huge buffer around after one large frame.
                 *buffer = BytesMut::with_capacity(crate::codec::READ_CHUNK);
             }
+            glommio::yield_if_needed().await;
         }
     };
     write_loop.or(watch_close).await

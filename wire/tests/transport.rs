@@ -265,3 +265,25 @@ fn oversized_messages_are_refused_at_send_time() {
         assert!(matches!(result, Err(SendError::TooLarge(..))), "{result:?}");
     });
 }
+
+#[test]
+fn a_peer_set_follows_membership_changes() {
+    run_shard(LIMIT, async {
+        let (listener, address, rx) = listen(any_port());
+        let mut peers: conclave_wire::PeerSet<RaftMessage> =
+            conclave_wire::PeerSet::new(conclave_wire::ignore_events(), move |node_id, address| {
+                let mut config = PeerConfig::new(identity(CLUSTER, 1, 0), node_id, address);
+                config.backoff.initial = Duration::from_millis(10);
+                config
+            });
+        peers.set_address(2, &address.to_string());
+        peers.get(2).expect("peer 2").send(append(1, 1, Bytes::from_static(b"one"))).await.expect("queued");
+        receive(&rx, 1).await;
+        peers.set_address(2, &address.to_string());
+        assert_eq!(peers.get(2).expect("peer 2").stats().connections, 1, "same address must keep the connection");
+        assert_eq!(peers.node_ids().collect::<Vec<_>>(), vec![2]);
+        assert!(peers.remove(2));
+        assert!(peers.get(2).is_none());
+        wait_until(LIMIT, "the removed peer's connection to close", || listener.open_connections() == 0).await;
+    });
+}
