@@ -68,7 +68,8 @@ pub(super) struct State {
     pub pending: Vec<Pending>,
     pub segments: BTreeMap<u64, Rc<SegmentFile>>,
     pub prepared: Option<PreparedSegment>,
-    pub preparing: bool,
+    /// The background preparation of the next segment, while it runs.
+    pub preparing: Option<glommio::task::JoinHandle<()>>,
     pub prepare_counter: u64,
     pub flushing: bool,
     pub flush_generation: u64,
@@ -118,7 +119,7 @@ impl Log {
             pending: Vec::new(),
             segments: recovered.segments,
             prepared: None,
-            preparing: false,
+            preparing: None,
             prepare_counter: 0,
             flushing: false,
             flush_generation: 0,
@@ -395,19 +396,18 @@ impl Log {
     /// Starts preparing the next segment in the background unless one is ready or coming.
     fn prepare_next_segment(&self) {
         {
-            let mut state = self.shared.state.borrow_mut();
-            if state.prepared.is_some() || state.preparing {
+            let state = self.shared.state.borrow();
+            if state.prepared.is_some() || state.preparing.is_some() {
                 return;
             }
-            state.preparing = true;
         }
         let n = self.next_prepare_number();
         let shared = self.shared.clone();
-        glommio::spawn_local(async move {
+        let handle = glommio::spawn_local(async move {
             let options = &shared.options;
             let made = segment::prepare_segment(&shared.dir, n, options.segment_bytes, options.zero_fill_segments).await;
             let mut state = shared.state.borrow_mut();
-            state.preparing = false;
+            state.preparing = None;
             match made {
                 Ok(prepared) => state.prepared = Some(prepared),
                 // Not fatal: the rotation that needs a segment prepares one itself and
@@ -416,6 +416,19 @@ impl Log {
             }
         })
         .detach();
+        // The task cannot have finished yet: it has not been polled.
+        self.shared.state.borrow_mut().preparing = Some(handle);
+    }
+
+    /// Makes everything durable and waits for background work (segment preparation) to end,
+    /// so the directory is quiet afterwards.
+    pub async fn close(self) -> Result<(), LogError> {
+        self.sync().await?;
+        let preparing = self.shared.state.borrow_mut().preparing.take();
+        if let Some(handle) = preparing {
+            handle.await;
+        }
+        Ok(())
     }
 }
 
