@@ -287,3 +287,24 @@ fn a_peer_set_follows_membership_changes() {
         wait_until(LIMIT, "the removed peer's connection to close", || listener.open_connections() == 0).await;
     });
 }
+
+#[test]
+fn strangers_and_silent_clients_are_disconnected() {
+    run_shard(LIMIT, async {
+        let mut config = ListenerConfig::new(identity(CLUSTER, 2, 0));
+        config.handshake_timeout = Duration::from_millis(100);
+        let listener = PeerListener::bind(any_port(), config).expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (tx, _rx) = local_channel::new_bounded::<Inbound<RaftMessage>>(4);
+        let serving = listener.spawn(tx);
+        let mut silent = TcpStream::connect(address).await.expect("connect");
+        let mut stranger = TcpStream::connect(address).await.expect("connect");
+        stranger.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+        for stream in [&mut silent, &mut stranger] {
+            let mut buffer = [0u8; 64];
+            let read = futures_lite::AsyncReadExt::read(stream, &mut buffer).await;
+            assert!(matches!(read, Ok(0) | Err(_)), "connection left open: {read:?}");
+        }
+        wait_until(LIMIT, "both connections to close", || serving.open_connections() == 0).await;
+    });
+}
