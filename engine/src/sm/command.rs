@@ -10,8 +10,8 @@
 use bytes::Bytes;
 use prost::Message;
 
-pub use conclave_proto::conclave::sm::v1::Command;
 use conclave_proto::conclave::sm::v1 as pb;
+pub use conclave_proto::conclave::sm::v1::Command;
 
 use super::election::ElectionOp;
 use super::error::{validate_name, NameField, SmError};
@@ -29,29 +29,50 @@ pub enum PrimitiveRef {
 
 /// The no-op a new Raft leader proposes on taking office.
 pub fn leader_barrier(timestamp_ms: u64) -> Command {
-    with_operation(timestamp_ms, pb::command::Operation::LeaderBarrier(pb::LeaderBarrier {}))
+    with_operation(
+        timestamp_ms,
+        pb::command::Operation::LeaderBarrier(pb::LeaderBarrier {}),
+    )
 }
 
 /// Opens a session that expires `timeout_ms` after its last keep-alive.
 pub fn open_session(timestamp_ms: u64, timeout_ms: u64) -> Command {
-    with_operation(timestamp_ms, pb::command::Operation::OpenSession(pb::OpenSession { timeout_ms }))
+    with_operation(
+        timestamp_ms,
+        pb::command::Operation::OpenSession(pb::OpenSession { timeout_ms }),
+    )
 }
 
 /// Keeps `session_id` alive and releases its outputs up to `last_input_sequence_num`.
-pub fn keep_alive(timestamp_ms: u64, session_id: SessionId, last_input_sequence_num: u64) -> Command {
+pub fn keep_alive(
+    timestamp_ms: u64,
+    session_id: SessionId,
+    last_input_sequence_num: u64,
+) -> Command {
     with_operation(
         timestamp_ms,
-        pb::command::Operation::KeepAlive(pb::KeepAlive { session_id, last_input_sequence_num }),
+        pb::command::Operation::KeepAlive(pb::KeepAlive {
+            session_id,
+            last_input_sequence_num,
+        }),
     )
 }
 
 /// Closes `session_id`, removing its candidates from every election.
 pub fn close_session(timestamp_ms: u64, session_id: SessionId) -> Command {
-    with_operation(timestamp_ms, pb::command::Operation::CloseSession(pb::CloseSession { session_id }))
+    with_operation(
+        timestamp_ms,
+        pb::command::Operation::CloseSession(pb::CloseSession { session_id }),
+    )
 }
 
 /// Creates the election `name` if needed and opens a handle on it for the session.
-pub fn create_primitive(timestamp_ms: u64, session_id: SessionId, sequence_num: u64, name: &str) -> Command {
+pub fn create_primitive(
+    timestamp_ms: u64,
+    session_id: SessionId,
+    sequence_num: u64,
+    name: &str,
+) -> Command {
     with_operation(
         timestamp_ms,
         pb::command::Operation::CreatePrimitive(pb::CreatePrimitive {
@@ -71,7 +92,11 @@ pub fn close_primitive(
 ) -> Command {
     with_operation(
         timestamp_ms,
-        pb::command::Operation::ClosePrimitive(pb::ClosePrimitive { session_id, sequence_num, primitive_id }),
+        pb::command::Operation::ClosePrimitive(pb::ClosePrimitive {
+            session_id,
+            sequence_num,
+            primitive_id,
+        }),
     )
 }
 
@@ -109,7 +134,10 @@ pub fn election(
 }
 
 fn with_operation(timestamp_ms: u64, operation: pb::command::Operation) -> Command {
-    Command { timestamp_ms, operation: Some(operation) }
+    Command {
+        timestamp_ms,
+        operation: Some(operation),
+    }
 }
 
 /// Encodes a command as a log-entry payload.
@@ -119,18 +147,35 @@ pub fn encode(command: &Command) -> Bytes {
 
 /// Decodes a log-entry payload.
 pub fn decode(payload: &[u8]) -> Result<Command, SmError> {
-    Command::decode(payload).map_err(|e| SmError::MalformedCommand { reason: e.to_string() })
+    Command::decode(payload).map_err(|e| SmError::MalformedCommand {
+        reason: e.to_string(),
+    })
 }
 
 /// A checked command, borrowing its strings from the decoded [`Command`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Operation<'a> {
     LeaderBarrier,
-    OpenSession { timeout_ms: u64 },
-    KeepAlive { session_id: SessionId, last_input_sequence_num: u64 },
-    CloseSession { session_id: SessionId },
-    CreatePrimitive { session_id: SessionId, sequence_num: u64, name: &'a str },
-    ClosePrimitive { session_id: SessionId, sequence_num: u64, primitive_id: PrimitiveId },
+    OpenSession {
+        timeout_ms: u64,
+    },
+    KeepAlive {
+        session_id: SessionId,
+        last_input_sequence_num: u64,
+    },
+    CloseSession {
+        session_id: SessionId,
+    },
+    CreatePrimitive {
+        session_id: SessionId,
+        sequence_num: u64,
+        name: &'a str,
+    },
+    ClosePrimitive {
+        session_id: SessionId,
+        sequence_num: u64,
+        primitive_id: PrimitiveId,
+    },
     Election {
         session_id: SessionId,
         sequence_num: u64,
@@ -153,23 +198,33 @@ pub(crate) fn check(command: &Command) -> Result<Operation<'_>, SmError> {
     let operation = command
         .operation
         .as_ref()
-        .ok_or_else(|| SmError::MalformedCommand { reason: "the command carries no operation".into() })?;
+        .ok_or_else(|| SmError::MalformedCommand {
+            reason: "the command carries no operation".into(),
+        })?;
     Ok(match operation {
         Op::LeaderBarrier(_) => Operation::LeaderBarrier,
         Op::OpenSession(open) => {
             if open.timeout_ms == 0 {
                 return Err(SmError::ZeroSessionTimeout);
             }
-            Operation::OpenSession { timeout_ms: open.timeout_ms }
+            Operation::OpenSession {
+                timeout_ms: open.timeout_ms,
+            }
         }
         Op::KeepAlive(k) => Operation::KeepAlive {
             session_id: k.session_id,
             last_input_sequence_num: k.last_input_sequence_num,
         },
-        Op::CloseSession(c) => Operation::CloseSession { session_id: c.session_id },
+        Op::CloseSession(c) => Operation::CloseSession {
+            session_id: c.session_id,
+        },
         Op::CreatePrimitive(c) => {
             validate_name(NameField::Election, &c.name)?;
-            Operation::CreatePrimitive { session_id: c.session_id, sequence_num: c.sequence_num, name: &c.name }
+            Operation::CreatePrimitive {
+                session_id: c.session_id,
+                sequence_num: c.sequence_num,
+                name: &c.name,
+            }
         }
         Op::ClosePrimitive(c) => Operation::ClosePrimitive {
             session_id: c.session_id,
@@ -178,14 +233,17 @@ pub(crate) fn check(command: &Command) -> Result<Operation<'_>, SmError> {
         },
         Op::Election(e) => {
             let primitive = match &e.primitive {
-                Some(pb::election_command::Primitive::PrimitiveId(id)) => PrimitiveSelector::Id(*id),
+                Some(pb::election_command::Primitive::PrimitiveId(id)) => {
+                    PrimitiveSelector::Id(*id)
+                }
                 Some(pb::election_command::Primitive::ElectionName(name)) => {
                     validate_name(NameField::Election, name)?;
                     PrimitiveSelector::Name(name)
                 }
                 None => {
                     return Err(SmError::MalformedCommand {
-                        reason: "the election command names no election (neither id nor name)".into(),
+                        reason: "the election command names no election (neither id nor name)"
+                            .into(),
                     })
                 }
             };

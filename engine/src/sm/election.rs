@@ -125,7 +125,10 @@ impl Election {
         let before = self.leader_name_owned();
         let changed = match (op, self.position(candidate)) {
             (ElectionOp::Enter, None) => {
-                self.candidates.push(Candidate { name: candidate.to_owned(), session_id });
+                self.candidates.push(Candidate {
+                    name: candidate.to_owned(),
+                    session_id,
+                });
                 true
             }
             (ElectionOp::Enter, Some(_)) => false,
@@ -151,9 +154,10 @@ impl Election {
                 self.candidates.swap(at, at + 1);
                 true
             }
-            (ElectionOp::Evict | ElectionOp::Anoint | ElectionOp::Promote | ElectionOp::Demote, _) => {
-                false
-            }
+            (
+                ElectionOp::Evict | ElectionOp::Anoint | ElectionOp::Promote | ElectionOp::Demote,
+                _,
+            ) => false,
         };
         self.advance_term_if_new_leader(before);
         changed
@@ -180,7 +184,8 @@ impl Election {
         }
         debug_assert!(
             {
-                let mut names: Vec<&str> = self.candidates.iter().map(|c| c.name.as_str()).collect();
+                let mut names: Vec<&str> =
+                    self.candidates.iter().map(|c| c.name.as_str()).collect();
                 names.sort_unstable();
                 names.windows(2).all(|w| w[0] != w[1])
             },
@@ -199,15 +204,25 @@ mod tests {
 
     #[test]
     fn runtime_term_lists_the_leader_first_and_multiraft_term_excludes_it() {
-        let term = ElectionTerm { term: 3, candidates: vec!["a".into(), "b".into(), "c".into()] };
+        let term = ElectionTerm {
+            term: 3,
+            candidates: vec!["a".into(), "b".into(), "c".into()],
+        };
         let runtime = term.to_runtime_term();
         assert_eq!((runtime.term, runtime.leader.as_str()), (3, "a"));
         assert_eq!(runtime.candidates, ["a", "b", "c"]);
         let multiraft = term.to_multiraft_term();
         assert_eq!((multiraft.index, multiraft.leader.as_str()), (3, "a"));
         assert_eq!(multiraft.candidates, ["b", "c"]);
-        let empty = ElectionTerm { term: 4, candidates: vec![] }.to_multiraft_term();
-        assert_eq!((empty.index, empty.leader.as_str(), empty.candidates.len()), (4, "", 0));
+        let empty = ElectionTerm {
+            term: 4,
+            candidates: vec![],
+        }
+        .to_multiraft_term();
+        assert_eq!(
+            (empty.index, empty.leader.as_str(), empty.candidates.len()),
+            (4, "", 0)
+        );
     }
 
     #[test]
@@ -215,9 +230,15 @@ mod tests {
         let mut e = Election::default();
         assert!(e.apply(ElectionOp::Enter, "a", 1));
         assert!(e.apply(ElectionOp::Enter, "b", 2));
-        assert!(!e.apply(ElectionOp::Enter, "b", 1), "present candidate: no change");
+        assert!(
+            !e.apply(ElectionOp::Enter, "b", 1),
+            "present candidate: no change"
+        );
         assert_eq!((e.term(), names(&e)), (1, vec!["a", "b"]));
-        assert!(!e.apply(ElectionOp::Withdraw, "a", 2), "withdraw by another session");
+        assert!(
+            !e.apply(ElectionOp::Withdraw, "a", 2),
+            "withdraw by another session"
+        );
         assert!(e.apply(ElectionOp::Withdraw, "a", 1));
         assert_eq!((e.term(), names(&e)), (2, vec!["b"]));
     }

@@ -75,7 +75,11 @@ pub enum SmError {
     UnknownSession { session_id: u64 },
     /// The sequence number is at or below what the client already acknowledged with
     /// KeepAlive, so its output was released and the command cannot be answered again.
-    SequenceFromThePast { session_id: u64, sequence_num: u64, released_through: u64 },
+    SequenceFromThePast {
+        session_id: u64,
+        sequence_num: u64,
+        released_through: u64,
+    },
     /// No primitive has this id.
     UnknownPrimitive { primitive_id: u64 },
     /// No election of this name was ever created.
@@ -187,7 +191,10 @@ pub fn validate_name(field: NameField, name: &str) -> Result<(), SmError> {
         return Err(SmError::EmptyName { field });
     }
     if name.len() > MAX_NAME_BYTES {
-        return Err(SmError::NameTooLong { field, len: name.len() });
+        return Err(SmError::NameTooLong {
+            field,
+            len: name.len(),
+        });
     }
     Ok(())
 }

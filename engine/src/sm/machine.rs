@@ -7,7 +7,7 @@ use super::command::{self, Command, Operation, PrimitiveRef, PrimitiveSelector};
 use super::election::{ElectionOp, ElectionTerm};
 use super::error::{validate_name, NameField, SmError};
 use super::registry::{Primitive, PrimitiveId, Registry};
-use super::session::{CachedOutput, SessionId, SessionTable, Sequencing};
+use super::session::{CachedOutput, Sequencing, SessionId, SessionTable};
 use super::{Applied, Notification, Output};
 
 /// The state machine of one Raft group.
@@ -81,7 +81,10 @@ impl StateMachine {
         if index <= self.last_applied {
             return Applied {
                 index,
-                result: Err(SmError::EntryAlreadyApplied { index, last_applied: self.last_applied }),
+                result: Err(SmError::EntryAlreadyApplied {
+                    index,
+                    last_applied: self.last_applied,
+                }),
                 retried: false,
                 notifications: Vec::new(),
             };
@@ -94,8 +97,12 @@ impl StateMachine {
             self.sessions.refresh_all(now_ms);
         }
         let mut notifications = Vec::new();
-        let expired: BTreeSet<SessionId> =
-            self.sessions.take_expired(now_ms).iter().map(|s| s.id()).collect();
+        let expired: BTreeSet<SessionId> = self
+            .sessions
+            .take_expired(now_ms)
+            .iter()
+            .map(|s| s.id())
+            .collect();
         if !expired.is_empty() {
             self.end_sessions(&expired, index, &mut notifications);
         }
@@ -103,7 +110,12 @@ impl StateMachine {
             Ok(operation) => self.execute(index, now_ms, operation, &mut notifications),
             Err(error) => (Err(error), false),
         };
-        Applied { index, result, retried, notifications }
+        Applied {
+            index,
+            result,
+            retried,
+            notifications,
+        }
     }
 
     fn execute(
@@ -119,8 +131,13 @@ impl StateMachine {
                 self.sessions.open(index, timeout_ms, now_ms);
                 (Ok(Output::SessionOpened { session_id: index }), false)
             }
-            Operation::KeepAlive { session_id, last_input_sequence_num } => {
-                let result = self.sessions.keep_alive(session_id, last_input_sequence_num, now_ms);
+            Operation::KeepAlive {
+                session_id,
+                last_input_sequence_num,
+            } => {
+                let result = self
+                    .sessions
+                    .keep_alive(session_id, last_input_sequence_num, now_ms);
                 (result.map(|()| Output::KeptAlive), false)
             }
             Operation::CloseSession { session_id } => match self.sessions.remove(session_id) {
@@ -130,29 +147,37 @@ impl StateMachine {
                 }
                 None => (Err(SmError::UnknownSession { session_id }), false),
             },
-            Operation::CreatePrimitive { session_id, sequence_num, name } => {
-                self.sequenced(session_id, sequence_num, |sm| {
-                    let primitive_id = sm.registry.create(name, index, session_id);
-                    CachedOutput::PrimitiveCreated { primitive_id }
-                })
-            }
-            Operation::ClosePrimitive { session_id, sequence_num, primitive_id } => {
-                self.sequenced(session_id, sequence_num, |sm| {
-                    let Some(primitive) = sm.registry.get_mut(primitive_id) else {
-                        return CachedOutput::UnknownPrimitive { primitive_id };
-                    };
-                    primitive.open_sessions.remove(&session_id);
-                    if primitive.election.remove_sessions(|s| s == session_id) {
-                        notifications.push(notification(index, primitive));
-                    }
-                    CachedOutput::PrimitiveClosed
-                })
-            }
-            Operation::Election { session_id, sequence_num, primitive, op, candidate } => {
-                self.sequenced(session_id, sequence_num, |sm| {
-                    sm.run_election(index, session_id, primitive, op, candidate, notifications)
-                })
-            }
+            Operation::CreatePrimitive {
+                session_id,
+                sequence_num,
+                name,
+            } => self.sequenced(session_id, sequence_num, |sm| {
+                let primitive_id = sm.registry.create(name, index, session_id);
+                CachedOutput::PrimitiveCreated { primitive_id }
+            }),
+            Operation::ClosePrimitive {
+                session_id,
+                sequence_num,
+                primitive_id,
+            } => self.sequenced(session_id, sequence_num, |sm| {
+                let Some(primitive) = sm.registry.get_mut(primitive_id) else {
+                    return CachedOutput::UnknownPrimitive { primitive_id };
+                };
+                primitive.open_sessions.remove(&session_id);
+                if primitive.election.remove_sessions(|s| s == session_id) {
+                    notifications.push(notification(index, primitive));
+                }
+                CachedOutput::PrimitiveClosed
+            }),
+            Operation::Election {
+                session_id,
+                sequence_num,
+                primitive,
+                op,
+                candidate,
+            } => self.sequenced(session_id, sequence_num, |sm| {
+                sm.run_election(index, session_id, primitive, op, candidate, notifications)
+            }),
         }
     }
 
@@ -182,10 +207,13 @@ impl StateMachine {
     fn resolve(&self, selector: PrimitiveSelector<'_>) -> Result<PrimitiveId, CachedOutput> {
         match selector {
             PrimitiveSelector::Id(primitive_id) => Ok(primitive_id),
-            PrimitiveSelector::Name(name) => self
-                .registry
-                .id_of(name)
-                .ok_or_else(|| CachedOutput::ElectionNotFound { name: name.to_owned() }),
+            PrimitiveSelector::Name(name) => {
+                self.registry
+                    .id_of(name)
+                    .ok_or_else(|| CachedOutput::ElectionNotFound {
+                        name: name.to_owned(),
+                    })
+            }
         }
     }
 
@@ -239,9 +267,10 @@ impl StateMachine {
             }
         }
         let primitive = match primitive {
-            PrimitiveRef::Id(id) => {
-                self.registry.get(*id).ok_or(SmError::UnknownPrimitive { primitive_id: *id })?
-            }
+            PrimitiveRef::Id(id) => self
+                .registry
+                .get(*id)
+                .ok_or(SmError::UnknownPrimitive { primitive_id: *id })?,
             PrimitiveRef::Name(name) => {
                 validate_name(NameField::Election, name)?;
                 self.registry

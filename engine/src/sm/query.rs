@@ -13,7 +13,10 @@ pub struct PendingQueries<Q> {
 
 impl<Q> Default for PendingQueries<Q> {
     fn default() -> Self {
-        PendingQueries { waiting: BTreeMap::new(), len: 0 }
+        PendingQueries {
+            waiting: BTreeMap::new(),
+            len: 0,
+        }
     }
 }
 
@@ -58,7 +61,10 @@ impl<Q> PendingQueries<Q> {
     /// answers them UNAVAILABLE), in order.
     pub fn drain(&mut self) -> Vec<Q> {
         self.len = 0;
-        std::mem::take(&mut self.waiting).into_values().flatten().collect()
+        std::mem::take(&mut self.waiting)
+            .into_values()
+            .flatten()
+            .collect()
     }
 }
 

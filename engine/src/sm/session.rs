@@ -31,14 +31,14 @@ impl CachedOutput {
     pub fn to_result(&self) -> Result<super::Output, SmError> {
         use super::Output;
         match self {
-            CachedOutput::PrimitiveCreated { primitive_id } => {
-                Ok(Output::PrimitiveCreated { primitive_id: *primitive_id })
-            }
+            CachedOutput::PrimitiveCreated { primitive_id } => Ok(Output::PrimitiveCreated {
+                primitive_id: *primitive_id,
+            }),
             CachedOutput::PrimitiveClosed => Ok(Output::PrimitiveClosed),
             CachedOutput::Term(term) => Ok(Output::Term(term.clone())),
-            CachedOutput::UnknownPrimitive { primitive_id } => {
-                Err(SmError::UnknownPrimitive { primitive_id: *primitive_id })
-            }
+            CachedOutput::UnknownPrimitive { primitive_id } => Err(SmError::UnknownPrimitive {
+                primitive_id: *primitive_id,
+            }),
             CachedOutput::ElectionNotFound { name } => {
                 Err(SmError::ElectionNotFound { name: name.clone() })
             }
@@ -145,12 +145,17 @@ impl SessionTable {
         acknowledged: u64,
         now_ms: u64,
     ) -> Result<(), SmError> {
-        let session = self.by_id.get_mut(&id).ok_or(SmError::UnknownSession { session_id: id })?;
+        let session = self
+            .by_id
+            .get_mut(&id)
+            .ok_or(SmError::UnknownSession { session_id: id })?;
         self.deadlines.remove(&(session.deadline_ms(), id));
         session.last_alive_ms = session.last_alive_ms.max(now_ms);
         if acknowledged > session.released_sequence_num {
             session.released_sequence_num = acknowledged;
-            session.outputs.retain(|&sequence_num, _| sequence_num > acknowledged);
+            session
+                .outputs
+                .retain(|&sequence_num, _| sequence_num > acknowledged);
         }
         self.deadlines.insert((session.deadline_ms(), id));
         Ok(())
@@ -184,12 +189,22 @@ impl SessionTable {
             expired_ids.push(id);
         }
         expired_ids.sort_unstable();
-        expired_ids.into_iter().filter_map(|id| self.by_id.remove(&id)).collect()
+        expired_ids
+            .into_iter()
+            .filter_map(|id| self.by_id.remove(&id))
+            .collect()
     }
 
     /// Looks a sequenced command up in its session's cache.
-    pub(crate) fn sequence(&self, id: SessionId, sequence_num: u64) -> Result<Sequencing<'_>, SmError> {
-        let session = self.by_id.get(&id).ok_or(SmError::UnknownSession { session_id: id })?;
+    pub(crate) fn sequence(
+        &self,
+        id: SessionId,
+        sequence_num: u64,
+    ) -> Result<Sequencing<'_>, SmError> {
+        let session = self
+            .by_id
+            .get(&id)
+            .ok_or(SmError::UnknownSession { session_id: id })?;
         if let Some(output) = session.outputs.get(&sequence_num) {
             return Ok(Sequencing::Retry(output));
         }

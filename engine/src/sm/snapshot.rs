@@ -36,8 +36,9 @@ impl StateMachine {
     /// Rebuilds a state machine from [`Self::snapshot`] bytes. It then behaves exactly as
     /// the one that wrote them.
     pub fn restore(bytes: &[u8]) -> Result<StateMachine, SnapshotError> {
-        let snapshot =
-            pb::Snapshot::decode(bytes).map_err(|e| SnapshotError::Decode { reason: e.to_string() })?;
+        let snapshot = pb::Snapshot::decode(bytes).map_err(|e| SnapshotError::Decode {
+            reason: e.to_string(),
+        })?;
         if snapshot.version != SNAPSHOT_VERSION {
             return Err(SnapshotError::UnsupportedVersion {
                 found: snapshot.version,
@@ -78,7 +79,9 @@ fn inconsistent<T>(reason: String) -> Result<T, SnapshotError> {
 
 fn ascending(previous: u64, id: u64, what: &str) -> Result<(), SnapshotError> {
     if id <= previous {
-        return inconsistent(format!("{what} id {id} is zero or not above the previous id {previous}"));
+        return inconsistent(format!(
+            "{what} id {id} is zero or not above the previous id {previous}"
+        ));
     }
     Ok(())
 }
@@ -123,7 +126,10 @@ fn encode_primitive(primitive: &Primitive) -> pb::PrimitiveState {
             .election
             .candidates()
             .iter()
-            .map(|c| pb::CandidateState { name: c.name.clone(), session_id: c.session_id })
+            .map(|c| pb::CandidateState {
+                name: c.name.clone(),
+                session_id: c.session_id,
+            })
             .collect(),
         open_sessions: primitive.open_sessions.iter().copied().collect(),
     }
@@ -132,7 +138,9 @@ fn encode_primitive(primitive: &Primitive) -> pb::PrimitiveState {
 fn decode_session(state: &pb::SessionState, last_applied: u64) -> Result<Session, SnapshotError> {
     let id = state.session_id;
     if id > last_applied {
-        return inconsistent(format!("session {id} is above the last applied index {last_applied}"));
+        return inconsistent(format!(
+            "session {id} is above the last applied index {last_applied}"
+        ));
     }
     if state.timeout_ms == 0 {
         return inconsistent(format!("session {id} has a zero timeout"));
@@ -159,19 +167,23 @@ fn decode_session(state: &pb::SessionState, last_applied: u64) -> Result<Session
     })
 }
 
-fn decode_output(cached: &pb::CachedOutput, session_id: u64) -> Result<CachedOutput, SnapshotError> {
+fn decode_output(
+    cached: &pb::CachedOutput,
+    session_id: u64,
+) -> Result<CachedOutput, SnapshotError> {
     use pb::cached_output::Output as Out;
     Ok(match &cached.output {
-        Some(Out::PrimitiveCreated(primitive_id)) => {
-            CachedOutput::PrimitiveCreated { primitive_id: *primitive_id }
-        }
+        Some(Out::PrimitiveCreated(primitive_id)) => CachedOutput::PrimitiveCreated {
+            primitive_id: *primitive_id,
+        },
         Some(Out::PrimitiveClosed(_)) => CachedOutput::PrimitiveClosed,
-        Some(Out::ElectionTerm(term)) => {
-            CachedOutput::Term(ElectionTerm { term: term.term, candidates: term.candidates.clone() })
-        }
-        Some(Out::UnknownPrimitive(primitive_id)) => {
-            CachedOutput::UnknownPrimitive { primitive_id: *primitive_id }
-        }
+        Some(Out::ElectionTerm(term)) => CachedOutput::Term(ElectionTerm {
+            term: term.term,
+            candidates: term.candidates.clone(),
+        }),
+        Some(Out::UnknownPrimitive(primitive_id)) => CachedOutput::UnknownPrimitive {
+            primitive_id: *primitive_id,
+        },
         Some(Out::ElectionNotFound(name)) => CachedOutput::ElectionNotFound { name: name.clone() },
         None => {
             return inconsistent(format!(
@@ -182,7 +194,10 @@ fn decode_output(cached: &pb::CachedOutput, session_id: u64) -> Result<CachedOut
     })
 }
 
-fn decode_primitive(state: &pb::PrimitiveState, machine: &StateMachine) -> Result<Primitive, SnapshotError> {
+fn decode_primitive(
+    state: &pb::PrimitiveState,
+    machine: &StateMachine,
+) -> Result<Primitive, SnapshotError> {
     let id = state.primitive_id;
     if id > machine.last_applied {
         return inconsistent(format!(
@@ -200,7 +215,10 @@ fn decode_primitive(state: &pb::PrimitiveState, machine: &StateMachine) -> Resul
             return inconsistent(format!("primitive {id}: {error}"));
         }
         if !candidate_names.insert(candidate.name.as_str()) {
-            return inconsistent(format!("primitive {id}: candidate {:?} appears twice", candidate.name));
+            return inconsistent(format!(
+                "primitive {id}: candidate {:?} appears twice",
+                candidate.name
+            ));
         }
         if !machine.sessions.contains(candidate.session_id) {
             return inconsistent(format!(
@@ -208,7 +226,10 @@ fn decode_primitive(state: &pb::PrimitiveState, machine: &StateMachine) -> Resul
                 candidate.name, candidate.session_id
             ));
         }
-        candidates.push(Candidate { name: candidate.name.clone(), session_id: candidate.session_id });
+        candidates.push(Candidate {
+            name: candidate.name.clone(),
+            session_id: candidate.session_id,
+        });
     }
     if !candidates.is_empty() && state.term == 0 {
         return inconsistent(format!("primitive {id} has a leader but term 0"));

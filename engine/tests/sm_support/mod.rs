@@ -14,7 +14,12 @@ pub struct Leader {
 
 impl Leader {
     pub fn new() -> Leader {
-        Leader { sm: StateMachine::new(), index: 0, term: 1, now_ms: 1_000 }
+        Leader {
+            sm: StateMachine::new(),
+            index: 0,
+            term: 1,
+            now_ms: 1_000,
+        }
     }
 
     pub fn apply(&mut self, command: command::Command) -> Applied {
@@ -26,14 +31,25 @@ impl Leader {
     }
 
     pub fn open_session(&mut self, timeout_ms: u64) -> u64 {
-        match self.apply(command::open_session(self.now_ms, timeout_ms)).result {
+        match self
+            .apply(command::open_session(self.now_ms, timeout_ms))
+            .result
+        {
             Ok(Output::SessionOpened { session_id }) => session_id,
             other => panic!("open session: {other:?}"),
         }
     }
 
     pub fn create(&mut self, session_id: u64, sequence_num: u64, name: &str) -> u64 {
-        match self.apply(command::create_primitive(self.now_ms, session_id, sequence_num, name)).result {
+        match self
+            .apply(command::create_primitive(
+                self.now_ms,
+                session_id,
+                sequence_num,
+                name,
+            ))
+            .result
+        {
             Ok(Output::PrimitiveCreated { primitive_id }) => primitive_id,
             other => panic!("create primitive: {other:?}"),
         }
@@ -66,7 +82,10 @@ impl Leader {
         op: ElectionOp,
         candidate: &str,
     ) -> ElectionTerm {
-        match self.op(session_id, sequence_num, primitive_id, op, candidate).result {
+        match self
+            .op(session_id, sequence_num, primitive_id, op, candidate)
+            .result
+        {
             Ok(Output::Term(term)) => term,
             other => panic!("{op:?} {candidate}: {other:?}"),
         }
@@ -74,5 +93,8 @@ impl Leader {
 }
 
 pub fn term(number: u64, candidates: &[&str]) -> ElectionTerm {
-    ElectionTerm { term: number, candidates: candidates.iter().map(|c| c.to_string()).collect() }
+    ElectionTerm {
+        term: number,
+        candidates: candidates.iter().map(|c| c.to_string()).collect(),
+    }
 }
