@@ -40,6 +40,10 @@ impl LogStore for RecordingLog {
         }
         Ok(())
     }
+
+    async fn close(self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 fn single_voter_runtime(log: RecordingLog) -> ShardRuntime<RecordingLog> {

@@ -1,5 +1,9 @@
 //! The Conclave node: configuration, shards pinned to cores, the peer transport, the gRPC
 //! edge (HTTP/2 via `h2` on glommio, no tokio runtime) and the Node control API.
 
+pub mod config;
 pub mod grpc;
 pub mod net;
+pub mod node;
+pub mod routing;
+pub mod service;

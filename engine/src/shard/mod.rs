@@ -6,6 +6,7 @@
 mod error;
 mod replica;
 mod runtime;
+mod storage;
 
 pub use error::ShardError;
 pub use replica::{Committed, ReadTerm, Replica, Reply, TermQuery, Watcher};
@@ -13,3 +14,4 @@ pub use runtime::{
     Clock, EventSink, GroupWrite, LogStore, Request, RuntimeConfig, ShardHandle, ShardRuntime,
     Transport,
 };
+pub use storage::recover_replica;

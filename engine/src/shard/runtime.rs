@@ -35,6 +35,8 @@ pub struct GroupWrite {
 /// of the round is durable.
 pub trait LogStore {
     fn persist(&mut self, writes: Vec<GroupWrite>) -> impl Future<Output = Result<(), String>>;
+    /// Makes everything durable and releases the files (called once, at shutdown).
+    fn close(self) -> impl Future<Output = Result<(), String>>;
 }
 
 /// Sends one batch of Raft messages to a peer node (never blocks; a full queue drops, and
@@ -171,7 +173,7 @@ impl<L: LogStore> ShardRuntime<L> {
             }
             if stop {
                 self.shutdown().await;
-                return Ok(());
+                return self.log.close().await.map_err(ShardError::Storage);
             }
             if Instant::now() >= next_tick {
                 next_tick = Instant::now() + self.cfg.tick;

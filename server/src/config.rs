@@ -1,0 +1,349 @@
+//! Node configuration: embedded defaults, an optional TOML file and command-line flags.
+//!
+//! Precedence is flag > file > default, field by field. Everything is validated once, here,
+//! so the rest of the node works with a [`Config`] that is known to make sense; a bad value is
+//! reported with the flag or key that carried it.
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default client-API address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5678";
+/// Default Node control API address (loopback only).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:5679";
+/// Default peer (node-to-node) address of a single-node deployment.
+pub const DEFAULT_PEER_LISTEN: &str = "127.0.0.1:5680";
+/// Default number of partitions (Raft groups) of a cluster.
+pub const DEFAULT_PARTITIONS: u32 = 16;
+/// Default Raft tick.
+pub const DEFAULT_TICK_MS: u64 = 10;
+/// Default election timeout, in ticks (randomised in [t, 2t) by the Raft core).
+pub const DEFAULT_ELECTION_TICKS: u32 = 15;
+/// Default heartbeat interval, in ticks.
+pub const DEFAULT_HEARTBEAT_TICKS: u32 = 3;
+/// Default client session timeout.
+pub const DEFAULT_SESSION_TIMEOUT_MS: u64 = 5_000;
+/// Default log segment size.
+pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// Default locked io_uring memory per shard (glommio's own default of 10 MiB exceeds the
+/// common `ulimit -l` of 8 MiB).
+pub const DEFAULT_IO_MEMORY_BYTES: usize = 2 << 20;
+
+#[derive(Debug, Parser)]
+#[command(name = "conclave", version, about = "Conclave: a leader-election storage server")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Run a node. With no flags: a single-node cluster on embedded defaults.
+    Serve(ServeArgs),
+}
+
+/// Flags of `conclave serve`; each overrides the same key of the `--config` file.
+#[derive(Debug, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServeArgs {
+    /// A TOML file with any of the keys below (kebab-case, as the flags).
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Directory of the write-ahead logs, snapshots and lock file [default: ./data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Client API (gRPC) address [default: 127.0.0.1:5678].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Node control API address; loopback by default [default: 127.0.0.1:5679].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Number of partitions (Raft groups) of the cluster [default: 16].
+    #[arg(long, value_name = "P")]
+    pub partitions: Option<u32>,
+    /// Number of shards (one per core) [default: the number of available cores].
+    #[arg(long, value_name = "S")]
+    pub shards: Option<u32>,
+    /// This node's id within `--peers` [default: 1].
+    #[arg(long, value_name = "N")]
+    pub node_id: Option<u32>,
+    /// Every member's peer address, this node's included: `1=HOST:PORT,2=HOST:PORT,...`
+    /// [default: 1=127.0.0.1:5680].
+    #[arg(long, value_name = "ID=HOST:PORT,...")]
+    pub peers: Option<String>,
+    /// Replicas per partition [default: min(3, number of peers)].
+    #[arg(long, value_name = "R")]
+    pub replication: Option<u32>,
+    /// Raft tick interval in milliseconds [default: 10].
+    #[arg(long, value_name = "MS")]
+    pub tick_ms: Option<u64>,
+    /// Election timeout in ticks [default: 15].
+    #[arg(long, value_name = "TICKS")]
+    pub election_ticks: Option<u32>,
+    /// Heartbeat interval in ticks [default: 3].
+    #[arg(long, value_name = "TICKS")]
+    pub heartbeat_ticks: Option<u32>,
+    /// Session timeout of client-API sessions, in milliseconds [default: 5000].
+    #[arg(long, value_name = "MS")]
+    pub session_timeout_ms: Option<u64>,
+    /// Size of each write-ahead log segment file in bytes [default: 64 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub segment_bytes: Option<u64>,
+    /// Locked io_uring memory per shard in bytes [default: 2 MiB].
+    #[arg(long, value_name = "BYTES")]
+    pub io_memory_bytes: Option<usize>,
+}
+
+/// The validated configuration of one node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub partitions: u32,
+    pub shards: u32,
+    pub node_id: u32,
+    /// Peer addresses by node id (this node's included), in id order.
+    pub peers: BTreeMap<u32, SocketAddr>,
+    pub replication: u32,
+    pub tick: Duration,
+    pub election_ticks: u32,
+    pub heartbeat_ticks: u32,
+    pub session_timeout: Duration,
+    pub segment_bytes: u64,
+    pub io_memory_bytes: usize,
+}
+
+/// A configuration that cannot be used, with the key that carried the bad value.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+/// Parses `1=HOST:PORT,2=HOST:PORT,...`.
+pub fn parse_peers(text: &str) -> Result<BTreeMap<u32, SocketAddr>, ConfigError> {
+    let mut peers = BTreeMap::new();
+    for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some((id, addr)) = item.split_once('=') else {
+            return err(format!("--peers: `{item}` is not of the form ID=HOST:PORT"));
+        };
+        let id: u32 = id
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError(format!("--peers: node id `{id}` is not a number")))?;
+        if id == 0 {
+            return err("--peers: node ids start at 1");
+        }
+        let addr: SocketAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError(format!("--peers: `{addr}` is not a HOST:PORT address")))?;
+        if peers.insert(id, addr).is_some() {
+            return err(format!("--peers: node {id} is listed twice"));
+        }
+    }
+    if peers.is_empty() {
+        return err("--peers: no peers given");
+    }
+    Ok(peers)
+}
+
+impl ServeArgs {
+    /// Fills every unset flag from `file` (flags win).
+    fn or(self, file: ServeArgs) -> ServeArgs {
+        ServeArgs {
+            config: self.config,
+            data_dir: self.data_dir.or(file.data_dir),
+            listen: self.listen.or(file.listen),
+            admin_listen: self.admin_listen.or(file.admin_listen),
+            partitions: self.partitions.or(file.partitions),
+            shards: self.shards.or(file.shards),
+            node_id: self.node_id.or(file.node_id),
+            peers: self.peers.or(file.peers),
+            replication: self.replication.or(file.replication),
+            tick_ms: self.tick_ms.or(file.tick_ms),
+            election_ticks: self.election_ticks.or(file.election_ticks),
+            heartbeat_ticks: self.heartbeat_ticks.or(file.heartbeat_ticks),
+            session_timeout_ms: self.session_timeout_ms.or(file.session_timeout_ms),
+            segment_bytes: self.segment_bytes.or(file.segment_bytes),
+            io_memory_bytes: self.io_memory_bytes.or(file.io_memory_bytes),
+        }
+    }
+}
+
+/// Reads a TOML configuration file.
+pub fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError(format!("--config {}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| ConfigError(format!("--config {}: {e}", path.display())))
+}
+
+impl Config {
+    /// Resolves flags, the optional file and the defaults into a validated configuration.
+    /// `cores` is the number of cores available to the process (the default shard count).
+    pub fn resolve(args: ServeArgs, cores: u32) -> Result<Config, ConfigError> {
+        let args = match &args.config {
+            Some(path) => {
+                let file = read_file(path)?;
+                args.or(file)
+            }
+            None => args,
+        };
+        let peers = match &args.peers {
+            Some(text) => parse_peers(text)?,
+            None => parse_peers(&format!("1={DEFAULT_PEER_LISTEN}"))?,
+        };
+        let node_id = args.node_id.unwrap_or(1);
+        if !peers.contains_key(&node_id) {
+            return err(format!("--node-id {node_id} is not one of the --peers ids {:?}", peers.keys().collect::<Vec<_>>()));
+        }
+        let members = peers.len() as u32;
+        let replication = args.replication.unwrap_or(members.min(3));
+        if replication == 0 || replication > members {
+            return err(format!("--replication {replication} must be between 1 and the number of peers ({members})"));
+        }
+        let partitions = args.partitions.unwrap_or(DEFAULT_PARTITIONS);
+        if partitions == 0 || partitions > 65_536 {
+            return err(format!("--partitions {partitions} must be between 1 and 65536"));
+        }
+        let shards = args.shards.unwrap_or(cores.max(1));
+        if shards == 0 || shards > 1024 {
+            return err(format!("--shards {shards} must be between 1 and 1024"));
+        }
+        let listen = args.listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
+        let admin_listen =
+            args.admin_listen.unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.parse().expect("valid default"));
+        if listen == admin_listen {
+            return err(format!("--admin-listen {admin_listen} must differ from --listen: the control API never shares the client port"));
+        }
+        if peers[&node_id] == listen || peers[&node_id] == admin_listen {
+            return err(format!("the peer address {} of node {node_id} must differ from --listen and --admin-listen", peers[&node_id]));
+        }
+        let tick_ms = args.tick_ms.unwrap_or(DEFAULT_TICK_MS);
+        if tick_ms == 0 || tick_ms > 10_000 {
+            return err(format!("--tick-ms {tick_ms} must be between 1 and 10000"));
+        }
+        let election_ticks = args.election_ticks.unwrap_or(DEFAULT_ELECTION_TICKS);
+        let heartbeat_ticks = args.heartbeat_ticks.unwrap_or(DEFAULT_HEARTBEAT_TICKS);
+        if heartbeat_ticks == 0 || election_ticks <= heartbeat_ticks {
+            return err(format!(
+                "--election-ticks {election_ticks} must exceed --heartbeat-ticks {heartbeat_ticks}, which must be at least 1"
+            ));
+        }
+        let session_timeout_ms = args.session_timeout_ms.unwrap_or(DEFAULT_SESSION_TIMEOUT_MS);
+        let election_ms = tick_ms * u64::from(election_ticks);
+        if session_timeout_ms < 2 * election_ms {
+            return err(format!(
+                "--session-timeout-ms {session_timeout_ms} must be at least twice the election timeout ({election_ms} ms), or sessions expire during ordinary failovers"
+            ));
+        }
+        let segment_bytes = args.segment_bytes.unwrap_or(DEFAULT_SEGMENT_BYTES);
+        if !(1 << 20..=1 << 32).contains(&segment_bytes) || segment_bytes % 4096 != 0 {
+            return err(format!("--segment-bytes {segment_bytes} must be a multiple of 4096 between 1 MiB and 4 GiB"));
+        }
+        let io_memory_bytes = args.io_memory_bytes.unwrap_or(DEFAULT_IO_MEMORY_BYTES);
+        if io_memory_bytes < 64 << 10 {
+            return err(format!("--io-memory-bytes {io_memory_bytes} must be at least 65536"));
+        }
+        Ok(Config {
+            data_dir: args.data_dir.unwrap_or_else(|| PathBuf::from("data")),
+            listen,
+            admin_listen,
+            partitions,
+            shards,
+            node_id,
+            peers,
+            replication,
+            tick: Duration::from_millis(tick_ms),
+            election_ticks,
+            heartbeat_ticks,
+            session_timeout: Duration::from_millis(session_timeout_ms),
+            segment_bytes,
+            io_memory_bytes,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["conclave", "serve"];
+        argv.extend_from_slice(args);
+        let CliCommand::Serve(serve) = Cli::try_parse_from(argv).expect("flags parse").command;
+        Config::resolve(serve, 2)
+    }
+
+    #[test]
+    fn no_flags_give_the_embedded_single_node_defaults() {
+        let c = resolve(&[]).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("data"));
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        assert!(c.admin_listen.ip().is_loopback());
+        assert_eq!((c.partitions, c.shards, c.node_id, c.replication), (DEFAULT_PARTITIONS, 2, 1, 1));
+        assert_eq!(c.peers.len(), 1);
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("conclave.toml");
+        std::fs::write(&path, "partitions = 8\nshards = 1\ndata-dir = \"/tmp/x\"\n").unwrap();
+        let c = resolve(&["--config", path.to_str().unwrap(), "--partitions", "4"]).unwrap();
+        assert_eq!((c.partitions, c.shards), (4, 1));
+        assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("conclave.toml");
+        std::fs::write(&path, "partitons = 8\n").unwrap();
+        let e = resolve(&["--config", path.to_str().unwrap()]).unwrap_err();
+        assert!(e.0.contains("partitons"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--partitions", "0"], "--partitions"),
+            (&["--shards", "0"], "--shards"),
+            (&["--admin-listen", "127.0.0.1:5678"], "--admin-listen"),
+            (&["--peers", "1=127.0.0.1:1,1=127.0.0.1:2"], "listed twice"),
+            (&["--peers", "x=127.0.0.1:1"], "not a number"),
+            (&["--peers", "1=nowhere"], "HOST:PORT"),
+            (&["--node-id", "4"], "--node-id"),
+            (&["--replication", "2"], "--replication"),
+            (&["--election-ticks", "3"], "--election-ticks"),
+            (&["--session-timeout-ms", "10"], "--session-timeout-ms"),
+            (&["--segment-bytes", "1000"], "--segment-bytes"),
+        ];
+        for (args, needle) in cases {
+            let e = resolve(args).unwrap_err();
+            assert!(e.0.contains(needle), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn three_node_peers_default_to_replication_three() {
+        let c = resolve(&["--node-id", "2", "--peers", "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003"]).unwrap();
+        assert_eq!((c.node_id, c.replication, c.peers.len()), (2, 3, 3));
+    }
+}

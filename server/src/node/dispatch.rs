@@ -1,0 +1,331 @@
+//! Cross-shard dispatch: how a gRPC handler on any shard reaches the shard that owns a
+//! group. Requests for a local group go straight to the local [`ShardHandle`]; others cross
+//! to the owning shard over glommio's channel mesh and their answers (and a watch's later
+//! changes) come back the same way. The mesh also carries accepted client connections
+//! (spread over shards) and leader updates (so every shard knows every group's leader).
+//!
+//! Mesh messages are only sent from the tasks that drain [`Outbound`] queues, so code that
+//! must not wait (a watcher called during apply) never blocks on a full mesh channel.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+
+use conclave_engine::shard::{Committed, ReadTerm, Request, ShardError, ShardHandle, TermQuery};
+use conclave_engine::sm::{Command, ElectionTerm, Notification};
+use futures_lite::StreamExt;
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::channels::local_channel::{self, LocalSender};
+use glommio::net::AcceptedTcpStream;
+
+use crate::routing::shard_of;
+
+/// Everything that crosses between shards.
+pub enum MeshMessage {
+    /// A client connection accepted on another shard, to be served here.
+    Connection(AcceptedTcpStream),
+    /// A request for a group this shard owns.
+    Call { from: usize, call: u64, group: u32, op: CallOp },
+    /// The answer to a call (for a watch: its first state).
+    Reply { call: u64, result: CallResult },
+    /// A later change seen by a watch call.
+    WatchEvent { call: u64, term: ElectionTerm },
+    /// The watching side is gone: stop sending events of this call.
+    CancelWatch { from: usize, call: u64 },
+    /// A group's leader as its owning shard last saw it.
+    Leader { group: u32, term: u64, leader: u64 },
+}
+
+pub enum CallOp {
+    Propose(Command),
+    Read(TermQuery),
+    Watch(TermQuery),
+}
+
+pub enum CallResult {
+    Committed(Result<Committed, ShardError>),
+    Read(Result<ReadTerm, ShardError>),
+}
+
+/// Receives a watch's later changes; returns false to stop watching.
+pub type WatchCallback = Box<dyn FnMut(ElectionTerm) -> bool>;
+
+enum PendingCall {
+    Once(LocalSender<CallResult>),
+    Watch { owner: usize, first: Option<LocalSender<CallResult>>, on_change: WatchCallback },
+}
+
+/// Per-destination queues of mesh messages, each drained by its own task.
+#[derive(Clone)]
+pub struct Outbound {
+    queues: Rc<Vec<Option<LocalSender<MeshMessage>>>>,
+}
+
+impl Outbound {
+    /// Queues `msg` for shard `to`. Never waits; fails only while shutting down.
+    pub fn send(&self, to: usize, msg: MeshMessage) {
+        if let Some(Some(queue)) = self.queues.get(to) {
+            let _ = queue.try_send(msg);
+        }
+    }
+}
+
+/// The leaders known for every group of the node (from every shard's reports).
+pub type LeaderTable = Rc<RefCell<BTreeMap<u32, (u64, u64)>>>;
+
+/// This shard's view of the node's shards.
+pub struct Dispatch {
+    pub shard: usize,
+    pub shards: usize,
+    local: ShardHandle,
+    outbound: Outbound,
+    calls: RefCell<BTreeMap<u64, PendingCall>>,
+    next_call: Cell<u64>,
+    /// Watches served here for other shards that those shards cancelled.
+    cancelled: RefCell<BTreeSet<(usize, u64)>>,
+    pub leaders: LeaderTable,
+}
+
+impl Dispatch {
+    /// Joins the mesh: starts one drain task per destination and returns the dispatch
+    /// plus the receivers, which [`Dispatch::serve_mesh`] consumes.
+    pub fn new(shard: usize, shards: usize, local: ShardHandle, senders: Senders<MeshMessage>) -> Rc<Dispatch> {
+        let senders = Rc::new(senders);
+        let mut queues = Vec::with_capacity(shards);
+        for to in 0..shards {
+            if to == shard {
+                queues.push(None);
+                continue;
+            }
+            let (tx, rx) = local_channel::new_unbounded::<MeshMessage>();
+            let senders = Rc::clone(&senders);
+            glommio::spawn_local(async move {
+                while let Some(msg) = rx.recv().await {
+                    if senders.send_to(to, msg).await.is_err() {
+                        break;
+                    }
+                }
+            })
+            .detach();
+            queues.push(Some(tx));
+        }
+        Rc::new(Dispatch {
+            shard,
+            shards,
+            local,
+            outbound: Outbound { queues: Rc::new(queues) },
+            calls: RefCell::new(BTreeMap::new()),
+            next_call: Cell::new(1),
+            cancelled: RefCell::new(BTreeSet::new()),
+            leaders: Rc::new(RefCell::new(BTreeMap::new())),
+        })
+    }
+
+    pub fn outbound(&self) -> &Outbound {
+        &self.outbound
+    }
+
+    /// The shard-local runtime handle.
+    pub fn local(&self) -> &ShardHandle {
+        &self.local
+    }
+
+    fn owner(&self, group: u32) -> usize {
+        shard_of(group, self.shards as u32) as usize
+    }
+
+    fn start_call(&self, pending: PendingCall) -> u64 {
+        let call = self.next_call.get();
+        self.next_call.set(call + 1);
+        self.calls.borrow_mut().insert(call, pending);
+        call
+    }
+
+    /// Proposes a command to `group` wherever its shard is, and waits until it is applied.
+    pub async fn propose(&self, group: u32, command: Command) -> Result<Committed, ShardError> {
+        let owner = self.owner(group);
+        if owner == self.shard {
+            return self.local.propose(group, command).await;
+        }
+        let (tx, rx) = local_channel::new_bounded(1);
+        let call = self.start_call(PendingCall::Once(tx));
+        let _guard = CallGuard { dispatch: self, call };
+        self.outbound.send(owner, MeshMessage::Call { from: self.shard, call, group, op: CallOp::Propose(command) });
+        match rx.recv().await {
+            Some(CallResult::Committed(result)) => result,
+            _ => Err(ShardError::ShuttingDown),
+        }
+    }
+
+    /// Reads an election of `group` linearizably.
+    pub async fn read(&self, group: u32, query: TermQuery) -> Result<ReadTerm, ShardError> {
+        let owner = self.owner(group);
+        if owner == self.shard {
+            return self.local.read(group, query).await;
+        }
+        let (tx, rx) = local_channel::new_bounded(1);
+        let call = self.start_call(PendingCall::Once(tx));
+        let _guard = CallGuard { dispatch: self, call };
+        self.outbound.send(owner, MeshMessage::Call { from: self.shard, call, group, op: CallOp::Read(query) });
+        match rx.recv().await {
+            Some(CallResult::Read(result)) => result,
+            _ => Err(ShardError::ShuttingDown),
+        }
+    }
+
+    /// Watches an election: `on_change` gets its current state first, then every later
+    /// change, in order, until it returns false. The returned result tells whether the
+    /// watch started (an unknown election, say, is an `Ok` whose `result` is an error).
+    pub async fn watch(&self, group: u32, query: TermQuery, on_change: WatchCallback) -> Result<ReadTerm, ShardError> {
+        let owner = self.owner(group);
+        let (tx, rx) = local_channel::new_bounded(1);
+        if owner == self.shard {
+            let on_change = Rc::new(RefCell::new(on_change));
+            let on_first = Rc::clone(&on_change);
+            // Called in the same step that subscribes the watcher: no change can come first.
+            let first: Box<dyn FnOnce(Result<ReadTerm, ShardError>)> = Box::new(move |r| {
+                if let Ok(ReadTerm { result: Ok(term), .. }) = &r {
+                    (on_first.borrow_mut())(term.clone());
+                }
+                let _ = tx.try_send(CallResult::Read(r));
+            });
+            let watcher = Box::new(move |n: &Notification| (on_change.borrow_mut())(n.term.clone()));
+            self.local.send(Request::Watch { group, query, first, watcher }).await?;
+        } else {
+            let call = self.start_call(PendingCall::Watch { owner, first: Some(tx), on_change });
+            self.outbound.send(owner, MeshMessage::Call { from: self.shard, call, group, op: CallOp::Watch(query) });
+        }
+        match rx.recv().await {
+            Some(CallResult::Read(result)) => result,
+            _ => Err(ShardError::ShuttingDown),
+        }
+    }
+
+    /// Drains the mesh receivers until they close, handling every message.
+    pub fn serve_mesh(self: &Rc<Self>, mut receivers: Receivers<MeshMessage>, on_connection: Rc<dyn Fn(AcceptedTcpStream)>, on_leader: Rc<dyn Fn()>) {
+        for (_, mut stream) in receivers.streams() {
+            let dispatch = Rc::clone(self);
+            let on_connection = Rc::clone(&on_connection);
+            let on_leader = Rc::clone(&on_leader);
+            glommio::spawn_local(async move {
+                while let Some(msg) = stream.next().await {
+                    dispatch.handle(msg, &*on_connection, &*on_leader);
+                }
+            })
+            .detach();
+        }
+    }
+
+    fn handle(self: &Rc<Self>, msg: MeshMessage, on_connection: &dyn Fn(AcceptedTcpStream), on_leader: &dyn Fn()) {
+        match msg {
+            MeshMessage::Connection(stream) => on_connection(stream),
+            MeshMessage::Call { from, call, group, op } => self.serve_call(from, call, group, op),
+            MeshMessage::Reply { call, result } => {
+                let mut calls = self.calls.borrow_mut();
+                match calls.remove(&call) {
+                    Some(PendingCall::Once(tx)) => {
+                        let _ = tx.try_send(result);
+                    }
+                    Some(PendingCall::Watch { owner, first, mut on_change }) => {
+                        let started = match &result {
+                            CallResult::Read(Ok(ReadTerm { result: Ok(term), .. })) => {
+                                on_change(term.clone());
+                                true
+                            }
+                            _ => false,
+                        };
+                        let failed = !started;
+                        if let Some(tx) = first {
+                            let _ = tx.try_send(result);
+                        }
+                        if !failed {
+                            calls.insert(call, PendingCall::Watch { owner, first: None, on_change });
+                        }
+                    }
+                    None => {}
+                }
+            }
+            MeshMessage::WatchEvent { call, term } => {
+                let (keep, owner) = match self.calls.borrow_mut().get_mut(&call) {
+                    Some(PendingCall::Watch { owner, on_change, .. }) => (on_change(term), Some(*owner)),
+                    _ => (false, None),
+                };
+                if !keep {
+                    self.calls.borrow_mut().remove(&call);
+                    if let Some(owner) = owner {
+                        self.outbound.send(owner, MeshMessage::CancelWatch { from: self.shard, call });
+                    }
+                }
+            }
+            MeshMessage::CancelWatch { from, call } => {
+                self.cancelled.borrow_mut().insert((from, call));
+            }
+            MeshMessage::Leader { group, term, leader } => {
+                self.record_leader(group, term, leader);
+                on_leader();
+            }
+        }
+    }
+
+    /// Records a leader report (ignoring reports older than what is known).
+    pub fn record_leader(&self, group: u32, term: u64, leader: u64) {
+        let mut leaders = self.leaders.borrow_mut();
+        let entry = leaders.entry(group).or_insert((0, 0));
+        if term >= entry.0 {
+            *entry = (term, leader);
+        }
+    }
+
+    /// Reports a leader change of a group this shard owns to every other shard.
+    pub fn broadcast_leader(&self, group: u32, term: u64, leader: u64) {
+        self.record_leader(group, term, leader);
+        for to in (0..self.shards).filter(|s| *s != self.shard) {
+            self.outbound.send(to, MeshMessage::Leader { group, term, leader });
+        }
+    }
+
+    fn serve_call(self: &Rc<Self>, from: usize, call: u64, group: u32, op: CallOp) {
+        let dispatch = Rc::clone(self);
+        glommio::spawn_local(async move {
+            let result = match op {
+                CallOp::Propose(command) => CallResult::Committed(dispatch.local.propose(group, command).await),
+                CallOp::Read(query) => CallResult::Read(dispatch.local.read(group, query).await),
+                CallOp::Watch(query) => {
+                    // The first state is queued in the same step that subscribes the
+                    // watcher, so it leaves before any change.
+                    let outbound = dispatch.outbound.clone();
+                    let first: Box<dyn FnOnce(Result<ReadTerm, ShardError>)> = Box::new(move |r| {
+                        outbound.send(from, MeshMessage::Reply { call, result: CallResult::Read(r) });
+                    });
+                    let outbound = dispatch.outbound.clone();
+                    let cancelled = Rc::clone(&dispatch);
+                    let watcher = Box::new(move |n: &Notification| {
+                        if cancelled.cancelled.borrow_mut().remove(&(from, call)) {
+                            return false;
+                        }
+                        outbound.send(from, MeshMessage::WatchEvent { call, term: n.term.clone() });
+                        true
+                    });
+                    if let Err(e) = dispatch.local.send(Request::Watch { group, query, first, watcher }).await {
+                        dispatch.outbound.send(from, MeshMessage::Reply { call, result: CallResult::Read(Err(e)) });
+                    }
+                    return;
+                }
+            };
+            dispatch.outbound.send(from, MeshMessage::Reply { call, result });
+        })
+        .detach();
+    }
+}
+
+/// Forgets a one-shot call when its caller stops waiting (deadline, cancellation).
+struct CallGuard<'a> {
+    dispatch: &'a Dispatch,
+    call: u64,
+}
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        self.dispatch.calls.borrow_mut().remove(&self.call);
+    }
+}

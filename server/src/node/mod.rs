@@ -1,0 +1,89 @@
+//! The node: one process, one glommio executor (shard) per core, each owning its groups,
+//! its log and its share of client connections; the shards joined by a channel mesh.
+//!
+//! Start-up order: lock the data directory, bind the listeners (exclusively: a second
+//! process on the same port or directory is refused with a clear message), then start the
+//! shards. Shard 0 accepts client connections and spreads them over all shards; each shard
+//! serves the gRPC edge for its connections and runs its groups. SIGTERM or SIGINT starts a
+//! graceful stop: stop accepting, let in-flight calls finish (bounded), answer what is left,
+//! and exit 0. Every acknowledged change is already durable in the log.
+
+mod dispatch;
+mod shard;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{CpuSet, LocalExecutorBuilder, Placement};
+
+use crate::config::Config;
+use crate::net::{bind_exclusive, DataDirLock};
+
+pub use dispatch::{CallOp, CallResult, Dispatch, LeaderTable, MeshMessage, Outbound, WatchCallback};
+
+/// Capacity of each shard-to-shard mesh channel.
+const MESH_CHANNEL_CAPACITY: usize = 4096;
+
+/// Runs a node until it is told to stop. Returns an error a person can act on.
+pub fn run(config: Config) -> Result<(), String> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("cannot create the data directory {}: {e}", config.data_dir.display()))?;
+    let lock = DataDirLock::acquire(&config.data_dir).map_err(|e| e.to_string())?;
+    let client_listener = bind_exclusive(config.listen).map_err(|e| format!("client API: {e}"))?;
+    let admin_listener = bind_exclusive(config.admin_listen).map_err(|e| format!("admin API: {e}"))?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .map_err(|e| format!("cannot install the handler of signal {signal}: {e}"))?;
+    }
+
+    let cpus: Vec<usize> = CpuSet::online().map(|set| set.into_iter().map(|c| c.cpu).collect()).unwrap_or_default();
+    let pin = cpus.len() >= config.shards as usize;
+    let mesh = MeshBuilder::full(config.shards as usize, MESH_CHANNEL_CAPACITY);
+    println!(
+        "conclave: node {} starting {} shard(s), {} partition(s), data in {}",
+        config.node_id,
+        config.shards,
+        config.partitions,
+        config.data_dir.display()
+    );
+    let mut listeners = Some((client_listener, admin_listener));
+    let mut handles = Vec::new();
+    for index in 0..config.shards as usize {
+        let placement = if pin { Placement::Fixed(cpus[index]) } else { Placement::Unbound };
+        let ctx = shard::ShardContext {
+            config: config.clone(),
+            mesh: mesh.clone(),
+            listeners: if index == 0 { listeners.take() } else { None },
+            stop: Arc::clone(&stop),
+        };
+        let handle = LocalExecutorBuilder::new(placement)
+            .name(&format!("conclave-shard-{index}"))
+            .io_memory(config.io_memory_bytes)
+            .spawn(move || shard::run(ctx))
+            .map_err(|e| format!("cannot start shard {index}: {e}"))?;
+        handles.push(handle);
+    }
+    let mut failure = None;
+    for (index, handle) in handles.into_iter().enumerate() {
+        match handle.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                failure.get_or_insert(format!("shard {index}: {e}"));
+            }
+            Err(e) => {
+                failure.get_or_insert(format!("shard {index} stopped abnormally: {e}"));
+            }
+        }
+    }
+    drop(lock);
+    match failure {
+        Some(e) => Err(e),
+        None => {
+            println!("conclave: node {} stopped", config.node_id);
+            Ok(())
+        }
+    }
+}
