@@ -92,6 +92,7 @@ fn decoding_payload_messages_allocates_nothing_per_payload() {
         let allocations = decode_allocations(&wire, &mut out);
         assert_eq!(out, entries);
         per_size.push(allocations);
+        println!("1000 entries of {size} B: {allocations} allocations");
         assert!(allocations <= 2, "{allocations} allocations decoding 1000 payloads of {size} B");
     }
     assert!(per_size.windows(2).all(|w| w[0] == w[1]), "allocations vary with payload size: {per_size:?}");
@@ -109,6 +110,7 @@ fn decoding_raft_appends_allocates_only_the_entry_list() {
         let allocations = decode_allocations(&wire, &mut out);
         assert_eq!(out, appends);
         per_size.push(allocations);
+        println!("64 appends of {size} B: {allocations} allocations");
         assert!(allocations <= 64 + 2, "{allocations} allocations decoding 64 appends of {size} B");
     }
     assert!(per_size.windows(2).all(|w| w[0] == w[1]), "allocations vary with payload size: {per_size:?}");
