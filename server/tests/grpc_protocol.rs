@@ -202,6 +202,13 @@ async fn requests_that_are_not_plain_grpc_are_refused_precisely() {
     let response = raw_call(addr, Method::POST, "/no-slash", GRPC, body()).await;
     assert_eq!(response.status().code(), Code::Unimplemented);
 
+    let far = &[
+        ("content-type", "application/grpc"),
+        ("grpc-timeout", "99999999H"),
+    ];
+    let response = raw_call(addr, Method::POST, GET_TERM, far, body()).await;
+    assert_eq!(response.status(), Status::ok(), "the largest timeout is accepted");
+
     let timed = &[
         ("content-type", "application/grpc"),
         ("grpc-timeout", "50m"),

@@ -53,7 +53,8 @@ pub(crate) async fn serve_call(
     let deadline = match parts.headers.get("grpc-timeout") {
         None => None,
         Some(value) => match parse_grpc_timeout(value.as_bytes()) {
-            Ok(timeout) => Some((timeout, Instant::now().checked_add(timeout))),
+            // A timeout too far away to represent (thousands of years) means no deadline.
+            Ok(timeout) => Instant::now().checked_add(timeout).map(|at| (timeout, at)),
             Err(status) => {
                 send_trailers_only(&mut respond, StatusCode::OK, &status);
                 return;
@@ -63,7 +64,7 @@ pub(crate) async fn serve_call(
     let mut deadline_timer = deadline.map(|(timeout, _)| (timeout, Timer::new(timeout)));
     let ctx = CallContext::new(
         Rc::clone(&path),
-        deadline.and_then(|(_, at)| at),
+        deadline.map(|(_, at)| at),
         Rc::new(parts.headers),
         Rc::clone(&env.connection),
     );
