@@ -67,10 +67,6 @@ impl RaftLog {
         })
     }
 
-    pub fn first_index(&self) -> u64 {
-        self.compacted_index + 1
-    }
-
     pub fn last_index(&self) -> u64 {
         self.compacted_index + self.entries.len() as u64
     }
@@ -221,6 +217,11 @@ impl RaftLog {
         } else {
             false
         }
+    }
+
+    /// True if some entries were not yet handed to the caller for persisting.
+    pub fn has_unstable(&self) -> bool {
+        self.unstable_from <= self.last_index()
     }
 
     /// Entries the caller has not been asked to persist yet; marks them handed out.

@@ -335,13 +335,9 @@ impl RaftNode {
             || !self.out_persisted_messages.is_empty()
             || !self.out_events.is_empty()
             || self.hard_state() != self.last_hard_state
-            || self.log.last_index() >= self.log.first_index().max(1) && self.has_unstable()
+            || self.log.has_unstable()
             || self.log.committed().min(self.log.persisted()) > self.log.applied()
             || self.reads.has_ready()
-    }
-
-    fn has_unstable(&self) -> bool {
-        self.log.persisted() < self.log.last_index()
     }
 
     /// Drains everything accumulated since the last call.

@@ -110,6 +110,21 @@ impl Progress {
         advanced
     }
 
+    /// A heartbeat answer arrived while the peer lags: let one more append through, so a
+    /// lost append cannot stall replication (a gap makes the peer reject, which re-probes).
+    pub fn unpause_on_heartbeat(&mut self, max_messages: usize, max_bytes: usize) {
+        match self.state {
+            ReplicationState::Probe => self.probe_sent = false,
+            ReplicationState::Replicate => {
+                if self.is_paused(max_messages, max_bytes) {
+                    if let Some((_, bytes)) = self.inflight.pop_front() {
+                        self.inflight_bytes -= bytes;
+                    }
+                }
+            }
+        }
+    }
+
     /// The peer rejected an append whose previous index was `rejected`; `hint` is the
     /// largest index the leader believes may match. Returns false for stale rejections.
     pub fn on_reject(&mut self, rejected: u64, hint: u64) -> bool {

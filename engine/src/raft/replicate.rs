@@ -168,8 +168,8 @@ impl RaftNode {
         progress.recent_active = true;
         progress.read_ack_seq = progress.read_ack_seq.max(msg.read_seq);
         let lagging = progress.match_index < last;
-        if lagging && progress.state == ReplicationState::Probe {
-            progress.probe_sent = false;
+        if lagging {
+            progress.unpause_on_heartbeat(self.cfg.max_inflight_messages, self.cfg.max_inflight_bytes);
         }
         self.advance_reads();
         if lagging {

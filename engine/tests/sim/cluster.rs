@@ -1,0 +1,529 @@
+//! The simulated cluster: nodes holding one replica per group, each replica a real
+//! `RaftNode` over a simulated disk (writes complete after a delay, in order; a crash loses
+//! whatever was not yet complete), all talking through the simulated network in batches.
+//! `run_seed` drives one whole run: chaos (crashes, partitions, loss, membership changes,
+//! leadership transfers, client traffic), then healing, then the liveness and
+//! linearizability verdicts.
+
+use std::collections::VecDeque;
+
+use conclave_engine::raft::{
+    open_batch, Config, Entry, HardState, Membership, Message, Outbox, RaftEvent, RaftNode, RaftRole,
+    Recovered, Role,
+};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::checker::{GroupChecker, Violation};
+use super::client::{decode_write, encode_write, GroupClients};
+use super::linearizability::check_register;
+use super::network::{Network, NetworkFaults};
+use super::SimOptions;
+
+/// Ticks of client traffic after the faults heal, before liveness is judged.
+const CLIENT_TICKS_AFTER_HEAL: u64 = 50;
+/// Linearizability search budget (explored states) per group.
+const LINEARIZABILITY_BUDGET: usize = 2_000_000;
+
+/// What a run did, for the test's summary line.
+#[derive(Debug, Default, Clone)]
+pub struct SimReport {
+    pub ticks: u64,
+    pub committed_entries: u64,
+    pub client_operations: usize,
+    pub crashes: u64,
+    pub leaders_elected: u64,
+    pub batches_delivered: u64,
+}
+
+struct DiskWrite {
+    done_at: u64,
+    hard_state: Option<HardState>,
+    entries: Vec<Entry>,
+    then_send: Vec<Message>,
+    ack: Option<(u64, u64)>,
+}
+
+/// One replica: the live Raft node (None while its node is down) and its durable state.
+struct Replica {
+    raft: Option<RaftNode>,
+    durable_hard_state: HardState,
+    durable_entries: Vec<Entry>,
+    writes: VecDeque<DiskWrite>,
+    register: u64,
+}
+
+struct SimNode {
+    id: u64,
+    up: bool,
+    incarnation: u64,
+    replicas: Vec<Replica>,
+    outbox: Outbox,
+}
+
+struct Sim {
+    seed: u64,
+    opts: SimOptions,
+    rng: ChaCha8Rng,
+    now: u64,
+    faults: NetworkFaults,
+    net: Network,
+    nodes: Vec<SimNode>,
+    initial: Vec<Membership>,
+    checkers: Vec<GroupChecker>,
+    clients: Vec<GroupClients>,
+    report: SimReport,
+}
+
+/// Runs seed `seed` with `opts`; Err describes the first violated property.
+pub fn run_seed(seed: u64, opts: &SimOptions) -> Result<SimReport, Violation> {
+    let mut sim = Sim::new(seed, opts.clone())?;
+    let total = opts.chaos_ticks + opts.heal_ticks;
+    let mut live = false;
+    for tick in 0..total {
+        sim.report.ticks = tick + 1;
+        let healing = tick >= opts.chaos_ticks;
+        if tick == opts.chaos_ticks {
+            sim.heal_all()?;
+        }
+        if !healing {
+            sim.inject_faults()?;
+        }
+        if tick < opts.chaos_ticks + CLIENT_TICKS_AFTER_HEAL {
+            sim.client_traffic()?;
+        }
+        sim.tick_all()?;
+        for _ in 0..opts.units_per_tick {
+            sim.advance_unit()?;
+        }
+        if tick >= opts.chaos_ticks + CLIENT_TICKS_AFTER_HEAL && sim.is_live_and_converged()? {
+            live = true;
+            break;
+        }
+    }
+    if !live {
+        return Err(Violation(format!(
+            "liveness: {} ticks after healing, some group still has no leader whose term's \
+             entries are committed and applied everywhere ({})",
+            opts.heal_ticks,
+            sim.describe_groups()
+        )));
+    }
+    sim.check_histories()?;
+    sim.report.batches_delivered = sim.net.delivered;
+    sim.report.committed_entries = sim.checkers.iter().map(GroupChecker::committed_len).sum();
+    Ok(sim.report)
+}
+
+impl Sim {
+    fn new(seed: u64, opts: SimOptions) -> Result<Self, Violation> {
+        let initial: Vec<Membership> = (0..opts.groups).map(|g| initial_membership(&opts, g)).collect();
+        let mut sim = Sim {
+            seed,
+            rng: ChaCha8Rng::seed_from_u64(seed),
+            now: 0,
+            faults: NetworkFaults { loss: opts.loss, duplicate: opts.duplicate, max_delay: opts.max_net_delay },
+            net: Network::default(),
+            nodes: Vec::new(),
+            checkers: (0..opts.groups).map(GroupChecker::new).collect(),
+            clients: (0..opts.groups).map(|_| GroupClients::default()).collect(),
+            initial,
+            report: SimReport::default(),
+            opts,
+        };
+        for id in 1..=sim.opts.nodes {
+            let replicas = (0..sim.opts.groups)
+                .map(|_| Replica {
+                    raft: None,
+                    durable_hard_state: HardState::default(),
+                    durable_entries: Vec::new(),
+                    writes: VecDeque::new(),
+                    register: 0,
+                })
+                .collect();
+            sim.nodes.push(SimNode { id, up: false, incarnation: 0, replicas, outbox: Outbox::new(id) });
+            sim.start_node(id as usize - 1)?;
+        }
+        Ok(sim)
+    }
+
+    fn config(&self, id: u64, group: u32) -> Config {
+        let mut cfg = Config::new(id, group);
+        cfg.election_ticks = 10;
+        cfg.heartbeat_ticks = 2;
+        cfg.max_entries_per_message = self.opts.max_entries_per_message;
+        cfg.max_inflight_messages = 4;
+        cfg.max_inflight_bytes = 4096;
+        cfg.deliberate_bugs = self.opts.bugs;
+        cfg
+    }
+
+    /// Starts (or restarts) node `n` from what its disks hold.
+    fn start_node(&mut self, n: usize) -> Result<(), Violation> {
+        let id = self.nodes[n].id;
+        self.nodes[n].incarnation += 1;
+        let incarnation = self.nodes[n].incarnation;
+        for g in 0..self.opts.groups as usize {
+            let cfg = self.config(id, g as u32);
+            let replica = &mut self.nodes[n].replicas[g];
+            let recovered = Recovered {
+                hard_state: replica.durable_hard_state,
+                compacted_index: 0,
+                compacted_term: 0,
+                membership: self.initial[g].clone(),
+                entries: replica.durable_entries.clone(),
+                applied: 0,
+            };
+            let rng_seed = self.seed ^ (id << 40) ^ ((g as u64) << 24) ^ incarnation;
+            let raft = RaftNode::restart(cfg, recovered, ChaCha8Rng::seed_from_u64(rng_seed))
+                .map_err(|e| Violation(format!("node {id} group {g} failed to restart: {e}")))?;
+            replica.raft = Some(raft);
+            replica.register = 0;
+        }
+        self.nodes[n].up = true;
+        for g in 0..self.opts.groups as usize {
+            self.pump(n, g)?;
+        }
+        Ok(())
+    }
+
+    fn crash_node(&mut self, n: usize) {
+        let node = &mut self.nodes[n];
+        node.up = false;
+        node.outbox.drain();
+        for replica in &mut node.replicas {
+            replica.raft = None;
+            replica.writes.clear();
+        }
+        let id = node.id;
+        for clients in &mut self.clients {
+            clients.node_crashed(id);
+        }
+        self.report.crashes += 1;
+    }
+
+    fn heal_all(&mut self) -> Result<(), Violation> {
+        self.net.heal();
+        self.faults = NetworkFaults::calm(self.opts.max_net_delay);
+        for n in 0..self.nodes.len() {
+            if !self.nodes[n].up {
+                self.start_node(n)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drains the Ready of replica (n, g) until it has nothing more, checking as it goes.
+    fn pump(&mut self, n: usize, g: usize) -> Result<(), Violation> {
+        let Sim { nodes, checkers, clients, rng, now, opts, report, .. } = self;
+        let node = &mut nodes[n];
+        let id = node.id;
+        let replica = &mut node.replicas[g];
+        let Some(raft) = replica.raft.as_mut() else { return Ok(()) };
+        while raft.has_ready() {
+            let ready = raft.ready();
+            for event in &ready.events {
+                if let RaftEvent::RoleChanged { role: RaftRole::Leader, term } = event {
+                    report.leaders_elected += 1;
+                    checkers[g].on_leader(id, *term, |i| raft.entry_term(i))?;
+                }
+            }
+            if let Some(first) = ready.entries.first() {
+                let prev_term = raft.entry_term(first.index - 1).unwrap_or(0);
+                let witness = raft.member_role() == Some(Role::Witness);
+                checkers[g].on_appended(id, &ready.entries, prev_term, witness)?;
+            }
+            let ack = ready.persist_ack();
+            node.outbox.extend(ready.messages);
+            if ready.hard_state.is_some() || !ready.entries.is_empty() || !ready.persisted_messages.is_empty() {
+                let earliest = replica.writes.back().map_or(0, |w| w.done_at);
+                let done_at = (*now + rng.random_range(1..=opts.max_disk_delay)).max(earliest);
+                replica.writes.push_back(DiskWrite {
+                    done_at,
+                    hard_state: ready.hard_state,
+                    entries: ready.entries,
+                    then_send: ready.persisted_messages,
+                    ack,
+                });
+            }
+            for entry in &ready.committed_entries {
+                checkers[g].on_applied(id, entry)?;
+                if let Some(value) = decode_write(entry) {
+                    replica.register = value;
+                }
+                clients[g].applied(id, entry, *now);
+            }
+            for read in &ready.read_states {
+                clients[g].read_confirmed(id, &read.context, read.index);
+            }
+            clients[g].serve_reads(id, raft.applied_index(), replica.register, *now);
+        }
+        Ok(())
+    }
+
+    /// One time unit: deliver due batches, complete due disk writes, send what was produced.
+    fn advance_unit(&mut self) -> Result<(), Violation> {
+        self.now += 1;
+        for batch in self.net.deliver_due(self.now) {
+            let n = batch.to as usize - 1;
+            if !self.nodes[n].up {
+                continue;
+            }
+            let messages = open_batch(batch.to, batch)
+                .map_err(|e| Violation(format!("node refused a batch: {e}")))?;
+            for msg in messages {
+                let g = msg.group_id as usize;
+                let Some(raft) = self.nodes[n].replicas[g].raft.as_mut() else { continue };
+                raft.step(msg).map_err(|e| {
+                    Violation(format!("node {} group {g} refused a message: {e}", n + 1))
+                })?;
+                self.pump(n, g)?;
+            }
+        }
+        for n in 0..self.nodes.len() {
+            if !self.nodes[n].up {
+                continue;
+            }
+            for g in 0..self.opts.groups as usize {
+                self.complete_writes(n, g)?;
+            }
+        }
+        self.flush();
+        Ok(())
+    }
+
+    fn complete_writes(&mut self, n: usize, g: usize) -> Result<(), Violation> {
+        loop {
+            let node = &mut self.nodes[n];
+            let replica = &mut node.replicas[g];
+            match replica.writes.front() {
+                Some(write) if write.done_at <= self.now => {}
+                _ => return Ok(()),
+            }
+            let write = replica.writes.pop_front().expect("checked above");
+            if let Some(hard_state) = write.hard_state {
+                replica.durable_hard_state = hard_state;
+            }
+            if let Some(first) = write.entries.first() {
+                replica.durable_entries.truncate(first.index as usize - 1);
+                replica.durable_entries.extend(write.entries);
+            }
+            node.outbox.extend(write.then_send);
+            if let (Some((index, term)), Some(raft)) = (write.ack, replica.raft.as_mut()) {
+                raft.persisted(index, term);
+            }
+            self.pump(n, g)?;
+        }
+    }
+
+    fn flush(&mut self) {
+        for node in &mut self.nodes {
+            if !node.up {
+                continue;
+            }
+            for batch in node.outbox.drain() {
+                self.net.send(batch, self.now, &self.faults, &mut self.rng);
+            }
+        }
+    }
+
+    fn tick_all(&mut self) -> Result<(), Violation> {
+        for n in 0..self.nodes.len() {
+            if !self.nodes[n].up {
+                continue;
+            }
+            for g in 0..self.opts.groups as usize {
+                if let Some(raft) = self.nodes[n].replicas[g].raft.as_mut() {
+                    raft.tick();
+                }
+                self.pump(n, g)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn leader_of(&self, g: usize) -> Option<usize> {
+        (0..self.nodes.len()).find(|n| {
+            self.nodes[*n].replicas[g].raft.as_ref().is_some_and(|r| r.role() == RaftRole::Leader)
+        })
+    }
+
+    fn inject_faults(&mut self) -> Result<(), Violation> {
+        let nodes = self.opts.nodes;
+        if self.rng.random_bool(self.opts.crash) {
+            let n = self.rng.random_range(0..nodes as usize);
+            if self.nodes[n].up {
+                self.crash_node(n);
+            }
+        }
+        for n in 0..self.nodes.len() {
+            if !self.nodes[n].up && self.rng.random_bool(self.opts.restart) {
+                self.start_node(n)?;
+            }
+        }
+        if self.rng.random_bool(self.opts.partition) {
+            match self.rng.random_range(0..3) {
+                0 => {
+                    let node = self.rng.random_range(1..=nodes);
+                    self.net.isolate(node, nodes);
+                }
+                1 => {
+                    let from = self.rng.random_range(1..=nodes);
+                    let to = self.rng.random_range(1..=nodes);
+                    if from != to {
+                        self.net.block(from, to);
+                    }
+                }
+                _ => {
+                    let sides: Vec<bool> = (0..nodes).map(|_| self.rng.random_bool(0.5)).collect();
+                    for a in 1..=nodes {
+                        for b in 1..=nodes {
+                            if sides[a as usize - 1] != sides[b as usize - 1] {
+                                self.net.block(a, b);
+                            }
+                        }
+                    }
+                }
+            }
+        } else if self.net.is_partitioned() && self.rng.random_bool(self.opts.heal) {
+            self.net.heal();
+        }
+        if self.rng.random_bool(self.opts.membership_change) {
+            self.change_membership()?;
+        }
+        if self.rng.random_bool(self.opts.transfer) {
+            let g = self.rng.random_range(0..self.opts.groups as usize);
+            if let Some(n) = self.leader_of(g) {
+                let to = self.rng.random_range(1..=nodes);
+                let raft = self.nodes[n].replicas[g].raft.as_mut().expect("leader is up");
+                // Refusals (not a voter, itself) are part of the exercise.
+                let _ = raft.transfer_leadership(to);
+                self.pump(n, g)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The leader of a random group promotes an observer or demotes a voter (keeping two).
+    fn change_membership(&mut self) -> Result<(), Violation> {
+        let g = self.rng.random_range(0..self.opts.groups as usize);
+        let Some(n) = self.leader_of(g) else { return Ok(()) };
+        let target = self.rng.random_range(1..=self.opts.nodes);
+        let raft = self.nodes[n].replicas[g].raft.as_mut().expect("leader is up");
+        let current = raft.membership().clone();
+        let voters = current.members().filter(|(_, r)| *r == Role::Voter).count();
+        let next_role = match current.role(target) {
+            Some(Role::Voter) if voters > 2 => Role::Observer,
+            Some(Role::Observer) => Role::Voter,
+            _ => return Ok(()),
+        };
+        let next = Membership::new(
+            current.members().map(|(id, role)| if id == target { (id, next_role) } else { (id, role) }),
+        )
+        .map_err(|e| Violation(format!("simulation built a bad membership: {e}")))?;
+        // Refusals (a change still pending, no entry of the term committed) are expected.
+        let _ = raft.propose_membership_change(next);
+        self.pump(n, g)
+    }
+
+    fn client_traffic(&mut self) -> Result<(), Violation> {
+        for g in 0..self.opts.groups as usize {
+            if !self.rng.random_bool(self.opts.client_op) {
+                continue;
+            }
+            let n = match self.leader_of(g) {
+                Some(leader) if self.rng.random_bool(0.7) => leader,
+                _ => self.rng.random_range(0..self.nodes.len()),
+            };
+            let id = self.nodes[n].id;
+            let write = self.rng.random_bool(0.5);
+            let now = self.now;
+            let op_id = self.clients[g].next_op_id();
+            let Some(raft) = self.nodes[n].replicas[g].raft.as_mut() else { continue };
+            if write {
+                if let Ok((index, _)) = raft.propose([encode_write(op_id)]) {
+                    self.clients[g].write_proposed(op_id, id, index, now);
+                }
+            } else if raft.read_index(bytes::Bytes::copy_from_slice(&op_id.to_le_bytes())).is_ok() {
+                self.clients[g].read_requested(op_id, id, now);
+            }
+            self.pump(n, g)?;
+        }
+        Ok(())
+    }
+
+    /// Every group has a leader whose term's entries are committed, and every replica
+    /// that applies has applied all of them.
+    fn is_live_and_converged(&self) -> Result<bool, Violation> {
+        for g in 0..self.opts.groups as usize {
+            let Some(n) = self.leader_of(g) else { return Ok(false) };
+            let leader = self.nodes[n].replicas[g].raft.as_ref().expect("leader is up");
+            let commit = leader.commit_index();
+            if commit != leader.last_index() || leader.entry_term(commit) != Some(leader.term()) {
+                return Ok(false);
+            }
+            if self.checkers[g].committed_len() > commit {
+                return Err(Violation(format!(
+                    "group {g}: entries up to {} were applied but leader {} commits only {commit}",
+                    self.checkers[g].committed_len(),
+                    n + 1
+                )));
+            }
+            for node in &self.nodes {
+                let raft = node.replicas[g].raft.as_ref().expect("all nodes are up after healing");
+                let applies = matches!(raft.member_role(), Some(Role::Voter | Role::Observer));
+                if applies && raft.applied_index() < commit {
+                    return Ok(false);
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn describe_groups(&self) -> String {
+        let mut out = Vec::new();
+        for g in 0..self.opts.groups as usize {
+            for node in &self.nodes {
+                if let Some(raft) = node.replicas[g].raft.as_ref() {
+                    out.push(format!(
+                        "g{g}/n{}: {:?} term {} leader {} commit {} applied {} last {}",
+                        node.id,
+                        raft.role(),
+                        raft.term(),
+                        raft.leader(),
+                        raft.commit_index(),
+                        raft.applied_index(),
+                        raft.last_index()
+                    ));
+                }
+            }
+        }
+        out.join("; ")
+    }
+
+    fn check_histories(&mut self) -> Result<(), Violation> {
+        for (g, clients) in self.clients.iter_mut().enumerate() {
+            clients.finish();
+            self.report.client_operations += clients.history.len();
+            check_register(&clients.history, 0, LINEARIZABILITY_BUDGET)
+                .map_err(|e| Violation(format!("group {g}: linearizability: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Every node is a member; node 3 of odd groups is a witness when witnesses are on, and
+/// node 5 of group 0 starts as an observer in five-node clusters.
+fn initial_membership(opts: &SimOptions, group: u32) -> Membership {
+    let members = (1..=opts.nodes).map(|id| {
+        let role = if opts.witnesses && id == 3 && group % 2 == 1 {
+            Role::Witness
+        } else if opts.nodes == 5 && id == 5 && group == 0 {
+            Role::Observer
+        } else {
+            Role::Voter
+        };
+        (id, role)
+    });
+    Membership::new(members).expect("simulation memberships are well formed")
+}

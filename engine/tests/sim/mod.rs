@@ -1,0 +1,78 @@
+//! Deterministic simulation of Conclave's Raft core: N nodes × G groups driven from one
+//! u64 seed, over a simulated network and simulated disks, with crashes, restarts,
+//! partitions, membership changes and leadership transfers, and checkers on every step.
+#![allow(dead_code)]
+
+pub mod checker;
+pub mod client;
+pub mod cluster;
+pub mod linearizability;
+pub mod network;
+
+use conclave_engine::raft::DeliberateBugs;
+
+pub use cluster::{run_seed, SimReport};
+
+/// Sizes and fault intensities of one simulated run; `for_seed` varies them per seed.
+#[derive(Clone, Debug)]
+pub struct SimOptions {
+    pub nodes: u64,
+    pub groups: u32,
+    /// Ticks of chaos (faults injected), then up to `heal_ticks` with all faults healed.
+    pub chaos_ticks: u64,
+    pub heal_ticks: u64,
+    /// Time units per tick; network and disk delays are measured in units.
+    pub units_per_tick: u64,
+    pub max_net_delay: u64,
+    pub max_disk_delay: u64,
+    pub loss: f64,
+    pub duplicate: f64,
+    /// Per tick probabilities.
+    pub crash: f64,
+    pub restart: f64,
+    pub partition: f64,
+    pub heal: f64,
+    pub membership_change: f64,
+    pub transfer: f64,
+    pub client_op: f64,
+    /// Node 3 of odd groups is a witness (when there are at least 3 nodes).
+    pub witnesses: bool,
+    /// Maximum entries per append (small values exercise partial acknowledgements).
+    pub max_entries_per_message: usize,
+    pub bugs: DeliberateBugs,
+}
+
+impl SimOptions {
+    /// The options of seed `seed`: sizes and fault rates drawn from the seed itself.
+    pub fn for_seed(seed: u64) -> Self {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0f_0b7105);
+        let nodes = if rng.random_bool(0.7) { 3 } else { 5 };
+        SimOptions {
+            nodes,
+            groups: rng.random_range(1..=3),
+            chaos_ticks: 300,
+            heal_ticks: 400,
+            units_per_tick: 10,
+            max_net_delay: rng.random_range(2..=30),
+            max_disk_delay: rng.random_range(1..=40),
+            loss: rng.random_range(0.0..0.15),
+            duplicate: rng.random_range(0.0..0.1),
+            crash: rng.random_range(0.0..0.03),
+            restart: 0.1,
+            partition: rng.random_range(0.0..0.03),
+            heal: 0.05,
+            membership_change: rng.random_range(0.0..0.02),
+            transfer: rng.random_range(0.0..0.02),
+            client_op: 0.5,
+            witnesses: rng.random_bool(0.3),
+            max_entries_per_message: if rng.random_bool(0.5) { 1 } else { 64 },
+            bugs: DeliberateBugs::default(),
+        }
+    }
+}
+
+/// The single command that replays `seed` of the `raft_sim` test.
+pub fn replay_command(seed: u64) -> String {
+    format!("CONCLAVE_SIM_SEED={seed} cargo test -p conclave-engine --test raft_sim -- --nocapture")
+}
