@@ -34,14 +34,14 @@ fn interleaved_groups_survive_reopen_with_truncation_and_hard_state() {
             for round in 0..40u64 {
                 for group in 1..=3u32 {
                     let batch: Vec<Entry> = (round * 5 + 1..=round * 5 + 5).map(|i| entry(group, i, 1)).collect();
-                    log.append_entries(group, &batch).unwrap();
+                    log.append_entries(group, batch).unwrap();
                 }
                 log.save_hard_state(2, HardState { term: 1, vote: 9, commit: round }).unwrap();
                 log.sync().await.unwrap();
             }
             // Group 1 is overwritten from 150 on by a new term; group 3 compacts.
             let replacement: Vec<Entry> = (150..=152).map(|i| entry(1, i, 2)).collect();
-            log.append(1, &replacement).await.unwrap();
+            log.append(1, replacement).await.unwrap();
             log.compact_group(3, 120, 1).unwrap();
             log.sync().await.unwrap();
             assert!(log.stats().rotations >= 2, "history spans several segments");
@@ -77,7 +77,7 @@ fn reads_respect_byte_limit_and_come_from_disk_when_cache_is_empty() {
         let options = LogOptions { tail_cache_bytes: 0, ..LogOptions::with_segment_bytes(64 << 10) };
         let (log, _) = Log::open(&path, options).await.unwrap();
         let batch: Vec<Entry> = (1..=50).map(|i| entry(4, i, 1)).collect();
-        log.append(4, &batch).await.unwrap();
+        log.append(4, batch.as_slice()).await.unwrap();
         let all = log.entries(4, 1, 51, usize::MAX).await.unwrap();
         assert_eq!(all, batch);
         let limited = log.entries(4, 10, 51, 1).await.unwrap();

@@ -63,18 +63,18 @@ fn copy_wal(from: &Path, to: &Path) {
 /// Group 1 writes a little early and then stays idle (its entries pin the oldest segment);
 /// groups 2 and 3 write a lot and compact most of it.
 async fn build(log: &Log) {
-    log.append(1, &(1..=5).map(|i| entry(1, i, 1)).collect::<Vec<_>>()).await.unwrap();
+    log.append(1, (1..=5).map(|i| entry(1, i, 1)).collect::<Vec<_>>()).await.unwrap();
     log.save_hard_state(1, HardState { term: 1, vote: 1, commit: 5 }).unwrap();
     for round in 0..150u64 {
         for group in 2..=3u32 {
             let batch: Vec<Entry> = (round * 4 + 1..=round * 4 + 4).map(|i| entry(group, i, 1)).collect();
-            log.append_entries(group, &batch).unwrap();
+            log.append_entries(group, batch).unwrap();
         }
         log.save_hard_state(2, HardState { term: 1, vote: 2, commit: round * 4 }).unwrap();
         log.sync().await.unwrap();
     }
     // Group 3 overwrites its tail with a new term before compacting.
-    log.append(3, &(590..=595).map(|i| entry(3, i, 2)).collect::<Vec<_>>()).await.unwrap();
+    log.append(3, (590..=595).map(|i| entry(3, i, 2)).collect::<Vec<_>>()).await.unwrap();
     log.compact_group(2, 580, 1).unwrap();
     log.compact_group(3, 500, 1).unwrap();
     log.sync().await.unwrap();
@@ -148,7 +148,7 @@ fn removed_group_is_forgotten_and_its_segments_freed() {
         let (log, _) = Log::open(&dir, options()).await.unwrap();
         for round in 0..200u64 {
             let batch: Vec<Entry> = (round * 4 + 1..=round * 4 + 4).map(|i| entry(7, i, 1)).collect();
-            log.append(7, &batch).await.unwrap();
+            log.append(7, batch).await.unwrap();
         }
         log.append(8, &[entry(8, 1, 1)]).await.unwrap();
         log.remove_group(7).unwrap();

@@ -45,7 +45,7 @@ fn child_writer() {
                     while Instant::now() < deadline {
                         let batch: Vec<Entry> = (next..next + 1 + next % 3).map(|i| Entry::new(i, 1, 0, payload(group, i))).collect();
                         let last = batch.last().unwrap().index;
-                        log.append(group, &batch).await.expect("append");
+                        log.append(group, batch.as_slice()).await.expect("append");
                         println!("ACK {group} {last}");
                         next = last + 1;
                     }

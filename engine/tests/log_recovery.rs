@@ -71,7 +71,7 @@ async fn write_history(dir: &Path, rng: &mut ChaCha8Rng, batches: usize) -> Vec<
                 })
                 .collect();
             last.insert(group, entries.last().unwrap().index);
-            let ticket = log.append_entries(group, &entries).unwrap();
+            let ticket = log.append_entries(group, entries.as_slice()).unwrap();
             history.push((ticket.0, Op::Append(group, entries)));
         }
         if rng.random_bool(0.3) {

@@ -24,6 +24,9 @@ use super::recovery::{self, Recovery};
 use super::segment::{self, PreparedSegment, SegmentFile};
 use super::{GroupId, LogError, LogOptions};
 
+/// Alignment of every log write (a filesystem block).
+const WRITE_ALIGN: u64 = 4096;
+
 /// The sequence number of an enqueued record: durable once [`Log::durable`] reaches it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ticket(pub u64);
@@ -142,15 +145,21 @@ impl Log {
     /// `entries[0].index`. They must be consecutive and start in
     /// `first_index ..= last_index + 1` of the group: a new group starts at 1, or right
     /// after the point given to [`Log::compact_group`] (a snapshot installed first).
-    pub fn append_entries(&self, group: GroupId, entries: &[Entry]) -> Result<Ticket, LogError> {
+    ///
+    /// Pass a `Vec<Entry>` to hand the entries over without copying them, or a slice.
+    pub fn append_entries(&self, group: GroupId, entries: impl Into<Vec<Entry>>) -> Result<Ticket, LogError> {
+        let entries = entries.into();
         let mut state = self.state_for_write()?;
         match state.index.group(group) {
-            Some(existing) => existing.check_append(group, entries)?,
-            None => GroupIndex::default().check_append(group, entries)?,
+            Some(existing) => existing.check_append(group, &entries)?,
+            None => GroupIndex::default().check_append(group, &entries)?,
         }
-        let record = Record { group, body: RecordBody::Entries(entries.to_vec()) };
-        let (seq, loc) = self.place(&mut state, record)?;
-        state.index.append(group, entries, loc, seq, true);
+        let record = Record { group, body: RecordBody::Entries(entries) };
+        let (seq, loc) = self.reserve(&mut state, record.framed_len())?;
+        if let RecordBody::Entries(entries) = &record.body {
+            state.index.append(group, entries, loc, seq, true);
+        }
+        state.pending.push(Pending { seq, loc, record });
         Ok(Ticket(seq))
     }
 
@@ -163,7 +172,7 @@ impl Log {
     }
 
     /// Enqueues `entries` and waits until they are durable.
-    pub async fn append(&self, group: GroupId, entries: &[Entry]) -> Result<Ticket, LogError> {
+    pub async fn append(&self, group: GroupId, entries: impl Into<Vec<Entry>>) -> Result<Ticket, LogError> {
         let ticket = self.append_entries(group, entries)?;
         self.wait_durable(ticket).await?;
         Ok(ticket)
@@ -258,7 +267,15 @@ impl Log {
     /// Assigns `record` its sequence number and place, rotating to a new segment when it
     /// does not fit in the current one.
     pub(super) fn place(&self, state: &mut State, record: Record) -> Result<(u64, RecordLoc), LogError> {
-        let len = record.framed_len() as u64;
+        let (seq, loc) = self.reserve(state, record.framed_len())?;
+        state.pending.push(Pending { seq, loc, record });
+        Ok((seq, loc))
+    }
+
+    /// Assigns the next sequence number and a place of `len` bytes; the caller pushes the
+    /// record to `pending` right away.
+    fn reserve(&self, state: &mut State, len: usize) -> Result<(u64, RecordLoc), LogError> {
+        let len = len as u64;
         let segment_bytes = self.shared.options.segment_bytes;
         if len > segment_bytes {
             return Err(LogError::Invalid(format!("record of {len} bytes exceeds the segment size {segment_bytes}")));
@@ -276,7 +293,6 @@ impl Log {
         state.tail_end += len;
         state.next_seq += 1;
         state.stats.records += 1;
-        state.pending.push(Pending { seq, loc, record });
         Ok((seq, loc))
     }
 
@@ -311,7 +327,9 @@ impl Log {
         let last = run.last().expect("runs are non-empty");
         let segment_id = first.loc.segment;
         let (segment, fresh) = self.segment_for_write(segment_id).await?;
-        let align = segment.file.alignment().max(512);
+        // Writes cover whole filesystem blocks: ext4 serialises direct writes that are only
+        // device-block aligned (512 B) and zeroes partial blocks of unwritten extents.
+        let align = segment.file.alignment().max(WRITE_ALIGN);
         let (start, carried) = {
             let state = self.shared.state.borrow();
             if state.flushed.segment == segment_id {
