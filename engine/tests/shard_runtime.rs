@@ -23,6 +23,7 @@ use rand_chacha::ChaCha8Rng;
 struct RecordingLog {
     persisted: Rc<RefCell<BTreeMap<u64, u64>>>,
     rounds: Rc<RefCell<usize>>,
+    snapshots: Rc<RefCell<Vec<(u32, u64, usize)>>>,
 }
 
 impl LogStore for RecordingLog {
@@ -38,6 +39,16 @@ impl LogStore for RecordingLog {
                 persisted.insert(e.index, e.term);
             }
         }
+        Ok(())
+    }
+
+    async fn save_snapshot(&mut self, group: u32, index: u64, _term: u64, data: bytes::Bytes) -> Result<(), String> {
+        self.snapshots.borrow_mut().push((group, index, data.len()));
+        Ok(())
+    }
+
+    async fn compact(&mut self, _group: u32, index: u64, _term: u64) -> Result<(), String> {
+        self.persisted.borrow_mut().retain(|i, _| *i > index);
         Ok(())
     }
 
@@ -60,6 +71,7 @@ fn single_voter_runtime(log: RecordingLog) -> ShardRuntime<RecordingLog> {
             tick: Duration::from_millis(1),
             request_queue: 1024,
             expiry_check: Duration::from_millis(5),
+            snapshot_every: 0,
         },
         replicas,
         log,

@@ -29,6 +29,8 @@ pub const DEFAULT_HEARTBEAT_TICKS: u32 = 3;
 pub const DEFAULT_SESSION_TIMEOUT_MS: u64 = 5_000;
 /// Default log segment size.
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
+/// Default number of applied entries between two snapshots of a group.
+pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
 /// Default locked io_uring memory per shard (glommio's own default of 10 MiB exceeds the
 /// common `ulimit -l` of 8 MiB).
 pub const DEFAULT_IO_MEMORY_BYTES: usize = 2 << 20;
@@ -97,6 +99,9 @@ pub struct ServeArgs {
     /// Locked io_uring memory per shard in bytes [default: 2 MiB].
     #[arg(long, value_name = "BYTES")]
     pub io_memory_bytes: Option<usize>,
+    /// Snapshot a group (and compact its log) every N applied entries [default: 10000].
+    #[arg(long, value_name = "N")]
+    pub snapshot_every: Option<u64>,
 }
 
 /// The validated configuration of one node.
@@ -117,6 +122,7 @@ pub struct Config {
     pub session_timeout: Duration,
     pub segment_bytes: u64,
     pub io_memory_bytes: usize,
+    pub snapshot_every: u64,
 }
 
 /// A configuration that cannot be used, with the key that carried the bad value.
@@ -182,6 +188,7 @@ impl ServeArgs {
             session_timeout_ms: self.session_timeout_ms.or(file.session_timeout_ms),
             segment_bytes: self.segment_bytes.or(file.segment_bytes),
             io_memory_bytes: self.io_memory_bytes.or(file.io_memory_bytes),
+            snapshot_every: self.snapshot_every.or(file.snapshot_every),
         }
     }
 }
@@ -260,6 +267,10 @@ impl Config {
         if io_memory_bytes < 64 << 10 {
             return err(format!("--io-memory-bytes {io_memory_bytes} must be at least 65536"));
         }
+        let snapshot_every = args.snapshot_every.unwrap_or(DEFAULT_SNAPSHOT_EVERY);
+        if snapshot_every == 0 {
+            return err("--snapshot-every must be at least 1");
+        }
         Ok(Config {
             data_dir: args.data_dir.unwrap_or_else(|| PathBuf::from("data")),
             listen,
@@ -275,6 +286,7 @@ impl Config {
             session_timeout: Duration::from_millis(session_timeout_ms),
             segment_bytes,
             io_memory_bytes,
+            snapshot_every,
         })
     }
 }
@@ -334,6 +346,7 @@ mod tests {
             (&["--election-ticks", "3"], "--election-ticks"),
             (&["--session-timeout-ms", "10"], "--session-timeout-ms"),
             (&["--segment-bytes", "1000"], "--segment-bytes"),
+            (&["--snapshot-every", "0"], "--snapshot-every"),
         ];
         for (args, needle) in cases {
             let e = resolve(args).unwrap_err();

@@ -9,9 +9,9 @@ mod runtime;
 mod storage;
 
 pub use error::ShardError;
-pub use replica::{Committed, ReadTerm, Replica, Reply, TermQuery, Watcher};
+pub use replica::{Committed, ReadTerm, Replica, Reply, SnapshotCapture, TermQuery, Watcher};
 pub use runtime::{
-    Clock, EventSink, GroupWrite, LogStore, Request, RuntimeConfig, ShardHandle, ShardRuntime,
-    Transport,
+    Clock, EventSink, GroupWrite, LogStore, Request, RuntimeConfig, ShardEvent, ShardHandle,
+    ShardRuntime, Transport,
 };
-pub use storage::recover_replica;
+pub use storage::{load_snapshot, recover_replica, LoadedSnapshot, ShardStorage, SNAPSHOT_FORMAT_VERSION};

@@ -79,6 +79,17 @@ pub struct Replica {
     watchers: BTreeMap<PrimitiveId, Vec<Watcher>>,
     /// Set when this replica just became leader and has not proposed its barrier yet.
     barrier_due: bool,
+    /// The index of the last snapshot taken or restored (0: none).
+    last_snapshot: u64,
+}
+
+/// A snapshot captured from a replica, ready to be stored.
+#[derive(Clone, Debug)]
+pub struct SnapshotCapture {
+    pub index: u64,
+    pub term: u64,
+    /// An encoded `conclave.shard.v1.GroupSnapshot`.
+    pub data: Bytes,
 }
 
 impl Replica {
@@ -86,6 +97,7 @@ impl Replica {
     pub fn new(raft: RaftNode, sm: StateMachine) -> Replica {
         debug_assert!(sm.last_applied() <= raft.commit_index().max(sm.last_applied()));
         Replica {
+            last_snapshot: sm.last_applied(),
             raft,
             sm,
             proposals: BTreeMap::new(),
@@ -275,6 +287,44 @@ impl Replica {
                 self.watchers.remove(&notification.primitive_id);
             }
         }
+    }
+
+    /// True when `every` entries were applied since the last snapshot.
+    pub fn snapshot_due(&self, every: u64) -> bool {
+        self.sm.last_applied().saturating_sub(self.last_snapshot) >= every
+    }
+
+    /// Captures the state at the applied index, with the configuration in effect there.
+    /// Returns None while a membership change is in the log above the applied index (the
+    /// configuration at the index is then not the latest one) or while other replicas
+    /// exist: this core cannot send snapshots to followers yet, so compacting a replicated
+    /// group could strand a lagging follower.
+    pub fn capture_snapshot(&self) -> Option<SnapshotCapture> {
+        let index = self.sm.last_applied();
+        let membership = self.raft.membership();
+        if membership.members().count() != 1 {
+            return None;
+        }
+        let pending_change = self
+            .raft
+            .entries()
+            .any(|e| e.index > index && e.kind == EntryKind::Membership as i32);
+        if pending_change || index <= self.last_snapshot {
+            return None;
+        }
+        let term = self.raft.entry_term(index)?;
+        let envelope = conclave_proto::conclave::shard::v1::GroupSnapshot {
+            version: super::storage::SNAPSHOT_FORMAT_VERSION,
+            membership: Some(membership.to_proto()),
+            state_machine: self.sm.snapshot(),
+        };
+        Some(SnapshotCapture { index, term, data: Bytes::from(prost::Message::encode_to_vec(&envelope)) })
+    }
+
+    /// A snapshot at `index` is durable: drop the in-memory entries it covers.
+    pub fn compacted(&mut self, index: u64) {
+        self.last_snapshot = self.last_snapshot.max(index);
+        self.raft.compact(index);
     }
 
     /// The number of registered watchers (for metrics and tests).

@@ -12,6 +12,7 @@ use std::future::Future;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use conclave_proto::conclave::raft::v1::{Entry, MessageBatch};
 use futures_lite::future;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
@@ -31,10 +32,16 @@ pub struct GroupWrite {
     pub entries: Vec<Entry>,
 }
 
-/// Durable storage as the runtime sees it: one call per round, resolved when every write
-/// of the round is durable.
+/// Durable storage as the runtime sees it: one `persist` per round, resolved when every
+/// write of the round is durable; snapshots saved durably before the log drops what they
+/// cover.
 pub trait LogStore {
     fn persist(&mut self, writes: Vec<GroupWrite>) -> impl Future<Output = Result<(), String>>;
+    /// Stores a group's snapshot at (`index`, `term`) durably, replacing older ones.
+    fn save_snapshot(&mut self, group: u32, index: u64, term: u64, data: Bytes) -> impl Future<Output = Result<(), String>>;
+    /// Drops the group's entries up to `index` (covered by a durable snapshot) and gives
+    /// back disk space where it can.
+    fn compact(&mut self, group: u32, index: u64, term: u64) -> impl Future<Output = Result<(), String>>;
     /// Makes everything durable and releases the files (called once, at shutdown).
     fn close(self) -> impl Future<Output = Result<(), String>>;
 }
@@ -43,8 +50,19 @@ pub trait LogStore {
 /// Raft retransmits).
 pub type Transport = Box<dyn FnMut(MessageBatch)>;
 
-/// Receives every Raft event of every group, with the group id.
-pub type EventSink = Box<dyn FnMut(u32, &RaftEvent)>;
+/// Something a group did that the node reports (Node API events, health, routing).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ShardEvent {
+    /// A Raft event (role, leader or membership change, ...).
+    Raft(RaftEvent),
+    /// A snapshot of the group at `index` is durable.
+    SnapshotCreated { index: u64 },
+    /// The group's log entries up to `index` were dropped.
+    LogCompacted { index: u64 },
+}
+
+/// Receives every event of every group, with the group id.
+pub type EventSink = Box<dyn FnMut(u32, &ShardEvent)>;
 
 /// Wall-clock milliseconds since the Unix epoch; the leader stamps commands with it.
 pub type Clock = Box<dyn Fn() -> u64>;
@@ -59,6 +77,9 @@ pub struct RuntimeConfig {
     pub request_queue: usize,
     /// Minimum interval between barrier entries that let sessions expire without traffic.
     pub expiry_check: Duration,
+    /// Take a snapshot of a group (and compact its log) every this many applied entries;
+    /// 0 never does.
+    pub snapshot_every: u64,
 }
 
 /// A request to the shard runtime.
@@ -180,7 +201,39 @@ impl<L: LogStore> ShardRuntime<L> {
                 self.tick();
             }
             self.process_ready().await?;
+            self.snapshot_due_groups().await?;
         }
+    }
+
+    /// Snapshots every group that applied `snapshot_every` entries since its last snapshot,
+    /// then compacts its log: the snapshot is durable before anything it covers is dropped.
+    async fn snapshot_due_groups(&mut self) -> Result<(), ShardError> {
+        if self.cfg.snapshot_every == 0 {
+            return Ok(());
+        }
+        let due: Vec<u32> = self
+            .replicas
+            .iter()
+            .filter(|(_, r)| r.snapshot_due(self.cfg.snapshot_every))
+            .map(|(g, _)| *g)
+            .collect();
+        for group in due {
+            let Some(capture) = self.replicas.get(&group).and_then(Replica::capture_snapshot) else {
+                continue;
+            };
+            let storage_error = |e: String| ShardError::Storage(format!("group {group}: {e}"));
+            self.log
+                .save_snapshot(group, capture.index, capture.term, capture.data)
+                .await
+                .map_err(storage_error)?;
+            if let Some(replica) = self.replicas.get_mut(&group) {
+                replica.compacted(capture.index);
+            }
+            self.log.compact(group, capture.index, capture.term).await.map_err(storage_error)?;
+            (self.events)(group, &ShardEvent::SnapshotCreated { index: capture.index });
+            (self.events)(group, &ShardEvent::LogCompacted { index: capture.index });
+        }
+        Ok(())
     }
 
     /// Handles one request; returns true for shutdown.
@@ -261,8 +314,8 @@ impl<L: LogStore> ShardRuntime<L> {
                 let mut ready = replica.take_ready();
                 self.outbox.extend(ready.messages.drain(..));
                 replica.apply_committed(&mut ready);
-                for event in &ready.events {
-                    (self.events)(group, event);
+                for event in ready.events.drain(..) {
+                    (self.events)(group, &ShardEvent::Raft(event));
                 }
                 if replica.take_barrier_due() {
                     replica.propose(&sm::command::leader_barrier(now_ms), Box::new(|_| {}));

@@ -1,15 +1,52 @@
-//! The shard's durable storage as the runtime uses it: the shard's write-ahead log
-//! ([`crate::log::Log`]) behind [`LogStore`], and replicas rebuilt from what recovery found.
+//! The shard's durable storage as the runtime uses it: the shard's write-ahead log and
+//! snapshot store ([`ShardStorage`]) behind [`LogStore`], and replicas rebuilt from what
+//! recovery found (the newest snapshot, then the log entries after it).
 
+use bytes::Bytes;
 use conclave_proto::conclave::raft::v1::Entry as RaftEntry;
+use conclave_proto::conclave::shard::v1::GroupSnapshot;
+use prost::Message as _;
 use rand_chacha::ChaCha8Rng;
 
-use crate::log::{self, Log, RecoveredGroup};
+use crate::log::{self, Log, RecoveredGroup, SnapshotStore};
 use crate::raft::{self, entry_kind_from_u8, entry_kind_to_u8, Membership, RaftNode, Recovered};
 use crate::sm::StateMachine;
 
 use super::replica::Replica;
 use super::runtime::{GroupWrite, LogStore};
+
+/// The version of the `conclave.shard.v1.GroupSnapshot` envelope this build writes and reads.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+
+/// A shard's durable storage: its write-ahead log and its snapshot store.
+pub struct ShardStorage {
+    pub log: Log,
+    pub snapshots: SnapshotStore,
+}
+
+impl LogStore for ShardStorage {
+    async fn persist(&mut self, writes: Vec<GroupWrite>) -> Result<(), String> {
+        self.log.persist(writes).await
+    }
+
+    async fn save_snapshot(&mut self, group: u32, index: u64, term: u64, data: Bytes) -> Result<(), String> {
+        self.snapshots.save(group, index, term, &data).await.map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    async fn compact(&mut self, group: u32, index: u64, term: u64) -> Result<(), String> {
+        let ticket = self.log.compact_group(group, index, term).map_err(|e| e.to_string())?;
+        self.log.wait_durable(ticket).await.map_err(|e| e.to_string())?;
+        let report = self.log.reclaim().await.map_err(|e| e.to_string())?;
+        if !report.deleted_segments.is_empty() {
+            tracing::debug!(group, segments = ?report.deleted_segments, relocated = report.relocated_records, "log segments reclaimed");
+        }
+        Ok(())
+    }
+
+    async fn close(self) -> Result<(), String> {
+        self.log.close().await.map_err(|e| e.to_string())
+    }
+}
 
 impl LogStore for Log {
     /// Enqueues every group's hard state, then its entries, and waits for one flush. The
@@ -29,13 +66,21 @@ impl LogStore for Log {
                 continue;
             }
             let entries: Vec<log::Entry> = write.entries.into_iter().map(to_log_entry).collect();
-            let ticket = self.append_entries(write.group, &entries).map_err(|e| e.to_string())?;
+            let ticket = self.append_entries(write.group, entries).map_err(|e| e.to_string())?;
             last = last.max(Some(ticket));
         }
         match last {
             Some(ticket) => self.wait_durable(ticket).await.map_err(|e| e.to_string()),
             None => Ok(()),
         }
+    }
+
+    async fn save_snapshot(&mut self, group: u32, _index: u64, _term: u64, _data: Bytes) -> Result<(), String> {
+        Err(format!("group {group}: a bare log has no snapshot store; use ShardStorage"))
+    }
+
+    async fn compact(&mut self, group: u32, _index: u64, _term: u64) -> Result<(), String> {
+        Err(format!("group {group}: a bare log does not compact without a snapshot store; use ShardStorage"))
     }
 
     async fn close(self) -> Result<(), String> {
@@ -48,41 +93,99 @@ fn to_log_entry(entry: RaftEntry) -> log::Entry {
     log::Entry { index: entry.index, term: entry.term, kind: entry_kind_to_u8(kind), payload: entry.data }
 }
 
-/// Rebuilds a replica of a group from the log's recovery (or starts it fresh), with
-/// `bootstrap` as the configuration of a group that has no snapshot. Every committed entry
-/// is applied again from the log on the way up, so the state machine starts empty.
+/// A group's newest snapshot, decoded.
+pub struct LoadedSnapshot {
+    pub index: u64,
+    pub term: u64,
+    pub membership: Membership,
+    pub state_machine: StateMachine,
+}
+
+/// Loads and decodes the newest snapshot of `group`, if it has one.
+pub async fn load_snapshot(store: &SnapshotStore, group: u32) -> Result<Option<LoadedSnapshot>, String> {
+    let Some(meta) = store.latest(group).await.map_err(|e| format!("group {group}: {e}"))? else {
+        return Ok(None);
+    };
+    let data = store.load(&meta).await.map_err(|e| format!("group {group}: {e}"))?;
+    let envelope = GroupSnapshot::decode(data)
+        .map_err(|e| format!("group {group}: snapshot {} does not decode: {e}", meta.path.display()))?;
+    if envelope.version != SNAPSHOT_FORMAT_VERSION {
+        return Err(format!(
+            "group {group}: snapshot {} has format version {}, this build reads {SNAPSHOT_FORMAT_VERSION}",
+            meta.path.display(),
+            envelope.version
+        ));
+    }
+    let membership = envelope
+        .membership
+        .as_ref()
+        .ok_or_else(|| format!("group {group}: snapshot {} has no membership", meta.path.display()))
+        .and_then(|m| Membership::from_proto(m).map_err(|e| format!("group {group}: {e}")))?;
+    let state_machine = StateMachine::restore(&envelope.state_machine)
+        .map_err(|e| format!("group {group}: snapshot {}: {e}", meta.path.display()))?;
+    if state_machine.last_applied() != meta.index {
+        return Err(format!(
+            "group {group}: snapshot {} claims index {} but its state machine applied {}",
+            meta.path.display(),
+            meta.index,
+            state_machine.last_applied()
+        ));
+    }
+    Ok(Some(LoadedSnapshot { index: meta.index, term: meta.term, membership, state_machine }))
+}
+
+/// Rebuilds a replica of a group from its newest snapshot (if any) and the log's recovery
+/// (or starts it fresh), with `bootstrap` as the configuration of a group that has no
+/// snapshot. Committed entries after the snapshot are applied again on the way up.
 pub fn recover_replica(
     cfg: raft::Config,
     bootstrap: Membership,
+    snapshot: Option<LoadedSnapshot>,
     recovered: Option<&RecoveredGroup>,
     rng: ChaCha8Rng,
 ) -> Result<Replica, String> {
     let group = cfg.group_id;
-    let Some(recovered) = recovered else {
+    if snapshot.is_none() && recovered.is_none() {
         let raft = RaftNode::new(cfg, bootstrap, rng).map_err(|e| format!("group {group}: {e}"))?;
         return Ok(Replica::new(raft, StateMachine::new()));
+    }
+    let (base_index, base_term, membership, sm) = match snapshot {
+        Some(s) => (s.index, s.term, s.membership, s.state_machine),
+        None => (0, 0, bootstrap, StateMachine::new()),
     };
-    if recovered.compacted != 0 {
+    let empty = RecoveredGroup::default();
+    let recovered = recovered.unwrap_or(&empty);
+    if recovered.compacted > base_index {
         return Err(format!(
-            "group {group}: the log is compacted to index {} but no snapshot was loaded",
+            "group {group}: the log is compacted to index {} but the newest snapshot covers only {base_index}",
             recovered.compacted
         ));
     }
+    // A crash between a snapshot and its compaction marker leaves covered entries in the
+    // log: they are skipped here.
     let mut entries = Vec::with_capacity(recovered.entries.len());
-    for e in &recovered.entries {
+    for e in recovered.entries.iter().filter(|e| e.index > base_index) {
         let kind = entry_kind_from_u8(e.kind)
             .ok_or_else(|| format!("group {group}: entry {} has unknown kind {}", e.index, e.kind))?;
         entries.push(RaftEntry { index: e.index, term: e.term, kind: kind as i32, data: e.payload.clone() });
     }
+    if let Some(first) = entries.first() {
+        if first.index != base_index + 1 {
+            return Err(format!(
+                "group {group}: the log resumes at index {} but the snapshot ends at {base_index}",
+                first.index
+            ));
+        }
+    }
     let hs = recovered.hard_state.unwrap_or_default();
     let recovered = Recovered {
-        hard_state: raft::HardState { term: hs.term, vote: hs.vote, commit: hs.commit },
-        compacted_index: 0,
-        compacted_term: 0,
-        membership: bootstrap,
+        hard_state: raft::HardState { term: hs.term.max(base_term), vote: hs.vote, commit: hs.commit.max(base_index) },
+        compacted_index: base_index,
+        compacted_term: base_term,
+        membership,
         entries,
-        applied: 0,
+        applied: base_index,
     };
     let raft = RaftNode::restart(cfg, recovered, rng).map_err(|e| format!("group {group}: {e}"))?;
-    Ok(Replica::new(raft, StateMachine::new()))
+    Ok(Replica::new(raft, sm))
 }

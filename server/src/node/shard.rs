@@ -8,9 +8,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use conclave_engine::log::{Log, LogOptions};
+use conclave_engine::log::{Log, LogOptions, SnapshotStore};
 use conclave_engine::raft::{self, Membership, RaftEvent};
-use conclave_engine::shard::{recover_replica, Request, RuntimeConfig, ShardRuntime};
+use conclave_engine::shard::{
+    load_snapshot, recover_replica, Request, RuntimeConfig, ShardEvent, ShardRuntime, ShardStorage,
+};
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::channels::local_channel;
 use glommio::channels::channel_mesh::Full;
@@ -75,6 +77,9 @@ async fn serve(
     if let Some(cut) = &recovery.torn_tail {
         tracing::info!(file = %cut.file.display(), offset = cut.offset, "cut a torn log tail left by a crash");
     }
+    let snapshots = SnapshotStore::open(dir.join("snapshots"))
+        .await
+        .map_err(|e| format!("opening the snapshot store in {}: {e}", dir.display()))?;
     let mut replicas = std::collections::BTreeMap::new();
     let seed = now_ms() ^ (node_id << 48);
     for group in groups_of_shard(shard as u32, shards as u32, config.partitions) {
@@ -83,16 +88,23 @@ async fn serve(
         raft_cfg.heartbeat_ticks = config.heartbeat_ticks;
         let membership = bootstrap_membership(&config)?;
         let rng = ChaCha8Rng::seed_from_u64(seed ^ u64::from(group));
-        let replica = recover_replica(raft_cfg, membership, recovery.groups.get(&group), rng)?;
+        let snapshot = load_snapshot(&snapshots, group).await?;
+        let replica = recover_replica(raft_cfg, membership, snapshot, recovery.groups.get(&group), rng)?;
         replicas.insert(group, replica);
     }
     let hosted: Vec<u32> = replicas.keys().copied().collect();
 
-    let (event_tx, event_rx) = local_channel::new_unbounded::<(u32, RaftEvent)>();
+    let (event_tx, event_rx) = local_channel::new_unbounded::<(u32, ShardEvent)>();
     let runtime = ShardRuntime::new(
-        RuntimeConfig { node_id, tick: config.tick, request_queue: 8192, expiry_check: Duration::from_millis(100) },
+        RuntimeConfig {
+            node_id,
+            tick: config.tick,
+            request_queue: 8192,
+            expiry_check: Duration::from_millis(100),
+            snapshot_every: config.snapshot_every,
+        },
         replicas,
-        log,
+        ShardStorage { log, snapshots },
         Box::new(move |batch| tracing::warn!(to = batch.to, "no peer transport on a single node; dropping a Raft batch")),
         Box::new(move |group, event| {
             let _ = event_tx.try_send((group, event.clone()));
@@ -132,7 +144,7 @@ async fn serve(
         let update_health = Rc::clone(&update_health);
         glommio::spawn_local(async move {
             while let Some((group, event)) = event_rx.recv().await {
-                if let RaftEvent::LeaderChanged { term, leader } = event {
+                if let ShardEvent::Raft(RaftEvent::LeaderChanged { term, leader }) = event {
                     dispatch.broadcast_leader(group, term, leader);
                     update_health();
                 }
