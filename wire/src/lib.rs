@@ -31,5 +31,5 @@ pub use frame::{FrameError, FrameFlags, FrameHeader, FrameLimits, FRAME_MAGIC, F
 pub use handshake::{check_handshake, HandshakeError, LocalIdentity, RemotePeer};
 pub use listener::{bind_exclusive, Inbound, ListenerConfig, ListenerHandle, PeerListener};
 pub use peer::{Peer, PeerConfig, PeerSender, PeerStats};
-pub use peers::PeerSet;
+pub use peers::{MakePeerConfig, PeerSet};
 pub use queue::{Lane, LaneLimits, SendError};

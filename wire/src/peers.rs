@@ -11,10 +11,13 @@ use prost::Message;
 use crate::event::EventSink;
 use crate::peer::{Peer, PeerConfig};
 
+/// Builds the configuration of the peer for `(node_id, address)`.
+pub type MakePeerConfig = Box<dyn Fn(u64, &str) -> PeerConfig>;
+
 /// Every outbound connection of one shard.
 pub struct PeerSet<M> {
     events: EventSink,
-    make_config: Box<dyn Fn(u64, &str) -> PeerConfig>,
+    make_config: MakePeerConfig,
     peers: BTreeMap<u64, (String, Peer<M>)>,
 }
 
