@@ -34,7 +34,7 @@ fn enter_makes_the_first_candidate_leader_and_queues_the_rest() {
         applied.notifications[0].term,
         term(1, &["a", "b", "c", "d"])
     );
-    assert_eq!(applied.notifications[0].name, "e");
+    assert_eq!(&*applied.notifications[0].name, "e");
     assert_eq!(applied.notifications[0].primitive_id, election);
     assert_eq!(applied.notifications[0].index, applied.index);
 }

@@ -7,6 +7,8 @@
 //! Also owns [`ElectionTerm`], the visible state handed to clients, and its conversions to
 //! both protobuf `Term` shapes.
 
+use std::sync::Arc;
+
 use conclave_proto::atomix::multiraft::election::v1::Term as MultiraftTerm;
 use conclave_proto::atomix::runtime::election::v1::Term as RuntimeTerm;
 
@@ -31,10 +33,11 @@ pub enum ElectionOp {
     Evict,
 }
 
-/// A candidate of an election and the session it is bound to.
+/// A candidate of an election and the session it is bound to. Names are shared
+/// (`Arc<str>`), so handing out the state copies no strings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Candidate {
-    pub name: String,
+    pub name: Arc<str>,
     pub session_id: SessionId,
 }
 
@@ -44,17 +47,17 @@ pub struct ElectionTerm {
     /// The term number: 0 before the first leader, +1 at each new leader.
     pub term: u64,
     /// Every candidate in priority order; the first one is the leader.
-    pub candidates: Vec<String>,
+    pub candidates: Vec<Arc<str>>,
 }
 
 impl ElectionTerm {
     /// The leader, if any (the first candidate).
     pub fn leader(&self) -> Option<&str> {
-        self.candidates.first().map(String::as_str)
+        self.candidates.first().map(|name| &**name)
     }
 
     /// The candidates waiting behind the leader.
-    pub fn waiting(&self) -> &[String] {
+    pub fn waiting(&self) -> &[Arc<str>] {
         self.candidates.get(1..).unwrap_or(&[])
     }
 
@@ -63,7 +66,7 @@ impl ElectionTerm {
         RuntimeTerm {
             term: self.term,
             leader: self.leader().unwrap_or_default().to_owned(),
-            candidates: self.candidates.clone(),
+            candidates: self.candidates.iter().map(|c| c.to_string()).collect(),
         }
     }
 
@@ -72,7 +75,7 @@ impl ElectionTerm {
     pub fn to_multiraft_term(&self) -> MultiraftTerm {
         MultiraftTerm {
             leader: self.leader().unwrap_or_default().to_owned(),
-            candidates: self.waiting().to_vec(),
+            candidates: self.waiting().iter().map(|c| c.to_string()).collect(),
             index: self.term,
         }
     }
@@ -116,17 +119,17 @@ impl Election {
     }
 
     fn position(&self, name: &str) -> Option<usize> {
-        self.candidates.iter().position(|c| c.name == name)
+        self.candidates.iter().position(|c| &*c.name == name)
     }
 
     /// Applies `op` on `candidate` for the calling `session_id`. Returns whether the state
     /// changed. An unknown candidate changes nothing.
     pub(crate) fn apply(&mut self, op: ElectionOp, candidate: &str, session_id: SessionId) -> bool {
-        let before = self.leader_name_owned();
+        let before = self.leader_name();
         let changed = match (op, self.position(candidate)) {
             (ElectionOp::Enter, None) => {
                 self.candidates.push(Candidate {
-                    name: candidate.to_owned(),
+                    name: Arc::from(candidate),
                     session_id,
                 });
                 true
@@ -167,25 +170,24 @@ impl Election {
     /// change. Returns whether any candidate was removed.
     pub(crate) fn remove_sessions(&mut self, ended: impl Fn(SessionId) -> bool) -> bool {
         let before_len = self.candidates.len();
-        let before = self.leader_name_owned();
+        let before = self.leader_name();
         self.candidates.retain(|c| !ended(c.session_id));
         self.advance_term_if_new_leader(before);
         self.candidates.len() != before_len
     }
 
-    fn leader_name_owned(&self) -> Option<String> {
+    fn leader_name(&self) -> Option<Arc<str>> {
         self.candidates.first().map(|c| c.name.clone())
     }
 
-    fn advance_term_if_new_leader(&mut self, leader_before: Option<String>) {
-        let now = self.candidates.first().map(|c| c.name.as_str());
+    fn advance_term_if_new_leader(&mut self, leader_before: Option<Arc<str>>) {
+        let now = self.candidates.first().map(|c| &*c.name);
         if now.is_some() && now != leader_before.as_deref() {
             self.term += 1;
         }
         debug_assert!(
             {
-                let mut names: Vec<&str> =
-                    self.candidates.iter().map(|c| c.name.as_str()).collect();
+                let mut names: Vec<&str> = self.candidates.iter().map(|c| &*c.name).collect();
                 names.sort_unstable();
                 names.windows(2).all(|w| w[0] != w[1])
             },
@@ -199,7 +201,7 @@ mod tests {
     use super::*;
 
     fn names(e: &Election) -> Vec<&str> {
-        e.candidates().iter().map(|c| c.name.as_str()).collect()
+        e.candidates().iter().map(|c| &*c.name).collect()
     }
 
     #[test]

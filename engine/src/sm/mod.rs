@@ -67,7 +67,7 @@ pub struct Notification {
     pub index: u64,
     pub primitive_id: PrimitiveId,
     /// The election's name.
-    pub name: String,
+    pub name: std::sync::Arc<str>,
     /// The election's state after the change.
     pub term: ElectionTerm,
 }

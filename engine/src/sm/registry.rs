@@ -7,6 +7,7 @@
 //! primitive releases one session's handle and withdraws that session's candidates.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use super::election::Election;
 use super::session::SessionId;
@@ -18,7 +19,7 @@ pub type PrimitiveId = u64;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Primitive {
     pub(crate) id: PrimitiveId,
-    pub(crate) name: String,
+    pub(crate) name: Arc<str>,
     pub(crate) election: Election,
     pub(crate) open_sessions: BTreeSet<SessionId>,
 }
@@ -43,7 +44,7 @@ impl Primitive {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Registry {
     by_id: BTreeMap<PrimitiveId, Primitive>,
-    by_name: BTreeMap<String, PrimitiveId>,
+    by_name: BTreeMap<Arc<str>, PrimitiveId>,
 }
 
 impl Registry {
@@ -99,7 +100,7 @@ impl Registry {
             None => {
                 self.insert(Primitive {
                     id: new_id,
-                    name: name.to_owned(),
+                    name: Arc::from(name),
                     election: Election::default(),
                     open_sessions: BTreeSet::new(),
                 });

@@ -5,6 +5,7 @@
 //! one encoding.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use conclave_proto::conclave::sm::v1 as pb;
@@ -110,7 +111,7 @@ fn encode_output(output: &CachedOutput) -> pb::cached_output::Output {
         CachedOutput::PrimitiveClosed => Out::PrimitiveClosed(pb::PrimitiveClosed {}),
         CachedOutput::Term(term) => Out::ElectionTerm(pb::ElectionTerm {
             term: term.term,
-            candidates: term.candidates.clone(),
+            candidates: term.candidates.iter().map(|c| c.to_string()).collect(),
         }),
         CachedOutput::UnknownPrimitive { primitive_id } => Out::UnknownPrimitive(*primitive_id),
         CachedOutput::ElectionNotFound { name } => Out::ElectionNotFound(name.clone()),
@@ -120,14 +121,14 @@ fn encode_output(output: &CachedOutput) -> pb::cached_output::Output {
 fn encode_primitive(primitive: &Primitive) -> pb::PrimitiveState {
     pb::PrimitiveState {
         primitive_id: primitive.id,
-        name: primitive.name.clone(),
+        name: primitive.name.to_string(),
         term: primitive.election.term(),
         candidates: primitive
             .election
             .candidates()
             .iter()
             .map(|c| pb::CandidateState {
-                name: c.name.clone(),
+                name: c.name.to_string(),
                 session_id: c.session_id,
             })
             .collect(),
@@ -179,7 +180,11 @@ fn decode_output(
         Some(Out::PrimitiveClosed(_)) => CachedOutput::PrimitiveClosed,
         Some(Out::ElectionTerm(term)) => CachedOutput::Term(ElectionTerm {
             term: term.term,
-            candidates: term.candidates.clone(),
+            candidates: term
+                .candidates
+                .iter()
+                .map(|c| Arc::from(c.as_str()))
+                .collect(),
         }),
         Some(Out::UnknownPrimitive(primitive_id)) => CachedOutput::UnknownPrimitive {
             primitive_id: *primitive_id,
@@ -227,7 +232,7 @@ fn decode_primitive(
             ));
         }
         candidates.push(Candidate {
-            name: candidate.name.clone(),
+            name: Arc::from(candidate.name.as_str()),
             session_id: candidate.session_id,
         });
     }
@@ -247,7 +252,7 @@ fn decode_primitive(
     }
     Ok(Primitive {
         id,
-        name: state.name.clone(),
+        name: Arc::from(state.name.as_str()),
         election: Election::from_parts(state.term, candidates),
         open_sessions,
     })

@@ -262,7 +262,7 @@ fn check_state(sm: &StateMachine, model: &Model) -> Result<(), TestCaseError> {
             let candidates: Vec<_> = e
                 .candidates()
                 .iter()
-                .map(|c| (c.name.clone(), c.session_id))
+                .map(|c| (c.name.to_string(), c.session_id))
                 .collect();
             (
                 p.id(),
@@ -301,7 +301,7 @@ fn check_invariants(
         let multiraft = now.to_multiraft_term();
         prop_assert_eq!(
             runtime.leader.as_str(),
-            now.candidates.first().map_or("", String::as_str)
+            now.candidates.first().map_or("", |c| &**c)
         );
         prop_assert_eq!(&multiraft.leader, &runtime.leader);
         prop_assert_eq!(
@@ -309,7 +309,7 @@ fn check_invariants(
             runtime.candidates.get(1..).unwrap_or(&[])
         );
         prop_assert_eq!(multiraft.index, runtime.term);
-        let distinct: BTreeSet<&String> = now.candidates.iter().collect();
+        let distinct: BTreeSet<&str> = now.candidates.iter().map(|c| &**c).collect();
         prop_assert_eq!(
             distinct.len(),
             now.candidates.len(),

@@ -4,6 +4,7 @@
 //! KeepAlive), kept as plain vectors and maps so that it is obviously correct.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use conclave_engine::sm::{ElectionOp, ElectionTerm, Notification, Output, SmError};
 use conclave_proto::conclave::sm::v1 as pb;
@@ -29,7 +30,11 @@ impl ModelElection {
     pub fn visible(&self) -> ElectionTerm {
         ElectionTerm {
             term: self.term,
-            candidates: self.candidates.iter().map(|c| c.0.clone()).collect(),
+            candidates: self
+                .candidates
+                .iter()
+                .map(|c| Arc::from(c.0.as_str()))
+                .collect(),
         }
     }
 
@@ -123,7 +128,7 @@ impl Model {
         out.push(Notification {
             index,
             primitive_id: id,
-            name: e.name.clone(),
+            name: Arc::from(e.name.as_str()),
             term: e.visible(),
         });
     }

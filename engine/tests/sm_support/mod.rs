@@ -95,6 +95,6 @@ impl Leader {
 pub fn term(number: u64, candidates: &[&str]) -> ElectionTerm {
     ElectionTerm {
         term: number,
-        candidates: candidates.iter().map(|c| c.to_string()).collect(),
+        candidates: candidates.iter().map(|c| (*c).into()).collect(),
     }
 }
