@@ -212,7 +212,8 @@ fn a_full_queue_pushes_back_until_the_peer_drains_it() {
         };
         let mut config = peer_config(address);
         config.ordinary_queue.max_messages = 4;
-        let peer: Peer<RaftMessage> = Peer::spawn(config, conclave_wire::ignore_events());
+        let events = Recorder::default();
+        let peer: Peer<RaftMessage> = Peer::spawn(config, events.sink());
         for i in 0..4 {
             peer.try_send(append(1, i, Bytes::new())).expect("room");
         }
@@ -222,11 +223,14 @@ fn a_full_queue_pushes_back_until_the_peer_drains_it() {
         let blocked = glommio::spawn_local(async move { sender.send(append(1, 4, Bytes::new())).await });
         glommio::timer::sleep(Duration::from_millis(50)).await;
         assert_eq!(peer.queued(), 4, "send() did not wait for room");
+        wait_until(LIMIT, "refused connects to be reported", || events.count(false) >= 2).await;
+        assert!(events.events().iter().all(|e| matches!(&e.kind, ConnectionEventKind::Failed { reason } if reason.contains("connect"))));
         let (_listener, _, rx) = listen(address);
         blocked.await.expect("queued once room was made");
         let batches = receive(&rx, 5).await;
         let indexes: Vec<u64> = batches.iter().flat_map(|b| b.messages.iter().map(|m| m.entries[0].index)).collect();
         assert_eq!(indexes, vec![0, 1, 2, 3, 4]);
+        assert_eq!(events.count(true), 1);
     });
 }
 
