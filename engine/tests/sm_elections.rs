@@ -249,3 +249,41 @@ fn closing_a_session_or_its_primitive_withdraws_its_candidates() {
         .open_sessions()
         .is_empty());
 }
+
+#[test]
+fn client_api_flow_names_elections_and_ends_with_the_connection() {
+    use conclave_engine::sm::{PrimitiveRef, SmError};
+    let mut leader = Leader::new();
+    let by_name = || PrimitiveRef::Name("jobs".into());
+    let connection = leader.open_session(30_000);
+    let enter = command::election(leader.now_ms, connection, 1, by_name(), Enter, "worker-1");
+    assert_eq!(
+        leader.apply(enter).result,
+        Err(SmError::ElectionNotFound {
+            name: "jobs".into()
+        }),
+        "an election never created is NOT_FOUND"
+    );
+    let id = leader.create(connection, 2, "jobs");
+    let other = leader.open_session(30_000);
+    assert_eq!(
+        leader.create(other, 1, "jobs"),
+        id,
+        "create by name is idempotent"
+    );
+    let enter = command::election(leader.now_ms, connection, 3, by_name(), Enter, "worker-1");
+    assert_eq!(
+        leader.apply(enter).result,
+        Ok(Output::Term(term(1, &["worker-1"])))
+    );
+    let enter = command::election(leader.now_ms, other, 2, by_name(), Enter, "worker-2");
+    assert_eq!(
+        leader.apply(enter).result,
+        Ok(Output::Term(term(1, &["worker-1", "worker-2"])))
+    );
+    let closed = leader.apply(command::close_session(leader.now_ms, connection));
+    assert_eq!(closed.notifications.len(), 1);
+    assert_eq!(closed.notifications[0].term, term(2, &["worker-2"]));
+    let read = leader.sm.query_term(None, &by_name());
+    assert_eq!(read, Ok(term(2, &["worker-2"])));
+}
