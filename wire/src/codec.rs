@@ -237,21 +237,28 @@ impl<M: Message + Default> Iterator for Messages<M> {
     }
 }
 
-/// Bytes requested from the socket per read.
+/// Most bytes requested from the socket per read.
 pub const READ_CHUNK: usize = 64 * 1024;
+/// Fewest bytes requested from the socket per read.
+pub const MIN_READ: usize = 4 * 1024;
 
 /// Cuts frames out of a byte stream. Feed it with [`FrameDecoder::read_from`] (or
 /// [`FrameDecoder::extend_from_slice`]) and take frames with [`FrameDecoder::next_frame`].
+///
+/// The read size adapts between [`MIN_READ`] and [`READ_CHUNK`]: it doubles while reads fill
+/// it and halves while they come back mostly empty, so light traffic does not pay for
+/// preparing a large buffer on every read.
 pub struct FrameDecoder {
     limits: FrameLimits,
     buffer: BytesMut,
     pending: Option<FrameHeader>,
+    read_size: usize,
 }
 
 impl FrameDecoder {
     /// A decoder that refuses frames larger than `limits` allow.
     pub fn new(limits: FrameLimits) -> FrameDecoder {
-        FrameDecoder { limits, buffer: BytesMut::new(), pending: None }
+        FrameDecoder { limits, buffer: BytesMut::new(), pending: None, read_size: MIN_READ }
     }
 
     /// Bytes received but not yet returned as frames.
@@ -267,11 +274,21 @@ impl FrameDecoder {
     /// Reads once from `reader` into the buffer; returns the byte count, 0 at end of stream.
     pub async fn read_from<R: AsyncRead + Unpin>(&mut self, reader: &mut R) -> std::io::Result<usize> {
         let filled = self.buffer.len();
-        self.buffer.reserve(READ_CHUNK);
-        self.buffer.resize(filled + READ_CHUNK, 0);
+        let missing = match self.pending {
+            Some(header) => (HEADER_LEN + header.body_len as usize).saturating_sub(filled),
+            None => 0,
+        };
+        let want = self.read_size.max(missing).clamp(MIN_READ, READ_CHUNK);
+        self.buffer.reserve(want);
+        self.buffer.resize(filled + want, 0);
         let result = reader.read(&mut self.buffer[filled..]).await;
         let read = *result.as_ref().unwrap_or(&0);
         self.buffer.truncate(filled + read);
+        if read == want {
+            self.read_size = (want * 2).min(READ_CHUNK);
+        } else if read < want / 4 {
+            self.read_size = (self.read_size / 2).max(MIN_READ);
+        }
         result
     }
 

@@ -261,3 +261,46 @@ proptest! {
         prop_assert!(result.is_err(), "corruption at byte {} accepted", position);
     }
 }
+
+/// A reader handing out at most `piece` bytes per read.
+struct Trickle<'a> {
+    data: &'a [u8],
+    piece: usize,
+}
+
+impl futures_lite::AsyncRead for Trickle<'_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let n = self.piece.min(buf.len()).min(self.data.len());
+        buf[..n].copy_from_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        std::task::Poll::Ready(Ok(n))
+    }
+}
+
+#[test]
+fn read_frame_reassembles_small_and_large_frames_from_any_read_pattern() {
+    let small: Vec<RaftMessage> = (0..500).map(|i| support::append(1, i, Bytes::from(vec![1u8; 16]))).collect();
+    let large: Vec<RaftMessage> = (0..4).map(|i| support::append(2, i, Bytes::from(vec![2u8; 100_000]))).collect();
+    let mut wire = BytesMut::new();
+    for chunk in small.chunks(50) {
+        encode_frame(&mut wire, FrameFlags::NONE, FrameLimits::default(), chunk).expect("fits");
+    }
+    encode_frame(&mut wire, FrameFlags::BULK, FrameLimits::default(), &large).expect("fits");
+    for piece in [7usize, 4096, 1 << 20] {
+        let mut reader = Trickle { data: &wire, piece };
+        let mut decoder = FrameDecoder::new(FrameLimits::default());
+        let mut decoded = Vec::new();
+        futures_lite::future::block_on(async {
+            while let Some(frame) = decoder.read_frame(&mut reader).await.expect("valid stream") {
+                frame.decode_into::<RaftMessage>(&mut decoded).expect("decodes");
+            }
+        });
+        assert_eq!(decoded.len(), 504, "pieces of {piece} bytes");
+        assert_eq!(&decoded[..500], &small[..]);
+        assert_eq!(&decoded[500..], &large[..]);
+    }
+}
