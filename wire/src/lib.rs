@@ -13,6 +13,33 @@
 //! - [`PeerSet`]: every outbound [`Peer`] of a shard, keyed by node id.
 //! - [`PeerListener`]: the inbound side; delivers [`Inbound`] batches to a glommio channel.
 //! - [`ConnectionEvent`]: established / failed, for the Node API's Watch.
+//!
+//! Wiring one shard (inside its glommio executor), with the server's own envelope type `M`:
+//!
+//! ```no_run
+//! use std::rc::Rc;
+//! use conclave_proto::conclave::raft::v1::MessageBatch as Envelope;
+//! use conclave_wire::{Inbound, ListenerConfig, LocalIdentity, PeerConfig, PeerListener, PeerSet};
+//!
+//! # async fn shard() -> std::io::Result<()> {
+//! let local = LocalIdentity { cluster_id: "prod".into(), node_id: 1, shard_id: 0 };
+//! // Inbound: frames from every remote node's shard 0, decoded in place.
+//! let listener = PeerListener::bind("10.0.0.1:7100".parse().unwrap(), ListenerConfig::new(local.clone()))?;
+//! let (inbound_tx, inbound_rx) = glommio::channels::local_channel::new_bounded::<Inbound<Envelope>>(256);
+//! let _serving = listener.spawn(inbound_tx);
+//! // Outbound: one connection per remote node; events feed the Node API's Watch.
+//! let events = Rc::new(|event: conclave_wire::ConnectionEvent| println!("{event:?}"));
+//! let mut peers = PeerSet::<Envelope>::new(events, move |node_id, address| PeerConfig::new(local.clone(), node_id, address));
+//! peers.set_address(2, "10.0.0.2:7100");
+//! if let Some(peer) = peers.get(2) {
+//!     let _ = peer.try_send(Envelope { from: 1, to: 2, messages: Vec::new() });
+//! }
+//! while let Some(batch) = inbound_rx.recv().await {
+//!     for envelope in batch.messages { let _ = (batch.from.node_id, envelope); }
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod backoff;
 pub mod codec;
