@@ -163,6 +163,17 @@ impl RaftNode {
     pub fn membership(&self) -> &Membership {
         &self.configs.last().expect("configs always holds the base configuration").2
     }
+    /// On a leader: the highest index `peer` acknowledged as durably matching (None when
+    /// not leader or `peer` is not a member).
+    pub fn match_index(&self, peer: u64) -> Option<u64> {
+        if self.role != RaftRole::Leader {
+            return None;
+        }
+        if peer == self.cfg.id {
+            return Some(self.log.persisted());
+        }
+        self.progress.get(&peer).map(|p| p.match_index)
+    }
     /// Term of the entry at `index`, if held (or at the compaction point).
     pub fn entry_term(&self, index: u64) -> Option<u64> {
         self.log.term(index)

@@ -196,6 +196,7 @@ impl Sim {
             replica.writes.clear();
         }
         let id = node.id;
+        self.net.drop_from(id);
         for clients in &mut self.clients {
             clients.node_crashed(id);
         }
@@ -289,6 +290,32 @@ impl Sim {
             }
         }
         self.flush();
+        self.check_acknowledged_durable()
+    }
+
+    /// Persisted-ack semantics: whatever a leader counts as matching on a replica is durable
+    /// there, unless a newer term has since rewritten that replica's log.
+    fn check_acknowledged_durable(&self) -> Result<(), Violation> {
+        for g in 0..self.opts.groups as usize {
+            let Some(n) = self.leader_of(g) else { continue };
+            let leader = self.nodes[n].replicas[g].raft.as_ref().expect("leader is up");
+            for peer in &self.nodes {
+                let replica = &peer.replicas[g];
+                let Some(matched) = leader.match_index(peer.id) else { continue };
+                if matched == 0 || replica.durable_hard_state.term != leader.term() {
+                    continue;
+                }
+                let durable_term = replica.durable_entries.get(matched as usize - 1).map(|e| e.term);
+                if durable_term != leader.entry_term(matched) {
+                    return Err(Violation(format!(
+                        "group {g}: leader {} counts entry {matched} as held by node {}, whose disk \
+                         has term {durable_term:?} there (acknowledged before persisted)",
+                        n + 1,
+                        peer.id
+                    )));
+                }
+            }
+        }
         Ok(())
     }
 
@@ -353,6 +380,12 @@ impl Sim {
         if self.rng.random_bool(self.opts.crash) {
             let n = self.rng.random_range(0..nodes as usize);
             if self.nodes[n].up {
+                self.crash_node(n);
+            }
+        }
+        if self.rng.random_bool(self.opts.crash_leader) {
+            let g = self.rng.random_range(0..self.opts.groups as usize);
+            if let Some(n) = self.leader_of(g) {
                 self.crash_node(n);
             }
         }

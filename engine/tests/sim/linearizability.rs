@@ -24,6 +24,24 @@ pub struct Operation {
 /// Searches for a linearization of `history` starting from register value `initial`.
 /// Returns Err with a description if none exists, or if the search exceeds `budget` states.
 pub fn check_register(history: &[Operation], initial: u64, budget: usize) -> Result<(), String> {
+    // A write of unknown outcome whose value no read returned can only move the register to
+    // a value nobody observed; leaving it out never hides a valid linearization.
+    let observed: BTreeSet<u64> = history
+        .iter()
+        .filter_map(|o| match o.op {
+            RegisterOp::Read(v) => Some(v),
+            RegisterOp::Write(_) => None,
+        })
+        .collect();
+    let history: Vec<Operation> = history
+        .iter()
+        .filter(|o| match o.op {
+            RegisterOp::Write(v) => o.returned.is_some() || observed.contains(&v),
+            RegisterOp::Read(_) => true,
+        })
+        .copied()
+        .collect();
+    let history = history.as_slice();
     let mut search = Search {
         history,
         linearized: vec![false; history.len()],

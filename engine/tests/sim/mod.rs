@@ -29,6 +29,8 @@ pub struct SimOptions {
     pub duplicate: f64,
     /// Per tick probabilities.
     pub crash: f64,
+    /// Probability per tick that the leader of a random group crashes (a targeted nemesis).
+    pub crash_leader: f64,
     pub restart: f64,
     pub partition: f64,
     pub heal: f64,
@@ -59,6 +61,7 @@ impl SimOptions {
             loss: rng.random_range(0.0..0.15),
             duplicate: rng.random_range(0.0..0.1),
             crash: rng.random_range(0.0..0.03),
+            crash_leader: rng.random_range(0.0..0.02),
             restart: 0.1,
             partition: rng.random_range(0.0..0.03),
             heal: 0.05,

@@ -67,6 +67,13 @@ impl Network {
         due
     }
 
+    /// A node lost power: whatever it sent that has not arrived yet is lost with it.
+    pub fn drop_from(&mut self, node: u64) {
+        let before = self.in_flight.len();
+        self.in_flight.retain(|_, batch| batch.from != node);
+        self.dropped += (before - self.in_flight.len()) as u64;
+    }
+
     pub fn block(&mut self, from: u64, to: u64) {
         self.blocked.insert((from, to));
     }
