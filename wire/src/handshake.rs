@@ -121,8 +121,10 @@ pub fn check_handshake(local: &LocalIdentity, hello: &Handshake) -> Result<(), S
 
 async fn write_message<S: AsyncWrite + Unpin, M: Message>(stream: &mut S, message: &M) -> std::io::Result<()> {
     let mut buffer = BytesMut::new();
-    encode_frame(&mut buffer, FrameFlags::HANDSHAKE, HANDSHAKE_LIMITS, [message])
-        .expect("handshake messages are far below the handshake frame limit");
+    encode_frame(&mut buffer, FrameFlags::HANDSHAKE, HANDSHAKE_LIMITS, [message]).map_err(|e| {
+        // Only a cluster id of kilobytes gets here: a configuration error, reported as such.
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("handshake too large (is the cluster id sane?): {e}"))
+    })?;
     stream.write_all(&buffer).await
 }
 
