@@ -123,7 +123,8 @@ impl LogLoad {
         let (log, _) = Log::open(dir, options).await.expect("open log");
         let payload = Bytes::from(vec![0xA5u8; ENTRY_PAYLOAD]);
         // The first append creates the first segment; the next one is then prepared.
-        log.append(GROUPS, &[Entry::new(1, 1, 0, payload.clone())]).await.expect("warm-up append");
+        log.append(GROUPS, vec![Entry::new(1, 1, 0, payload.clone())]).await.expect("warm-up append");
+        log.wait_prepared().await;
         LogLoad { log, payload, next: [1; GROUPS as usize], group: 0 }
     }
 

@@ -71,8 +71,10 @@ pub(super) struct State {
     pub pending: Vec<Pending>,
     pub segments: BTreeMap<u64, Rc<SegmentFile>>,
     pub prepared: Option<PreparedSegment>,
-    /// The background preparation of the next segment, while it runs.
-    pub preparing: Option<glommio::task::JoinHandle<()>>,
+    /// Whether the next segment is being prepared in the background.
+    pub preparing: bool,
+    /// Tasks waiting for that preparation to end.
+    pub prepare_waiters: Vec<Waker>,
     pub prepare_counter: u64,
     pub flushing: bool,
     pub flush_generation: u64,
@@ -122,7 +124,8 @@ impl Log {
             pending: Vec::new(),
             segments: recovered.segments,
             prepared: None,
-            preparing: None,
+            preparing: false,
+            prepare_waiters: Vec::new(),
             prepare_counter: 0,
             flushing: false,
             flush_generation: 0,
@@ -415,17 +418,21 @@ impl Log {
     fn prepare_next_segment(&self) {
         {
             let state = self.shared.state.borrow();
-            if state.prepared.is_some() || state.preparing.is_some() {
+            if state.prepared.is_some() || state.preparing {
                 return;
             }
         }
         let n = self.next_prepare_number();
+        self.shared.state.borrow_mut().preparing = true;
         let shared = self.shared.clone();
-        let handle = glommio::spawn_local(async move {
+        glommio::spawn_local(async move {
             let options = &shared.options;
             let made = segment::prepare_segment(&shared.dir, n, options.segment_bytes, options.zero_fill_segments).await;
             let mut state = shared.state.borrow_mut();
-            state.preparing = None;
+            state.preparing = false;
+            for waker in state.prepare_waiters.drain(..) {
+                waker.wake();
+            }
             match made {
                 Ok(prepared) => state.prepared = Some(prepared),
                 // Not fatal: the rotation that needs a segment prepares one itself and
@@ -434,18 +441,19 @@ impl Log {
             }
         })
         .detach();
-        // The task cannot have finished yet: it has not been polled.
-        self.shared.state.borrow_mut().preparing = Some(handle);
+    }
+
+    /// Waits until the background preparation of the next segment (if any) has ended, so
+    /// the next rotation finds it ready. Useful before latency-sensitive work or a benchmark.
+    pub async fn wait_prepared(&self) {
+        PreparationDone { shared: &self.shared }.await
     }
 
     /// Makes everything durable and waits for background work (segment preparation) to end,
     /// so the directory is quiet afterwards.
     pub async fn close(self) -> Result<(), LogError> {
         self.sync().await?;
-        let preparing = self.shared.state.borrow_mut().preparing.take();
-        if let Some(handle) = preparing {
-            handle.await;
-        }
+        self.wait_prepared().await;
         Ok(())
     }
 }
@@ -524,6 +532,24 @@ impl Future for FlushDone<'_> {
             return Poll::Ready(());
         }
         state.waiters.push(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// Resolves when no segment preparation is running.
+struct PreparationDone<'a> {
+    shared: &'a Rc<Shared>,
+}
+
+impl Future for PreparationDone<'_> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let mut state = self.shared.state.borrow_mut();
+        if !state.preparing {
+            return Poll::Ready(());
+        }
+        state.prepare_waiters.push(cx.waker().clone());
         Poll::Pending
     }
 }
