@@ -14,7 +14,6 @@ use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use conclave_proto::atomix::runtime::election::v1::{GetTermRequest, GetTermResponse, Term};
 use conclave_server::grpc::{framing, GlommioIo, GrpcServer, Router, ServerConfig, Status};
 use conclave_server::net::bind_exclusive;
@@ -102,9 +101,7 @@ async fn serve_h2_floor(listener: glommio::net::TcpListener) {
     while let Ok(stream) = listener.accept().await {
         let canned = canned.clone();
         glommio::spawn_local(async move {
-            let Ok(mut connection) =
-                h2::server::handshake(GlommioIo::new(stream)).await
-            else {
+            let Ok(mut connection) = h2::server::handshake(GlommioIo::new(stream)).await else {
                 return;
             };
             while let Some(Ok((request, mut respond))) = connection.accept().await {

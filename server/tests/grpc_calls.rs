@@ -426,3 +426,37 @@ async fn graceful_shutdown_finishes_unary_calls_and_ends_streams() {
         "listener closed after shutdown"
     );
 }
+
+#[tokio::test]
+async fn shutdown_grace_bounds_calls_that_do_not_finish() {
+    let config = conclave_server::grpc::ServerConfig {
+        shutdown_grace: Duration::from_millis(300),
+        ..grpc_support::test_config()
+    };
+    let server = TestServer::start_with(config);
+    let mut client = LeaderElectionClient::new(channel(&server).await);
+    let stuck = tokio::spawn(async move { client.get_term(get_term("sleep:10000")).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let drained_in = server.shutdown();
+    assert!(
+        drained_in < Duration::from_secs(2),
+        "drained in {drained_in:?}"
+    );
+    let status = stuck
+        .await
+        .expect("join")
+        .expect_err("cut off by the grace bound");
+    assert!(
+        matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::Internal
+        ),
+        "{status:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}

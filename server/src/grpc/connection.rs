@@ -82,7 +82,7 @@ async fn handshake(server: &ServerShared, stream: TcpStream) -> Option<H2Connect
 }
 
 enum Event {
-    Call(Request<RecvStream>, SendResponse<Bytes>),
+    Call(Box<(Request<RecvStream>, SendResponse<Bytes>)>),
     Closed,
     Failed(h2::Error),
     ShutdownRequested,
@@ -136,7 +136,7 @@ async fn drive(server: &ServerShared, mut connection: H2Connection, info: &Rc<Co
             }
             match connection.poll_accept(cx) {
                 Poll::Ready(Some(Ok((request, respond)))) => {
-                    return Poll::Ready(Event::Call(request, respond))
+                    return Poll::Ready(Event::Call(Box::new((request, respond))))
                 }
                 Poll::Ready(Some(Err(error))) => return Poll::Ready(Event::Failed(error)),
                 Poll::Ready(None) => return Poll::Ready(Event::Closed),
@@ -159,7 +159,8 @@ async fn drive(server: &ServerShared, mut connection: H2Connection, info: &Rc<Co
         })
         .await;
         match event {
-            Event::Call(request, respond) => {
+            Event::Call(call) => {
+                let (request, respond) = *call;
                 spawn_call(request, respond, &env, &active_calls, &last_activity);
             }
             Event::Closed => return,

@@ -87,11 +87,12 @@ impl HealthService {
                     .status(&request.service)
                     .unwrap_or(ServingStatus::ServiceUnknown);
                 let registered = sink.try_send_message(&response(current));
-                health
-                    .state
-                    .borrow_mut()
-                    .watchers
-                    .push((request.service, sink.clone()));
+                {
+                    let mut state = health.state.borrow_mut();
+                    // Pruned here too, so watches that come and go never accumulate.
+                    state.watchers.retain(|(_, sink)| !sink.is_closed());
+                    state.watchers.push((request.service, sink.clone()));
+                }
                 async move {
                     registered
                         .map_err(|error| Status::internal(format!("health watch: {error}")))?;
