@@ -39,8 +39,10 @@ pub fn run(config: Config) -> Result<(), String> {
             .map_err(|e| format!("cannot install the handler of signal {signal}: {e}"))?;
     }
 
+    // One shard per core, pinned, when there are enough cores; unpinned otherwise.
     let cpus: Vec<usize> = CpuSet::online().map(|set| set.into_iter().map(|c| c.cpu).collect()).unwrap_or_default();
     let pin = cpus.len() >= config.shards as usize;
+    let placement_of = |index: usize| if pin { Placement::Fixed(cpus[index]) } else { Placement::Unbound };
     let mesh = MeshBuilder::full(config.shards as usize, MESH_CHANNEL_CAPACITY);
     println!(
         "conclave: node {} starting {} shard(s), {} partition(s), data in {}",
@@ -49,10 +51,11 @@ pub fn run(config: Config) -> Result<(), String> {
         config.partitions,
         config.data_dir.display()
     );
+    println!("conclave: clients on {}, admin on {}", config.listen, config.admin_listen);
     let mut listeners = Some((client_listener, admin_listener));
     let mut handles = Vec::new();
     for index in 0..config.shards as usize {
-        let placement = if pin { Placement::Fixed(cpus[index]) } else { Placement::Unbound };
+        let placement = placement_of(index);
         let ctx = shard::ShardContext {
             config: config.clone(),
             mesh: mesh.clone(),
