@@ -1,0 +1,200 @@
+//! Crash and restart tests of `conclave serve`: kill -9 under load, then every acknowledged
+//! change is found after a restart on the same data directory; a SIGTERM stop exits 0 and
+//! recovers; a second process on the same data directory or port is refused.
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use conclave_server::routing::partition_of;
+use support::client::atomix::runtime::election::v1 as rt;
+use support::{bounded, id, run_to_exit, serve_args, view, Node, NodeOptions, Ports, TestDir, CALL_TIMEOUT};
+use tonic::transport::Channel;
+
+type Election = rt::leader_election_client::LeaderElectionClient<Channel>;
+
+/// Election names covering every partition.
+fn names(prefix: &str, count: usize, partitions: u32) -> Vec<String> {
+    let names: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
+    let mut covered: Vec<u32> = names.iter().map(|n| partition_of(n, partitions)).collect();
+    covered.sort_unstable();
+    covered.dedup();
+    assert_eq!(covered.len() as u32, partitions, "{names:?} cover every partition");
+    names
+}
+
+async fn create_all(channel: &Channel, names: &[String]) {
+    let mut elections = rt::leader_elections_client::LeaderElectionsClient::new(channel.clone());
+    for name in names {
+        elections.create(bounded(rt::CreateRequest { id: id(name), tags: vec![] })).await.expect("create");
+    }
+}
+
+async fn get_term(client: &mut Election, name: &str) -> (u64, String, Vec<String>) {
+    view(client.get_term(bounded(rt::GetTermRequest { id: id(name) })).await.unwrap_or_else(|s| panic!("GetTerm {name}: {s:?}")).into_inner().term)
+}
+
+/// What one load task learned: for every election, whether its last acknowledged
+/// operation left its candidate in, and the highest term it saw acknowledged; plus the
+/// election of the operation the crash interrupted (its outcome is unknown).
+#[derive(Default, Debug)]
+struct Acknowledged {
+    present: BTreeMap<String, bool>,
+    max_term: BTreeMap<String, u64>,
+    interrupted: Option<String>,
+    operations: usize,
+}
+
+/// Enters and withdraws `candidate` on every election in turn until a call fails or
+/// `stop` is set.
+async fn load(channel: Channel, candidate: String, names: Vec<String>, stop: Arc<AtomicBool>) -> Acknowledged {
+    let mut client = Election::new(channel);
+    let mut acked = Acknowledged::default();
+    let mut enter = true;
+    while !stop.load(Ordering::Relaxed) {
+        for name in &names {
+            let (id, who) = (id(name), candidate.clone());
+            let result = if enter {
+                client.enter(bounded(rt::EnterRequest { id, candidate: who })).await.map(|r| r.into_inner().term)
+            } else {
+                client.withdraw(bounded(rt::WithdrawRequest { id, candidate: who })).await.map(|r| r.into_inner().term)
+            };
+            let Ok(term) = result else {
+                acked.interrupted = Some(name.clone());
+                return acked;
+            };
+            let (term, _, candidates) = view(term);
+            assert_eq!(candidates.contains(&candidate), enter, "{name}: the answer shows the change");
+            acked.present.insert(name.clone(), enter);
+            let max = acked.max_term.entry(name.clone()).or_default();
+            *max = (*max).max(term);
+            acked.operations += 1;
+        }
+        enter = !enter;
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_acknowledged_change() {
+    const CLIENTS: usize = 4;
+    // Long enough that the crashed connections' sessions outlive the checks after restart.
+    let options = NodeOptions { session_timeout_ms: 6_000, ..NodeOptions::default() };
+    let mut dir = TestDir::new();
+    let mut node = Node::start(&mut dir, &options).await;
+    let names = names("crash", 16, options.partitions);
+    create_all(&node.connect().await, &names).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for client in 0..CLIENTS {
+        let channel = node.connect().await;
+        tasks.push(tokio::spawn(load(channel, format!("client-{client}"), names.clone(), Arc::clone(&stop))));
+    }
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    node.kill9();
+    let mut acked = Vec::new();
+    for task in tasks {
+        let result = tokio::time::timeout(CALL_TIMEOUT * 2, task).await.expect("load task ends after the kill").expect("load task");
+        assert!(result.interrupted.is_some(), "the kill interrupted every client");
+        assert!(result.operations > 0, "every client was acknowledged before the kill");
+        acked.push(result);
+    }
+    stop.store(true, Ordering::Relaxed);
+    let total: usize = acked.iter().map(|a| a.operations).sum();
+    assert!(total >= 100, "the server was under load when killed ({total} acknowledged operations)");
+
+    let restarted = Node::start(&mut dir, &options).await;
+    let mut client = Election::new(restarted.connect().await);
+    let mut leaders = 0;
+    for name in &names {
+        let (term, leader, candidates) = get_term(&mut client, name).await;
+        for (n, a) in acked.iter().enumerate() {
+            let candidate = format!("client-{n}");
+            let max = a.max_term.get(name).copied().unwrap_or(0);
+            assert!(term >= max, "{name}: term {term} is below the acknowledged term {max}");
+            if a.interrupted.as_deref() == Some(name.as_str()) {
+                continue;
+            }
+            if let Some(&present) = a.present.get(name) {
+                assert_eq!(candidates.contains(&candidate), present, "{name}: {candidate}'s last acknowledged change was kept");
+            }
+        }
+        leaders += usize::from(!leader.is_empty());
+    }
+    assert!(leaders > 0, "some candidates were in when the server died");
+
+    // The dead server's client sessions expire after their timeout: every candidate leaves.
+    let deadline = Instant::now() + Duration::from_millis(options.session_timeout_ms * 4);
+    for name in &names {
+        loop {
+            let (_, leader, candidates) = get_term(&mut client, name).await;
+            if leader.is_empty() && candidates.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name}: {candidates:?} outlived their sessions");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_with_exit_0_and_a_restart_recovers() {
+    let options = NodeOptions::default();
+    let mut dir = TestDir::new();
+    let mut node = Node::start(&mut dir, &options).await;
+    let names = names("graceful", 8, options.partitions);
+    let channel = node.connect().await;
+    create_all(&channel, &names).await;
+    let mut client = Election::new(channel);
+    let mut acked = BTreeMap::new();
+    for (i, name) in names.iter().enumerate() {
+        // A few leader changes each, so terms differ between elections.
+        for round in 0..=i % 3 {
+            let candidate = format!("c{round}");
+            client.enter(bounded(rt::EnterRequest { id: id(name), candidate: candidate.clone() })).await.expect("enter");
+            let term = client.withdraw(bounded(rt::WithdrawRequest { id: id(name), candidate })).await.expect("withdraw");
+            acked.insert(name.clone(), view(term.into_inner().term));
+        }
+    }
+    let status = node.terminate();
+    assert!(status.success(), "SIGTERM exits 0, got {status}:\n{}", node.output());
+    assert!(node.output().contains("stopped"), "the stop is reported:\n{}", node.output());
+
+    let restarted = Node::start(&mut dir, &options).await;
+    let mut client = Election::new(restarted.connect().await);
+    for (name, before) in &acked {
+        assert_eq!(&get_term(&mut client, name).await, before, "{name} recovered");
+        let (term, leader, _) = view(client.enter(bounded(rt::EnterRequest { id: id(name), candidate: "next".into() })).await.expect("enter").into_inner().term);
+        assert_eq!((term, leader.as_str()), (before.0 + 1, "next"), "{name}: terms continue from the recovered one");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_process_on_the_same_data_dir_or_port_is_refused() {
+    let options = NodeOptions::default();
+    let mut dir = TestDir::new();
+    let node = Node::start(&mut dir, &options).await;
+
+    let other_dir = TestDir::new();
+    let (listen, admin) = (node.ports.listen.to_string(), node.ports.admin.to_string());
+    let cases = [
+        ("the same data directory", Ports::fresh(), dir.data_dir(), vec!["data directory", "in use"]),
+        ("the same client port", Ports { listen: node.ports.listen, ..Ports::fresh() }, other_dir.data_dir(), vec!["client API", &listen, "in use"]),
+        ("the same admin port", Ports { admin: node.ports.admin, ..Ports::fresh() }, other_dir.data_dir(), vec!["admin API", &admin, "in use"]),
+    ];
+    for (what, ports, data_dir, needles) in cases {
+        let (status, output) = run_to_exit(&serve_args(&options, &ports, &data_dir), Duration::from_secs(20));
+        assert!(!status.success(), "{what}: a second process is refused:\n{output}");
+        for needle in needles {
+            assert!(output.contains(needle), "{what}: the message says {needle:?}:\n{output}");
+        }
+    }
+
+    // The first server is unaffected.
+    let mut client = Election::new(node.connect().await);
+    let status = client.get_term(bounded(rt::GetTermRequest { id: id("nothing") })).await.expect_err("not created");
+    assert_eq!(status.code(), tonic::Code::NotFound);
+}
