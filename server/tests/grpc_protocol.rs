@@ -207,7 +207,11 @@ async fn requests_that_are_not_plain_grpc_are_refused_precisely() {
         ("grpc-timeout", "99999999H"),
     ];
     let response = raw_call(addr, Method::POST, GET_TERM, far, body()).await;
-    assert_eq!(response.status(), Status::ok(), "the largest timeout is accepted");
+    assert_eq!(
+        response.status(),
+        Status::ok(),
+        "the largest timeout is accepted"
+    );
 
     let timed = &[
         ("content-type", "application/grpc"),
@@ -374,4 +378,34 @@ fn the_data_directory_lock_refuses_a_second_holder_and_names_it() {
     DataDirLock::acquire(dir.path()).expect("free again after drop");
     let missing = DataDirLock::acquire(&dir.path().join("missing")).expect_err("no directory");
     assert!(matches!(missing, LockError::Io { .. }), "{missing}");
+}
+
+#[test]
+fn server_configs_are_validated_against_protocol_limits() {
+    assert_eq!(ServerConfig::default().validate(), Ok(()));
+    let bad = [
+        ServerConfig {
+            max_frame_size: 1000,
+            ..ServerConfig::default()
+        },
+        ServerConfig {
+            initial_stream_window: u32::MAX,
+            ..ServerConfig::default()
+        },
+        ServerConfig {
+            target_chunk_len: 0,
+            ..ServerConfig::default()
+        },
+        ServerConfig {
+            max_concurrent_streams: 0,
+            ..ServerConfig::default()
+        },
+        ServerConfig {
+            keepalive_interval: Some(Duration::ZERO),
+            ..ServerConfig::default()
+        },
+    ];
+    for config in bad {
+        assert!(config.validate().is_err(), "{config:?}");
+    }
 }

@@ -69,6 +69,42 @@ impl Default for ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// Checks the knobs against the limits of HTTP/2 and the gRPC framing, so a bad
+    /// configuration is reported at startup instead of failing inside h2.
+    pub fn validate(&self) -> Result<(), String> {
+        const MAX_WINDOW: u32 = (1 << 31) - 1;
+        const FRAME_SIZES: std::ops::RangeInclusive<u32> = (1 << 14)..=(1 << 24) - 1;
+        let max_message = u32::MAX as usize;
+        if self.max_recv_message_len > max_message || self.max_send_message_len > max_message {
+            return Err(format!("gRPC messages are at most {max_message} bytes"));
+        }
+        if self.target_chunk_len == 0 {
+            return Err("target_chunk_len must be positive".into());
+        }
+        if !FRAME_SIZES.contains(&self.max_frame_size) {
+            return Err(format!(
+                "max_frame_size {} is outside HTTP/2's {FRAME_SIZES:?}",
+                self.max_frame_size
+            ));
+        }
+        if self.initial_stream_window > MAX_WINDOW || self.initial_connection_window > MAX_WINDOW {
+            return Err(format!(
+                "HTTP/2 flow-control windows are at most {MAX_WINDOW} bytes"
+            ));
+        }
+        if self.max_concurrent_streams == 0 {
+            return Err("max_concurrent_streams must be positive".into());
+        }
+        if self.keepalive_interval == Some(Duration::ZERO)
+            || self.idle_timeout == Some(Duration::ZERO)
+        {
+            return Err("keepalive_interval and idle_timeout must be positive when set".into());
+        }
+        Ok(())
+    }
+}
+
 /// Hears about every connection the server serves, so the node can bind client sessions
 /// to connections and end them the moment a client goes away.
 pub trait ConnectionObserver {
@@ -135,15 +171,17 @@ impl GrpcServer {
     }
 
     /// A server that also reports connection open/close to `observer`.
+    ///
+    /// Panics when `config` fails [`ServerConfig::validate`] (check user-supplied knobs
+    /// with it first).
     pub fn with_observer(
         router: Router,
         config: ServerConfig,
         observer: Option<Rc<dyn ConnectionObserver>>,
     ) -> GrpcServer {
-        assert!(
-            config.target_chunk_len > 0,
-            "target_chunk_len must be positive"
-        );
+        if let Err(problem) = config.validate() {
+            panic!("invalid gRPC server configuration: {problem}");
+        }
         GrpcServer {
             shared: Rc::new(ServerShared {
                 router: Rc::new(router),
