@@ -197,14 +197,25 @@ async fn serve(
     };
     tracing::info!(shard, groups = ?hosted, "shard serving");
 
+    let mut runtime_task = runtime_task;
+    let mut runtime_ended = None;
     while !stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(STOP_POLL).await;
+        // A runtime that stops on its own hit a storage failure: stop the node rather than
+        // serve without durability.
+        if let Some(result) = futures_lite::future::poll_once(&mut runtime_task).await {
+            runtime_ended = Some(result);
+            break;
+        }
     }
     // Graceful stop: refuse new calls, let in-flight ones finish (the gRPC layer bounds the
     // wait), then answer whatever the runtime still holds and stop it.
     server.shutdown();
     if let Some(admin) = &admin_server {
         admin.shutdown();
+    }
+    if let Some(result) = runtime_ended {
+        return result.map_err(|e| format!("shard {shard} stopped serving: {e}"));
     }
     server.drained().await;
     let _ = handle.send(Request::Shutdown).await;
