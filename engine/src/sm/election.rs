@@ -42,12 +42,14 @@ pub struct Candidate {
 }
 
 /// The visible state of an election: its term number and every candidate, leader first.
+/// Cloning it is cheap (the candidate list is shared), so one value serves the proposer's
+/// output, the session's cached output and the watch notification.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ElectionTerm {
     /// The term number: 0 before the first leader, +1 at each new leader.
     pub term: u64,
     /// Every candidate in priority order; the first one is the leader.
-    pub candidates: Vec<Arc<str>>,
+    pub candidates: Arc<[Arc<str>]>,
 }
 
 impl ElectionTerm {
@@ -208,7 +210,7 @@ mod tests {
     fn runtime_term_lists_the_leader_first_and_multiraft_term_excludes_it() {
         let term = ElectionTerm {
             term: 3,
-            candidates: vec!["a".into(), "b".into(), "c".into()],
+            candidates: ["a", "b", "c"].map(Arc::from).into(),
         };
         let runtime = term.to_runtime_term();
         assert_eq!((runtime.term, runtime.leader.as_str()), (3, "a"));
@@ -218,7 +220,7 @@ mod tests {
         assert_eq!(multiraft.candidates, ["b", "c"]);
         let empty = ElectionTerm {
             term: 4,
-            candidates: vec![],
+            candidates: Arc::from([]),
         }
         .to_multiraft_term();
         assert_eq!(

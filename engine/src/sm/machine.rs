@@ -197,10 +197,17 @@ impl StateMachine {
         let Some(primitive) = self.registry.get_mut(primitive_id) else {
             return CachedOutput::UnknownPrimitive { primitive_id };
         };
-        if primitive.election.apply(op, candidate, session_id) {
-            notifications.push(notification(index, primitive));
+        let changed = primitive.election.apply(op, candidate, session_id);
+        let term = primitive.election.to_term();
+        if changed {
+            notifications.push(Notification {
+                index,
+                primitive_id,
+                name: primitive.name.clone(),
+                term: term.clone(),
+            });
         }
-        CachedOutput::Term(primitive.election.to_term())
+        CachedOutput::Term(term)
     }
 
     /// The id a selector names, or the "missing" output.
