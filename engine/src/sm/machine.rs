@@ -97,12 +97,7 @@ impl StateMachine {
             self.sessions.refresh_all(now_ms);
         }
         let mut notifications = Vec::new();
-        let expired: BTreeSet<SessionId> = self
-            .sessions
-            .take_expired(now_ms)
-            .iter()
-            .map(|s| s.id())
-            .collect();
+        let expired = self.sessions.take_expired(now_ms);
         if !expired.is_empty() {
             self.end_sessions(&expired, index, &mut notifications);
         }

@@ -177,22 +177,19 @@ impl SessionTable {
         }
     }
 
-    /// Removes and returns, in ascending id order, every session whose deadline is before
-    /// `now_ms`.
-    pub(crate) fn take_expired(&mut self, now_ms: u64) -> Vec<Session> {
-        let mut expired_ids = Vec::new();
+    /// Removes every session whose deadline is before `now_ms` and returns their ids.
+    pub(crate) fn take_expired(&mut self, now_ms: u64) -> BTreeSet<SessionId> {
+        let mut expired = BTreeSet::new();
         while let Some(&(deadline, id)) = self.deadlines.first() {
             if deadline >= now_ms {
                 break;
             }
             self.deadlines.pop_first();
-            expired_ids.push(id);
+            let removed = self.by_id.remove(&id);
+            debug_assert!(removed.is_some(), "deadline index names a missing session");
+            expired.insert(id);
         }
-        expired_ids.sort_unstable();
-        expired_ids
-            .into_iter()
-            .filter_map(|id| self.by_id.remove(&id))
-            .collect()
+        expired
     }
 
     /// Looks a sequenced command up in its session's cache.
