@@ -104,8 +104,10 @@ impl Log {
     }
 
     /// The oldest segment all of whose records are durable and that takes no more writes,
-    /// with what in it is still live.
+    /// with what in it is still live (counting stops once it exceeds what may be relocated:
+    /// the segment stays either way).
     fn oldest_sealed_live(&self) -> Option<(u64, Live)> {
+        let limit = self.shared.options.relocate_max_bytes;
         let state = self.shared.state.borrow();
         let (&segment, _) = state.segments.iter().next()?;
         let open = state.tail_segment.min(state.flushed.segment);
@@ -121,6 +123,9 @@ impl Log {
             }
         };
         for (&group, index) in &state.index.groups {
+            if live.bytes > limit {
+                break;
+            }
             for (offset, meta) in index.entries.iter().enumerate() {
                 if meta.loc.segment == segment {
                     live.entries.entry(group).or_default().push(index.first_index() + offset as u64);
