@@ -130,6 +130,7 @@ async fn health_is_serving_and_unknown_methods_are_unimplemented() {
 }
 
 #[tokio::test]
+#[allow(deprecated)] // LeaderElection.Create/Close are deprecated in the API, and tested here.
 async fn create_and_close_through_both_services() {
     let mut dir = TestDir::new();
     let node = Node::start(&mut dir, &NodeOptions::default()).await;
@@ -365,4 +366,26 @@ async fn every_error_code_a_client_can_cause() {
     // applied: a deadline error leaves the outcome unknown, as gRPC defines it).
     let (_, leader, _) = get_term(&mut client, "exists").await.expect("still serving");
     assert!(leader.is_empty() || leader == "late", "{leader}");
+}
+
+#[tokio::test]
+async fn a_call_abandoned_while_its_session_opens_does_not_block_the_connection() {
+    let mut dir = TestDir::new();
+    let node = Node::start(&mut dir, &NodeOptions::default()).await;
+    create(&node.connect().await, "first-call").await;
+    // A fresh connection whose first command in the partition, the one that opens its
+    // session there, is abandoned at once (deadline passed on arrival).
+    let channel = node.connect().await;
+    let mut client = Election::new(channel);
+    for attempt in 0..3 {
+        let mut request = tonic::Request::new(rt::EnterRequest { id: id("first-call"), candidate: format!("late-{attempt}") });
+        request.set_timeout(Duration::from_nanos(1));
+        let _ = client.enter(request).await;
+    }
+    // The connection's next command in that partition is served, not left waiting for a
+    // session that nobody is opening any more.
+    let mut request = tonic::Request::new(rt::EnterRequest { id: id("first-call"), candidate: "on-time".into() });
+    request.set_timeout(Duration::from_secs(3));
+    let (_, _, candidates) = view(client.enter(request).await.expect("served after abandoned calls").into_inner().term);
+    assert!(candidates.contains(&"on-time".to_owned()), "{candidates:?}");
 }

@@ -14,7 +14,7 @@ use crate::grpc::{CallContext, OverflowPolicy, Router, Status, StreamLimits, Str
 use crate::node::Dispatch;
 use crate::routing::partition_of;
 
-use super::sessions::ClientSessions;
+use super::sessions::{ClientSessions, Sequenced};
 use super::status::{from_shard, from_sm};
 
 /// What the client API's handlers share on one shard.
@@ -41,6 +41,20 @@ fn election_name(id: &Option<PrimitiveIdProto>) -> Result<&str, Status> {
 fn candidate_name(candidate: &str) -> Result<&str, Status> {
     validate_name(NameField::Candidate, candidate).map_err(|e| from_sm(&e))?;
     Ok(candidate)
+}
+
+/// One sequenced command of a connection's session, marked done when dropped.
+struct InFlight<'a> {
+    sessions: &'a ClientSessions,
+    ctx: &'a CallContext,
+    partition: u32,
+    seq: Sequenced,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.sessions.done(self.ctx.connection(), self.partition, self.seq);
+    }
 }
 
 impl ClientApi {
@@ -93,8 +107,11 @@ impl ClientApi {
     /// Runs a command in the connection's session of `partition`.
     async fn run(&self, ctx: &CallContext, partition: u32, build: impl FnOnce(u64, u64) -> command::Command) -> Result<Output, Status> {
         let seq = self.sessions.next(ctx.connection(), partition).await?;
+        // Marks the command done however the call ends: a call dropped at its deadline or
+        // by its client would otherwise stay in flight forever, and the session's keep-alives
+        // could never release any later output.
+        let _in_flight = InFlight { sessions: &self.sessions, ctx, partition, seq };
         let outcome = self.dispatch.propose(partition, build(seq.session_id, seq.sequence_num)).await;
-        self.sessions.done(ctx.connection(), partition, seq);
         match outcome {
             Ok(committed) => committed.result.map_err(|e| from_sm(&e)),
             Err(e) => Err(from_shard(&e)),

@@ -82,7 +82,12 @@ impl ClientSessions {
             };
             match wait {
                 Some(signal) => signal.fired().await,
-                None => self.open(connection, partition).await?,
+                None => {
+                    let mut opening = Opening { sessions: self, conn, partition, finished: false };
+                    let opened = self.open(connection, partition).await;
+                    opening.finished = true;
+                    opened?
+                }
             }
         }
     }
@@ -198,6 +203,33 @@ impl ClientSessions {
             .flat_map(|s| s.values())
             .filter(|s| matches!(s, Slot::Open(_)))
             .count()
+    }
+}
+
+/// The opening of a connection's session in a partition. If the call that opens it is
+/// abandoned (deadline, client reset) before [`ClientSessions::open`] settles the slot, the
+/// slot is freed and its waiters woken, so the connection's next command opens the session
+/// anew instead of waiting forever. A session the abandoned proposal may still open is
+/// never kept alive, so it expires.
+struct Opening<'a> {
+    sessions: &'a ClientSessions,
+    conn: u64,
+    partition: u32,
+    finished: bool,
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let mut connections = self.sessions.connections.borrow_mut();
+        let Some(slots) = connections.get_mut(&self.conn) else { return };
+        if matches!(slots.get(&self.partition), Some(Slot::Opening(_))) {
+            if let Some(Slot::Opening(signal)) = slots.remove(&self.partition) {
+                signal.fire();
+            }
+        }
     }
 }
 
