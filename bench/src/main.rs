@@ -1,5 +1,217 @@
-//! `conclave-bench`: the load generator for Conclave's client API.
-fn main() {
-    eprintln!("conclave-bench: not built yet (see the open issues)");
-    std::process::exit(2);
+//! `conclave-bench`: the command line of the load generator. One subcommand per workload
+//! (churn, read, watch, failover, mixed) plus `floor`, the machine's physical floor.
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use conclave_bench::{floor, BenchConfig, LoadMode, Target, Workload};
+
+#[derive(Parser)]
+#[command(
+    name = "conclave-bench",
+    about = "Load generator for Conclave's election API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Enter then Withdraw over the elections, each caller on its own connection (session).
+    Churn(RunArgs),
+    /// GetTerm over elections that each have a leader.
+    Read(RunArgs),
+    /// Watchers per election; latency from a command's acknowledgement to each notification.
+    Watch(RunArgs),
+    /// Cut the leading client's connection; latency until watchers see the next leader.
+    Failover(RunArgs),
+    /// GetTerm mixed with Enter/Withdraw (--read-percent).
+    Mixed(RunArgs),
+    /// The physical floor of this machine: fdatasync of 4 KiB and a loopback round trip.
+    Floor(FloorArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum TargetArg {
+    Conclave,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// The system under test.
+    #[arg(long, value_enum, default_value = "conclave")]
+    target: TargetArg,
+    /// Comma-separated endpoints (`host:port` or `http://host:port`); callers are spread
+    /// over them round-robin.
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1:5678")]
+    endpoints: Vec<String>,
+    /// Callers, each with its own connection (closed loop: requests in flight).
+    #[arg(long, short = 'c', default_value_t = 8)]
+    concurrency: usize,
+    /// Open loop: total requests per second, latency measured from each one's due time.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Elections the workload spreads over (watch/failover: elections driven at once).
+    #[arg(long, short = 'e', default_value_t = 100)]
+    elections: usize,
+    /// Watchers per election (watch, failover).
+    #[arg(long, short = 'w', default_value_t = 4)]
+    watchers: usize,
+    /// Share of GetTerm in the mixed workload, in percent.
+    #[arg(long, default_value_t = 80)]
+    read_percent: u32,
+    /// Seconds of the measured phase (0: bounded by --operations only).
+    #[arg(long, short = 'd', default_value_t = 10.0)]
+    duration: f64,
+    /// Upper bound of measured operations (all callers together).
+    #[arg(long)]
+    operations: Option<u64>,
+    /// Bound of every request, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    timeout_ms: u64,
+    /// Prefix of the election names [default: bench-WORKLOAD-UNIXTIME].
+    #[arg(long)]
+    name_prefix: Option<String>,
+    /// Write the report here as JSON, and its SVG chart beside it.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// No progress line on stderr.
+    #[arg(long, short = 'q')]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct FloorArgs {
+    /// Directory of the synced file: put it on the disk of the server's data directory.
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+    #[arg(long, default_value_t = 1_000)]
+    fsync_samples: usize,
+    #[arg(long, default_value_t = 20_000)]
+    round_trip_samples: usize,
+    /// Write the result here as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+fn endpoint_url(endpoint: &str) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_string()
+    } else {
+        format!("http://{endpoint}")
+    }
+}
+
+fn config_of(workload: Workload, args: RunArgs) -> Result<BenchConfig, String> {
+    if !(args.duration.is_finite() && args.duration >= 0.0) {
+        return Err("--duration is a number of seconds, at least 0".into());
+    }
+    let unix_secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let endpoints: Vec<String> = args
+        .endpoints
+        .iter()
+        .filter(|e| !e.is_empty())
+        .map(|e| endpoint_url(e))
+        .collect();
+    let target = match args.target {
+        TargetArg::Conclave => Target::Conclave,
+    };
+    let config = BenchConfig {
+        target,
+        endpoints,
+        workload,
+        load: match args.rate {
+            Some(rate_per_sec) => LoadMode::Open { rate_per_sec },
+            None => LoadMode::Closed,
+        },
+        concurrency: args.concurrency,
+        elections: args.elections,
+        watchers: args.watchers,
+        read_percent: args.read_percent,
+        name_prefix: args
+            .name_prefix
+            .unwrap_or_else(|| format!("bench-{}-{unix_secs}", workload.name())),
+        duration: Duration::from_secs_f64(args.duration),
+        operations: args.operations,
+        request_timeout: Duration::from_millis(args.timeout_ms),
+        progress: !args.quiet,
+        json: args.json,
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+fn run_workload(workload: Workload, args: RunArgs) -> Result<(), String> {
+    let config = config_of(workload, args)?;
+    let json = config.json.clone();
+    let report = conclave_bench::run(config).map_err(|e| e.to_string())?;
+    print!("{}", report.table());
+    for note in &report.notes {
+        println!("note: {note}");
+    }
+    for (message, count) in &report.error_messages {
+        println!("error x{count}: {message}");
+    }
+    if let Some(path) = json {
+        println!(
+            "wrote {} and {}",
+            path.display(),
+            conclave_bench::report::svg_path_beside(&path).display()
+        );
+    }
+    Ok(())
+}
+
+fn run_floor(args: FloorArgs) -> Result<(), String> {
+    let result = floor::measure(&args.dir, args.fsync_samples, args.round_trip_samples)
+        .map_err(|e| e.to_string())?;
+    println!(
+        "fdatasync 4 KiB in {}: p50 {:.1} us, p99 {:.1} us ({} samples)",
+        result.directory.display(),
+        result.fdatasync_4k.p50_us,
+        result.fdatasync_4k.p99_us,
+        result.fdatasync_4k.count
+    );
+    println!(
+        "loopback TCP round trip of {} bytes: p50 {:.1} us, p99 {:.1} us ({} samples)",
+        floor::ROUND_TRIP_BYTES,
+        result.loopback_round_trip.p50_us,
+        result.loopback_round_trip.p99_us,
+        result.loopback_round_trip.count
+    );
+    println!(
+        "floor of one Enter (fdatasync p50 + 2 round-trip p50): {:.1} us",
+        result.enter_floor_us
+    );
+    if let Some(path) = args.json {
+        let json = serde_json::to_string_pretty(&result).map_err(|e| e.to_string())?;
+        std::fs::write(&path, json + "\n")
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Churn(args) => run_workload(Workload::Churn, args),
+        Command::Read(args) => run_workload(Workload::Read, args),
+        Command::Watch(args) => run_workload(Workload::Watch, args),
+        Command::Failover(args) => run_workload(Workload::Failover, args),
+        Command::Mixed(args) => run_workload(Workload::Mixed, args),
+        Command::Floor(args) => run_floor(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("conclave-bench: {message}");
+            ExitCode::FAILURE
+        }
+    }
 }

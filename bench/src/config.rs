@@ -1,0 +1,146 @@
+//! What one bench run does: the target system, its endpoints, the workload and how load is
+//! offered (closed loop or open loop), and the bounds of the run.
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The system under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Target {
+    /// Conclave's client API, `atomix.runtime.election.v1`.
+    Conclave,
+}
+
+/// The workload a run offers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    /// Each caller enters an election, then withdraws from it, over `elections` elections.
+    Churn,
+    /// GetTerm over `elections` elections that each have a leader.
+    Read,
+    /// `watchers` watchers per election; one driver per election alternates Withdraw and
+    /// Enter; measured: acknowledgement of the command to each watcher's notification.
+    Watch,
+    /// The leader's client connection is shut down; measured: from the shutdown to each
+    /// watcher seeing the next leader.
+    Failover,
+    /// Each caller mixes GetTerm (`read_percent` of its operations) with Enter/Withdraw.
+    Mixed,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Churn => "churn",
+            Workload::Read => "read",
+            Workload::Watch => "watch",
+            Workload::Failover => "failover",
+            Workload::Mixed => "mixed",
+        }
+    }
+}
+
+/// How load is offered.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "lowercase", tag = "kind")]
+pub enum LoadMode {
+    /// Every caller sends its next request as soon as the previous one answered.
+    Closed,
+    /// Requests are due at a fixed total rate (per second); each one's latency is measured
+    /// from the moment it was due, so time spent waiting for a free caller counts.
+    Open { rate_per_sec: f64 },
+}
+
+/// A complete description of one run.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchConfig {
+    pub target: Target,
+    /// `http://host:port` of each node; callers are spread over them round-robin.
+    pub endpoints: Vec<String>,
+    pub workload: Workload,
+    pub load: LoadMode,
+    /// Callers, each with its own connection (hence its own session).
+    pub concurrency: usize,
+    /// Elections the workload spreads over.
+    pub elections: usize,
+    /// Watchers per election (watch and failover).
+    pub watchers: usize,
+    /// Share of GetTerm among a mixed caller's operations, 0..=100.
+    pub read_percent: u32,
+    /// Prefix of every election name, so runs against one server do not collide.
+    pub name_prefix: String,
+    /// Upper bound of the measured phase.
+    pub duration: Duration,
+    /// Upper bound of measured operations (all callers together); `None`: only `duration`.
+    pub operations: Option<u64>,
+    /// Bound of every single request.
+    pub request_timeout: Duration,
+    /// Print a progress line to stderr once a second.
+    pub progress: bool,
+    /// Write the report as JSON here, and the chart beside it (same name, `.svg`).
+    pub json: Option<PathBuf>,
+}
+
+impl BenchConfig {
+    /// A closed-loop run of `workload` against one Conclave endpoint with small defaults.
+    pub fn new(endpoint: impl Into<String>, workload: Workload) -> BenchConfig {
+        BenchConfig {
+            target: Target::Conclave,
+            endpoints: vec![endpoint.into()],
+            workload,
+            load: LoadMode::Closed,
+            concurrency: 8,
+            elections: 100,
+            watchers: 4,
+            read_percent: 80,
+            name_prefix: "bench".to_string(),
+            duration: Duration::from_secs(10),
+            operations: None,
+            request_timeout: Duration::from_secs(10),
+            progress: false,
+            json: None,
+        }
+    }
+
+    /// Checks the combinations a run cannot work with.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.endpoints.is_empty() {
+            return Err("at least one endpoint is needed".into());
+        }
+        if self.concurrency == 0 {
+            return Err("concurrency must be at least 1".into());
+        }
+        if self.elections == 0 {
+            return Err("elections must be at least 1".into());
+        }
+        if matches!(self.workload, Workload::Watch | Workload::Failover) && self.watchers == 0 {
+            return Err("the watch and failover workloads need at least one watcher".into());
+        }
+        if self.read_percent > 100 {
+            return Err("read-percent is at most 100".into());
+        }
+        if let LoadMode::Open { rate_per_sec } = self.load {
+            if !(rate_per_sec.is_finite() && rate_per_sec > 0.0) {
+                return Err("the open-loop rate must be a positive number".into());
+            }
+            if matches!(self.workload, Workload::Watch | Workload::Failover) {
+                return Err("watch and failover run closed loop (one driver per election)".into());
+            }
+        }
+        if self.duration.is_zero() && self.operations.is_none() {
+            return Err("a run needs --duration or --operations".into());
+        }
+        Ok(())
+    }
+
+    /// The endpoint of caller number `caller` (round-robin).
+    pub fn endpoint_of(&self, caller: usize) -> &str {
+        &self.endpoints[caller % self.endpoints.len()]
+    }
+
+    /// The name of election number `index`.
+    pub fn election_name(&self, index: usize) -> String {
+        format!("{}-{}", self.name_prefix, index)
+    }
+}

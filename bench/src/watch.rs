@@ -1,0 +1,284 @@
+//! The notification workloads. `watch`: per election, W watchers and a driver whose
+//! leader alternately withdraws and re-enters; measured from each command's
+//! acknowledgement to each watcher's notification of exactly the acknowledged state.
+//! `failover`: the leader's connection is shut down; measured from the shutdown to each
+//! watcher seeing the other candidate lead.
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::conclave::{ConclaveClient, Term};
+use crate::error::BenchError;
+use crate::schedule::Slot;
+use crate::workload::{short_message, RunContext};
+
+/// A state one watcher received, and when.
+struct Notification {
+    watcher: usize,
+    term: Term,
+    at: Instant,
+}
+
+/// The watchers of one election, stopped on drop.
+pub struct Watchers {
+    count: usize,
+    received: mpsc::UnboundedReceiver<Notification>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
+impl Watchers {
+    /// Starts `count` watchers of `name`, each on its own connection (spread over the
+    /// endpoints from `first_caller` on), and waits for each one's first state.
+    pub async fn start(
+        ctx: &RunContext,
+        name: &str,
+        count: usize,
+        first_caller: usize,
+    ) -> Result<Watchers, BenchError> {
+        let (sender, received) = mpsc::unbounded_channel();
+        let mut tasks = Vec::with_capacity(count);
+        for watcher in 0..count {
+            let mut client = ConclaveClient::connect(
+                ctx.config.endpoint_of(first_caller + watcher),
+                ctx.config.request_timeout,
+            )
+            .await?;
+            let mut stream = client.watch(name).await?;
+            let sender = sender.clone();
+            tasks.push(tokio::spawn(async move {
+                let _connection = client;
+                while let Ok(Some(term)) = stream.next().await {
+                    if sender
+                        .send(Notification {
+                            watcher,
+                            term,
+                            at: Instant::now(),
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }));
+        }
+        let mut watchers = Watchers {
+            count,
+            received,
+            tasks,
+        };
+        watchers
+            .wait_for(|_| true, ctx.config.request_timeout)
+            .await
+            .map_err(|e| BenchError::Setup(format!("first watch state of {name}: {e}")))?;
+        Ok(watchers)
+    }
+
+    /// The moment each watcher first received a state matching `wanted`, waiting at most
+    /// `timeout`. States not matching are skipped (earlier changes still in flight).
+    async fn wait_for(
+        &mut self,
+        wanted: impl Fn(&Term) -> bool,
+        timeout: Duration,
+    ) -> Result<Vec<Instant>, BenchError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut seen: Vec<Option<Instant>> = vec![None; self.count];
+        let mut missing = self.count;
+        while missing > 0 {
+            let next = tokio::time::timeout_at(deadline, self.received.recv()).await;
+            match next {
+                Err(_) => {
+                    return Err(BenchError::Protocol {
+                        op: "notify",
+                        message: format!(
+                            "{missing} of {} watchers saw no matching state within {timeout:?}",
+                            self.count
+                        ),
+                    })
+                }
+                Ok(None) => {
+                    return Err(BenchError::Protocol {
+                        op: "notify",
+                        message: "every watch stream ended".into(),
+                    })
+                }
+                Ok(Some(n)) => {
+                    if seen[n.watcher].is_none() && wanted(&n.term) {
+                        seen[n.watcher] = Some(n.at);
+                        missing -= 1;
+                    }
+                }
+            }
+        }
+        Ok(seen
+            .into_iter()
+            .map(|at| at.expect("every watcher counted"))
+            .collect())
+    }
+}
+
+/// Counts notifications that arrived before the command's acknowledgement (recorded as 0).
+#[derive(Default)]
+pub struct NotifyCounters {
+    pub before_ack: AtomicU64,
+}
+
+/// Records how long after `from` each watcher saw the state.
+fn record_notifications(
+    ctx: &RunContext,
+    op: &'static str,
+    from: Instant,
+    seen: &[Instant],
+    counters: &NotifyCounters,
+) {
+    for at in seen {
+        if *at < from {
+            counters.before_ack.fetch_add(1, Ordering::Relaxed);
+        }
+        ctx.recorder.record(op, at.saturating_duration_since(from));
+    }
+}
+
+/// Two candidates of one election on their own connections, the first one leading.
+async fn two_candidates(
+    ctx: &RunContext,
+    name: &str,
+    first_caller: usize,
+) -> Result<[ConclaveClient; 2], BenchError> {
+    let mut first = ConclaveClient::connect(
+        ctx.config.endpoint_of(first_caller),
+        ctx.config.request_timeout,
+    )
+    .await?;
+    let mut second = ConclaveClient::connect(
+        ctx.config.endpoint_of(first_caller + 1),
+        ctx.config.request_timeout,
+    )
+    .await?;
+    let state = first.enter(name, "a").await?;
+    if state.leader != "a" {
+        return Err(BenchError::Setup(format!(
+            "election {name} already has leader {:?}: use a fresh --name-prefix",
+            state.leader
+        )));
+    }
+    second.enter(name, "b").await?;
+    Ok([first, second])
+}
+
+/// One election prepared for the watch or failover workload: its two candidates ("a"
+/// leading, "b" next) and its watchers.
+pub struct WatchedElection {
+    election: usize,
+    candidates: [ConclaveClient; 2],
+    watchers: Watchers,
+}
+
+/// Connects the candidates and watchers of `election` (not measured).
+pub async fn prepare(ctx: &RunContext, election: usize) -> Result<WatchedElection, BenchError> {
+    let name = &ctx.names[election];
+    let per_election = ctx.config.watchers + 2;
+    let candidates = two_candidates(ctx, name, election * per_election).await?;
+    let watchers =
+        Watchers::start(ctx, name, ctx.config.watchers, election * per_election + 2).await?;
+    Ok(WatchedElection {
+        election,
+        candidates,
+        watchers,
+    })
+}
+
+/// The driver of one election of the watch workload.
+pub async fn watch_driver(
+    ctx: Arc<RunContext>,
+    prepared: WatchedElection,
+    counters: Arc<NotifyCounters>,
+) -> Result<(), BenchError> {
+    let WatchedElection {
+        election,
+        candidates: [first, second],
+        mut watchers,
+    } = prepared;
+    let name = &ctx.names[election];
+    let mut candidates = [(first, "a"), (second, "b")];
+    let timeout = ctx.config.request_timeout;
+    while let Slot::Go { .. } = ctx.pacer.claim() {
+        let (leader, candidate) = &mut candidates[0];
+        for op in ["withdraw", "enter"] {
+            let sent = Instant::now();
+            let result = if op == "withdraw" {
+                leader.withdraw(name, candidate).await
+            } else {
+                leader.enter(name, candidate).await
+            };
+            let ack = Instant::now();
+            ctx.outcome(op, sent, &result);
+            let Ok(expected) = result else { continue };
+            match watchers.wait_for(|t| *t == expected, timeout).await {
+                Ok(seen) => record_notifications(&ctx, "notify", ack, &seen, &counters),
+                Err(e) => ctx.recorder.error("notify", &short_message(&e)),
+            }
+        }
+        candidates.swap(0, 1);
+    }
+    Ok(())
+}
+
+/// The driver of one election of the failover workload.
+pub async fn failover_driver(
+    ctx: Arc<RunContext>,
+    prepared: WatchedElection,
+) -> Result<(), BenchError> {
+    let WatchedElection {
+        election,
+        candidates: [first, second],
+        mut watchers,
+    } = prepared;
+    let name = &ctx.names[election];
+    let per_election = ctx.config.watchers + 2;
+    let mut leader = (first, "a");
+    let mut next = (second, "b");
+    let timeout = ctx.config.request_timeout;
+    let mut reconnects = 0usize;
+    while let Slot::Go { .. } = ctx.pacer.claim() {
+        let successor = next.1;
+        let cut = Instant::now();
+        leader.0.socket().shut_down();
+        match watchers.wait_for(|t| t.leader == successor, timeout).await {
+            Ok(seen) => {
+                for at in seen {
+                    ctx.recorder
+                        .record("failover", at.saturating_duration_since(cut));
+                }
+            }
+            Err(e) => ctx.recorder.error("failover", &short_message(&e)),
+        }
+        // The cut candidate comes back on a new connection, last in line.
+        reconnects += 1;
+        let mut rejoined = ConclaveClient::connect(
+            ctx.config.endpoint_of(election * per_election + reconnects),
+            timeout,
+        )
+        .await?;
+        let again = leader.1;
+        let sent = Instant::now();
+        let result = rejoined.enter(name, again).await;
+        ctx.outcome("enter", sent, &result);
+        result?;
+        watchers
+            .wait_for(|t| t.candidates.iter().any(|c| c == again), timeout)
+            .await?;
+        leader = std::mem::replace(&mut next, (rejoined, again));
+    }
+    Ok(())
+}
