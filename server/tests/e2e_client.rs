@@ -115,6 +115,13 @@ async fn health_is_serving_and_unknown_methods_are_unimplemented() {
         assert_eq!(status.into_inner().status, ServingStatus::Serving as i32, "service {service:?}");
     }
 
+    // The admin listener reports health too, and never serves the client API.
+    let admin = node.connect_admin().await;
+    let status = HealthClient::new(admin.clone()).check(bounded(HealthCheckRequest { service: String::new() })).await.expect("admin check");
+    assert_eq!(status.into_inner().status, ServingStatus::Serving as i32);
+    let status = Election::new(admin).get_term(bounded(rt::GetTermRequest { id: id("e") })).await.expect_err("not on the admin port");
+    assert_error(&status, Code::Unimplemented, "atomix.runtime.election.v1.LeaderElection");
+
     // A method the service does not have, through tonic's generic client.
     let mut grpc = tonic::client::Grpc::new(channel.clone());
     grpc.ready().await.expect("ready");

@@ -1,6 +1,7 @@
-//! Crash and restart tests of `conclave serve`: kill -9 under load, then every acknowledged
-//! change is found after a restart on the same data directory; a SIGTERM stop exits 0 and
-//! recovers; a second process on the same data directory or port is refused.
+//! Process-lifecycle tests of `conclave serve`: kill -9 under load, then every acknowledged
+//! change is found after a restart on the same data directory; SIGTERM (idle or under load)
+//! exits 0 and recovers; a second process on the same data directory or port is refused; a
+//! TOML file configures the node, flags override it, and the node says where it listens.
 mod support;
 
 use std::collections::BTreeMap;
@@ -244,4 +245,41 @@ async fn a_second_process_on_the_same_data_dir_or_port_is_refused() {
     let mut client = Election::new(node.connect().await);
     let status = client.get_term(bounded(rt::GetTermRequest { id: id("nothing") })).await.expect_err("not created");
     assert_eq!(status.code(), tonic::Code::NotFound);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_toml_file_configures_the_node_and_flags_override_it() {
+    let mut dir = TestDir::new();
+    let ports = Ports::fresh();
+    let file = dir.path().join("conclave.toml");
+    let toml = format!(
+        "data-dir = {:?}\nlisten = \"{}\"\nadmin-listen = \"{}\"\npeers = \"1={}\"\nshards = 2\npartitions = 8\nio-memory-bytes = 524288\n",
+        dir.data_dir().display().to_string(),
+        ports.listen,
+        ports.admin,
+        ports.peer
+    );
+    std::fs::write(&file, toml).expect("write the config file");
+    let args = ["serve", "--config", &file.display().to_string(), "--partitions", "3"].map(String::from).to_vec();
+    let node = Node::start_with_args(&mut dir, ports, args).await;
+    let output = node.output();
+    assert!(output.contains("3 partition(s)"), "the flag overrides the file:\n{output}");
+    assert!(output.contains(&format!("data in {}", dir.data_dir().display())), "the file sets the data directory:\n{output}");
+    assert!(output.contains("ready") && output.contains(&ports.listen.to_string()), "says where it listens once ready:\n{output}");
+    assert!(dir.data_dir().join("shard-1").is_dir(), "two shards keep their data in the configured directory");
+
+    // Three partitions: names hashing to each of them all work.
+    let channel = node.connect().await;
+    let mut seen = BTreeMap::new();
+    for i in 0..30 {
+        let name = format!("configured-{i}");
+        seen.entry(partition_of(&name, 3)).or_insert(name);
+    }
+    assert_eq!(seen.len(), 3);
+    let names: Vec<String> = seen.into_values().collect();
+    create_all(&channel, &names).await;
+    let mut client = Election::new(channel);
+    for name in &names {
+        assert_eq!(get_term(&mut client, name).await.0, 0);
+    }
 }

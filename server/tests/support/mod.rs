@@ -70,6 +70,11 @@ impl TestDir {
         self.dir.path().join("data")
     }
 
+    /// The temporary directory itself (for configuration files).
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
     fn next_log(&mut self) -> PathBuf {
         self.starts += 1;
         self.dir.path().join(format!("server-{}.log", self.starts))
@@ -159,12 +164,19 @@ impl Node {
 
     /// Spawns a server on `dir` with the given ports and waits until it is SERVING.
     pub async fn start_on(dir: &mut TestDir, options: &NodeOptions, ports: Ports) -> Node {
+        let args = serve_args(options, &ports, &dir.data_dir());
+        Node::start_with_args(dir, ports, args).await
+    }
+
+    /// Spawns `conclave` with `args` (which must make it listen on `ports` and keep its data
+    /// in `dir`), and waits until it is SERVING.
+    pub async fn start_with_args(dir: &mut TestDir, ports: Ports, args: Vec<String>) -> Node {
         let data_dir = dir.data_dir();
         let log = dir.next_log();
         let out = File::create(&log).expect("server log file");
         let err = out.try_clone().expect("log file handle");
         let child = Command::new(env!("CARGO_BIN_EXE_conclave"))
-            .args(serve_args(options, &ports, &data_dir))
+            .args(args)
             .env("CONCLAVE_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(out)
@@ -228,6 +240,16 @@ impl Node {
             .connect()
             .await
             .unwrap_or_else(|e| panic!("connect to {}: {e}\n{}", self.url(), self.output()))
+    }
+
+    /// A new connection to the admin listener.
+    pub async fn connect_admin(&self) -> Channel {
+        Endpoint::from_shared(format!("http://{}", self.ports.admin))
+            .expect("url")
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connect to the admin API {}: {e}", self.ports.admin))
     }
 
     /// SIGKILL, then reap.
