@@ -1,0 +1,221 @@
+//! Scripted scenarios for `RaftNode` over a tiny lossless in-memory cluster: the API
+//! contracts the shard runtime relies on (durability before apply, reads, membership,
+//! witnesses, transfer) and the refusal of malformed input.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use conclave_engine::raft::{
+    entry_kind_from_u8, entry_kind_to_u8, Config, Entry, EntryKind, HardState, Membership, Message,
+    MessageType, RaftError, RaftEvent, RaftNode, RaftRole, Recovered, Role,
+};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+fn node(id: u64, membership: &Membership) -> RaftNode {
+    RaftNode::new(Config::new(id, 7), membership.clone(), ChaCha8Rng::seed_from_u64(id)).expect("valid")
+}
+
+/// Nodes by id, lossless instant network, instant persistence; records what each applied.
+struct Cluster {
+    nodes: BTreeMap<u64, RaftNode>,
+    applied: BTreeMap<u64, Vec<Entry>>,
+    events: BTreeMap<u64, Vec<RaftEvent>>,
+    reads: BTreeMap<u64, Vec<u64>>,
+}
+
+impl Cluster {
+    fn new(membership: Membership) -> Self {
+        let nodes: BTreeMap<u64, RaftNode> =
+            membership.members().map(|(id, _)| (id, node(id, &membership))).collect();
+        Cluster { nodes, applied: BTreeMap::new(), events: BTreeMap::new(), reads: BTreeMap::new() }
+    }
+
+    fn settle(&mut self) {
+        loop {
+            let mut mail: Vec<Message> = Vec::new();
+            for (id, raft) in &mut self.nodes {
+                while raft.has_ready() {
+                    let ready = raft.ready();
+                    let ack = ready.persist_ack();
+                    mail.extend(ready.messages);
+                    mail.extend(ready.persisted_messages);
+                    self.applied.entry(*id).or_default().extend(ready.committed_entries);
+                    self.events.entry(*id).or_default().extend(ready.events);
+                    self.reads.entry(*id).or_default().extend(ready.read_states.iter().map(|r| r.index));
+                    if let Some((index, term)) = ack {
+                        raft.persisted(index, term);
+                    }
+                }
+            }
+            if mail.is_empty() {
+                return;
+            }
+            for msg in mail {
+                if let Some(raft) = self.nodes.get_mut(&msg.to) {
+                    raft.step(msg).expect("valid message");
+                }
+            }
+        }
+    }
+
+    fn tick_until_leader(&mut self) -> u64 {
+        for _ in 0..200 {
+            for raft in self.nodes.values_mut() {
+                raft.tick();
+            }
+            self.settle();
+            if let Some(leader) = self.leader() {
+                return leader;
+            }
+        }
+        panic!("no leader after 200 ticks");
+    }
+
+    fn leader(&self) -> Option<u64> {
+        self.nodes.values().find(|r| r.role() == RaftRole::Leader).map(|r| r.id())
+    }
+
+    fn applied_payloads(&self, id: u64) -> Vec<Bytes> {
+        self.applied[&id].iter().filter(|e| e.kind == EntryKind::Normal as i32).map(|e| e.data.clone()).collect()
+    }
+}
+
+#[test]
+fn single_voter_applies_only_what_was_persisted() {
+    let mut raft = node(1, &Membership::voters([1]).unwrap());
+    for _ in 0..20 {
+        raft.tick();
+    }
+    assert_eq!(raft.role(), RaftRole::Leader);
+    let ready = raft.ready();
+    assert_eq!(ready.entries.len(), 1, "the leader's no-op is handed out for persisting");
+    assert!(ready.committed_entries.is_empty(), "nothing applies before it is durable");
+    let (index, term) = ready.persist_ack().unwrap();
+    raft.persisted(index, term);
+    let ready = raft.ready();
+    assert_eq!(ready.committed_entries.len(), 1);
+    assert_eq!(ready.committed_entries[0].kind, EntryKind::LeaderNoop as i32);
+    assert_eq!(raft.propose([Bytes::from_static(b"a"), Bytes::from_static(b"b")]), Ok((2, 3)));
+    let ready = raft.ready();
+    assert!(ready.committed_entries.is_empty());
+    raft.persisted(3, term);
+    let applied: Vec<_> = raft.ready().committed_entries.into_iter().map(|e| e.data).collect();
+    assert_eq!(applied, [Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
+}
+
+#[test]
+fn three_voters_replicate_and_serve_reads_through_followers() {
+    let mut cluster = Cluster::new(Membership::voters([1, 2, 3]).unwrap());
+    let leader = cluster.tick_until_leader();
+    let (_, last) = cluster.nodes.get_mut(&leader).unwrap().propose([Bytes::from_static(b"x")]).unwrap();
+    cluster.settle();
+    for id in [1, 2, 3] {
+        assert_eq!(cluster.applied_payloads(id), [Bytes::from_static(b"x")], "node {id}");
+    }
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    cluster.nodes.get_mut(&follower).unwrap().read_index(Bytes::from_static(b"r1")).unwrap();
+    cluster.settle();
+    assert_eq!(cluster.reads[&follower], [last], "the read waits for the write it must observe");
+}
+
+#[test]
+fn malformed_messages_are_refused_without_effect() {
+    let membership = Membership::voters([1, 2, 3]).unwrap();
+    let mut raft = node(1, &membership);
+    let before = raft.hard_state();
+    let good = Message { group_id: 7, from: 2, to: 1, term: 5, ..Message::default() };
+    let cases = [
+        Message { group_id: 8, msg_type: MessageType::Heartbeat as i32, ..good.clone() },
+        Message { to: 9, msg_type: MessageType::Heartbeat as i32, ..good.clone() },
+        Message { from: 0, msg_type: MessageType::Heartbeat as i32, ..good.clone() },
+        Message { msg_type: 999, ..good.clone() },
+        Message { msg_type: MessageType::Unspecified as i32, ..good.clone() },
+    ];
+    for msg in cases {
+        assert!(matches!(raft.step(msg), Err(RaftError::InvalidMessage(_))));
+    }
+    assert_eq!(raft.hard_state(), before);
+    let gap = Message {
+        msg_type: MessageType::Append as i32,
+        index: 0,
+        log_term: 0,
+        entries: vec![Entry { index: 2, term: 5, kind: 0, data: Bytes::new() }],
+        ..good
+    };
+    assert!(matches!(raft.step(gap), Err(RaftError::InvalidMessage(_))));
+    assert_eq!(raft.last_index(), 0);
+}
+
+#[test]
+fn corrupt_recovered_state_is_reported() {
+    let recovered = Recovered {
+        hard_state: HardState { term: 1, vote: 0, commit: 0 },
+        compacted_index: 0,
+        compacted_term: 0,
+        membership: Membership::voters([1]).unwrap(),
+        entries: vec![Entry { index: 1, term: 3, kind: 0, data: Bytes::new() }],
+        applied: 0,
+    };
+    let result = RaftNode::restart(Config::new(1, 7), recovered, ChaCha8Rng::seed_from_u64(1));
+    assert!(matches!(result, Err(RaftError::CorruptState(_))));
+}
+
+#[test]
+fn membership_changes_one_voter_at_a_time() {
+    let members = [(1, Role::Voter), (2, Role::Voter), (3, Role::Voter), (4, Role::Observer)];
+    let mut cluster = Cluster::new(Membership::new(members).unwrap());
+    let leader = cluster.tick_until_leader();
+    let raft = cluster.nodes.get_mut(&leader).unwrap();
+    let two_at_once = Membership::voters([1, 2, 3, 4, 5]).unwrap();
+    assert!(matches!(raft.propose_membership_change(two_at_once), Err(RaftError::MembershipChange(_))));
+    let promote = Membership::voters([1, 2, 3, 4]).unwrap();
+    let index = raft.propose_membership_change(promote.clone()).unwrap();
+    cluster.settle();
+    for id in [1, 2, 3, 4] {
+        assert_eq!(cluster.nodes[&id].membership(), &promote, "node {id}");
+        assert!(cluster.events[&id].contains(&RaftEvent::MembershipCommitted { index }), "node {id}");
+    }
+}
+
+#[test]
+fn witnesses_vote_but_hold_no_payloads_and_apply_nothing() {
+    let members = [(1, Role::Voter), (2, Role::Voter), (3, Role::Witness)];
+    let mut cluster = Cluster::new(Membership::new(members).unwrap());
+    let leader = cluster.tick_until_leader();
+    assert_ne!(leader, 3, "a witness never leads");
+    cluster.nodes.get_mut(&leader).unwrap().propose([Bytes::from_static(b"payload")]).unwrap();
+    cluster.settle();
+    let witness = &cluster.nodes[&3];
+    assert_eq!(witness.last_index(), cluster.nodes[&leader].last_index());
+    assert!(witness.entries().all(|e| e.data.is_empty()));
+    assert!(cluster.applied.get(&3).is_none_or(|a| a.is_empty()));
+    assert!(matches!(cluster.nodes.get_mut(&3).unwrap().read_index(Bytes::new()), Err(_)));
+}
+
+#[test]
+fn leadership_transfer_hands_over_to_the_target() {
+    let mut cluster = Cluster::new(Membership::voters([1, 2, 3]).unwrap());
+    let leader = cluster.tick_until_leader();
+    let target = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let raft = cluster.nodes.get_mut(&leader).unwrap();
+    let term_before = raft.term();
+    assert!(matches!(raft.transfer_leadership(leader), Err(RaftError::Transfer(_))));
+    raft.transfer_leadership(target).unwrap();
+    cluster.settle();
+    assert_eq!(cluster.leader(), Some(target));
+    assert_eq!(cluster.nodes[&target].term(), term_before + 1, "TimeoutNow skips pre-vote: one new term");
+    assert!(matches!(
+        cluster.nodes.get_mut(&leader).unwrap().propose([Bytes::new()]),
+        Err(RaftError::NotLeader { leader: l }) if l == target
+    ));
+}
+
+#[test]
+fn entry_kinds_map_to_stable_bytes() {
+    for (kind, byte) in [(EntryKind::Normal, 0), (EntryKind::Membership, 1), (EntryKind::LeaderNoop, 2)] {
+        assert_eq!(entry_kind_to_u8(kind), byte);
+        assert_eq!(entry_kind_from_u8(byte), Some(kind));
+    }
+    assert_eq!(entry_kind_from_u8(3), None);
+}
