@@ -75,8 +75,7 @@ impl Log {
     pub async fn reclaim(&self) -> Result<CompactionReport, LogError> {
         let mut report = CompactionReport::default();
         let limit = self.shared.options.relocate_max_bytes;
-        loop {
-            let Some((segment, live)) = self.oldest_sealed_live() else { break };
+        while let Some((segment, live)) = self.oldest_sealed_live() {
             if !live.is_empty() {
                 if live.bytes > limit {
                     break;

@@ -186,10 +186,15 @@ fn replay_segment(
         };
         let start = offset + super::record::HEADER_BYTES;
         let body = loaded.bytes.slice(start..start + body.len());
+        let too_large = |_| LogError::Corrupt {
+            file: loaded.path.clone(),
+            offset: offset as u64,
+            reason: "record beyond 4 GiB into its segment".into(),
+        };
         let loc = RecordLoc {
             segment: loaded.first_seq,
-            offset: u32::try_from(offset).map_err(|_| LogError::Invalid("segment larger than 4 GiB".into()))?,
-            len: u32::try_from(header.framed_len()).expect("bounded by the segment"),
+            offset: u32::try_from(offset).map_err(too_large)?,
+            len: u32::try_from(header.framed_len()).map_err(too_large)?,
         };
         if let Err(why) = apply(groups, &header, body, loc) {
             let corrupt = LogError::Corrupt { file: loaded.path.clone(), offset: offset as u64, reason: why.into() };
@@ -274,8 +279,7 @@ fn build_index(
     for (id, group) in groups {
         let mut metas = VecDeque::with_capacity(group.entries.len());
         let mut entries = Vec::with_capacity(group.entries.len());
-        let mut want = group.compacted + 1;
-        for (at, (entry, loc)) in group.entries {
+        for (want, (at, (entry, loc))) in (group.compacted + 1..).zip(group.entries) {
             if at != want {
                 let reason = format!("group {id}: entry {want} is missing (next present is {at})");
                 if !options.repair_corruption {
@@ -284,7 +288,6 @@ fn build_index(
                 report.repaired.get_or_insert(Cut { file: dir.to_path_buf(), offset: 0, reason });
                 break;
             }
-            want += 1;
             let payload_len = u32::try_from(entry.payload.len()).expect("bounded by the segment");
             metas.push_back(EntryMeta { term: entry.term, payload_len, loc });
             entries.push(entry);

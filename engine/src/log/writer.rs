@@ -104,7 +104,7 @@ impl Log {
         let dir = dir.as_ref().to_path_buf();
         if options.segment_bytes < 64 << 10
             || options.segment_bytes > u64::from(u32::MAX)
-            || options.segment_bytes % 4096 != 0
+            || !options.segment_bytes.is_multiple_of(4096)
         {
             return Err(LogError::Invalid(format!(
                 "segment size {} must be a multiple of 4096 in 64 KiB..4 GiB",
