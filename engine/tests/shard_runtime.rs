@@ -135,18 +135,18 @@ fn single_voter_group_serves_commands_reads_and_watches() {
 
         let enter = |seq, who: &str| command::election(0, session_id, seq, PrimitiveRef::Name("e".into()), ElectionOp::Enter, who);
         let Output::Term(t) = propose_when_led(&handle, enter(2, "a")).await else { panic!() };
-        assert_eq!((t.term, t.candidates.clone()), (1, vec!["a".to_string()]));
+        assert_eq!((t.term, names(&t)), (1, vec!["a".to_string()]));
         let Output::Term(t) = propose_when_led(&handle, enter(3, "b")).await else { panic!() };
-        assert_eq!(t.candidates, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(names(&t), vec!["a".to_string(), "b".to_string()]);
         // A retried sequence number is answered from the cache, not applied again.
         let Output::Term(t) = propose_when_led(&handle, enter(3, "b")).await else { panic!() };
-        assert_eq!(t.candidates, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(names(&t), vec!["a".to_string(), "b".to_string()]);
 
         let read = handle
             .read(1, TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index: 0 })
             .await
             .unwrap();
-        assert_eq!(read.result.unwrap().candidates, vec!["a".to_string(), "b".to_string()]);
+        assert_eq!(names(&read.result.unwrap()), vec!["a".to_string(), "b".to_string()]);
         let missing = handle
             .read(1, TermQuery { session_id: None, primitive: PrimitiveRef::Name("nope".into()), min_index: 0 })
             .await
@@ -199,4 +199,9 @@ fn concurrent_proposals_share_durable_rounds() {
         handle.send(Request::Shutdown).await.unwrap();
         task.await.unwrap();
     });
+}
+
+/// The candidates of a term as owned strings, leader first.
+fn names(term: &conclave_engine::sm::ElectionTerm) -> Vec<String> {
+    term.candidates.iter().map(|c| c.to_string()).collect()
 }
