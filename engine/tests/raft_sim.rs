@@ -34,6 +34,8 @@ fn simulation_upholds_safety_liveness_and_linearizability() {
                 totals.crashes += report.crashes;
                 totals.leaders_elected += report.leaders_elected;
                 totals.batches_delivered += report.batches_delivered;
+                totals.snapshots_taken += report.snapshots_taken;
+                totals.snapshots_installed += report.snapshots_installed;
             }
             Err(violation) => panic!(
                 "seed {seed} violated a property: {}\noptions: {opts:?}\nreplay: {}",
@@ -44,4 +46,7 @@ fn simulation_upholds_safety_liveness_and_linearizability() {
     }
     println!("{} seeds in {:?}: {totals:?}", seeds.len(), started.elapsed());
     assert!(totals.committed_entries > 0 && totals.leaders_elected > 0, "the runs did nothing");
+    if seeds.len() >= 100 {
+        assert!(totals.snapshots_installed > 0, "no run streamed a snapshot to a lagging follower");
+    }
 }

@@ -67,6 +67,19 @@ impl RaftLog {
         })
     }
 
+    /// A log that starts right after an installed snapshot covering `..= index`.
+    pub fn restored(index: u64, term: u64) -> Self {
+        RaftLog {
+            compacted_index: index,
+            compacted_term: term,
+            entries: Vec::new(),
+            committed: index,
+            applied: index,
+            persisted: index,
+            unstable_from: index + 1,
+        }
+    }
+
     pub fn last_index(&self) -> u64 {
         self.compacted_index + self.entries.len() as u64
     }

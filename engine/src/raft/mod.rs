@@ -13,7 +13,8 @@
 //! they are; [`Outbox`] gathers every group's messages for one peer into one `MessageBatch`.
 //! Features: pre-vote, check-quorum, pipelined replication with bounded in-flight messages
 //! and bytes, fast back-off, the §5.4.2 commit rule, ReadIndex reads, single-step membership
-//! changes with voters, observers and witnesses, and leadership transfer.
+//! changes with voters, observers and witnesses, leadership transfer, and snapshots
+//! (taken by the state machine, streamed in chunks to lagging followers, installed).
 
 mod batch;
 mod config;
@@ -25,6 +26,7 @@ mod progress;
 mod read;
 mod ready;
 mod replicate;
+mod snapshot;
 mod step;
 
 pub use batch::{open_batch, Outbox};
@@ -34,6 +36,7 @@ pub use error::RaftError;
 pub use membership::{Membership, Role};
 pub use node::{RaftNode, Recovered};
 pub use ready::{HardState, RaftEvent, RaftRole, ReadState, Ready};
+pub use snapshot::Snapshot;
 
 /// The `u8` the durable log stores for an entry kind.
 pub fn entry_kind_to_u8(kind: EntryKind) -> u8 {

@@ -16,6 +16,7 @@ use super::membership::{Membership, Role};
 use super::progress::Progress;
 use super::read::ReadQueue;
 use super::ready::{HardState, RaftEvent, RaftRole, Ready};
+use super::snapshot::{Incoming, Snapshot};
 
 /// What a restarted replica recovered from its durable storage.
 #[derive(Clone, Debug)]
@@ -54,6 +55,12 @@ pub struct RaftNode {
     pub(super) transferee: u64,
     pub(super) transfer_elapsed: u32,
     pub(super) reads: ReadQueue,
+    /// The latest snapshot the state machine provided or the leader sent.
+    pub(super) snapshot: Option<Snapshot>,
+    /// Follower: a snapshot being received, and one handed to the caller to install.
+    pub(super) incoming: Option<Incoming>,
+    pub(super) installing: Option<Snapshot>,
+    pub(super) out_snapshot: Option<Snapshot>,
     // Outputs accumulated until the next `ready()`.
     pub(super) out_messages: Vec<Message>,
     pub(super) out_persisted_messages: Vec<Message>,
@@ -76,7 +83,8 @@ impl RaftNode {
         Self::restart(cfg, recovered, rng)
     }
 
-    /// Rebuilds a replica from what its durable storage holds.
+    /// Rebuilds a replica from what its durable storage holds. If it recovered a snapshot,
+    /// hand its data back with [`RaftNode::snapshot_taken`] so it can serve lagging peers.
     pub fn restart(cfg: Config, recovered: Recovered, rng: ChaCha8Rng) -> Result<Self, RaftError> {
         cfg.validate()?;
         let Recovered { hard_state, compacted_index, compacted_term, membership, entries, applied } =
@@ -119,6 +127,10 @@ impl RaftNode {
             transferee: 0,
             transfer_elapsed: 0,
             reads: ReadQueue::default(),
+            snapshot: None,
+            incoming: None,
+            installing: None,
+            out_snapshot: None,
             out_messages: Vec::new(),
             out_persisted_messages: Vec::new(),
             out_events: Vec::new(),
@@ -173,6 +185,10 @@ impl RaftNode {
             return Some(self.log.persisted());
         }
         self.progress.get(&peer).map(|p| p.match_index)
+    }
+    /// Index of the last entry dropped from memory (covered by the latest snapshot).
+    pub fn compacted_index(&self) -> u64 {
+        self.log.compacted_index()
     }
     /// Term of the entry at `index`, if held (or at the compaction point).
     pub fn entry_term(&self, index: u64) -> Option<u64> {
@@ -324,10 +340,10 @@ impl RaftNode {
         Ok(())
     }
 
-    /// Drops in-memory entries up to `index` (clamped to what is applied), keeping the
-    /// configuration in effect there. Call after the state machine captured a snapshot.
+    /// Drops in-memory entries up to `index` (clamped to the latest snapshot from
+    /// [`RaftNode::snapshot_taken`]), keeping the configuration in effect there.
     pub fn compact(&mut self, index: u64) {
-        let index = index.min(self.log.applied());
+        let index = index.min(self.snapshot.as_ref().map_or(0, |s| s.index));
         if index <= self.log.compacted_index() {
             return;
         }
@@ -349,6 +365,7 @@ impl RaftNode {
             || self.log.has_unstable()
             || self.log.committed().min(self.log.persisted()) > self.log.applied()
             || self.reads.has_ready()
+            || self.out_snapshot.is_some()
     }
 
     /// Drains everything accumulated since the last call.
@@ -375,6 +392,7 @@ impl RaftNode {
             committed_entries: if witness { Vec::new() } else { committed },
             read_states: self.reads.take_ready(),
             events: std::mem::take(&mut self.out_events),
+            snapshot: self.out_snapshot.take(),
         }
     }
 
@@ -422,6 +440,7 @@ impl RaftNode {
             self.term = term;
             self.vote = 0;
         }
+        self.abort_snapshot_sends();
         self.set_role(RaftRole::Follower);
         self.set_leader(leader);
         self.reset_election_timer();

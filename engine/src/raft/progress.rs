@@ -10,6 +10,8 @@ pub enum ReplicationState {
     Probe,
     /// The follower is in sync: pipeline appends up to the flow-control window.
     Replicate,
+    /// The entries the follower needs are compacted: stream it the snapshot, one chunk at a time.
+    Snapshot,
 }
 
 /// Replication progress of one peer, kept by the leader.
@@ -29,6 +31,9 @@ pub struct Progress {
     pub recent_active: bool,
     /// Highest ReadIndex round the peer confirmed in this term.
     pub read_ack_seq: u64,
+    /// In `Snapshot`: index of the snapshot being sent and bytes the peer confirmed.
+    pub snapshot_index: u64,
+    pub snapshot_offset: u64,
 }
 
 impl Progress {
@@ -42,13 +47,15 @@ impl Progress {
             inflight_bytes: 0,
             recent_active: false,
             read_ack_seq: 0,
+            snapshot_index: 0,
+            snapshot_offset: 0,
         }
     }
 
     /// True if no more appends may be sent now.
     pub fn is_paused(&self, max_messages: usize, max_bytes: usize) -> bool {
         match self.state {
-            ReplicationState::Probe => self.probe_sent,
+            ReplicationState::Probe | ReplicationState::Snapshot => self.probe_sent,
             ReplicationState::Replicate => {
                 self.inflight.len() >= max_messages || self.inflight_bytes >= max_bytes
             }
@@ -58,6 +65,15 @@ impl Progress {
     pub fn become_probe(&mut self) {
         self.state = ReplicationState::Probe;
         self.next_index = self.match_index + 1;
+        self.probe_sent = false;
+        self.clear_inflight();
+    }
+
+    /// Starts streaming the snapshot at `index` from its first byte.
+    pub fn start_snapshot(&mut self, index: u64) {
+        self.state = ReplicationState::Snapshot;
+        self.snapshot_index = index;
+        self.snapshot_offset = 0;
         self.probe_sent = false;
         self.clear_inflight();
     }
@@ -77,7 +93,7 @@ impl Progress {
     /// Records an append ending at `last_index` carrying `bytes` of payload.
     pub fn sent(&mut self, last_index: u64, bytes: usize) {
         match self.state {
-            ReplicationState::Probe => self.probe_sent = true,
+            ReplicationState::Probe | ReplicationState::Snapshot => self.probe_sent = true,
             ReplicationState::Replicate => {
                 if last_index >= self.next_index {
                     self.next_index = last_index + 1;
@@ -90,6 +106,10 @@ impl Progress {
 
     /// The peer accepted entries up to `index`. Returns true if the match point advanced.
     pub fn on_accept(&mut self, index: u64) -> bool {
+        if self.state == ReplicationState::Snapshot {
+            // Stale answers to appends sent before the snapshot started.
+            return false;
+        }
         let advanced = index > self.match_index;
         if advanced {
             self.match_index = index;
@@ -114,7 +134,7 @@ impl Progress {
     /// lost append cannot stall replication (a gap makes the peer reject, which re-probes).
     pub fn unpause_on_heartbeat(&mut self, max_messages: usize, max_bytes: usize) {
         match self.state {
-            ReplicationState::Probe => self.probe_sent = false,
+            ReplicationState::Probe | ReplicationState::Snapshot => self.probe_sent = false,
             ReplicationState::Replicate => {
                 if self.is_paused(max_messages, max_bytes) {
                     if let Some((_, bytes)) = self.inflight.pop_front() {
@@ -129,6 +149,7 @@ impl Progress {
     /// largest index the leader believes may match. Returns false for stale rejections.
     pub fn on_reject(&mut self, rejected: u64, hint: u64) -> bool {
         match self.state {
+            ReplicationState::Snapshot => false,
             ReplicationState::Replicate => {
                 if rejected <= self.match_index {
                     return false;

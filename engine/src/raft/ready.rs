@@ -5,6 +5,7 @@ use bytes::Bytes;
 use conclave_proto::conclave::raft::v1::{Entry, HardState as HardStateProto, Message};
 
 use super::membership::Membership;
+use super::snapshot::Snapshot;
 
 /// The durable vote state of a replica (persist it before sending `persisted_messages`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -57,6 +58,12 @@ pub enum RaftEvent {
     MembershipCommitted { index: u64 },
     /// A leadership transfer to `to` did not finish within an election timeout.
     TransferAborted { to: u64 },
+    /// The leader started, finished or gave up streaming snapshot `index` to `to`.
+    SnapshotSendStarted { to: u64, index: u64 },
+    SnapshotSendCompleted { to: u64, index: u64 },
+    SnapshotSendAborted { to: u64, index: u64 },
+    /// A complete snapshot arrived from `from` (see `Ready::snapshot`).
+    SnapshotReceived { from: u64, index: u64 },
 }
 
 /// The outputs accumulated since the last drain. Handle them in this order:
@@ -66,7 +73,9 @@ pub enum RaftEvent {
 /// 3. once durable: send `persisted_messages` and call `persisted(index, term)` with
 ///    [`Ready::persist_ack`];
 /// 4. apply `committed_entries` in order (they are already durable here), serve
-///    `read_states` once applied reaches their index, report `events`.
+///    `read_states` once applied reaches their index, report `events`;
+/// 5. if `snapshot` is set: after the writes above, store it durably, drop every stored
+///    entry, restore the state machine from it, then call `snapshot_installed(index)`.
 #[derive(Debug, Default)]
 pub struct Ready {
     pub messages: Vec<Message>,
@@ -76,6 +85,7 @@ pub struct Ready {
     pub committed_entries: Vec<Entry>,
     pub read_states: Vec<ReadState>,
     pub events: Vec<RaftEvent>,
+    pub snapshot: Option<Snapshot>,
 }
 
 impl Ready {
@@ -93,5 +103,6 @@ impl Ready {
             && self.committed_entries.is_empty()
             && self.read_states.is_empty()
             && self.events.is_empty()
+            && self.snapshot.is_none()
     }
 }

@@ -75,14 +75,17 @@ impl RaftNode {
     pub(super) fn send_append(&mut self, to: u64) -> bool {
         let witness = self.membership().role(to) == Some(Role::Witness);
         let Some(progress) = self.progress.get(&to) else { return false };
+        if progress.state == ReplicationState::Snapshot {
+            return self.send_snapshot_chunk(to);
+        }
         if progress.is_paused(self.cfg.max_inflight_messages, self.cfg.max_inflight_bytes) {
             return false;
         }
         let prev_index = progress.next_index - 1;
-        let Some(prev_term) = self.log.term(prev_index) else {
-            // The entries this peer needs were compacted away; it can only catch up from a
-            // snapshot, which this core does not ship yet.
-            return false;
+        let snapshot_in_progress = progress.state == ReplicationState::Snapshot;
+        let Some(prev_term) = self.log.term(prev_index).filter(|_| !snapshot_in_progress) else {
+            // The entries this peer needs were compacted away: send the snapshot instead.
+            return self.send_snapshot_chunk(to);
         };
         let mut entries = if progress.next_index <= self.log.last_index() {
             self.log.entries_from(
@@ -118,7 +121,7 @@ impl RaftNode {
         loop {
             let Some(progress) = self.progress.get(&to) else { return };
             let more = progress.next_index <= last
-                && !(progress.state == ReplicationState::Probe && progress.probe_sent);
+                && progress.state == ReplicationState::Replicate;
             if !more || !self.send_append(to) {
                 return;
             }

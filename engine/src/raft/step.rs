@@ -41,7 +41,7 @@ impl RaftNode {
                 self.on_vote_response(msg, msg_type);
                 Ok(())
             }
-            MessageType::Append | MessageType::Heartbeat => {
+            MessageType::Append | MessageType::Heartbeat | MessageType::Snapshot => {
                 if self.role != RaftRole::Follower {
                     if self.role == RaftRole::Leader {
                         return Err(RaftError::InvalidMessage(format!(
@@ -56,19 +56,23 @@ impl RaftNode {
                 if self.leader != msg.from {
                     self.set_leader(msg.from);
                 }
-                if msg_type == MessageType::Append {
-                    self.on_append(msg)
-                } else {
-                    self.on_heartbeat(msg);
-                    Ok(())
+                match msg_type {
+                    MessageType::Snapshot => self.on_snapshot_chunk(msg),
+                    // A snapshot waits for installation: the old log must not move meanwhile.
+                    _ if self.is_installing() => Ok(()),
+                    MessageType::Append => self.on_append(msg),
+                    _ => {
+                        self.on_heartbeat(msg);
+                        Ok(())
+                    }
                 }
             }
-            MessageType::AppendResponse | MessageType::HeartbeatResponse => {
+            MessageType::AppendResponse | MessageType::HeartbeatResponse | MessageType::SnapshotResponse => {
                 if self.role == RaftRole::Leader {
-                    if msg_type == MessageType::AppendResponse {
-                        self.on_append_response(msg);
-                    } else {
-                        self.on_heartbeat_response(msg);
+                    match msg_type {
+                        MessageType::AppendResponse => self.on_append_response(msg),
+                        MessageType::HeartbeatResponse => self.on_heartbeat_response(msg),
+                        _ => self.on_snapshot_response(msg),
                     }
                 }
                 Ok(())
@@ -111,12 +115,12 @@ impl RaftNode {
             if msg_type == PreVote || granted_pre_vote {
                 return true;
             }
-            let leader = if matches!(msg_type, Append | Heartbeat) { msg.from } else { 0 };
+            let leader = if matches!(msg_type, Append | Heartbeat | Snapshot) { msg.from } else { 0 };
             self.become_follower(msg.term, leader);
             return true;
         }
         if msg.term < self.term {
-            if (self.cfg.check_quorum || self.cfg.pre_vote) && matches!(msg_type, Append | Heartbeat) {
+            if (self.cfg.check_quorum || self.cfg.pre_vote) && matches!(msg_type, Append | Heartbeat | Snapshot) {
                 // Tell a stale leader about the newer term so it steps down.
                 let reply = self.new_message(msg.from, AppendResponse);
                 self.out_messages.push(reply);

@@ -7,9 +7,10 @@
 
 use std::collections::VecDeque;
 
+use bytes::Bytes;
 use conclave_engine::raft::{
     open_batch, Config, Entry, HardState, Membership, Message, Outbox, RaftEvent, RaftNode, RaftRole,
-    Recovered, Role,
+    Recovered, Role, Snapshot,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -34,6 +35,8 @@ pub struct SimReport {
     pub crashes: u64,
     pub leaders_elected: u64,
     pub batches_delivered: u64,
+    pub snapshots_taken: u64,
+    pub snapshots_installed: u64,
 }
 
 struct DiskWrite {
@@ -42,15 +45,61 @@ struct DiskWrite {
     entries: Vec<Entry>,
     then_send: Vec<Message>,
     ack: Option<(u64, u64)>,
+    /// A snapshot received from the leader, installed after the writes before it.
+    install: Option<Snapshot>,
 }
 
 /// One replica: the live Raft node (None while its node is down) and its durable state.
 struct Replica {
     raft: Option<RaftNode>,
     durable_hard_state: HardState,
+    /// The durable snapshot (None: none yet, the log starts at index 1).
+    durable_snapshot: Option<Snapshot>,
+    /// Durable entries after the snapshot's index.
     durable_entries: Vec<Entry>,
     writes: VecDeque<DiskWrite>,
     register: u64,
+}
+
+impl Replica {
+    fn durable_base(&self) -> u64 {
+        snapshot_index(&self.durable_snapshot)
+    }
+
+    /// Term of the durable entry at `index`; `Ok(None)` if beyond the end, `Err(())` if the
+    /// index is covered by the snapshot.
+    fn durable_term(&self, index: u64) -> Result<Option<u64>, ()> {
+        let base = self.durable_base();
+        if index < base {
+            return Err(());
+        }
+        if index == base {
+            return Ok(Some(self.durable_snapshot.as_ref().map_or(0, |s| s.term)));
+        }
+        Ok(self.durable_entries.get((index - base - 1) as usize).map(|e| e.term))
+    }
+
+    fn write_entries(&mut self, entries: Vec<Entry>) {
+        let Some(first) = entries.first() else { return };
+        let base = self.durable_base();
+        debug_assert!(first.index > base, "entries below the snapshot are never rewritten");
+        self.durable_entries.truncate((first.index - base - 1) as usize);
+        self.durable_entries.extend(entries);
+    }
+}
+
+fn snapshot_index(snapshot: &Option<Snapshot>) -> u64 {
+    snapshot.as_ref().map_or(0, |s| s.index)
+}
+
+fn encode_register(value: u64) -> Bytes {
+    Bytes::copy_from_slice(&value.to_le_bytes())
+}
+
+fn decode_register(data: &[u8]) -> Result<u64, Violation> {
+    let bytes: [u8; 8] =
+        data.try_into().map_err(|_| Violation(format!("snapshot of {} bytes is no register", data.len())))?;
+    Ok(u64::from_le_bytes(bytes))
 }
 
 struct SimNode {
@@ -136,6 +185,7 @@ impl Sim {
                 .map(|_| Replica {
                     raft: None,
                     durable_hard_state: HardState::default(),
+                    durable_snapshot: None,
                     durable_entries: Vec::new(),
                     writes: VecDeque::new(),
                     register: 0,
@@ -166,19 +216,25 @@ impl Sim {
         for g in 0..self.opts.groups as usize {
             let cfg = self.config(id, g as u32);
             let replica = &mut self.nodes[n].replicas[g];
+            let snapshot = replica.durable_snapshot.clone();
             let recovered = Recovered {
                 hard_state: replica.durable_hard_state,
-                compacted_index: 0,
-                compacted_term: 0,
-                membership: self.initial[g].clone(),
+                compacted_index: snapshot.as_ref().map_or(0, |s| s.index),
+                compacted_term: snapshot.as_ref().map_or(0, |s| s.term),
+                membership: snapshot.as_ref().map_or_else(|| self.initial[g].clone(), |s| s.membership.clone()),
                 entries: replica.durable_entries.clone(),
-                applied: 0,
+                applied: snapshot.as_ref().map_or(0, |s| s.index),
             };
             let rng_seed = self.seed ^ (id << 40) ^ ((g as u64) << 24) ^ incarnation;
-            let raft = RaftNode::restart(cfg, recovered, ChaCha8Rng::seed_from_u64(rng_seed))
+            let mut raft = RaftNode::restart(cfg, recovered, ChaCha8Rng::seed_from_u64(rng_seed))
                 .map_err(|e| Violation(format!("node {id} group {g} failed to restart: {e}")))?;
-            replica.raft = Some(raft);
             replica.register = 0;
+            if let Some(snapshot) = snapshot {
+                replica.register = decode_register(&snapshot.data)?;
+                raft.snapshot_taken(snapshot.index, snapshot.data)
+                    .map_err(|e| Violation(format!("node {id} group {g}: recovered snapshot refused: {e}")))?;
+            }
+            replica.raft = Some(raft);
         }
         self.nodes[n].up = true;
         for g in 0..self.opts.groups as usize {
@@ -226,7 +282,7 @@ impl Sim {
             for event in &ready.events {
                 if let RaftEvent::RoleChanged { role: RaftRole::Leader, term } = event {
                     report.leaders_elected += 1;
-                    checkers[g].on_leader(id, *term, |i| raft.entry_term(i))?;
+                    checkers[g].on_leader(id, *term, raft.compacted_index(), |i| raft.entry_term(i))?;
                 }
             }
             if let Some(first) = ready.entries.first() {
@@ -236,7 +292,11 @@ impl Sim {
             }
             let ack = ready.persist_ack();
             node.outbox.extend(ready.messages);
-            if ready.hard_state.is_some() || !ready.entries.is_empty() || !ready.persisted_messages.is_empty() {
+            if ready.hard_state.is_some()
+                || !ready.entries.is_empty()
+                || !ready.persisted_messages.is_empty()
+                || ready.snapshot.is_some()
+            {
                 let earliest = replica.writes.back().map_or(0, |w| w.done_at);
                 let done_at = (*now + rng.random_range(1..=opts.max_disk_delay)).max(earliest);
                 replica.writes.push_back(DiskWrite {
@@ -245,6 +305,7 @@ impl Sim {
                     entries: ready.entries,
                     then_send: ready.persisted_messages,
                     ack,
+                    install: ready.snapshot,
                 });
             }
             for entry in &ready.committed_entries {
@@ -258,6 +319,21 @@ impl Sim {
                 clients[g].read_confirmed(id, &read.context, read.index);
             }
             clients[g].serve_reads(id, raft.applied_index(), replica.register, *now);
+            let applied = raft.applied_index();
+            let snapshot_due = opts.snapshot_interval > 0
+                && !ready.committed_entries.is_empty()
+                && applied >= snapshot_index(&replica.durable_snapshot) + opts.snapshot_interval;
+            if snapshot_due {
+                // Written then renamed: the snapshot is durable at once.
+                raft.snapshot_taken(applied, encode_register(replica.register))
+                    .map_err(|e| Violation(format!("node {id} group {g}: snapshot refused: {e}")))?;
+                report.snapshots_taken += 1;
+                let snapshot = raft.latest_snapshot().expect("just taken").clone();
+                let base = snapshot_index(&replica.durable_snapshot);
+                replica.durable_entries.drain(..(snapshot.index - base) as usize);
+                replica.durable_snapshot = Some(snapshot);
+                raft.compact(applied.saturating_sub(opts.snapshot_tail));
+            }
         }
         Ok(())
     }
@@ -305,8 +381,9 @@ impl Sim {
                 if matched == 0 || replica.durable_hard_state.term != leader.term() {
                     continue;
                 }
-                let durable_term = replica.durable_entries.get(matched as usize - 1).map(|e| e.term);
-                if durable_term != leader.entry_term(matched) {
+                let Ok(durable_term) = replica.durable_term(matched) else { continue };
+                let Some(leader_term) = leader.entry_term(matched) else { continue };
+                if durable_term != Some(leader_term) {
                     return Err(Violation(format!(
                         "group {g}: leader {} counts entry {matched} as held by node {}, whose disk \
                          has term {durable_term:?} there (acknowledged before persisted)",
@@ -331,13 +408,20 @@ impl Sim {
             if let Some(hard_state) = write.hard_state {
                 replica.durable_hard_state = hard_state;
             }
-            if let Some(first) = write.entries.first() {
-                replica.durable_entries.truncate(first.index as usize - 1);
-                replica.durable_entries.extend(write.entries);
-            }
+            replica.write_entries(write.entries);
             node.outbox.extend(write.then_send);
             if let (Some((index, term)), Some(raft)) = (write.ack, replica.raft.as_mut()) {
                 raft.persisted(index, term);
+            }
+            if let Some(snapshot) = write.install {
+                let index = snapshot.index;
+                replica.register = decode_register(&snapshot.data)?;
+                self.report.snapshots_installed += 1;
+                replica.durable_entries.clear();
+                replica.durable_snapshot = Some(snapshot);
+                if let Some(raft) = replica.raft.as_mut() {
+                    raft.snapshot_installed(index);
+                }
             }
             self.pump(n, g)?;
         }

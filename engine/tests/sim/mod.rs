@@ -41,6 +41,10 @@ pub struct SimOptions {
     pub witnesses: bool,
     /// Maximum entries per append (small values exercise partial acknowledgements).
     pub max_entries_per_message: usize,
+    /// Applied entries between state-machine snapshots (0: never snapshot), and how many
+    /// entries below a snapshot stay in the log.
+    pub snapshot_interval: u64,
+    pub snapshot_tail: u64,
     pub bugs: DeliberateBugs,
 }
 
@@ -70,6 +74,8 @@ impl SimOptions {
             client_op: 0.5,
             witnesses: rng.random_bool(0.3),
             max_entries_per_message: if rng.random_bool(0.5) { 1 } else { 64 },
+            snapshot_interval: if rng.random_bool(0.3) { 0 } else { rng.random_range(3..=30) },
+            snapshot_tail: rng.random_range(0..=5),
             bugs: DeliberateBugs::default(),
         }
     }
