@@ -1,5 +1,6 @@
 //! Generates the tonic client stubs the bench speaks: Conclave's client API
-//! (`atomix.runtime.election.v1`, from the shared `proto/` tree).
+//! (`atomix.runtime.election.v1`, from the shared `proto/` tree) and the subset of etcd's v3
+//! election and lease API under `bench/proto/etcd/`.
 use std::path::PathBuf;
 
 fn main() {
@@ -14,4 +15,16 @@ fn main() {
         .include_file("_bench_client.rs")
         .compile_fds(fds)
         .expect("tonic-prost-build failed");
+
+    let etcd_root = PathBuf::from("proto");
+    println!("cargo:rerun-if-changed=proto");
+    let etcd_files = ["etcd/election.proto", "etcd/rpc.proto"];
+    let etcd_fds = protox::compile(etcd_files.iter().map(|f| etcd_root.join(f)), [&etcd_root])
+        .expect("protox failed to compile bench/proto/etcd");
+    tonic_prost_build::configure()
+        .build_server(false)
+        .build_client(true)
+        .include_file("_etcd_client.rs")
+        .compile_fds(etcd_fds)
+        .expect("tonic-prost-build failed for etcd");
 }

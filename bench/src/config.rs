@@ -9,6 +9,8 @@ use std::time::Duration;
 pub enum Target {
     /// Conclave's client API, `atomix.runtime.election.v1`.
     Conclave,
+    /// etcd's v3 election API (`v3electionpb.Election`), one lease per caller.
+    Etcd,
 }
 
 /// The workload a run offers.
@@ -116,6 +118,11 @@ impl BenchConfig {
         }
         if matches!(self.workload, Workload::Watch | Workload::Failover) && self.watchers == 0 {
             return Err("the watch and failover workloads need at least one watcher".into());
+        }
+        if self.target == Target::Etcd
+            && matches!(self.workload, Workload::Watch | Workload::Failover)
+        {
+            return Err("the watch and failover workloads speak Conclave's API only (etcd's Campaign blocks until elected, so they need their own drivers)".into());
         }
         if self.read_percent > 100 {
             return Err("read-percent is at most 100".into());

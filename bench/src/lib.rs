@@ -11,9 +11,11 @@
 //! let report = conclave_bench::run(config).expect("bench run");
 //! println!("{}", report.table());
 //! ```
+pub mod client;
 pub mod conclave;
 pub mod config;
 pub mod error;
+pub mod etcd;
 pub mod floor;
 pub mod report;
 pub mod schedule;

@@ -36,6 +36,7 @@ enum Command {
 #[derive(Clone, Copy, ValueEnum)]
 enum TargetArg {
     Conclave,
+    Etcd,
 }
 
 #[derive(Args)]
@@ -120,6 +121,7 @@ fn config_of(workload: Workload, args: RunArgs) -> Result<BenchConfig, String> {
         .collect();
     let target = match args.target {
         TargetArg::Conclave => Target::Conclave,
+        TargetArg::Etcd => Target::Etcd,
     };
     let config = BenchConfig {
         target,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Barrier;
 
-use crate::conclave::ConclaveClient;
+use crate::client::ElectionClient;
 use crate::config::{BenchConfig, LoadMode, Workload};
 use crate::error::BenchError;
 use crate::report::Report;
@@ -36,12 +36,11 @@ async fn setup_elections(
     config: &BenchConfig,
     names: &[String],
     hold: bool,
-) -> Result<Vec<ConclaveClient>, BenchError> {
+) -> Result<Vec<ElectionClient>, BenchError> {
     let connections = SETUP_CONNECTIONS.min(names.len());
     let mut tasks = Vec::with_capacity(connections);
     for connection in 0..connections {
-        let endpoint = config.endpoint_of(connection).to_string();
-        let timeout = config.request_timeout;
+        let config = config.clone();
         let mine: Vec<String> = names
             .iter()
             .skip(connection)
@@ -49,7 +48,7 @@ async fn setup_elections(
             .cloned()
             .collect();
         tasks.push(tokio::spawn(async move {
-            let mut client = ConclaveClient::connect(&endpoint, timeout).await?;
+            let mut client = ElectionClient::connect(&config, connection).await?;
             for name in &mine {
                 client.create(name).await?;
                 if hold {
@@ -89,10 +88,9 @@ async fn worker(
     barrier: Arc<StartLine>,
     counters: Arc<NotifyCounters>,
 ) -> TaskEnd {
-    let timeout = ctx.config.request_timeout;
     match ctx.config.workload {
         Workload::Churn | Workload::Read | Workload::Mixed => {
-            let client = ConclaveClient::connect(ctx.config.endpoint_of(index), timeout).await;
+            let client = ElectionClient::connect(&ctx.config, index).await;
             if client.is_err() {
                 ctx.pacer.stop();
             }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::conclave::ConclaveClient;
+use crate::client::ElectionClient;
 use crate::config::BenchConfig;
 use crate::error::BenchError;
 use crate::schedule::{Pacer, Slot};
@@ -70,7 +70,7 @@ pub fn election_of(caller: usize, round: usize, callers: usize, elections: usize
 }
 
 /// Enter, then Withdraw, over the elections, one step per slot.
-pub async fn churn_caller(ctx: Arc<RunContext>, caller: usize, mut client: ConclaveClient) {
+pub async fn churn_caller(ctx: Arc<RunContext>, caller: usize, mut client: ElectionClient) {
     let candidate = format!("caller-{caller}");
     let elections = ctx.names.len();
     let mut round = 0usize;
@@ -99,7 +99,7 @@ pub async fn churn_caller(ctx: Arc<RunContext>, caller: usize, mut client: Concl
 }
 
 /// GetTerm over the elections, one per slot.
-pub async fn read_caller(ctx: Arc<RunContext>, caller: usize, mut client: ConclaveClient) {
+pub async fn read_caller(ctx: Arc<RunContext>, caller: usize, mut client: ElectionClient) {
     let elections = ctx.names.len();
     let mut round = 0usize;
     while let Slot::Go { due, .. } = ctx.pacer.claim() {
@@ -113,7 +113,7 @@ pub async fn read_caller(ctx: Arc<RunContext>, caller: usize, mut client: Concla
 
 /// GetTerm with probability `read_percent`, otherwise the next step of churn; the choices
 /// come from a generator seeded with the caller's number, so a run is reproducible.
-pub async fn mixed_caller(ctx: Arc<RunContext>, caller: usize, mut client: ConclaveClient) {
+pub async fn mixed_caller(ctx: Arc<RunContext>, caller: usize, mut client: ElectionClient) {
     let candidate = format!("caller-{caller}");
     let elections = ctx.names.len();
     let mut rng = ChaCha8Rng::seed_from_u64(caller as u64);
