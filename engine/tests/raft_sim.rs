@@ -20,7 +20,7 @@ fn simulation_upholds_safety_liveness_and_linearizability() {
         None => (0..env_u64("CONCLAVE_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect(),
     };
     let started = std::time::Instant::now();
-    let mut totals = sim::SimReport::default();
+    let mut totals = sim::cluster::SimReport::default();
     for &seed in &seeds {
         let opts = SimOptions::for_seed(seed);
         match run_seed(seed, &opts) {

@@ -11,7 +11,7 @@ pub mod network;
 
 use conclave_engine::raft::DeliberateBugs;
 
-pub use cluster::{run_seed, SimReport};
+pub use cluster::run_seed;
 
 /// Sizes and fault intensities of one simulated run; `for_seed` varies them per seed.
 #[derive(Clone, Debug)]
