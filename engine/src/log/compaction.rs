@@ -72,7 +72,21 @@ impl Log {
 
     /// Deletes old segments that nothing needs any more, rewriting a few live records
     /// forward when that frees a segment (see the module documentation).
+    ///
+    /// Only one runs at a time; a call made while another runs returns an empty report.
     pub async fn reclaim(&self) -> Result<CompactionReport, LogError> {
+        {
+            let mut state = self.state_for_write()?;
+            if state.reclaiming {
+                return Ok(CompactionReport::default());
+            }
+            state.reclaiming = true;
+        }
+        let _running = ReclaimGuard(self);
+        self.reclaim_segments().await
+    }
+
+    async fn reclaim_segments(&self) -> Result<CompactionReport, LogError> {
         let mut report = CompactionReport::default();
         let limit = self.shared.options.relocate_max_bytes;
         while let Some((segment, live)) = self.oldest_sealed_live() {
@@ -214,6 +228,15 @@ impl Log {
         let record = Record { group, body: RecordBody::Relocated { last_index, entries: still.clone() } };
         let (seq, loc) = self.place(&mut state, record)?;
         Ok(Some((Ticket(seq), still, loc)))
+    }
+}
+
+/// Clears the `reclaiming` flag when a reclaim ends, even if its future is dropped.
+struct ReclaimGuard<'a>(&'a Log);
+
+impl Drop for ReclaimGuard<'_> {
+    fn drop(&mut self) {
+        self.0.shared.state.borrow_mut().reclaiming = false;
     }
 }
 

@@ -50,7 +50,8 @@ pub struct Cut {
     pub reason: String,
 }
 
-/// The report of a recovery.
+/// The report of a recovery. Entry payloads are slices of the segment buffers read during
+/// recovery: drop the report once its contents have been handed over, or the buffers stay.
 #[derive(Clone, Debug, Default)]
 pub struct Recovery {
     pub groups: BTreeMap<GroupId, RecoveredGroup>,

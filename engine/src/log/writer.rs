@@ -80,6 +80,8 @@ pub(super) struct State {
     pub flush_generation: u64,
     pub waiters: Vec<Waker>,
     pub poisoned: Option<String>,
+    /// A `reclaim` is running (a second one returns at once).
+    pub reclaiming: bool,
     pub index: Index,
     pub stats: LogStats,
 }
@@ -131,6 +133,7 @@ impl Log {
             flush_generation: 0,
             waiters: Vec::new(),
             poisoned: None,
+            reclaiming: false,
             index: recovered.index,
             stats: LogStats::default(),
         };
