@@ -151,3 +151,82 @@ impl BenchConfig {
         format!("{}-{}", self.name_prefix, index)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_spread_callers_over_endpoints() {
+        let mut config = BenchConfig::new("http://127.0.0.1:1", Workload::Churn);
+        assert_eq!(config.validate(), Ok(()));
+        config.endpoints.push("http://127.0.0.1:2".into());
+        assert_eq!(config.endpoint_of(0), "http://127.0.0.1:1");
+        assert_eq!(config.endpoint_of(1), "http://127.0.0.1:2");
+        assert_eq!(config.endpoint_of(2), "http://127.0.0.1:1");
+        assert_eq!(config.election_name(7), "bench-7");
+    }
+
+    #[test]
+    fn unrunnable_combinations_are_refused() {
+        let base = BenchConfig::new("http://127.0.0.1:1", Workload::Churn);
+        let refused = |config: BenchConfig| config.validate().is_err();
+        assert!(refused(BenchConfig {
+            endpoints: vec![],
+            ..base.clone()
+        }));
+        assert!(refused(BenchConfig {
+            concurrency: 0,
+            ..base.clone()
+        }));
+        assert!(refused(BenchConfig {
+            elections: 0,
+            ..base.clone()
+        }));
+        assert!(refused(BenchConfig {
+            read_percent: 101,
+            ..base.clone()
+        }));
+        assert!(refused(BenchConfig {
+            load: LoadMode::Open { rate_per_sec: 0.0 },
+            ..base.clone()
+        }));
+        assert!(refused(BenchConfig {
+            load: LoadMode::Open {
+                rate_per_sec: f64::NAN
+            },
+            ..base.clone()
+        }));
+        assert!(refused(BenchConfig {
+            duration: Duration::ZERO,
+            operations: None,
+            ..base.clone()
+        }));
+        assert!(!refused(BenchConfig {
+            duration: Duration::ZERO,
+            operations: Some(10),
+            ..base.clone()
+        }));
+        let watch = BenchConfig {
+            workload: Workload::Watch,
+            ..base.clone()
+        };
+        assert!(!refused(watch.clone()));
+        assert!(refused(BenchConfig {
+            watchers: 0,
+            ..watch.clone()
+        }));
+        assert!(refused(BenchConfig {
+            load: LoadMode::Open { rate_per_sec: 10.0 },
+            ..watch.clone()
+        }));
+        assert!(refused(BenchConfig {
+            target: Target::Etcd,
+            ..watch
+        }));
+        assert!(!refused(BenchConfig {
+            target: Target::Etcd,
+            ..base
+        }));
+    }
+}
