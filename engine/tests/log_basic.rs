@@ -136,3 +136,22 @@ fn contract_violations_are_errors() {
         assert!(log.wait_durable(conclave_engine::log::Ticket(1_000)).await.is_err());
     });
 }
+
+#[test]
+fn entries_are_readable_before_they_are_durable_and_tickets_order_durability() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, LogOptions::with_segment_bytes(64 << 10)).await.unwrap();
+        let first = log.append_entries(1, vec![entry(1, 1, 1), entry(1, 2, 1)]).unwrap();
+        let second = log.save_hard_state(1, HardState { term: 1, vote: 1, commit: 0 }).unwrap();
+        assert!(first < second);
+        assert!(log.durable() < first, "nothing flushed yet");
+        // A leader replicates from its log before its own flush: served from the cache.
+        assert_eq!(log.entries(1, 1, 3, usize::MAX).await.unwrap(), vec![entry(1, 1, 1), entry(1, 2, 1)]);
+        log.wait_durable(first).await.unwrap();
+        assert!(log.durable() >= second, "one flush carried both records");
+        assert_eq!(log.last_ticket(), second);
+        log.close().await.unwrap();
+    });
+}

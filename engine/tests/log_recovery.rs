@@ -251,8 +251,17 @@ fn crash_during_rotation_recovers_the_previous_segments() {
         let recovery = recover(&work).await.unwrap();
         assert_eq!(recovery.last_seq, first_of_newest - 1);
         assert_eq!(canon_of(&recovery), model_after(&history, recovery.last_seq));
+        // The log goes on from there: new records land in a new segment and survive.
+        let (log, _) = Log::open(&work, options()).await.unwrap();
+        let (&group, state) = recovery.groups.iter().find(|(_, g)| !g.entries.is_empty()).unwrap();
+        let next = state.last_index() + 1;
+        log.append(group, vec![Entry::new(next, 77, 0, &b"after the crash"[..])]).await.unwrap();
+        log.close().await.unwrap();
+        let again = recover(&work).await.unwrap();
+        assert_eq!(again.groups[&group].entries.last().unwrap().payload, &b"after the crash"[..]);
+        assert_eq!(again.groups[&group].entries.len(), state.entries.len() + 1);
         let left: Vec<_> = std::fs::read_dir(&work).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert!(!left.iter().any(|n| n == "prepared-9.tmp"), "leftovers removed: {left:?}");
-        assert_eq!(segments(&work).len(), files.len() - 1, "the empty segment is removed");
+        assert_eq!(segments(&work).len(), files.len(), "the empty segment was removed, one new one added");
     });
 }
