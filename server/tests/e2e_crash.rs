@@ -140,8 +140,9 @@ async fn check_acknowledged(client: &mut Election, names: &[String], acked: &[Ac
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_acknowledged_change() {
-    // Long enough that the crashed connections' sessions outlive the checks after restart.
-    let options = NodeOptions { session_timeout_ms: 6_000, ..NodeOptions::default() };
+    // Sessions long enough that the crashed connections' ones outlive the checks after the
+    // restart; frequent snapshots, so the restart loads snapshots plus the entries after them.
+    let options = NodeOptions { session_timeout_ms: 6_000, snapshot_every: Some(100), ..NodeOptions::default() };
     let mut dir = TestDir::new();
     let mut node = Node::start(&mut dir, &options).await;
     let names = names("crash", 16, options.partitions);
@@ -150,6 +151,9 @@ async fn kill_9_under_load_loses_no_acknowledged_change() {
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     node.kill9();
     let acked = load.interrupted().await;
+
+    let snapshots = std::fs::read_dir(dir.data_dir().join("shard-0").join("snapshots")).map_or(0, |d| d.count());
+    assert!(snapshots > 0, "the load took snapshots before the crash");
 
     let restarted = Node::start(&mut dir, &options).await;
     let mut client = Election::new(restarted.connect().await);
@@ -172,7 +176,7 @@ async fn kill_9_under_load_loses_no_acknowledged_change() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_under_load_exits_0_and_keeps_every_acknowledged_change() {
-    let options = NodeOptions::default();
+    let options = NodeOptions { snapshot_every: Some(100), ..NodeOptions::default() };
     let mut dir = TestDir::new();
     let mut node = Node::start(&mut dir, &options).await;
     let names = names("stopping", 16, options.partitions);

@@ -41,12 +41,14 @@ pub struct NodeOptions {
     pub shards: u32,
     pub partitions: u32,
     pub session_timeout_ms: u64,
+    /// `--snapshot-every`: applied entries between snapshots (the server's default if None).
+    pub snapshot_every: Option<u64>,
 }
 
 impl Default for NodeOptions {
     /// Two shards and four partitions, so requests cross shards.
     fn default() -> NodeOptions {
-        NodeOptions { shards: 2, partitions: 4, session_timeout_ms: 2_000 }
+        NodeOptions { shards: 2, partitions: 4, session_timeout_ms: 2_000, snapshot_every: None }
     }
 }
 
@@ -127,6 +129,7 @@ pub fn serve_args(options: &NodeOptions, ports: &Ports, data_dir: &Path) -> Vec<
     ]
     .iter()
     .map(|s| s.to_string())
+    .chain(options.snapshot_every.into_iter().flat_map(|n| ["--snapshot-every".to_owned(), n.to_string()]))
     .collect()
 }
 
