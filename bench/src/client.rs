@@ -24,7 +24,8 @@ impl ElectionClient {
                 ConclaveClient::connect(endpoint, config.request_timeout).await?,
             )),
             Target::Etcd => Ok(ElectionClient::Etcd(
-                EtcdClient::connect(endpoint, config.request_timeout).await?,
+                EtcdClient::connect(endpoint, config.request_timeout, config.lease_ttl_secs)
+                    .await?,
             )),
         }
     }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 
@@ -18,8 +19,9 @@ pub mod pb {
 use pb::etcdserverpb as server;
 use pb::v3electionpb as election;
 
-/// Lifetime of each caller's lease: how long etcd keeps a dead caller's leadership.
-pub const LEASE_TTL_SECS: i64 = 10;
+/// Lifetime of each caller's lease (seconds) unless configured: how long etcd keeps a
+/// silent caller's leadership.
+pub const DEFAULT_LEASE_TTL_SECS: i64 = 10;
 
 /// The message of etcd's answer to Leader on an election without a leader.
 const NO_LEADER: &str = "election: no leader";
@@ -37,6 +39,8 @@ pub struct EtcdClient {
     election: election::election_client::ElectionClient<Channel>,
     lease: i64,
     keep_alive: JoinHandle<()>,
+    /// Dropped with the client: ends the keep-alive request stream.
+    _silence: oneshot::Sender<()>,
     /// The leader key of each election this caller leads, for Resign.
     leading: BTreeMap<String, election::LeaderKey>,
 }
@@ -52,6 +56,7 @@ impl EtcdClient {
     pub async fn connect(
         endpoint: &str,
         request_timeout: Duration,
+        lease_ttl_secs: i64,
     ) -> Result<EtcdClient, BenchError> {
         let connect_error = |message: String| BenchError::Connect {
             endpoint: endpoint.to_string(),
@@ -68,7 +73,7 @@ impl EtcdClient {
         let mut leases = server::lease_client::LeaseClient::new(channel.clone());
         let granted = leases
             .lease_grant(server::LeaseGrantRequest {
-                ttl: LEASE_TTL_SECS,
+                ttl: lease_ttl_secs,
                 id: 0,
             })
             .await
@@ -81,12 +86,17 @@ impl EtcdClient {
             });
         }
         let lease = granted.id;
-        let period = Duration::from_secs((LEASE_TTL_SECS / 3).max(1) as u64);
+        let period = Duration::from_secs((lease_ttl_secs / 3).max(1) as u64);
+        // The request stream ends (so keep-alives stop) when the client drops `silence`:
+        // the stream belongs to the connection's task, not to the task awaiting answers.
+        let (silence, silenced) = oneshot::channel::<()>();
         let requests = futures_lite::stream::unfold(
-            tokio::time::interval(period),
-            move |mut interval| async move {
-                interval.tick().await;
-                Some((server::LeaseKeepAliveRequest { id: lease }, interval))
+            (tokio::time::interval(period), silenced),
+            move |(mut interval, mut silenced)| async move {
+                tokio::select! {
+                    _ = interval.tick() => Some((server::LeaseKeepAliveRequest { id: lease }, (interval, silenced))),
+                    _ = &mut silenced => None,
+                }
             },
         );
         let keep_alive = tokio::spawn(async move {
@@ -99,6 +109,7 @@ impl EtcdClient {
             election: election::election_client::ElectionClient::new(channel),
             lease,
             keep_alive,
+            _silence: silence,
             leading: BTreeMap::new(),
         })
     }
@@ -137,6 +148,19 @@ impl EtcdClient {
         Ok(())
     }
 
+    /// Starts observing `name`: the stream yields the current leader, then every new one.
+    pub async fn observe(&mut self, name: &str) -> Result<LeaderStream, BenchError> {
+        let request = election::LeaderRequest {
+            name: name.as_bytes().to_vec(),
+        };
+        let response = self
+            .election
+            .observe(request)
+            .await
+            .map_err(|s| rpc_error("observe", s))?;
+        Ok(LeaderStream(response.into_inner()))
+    }
+
     /// The current leader's value of `name`; empty when it has no leader (etcd answers that
     /// with an error status, Conclave with an empty term: both are a valid answer here).
     pub async fn leader(&mut self, name: &str) -> Result<Vec<u8>, BenchError> {
@@ -154,6 +178,24 @@ impl EtcdClient {
                 .unwrap_or_default()),
             Err(status) if status.message() == NO_LEADER => Ok(Vec::new()),
             Err(status) => Err(rpc_error("get_term", status)),
+        }
+    }
+}
+
+/// The leaders an Observe delivers.
+pub struct LeaderStream(tonic::Streaming<election::LeaderResponse>);
+
+impl LeaderStream {
+    /// The next leader's value; `Ok(None)` when etcd ended the stream.
+    pub async fn next(&mut self) -> Result<Option<Vec<u8>>, BenchError> {
+        match self
+            .0
+            .message()
+            .await
+            .map_err(|s| rpc_error("observe", s))?
+        {
+            Some(response) => Ok(Some(response.kv.map(|kv| kv.value).unwrap_or_default())),
+            None => Ok(None),
         }
     }
 }

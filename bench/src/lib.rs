@@ -16,6 +16,7 @@ pub mod conclave;
 pub mod config;
 pub mod error;
 pub mod etcd;
+pub mod etcd_watch;
 pub mod floor;
 pub mod report;
 pub mod schedule;

@@ -72,6 +72,9 @@ struct RunArgs {
     /// Bound of every request, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
+    /// etcd only: lease TTL of each caller, in seconds.
+    #[arg(long, default_value_t = conclave_bench::etcd::DEFAULT_LEASE_TTL_SECS)]
+    lease_ttl: i64,
     /// Prefix of the election names [default: bench-WORKLOAD-UNIXTIME].
     #[arg(long)]
     name_prefix: Option<String>,
@@ -141,6 +144,7 @@ fn config_of(workload: Workload, args: RunArgs) -> Result<BenchConfig, String> {
         duration: Duration::from_secs_f64(args.duration),
         operations: args.operations,
         request_timeout: Duration::from_millis(args.timeout_ms),
+        lease_ttl_secs: args.lease_ttl,
         progress: !args.quiet,
         json: args.json,
     };

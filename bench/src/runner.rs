@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Barrier;
 
 use crate::client::ElectionClient;
-use crate::config::{BenchConfig, LoadMode, Workload};
+use crate::config::{BenchConfig, LoadMode, Target, Workload};
 use crate::error::BenchError;
+use crate::etcd_watch;
 use crate::report::Report;
 use crate::schedule::Pacer;
 use crate::stats::{progress_line, Recorder};
@@ -106,6 +107,26 @@ async fn worker(
             }
             TaskEnd::Done
         }
+        Workload::Watch | Workload::Failover if ctx.config.target == Target::Etcd => {
+            let prepared = etcd_watch::prepare(&ctx, index).await;
+            if prepared.is_err() {
+                ctx.pacer.stop();
+            }
+            barrier.wait().await;
+            let prepared = match prepared {
+                Ok(prepared) => prepared,
+                Err(e) => return TaskEnd::SetupFailed(e),
+            };
+            let result = if ctx.config.workload == Workload::Watch {
+                etcd_watch::watch_driver(ctx, prepared).await
+            } else {
+                etcd_watch::failover_driver(ctx, prepared).await
+            };
+            match result {
+                Ok(()) => TaskEnd::Done,
+                Err(e) => TaskEnd::Stopped(e),
+            }
+        }
         Workload::Watch | Workload::Failover => {
             let prepared = watch::prepare(&ctx, index).await;
             if prepared.is_err() {
@@ -133,11 +154,21 @@ async fn worker(
 fn notes_of(config: &BenchConfig, counters: &NotifyCounters) -> Vec<String> {
     let mut notes = Vec::new();
     match config.load {
+        LoadMode::Closed if matches!(config.workload, Workload::Watch | Workload::Failover) => {}
         LoadMode::Closed => notes.push(format!("closed loop: {} callers, each sends its next request when the previous one answered", config.concurrency)),
         LoadMode::Open { rate_per_sec } => notes.push(format!(
             "open loop at {rate_per_sec}/s over at most {} callers: latency is measured from each request's due time, so waiting for a free caller counts",
             config.concurrency
         )),
+    }
+    if config.target == Target::Etcd {
+        notes.push(format!(
+            "etcd: enter = Campaign (answers once the caller leads), withdraw = Resign, get_term = Leader (no leader is a valid answer), notify = Observe; one lease per connection, TTL {} s, kept alive every TTL/3",
+            config.lease_ttl_secs
+        ));
+        if config.workload == Workload::Failover {
+            notes.push("etcd failover: the leader's client goes silent (keep-alive stopped, connection closed); etcd hands leadership on when the lease expires, between 2/3 of the TTL and the TTL after the cut".into());
+        }
     }
     match config.workload {
         Workload::Churn => notes.push("churn: each caller enters an election (becoming its leader), then withdraws; callers start on distinct elections".into()),
@@ -153,6 +184,10 @@ fn notes_of(config: &BenchConfig, counters: &NotifyCounters) -> Vec<String> {
                 counters.before_ack.load(Ordering::Relaxed)
             ));
         }
+        Workload::Failover if config.target == Target::Etcd => notes.push(format!(
+            "failover: {} elections driven at once, {} observers each",
+            config.elections, config.watchers
+        )),
         Workload::Failover => notes.push(format!(
             "failover: {} elections driven at once, {} watchers each; failover = from shutdown(2) of the leader's client socket to each watcher receiving the state naming the next leader; enter = the cut candidate rejoining on a new connection",
             config.elections, config.watchers
