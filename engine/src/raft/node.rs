@@ -106,6 +106,12 @@ impl RaftNode {
         }
         let mut configs = vec![(compacted_index, compacted_term, membership)];
         for entry in log.iter() {
+            if EntryKind::try_from(entry.kind).is_err() {
+                return Err(RaftError::CorruptState(format!(
+                    "recovered entry {} has unknown kind {}",
+                    entry.index, entry.kind
+                )));
+            }
             if entry.kind == EntryKind::Membership as i32 {
                 configs.push((entry.index, entry.term, Membership::decode(&entry.data)?));
             }

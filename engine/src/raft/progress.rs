@@ -161,7 +161,7 @@ impl Progress {
                 if self.next_index == 0 || rejected != self.next_index - 1 {
                     return false;
                 }
-                self.next_index = (hint + 1).min(rejected).max(self.match_index + 1);
+                self.next_index = hint.saturating_add(1).min(rejected).max(self.match_index + 1);
                 self.probe_sent = false;
                 true
             }

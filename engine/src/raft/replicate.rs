@@ -169,7 +169,8 @@ impl RaftNode {
         let last = self.log.last_index();
         let Some(progress) = self.progress.get_mut(&msg.from) else { return };
         progress.recent_active = true;
-        progress.read_ack_seq = progress.read_ack_seq.max(msg.read_seq);
+        // A round we never started cannot be confirmed.
+        progress.read_ack_seq = progress.read_ack_seq.max(msg.read_seq.min(self.reads.last_seq()));
         let lagging = progress.match_index < last;
         if lagging {
             progress.unpause_on_heartbeat(self.cfg.max_inflight_messages, self.cfg.max_inflight_bytes);

@@ -1,9 +1,10 @@
 //! Message handling of `RaftNode`: term rules, elections (pre-vote, vote, TimeoutNow), and
 //! the follower side of replication (appends and heartbeats).
 
-use conclave_proto::conclave::raft::v1::{Message, MessageType};
+use conclave_proto::conclave::raft::v1::{EntryKind, Message, MessageType};
 
 use super::error::RaftError;
+use super::membership::Membership;
 use super::node::RaftNode;
 use super::ready::RaftRole;
 
@@ -238,6 +239,25 @@ impl RaftNode {
     }
 
     fn on_append(&mut self, msg: Message) -> Result<(), RaftError> {
+        if msg.index.checked_add(msg.entries.len() as u64).is_none() {
+            return Err(RaftError::InvalidMessage(format!("append index {} overflows", msg.index)));
+        }
+        for entry in &msg.entries {
+            match EntryKind::try_from(entry.kind) {
+                Ok(EntryKind::Membership) => {
+                    Membership::decode(&entry.data).map_err(|e| {
+                        RaftError::InvalidMessage(format!("membership entry {}: {e}", entry.index))
+                    })?;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    return Err(RaftError::InvalidMessage(format!(
+                        "entry {} has unknown kind {}",
+                        entry.index, entry.kind
+                    )))
+                }
+            }
+        }
         let mut reply = self.new_message(msg.from, MessageType::AppendResponse);
         if msg.index < self.log.committed() {
             reply.index = self.log.committed();

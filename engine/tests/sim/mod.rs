@@ -52,7 +52,7 @@ impl SimOptions {
     /// The options of seed `seed`: sizes and fault rates drawn from the seed itself.
     pub fn for_seed(seed: u64) -> Self {
         use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0f_0b7105);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5eed_0f0b_7105);
         let nodes = if rng.random_bool(0.7) { 3 } else { 5 };
         SimOptions {
             nodes,
