@@ -155,3 +155,30 @@ fn entries_are_readable_before_they_are_durable_and_tickets_order_durability() {
         log.close().await.unwrap();
     });
 }
+
+#[test]
+fn a_flush_abandoned_half_way_poisons_the_log_until_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let (log, _) = Log::open(&path, LogOptions::with_segment_bytes(1 << 20)).await.unwrap();
+        log.append(1, vec![entry(1, 1, 1)]).await.unwrap();
+        let big: Vec<Entry> = (2..=200).map(|i| Entry::new(i, 1, 0, vec![1u8; 2000])).collect();
+        log.append_entries(1, big).unwrap();
+        let flusher = {
+            let log = log.clone();
+            glommio::spawn_local(async move { log.sync().await })
+        };
+        // Let the flusher start its write, then drop it while the write is in flight.
+        futures_lite::future::yield_now().await;
+        assert!(flusher.cancel().await.is_none(), "the flush was still running");
+        assert!(matches!(log.append_entries(1, vec![entry(1, 201, 1)]), Err(LogError::Poisoned(_))));
+        assert!(matches!(log.sync().await, Err(LogError::Poisoned(_))));
+        drop(log);
+        let (log, recovery) = Log::open(&path, LogOptions::with_segment_bytes(1 << 20)).await.unwrap();
+        let recovered = &recovery.groups[&1];
+        assert!(recovered.last_index() == 1 || recovered.last_index() == 200, "a prefix: whole write or none");
+        assert_eq!(recovered.entries[0], entry(1, 1, 1));
+        log.close().await.unwrap();
+    });
+}
