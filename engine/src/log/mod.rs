@@ -14,6 +14,13 @@
 //! The log is single-threaded (`!Send`): it lives on the shard's executor and is shared by
 //! that shard's tasks through `Rc`.
 //!
+//! API in short: [`Log::open`] → ([`Log`], [`Recovery`]); enqueue with
+//! [`Log::append_entries`], [`Log::save_hard_state`], [`Log::compact_group`],
+//! [`Log::remove_group`] (each returns a [`Ticket`], synchronously); make durable with
+//! [`Log::wait_durable`] / [`Log::sync`] (group commit) or [`Log::append`]; read with
+//! [`Log::entries`], [`Log::term`], [`Log::group`]; free space with [`Log::reclaim`]; end with
+//! [`Log::close`]. Snapshots: [`SnapshotStore`].
+//!
 //! Typical use from a shard loop:
 //! ```no_run
 //! # async fn demo() -> Result<(), conclave_engine::log::LogError> {
