@@ -173,6 +173,30 @@ async fn measure(dir: &Path, n: usize, size: usize, seconds: f64, zero_fill: boo
     (raw_run, log_run)
 }
 
+/// Fills 96 MiB of log (a full 64 MiB segment and half of the next) and times reopening it.
+async fn recovery_time(dir: &Path, zero_fill: bool) {
+    const FILL: usize = 96;
+    let mut load = LogLoad::new(dir, zero_fill).await;
+    let mut sink = empty_run();
+    for _ in 0..FILL {
+        load.op(1 << 20, &mut sink).await;
+    }
+    load.log.close().await.expect("close log");
+    let options = LogOptions { zero_fill_segments: zero_fill, ..LogOptions::default() };
+    let started = Instant::now();
+    let (log, recovery) = Log::open(dir, options).await.expect("reopen log");
+    let took = started.elapsed();
+    let entries: usize = recovery.groups.values().map(|g| g.entries.len()).sum();
+    println!(
+        "recovery: {FILL} MiB of payload, {} records, {entries} entries, {} segments: {:.0} ms",
+        recovery.records,
+        recovery.segments,
+        took.as_secs_f64() * 1000.0
+    );
+    drop(recovery);
+    log.close().await.expect("close log");
+}
+
 fn main() {
     let config = match parse_args() {
         Ok(config) => config,
@@ -208,6 +232,7 @@ fn main() {
                 log_p50 / raw_p50,
             );
         }
+        recovery_time(&config.dir.join("recovery"), config.zero_fill).await;
         let _ = std::fs::remove_dir_all(&config.dir);
     });
 }
