@@ -316,6 +316,27 @@ async fn a_client_that_disconnects_loses_its_candidacies_at_once() {
 }
 
 #[tokio::test]
+async fn an_idle_connection_keeps_its_candidacies_past_the_session_timeout() {
+    let options = NodeOptions { session_timeout_ms: 1_000, ..NodeOptions::default() };
+    let mut dir = TestDir::new();
+    let node = Node::start(&mut dir, &options).await;
+    let names = spread_names("idle", 1, options.partitions);
+    let channel = node.connect().await;
+    let mut client = Election::new(channel.clone());
+    for name in &names {
+        create(&channel, name).await;
+        run(&mut client, Op::Enter, name, "idle").await;
+    }
+    // The server keeps the connection's sessions alive while it stays open.
+    tokio::time::sleep(Duration::from_millis(options.session_timeout_ms * 3)).await;
+    let mut other = Election::new(node.connect().await);
+    for name in &names {
+        assert_eq!(get_term(&mut other, name).await.unwrap(), expect(1, "idle", &["idle"]), "{name}");
+    }
+    assert_eq!(run(&mut client, Op::Withdraw, &names[0], "idle").await, expect(1, "", &[]), "the session still works");
+}
+
+#[tokio::test]
 async fn every_error_code_a_client_can_cause() {
     let mut dir = TestDir::new();
     let node = Node::start(&mut dir, &NodeOptions::default()).await;

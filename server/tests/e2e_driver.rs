@@ -388,7 +388,15 @@ async fn a_session_that_stops_keeping_alive_expires_and_its_candidates_leave() {
     let timeout = Duration::from_millis(1_000);
     let opened = Instant::now();
     let mut silent = Driver::open(&channel, 1, timeout).await;
-    let mut alive = Driver::open(&channel, 1, Duration::from_secs(30)).await;
+    let mut alive = Driver::open(&channel, 1, timeout).await;
+    // The other session keeps alive every quarter timeout, acknowledging nothing.
+    let mut keeper = alive.clone();
+    let keep_alive = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(timeout / 4).await;
+            keeper.keep_alive(0).await.expect("KeepAlive of a live session");
+        }
+    });
     let (_, primitive) = silent.create_primitive(1, "expiring").await;
     alive.create_primitive(1, "expiring").await;
     silent.ok(primitive, 2, Op::Enter, "silent-1").await;
@@ -407,6 +415,10 @@ async fn a_session_that_stops_keeping_alive_expires_and_its_candidates_leave() {
     let status = silent.keep_alive(3).await.expect_err("expired");
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     assert_eq!(silent.command(primitive, 4, Op::Enter, "back").await.status, AtomixStatus::NotFound);
-    alive.keep_alive(2).await.expect("the other session lives on");
+    // Well past its own timeout, the session that kept alive is still there.
+    tokio::time::sleep(timeout * 2).await;
     assert_eq!(alive.get_term(primitive, 0).await.2, Some(dv(2, "alive", &[])));
+    assert!(!keep_alive.is_finished(), "every keep-alive succeeded");
+    keep_alive.abort();
+    assert_eq!(alive.ok(primitive, 3, Op::Withdraw, "alive").await, dv(2, "", &[]));
 }
