@@ -211,9 +211,23 @@ async fn sigterm_stops_with_exit_0_and_a_restart_recovers() {
             acked.insert(name.clone(), view(term.into_inner().term));
         }
     }
+    // Open watch streams (local and cross-shard) do not hold the stop up: they are ended.
+    let watcher = Election::new(node.connect().await);
+    let mut streams = Vec::new();
+    for name in &names {
+        let mut stream = watcher.clone().watch(bounded(rt::WatchRequest { id: id(name) })).await.expect("watch").into_inner();
+        stream.message().await.expect("watch").expect("the current state");
+        streams.push(stream);
+    }
+    let stopping = Instant::now();
     let status = node.terminate();
     assert!(status.success(), "SIGTERM exits 0, got {status}:\n{}", node.output());
     assert!(node.output().contains("stopped"), "the stop is reported:\n{}", node.output());
+    assert!(stopping.elapsed() < Duration::from_secs(10), "stopped in {:?}", stopping.elapsed());
+    for mut stream in streams {
+        let end = tokio::time::timeout(CALL_TIMEOUT, stream.message()).await.expect("the stream ends with the server");
+        assert!(!matches!(end, Ok(Some(_))), "no change after the stop: {end:?}");
+    }
 
     let restarted = Node::start(&mut dir, &options).await;
     let mut client = Election::new(restarted.connect().await);
