@@ -13,7 +13,12 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 fn node(id: u64, membership: &Membership) -> RaftNode {
-    RaftNode::new(Config::new(id, 7), membership.clone(), ChaCha8Rng::seed_from_u64(id)).expect("valid")
+    node_with(Config::new(id, 7), membership)
+}
+
+fn node_with(cfg: Config, membership: &Membership) -> RaftNode {
+    let id = cfg.id;
+    RaftNode::new(cfg, membership.clone(), ChaCha8Rng::seed_from_u64(id)).expect("valid")
 }
 
 /// Nodes by id, lossless instant network, instant persistence; records what each applied.
@@ -209,6 +214,40 @@ fn leadership_transfer_hands_over_to_the_target() {
         cluster.nodes.get_mut(&leader).unwrap().propose([Bytes::new()]),
         Err(RaftError::NotLeader { leader: l }) if l == target
     ));
+}
+
+#[test]
+fn lease_reads_skip_the_heartbeat_round_only_while_the_lease_holds() {
+    let membership = Membership::voters([1, 2, 3]).unwrap();
+    let mut cluster = Cluster::new(membership.clone());
+    for id in [1, 2, 3] {
+        let mut cfg = Config::new(id, 7);
+        cfg.lease_reads = true;
+        cluster.nodes.insert(id, node_with(cfg, &membership));
+    }
+    let leader = cluster.tick_until_leader();
+    for _ in 0..2 {
+        for raft in cluster.nodes.values_mut() {
+            raft.tick();
+        }
+        cluster.settle();
+    }
+    let raft = cluster.nodes.get_mut(&leader).unwrap();
+    let commit = raft.commit_index();
+    raft.read_index(Bytes::from_static(b"lease")).unwrap();
+    let ready = raft.ready();
+    assert!(ready.messages.is_empty(), "a lease read needs no heartbeat round");
+    assert_eq!(ready.read_states.len(), 1);
+    assert_eq!(ready.read_states[0].index, commit);
+    // Cut the leader off: once the lease runs out, reads need a quorum round again.
+    for _ in 0..9 {
+        raft.tick();
+        raft.ready();
+    }
+    raft.read_index(Bytes::from_static(b"late")).unwrap();
+    let ready = raft.ready();
+    assert!(ready.read_states.is_empty(), "an expired lease must not serve reads");
+    assert!(ready.messages.iter().any(|m| m.msg_type == MessageType::Heartbeat as i32));
 }
 
 #[test]

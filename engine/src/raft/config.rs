@@ -32,6 +32,11 @@ pub struct Config {
     /// A leader steps down when it has not heard from a quorum within an election timeout;
     /// followers that heard from a leader recently ignore vote requests.
     pub check_quorum: bool,
+    /// Serve reads on the leader without a heartbeat round while it holds a lease (a quorum
+    /// acknowledged a heartbeat sent less than `election_ticks - 2` ticks ago). Off by
+    /// default: it is only safe while tick rates of all replicas agree within that margin.
+    /// Requires `check_quorum`.
+    pub lease_reads: bool,
     /// Maximum entries in one append message.
     pub max_entries_per_message: usize,
     /// Maximum payload bytes in one append message (at least one entry is always sent).
@@ -57,6 +62,7 @@ impl Config {
             heartbeat_ticks: 2,
             pre_vote: true,
             check_quorum: true,
+            lease_reads: false,
             max_entries_per_message: 256,
             max_bytes_per_message: 1 << 20,
             max_inflight_messages: 64,
@@ -77,6 +83,9 @@ impl Config {
         }
         if self.election_ticks <= self.heartbeat_ticks {
             return bad("election_ticks must be greater than heartbeat_ticks");
+        }
+        if self.lease_reads && !self.check_quorum {
+            return bad("lease_reads requires check_quorum");
         }
         if self.max_entries_per_message == 0 || self.max_inflight_messages == 0 {
             return bad("max_entries_per_message and max_inflight_messages must be at least 1");

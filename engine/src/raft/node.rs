@@ -55,6 +55,13 @@ pub struct RaftNode {
     pub(super) transferee: u64,
     pub(super) transfer_elapsed: u32,
     pub(super) reads: ReadQueue,
+    /// Ticks counted while leader (lease reads measure heartbeat ages with it).
+    pub(super) leader_ticks: u64,
+    /// Lease reads are off for the rest of this term (a TimeoutNow was sent).
+    pub(super) lease_revoked: bool,
+    /// Lease reads: after a restart, refuse votes for one election timeout, as if a leader
+    /// had just been heard (a lease granted before the crash may still run).
+    pub(super) startup_quiet: bool,
     /// The latest snapshot the state machine provided or the leader sent.
     pub(super) snapshot: Option<Snapshot>,
     /// Follower: a snapshot being received, and one handed to the caller to install.
@@ -133,6 +140,9 @@ impl RaftNode {
             transferee: 0,
             transfer_elapsed: 0,
             reads: ReadQueue::default(),
+            leader_ticks: 0,
+            lease_revoked: false,
+            startup_quiet: false,
             snapshot: None,
             incoming: None,
             installing: None,
@@ -143,6 +153,7 @@ impl RaftNode {
             last_hard_state: hard_state,
             last_reported_leader: (hard_state.term, 0),
         };
+        node.startup_quiet = node.cfg.lease_reads;
         node.reset_election_timer();
         Ok(node)
     }
@@ -217,6 +228,9 @@ impl RaftNode {
             self.tick_leader();
         } else {
             self.election_elapsed = self.election_elapsed.saturating_add(1);
+            if self.election_elapsed >= self.cfg.election_ticks {
+                self.startup_quiet = false;
+            }
             if self.election_elapsed >= self.randomized_election_ticks && self.can_campaign() {
                 self.election_elapsed = 0;
                 self.start_election(false);
@@ -225,6 +239,7 @@ impl RaftNode {
     }
 
     fn tick_leader(&mut self) {
+        self.leader_ticks += 1;
         self.heartbeat_elapsed += 1;
         self.election_elapsed += 1;
         if self.transferee != 0 {

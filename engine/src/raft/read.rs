@@ -30,6 +30,8 @@ pub(super) struct ReadQueue {
     waiting_commit: Vec<(Bytes, u64)>,
     pending: VecDeque<PendingRead>,
     ready: Vec<ReadState>,
+    /// Lease reads: (round, leader tick it was sent at) of recent heartbeat rounds.
+    round_ticks: VecDeque<(u64, u64)>,
 }
 
 impl ReadQueue {
@@ -45,6 +47,24 @@ impl ReadQueue {
     pub(super) fn clear(&mut self) {
         self.waiting_commit.clear();
         self.pending.clear();
+        self.round_ticks.clear();
+    }
+
+    /// Starts a new heartbeat round at leader tick `tick` (lease reads), forgetting rounds
+    /// older than `horizon` ticks.
+    pub(super) fn new_round(&mut self, tick: u64, horizon: u64) -> u64 {
+        self.last_seq += 1;
+        self.round_ticks.push_back((self.last_seq, tick));
+        while self.round_ticks.front().is_some_and(|(_, t)| t + horizon < tick) {
+            self.round_ticks.pop_front();
+        }
+        self.last_seq
+    }
+
+    /// The leader tick at which the latest remembered round not after `seq` was sent (an
+    /// earlier round is a conservative stand-in).
+    fn round_tick(&self, seq: u64) -> Option<u64> {
+        self.round_ticks.iter().rev().find(|(s, _)| *s <= seq).map(|(_, t)| *t)
     }
 
     /// The newest round number, carried by heartbeats.
@@ -61,6 +81,11 @@ impl RaftNode {
             return Err(RaftError::InvalidConfig("a witness has no state machine to read".into()));
         }
         match self.role {
+            RaftRole::Leader if self.lease_valid() => {
+                let index = self.log.committed();
+                self.reads.ready.push(ReadState { index, context });
+                Ok(())
+            }
             RaftRole::Leader => {
                 let id = self.cfg.id;
                 self.leader_read(context, id);
@@ -94,6 +119,29 @@ impl RaftNode {
         if !self.reads.pending.is_empty() {
             self.broadcast_heartbeat();
         }
+    }
+
+    /// Lease reads: true while a quorum acknowledged a heartbeat round sent recently enough
+    /// that no other leader can have been elected since (followers refuse votes for an
+    /// election timeout after hearing from the leader).
+    pub(super) fn lease_valid(&self) -> bool {
+        if !self.cfg.lease_reads || self.lease_revoked || self.role != RaftRole::Leader {
+            return false;
+        }
+        if self.log.term(self.log.committed()) != Some(self.term) {
+            return false;
+        }
+        let id = self.cfg.id;
+        let last_seq = self.reads.last_seq;
+        let confirmed = self.membership().quorum_index(|member| {
+            if member == id {
+                last_seq
+            } else {
+                self.progress.get(&member).map_or(0, |p| p.read_ack_seq)
+            }
+        });
+        let Some(sent) = self.reads.round_tick(confirmed) else { return false };
+        self.leader_ticks - sent + 2 < u64::from(self.cfg.election_ticks)
     }
 
     /// Called when the commit index moved: release reads that waited for the term's entry.

@@ -21,6 +21,7 @@ impl RaftNode {
         self.heartbeat_elapsed = 0;
         self.election_elapsed = 0;
         self.transferee = 0;
+        self.lease_revoked = false;
         let next = self.log.last_index() + 1;
         let peers: Vec<u64> =
             self.membership().members().map(|(peer, _)| peer).filter(|peer| *peer != id).collect();
@@ -53,7 +54,11 @@ impl RaftNode {
 
     pub(super) fn broadcast_heartbeat(&mut self) {
         let committed = self.log.committed();
-        let read_seq = self.reads.last_seq();
+        let read_seq = if self.cfg.lease_reads {
+            self.reads.new_round(self.leader_ticks, u64::from(self.cfg.election_ticks))
+        } else {
+            self.reads.last_seq()
+        };
         let mut messages = Vec::with_capacity(self.progress.len());
         for (peer, progress) in &self.progress {
             let mut msg = self.new_message(*peer, MessageType::Heartbeat);
@@ -129,6 +134,8 @@ impl RaftNode {
     }
 
     pub(super) fn send_timeout_now(&mut self, to: u64) {
+        // The target's election bypasses followers' leases: ours ends now.
+        self.lease_revoked = true;
         let msg = self.new_message(to, MessageType::TimeoutNow);
         self.out_messages.push(msg);
     }

@@ -106,7 +106,7 @@ impl RaftNode {
             if is_vote {
                 let forced = msg.context.as_ref() == TRANSFER_CONTEXT;
                 let in_lease = self.cfg.check_quorum
-                    && self.leader != 0
+                    && (self.leader != 0 || self.startup_quiet)
                     && self.election_elapsed < self.cfg.election_ticks;
                 if in_lease && !forced {
                     return false;

@@ -205,6 +205,7 @@ impl Sim {
         cfg.max_inflight_messages = 4;
         cfg.max_inflight_bytes = 4096;
         cfg.deliberate_bugs = self.opts.bugs;
+        cfg.lease_reads = self.opts.lease_reads;
         cfg
     }
 

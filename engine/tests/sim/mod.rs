@@ -45,6 +45,8 @@ pub struct SimOptions {
     /// entries below a snapshot stay in the log.
     pub snapshot_interval: u64,
     pub snapshot_tail: u64,
+    /// Leaders serve reads under a lease (no heartbeat round per read).
+    pub lease_reads: bool,
     pub bugs: DeliberateBugs,
 }
 
@@ -76,6 +78,7 @@ impl SimOptions {
             max_entries_per_message: if rng.random_bool(0.5) { 1 } else { 64 },
             snapshot_interval: if rng.random_bool(0.3) { 0 } else { rng.random_range(3..=30) },
             snapshot_tail: rng.random_range(0..=5),
+            lease_reads: rng.random_bool(0.5),
             bugs: DeliberateBugs::default(),
         }
     }
