@@ -282,6 +282,15 @@ async fn state_machine_errors_arrive_in_the_headers() {
     let (_, status, term) = driver.get_term(primitive + 1000, 0).await;
     assert_eq!((status, term), (AtomixStatus::NotFound, None));
 
+    // A Watch of an unknown primitive answers one message carrying the status, then ends.
+    let request = el::WatchRequest { headers: Some(query_headers(2, driver.session_id, primitive + 1000, 0)), input: Some(el::WatchInput {}) };
+    let mut stream = driver.elections.watch(bounded(request)).await.expect("watch").into_inner();
+    let first = tokio::time::timeout(CALL_TIMEOUT, stream.message()).await.expect("in time").expect("watch").expect("a message");
+    let operation = first.headers.and_then(|h| h.operation).expect("operation headers");
+    assert_eq!((operation.status, first.output.is_none()), (AtomixStatus::NotFound as i32, true));
+    assert!(operation.message.contains("primitive"), "{}", operation.message);
+    assert!(tokio::time::timeout(CALL_TIMEOUT, stream.message()).await.expect("ends").expect("cleanly").is_none());
+
     // What the node cannot run at all is a gRPC status: partitions outside 1..=P.
     for partition in [0, options.partitions + 1] {
         let request = mr::OpenSessionRequest {
@@ -421,4 +430,29 @@ async fn a_session_that_stops_keeping_alive_expires_and_its_candidates_leave() {
     assert!(!keep_alive.is_finished(), "every keep-alive succeeded");
     keep_alive.abort();
     assert_eq!(alive.ok(primitive, 3, Op::Withdraw, "alive").await, dv(2, "", &[]));
+}
+
+#[tokio::test]
+async fn client_api_names_route_to_the_partition_of_the_documented_hash() {
+    let options = NodeOptions::default();
+    let mut dir = TestDir::new();
+    let node = Node::start(&mut dir, &options).await;
+    let channel = node.connect().await;
+    let mut client = rt::leader_election_client::LeaderElectionClient::new(channel.clone());
+    let mut elections = rt::leader_elections_client::LeaderElectionsClient::new(channel.clone());
+    let names = ["plain", "with space", "élection-ünïcode", "emoji-🗳", "a/b/c", "0", "name-7", "name-8"];
+    for (i, name) in names.iter().enumerate() {
+        elections.create(bounded(rt::CreateRequest { id: id(name), tags: vec![] })).await.expect("create");
+        client.enter(bounded(rt::EnterRequest { id: id(name), candidate: format!("leader-{i}") })).await.expect("enter");
+    }
+    for (i, name) in names.iter().enumerate() {
+        // The documented routing: CRC-32 (as zlib computes it) of the UTF-8 name, modulo the
+        // number of partitions, plus one; computed here independently of the server.
+        let partition = crc32fast::hash(name.as_bytes()) % options.partitions + 1;
+        let mut driver = Driver::open(&channel, partition, Duration::from_secs(30)).await;
+        let (created, primitive) = driver.create_primitive(1, name).await;
+        assert_eq!(created.status, AtomixStatus::Ok);
+        let (_, _, term) = driver.get_term(primitive, 0).await;
+        assert_eq!(term, Some(dv(1, &format!("leader-{i}"), &[])), "{name} lives in partition {partition}");
+    }
 }
