@@ -27,13 +27,21 @@ struct Cluster {
     applied: BTreeMap<u64, Vec<Entry>>,
     events: BTreeMap<u64, Vec<RaftEvent>>,
     reads: BTreeMap<u64, Vec<u64>>,
+    /// Snapshot data each node installed.
+    installed: BTreeMap<u64, Vec<Bytes>>,
 }
 
 impl Cluster {
     fn new(membership: Membership) -> Self {
         let nodes: BTreeMap<u64, RaftNode> =
             membership.members().map(|(id, _)| (id, node(id, &membership))).collect();
-        Cluster { nodes, applied: BTreeMap::new(), events: BTreeMap::new(), reads: BTreeMap::new() }
+        Cluster {
+            nodes,
+            applied: BTreeMap::new(),
+            events: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            installed: BTreeMap::new(),
+        }
     }
 
     fn settle(&mut self) {
@@ -50,6 +58,10 @@ impl Cluster {
                     self.reads.entry(*id).or_default().extend(ready.read_states.iter().map(|r| r.index));
                     if let Some((index, term)) = ack {
                         raft.persisted(index, term);
+                    }
+                    if let Some(snapshot) = ready.snapshot {
+                        self.installed.entry(*id).or_default().push(snapshot.data.clone());
+                        raft.snapshot_installed(snapshot.index);
                     }
                 }
             }
@@ -248,6 +260,38 @@ fn lease_reads_skip_the_heartbeat_round_only_while_the_lease_holds() {
     let ready = raft.ready();
     assert!(ready.read_states.is_empty(), "an expired lease must not serve reads");
     assert!(ready.messages.iter().any(|m| m.msg_type == MessageType::Heartbeat as i32));
+}
+
+#[test]
+fn a_follower_behind_the_compaction_point_catches_up_from_a_snapshot() {
+    let mut cluster = Cluster::new(Membership::voters([1, 2, 3]).unwrap());
+    let leader = cluster.tick_until_leader();
+    let lagging = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let parked = cluster.nodes.remove(&lagging).unwrap();
+    for i in 0..10u8 {
+        cluster.nodes.get_mut(&leader).unwrap().propose([Bytes::from(vec![i])]).unwrap();
+        cluster.settle();
+    }
+    let raft = cluster.nodes.get_mut(&leader).unwrap();
+    let applied = raft.applied_index();
+    assert!(matches!(raft.snapshot_taken(applied + 1, Bytes::new()), Err(RaftError::CorruptState(_))));
+    raft.snapshot_taken(applied, Bytes::from_static(b"state")).unwrap();
+    raft.compact(applied);
+    assert_eq!(raft.compacted_index(), applied);
+    cluster.nodes.insert(lagging, parked);
+    for _ in 0..10 {
+        for raft in cluster.nodes.values_mut() {
+            raft.tick();
+        }
+        cluster.settle();
+    }
+    assert_eq!(cluster.installed[&lagging], [Bytes::from_static(b"state")]);
+    cluster.settle();
+    let follower = &cluster.nodes[&lagging];
+    assert_eq!(follower.compacted_index(), applied);
+    assert_eq!(follower.last_index(), cluster.nodes[&leader].last_index());
+    assert!(cluster.events[&lagging].contains(&RaftEvent::SnapshotReceived { from: leader, index: applied }));
+    assert!(cluster.events[&leader].contains(&RaftEvent::SnapshotSendCompleted { to: lagging, index: applied }));
 }
 
 #[test]
