@@ -281,7 +281,11 @@ pub async fn run_async(config: BenchConfig) -> Result<Report, BenchError> {
         );
     }
     drop(holders);
-    let (ops, timeline, error_messages) = ctx.recorder.finish();
+    let crate::stats::Recorded {
+        ops,
+        timeline,
+        error_messages,
+    } = ctx.recorder.finish();
     let report = Report {
         config: config.clone(),
         elapsed_sec: elapsed.as_secs_f64(),

@@ -126,21 +126,29 @@ impl Recorder {
     }
 
     /// Everything recorded: per-operation totals, the time series, the error messages.
-    pub fn finish(
-        &self,
-    ) -> (
-        BTreeMap<String, OpStats>,
-        Vec<BTreeMap<String, WindowStats>>,
-        BTreeMap<String, u64>,
-    ) {
+    pub fn finish(&self) -> Recorded {
         let totals = std::mem::take(&mut *self.totals.lock().expect("recorder lock"));
         let ops = totals
             .whole_run
             .into_iter()
             .map(|(op, s)| (op.to_string(), s))
             .collect();
-        (ops, totals.timeline, totals.error_messages)
+        Recorded {
+            ops,
+            timeline: totals.timeline,
+            error_messages: totals.error_messages,
+        }
     }
+}
+
+/// What a [`Recorder`] holds at the end of a run.
+pub struct Recorded {
+    /// Whole-run statistics by operation.
+    pub ops: BTreeMap<String, OpStats>,
+    /// One entry per closed window.
+    pub timeline: Vec<BTreeMap<String, WindowStats>>,
+    /// Error counts by "operation: message".
+    pub error_messages: BTreeMap<String, u64>,
 }
 
 impl Default for Recorder {
@@ -177,7 +185,11 @@ mod tests {
         recorder.record("withdraw", Duration::from_millis(3));
         recorder.error("enter", "UNAVAILABLE: no leader");
         recorder.error("enter", "UNAVAILABLE: no leader");
-        let (ops, _, errors) = recorder.finish();
+        let Recorded {
+            ops,
+            error_messages: errors,
+            ..
+        } = recorder.finish();
         let enter = &ops["enter"];
         assert_eq!(enter.latencies.len(), 100);
         assert_eq!(enter.errors, 2);
@@ -198,7 +210,7 @@ mod tests {
         assert_eq!(first["get_term"].count, 1);
         let second = recorder.close_window();
         assert!(second.is_empty(), "a new window holds nothing yet");
-        let (ops, timeline, _) = recorder.finish();
+        let Recorded { ops, timeline, .. } = recorder.finish();
         assert_eq!(timeline.len(), 2);
         assert_eq!(
             ops["get_term"].latencies.len(),
@@ -224,7 +236,11 @@ mod tests {
         for i in 0..100 {
             recorder.error("enter", &format!("message {i}"));
         }
-        let (ops, _, errors) = recorder.finish();
+        let Recorded {
+            ops,
+            error_messages: errors,
+            ..
+        } = recorder.finish();
         assert_eq!(ops["enter"].errors, 100);
         assert_eq!(errors.len(), MAX_ERROR_MESSAGES);
     }
