@@ -167,7 +167,10 @@ pub fn recover_replica(
     for e in recovered.entries.iter().filter(|e| e.index > base_index) {
         let kind = entry_kind_from_u8(e.kind)
             .ok_or_else(|| format!("group {group}: entry {} has unknown kind {}", e.index, e.kind))?;
-        entries.push(RaftEntry { index: e.index, term: e.term, kind: kind as i32, data: e.payload.clone() });
+        // Copied out: a recovered payload is a slice of a whole segment read, which would
+        // otherwise stay in memory as long as any entry of it does.
+        let data = Bytes::copy_from_slice(&e.payload);
+        entries.push(RaftEntry { index: e.index, term: e.term, kind: kind as i32, data });
     }
     if let Some(first) = entries.first() {
         if first.index != base_index + 1 {

@@ -93,6 +93,8 @@ async fn serve(
         replicas.insert(group, replica);
     }
     let hosted: Vec<u32> = replicas.keys().copied().collect();
+    // Recovery holds whole segment reads; the replicas copied what they need.
+    drop(recovery);
 
     let (event_tx, event_rx) = local_channel::new_unbounded::<(u32, ShardEvent)>();
     let runtime = ShardRuntime::new(
