@@ -22,13 +22,14 @@ struct MemCluster {
 }
 
 impl MemCluster {
-    fn new(groups: u32) -> Self {
+    fn new(groups: u32, quiesce: bool) -> Self {
         let membership = Membership::voters(1..=NODES).expect("valid membership");
         let nodes = (1..=NODES)
             .map(|id| {
                 (0..groups)
                     .map(|g| {
-                        let cfg = Config::new(id, g);
+                        let mut cfg = Config::new(id, g);
+                        cfg.quiesce = quiesce;
                         let rng = ChaCha8Rng::seed_from_u64(id << 32 | u64::from(g));
                         (g, RaftNode::new(cfg, membership.clone(), rng).expect("valid config"))
                     })
@@ -107,7 +108,7 @@ fn propose_and_commit(cluster: &mut MemCluster, leaders: &[(u32, usize)], payloa
 }
 
 fn bench_commit(c: &mut Criterion, groups: u32, entries_per_group: usize) {
-    let mut cluster = MemCluster::new(groups);
+    let mut cluster = MemCluster::new(groups, false);
     let leaders = cluster.leaders();
     let payloads: Vec<Bytes> = (0..entries_per_group).map(|_| Bytes::from(vec![7u8; 64])).collect();
     let mut bench_group = c.benchmark_group("raft_commit");
@@ -126,11 +127,17 @@ fn bench_idle_tick(c: &mut Criterion) {
     let mut bench_group = c.benchmark_group("raft_idle");
     bench_group.sample_size(10);
     bench_group.throughput(Throughput::Elements(u64::from(GROUPS) * NODES));
-    let mut cluster = MemCluster::new(GROUPS);
-    // Idle groups keep their leaders: ticking only exchanges heartbeats.
-    let leaders_before = cluster.leaders();
-    bench_group.bench_function("tick_1000_idle_groups_x3_replicas", |b| b.iter(|| cluster.tick_all()));
-    assert_eq!(cluster.leaders(), leaders_before, "idle groups must not hold elections");
+    for quiesce in [false, true] {
+        let mut cluster = MemCluster::new(GROUPS, quiesce);
+        // Let idle groups settle (and quiesce, when enabled) before measuring.
+        for _ in 0..10 {
+            cluster.tick_all();
+        }
+        let leaders_before = cluster.leaders();
+        let name = if quiesce { "tick_1000_quiesced_groups_x3_replicas" } else { "tick_1000_idle_groups_x3_replicas" };
+        bench_group.bench_function(name, |b| b.iter(|| cluster.tick_all()));
+        assert_eq!(cluster.leaders(), leaders_before, "idle groups must not hold elections");
+    }
     bench_group.finish();
 }
 

@@ -36,6 +36,7 @@ fn simulation_upholds_safety_liveness_and_linearizability() {
                 totals.batches_delivered += report.batches_delivered;
                 totals.snapshots_taken += report.snapshots_taken;
                 totals.snapshots_installed += report.snapshots_installed;
+                totals.quiesced_ticks += report.quiesced_ticks;
             }
             Err(violation) => panic!(
                 "seed {seed} violated a property: {}\noptions: {opts:?}\nreplay: {}",
@@ -48,5 +49,6 @@ fn simulation_upholds_safety_liveness_and_linearizability() {
     assert!(totals.committed_entries > 0 && totals.leaders_elected > 0, "the runs did nothing");
     if seeds.len() >= 100 {
         assert!(totals.snapshots_installed > 0, "no run streamed a snapshot to a lagging follower");
+        assert!(totals.quiesced_ticks > 0, "no group ever went quiet");
     }
 }

@@ -16,7 +16,8 @@ fn options(seed: u64, figure_eight: bool) -> SimOptions {
     let mut opts = SimOptions::for_seed(seed);
     if figure_eight {
         opts.nodes = 3;
-        opts.groups = 3;
+        opts.groups = 6;
+        opts.quiesce = false;
         opts.crash = 0.01;
         opts.crash_leader = 0.3;
         opts.restart = 0.3;

@@ -37,6 +37,12 @@ pub struct Config {
     /// default: it is only safe while tick rates of all replicas agree within that margin.
     /// Requires `check_quorum`.
     pub lease_reads: bool,
+    /// Let idle groups go silent: once every member holds the whole committed log, the leader
+    /// sends one last heartbeat marked `quiesce` and stops heartbeating; followers stop their
+    /// election timers. Any message or proposal wakes the group. Off by default: the caller
+    /// must then call `wake()` on groups whose leader's node stops answering (a failed
+    /// connection), or a quiet group would not notice its leader died.
+    pub quiesce: bool,
     /// Maximum entries in one append message.
     pub max_entries_per_message: usize,
     /// Maximum payload bytes in one append message (at least one entry is always sent).
@@ -63,6 +69,7 @@ impl Config {
             pre_vote: true,
             check_quorum: true,
             lease_reads: false,
+            quiesce: false,
             max_entries_per_message: 256,
             max_bytes_per_message: 1 << 20,
             max_inflight_messages: 64,

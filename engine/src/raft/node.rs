@@ -62,6 +62,8 @@ pub struct RaftNode {
     /// Lease reads: after a restart, refuse votes for one election timeout, as if a leader
     /// had just been heard (a lease granted before the crash may still run).
     pub(super) startup_quiet: bool,
+    /// The group is idle and this replica skips heartbeats (leader) or its election timer.
+    pub(super) quiesced: bool,
     /// The latest snapshot the state machine provided or the leader sent.
     pub(super) snapshot: Option<Snapshot>,
     /// Follower: a snapshot being received, and one handed to the caller to install.
@@ -143,6 +145,7 @@ impl RaftNode {
             leader_ticks: 0,
             lease_revoked: false,
             startup_quiet: false,
+            quiesced: false,
             snapshot: None,
             incoming: None,
             installing: None,
@@ -222,8 +225,35 @@ impl RaftNode {
 
     // ----- inputs -----
 
+    /// True while this replica is quiesced (see `Config::quiesce`).
+    pub fn is_quiesced(&self) -> bool {
+        self.quiesced
+    }
+
+    /// Ends quiescence: a follower restarts its election timer, a leader heartbeats again.
+    /// Call it when the leader's node looks dead (e.g. its connection failed).
+    pub fn wake(&mut self) {
+        if !self.quiesced {
+            return;
+        }
+        self.quiesced = false;
+        if self.role == RaftRole::Leader {
+            self.heartbeat_elapsed = self.cfg.heartbeat_ticks;
+            self.election_elapsed = 0;
+            for progress in self.progress.values_mut() {
+                progress.recent_active = true;
+            }
+        } else {
+            self.reset_election_timer();
+        }
+    }
+
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
+        if self.quiesced {
+            self.leader_ticks += u64::from(self.role == RaftRole::Leader);
+            return;
+        }
         if self.role == RaftRole::Leader {
             self.tick_leader();
         } else {
@@ -259,7 +289,14 @@ impl RaftNode {
         }
         if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
             self.heartbeat_elapsed = 0;
+            let idle = self.is_idle();
             self.broadcast_heartbeat();
+            if idle {
+                for msg in self.out_messages.iter_mut().filter(|m| m.msg_type == MessageType::Heartbeat as i32) {
+                    msg.quiesce = true;
+                }
+                self.quiesced = true;
+            }
         }
     }
 
@@ -270,6 +307,7 @@ impl RaftNode {
         payloads: impl IntoIterator<Item = Bytes>,
     ) -> Result<(u64, u64), RaftError> {
         self.check_can_propose()?;
+        self.wake();
         let first = self.log.last_index() + 1;
         let term = self.term;
         let mut next = first;
@@ -288,6 +326,19 @@ impl RaftNode {
         self.log.append_new(entries);
         self.broadcast_append();
         Ok((first, next - 1))
+    }
+
+    /// Leader: may the group go quiet? Every member holds the whole log, it is committed in
+    /// this term, and nothing (reads, transfer) is in flight.
+    fn is_idle(&self) -> bool {
+        let last = self.log.last_index();
+        self.cfg.quiesce
+            && self.transferee == 0
+            && self.reads.is_idle()
+            && self.log.committed() == last
+            && self.log.persisted() == last
+            && self.log.term(last) == Some(self.term)
+            && self.progress.values().all(|p| p.match_index == last && p.recent_active)
     }
 
     pub(super) fn check_can_propose(&self) -> Result<(), RaftError> {
@@ -314,6 +365,7 @@ impl RaftNode {
     /// by at most one voting member. Returns the index of the membership entry.
     pub fn propose_membership_change(&mut self, next: Membership) -> Result<u64, RaftError> {
         self.check_can_propose()?;
+        self.wake();
         let pending = self.configs.last().map_or(0, |c| c.0);
         if pending > self.log.committed() {
             return Err(RaftError::MembershipChange(format!(
@@ -350,6 +402,7 @@ impl RaftNode {
         if self.membership().role(to) != Some(Role::Voter) {
             return Err(RaftError::Transfer(format!("node {to} is not a voter of this group")));
         }
+        self.wake();
         self.transferee = to;
         self.transfer_elapsed = 0;
         let caught_up = self.progress.get(&to).is_some_and(|p| p.match_index == self.log.last_index());
@@ -464,6 +517,7 @@ impl RaftNode {
         self.abort_snapshot_sends();
         self.set_role(RaftRole::Follower);
         self.set_leader(leader);
+        self.quiesced = false;
         self.reset_election_timer();
         self.progress.clear();
         self.votes.clear();

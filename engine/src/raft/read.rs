@@ -67,6 +67,11 @@ impl ReadQueue {
         self.round_ticks.iter().rev().find(|(s, _)| *s <= seq).map(|(_, t)| *t)
     }
 
+    /// True if no read waits for confirmation.
+    pub(super) fn is_idle(&self) -> bool {
+        self.waiting_commit.is_empty() && self.pending.is_empty()
+    }
+
     /// The newest round number, carried by heartbeats.
     pub(super) fn last_seq(&self) -> u64 {
         self.last_seq
@@ -77,6 +82,7 @@ impl RaftNode {
     /// Asks for a linearizable read. A [`ReadState`] with this `context` comes out of `ready()`
     /// once confirmed; serve the read when the applied index reaches its `index`.
     pub fn read_index(&mut self, context: Bytes) -> Result<(), RaftError> {
+        self.wake();
         if self.member_role() == Some(Role::Witness) {
             return Err(RaftError::InvalidConfig("a witness has no state machine to read".into()));
         }

@@ -33,6 +33,14 @@ impl RaftNode {
         if !self.accept_term(&msg, msg_type) {
             return Ok(());
         }
+        // Traffic wakes a quiet group, except the answers to the leader's last heartbeats and
+        // acknowledgements, which are what quiet groups still exchange.
+        let quiet_traffic = (msg_type == MessageType::Heartbeat && msg.quiesce)
+            || msg_type == MessageType::HeartbeatResponse
+            || (msg_type == MessageType::AppendResponse && !msg.reject);
+        if !quiet_traffic {
+            self.wake();
+        }
         match msg_type {
             MessageType::PreVote | MessageType::Vote => {
                 self.on_vote_request(msg, msg_type);
@@ -291,6 +299,13 @@ impl RaftNode {
 
     fn on_heartbeat(&mut self, msg: Message) {
         self.log.commit_to(msg.commit);
+        // Go quiet only with the whole committed log in hand; otherwise stay awake.
+        let caught_up = msg.commit == self.log.last_index();
+        if msg.quiesce && caught_up {
+            self.quiesced = true;
+        } else {
+            self.wake();
+        }
         let mut reply = self.new_message(msg.from, MessageType::HeartbeatResponse);
         reply.read_seq = msg.read_seq;
         self.out_messages.push(reply);

@@ -37,6 +37,8 @@ pub struct SimReport {
     pub batches_delivered: u64,
     pub snapshots_taken: u64,
     pub snapshots_installed: u64,
+    /// Replica-ticks skipped because the replica was quiesced.
+    pub quiesced_ticks: u64,
 }
 
 struct DiskWrite {
@@ -104,6 +106,8 @@ fn decode_register(data: &[u8]) -> Result<u64, Violation> {
 
 struct SimNode {
     id: u64,
+    /// Failure detector: the tick each peer was last heard from (index = peer id - 1).
+    last_heard: Vec<u64>,
     up: bool,
     incarnation: u64,
     replicas: Vec<Replica>,
@@ -191,7 +195,8 @@ impl Sim {
                     register: 0,
                 })
                 .collect();
-            sim.nodes.push(SimNode { id, up: false, incarnation: 0, replicas, outbox: Outbox::new(id) });
+            let last_heard = vec![0; sim.opts.nodes as usize];
+            sim.nodes.push(SimNode { id, last_heard, up: false, incarnation: 0, replicas, outbox: Outbox::new(id) });
             sim.start_node(id as usize - 1)?;
         }
         Ok(sim)
@@ -206,6 +211,7 @@ impl Sim {
         cfg.max_inflight_bytes = 4096;
         cfg.deliberate_bugs = self.opts.bugs;
         cfg.lease_reads = self.opts.lease_reads;
+        cfg.quiesce = self.opts.quiesce;
         cfg
     }
 
@@ -347,6 +353,7 @@ impl Sim {
             if !self.nodes[n].up {
                 continue;
             }
+            self.nodes[n].last_heard[batch.from as usize - 1] = self.report.ticks;
             let messages = open_batch(batch.to, batch)
                 .map_err(|e| Violation(format!("node refused a batch: {e}")))?;
             for msg in messages {
@@ -439,13 +446,45 @@ impl Sim {
         }
     }
 
+    /// Node-level failure detection, as a transport gives it (pings, failed connections):
+    /// every node pings every peer each tick, and wakes its quiet groups whose leader's node
+    /// has been silent for an election timeout.
+    fn detect_failures(&mut self) {
+        const SILENCE_TICKS: u64 = 10;
+        let tick = self.report.ticks;
+        for n in 0..self.nodes.len() {
+            if !self.nodes[n].up {
+                continue;
+            }
+            let id = self.nodes[n].id;
+            for peer in 1..=self.opts.nodes {
+                if peer != id {
+                    let ping = conclave_engine::raft::MessageBatch { from: id, to: peer, messages: Vec::new() };
+                    self.net.send(ping, self.now, &self.faults, &mut self.rng);
+                }
+            }
+            let node = &mut self.nodes[n];
+            for replica in &mut node.replicas {
+                let Some(raft) = replica.raft.as_mut() else { continue };
+                let leader = raft.leader();
+                if leader != 0 && leader != id && node.last_heard[leader as usize - 1] + SILENCE_TICKS < tick {
+                    raft.wake();
+                }
+            }
+        }
+    }
+
     fn tick_all(&mut self) -> Result<(), Violation> {
+        if self.opts.quiesce {
+            self.detect_failures();
+        }
         for n in 0..self.nodes.len() {
             if !self.nodes[n].up {
                 continue;
             }
             for g in 0..self.opts.groups as usize {
                 if let Some(raft) = self.nodes[n].replicas[g].raft.as_mut() {
+                    self.report.quiesced_ticks += u64::from(raft.is_quiesced());
                     raft.tick();
                 }
                 self.pump(n, g)?;

@@ -47,6 +47,9 @@ pub struct SimOptions {
     pub snapshot_tail: u64,
     /// Leaders serve reads under a lease (no heartbeat round per read).
     pub lease_reads: bool,
+    /// Idle groups quiesce; a node-level failure detector (pings between nodes) wakes
+    /// groups whose leader's node went silent.
+    pub quiesce: bool,
     pub bugs: DeliberateBugs,
 }
 
@@ -79,6 +82,7 @@ impl SimOptions {
             snapshot_interval: if rng.random_bool(0.3) { 0 } else { rng.random_range(3..=30) },
             snapshot_tail: rng.random_range(0..=5),
             lease_reads: rng.random_bool(0.5),
+            quiesce: rng.random_bool(0.5),
             bugs: DeliberateBugs::default(),
         }
     }
