@@ -7,16 +7,15 @@
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
 use conclave_engine::raft::{
-    open_batch, Config, Entry, HardState, Membership, Message, Outbox, RaftEvent, RaftNode, RaftRole,
-    Recovered, Role, Snapshot,
+    open_batch, Config, HardState, Membership, Outbox, RaftEvent, RaftNode, RaftRole, Recovered, Role,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::checker::{GroupChecker, Violation};
 use super::client::{decode_write, encode_write, GroupClients};
+use super::disk::{decode_register, encode_register, snapshot_index, DiskWrite, Replica};
 use super::linearizability::check_register;
 use super::network::{Network, NetworkFaults};
 use super::SimOptions;
@@ -39,69 +38,6 @@ pub struct SimReport {
     pub snapshots_installed: u64,
     /// Replica-ticks skipped because the replica was quiesced.
     pub quiesced_ticks: u64,
-}
-
-struct DiskWrite {
-    done_at: u64,
-    hard_state: Option<HardState>,
-    entries: Vec<Entry>,
-    then_send: Vec<Message>,
-    ack: Option<(u64, u64)>,
-    /// A snapshot received from the leader, installed after the writes before it.
-    install: Option<Snapshot>,
-}
-
-/// One replica: the live Raft node (None while its node is down) and its durable state.
-struct Replica {
-    raft: Option<RaftNode>,
-    durable_hard_state: HardState,
-    /// The durable snapshot (None: none yet, the log starts at index 1).
-    durable_snapshot: Option<Snapshot>,
-    /// Durable entries after the snapshot's index.
-    durable_entries: Vec<Entry>,
-    writes: VecDeque<DiskWrite>,
-    register: u64,
-}
-
-impl Replica {
-    fn durable_base(&self) -> u64 {
-        snapshot_index(&self.durable_snapshot)
-    }
-
-    /// Term of the durable entry at `index`; `Ok(None)` if beyond the end, `Err(())` if the
-    /// index is covered by the snapshot.
-    fn durable_term(&self, index: u64) -> Result<Option<u64>, ()> {
-        let base = self.durable_base();
-        if index < base {
-            return Err(());
-        }
-        if index == base {
-            return Ok(Some(self.durable_snapshot.as_ref().map_or(0, |s| s.term)));
-        }
-        Ok(self.durable_entries.get((index - base - 1) as usize).map(|e| e.term))
-    }
-
-    fn write_entries(&mut self, entries: Vec<Entry>) {
-        let Some(first) = entries.first() else { return };
-        let base = self.durable_base();
-        debug_assert!(first.index > base, "entries below the snapshot are never rewritten");
-        self.durable_entries.truncate((first.index - base - 1) as usize);
-        self.durable_entries.extend(entries);
-    }
-}
-
-fn snapshot_index(snapshot: &Option<Snapshot>) -> u64 {
-    snapshot.as_ref().map_or(0, |s| s.index)
-}
-
-fn encode_register(value: u64) -> Bytes {
-    Bytes::copy_from_slice(&value.to_le_bytes())
-}
-
-fn decode_register(data: &[u8]) -> Result<u64, Violation> {
-    let bytes: [u8; 8] =
-        data.try_into().map_err(|_| Violation(format!("snapshot of {} bytes is no register", data.len())))?;
-    Ok(u64::from_le_bytes(bytes))
 }
 
 struct SimNode {
@@ -170,7 +106,7 @@ pub fn run_seed(seed: u64, opts: &SimOptions) -> Result<SimReport, Violation> {
 
 impl Sim {
     fn new(seed: u64, opts: SimOptions) -> Result<Self, Violation> {
-        let initial: Vec<Membership> = (0..opts.groups).map(|g| initial_membership(&opts, g)).collect();
+        let initial: Vec<Membership> = (0..opts.groups).map(|g| opts.initial_membership(g)).collect();
         let mut sim = Sim {
             seed,
             rng: ChaCha8Rng::seed_from_u64(seed),
@@ -667,20 +603,4 @@ impl Sim {
         }
         Ok(())
     }
-}
-
-/// Every node is a member; node 3 of odd groups is a witness when witnesses are on, and
-/// node 5 of group 0 starts as an observer in five-node clusters.
-fn initial_membership(opts: &SimOptions, group: u32) -> Membership {
-    let members = (1..=opts.nodes).map(|id| {
-        let role = if opts.witnesses && id == 3 && group % 2 == 1 {
-            Role::Witness
-        } else if opts.nodes == 5 && id == 5 && group == 0 {
-            Role::Observer
-        } else {
-            Role::Voter
-        };
-        (id, role)
-    });
-    Membership::new(members).expect("simulation memberships are well formed")
 }

@@ -6,10 +6,11 @@
 pub mod checker;
 pub mod client;
 pub mod cluster;
+pub mod disk;
 pub mod linearizability;
 pub mod network;
 
-use conclave_engine::raft::DeliberateBugs;
+use conclave_engine::raft::{DeliberateBugs, Membership, Role};
 
 pub use cluster::run_seed;
 
@@ -85,6 +86,24 @@ impl SimOptions {
             quiesce: rng.random_bool(0.5),
             bugs: DeliberateBugs::default(),
         }
+    }
+}
+
+impl SimOptions {
+    /// Every node is a member; node 3 of odd groups is a witness when witnesses are on, and
+    /// node 5 of group 0 starts as an observer in five-node clusters.
+    pub fn initial_membership(&self, group: u32) -> Membership {
+        let members = (1..=self.nodes).map(|id| {
+            let role = if self.witnesses && id == 3 && group % 2 == 1 {
+                Role::Witness
+            } else if self.nodes == 5 && id == 5 && group == 0 {
+                Role::Observer
+            } else {
+                Role::Voter
+            };
+            (id, role)
+        });
+        Membership::new(members).expect("simulation memberships are well formed")
     }
 }
 
