@@ -196,6 +196,33 @@ fn membership_changes_one_voter_at_a_time() {
 }
 
 #[test]
+fn a_joining_replica_learns_the_group_from_the_leader_then_is_promoted() {
+    let mut cluster = Cluster::new(Membership::voters([1, 2, 3]).unwrap());
+    let leader = cluster.tick_until_leader();
+    cluster.nodes.get_mut(&leader).unwrap().propose([Bytes::from_static(b"before")]).unwrap();
+    cluster.settle();
+    // Join: the new replica starts knowing no configuration at all.
+    cluster.nodes.insert(4, node(4, &Membership::default()));
+    let with_observer =
+        Membership::new([(1, Role::Voter), (2, Role::Voter), (3, Role::Voter), (4, Role::Observer)]).unwrap();
+    cluster.nodes.get_mut(&leader).unwrap().propose_membership_change(with_observer.clone()).unwrap();
+    cluster.settle();
+    for _ in 0..4 {
+        for raft in cluster.nodes.values_mut() {
+            raft.tick();
+        }
+        cluster.settle();
+    }
+    assert_eq!(cluster.nodes[&4].membership(), &with_observer);
+    assert_eq!(cluster.applied_payloads(4), [Bytes::from_static(b"before")]);
+    let promoted = Membership::voters([1, 2, 3, 4]).unwrap();
+    cluster.nodes.get_mut(&leader).unwrap().propose_membership_change(promoted.clone()).unwrap();
+    cluster.settle();
+    assert_eq!(cluster.nodes[&4].member_role(), Some(Role::Voter));
+    assert_eq!(cluster.nodes[&leader].commit_index(), cluster.nodes[&4].commit_index());
+}
+
+#[test]
 fn witnesses_vote_but_hold_no_payloads_and_apply_nothing() {
     let members = [(1, Role::Voter), (2, Role::Voter), (3, Role::Witness)];
     let mut cluster = Cluster::new(Membership::new(members).unwrap());

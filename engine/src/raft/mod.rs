@@ -5,7 +5,8 @@
 //! Drive a [`RaftNode`] like this:
 //! 1. inputs: [`RaftNode::tick`], [`RaftNode::step`] (peer messages), [`RaftNode::propose`],
 //!    [`RaftNode::read_index`], [`RaftNode::persisted`], [`RaftNode::propose_membership_change`],
-//!    [`RaftNode::transfer_leadership`], [`RaftNode::compact`];
+//!    [`RaftNode::transfer_leadership`], [`RaftNode::snapshot_taken`], [`RaftNode::compact`],
+//!    [`RaftNode::snapshot_installed`], [`RaftNode::wake`];
 //! 2. outputs: [`RaftNode::ready`] returns a [`Ready`]; see its documentation for the order
 //!    of duties (send, persist, send-after-persist, apply, serve reads, report events).
 //!
@@ -13,8 +14,13 @@
 //! they are; [`Outbox`] gathers every group's messages for one peer into one `MessageBatch`.
 //! Features: pre-vote, check-quorum, pipelined replication with bounded in-flight messages
 //! and bytes, fast back-off, the §5.4.2 commit rule, ReadIndex reads, single-step membership
-//! changes with voters, observers and witnesses, leadership transfer, and snapshots
-//! (taken by the state machine, streamed in chunks to lagging followers, installed).
+//! changes with voters, observers and witnesses, leadership transfer, snapshots (taken by
+//! the state machine, streamed in chunks to lagging followers, installed), and two options
+//! that are off by default: lease reads and quiescence of idle groups.
+//!
+//! A new group's replicas start with [`RaftNode::new`] and the initial configuration; a
+//! replica joining an existing group starts with an empty [`Membership`] and learns the
+//! configuration from the leader's log or snapshot once the leader added it.
 
 mod batch;
 mod config;
