@@ -87,7 +87,8 @@ impl RaftNode {
                 Ok(())
             }
             MessageType::TimeoutNow => {
-                if self.role == RaftRole::Follower && self.can_campaign() {
+                // Only our leader may hand leadership over.
+                if self.role == RaftRole::Follower && msg.from == self.leader && self.can_campaign() {
                     self.start_election(true);
                 }
                 Ok(())
@@ -99,7 +100,9 @@ impl RaftNode {
                 Ok(())
             }
             MessageType::ReadIndexResponse => {
-                self.on_read_index_response(msg);
+                if msg.from == self.leader {
+                    self.on_read_index_response(msg);
+                }
                 Ok(())
             }
             MessageType::Unspecified => unreachable!("refused above"),
