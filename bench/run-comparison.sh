@@ -34,7 +34,8 @@ if ! command -v etcd >/dev/null; then
     apt-get install -y etcd-server
 fi
 if [[ -z "${CONCLAVE:-}" || -z "${BENCH:-}" ]]; then
-    cargo build --release -p conclave-server --bin conclave -p conclave-bench
+    cargo build --release -p conclave-server --bin conclave
+    cargo build --release -p conclave-bench
     TARGET_DIR=${CARGO_TARGET_DIR:-target}
     CONCLAVE=${CONCLAVE:-$TARGET_DIR/release/conclave}
     BENCH=${BENCH:-$TARGET_DIR/release/conclave-bench}
