@@ -161,19 +161,32 @@ pub fn run_to_exit(args: &[String], timeout: Duration) -> (ExitStatus, String) {
 
 impl Node {
     /// Spawns a server on `dir` with fresh ports and waits until it is SERVING.
+    /// Ports found free can be taken by another process before the server binds them; such
+    /// a start is retried with new ports (a bounded number of times).
     pub async fn start(dir: &mut TestDir, options: &NodeOptions) -> Node {
-        Node::start_on(dir, options, Ports::fresh()).await
-    }
-
-    /// Spawns a server on `dir` with the given ports and waits until it is SERVING.
-    pub async fn start_on(dir: &mut TestDir, options: &NodeOptions, ports: Ports) -> Node {
-        let args = serve_args(options, &ports, &dir.data_dir());
-        Node::start_with_args(dir, ports, args).await
+        const ATTEMPTS: usize = 3;
+        for attempt in 1..=ATTEMPTS {
+            let ports = Ports::fresh();
+            let args = serve_args(options, &ports, &dir.data_dir());
+            let mut node = Node::spawn(dir, ports, args);
+            match node.ready().await {
+                Ok(()) => return node,
+                Err(output) if attempt < ATTEMPTS && output.contains("cannot bind") => continue,
+                Err(output) => panic!("{output}"),
+            }
+        }
+        unreachable!("the last attempt returns or panics")
     }
 
     /// Spawns `conclave` with `args` (which must make it listen on `ports` and keep its data
     /// in `dir`), and waits until it is SERVING.
     pub async fn start_with_args(dir: &mut TestDir, ports: Ports, args: Vec<String>) -> Node {
+        let mut node = Node::spawn(dir, ports, args);
+        node.ready().await.unwrap_or_else(|output| panic!("{output}"));
+        node
+    }
+
+    fn spawn(dir: &mut TestDir, ports: Ports, args: Vec<String>) -> Node {
         let data_dir = dir.data_dir();
         let log = dir.next_log();
         let out = File::create(&log).expect("server log file");
@@ -186,17 +199,11 @@ impl Node {
             .stderr(err)
             .spawn()
             .expect("spawn conclave");
-        let mut node = Node { child: Some(child), ports, data_dir, log };
-        node.wait_ready().await;
-        node
+        Node { child: Some(child), ports, data_dir, log }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.ports.listen)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
     }
 
     /// Everything the server printed so far.
@@ -204,18 +211,22 @@ impl Node {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits (bounded) for health `Check("")` to answer SERVING. Panics with the server's
-    /// output if it exits or does not become ready in time.
-    pub async fn wait_ready(&mut self) {
+    /// Waits (bounded) for health `Check("")` to answer SERVING. If the server exits or is
+    /// not ready in time, says so with everything it printed (and reaps it).
+    async fn ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
             if let Some(status) = self.child.as_mut().expect("running").try_wait().expect("try_wait") {
-                panic!("conclave exited with {status} before it was ready:\n{}", self.output());
+                self.child = None;
+                return Err(format!("conclave exited with {status} before it was ready:\n{}", self.output()));
             }
             if self.is_serving().await {
-                return;
+                return Ok(());
             }
-            assert!(Instant::now() < deadline, "conclave not SERVING within {READY_TIMEOUT:?}:\n{}", self.output());
+            if Instant::now() > deadline {
+                self.kill9();
+                return Err(format!("conclave not SERVING within {READY_TIMEOUT:?}:\n{}", self.output()));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
