@@ -420,3 +420,47 @@ async fn a_call_abandoned_while_its_session_opens_does_not_block_the_connection(
     let (_, _, candidates) = view(client.enter(request).await.expect("served after abandoned calls").into_inner().term);
     assert!(candidates.contains(&"on-time".to_owned()), "{candidates:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_connections_each_hold_their_own_candidacy() {
+    const CONNECTIONS: usize = 40;
+    let options = NodeOptions { session_timeout_ms: 20_000, ..NodeOptions::default() };
+    let mut dir = TestDir::new();
+    let node = Node::start(&mut dir, &options).await;
+    create(&node.connect().await, "crowd").await;
+    let mut watch = Election::new(node.connect().await).watch(rt::WatchRequest { id: id("crowd") }).await.expect("watch").into_inner();
+    assert_eq!(next_view(&mut watch, "crowd").await, expect(0, "", &[]));
+
+    // Connections are spread over the shards; each enters its own candidate at once.
+    let mut connections = Vec::new();
+    for _ in 0..CONNECTIONS {
+        connections.push(node.connect().await);
+    }
+    let entries = connections.iter().enumerate().map(|(i, channel)| {
+        let mut client = Election::new(channel.clone());
+        async move { run(&mut client, Op::Enter, "crowd", &format!("c{i}")).await }
+    });
+    let mut joined = Vec::new();
+    for entry in entries {
+        joined.push(tokio::spawn(entry));
+    }
+    for task in joined {
+        task.await.expect("enter");
+    }
+    let mut state = expect(0, "", &[]);
+    while state.2.len() < CONNECTIONS {
+        state = next_view(&mut watch, "crowd").await;
+    }
+    assert_eq!(state.0, 1, "one leader so far");
+    let order = state.2.clone();
+
+    // Disconnect them in candidate order: every disconnect hands over to the next one.
+    let mut by_candidate: BTreeMap<String, Channel> = connections.into_iter().enumerate().map(|(i, c)| (format!("c{i}"), c)).collect();
+    for (n, candidate) in order.iter().enumerate() {
+        drop(by_candidate.remove(candidate).expect("a connection per candidate"));
+        let rest: Vec<&str> = order[n + 1..].iter().map(String::as_str).collect();
+        let leader = rest.first().copied().unwrap_or("");
+        let term = if rest.is_empty() { n as u64 + 1 } else { n as u64 + 2 };
+        assert_eq!(next_view(&mut watch, "crowd").await, expect(term, leader, &rest), "after {candidate} left");
+    }
+}
