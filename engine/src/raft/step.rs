@@ -115,7 +115,10 @@ impl RaftNode {
         if msg.term > self.term {
             let is_vote = matches!(msg_type, PreVote | Vote);
             if is_vote {
-                let forced = msg.context.as_ref() == TRANSFER_CONTEXT;
+                // A campaign by our own leader means it lost leadership (it restarted or stepped
+                // down); the lease we granted it binds nobody else, and a quiet group must not
+                // ignore it.
+                let forced = msg.context.as_ref() == TRANSFER_CONTEXT || msg.from == self.leader;
                 let in_lease = self.cfg.check_quorum
                     && (self.leader != 0 || self.startup_quiet)
                     && self.election_elapsed < self.cfg.election_ticks;
