@@ -178,6 +178,14 @@ fn concurrent_proposals_share_durable_rounds() {
         let handle = runtime.handle();
         let task = glommio::spawn_local(runtime.run());
         propose_when_led(&handle, command::leader_barrier(0)).await;
+        // A lone proposal costs one durable round: the commit index that advances after it
+        // is not synced on its own.
+        for _ in 0..5 {
+            let before = *log.rounds.borrow();
+            handle.propose(1, command::leader_barrier(0)).await.unwrap();
+            glommio::timer::sleep(Duration::from_millis(3)).await;
+            assert_eq!(*log.rounds.borrow() - before, 1, "one proposal, one durable round");
+        }
         let rounds_before = *log.rounds.borrow();
         let mut tasks = Vec::new();
         for _ in 0..200 {

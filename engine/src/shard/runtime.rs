@@ -138,6 +138,8 @@ pub struct ShardRuntime<L: LogStore> {
     receiver: LocalReceiver<Request>,
     handle: ShardHandle,
     last_expiry_barrier: BTreeMap<u32, Instant>,
+    /// The (term, vote) of each group's hard state as last handed to the log.
+    durable_votes: BTreeMap<u32, (u64, u64)>,
 }
 
 impl<L: LogStore> ShardRuntime<L> {
@@ -151,7 +153,15 @@ impl<L: LogStore> ShardRuntime<L> {
     ) -> Self {
         let (sender, receiver) = local_channel::new_bounded(cfg.request_queue.max(1));
         let handle = ShardHandle { sender: Rc::new(sender) };
+        let durable_votes = replicas
+            .iter()
+            .map(|(g, r)| {
+                let hs = r.raft().hard_state();
+                (*g, (hs.term, hs.vote))
+            })
+            .collect();
         ShardRuntime {
+            durable_votes,
             outbox: Outbox::new(cfg.node_id),
             cfg,
             replicas,
@@ -321,7 +331,15 @@ impl<L: LogStore> ShardRuntime<L> {
                     replica.propose(&sm::command::leader_barrier(now_ms), Box::new(|_| {}));
                 }
                 let ack = ready.persist_ack();
-                if ready.hard_state.is_some() || !ready.entries.is_empty() {
+                // A hard state whose term and vote are already durable changed only its
+                // commit index, which Raft need not persist: it rides along with the next
+                // entries instead of costing a sync of its own.
+                let vote = ready.hard_state.map(|hs| (hs.term, hs.vote));
+                let vote_changed = vote.is_some() && vote != self.durable_votes.get(&group).copied();
+                if vote_changed || !ready.entries.is_empty() {
+                    if let Some(vote) = vote {
+                        self.durable_votes.insert(group, vote);
+                    }
                     writes.push(GroupWrite {
                         group,
                         hard_state: ready.hard_state,
