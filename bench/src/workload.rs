@@ -69,32 +69,59 @@ pub fn election_of(caller: usize, round: usize, callers: usize, elections: usize
     (caller + round * callers) % elections
 }
 
-/// Enter, then Withdraw, over the elections, one step per slot.
-pub async fn churn_caller(ctx: Arc<RunContext>, caller: usize, mut client: ElectionClient) {
-    let candidate = format!("caller-{caller}");
-    let elections = ctx.names.len();
-    let mut round = 0usize;
-    let mut holding: Option<usize> = None;
-    while let Slot::Go { due, .. } = ctx.pacer.claim() {
-        wait_until(due).await;
-        match holding {
+/// One caller's progress through churn: it enters its next election, then withdraws from
+/// it, and moves on to the next election only once the withdrawal succeeded.
+struct Churn {
+    caller: usize,
+    candidate: String,
+    round: usize,
+    holding: Option<usize>,
+}
+
+impl Churn {
+    fn new(caller: usize) -> Churn {
+        Churn {
+            caller,
+            candidate: format!("caller-{caller}"),
+            round: 0,
+            holding: None,
+        }
+    }
+
+    /// Sends the next request of the cycle and records it, measured from `due`.
+    async fn step(&mut self, ctx: &RunContext, client: &mut ElectionClient, due: Instant) {
+        match self.holding {
             None => {
-                let election = election_of(caller, round, ctx.config.concurrency, elections);
-                let result = client.enter(&ctx.names[election], &candidate).await;
+                let election = election_of(
+                    self.caller,
+                    self.round,
+                    ctx.config.concurrency,
+                    ctx.names.len(),
+                );
+                let result = client.enter(&ctx.names[election], &self.candidate).await;
                 ctx.outcome("enter", due, &result);
                 if result.is_ok() {
-                    holding = Some(election);
+                    self.holding = Some(election);
                 }
             }
             Some(election) => {
-                let result = client.withdraw(&ctx.names[election], &candidate).await;
+                let result = client.withdraw(&ctx.names[election], &self.candidate).await;
                 ctx.outcome("withdraw", due, &result);
                 if result.is_ok() {
-                    holding = None;
-                    round += 1;
+                    self.holding = None;
+                    self.round += 1;
                 }
             }
         }
+    }
+}
+
+/// Enter, then Withdraw, over the elections, one step per slot.
+pub async fn churn_caller(ctx: Arc<RunContext>, caller: usize, mut client: ElectionClient) {
+    let mut churn = Churn::new(caller);
+    while let Slot::Go { due, .. } = ctx.pacer.claim() {
+        wait_until(due).await;
+        churn.step(&ctx, &mut client, due).await;
     }
 }
 
@@ -114,36 +141,17 @@ pub async fn read_caller(ctx: Arc<RunContext>, caller: usize, mut client: Electi
 /// GetTerm with probability `read_percent`, otherwise the next step of churn; the choices
 /// come from a generator seeded with the caller's number, so a run is reproducible.
 pub async fn mixed_caller(ctx: Arc<RunContext>, caller: usize, mut client: ElectionClient) {
-    let candidate = format!("caller-{caller}");
     let elections = ctx.names.len();
     let mut rng = ChaCha8Rng::seed_from_u64(caller as u64);
-    let mut round = 0usize;
-    let mut holding: Option<usize> = None;
+    let mut churn = Churn::new(caller);
     while let Slot::Go { due, .. } = ctx.pacer.claim() {
         wait_until(due).await;
         if rng.random_range(0..100u32) < ctx.config.read_percent {
             let election = rng.random_range(0..elections);
             let result = client.get_term(&ctx.names[election]).await;
             ctx.outcome("get_term", due, &result);
-            continue;
-        }
-        match holding {
-            None => {
-                let election = election_of(caller, round, ctx.config.concurrency, elections);
-                let result = client.enter(&ctx.names[election], &candidate).await;
-                ctx.outcome("enter", due, &result);
-                if result.is_ok() {
-                    holding = Some(election);
-                }
-            }
-            Some(election) => {
-                let result = client.withdraw(&ctx.names[election], &candidate).await;
-                ctx.outcome("withdraw", due, &result);
-                if result.is_ok() {
-                    holding = None;
-                    round += 1;
-                }
-            }
+        } else {
+            churn.step(&ctx, &mut client, due).await;
         }
     }
 }
