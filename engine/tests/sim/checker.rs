@@ -31,6 +31,25 @@ pub struct GroupChecker {
     appended: BTreeMap<(u64, u64), (Option<u64>, u64)>,
     /// The committed log as established by applies: (term, digest) of index `i` at `i - 1`.
     committed: Vec<(u64, u64)>,
+    /// Some replica saw a configuration other than the initial one.
+    pub membership_changed: bool,
+}
+
+/// A log as a would-be candidate or voter presents it: its last (index, term), and whether
+/// it holds the newest committed entry.
+#[derive(Clone, Copy, Debug)]
+pub struct LogView {
+    pub node: u64,
+    pub last_index: u64,
+    pub last_term: u64,
+    pub holds_committed: bool,
+}
+
+impl LogView {
+    fn at_least_as_up_to_date_as(&self, other: &LogView) -> bool {
+        self.last_term > other.last_term
+            || (self.last_term == other.last_term && self.last_index >= other.last_index)
+    }
 }
 
 impl GroupChecker {
@@ -40,6 +59,39 @@ impl GroupChecker {
 
     pub fn committed_len(&self) -> u64 {
         self.committed.len() as u64
+    }
+
+    /// (index, term) of the newest entry known committed.
+    pub fn newest_committed(&self) -> Option<(u64, u64)> {
+        self.committed.last().map(|(term, _)| (self.committed.len() as u64, *term))
+    }
+
+    /// No replica lacking the newest committed entry could ever win an election: no
+    /// candidate log without it is at least as up to date as the durable logs of a quorum
+    /// (`quorum` of the voting `voters`). Raft guarantees this at every instant (it is what
+    /// makes leader completeness hold in the future); committing an old-term entry by
+    /// counting breaks it at once.
+    pub fn check_electable(
+        &self,
+        candidates: &[LogView],
+        voters: &[LogView],
+        quorum: usize,
+    ) -> Result<(), Violation> {
+        for candidate in candidates.iter().filter(|c| !c.holds_committed) {
+            let granting = voters.iter().filter(|v| candidate.at_least_as_up_to_date_as(v)).count();
+            if granting >= quorum {
+                return Err(Violation(format!(
+                    "group {}: committed entry {:?} could be lost: node {} (last {}@{}) lacks it \
+                     yet {granting} voters would elect it: {voters:?}",
+                    self.group,
+                    self.newest_committed(),
+                    candidate.node,
+                    candidate.last_index,
+                    candidate.last_term
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Election safety and leader completeness, when `node` becomes leader of `term`.

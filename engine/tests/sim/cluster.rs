@@ -20,6 +20,8 @@ use super::linearizability::check_register;
 use super::network::{Network, NetworkFaults};
 use super::SimOptions;
 
+mod invariants;
+
 /// Ticks of client traffic after the faults heal, before liveness is judged.
 const CLIENT_TICKS_AFTER_HEAL: u64 = 50;
 /// Linearizability search budget (explored states) per group.
@@ -215,7 +217,7 @@ impl Sim {
 
     /// Drains the Ready of replica (n, g) until it has nothing more, checking as it goes.
     fn pump(&mut self, n: usize, g: usize) -> Result<(), Violation> {
-        let Sim { nodes, checkers, clients, rng, now, opts, report, .. } = self;
+        let Sim { nodes, checkers, clients, rng, now, opts, report, initial, .. } = self;
         let node = &mut nodes[n];
         let id = node.id;
         let replica = &mut node.replicas[g];
@@ -223,6 +225,11 @@ impl Sim {
         while raft.has_ready() {
             let ready = raft.ready();
             for event in &ready.events {
+                if let RaftEvent::MembershipChanged { membership, .. } = event {
+                    if *membership != initial[g] {
+                        checkers[g].membership_changed = true;
+                    }
+                }
                 if let RaftEvent::RoleChanged { role: RaftRole::Leader, term } = event {
                     report.leaders_elected += 1;
                     checkers[g].on_leader(id, *term, raft.compacted_index(), |i| raft.entry_term(i))?;
@@ -310,34 +317,8 @@ impl Sim {
             }
         }
         self.flush();
-        self.check_acknowledged_durable()
-    }
-
-    /// Persisted-ack semantics: whatever a leader counts as matching on a replica is durable
-    /// there, unless a newer term has since rewritten that replica's log.
-    fn check_acknowledged_durable(&self) -> Result<(), Violation> {
-        for g in 0..self.opts.groups as usize {
-            let Some(n) = self.leader_of(g) else { continue };
-            let leader = self.nodes[n].replicas[g].raft.as_ref().expect("leader is up");
-            for peer in &self.nodes {
-                let replica = &peer.replicas[g];
-                let Some(matched) = leader.match_index(peer.id) else { continue };
-                if matched == 0 || replica.durable_hard_state.term != leader.term() {
-                    continue;
-                }
-                let Ok(durable_term) = replica.durable_term(matched) else { continue };
-                let Some(leader_term) = leader.entry_term(matched) else { continue };
-                if durable_term != Some(leader_term) {
-                    return Err(Violation(format!(
-                        "group {g}: leader {} counts entry {matched} as held by node {}, whose disk \
-                         has term {durable_term:?} there (acknowledged before persisted)",
-                        n + 1,
-                        peer.id
-                    )));
-                }
-            }
-        }
-        Ok(())
+        self.check_acknowledged_durable()?;
+        self.check_electable()
     }
 
     fn complete_writes(&mut self, n: usize, g: usize) -> Result<(), Violation> {
