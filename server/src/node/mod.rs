@@ -65,6 +65,7 @@ pub fn run(config: Config) -> Result<(), String> {
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("conclave-shard-{index}"))
             .io_memory(config.io_memory_bytes)
+            .spin_before_park(config.spin_before_park)
             .spawn(move || shard::run(ctx))
             .map_err(|e| format!("cannot start shard {index}: {e}"))?;
         handles.push(handle);
