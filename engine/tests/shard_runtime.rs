@@ -119,6 +119,7 @@ fn single_voter_group_serves_commands_reads_and_watches() {
         handle
             .send(Request::Watch {
                 group: 1,
+                key: 1,
                 query: TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index: 0 },
                 first: Box::new(move |r| {
                     let _ = first_tx.try_send(r);

@@ -22,6 +22,8 @@ pub enum ShardError {
     ShuttingDown,
     /// The log could not make the entries durable; the shard stops serving the group.
     Storage(String),
+    /// The request cannot be served as asked; the text says why. Nothing was done.
+    Invalid(String),
 }
 
 impl fmt::Display for ShardError {
@@ -42,6 +44,7 @@ impl fmt::Display for ShardError {
             ShardError::UnknownGroup(group) => write!(f, "partition {group} is not hosted here"),
             ShardError::ShuttingDown => write!(f, "the node is shutting down; retry on another node"),
             ShardError::Storage(why) => write!(f, "storage failure: {why}"),
+            ShardError::Invalid(why) => write!(f, "{why}"),
         }
     }
 }

@@ -55,9 +55,10 @@ pub type Watcher = Box<dyn FnMut(&Notification) -> bool>;
 enum ReadAction {
     /// Answer the query.
     Term(Reply<Result<ReadTerm, ShardError>>),
-    /// Answer the query and, if the election exists, subscribe the watcher in the same step
-    /// so that no change between the first state and the subscription is missed.
-    Watch(Reply<Result<ReadTerm, ShardError>>, Watcher),
+    /// Answer the query and, if the election exists, subscribe the watcher under its key in
+    /// the same step, so that no change between the first state and the subscription is
+    /// missed.
+    Watch(Reply<Result<ReadTerm, ShardError>>, u64, Watcher),
 }
 
 struct PendingRead {
@@ -76,7 +77,10 @@ pub struct Replica {
     /// Reads with a confirmed index, waiting for the state machine to apply it.
     applying: PendingQueries<PendingRead>,
     next_read_id: u64,
-    watchers: BTreeMap<PrimitiveId, Vec<Watcher>>,
+    /// Watchers by election, each under the key its caller chose.
+    watchers: BTreeMap<PrimitiveId, Vec<(u64, Watcher)>>,
+    /// The election of each watcher key, for unsubscribing.
+    watcher_elections: BTreeMap<u64, PrimitiveId>,
     /// Set when this replica just became leader and has not proposed its barrier yet.
     barrier_due: bool,
     /// The index of the last snapshot taken or restored (0: none).
@@ -105,6 +109,7 @@ impl Replica {
             applying: PendingQueries::new(),
             next_read_id: 1,
             watchers: BTreeMap::new(),
+            watcher_elections: BTreeMap::new(),
             barrier_due: false,
         }
     }
@@ -148,16 +153,44 @@ impl Replica {
     /// Starts a watch: a linearizable read of the election's current state, then every
     /// change after it. `first` gets the current state (or the error); `watcher` every
     /// later change while it returns true.
+    /// `key` names the subscription for [`Replica::unwatch`]; the caller keeps keys unique.
     pub fn watch(
         &mut self,
         query: TermQuery,
+        key: u64,
         first: Reply<Result<ReadTerm, ShardError>>,
         watcher: Watcher,
     ) {
-        self.start_read(PendingRead { query, action: ReadAction::Watch(first, watcher) });
+        self.start_read(PendingRead { query, action: ReadAction::Watch(first, key, watcher) });
+    }
+
+    /// Ends the subscription `key` (its client left). Unknown keys are ignored: the watch
+    /// may have ended on its own already.
+    pub fn unwatch(&mut self, key: u64) {
+        let Some(election) = self.watcher_elections.remove(&key) else {
+            return;
+        };
+        if let Some(list) = self.watchers.get_mut(&election) {
+            list.retain(|(k, _)| *k != key);
+            if list.is_empty() {
+                self.watchers.remove(&election);
+            }
+        }
     }
 
     fn start_read(&mut self, read: PendingRead) {
+        // A client can only have seen indexes that exist: a larger one would hold the read
+        // (and its memory) until that index is ever reached.
+        let last = self.raft.last_index();
+        if read.query.min_index > last {
+            let error = ShardError::Invalid(format!(
+                "max_received_index {} is beyond the last index {last} of partition {}",
+                read.query.min_index,
+                self.raft.group_id()
+            ));
+            fail_read(read, error);
+            return;
+        }
         let id = self.next_read_id;
         self.next_read_id += 1;
         match self.raft.read_index(Bytes::copy_from_slice(&id.to_be_bytes())) {
@@ -266,7 +299,7 @@ impl Replica {
         let result = self.sm.query_term(read.query.session_id, &read.query.primitive);
         match read.action {
             ReadAction::Term(reply) => reply(Ok(ReadTerm { index, result })),
-            ReadAction::Watch(first, watcher) => {
+            ReadAction::Watch(first, key, watcher) => {
                 let primitive_id = match &read.query.primitive {
                     PrimitiveRef::Id(id) => Some(*id),
                     PrimitiveRef::Name(name) => self.sm.registry().id_of(name),
@@ -274,7 +307,8 @@ impl Replica {
                 let ok = result.is_ok();
                 first(Ok(ReadTerm { index, result }));
                 if let (true, Some(id)) = (ok, primitive_id) {
-                    self.watchers.entry(id).or_default().push(watcher);
+                    self.watchers.entry(id).or_default().push((key, watcher));
+                    self.watcher_elections.insert(key, id);
                 }
             }
         }
@@ -282,7 +316,14 @@ impl Replica {
 
     fn notify(&mut self, notification: &Notification) {
         if let Some(list) = self.watchers.get_mut(&notification.primitive_id) {
-            list.retain_mut(|w| w(notification));
+            let elections = &mut self.watcher_elections;
+            list.retain_mut(|(key, w)| {
+                let keep = w(notification);
+                if !keep {
+                    elections.remove(key);
+                }
+                keep
+            });
             if list.is_empty() {
                 self.watchers.remove(&notification.primitive_id);
             }
@@ -321,10 +362,15 @@ impl Replica {
         Some(SnapshotCapture { index, term, data: Bytes::from(prost::Message::encode_to_vec(&envelope)) })
     }
 
-    /// A snapshot at `index` is durable: drop the in-memory entries it covers.
-    pub fn compacted(&mut self, index: u64) {
-        self.last_snapshot = self.last_snapshot.max(index);
-        self.raft.compact(index);
+    /// A captured snapshot is durable: hand it to Raft (which sends it to followers that
+    /// fall behind it) and drop the in-memory entries it covers.
+    pub fn snapshot_saved(&mut self, capture: &SnapshotCapture) -> Result<(), ShardError> {
+        self.raft
+            .snapshot_taken(capture.index, capture.data.clone())
+            .map_err(|e| ShardError::from_raft(self.raft.group_id(), e))?;
+        self.last_snapshot = self.last_snapshot.max(capture.index);
+        self.raft.compact(capture.index);
+        Ok(())
     }
 
     /// The number of registered watchers (for metrics and tests).
@@ -344,12 +390,13 @@ impl Replica {
             fail_read(read, error.clone());
         }
         self.watchers.clear();
+        self.watcher_elections.clear();
     }
 }
 
 fn fail_read(read: PendingRead, error: ShardError) {
     match read.action {
-        ReadAction::Term(reply) | ReadAction::Watch(reply, _) => reply(Err(error)),
+        ReadAction::Term(reply) | ReadAction::Watch(reply, _, _) => reply(Err(error)),
     }
 }
 

@@ -86,7 +86,11 @@ pub struct RuntimeConfig {
 pub enum Request {
     Propose { group: u32, command: Command, reply: Reply<Result<Committed, ShardError>> },
     Read { group: u32, query: TermQuery, reply: Reply<Result<ReadTerm, ShardError>> },
-    Watch { group: u32, query: TermQuery, first: Reply<Result<ReadTerm, ShardError>>, watcher: Watcher },
+    /// Subscribes `watcher` under `key` (unique among the shard's watches) after a
+    /// linearizable first read answered through `first`.
+    Watch { group: u32, key: u64, query: TermQuery, first: Reply<Result<ReadTerm, ShardError>>, watcher: Watcher },
+    /// Ends the watch `key` (its client left).
+    Unwatch { group: u32, key: u64 },
     /// Raft messages from a peer node.
     Peer(MessageBatch),
     /// Stop after answering everything in flight with [`ShardError::ShuttingDown`].
@@ -233,11 +237,11 @@ impl<L: LogStore> ShardRuntime<L> {
             };
             let storage_error = |e: String| ShardError::Storage(format!("group {group}: {e}"));
             self.log
-                .save_snapshot(group, capture.index, capture.term, capture.data)
+                .save_snapshot(group, capture.index, capture.term, capture.data.clone())
                 .await
                 .map_err(storage_error)?;
             if let Some(replica) = self.replicas.get_mut(&group) {
-                replica.compacted(capture.index);
+                replica.snapshot_saved(&capture)?;
             }
             self.log.compact(group, capture.index, capture.term).await.map_err(storage_error)?;
             (self.events)(group, &ShardEvent::SnapshotCreated { index: capture.index });
@@ -260,10 +264,15 @@ impl<L: LogStore> ShardRuntime<L> {
                 Some(replica) => replica.read(query, reply),
                 None => reply(Err(ShardError::UnknownGroup(group))),
             },
-            Request::Watch { group, query, first, watcher } => match self.replicas.get_mut(&group) {
-                Some(replica) => replica.watch(query, first, watcher),
+            Request::Watch { group, key, query, first, watcher } => match self.replicas.get_mut(&group) {
+                Some(replica) => replica.watch(query, key, first, watcher),
                 None => first(Err(ShardError::UnknownGroup(group))),
             },
+            Request::Unwatch { group, key } => {
+                if let Some(replica) = self.replicas.get_mut(&group) {
+                    replica.unwatch(key);
+                }
+            }
             Request::Peer(batch) => self.step_peer(batch),
             Request::Shutdown => return true,
         }
@@ -396,7 +405,7 @@ impl<L: LogStore> ShardRuntime<L> {
                 Request::Propose { reply, .. } => reply(Err(ShardError::ShuttingDown)),
                 Request::Read { reply, .. } => reply(Err(ShardError::ShuttingDown)),
                 Request::Watch { first, .. } => first(Err(ShardError::ShuttingDown)),
-                Request::Peer(_) | Request::Shutdown => {}
+                Request::Unwatch { .. } | Request::Peer(_) | Request::Shutdown => {}
             }
         }
     }

@@ -99,6 +99,8 @@ pub struct LoadedSnapshot {
     pub term: u64,
     pub membership: Membership,
     pub state_machine: StateMachine,
+    /// The encoded envelope, as Raft sends it to followers.
+    pub data: Bytes,
 }
 
 /// Loads and decodes the newest snapshot of `group`, if it has one.
@@ -107,7 +109,7 @@ pub async fn load_snapshot(store: &SnapshotStore, group: u32) -> Result<Option<L
         return Ok(None);
     };
     let data = store.load(&meta).await.map_err(|e| format!("group {group}: {e}"))?;
-    let envelope = GroupSnapshot::decode(data)
+    let envelope = GroupSnapshot::decode(data.clone())
         .map_err(|e| format!("group {group}: snapshot {} does not decode: {e}", meta.path.display()))?;
     if envelope.version != SNAPSHOT_FORMAT_VERSION {
         return Err(format!(
@@ -131,7 +133,7 @@ pub async fn load_snapshot(store: &SnapshotStore, group: u32) -> Result<Option<L
             state_machine.last_applied()
         ));
     }
-    Ok(Some(LoadedSnapshot { index: meta.index, term: meta.term, membership, state_machine }))
+    Ok(Some(LoadedSnapshot { index: meta.index, term: meta.term, membership, state_machine, data }))
 }
 
 /// Rebuilds a replica of a group from its newest snapshot (if any) and the log's recovery
@@ -149,9 +151,9 @@ pub fn recover_replica(
         let raft = RaftNode::new(cfg, bootstrap, rng).map_err(|e| format!("group {group}: {e}"))?;
         return Ok(Replica::new(raft, StateMachine::new()));
     }
-    let (base_index, base_term, membership, sm) = match snapshot {
-        Some(s) => (s.index, s.term, s.membership, s.state_machine),
-        None => (0, 0, bootstrap, StateMachine::new()),
+    let (base_index, base_term, membership, sm, snapshot_data) = match snapshot {
+        Some(s) => (s.index, s.term, s.membership, s.state_machine, Some(s.data)),
+        None => (0, 0, bootstrap, StateMachine::new(), None),
     };
     let empty = RecoveredGroup::default();
     let recovered = recovered.unwrap_or(&empty);
@@ -189,6 +191,9 @@ pub fn recover_replica(
         entries,
         applied: base_index,
     };
-    let raft = RaftNode::restart(cfg, recovered, rng).map_err(|e| format!("group {group}: {e}"))?;
+    let mut raft = RaftNode::restart(cfg, recovered, rng).map_err(|e| format!("group {group}: {e}"))?;
+    if let Some(data) = snapshot_data {
+        raft.snapshot_taken(base_index, data).map_err(|e| format!("group {group}: {e}"))?;
+    }
     Ok(Replica::new(raft, sm))
 }

@@ -8,7 +8,7 @@
 //! must not wait (a watcher called during apply) never blocks on a full mesh channel.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use conclave_engine::shard::{Committed, ReadTerm, Request, ShardError, ShardHandle, TermQuery};
@@ -50,6 +50,15 @@ pub enum CallResult {
 /// Receives a watch's later changes; returns false to stop watching.
 pub type WatchCallback = Box<dyn FnMut(ElectionTerm) -> bool>;
 
+/// Names a running watch, to end it when its client has gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchHandle {
+    /// Served by this shard's runtime under `key`.
+    Local { group: u32, key: u64 },
+    /// Served by shard `owner` for call `call` of this shard.
+    Remote { owner: usize, call: u64 },
+}
+
 enum PendingCall {
     Once(LocalSender<CallResult>),
     Watch { owner: usize, first: Option<LocalSender<CallResult>>, on_change: WatchCallback },
@@ -81,8 +90,9 @@ pub struct Dispatch {
     outbound: Outbound,
     calls: RefCell<BTreeMap<u64, PendingCall>>,
     next_call: Cell<u64>,
-    /// Watches served here for other shards that those shards cancelled.
-    cancelled: RefCell<BTreeSet<(usize, u64)>>,
+    /// Watches this shard's runtime serves for other shards: (shard, call) → (group, key).
+    served_watches: RefCell<BTreeMap<(usize, u64), (u32, u64)>>,
+    next_watch_key: Cell<u64>,
     pub leaders: LeaderTable,
 }
 
@@ -116,7 +126,8 @@ impl Dispatch {
             outbound: Outbound { queues: Rc::new(queues) },
             calls: RefCell::new(BTreeMap::new()),
             next_call: Cell::new(1),
-            cancelled: RefCell::new(BTreeSet::new()),
+            served_watches: RefCell::new(BTreeMap::new()),
+            next_watch_key: Cell::new(1),
             leaders: Rc::new(RefCell::new(BTreeMap::new())),
         })
     }
@@ -176,10 +187,16 @@ impl Dispatch {
     /// Watches an election: `on_change` gets its current state first, then every later
     /// change, in order, until it returns false. The returned result tells whether the
     /// watch started (an unknown election, say, is an `Ok` whose `result` is an error).
-    pub async fn watch(&self, group: u32, query: TermQuery, on_change: WatchCallback) -> Result<ReadTerm, ShardError> {
+    ///
+    /// The returned [`WatchHandle`] ends the watch with [`Dispatch::unwatch`] once its
+    /// client has gone, so a quiet election does not keep dead watchers.
+    pub async fn watch(&self, group: u32, query: TermQuery, on_change: WatchCallback) -> Result<(ReadTerm, WatchHandle), ShardError> {
         let owner = self.owner(group);
         let (tx, rx) = local_channel::new_bounded(1);
+        let handle;
         if owner == self.shard {
+            let key = self.new_watch_key();
+            handle = WatchHandle::Local { group, key };
             let on_change = Rc::new(RefCell::new(on_change));
             let on_first = Rc::clone(&on_change);
             // Called in the same step that subscribes the watcher: no change can come first.
@@ -190,15 +207,43 @@ impl Dispatch {
                 let _ = tx.try_send(CallResult::Read(r));
             });
             let watcher = Box::new(move |n: &Notification| (on_change.borrow_mut())(n.term.clone()));
-            self.local.send(Request::Watch { group, query, first, watcher }).await?;
+            self.local.send(Request::Watch { group, key, query, first, watcher }).await?;
         } else {
             let call = self.start_call(PendingCall::Watch { owner, first: Some(tx), on_change });
+            handle = WatchHandle::Remote { owner, call };
             self.outbound.send(owner, MeshMessage::Call { from: self.shard, call, group, op: CallOp::Watch(query) });
         }
         match rx.recv().await {
-            Some(CallResult::Read(result)) => result,
+            Some(CallResult::Read(result)) => result.map(|read| (read, handle)),
             _ => Err(ShardError::ShuttingDown),
         }
+    }
+
+    /// Ends a watch whose client has gone.
+    pub fn unwatch(&self, handle: WatchHandle) {
+        match handle {
+            WatchHandle::Local { group, key } => self.unwatch_local(group, key),
+            WatchHandle::Remote { owner, call } => {
+                if self.calls.borrow_mut().remove(&call).is_some() {
+                    self.outbound.send(owner, MeshMessage::CancelWatch { from: self.shard, call });
+                }
+            }
+        }
+    }
+
+    fn unwatch_local(&self, group: u32, key: u64) {
+        let local = self.local.clone();
+        glommio::spawn_local(async move {
+            let _ = local.send(Request::Unwatch { group, key }).await;
+        })
+        .detach();
+    }
+
+    /// A key unique among this shard's watches.
+    fn new_watch_key(&self) -> u64 {
+        let key = self.next_watch_key.get();
+        self.next_watch_key.set(key + 1);
+        key
     }
 
     /// Drains the mesh receivers until they close, handling every message.
@@ -258,7 +303,9 @@ impl Dispatch {
                 }
             }
             MeshMessage::CancelWatch { from, call } => {
-                self.cancelled.borrow_mut().insert((from, call));
+                if let Some((group, key)) = self.served_watches.borrow_mut().remove(&(from, call)) {
+                    self.unwatch_local(group, key);
+                }
             }
             MeshMessage::Leader { group, term, leader } => {
                 self.record_leader(group, term, leader);
@@ -291,22 +338,24 @@ impl Dispatch {
                 CallOp::Propose(command) => CallResult::Committed(dispatch.local.propose(group, command).await),
                 CallOp::Read(query) => CallResult::Read(dispatch.local.read(group, query).await),
                 CallOp::Watch(query) => {
+                    let key = dispatch.new_watch_key();
+                    dispatch.served_watches.borrow_mut().insert((from, call), (group, key));
                     // The first state is queued in the same step that subscribes the
                     // watcher, so it leaves before any change.
-                    let outbound = dispatch.outbound.clone();
+                    let serving = Rc::clone(&dispatch);
                     let first: Box<dyn FnOnce(Result<ReadTerm, ShardError>)> = Box::new(move |r| {
-                        outbound.send(from, MeshMessage::Reply { call, result: CallResult::Read(r) });
+                        if !matches!(r, Ok(ReadTerm { result: Ok(_), .. })) {
+                            serving.served_watches.borrow_mut().remove(&(from, call));
+                        }
+                        serving.outbound.send(from, MeshMessage::Reply { call, result: CallResult::Read(r) });
                     });
                     let outbound = dispatch.outbound.clone();
-                    let cancelled = Rc::clone(&dispatch);
                     let watcher = Box::new(move |n: &Notification| {
-                        if cancelled.cancelled.borrow_mut().remove(&(from, call)) {
-                            return false;
-                        }
                         outbound.send(from, MeshMessage::WatchEvent { call, term: n.term.clone() });
                         true
                     });
-                    if let Err(e) = dispatch.local.send(Request::Watch { group, query, first, watcher }).await {
+                    if let Err(e) = dispatch.local.send(Request::Watch { group, key, query, first, watcher }).await {
+                        dispatch.served_watches.borrow_mut().remove(&(from, call));
                         dispatch.outbound.send(from, MeshMessage::Reply { call, result: CallResult::Read(Err(e)) });
                     }
                     return;
@@ -315,6 +364,25 @@ impl Dispatch {
             dispatch.outbound.send(from, MeshMessage::Reply { call, result });
         })
         .detach();
+    }
+}
+
+/// Ends a watch when dropped: hold it for as long as the watch's client is there (a
+/// handler future dropped by the gRPC layer drops it too).
+pub struct WatchGuard {
+    dispatch: Rc<Dispatch>,
+    handle: WatchHandle,
+}
+
+impl WatchGuard {
+    pub fn new(dispatch: Rc<Dispatch>, handle: WatchHandle) -> WatchGuard {
+        WatchGuard { dispatch, handle }
+    }
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.dispatch.unwatch(self.handle);
     }
 }
 

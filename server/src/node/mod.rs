@@ -20,7 +20,9 @@ use glommio::{CpuSet, LocalExecutorBuilder, Placement};
 use crate::config::Config;
 use crate::net::{bind_exclusive, DataDirLock};
 
-pub use dispatch::{CallOp, CallResult, Dispatch, LeaderTable, MeshMessage, Outbound, WatchCallback};
+pub use dispatch::{
+    CallOp, CallResult, Dispatch, LeaderTable, MeshMessage, Outbound, WatchCallback, WatchGuard, WatchHandle,
+};
 
 /// Capacity of each shard-to-shard mesh channel.
 const MESH_CHANNEL_CAPACITY: usize = 4096;

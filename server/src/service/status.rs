@@ -6,6 +6,7 @@
 //! | state machine `NotFound` (election never created, unknown session or primitive) | NOT_FOUND |
 //! | no leader, leadership lost mid-request, shutting down, group not hosted | UNAVAILABLE |
 //! | too many requests waiting | RESOURCE_EXHAUSTED |
+//! | a query's `max_received_index` beyond the partition's log | INVALID_ARGUMENT |
 //! | storage failure, internal error | INTERNAL |
 //! | client deadline passed (enforced by the gRPC layer) | DEADLINE_EXCEEDED |
 
@@ -19,6 +20,7 @@ pub fn from_shard(error: &ShardError) -> Status {
     match error {
         ShardError::Overloaded(_) => Status::resource_exhausted(error.to_string()),
         ShardError::Storage(_) => Status::internal(error.to_string()),
+        ShardError::Invalid(_) => Status::invalid_argument(error.to_string()),
         ShardError::NotLeader { .. }
         | ShardError::LeadershipLost
         | ShardError::Unavailable(_)

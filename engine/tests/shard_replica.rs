@@ -1,0 +1,127 @@
+//! One group replica driven by hand, synchronously: watchers end when unsubscribed (not only
+//! at the election's next change), and a read that asks for an index the log has never had
+//! is refused at once instead of being held.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use conclave_engine::raft::{Config, Membership, RaftNode, RaftRole};
+use conclave_engine::shard::{Committed, ReadTerm, Replica, ShardError, TermQuery};
+use conclave_engine::sm::{command, Command, ElectionOp, Output, PrimitiveRef, StateMachine};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+/// Drains the replica's output as a runtime would, with instant durability.
+fn settle(replica: &mut Replica) {
+    for _ in 0..100 {
+        if !replica.has_ready() {
+            return;
+        }
+        let mut ready = replica.take_ready();
+        replica.apply_committed(&mut ready);
+        if let Some((index, term)) = ready.persist_ack() {
+            replica.raft_mut().persisted(index, term);
+        }
+    }
+    panic!("the replica never settled");
+}
+
+fn leader() -> Replica {
+    let mut cfg = Config::new(1, 1);
+    cfg.election_ticks = 3;
+    cfg.heartbeat_ticks = 1;
+    let raft = RaftNode::new(cfg, Membership::voters([1]).unwrap(), ChaCha8Rng::seed_from_u64(3)).unwrap();
+    let mut replica = Replica::new(raft, StateMachine::new());
+    for _ in 0..20 {
+        replica.raft_mut().tick();
+        settle(&mut replica);
+        if replica.raft().role() == RaftRole::Leader {
+            return replica;
+        }
+    }
+    panic!("a single voter elects itself");
+}
+
+fn propose(replica: &mut Replica, cmd: Command) -> Output {
+    let out: Rc<RefCell<Option<Result<Committed, ShardError>>>> = Rc::default();
+    let sink = out.clone();
+    replica.propose(&cmd, Box::new(move |r| *sink.borrow_mut() = Some(r)));
+    settle(replica);
+    let result = out.borrow_mut().take().expect("answered once settled");
+    result.unwrap().result.unwrap()
+}
+
+fn read(replica: &mut Replica, min_index: u64) -> Result<ReadTerm, ShardError> {
+    let out: Rc<RefCell<Option<Result<ReadTerm, ShardError>>>> = Rc::default();
+    let sink = out.clone();
+    let query = TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index };
+    replica.read(query, Box::new(move |r| *sink.borrow_mut() = Some(r)));
+    settle(replica);
+    let result = out.borrow_mut().take().expect("answered once settled");
+    result
+}
+
+#[test]
+fn unwatch_removes_a_watcher_of_a_quiet_election() {
+    let mut replica = leader();
+    let Output::SessionOpened { session_id } = propose(&mut replica, command::open_session(1, 60_000)) else { panic!() };
+    propose(&mut replica, command::create_primitive(1, session_id, 1, "e"));
+
+    let seen = Rc::new(RefCell::new(Vec::new()));
+    for key in [7, 8] {
+        let seen = seen.clone();
+        let query = TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index: 0 };
+        replica.watch(query, key, Box::new(|r| assert!(r.is_ok())), Box::new(move |n| {
+            seen.borrow_mut().push((key, n.term.term));
+            true
+        }));
+    }
+    settle(&mut replica);
+    assert_eq!(replica.watcher_count(), 2);
+    replica.unwatch(7);
+    replica.unwatch(7);
+    replica.unwatch(99);
+    assert_eq!(replica.watcher_count(), 1, "the quiet election keeps only the live watcher");
+
+    let enter = command::election(1, session_id, 2, PrimitiveRef::Name("e".into()), ElectionOp::Enter, "a");
+    propose(&mut replica, enter);
+    assert_eq!(*seen.borrow(), vec![(8, 1)], "only the remaining watcher is told");
+    replica.unwatch(8);
+    assert_eq!(replica.watcher_count(), 0);
+}
+
+#[test]
+fn a_read_beyond_the_log_is_refused_not_held() {
+    let mut replica = leader();
+    let Output::SessionOpened { session_id } = propose(&mut replica, command::open_session(1, 60_000)) else { panic!() };
+    propose(&mut replica, command::create_primitive(1, session_id, 1, "e"));
+    let last = replica.raft().last_index();
+    let ok = read(&mut replica, last).expect("an index the log has is served");
+    assert!(ok.index >= last);
+    match read(&mut replica, last + 1_000_000) {
+        Err(ShardError::Invalid(why)) => assert!(why.contains("beyond"), "{why}"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_saved_snapshot_compacts_the_in_memory_log() {
+    let mut replica = leader();
+    let Output::SessionOpened { session_id } = propose(&mut replica, command::open_session(1, 60_000)) else { panic!() };
+    for seq in 1..=20 {
+        propose(&mut replica, command::create_primitive(1, session_id, seq, &format!("e{seq}")));
+    }
+    let applied = replica.state_machine().last_applied();
+    assert!(replica.snapshot_due(20));
+    let capture = replica.capture_snapshot().expect("a single-voter group can snapshot");
+    assert_eq!(capture.index, applied);
+    assert!(replica.raft().entries().count() > 20);
+    replica.snapshot_saved(&capture).unwrap();
+    assert_eq!(replica.raft().compacted_index(), applied, "Raft dropped what the snapshot covers");
+    assert_eq!(replica.raft().entries().count(), 0);
+    assert!(!replica.snapshot_due(1), "nothing applied since the snapshot");
+    assert!(replica.capture_snapshot().is_none(), "no second snapshot at the same index");
+    // The group keeps serving after compaction.
+    let cmd = command::election(1, session_id, 21, PrimitiveRef::Name("e1".into()), ElectionOp::Enter, "a");
+    assert!(matches!(propose(&mut replica, cmd), Output::Term(_)));
+}
