@@ -1,12 +1,12 @@
 //! One group replica driven by hand, synchronously: watchers end when unsubscribed (not only
-//! at the election's next change), and a read that asks for an index the log has never had
-//! is refused at once instead of being held.
+//! at the election's next change), reads wait for their index while the number held is
+//! bounded, and saved snapshots compact the in-memory log.
 
 use std::cell::RefCell;
 use std::rc::Rc;
 
 use conclave_engine::raft::{Config, Membership, RaftNode, RaftRole};
-use conclave_engine::shard::{Committed, ReadTerm, Replica, ShardError, TermQuery};
+use conclave_engine::shard::{Committed, ReadTerm, Replica, ShardError, TermQuery, MAX_HELD_READS};
 use conclave_engine::sm::{command, Command, ElectionOp, Output, PrimitiveRef, StateMachine};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -91,16 +91,37 @@ fn unwatch_removes_a_watcher_of_a_quiet_election() {
 }
 
 #[test]
-fn a_read_beyond_the_log_is_refused_not_held() {
+fn reads_wait_for_their_index_and_held_reads_are_bounded() {
     let mut replica = leader();
     let Output::SessionOpened { session_id } = propose(&mut replica, command::open_session(1, 60_000)) else { panic!() };
     propose(&mut replica, command::create_primitive(1, session_id, 1, "e"));
     let last = replica.raft().last_index();
     let ok = read(&mut replica, last).expect("an index the log has is served");
     assert!(ok.index >= last);
-    match read(&mut replica, last + 1_000_000) {
-        Err(ShardError::Invalid(why)) => assert!(why.contains("beyond"), "{why}"),
-        other => panic!("expected Invalid, got {other:?}"),
+
+    // A read for an index not reached yet waits for it (a follower may lag the client).
+    let answered: Rc<RefCell<Vec<Result<ReadTerm, ShardError>>>> = Rc::default();
+    let query = |min_index| TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index };
+    let sink = answered.clone();
+    replica.read(query(last + 2), Box::new(move |r| sink.borrow_mut().push(r)));
+    settle(&mut replica);
+    assert!(answered.borrow().is_empty(), "held until index {}", last + 2);
+    propose(&mut replica, command::leader_barrier(2));
+    assert!(answered.borrow().is_empty());
+    propose(&mut replica, command::leader_barrier(3));
+    assert_eq!(answered.borrow().len(), 1, "answered once its index is applied");
+
+    // Reads for an index that never comes are bounded, not accumulated.
+    for _ in 0..MAX_HELD_READS {
+        replica.read(query(u64::MAX), Box::new(|r| assert!(r.is_ok(), "held reads are not failed")));
+    }
+    settle(&mut replica);
+    let sink = answered.clone();
+    replica.read(query(u64::MAX), Box::new(move |r| sink.borrow_mut().push(r)));
+    let refused = answered.borrow_mut().pop();
+    match refused {
+        Some(Err(ShardError::Overloaded(why))) => assert!(why.contains("waiting"), "{why}"),
+        other => panic!("expected Overloaded, got {other:?}"),
     }
 }
 

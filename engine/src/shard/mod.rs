@@ -9,7 +9,9 @@ mod runtime;
 mod storage;
 
 pub use error::ShardError;
-pub use replica::{Committed, ReadTerm, Replica, Reply, SnapshotCapture, TermQuery, Watcher};
+pub use replica::{
+    Committed, ReadTerm, Replica, Reply, SnapshotCapture, TermQuery, Watcher, MAX_HELD_READS,
+};
 pub use runtime::{
     Clock, EventSink, GroupWrite, LogStore, Request, RuntimeConfig, ShardEvent, ShardHandle,
     ShardRuntime, Transport,

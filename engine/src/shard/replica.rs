@@ -19,6 +19,9 @@ use crate::sm::{
 
 use super::error::ShardError;
 
+/// The most reads one replica holds while they wait for Raft or for their index.
+pub const MAX_HELD_READS: usize = 65_536;
+
 /// A one-shot reply callback. Runs on the replica's shard; a cross-shard caller's callback
 /// forwards the value to the caller's shard.
 pub type Reply<T> = Box<dyn FnOnce(T)>;
@@ -179,13 +182,11 @@ impl Replica {
     }
 
     fn start_read(&mut self, read: PendingRead) {
-        // A client can only have seen indexes that exist: a larger one would hold the read
-        // (and its memory) until that index is ever reached.
-        let last = self.raft.last_index();
-        if read.query.min_index > last {
-            let error = ShardError::Invalid(format!(
-                "max_received_index {} is beyond the last index {last} of partition {}",
-                read.query.min_index,
+        // A read waits for its index (a follower may be behind what the client saw), so the
+        // number held is bounded: past it, reads are refused rather than memory grown.
+        if self.confirming.len() + self.applying.len() >= MAX_HELD_READS {
+            let error = ShardError::Overloaded(format!(
+                "partition {} already holds {MAX_HELD_READS} reads waiting for their index",
                 self.raft.group_id()
             ));
             fail_read(read, error);

@@ -6,7 +6,7 @@
 //! | state machine `NotFound` (election never created, unknown session or primitive) | NOT_FOUND |
 //! | no leader, leadership lost mid-request, shutting down, group not hosted | UNAVAILABLE |
 //! | too many requests waiting | RESOURCE_EXHAUSTED |
-//! | a query's `max_received_index` beyond the partition's log | INVALID_ARGUMENT |
+//! | a request the shard cannot serve as asked | INVALID_ARGUMENT |
 //! | storage failure, internal error | INTERNAL |
 //! | client deadline passed (enforced by the gRPC layer) | DEADLINE_EXCEEDED |
 
