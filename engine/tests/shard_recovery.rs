@@ -49,6 +49,7 @@ async fn open(dir: &Path, snapshot_every: u64) -> Opened {
             request_queue: 1024,
             expiry_check: Duration::from_millis(50),
             snapshot_every,
+            compaction_tail: 5,
         },
         BTreeMap::from([(1, replica)]),
         ShardStorage { log, snapshots },

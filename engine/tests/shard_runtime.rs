@@ -72,6 +72,7 @@ fn single_voter_runtime(log: RecordingLog) -> ShardRuntime<RecordingLog> {
             request_queue: 1024,
             expiry_check: Duration::from_millis(5),
             snapshot_every: 0,
+            compaction_tail: 0,
         },
         replicas,
         log,

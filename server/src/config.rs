@@ -31,6 +31,8 @@ pub const DEFAULT_SESSION_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 /// Default number of applied entries between two snapshots of a group.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
+/// Default number of entries kept in memory below a snapshot.
+pub const DEFAULT_COMPACTION_TAIL: u64 = 1_000;
 /// Default spin before a shard sleeps (off).
 pub const DEFAULT_SPIN_BEFORE_PARK_US: u64 = 0;
 /// Default locked io_uring memory per shard (glommio's own default of 10 MiB exceeds the
@@ -104,6 +106,10 @@ pub struct ServeArgs {
     /// Snapshot a group (and compact its log) every N applied entries [default: 10000].
     #[arg(long, value_name = "N")]
     pub snapshot_every: Option<u64>,
+    /// Entries kept in memory below a group's snapshot for followers slightly behind it
+    /// [default: 1000].
+    #[arg(long, value_name = "N")]
+    pub compaction_tail: Option<u64>,
     /// Microseconds a shard spins looking for work before it sleeps; spinning trades CPU
     /// for the latency of waking a sleeping shard [default: 0].
     #[arg(long, value_name = "US")]
@@ -129,6 +135,7 @@ pub struct Config {
     pub segment_bytes: u64,
     pub io_memory_bytes: usize,
     pub snapshot_every: u64,
+    pub compaction_tail: u64,
     pub spin_before_park: Duration,
 }
 
@@ -197,6 +204,7 @@ impl ServeArgs {
             io_memory_bytes: self.io_memory_bytes.or(file.io_memory_bytes),
             snapshot_every: self.snapshot_every.or(file.snapshot_every),
             spin_before_park_us: self.spin_before_park_us.or(file.spin_before_park_us),
+            compaction_tail: self.compaction_tail.or(file.compaction_tail),
         }
     }
 }
@@ -299,6 +307,7 @@ impl Config {
             segment_bytes,
             io_memory_bytes,
             snapshot_every,
+            compaction_tail: args.compaction_tail.unwrap_or(DEFAULT_COMPACTION_TAIL),
             spin_before_park: Duration::from_micros(spin_us),
         })
     }

@@ -364,13 +364,15 @@ impl Replica {
     }
 
     /// A captured snapshot is durable: hand it to Raft (which sends it to followers that
-    /// fall behind it) and drop the in-memory entries it covers.
-    pub fn snapshot_saved(&mut self, capture: &SnapshotCapture) -> Result<(), ShardError> {
+    /// fall behind it) and drop the in-memory entries it covers except the last `tail`,
+    /// which a follower slightly behind can still be sent as entries rather than as the
+    /// whole snapshot.
+    pub fn snapshot_saved(&mut self, capture: &SnapshotCapture, tail: u64) -> Result<(), ShardError> {
         self.raft
             .snapshot_taken(capture.index, capture.data.clone())
             .map_err(|e| ShardError::from_raft(self.raft.group_id(), e))?;
         self.last_snapshot = self.last_snapshot.max(capture.index);
-        self.raft.compact(capture.index);
+        self.raft.compact(capture.index.saturating_sub(tail));
         Ok(())
     }
 

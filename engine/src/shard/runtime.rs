@@ -80,6 +80,9 @@ pub struct RuntimeConfig {
     /// Take a snapshot of a group (and compact its log) every this many applied entries;
     /// 0 never does.
     pub snapshot_every: u64,
+    /// Entries kept in memory below a snapshot, for followers slightly behind it. The log
+    /// on disk is compacted at the snapshot itself: a restart starts from the snapshot.
+    pub compaction_tail: u64,
 }
 
 /// A request to the shard runtime.
@@ -241,7 +244,7 @@ impl<L: LogStore> ShardRuntime<L> {
                 .await
                 .map_err(storage_error)?;
             if let Some(replica) = self.replicas.get_mut(&group) {
-                replica.snapshot_saved(&capture)?;
+                replica.snapshot_saved(&capture, self.cfg.compaction_tail)?;
             }
             self.log.compact(group, capture.index, capture.term).await.map_err(storage_error)?;
             (self.events)(group, &ShardEvent::SnapshotCreated { index: capture.index });

@@ -104,6 +104,7 @@ async fn serve(
             request_queue: 8192,
             expiry_check: Duration::from_millis(100),
             snapshot_every: config.snapshot_every,
+            compaction_tail: config.compaction_tail,
         },
         replicas,
         ShardStorage { log, snapshots },
