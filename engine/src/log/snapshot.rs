@@ -60,6 +60,8 @@ impl SnapshotStore {
     pub async fn open(dir: impl AsRef<Path>) -> Result<Self, LogError> {
         let dir = dir.as_ref().to_path_buf();
         std::fs::create_dir_all(&dir).map_err(|e| LogError::io(format!("creating {}", dir.display()), e))?;
+        // Absolute from here on (glommio cannot fsync a directory given by a relative path).
+        let dir = std::fs::canonicalize(&dir).map_err(|e| LogError::io(format!("resolving {}", dir.display()), e))?;
         let listing = |e| LogError::io(format!("listing {}", dir.display()), e);
         for group_dir in std::fs::read_dir(&dir).map_err(listing)? {
             let group_dir = group_dir.map_err(listing)?.path();

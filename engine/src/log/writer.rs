@@ -114,6 +114,9 @@ impl Log {
             )));
         }
         std::fs::create_dir_all(&dir).map_err(|e| LogError::io(format!("creating {}", dir.display()), e))?;
+        // Absolute from here on: glommio opens directories (for their fsync) at dirfd -1
+        // without resolving relative paths, which fails with EBADF.
+        let dir = std::fs::canonicalize(&dir).map_err(|e| LogError::io(format!("resolving {}", dir.display()), e))?;
         segment::settle_iopoll_probe(&dir).await?;
         let (recovered, report) = recovery::recover(&dir, &options).await?;
         let next_seq = recovered.last_seq + 1;
