@@ -301,3 +301,46 @@ async fn a_toml_file_configures_the_node_and_flags_override_it() {
         assert_eq!(get_term(&mut client, name).await.0, 0);
     }
 }
+
+#[tokio::test]
+async fn a_relative_data_dir_like_the_default_works_across_a_restart() {
+    // The default `--data-dir` is the relative `data`; the server runs in the test's
+    // directory, so `data` here is `dir.data_dir()`.
+    let mut dir = TestDir::new();
+    let relative_args = |ports: &Ports| {
+        let mut args = serve_args(&NodeOptions::default(), ports, std::path::Path::new("data"));
+        args.extend(["--segment-bytes".to_owned(), "1048576".to_owned()]);
+        args
+    };
+    let ports = Ports::fresh();
+    let mut node = Node::start_with_args(&mut dir, ports, relative_args(&ports)).await;
+    let channel = node.connect().await;
+    let names = names("relative", 8, NodeOptions::default().partitions);
+    create_all(&channel, &names).await;
+    let mut client = Election::new(channel);
+    // Enough rounds to rotate 1 MiB segments (each durable round writes at least 4 KiB).
+    for round in 0..300 {
+        let name = &names[round % names.len()];
+        let request = rt::EnterRequest { id: id(name), candidate: format!("c{round}") };
+        client.enter(bounded(request)).await.expect("Enter");
+    }
+    let before: Vec<_> = futures_join(&mut client, &names).await;
+    assert!(dir.data_dir().join("shard-0").is_dir(), "the data lives in ./data of the working directory");
+    let status = node.terminate();
+    assert!(status.success(), "clean stop: {status:?}\n{}", node.output());
+    drop(node);
+
+    let ports = Ports::fresh();
+    let node = Node::start_with_args(&mut dir, ports, relative_args(&ports)).await;
+    let mut client = Election::new(node.connect().await);
+    let after = futures_join(&mut client, &names).await;
+    assert_eq!(before.iter().map(|t| t.0).collect::<Vec<_>>(), after.iter().map(|t| t.0).collect::<Vec<_>>(), "every term survives the restart");
+}
+
+async fn futures_join(client: &mut Election, names: &[String]) -> Vec<(u64, String, Vec<String>)> {
+    let mut terms = Vec::with_capacity(names.len());
+    for name in names {
+        terms.push(get_term(client, name).await);
+    }
+    terms
+}

@@ -193,6 +193,7 @@ impl Node {
         let err = out.try_clone().expect("log file handle");
         let child = Command::new(env!("CARGO_BIN_EXE_conclave"))
             .args(args)
+            .current_dir(dir.path())
             .env("CONCLAVE_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(out)
