@@ -25,8 +25,31 @@ pub struct ShardStorage {
 }
 
 impl LogStore for ShardStorage {
+    /// Enqueues every group's hard state, then its entries, and waits for one flush. The
+    /// hard state goes first so that a torn flush can never keep entries of a term whose
+    /// vote record was lost.
     async fn persist(&mut self, writes: Vec<GroupWrite>) -> Result<(), String> {
-        self.log.persist(writes).await
+        let log = &self.log;
+        let mut last = None;
+        for write in &writes {
+            if let Some(hs) = write.hard_state {
+                let hard_state = log::HardState { term: hs.term, vote: hs.vote, commit: hs.commit };
+                let ticket = log.save_hard_state(write.group, hard_state).map_err(|e| e.to_string())?;
+                last = last.max(Some(ticket));
+            }
+        }
+        for write in writes {
+            if write.entries.is_empty() {
+                continue;
+            }
+            let entries: Vec<log::Entry> = write.entries.into_iter().map(to_log_entry).collect();
+            let ticket = log.append_entries(write.group, entries).map_err(|e| e.to_string())?;
+            last = last.max(Some(ticket));
+        }
+        match last {
+            Some(ticket) => log.wait_durable(ticket).await.map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
     }
 
     async fn save_snapshot(&mut self, group: u32, index: u64, term: u64, data: Bytes) -> Result<(), String> {
@@ -45,46 +68,6 @@ impl LogStore for ShardStorage {
 
     async fn close(self) -> Result<(), String> {
         self.log.close().await.map_err(|e| e.to_string())
-    }
-}
-
-impl LogStore for Log {
-    /// Enqueues every group's hard state, then its entries, and waits for one flush. The
-    /// hard state goes first so that a torn flush can never keep entries of a term whose
-    /// vote record was lost.
-    async fn persist(&mut self, writes: Vec<GroupWrite>) -> Result<(), String> {
-        let mut last = None;
-        for write in &writes {
-            if let Some(hs) = write.hard_state {
-                let hard_state = log::HardState { term: hs.term, vote: hs.vote, commit: hs.commit };
-                let ticket = self.save_hard_state(write.group, hard_state).map_err(|e| e.to_string())?;
-                last = last.max(Some(ticket));
-            }
-        }
-        for write in writes {
-            if write.entries.is_empty() {
-                continue;
-            }
-            let entries: Vec<log::Entry> = write.entries.into_iter().map(to_log_entry).collect();
-            let ticket = self.append_entries(write.group, entries).map_err(|e| e.to_string())?;
-            last = last.max(Some(ticket));
-        }
-        match last {
-            Some(ticket) => self.wait_durable(ticket).await.map_err(|e| e.to_string()),
-            None => Ok(()),
-        }
-    }
-
-    async fn save_snapshot(&mut self, group: u32, _index: u64, _term: u64, _data: Bytes) -> Result<(), String> {
-        Err(format!("group {group}: a bare log has no snapshot store; use ShardStorage"))
-    }
-
-    async fn compact(&mut self, group: u32, _index: u64, _term: u64) -> Result<(), String> {
-        Err(format!("group {group}: a bare log does not compact without a snapshot store; use ShardStorage"))
-    }
-
-    async fn close(self) -> Result<(), String> {
-        Log::close(self).await.map_err(|e| e.to_string())
     }
 }
 
