@@ -55,10 +55,24 @@ pub type Transport = Box<dyn FnMut(MessageBatch)>;
 pub enum ShardEvent {
     /// A Raft event (role, leader or membership change, ...).
     Raft(RaftEvent),
+    /// The group's replica started on this shard (bootstrapped, joined or recovered) and
+    /// takes part in the group from now on.
+    MemberReady,
+    /// The group's replica left this shard (it was removed from the group, or its node
+    /// is leaving it); its data is deleted.
+    MemberRemoved,
     /// A snapshot of the group at `index` is durable.
     SnapshotCreated { index: u64 },
+    /// The state machine was restored from the snapshot at `index` (on restart, or when a
+    /// snapshot received from the leader was installed).
+    SnapshotRecovered { index: u64 },
+    /// Snapshots of the group older than the one at `index` were deleted.
+    SnapshotCompacted { index: u64 },
     /// The group's log entries up to `index` were dropped.
     LogCompacted { index: u64 },
+    /// The shard's log store gave back disk space (deleted segments) after the group's
+    /// compaction at `index`.
+    LogStoreCompacted { index: u64 },
 }
 
 /// Receives every event of every group, with the group id.

@@ -5,6 +5,7 @@
 
 mod client;
 mod driver;
+pub mod node_control;
 mod sessions;
 pub mod status;
 
