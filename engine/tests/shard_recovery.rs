@@ -50,10 +50,11 @@ async fn open(dir: &Path, snapshot_every: u64) -> Opened {
             expiry_check: Duration::from_millis(50),
             snapshot_every,
             compaction_tail: 5,
+            ..RuntimeConfig::new(1, Duration::from_millis(1))
         },
         BTreeMap::from([(1, replica)]),
         ShardStorage { log, snapshots },
-        Box::new(|_| panic!("a single-voter group sends nothing")),
+        Box::new(|_, _| panic!("a single-voter group sends nothing")),
         Box::new(|_, _| {}),
         Box::new(|| 1_000_000),
     );

@@ -47,8 +47,13 @@ impl LogStore for RecordingLog {
         Ok(())
     }
 
-    async fn compact(&mut self, _group: u32, index: u64, _term: u64) -> Result<(), String> {
+    async fn compact(&mut self, _group: u32, index: u64, _term: u64) -> Result<bool, String> {
         self.persisted.borrow_mut().retain(|i, _| *i > index);
+        Ok(false)
+    }
+
+    async fn remove_group(&mut self, _group: u32) -> Result<(), String> {
+        self.persisted.borrow_mut().clear();
         Ok(())
     }
 
@@ -73,10 +78,11 @@ fn single_voter_runtime(log: RecordingLog) -> ShardRuntime<RecordingLog> {
             expiry_check: Duration::from_millis(5),
             snapshot_every: 0,
             compaction_tail: 0,
+            ..RuntimeConfig::new(1, Duration::from_millis(1))
         },
         replicas,
         log,
-        Box::new(|batch| panic!("a single-voter group sends nothing, got {batch:?}")),
+        Box::new(|to, message| panic!("a single-voter group sends nothing, got {message:?} for {to}")),
         Box::new(|_, _| {}),
         Box::new(move || {
             let mut t = clock_ms.borrow_mut();

@@ -4,6 +4,8 @@
 //! [`ShardHandle`]. Nothing here knows about gRPC; peers and events are callbacks.
 
 mod error;
+mod peer;
+mod peer_requests;
 mod replica;
 mod runtime;
 mod storage;

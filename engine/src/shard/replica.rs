@@ -88,6 +88,9 @@ pub struct Replica {
     barrier_due: bool,
     /// The index of the last snapshot taken or restored (0: none).
     last_snapshot: u64,
+    /// The node this group's leadership belongs on when it is healthy (balance across
+    /// nodes); the leader hands over to it once it has caught up.
+    preferred_leader: Option<u64>,
 }
 
 /// A snapshot captured from a replica, ready to be stored.
@@ -114,7 +117,34 @@ impl Replica {
             watchers: BTreeMap::new(),
             watcher_elections: BTreeMap::new(),
             barrier_due: false,
+            preferred_leader: None,
         }
+    }
+
+    /// Sets the node this group's leadership should live on while it is healthy.
+    pub fn set_preferred_leader(&mut self, node: Option<u64>) {
+        self.preferred_leader = node;
+    }
+
+    /// The voter leadership should move to now, if any: this replica leads, the preferred
+    /// node is another voter, and it holds the whole log.
+    pub fn rebalance_target(&self) -> Option<u64> {
+        let to = self.preferred_leader?;
+        if !self.is_leader() || to == self.raft.id() || self.raft.membership().role(to) != Some(crate::raft::Role::Voter) {
+            return None;
+        }
+        (self.raft.match_index(to) == Some(self.raft.last_index())).then_some(to)
+    }
+
+    /// The voter (other than this node) holding the most of the log, to hand leadership to.
+    pub fn best_successor(&self) -> Option<u64> {
+        let me = self.raft.id();
+        self.raft
+            .membership()
+            .members()
+            .filter(|(id, role)| *id != me && *role == crate::raft::Role::Voter)
+            .max_by_key(|(id, _)| self.raft.match_index(*id).unwrap_or(0))
+            .map(|(id, _)| id)
     }
 
     pub fn raft(&self) -> &RaftNode {
@@ -145,6 +175,28 @@ impl Replica {
                 }
             }
             Err(e) => reply(Err(ShardError::from_raft(self.raft.group_id(), e))),
+        }
+    }
+
+    /// Proposes a command for another node's client, which learns the result by applying
+    /// the entry itself. Returns the (index, term) the command was appended at.
+    pub fn propose_untracked(&mut self, command: &Command) -> Result<(u64, u64), ShardError> {
+        match self.raft.propose([sm::command::encode(command)]) {
+            Ok((_, last)) => Ok((last, self.raft.term())),
+            Err(e) => Err(ShardError::from_raft(self.raft.group_id(), e)),
+        }
+    }
+
+    /// Waits for the entry a leader appended at (`index`, `term`) for this node's client:
+    /// `reply` gets the result of applying it, or [`ShardError::LeadershipLost`] if another
+    /// entry takes that index. An index already applied can no longer be matched.
+    pub fn track(&mut self, index: u64, term: u64, reply: Reply<Result<Committed, ShardError>>) {
+        if index <= self.sm.last_applied() {
+            reply(Err(ShardError::LeadershipLost));
+            return;
+        }
+        if let Some((_, stale)) = self.proposals.insert(index, (term, reply)) {
+            stale(Err(ShardError::LeadershipLost));
         }
     }
 
@@ -331,6 +383,11 @@ impl Replica {
         }
     }
 
+    /// The index of the last snapshot taken, installed or recovered (0: none).
+    pub fn last_snapshot(&self) -> u64 {
+        self.last_snapshot
+    }
+
     /// True when `every` entries were applied since the last snapshot.
     pub fn snapshot_due(&self, every: u64) -> bool {
         self.sm.last_applied().saturating_sub(self.last_snapshot) >= every
@@ -338,13 +395,12 @@ impl Replica {
 
     /// Captures the state at the applied index, with the configuration in effect there.
     /// Returns None while a membership change is in the log above the applied index (the
-    /// configuration at the index is then not the latest one) or while other replicas
-    /// exist: this core cannot send snapshots to followers yet, so compacting a replicated
-    /// group could strand a lagging follower.
+    /// configuration at the index is then not the latest one), and on a witness, which has
+    /// no state machine. Followers that fall behind the snapshot are sent it by Raft.
     pub fn capture_snapshot(&self) -> Option<SnapshotCapture> {
         let index = self.sm.last_applied();
         let membership = self.raft.membership();
-        if membership.members().count() != 1 {
+        if self.is_witness() {
             return None;
         }
         let pending_change = self
@@ -374,6 +430,39 @@ impl Replica {
         self.last_snapshot = self.last_snapshot.max(capture.index);
         self.raft.compact(capture.index.saturating_sub(tail));
         Ok(())
+    }
+
+    /// True when this replica is a witness: it keeps log metadata only and runs no state
+    /// machine.
+    pub fn is_witness(&self) -> bool {
+        self.raft.member_role() == Some(crate::raft::Role::Witness)
+    }
+
+    /// Replaces the state machine with one restored from a snapshot the leader sent (at
+    /// `index`, already durable), before Raft is told it is installed. Proposals waiting
+    /// at or below `index` lose their place (their outcome is unknown); watchers are told
+    /// the new state of their elections.
+    pub fn install_snapshot(&mut self, sm: StateMachine, index: u64) {
+        while let Some((&waiting, _)) = self.proposals.first_key_value() {
+            if waiting > index {
+                break;
+            }
+            let (_, (_, reply)) = self.proposals.pop_first().expect("checked non-empty");
+            reply(Err(ShardError::LeadershipLost));
+        }
+        self.sm = sm;
+        self.last_snapshot = self.last_snapshot.max(index);
+        let watched: Vec<PrimitiveId> = self.watchers.keys().copied().collect();
+        for id in watched {
+            let name = self.sm.registry().get(id).map(|p| p.name.clone());
+            let (Some(name), Ok(term)) = (name, self.sm.query_term(None, &PrimitiveRef::Id(id))) else {
+                continue;
+            };
+            self.notify(&Notification { index, primitive_id: id, name, term });
+        }
+        for read in self.applying.release(self.sm.last_applied()) {
+            self.answer(read);
+        }
     }
 
     /// The number of registered watchers (for metrics and tests).
@@ -408,6 +497,8 @@ impl ShardError {
     pub fn from_raft(group: u32, e: RaftError) -> ShardError {
         match e {
             RaftError::NotLeader { leader } => ShardError::NotLeader { group, leader },
+            // Leadership is moving: the new leader takes requests shortly.
+            RaftError::Transfer(_) => ShardError::NotLeader { group, leader: 0 },
             RaftError::ProposalQueueFull => ShardError::Overloaded(format!(
                 "group {group} has too many uncommitted proposals; retry shortly"
             )),

@@ -6,6 +6,10 @@
 //! while a write is in flight joins the next round, so one `fdatasync` covers every group's
 //! entries of that round. Peer messages leave through the [`Transport`] callback, batched
 //! per destination node; Raft events leave through the [`EventSink`] callback.
+//!
+//! On a follower, a proposal is forwarded to the group's leader (`peer_requests.rs`); the
+//! leader answers with the (index, term) it appended the command at, and the follower
+//! answers its caller when it applies that entry itself.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -13,14 +17,17 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use conclave_proto::conclave::raft::v1::{Entry, MessageBatch};
+use conclave_proto::conclave::peer::v1::PeerMessage;
+use conclave_proto::conclave::raft::v1::Entry;
 use futures_lite::future;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
-use crate::raft::{open_batch, HardState, Outbox, RaftEvent};
+use crate::raft::{HardState, Outbox, RaftEvent, RaftRole, Role, Snapshot};
+use conclave_proto::conclave::peer::v1::peer_message::Body;
 use crate::sm::{self, Command};
 
 use super::error::ShardError;
+use super::peer::Forwarded;
 use super::replica::{Committed, ReadTerm, Replica, Reply, TermQuery, Watcher};
 
 /// What one group asks the log to make durable in one round.
@@ -40,15 +47,17 @@ pub trait LogStore {
     /// Stores a group's snapshot at (`index`, `term`) durably, replacing older ones.
     fn save_snapshot(&mut self, group: u32, index: u64, term: u64, data: Bytes) -> impl Future<Output = Result<(), String>>;
     /// Drops the group's entries up to `index` (covered by a durable snapshot) and gives
-    /// back disk space where it can.
-    fn compact(&mut self, group: u32, index: u64, term: u64) -> impl Future<Output = Result<(), String>>;
+    /// back disk space where it can. Returns true when disk space was given back.
+    fn compact(&mut self, group: u32, index: u64, term: u64) -> impl Future<Output = Result<bool, String>>;
+    /// Deletes everything stored for the group (its replica left this node), durably.
+    fn remove_group(&mut self, group: u32) -> impl Future<Output = Result<(), String>>;
     /// Makes everything durable and releases the files (called once, at shutdown).
     fn close(self) -> impl Future<Output = Result<(), String>>;
 }
 
-/// Sends one batch of Raft messages to a peer node (never blocks; a full queue drops, and
-/// Raft retransmits).
-pub type Transport = Box<dyn FnMut(MessageBatch)>;
+/// Sends one message to the same shard of peer node `to` (never blocks; a full queue
+/// drops: Raft retransmits, and a forwarded request times out).
+pub type Transport = Box<dyn FnMut(u64, PeerMessage)>;
 
 /// Something a group did that the node reports (Node API events, health, routing).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +106,31 @@ pub struct RuntimeConfig {
     /// Entries kept in memory below a snapshot, for followers slightly behind it. The log
     /// on disk is compacted at the snapshot itself: a restart starts from the snapshot.
     pub compaction_tail: u64,
+    /// How long a proposal forwarded to the leader waits for the leader's answer (its
+    /// index) before its outcome is reported unknown.
+    pub forward_timeout: Duration,
+    /// How long a membership change forwarded to the leader waits for its commit.
+    pub membership_timeout: Duration,
+    /// A leader hands its group to the group's preferred leader (once caught up) at most
+    /// once per this many ticks; 0 never does.
+    pub rebalance_ticks: u64,
+}
+
+impl RuntimeConfig {
+    /// The defaults for node `node_id` ticking every `tick`.
+    pub fn new(node_id: u64, tick: Duration) -> RuntimeConfig {
+        RuntimeConfig {
+            node_id,
+            tick,
+            request_queue: 8192,
+            expiry_check: Duration::from_millis(100),
+            snapshot_every: 0,
+            compaction_tail: 0,
+            forward_timeout: Duration::from_secs(2),
+            membership_timeout: Duration::from_secs(10),
+            rebalance_ticks: 0,
+        }
+    }
 }
 
 /// A request to the shard runtime.
@@ -108,8 +142,20 @@ pub enum Request {
     Watch { group: u32, key: u64, query: TermQuery, first: Reply<Result<ReadTerm, ShardError>>, watcher: Watcher },
     /// Ends the watch `key` (its client left).
     Unwatch { group: u32, key: u64 },
-    /// Raft messages from a peer node.
-    Peer(MessageBatch),
+    /// A message from the same shard of peer node `from`.
+    Peer { from: u64, message: PeerMessage },
+    /// Starts hosting a replica (bootstrapped, joining, or recovered later than start-up).
+    AddReplica { group: u32, replica: Box<Replica>, reply: Reply<Result<(), ShardError>> },
+    /// Stops hosting a replica and deletes its data (after it left the group).
+    RemoveReplica { group: u32, reply: Reply<Result<(), ShardError>> },
+    /// Sets `node`'s role in the group (`None`: removes it), through the group's leader
+    /// wherever it is. Answers with the index of the committed change (0: nothing to do).
+    /// Removing this node while it leads hands leadership over first and answers
+    /// `NotLeader`: retry.
+    ChangeMembership { group: u32, node: u64, role: Option<Role>, reply: Reply<Result<u64, ShardError>> },
+    /// Hands every group this shard leads to another voter (graceful stop); answers with
+    /// the number of transfers started.
+    HandOffLeadership { reply: Reply<usize> },
     /// Stop after answering everything in flight with [`ShardError::ShuttingDown`].
     Shutdown,
 }
@@ -161,6 +207,17 @@ pub struct ShardRuntime<L: LogStore> {
     last_expiry_barrier: BTreeMap<u32, Instant>,
     /// The (term, vote) of each group's hard state as last handed to the log.
     durable_votes: BTreeMap<u32, (u64, u64)>,
+    /// Requests forwarded to leaders on other nodes, and messages queued for peers.
+    pub(super) forwarded: Forwarded,
+    /// Leader: membership changes waiting for their entry to commit, by group.
+    pub(super) membership_waiters: BTreeMap<u32, Vec<(u64, Reply<Result<u64, ShardError>>)>>,
+    /// Ticks since start, and the tick of each group's last rebalancing transfer.
+    ticks: u64,
+    last_rebalance: BTreeMap<u32, u64>,
+    /// Set once a graceful stop handed leaderships over: no rebalancing back.
+    handing_off: bool,
+    /// Replicas to remove once the current round is done.
+    removals: Vec<(u32, Reply<Result<(), ShardError>>)>,
 }
 
 impl<L: LogStore> ShardRuntime<L> {
@@ -193,6 +250,12 @@ impl<L: LogStore> ShardRuntime<L> {
             receiver,
             handle,
             last_expiry_barrier: BTreeMap::new(),
+            forwarded: Forwarded::default(),
+            membership_waiters: BTreeMap::new(),
+            ticks: 0,
+            last_rebalance: BTreeMap::new(),
+            handing_off: false,
+            removals: Vec::new(),
         }
     }
 
@@ -200,10 +263,25 @@ impl<L: LogStore> ShardRuntime<L> {
         self.handle.clone()
     }
 
+    pub(super) fn node_id(&self) -> u64 {
+        self.cfg.node_id
+    }
+
+    pub(super) fn now_ms(&self) -> u64 {
+        (self.clock)()
+    }
+
+    pub(super) fn replica_mut(&mut self, group: u32) -> Option<&mut Replica> {
+        self.replicas.get_mut(&group)
+    }
+
     /// Runs until a [`Request::Shutdown`] or a storage failure. Returns the failure, if any.
     pub async fn run(mut self) -> Result<(), ShardError> {
         let mut next_tick = Instant::now() + self.cfg.tick;
         // Drive any output recovery left (e.g. entries to re-apply) before serving.
+        for group in self.replicas.keys().copied().collect::<Vec<_>>() {
+            (self.events)(group, &ShardEvent::MemberReady);
+        }
         self.process_ready().await?;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
@@ -233,7 +311,33 @@ impl<L: LogStore> ShardRuntime<L> {
             }
             self.process_ready().await?;
             self.snapshot_due_groups().await?;
+            self.remove_pending().await?;
         }
+    }
+
+    /// Removes the replicas whose removal was asked for, deleting their data.
+    async fn remove_pending(&mut self) -> Result<(), ShardError> {
+        for (group, reply) in std::mem::take(&mut self.removals) {
+            let Some(mut replica) = self.replicas.remove(&group) else {
+                reply(Err(ShardError::UnknownGroup(group)));
+                continue;
+            };
+            replica.fail_all(ShardError::UnknownGroup(group));
+            for (_, waiter) in self.membership_waiters.remove(&group).unwrap_or_default() {
+                waiter(Err(ShardError::UnknownGroup(group)));
+            }
+            self.durable_votes.remove(&group);
+            self.last_expiry_barrier.remove(&group);
+            self.last_rebalance.remove(&group);
+            if let Err(e) = self.log.remove_group(group).await {
+                let error = ShardError::Storage(format!("group {group}: {e}"));
+                reply(Err(error.clone()));
+                return Err(error);
+            }
+            (self.events)(group, &ShardEvent::MemberRemoved);
+            reply(Ok(()));
+        }
+        Ok(())
     }
 
     /// Snapshots every group that applied `snapshot_every` entries since its last snapshot,
@@ -253,6 +357,7 @@ impl<L: LogStore> ShardRuntime<L> {
                 continue;
             };
             let storage_error = |e: String| ShardError::Storage(format!("group {group}: {e}"));
+            let had_snapshot = self.replicas.get(&group).is_some_and(|r| r.last_snapshot() > 0);
             self.log
                 .save_snapshot(group, capture.index, capture.term, capture.data.clone())
                 .await
@@ -260,20 +365,74 @@ impl<L: LogStore> ShardRuntime<L> {
             if let Some(replica) = self.replicas.get_mut(&group) {
                 replica.snapshot_saved(&capture, self.cfg.compaction_tail)?;
             }
-            self.log.compact(group, capture.index, capture.term).await.map_err(storage_error)?;
             (self.events)(group, &ShardEvent::SnapshotCreated { index: capture.index });
-            (self.events)(group, &ShardEvent::LogCompacted { index: capture.index });
+            if had_snapshot {
+                (self.events)(group, &ShardEvent::SnapshotCompacted { index: capture.index });
+            }
+            self.compact_log(group, capture.index, capture.term).await?;
         }
         Ok(())
+    }
+
+    async fn compact_log(&mut self, group: u32, index: u64, term: u64) -> Result<(), ShardError> {
+        let reclaimed = self
+            .log
+            .compact(group, index, term)
+            .await
+            .map_err(|e| ShardError::Storage(format!("group {group}: {e}")))?;
+        (self.events)(group, &ShardEvent::LogCompacted { index });
+        if reclaimed {
+            (self.events)(group, &ShardEvent::LogStoreCompacted { index });
+        }
+        Ok(())
+    }
+
+    /// Installs a snapshot the leader sent: stores it durably, drops the log it covers,
+    /// restores the state machine from it (a witness keeps no state machine), then tells
+    /// Raft. A snapshot that does not decode is refused and logged; the leader sends again.
+    async fn install_snapshot(&mut self, group: u32, snapshot: Snapshot) -> Result<(), ShardError> {
+        let me = self.cfg.node_id;
+        let witness = snapshot.membership.role(me) == Some(Role::Witness);
+        let restored = if witness {
+            Ok(sm::StateMachine::new())
+        } else {
+            super::storage::decode_state_machine(group, snapshot.index, &snapshot.data)
+        };
+        let sm = match restored {
+            Ok(sm) => sm,
+            Err(e) => {
+                tracing::error!(group, index = snapshot.index, error = %e, "refusing a snapshot from the leader");
+                return Ok(());
+            }
+        };
+        let data = if witness {
+            super::storage::encode_envelope(&snapshot.membership, &sm)
+        } else {
+            snapshot.data.clone()
+        };
+        self.log
+            .save_snapshot(group, snapshot.index, snapshot.term, data)
+            .await
+            .map_err(|e| ShardError::Storage(format!("group {group}: {e}")))?;
+        if let Some(replica) = self.replicas.get_mut(&group) {
+            replica.install_snapshot(sm, snapshot.index);
+            replica.raft_mut().snapshot_installed(snapshot.index);
+        }
+        (self.events)(group, &ShardEvent::SnapshotRecovered { index: snapshot.index });
+        self.compact_log(group, snapshot.index, snapshot.term).await
     }
 
     /// Handles one request; returns true for shutdown.
     fn handle_request(&mut self, request: Request) -> bool {
         match request {
             Request::Propose { group, mut command, reply } => match self.replicas.get_mut(&group) {
-                Some(replica) => {
+                Some(replica) if replica.is_leader() => {
                     command.timestamp_ms = (self.clock)();
                     replica.propose(&command, reply);
+                }
+                Some(replica) => {
+                    let leader = replica.raft().leader();
+                    self.forward_proposal(group, leader, &command, reply);
                 }
                 None => reply(Err(ShardError::UnknownGroup(group))),
             },
@@ -290,40 +449,45 @@ impl<L: LogStore> ShardRuntime<L> {
                     replica.unwatch(key);
                 }
             }
-            Request::Peer(batch) => self.step_peer(batch),
+            Request::Peer { from, message } => self.step_peer(from, message),
+            Request::AddReplica { group, replica, reply } => {
+                if self.replicas.contains_key(&group) {
+                    reply(Err(ShardError::Invalid(format!("group {group} already has a replica on this node"))));
+                } else {
+                    let hs = replica.raft().hard_state();
+                    self.durable_votes.insert(group, (hs.term, hs.vote));
+                    self.replicas.insert(group, *replica);
+                    (self.events)(group, &ShardEvent::MemberReady);
+                    reply(Ok(()));
+                }
+            }
+            Request::RemoveReplica { group, reply } => self.removals.push((group, reply)),
+            Request::ChangeMembership { group, node, role, reply } => self.change_membership(group, node, role, reply),
+            Request::HandOffLeadership { reply } => reply(self.hand_off_leadership()),
             Request::Shutdown => return true,
         }
         false
     }
 
-    fn step_peer(&mut self, batch: MessageBatch) {
-        let from = batch.from;
-        let messages = match open_batch(self.cfg.node_id, batch) {
-            Ok(messages) => messages,
-            Err(e) => {
-                tracing::warn!(from, error = %e, "dropping an invalid Raft batch");
-                return;
-            }
-        };
-        for msg in messages {
-            let group = msg.group_id;
-            match self.replicas.get_mut(&group) {
-                Some(replica) => {
-                    if let Err(e) = replica.raft_mut().step(msg) {
-                        tracing::debug!(group, from, error = %e, "Raft message refused");
-                    }
-                }
-                None => tracing::debug!(group, from, "message for a group this shard does not host"),
-            }
-        }
-    }
-
     fn tick(&mut self) {
         let now_ms = (self.clock)();
+        self.ticks += 1;
+        self.forwarded.expire(self.cfg.forward_timeout, self.cfg.membership_timeout);
         for (&group, replica) in self.replicas.iter_mut() {
             replica.raft_mut().tick();
             if !replica.is_leader() {
                 continue;
+            }
+            if self.cfg.rebalance_ticks > 0 && !self.handing_off {
+                let last = self.last_rebalance.get(&group).copied().unwrap_or(0);
+                if self.ticks >= last + self.cfg.rebalance_ticks {
+                    if let Some(to) = replica.rebalance_target() {
+                        self.last_rebalance.insert(group, self.ticks);
+                        if let Err(e) = replica.raft_mut().transfer_leadership(to) {
+                            tracing::debug!(group, to, error = %e, "rebalancing transfer refused");
+                        }
+                    }
+                }
             }
             // Session expiry is decided by applied timestamps: with no traffic, the leader
             // proposes a barrier once a session's deadline has passed so expiry happens.
@@ -342,6 +506,7 @@ impl<L: LogStore> ShardRuntime<L> {
         loop {
             let mut writes = Vec::new();
             let mut acks = Vec::new();
+            let mut installs = Vec::new();
             let now_ms = (self.clock)();
             for (&group, replica) in self.replicas.iter_mut() {
                 if !replica.has_ready() {
@@ -351,7 +516,11 @@ impl<L: LogStore> ShardRuntime<L> {
                 self.outbox.extend(ready.messages.drain(..));
                 replica.apply_committed(&mut ready);
                 for event in ready.events.drain(..) {
+                    settle_membership_waiters(&mut self.membership_waiters, group, &event);
                     (self.events)(group, &ShardEvent::Raft(event));
+                }
+                if let Some(snapshot) = ready.snapshot.take() {
+                    installs.push((group, snapshot));
                 }
                 if replica.take_barrier_due() {
                     replica.propose(&sm::command::leader_barrier(now_ms), Box::new(|_| {}));
@@ -378,6 +547,9 @@ impl<L: LogStore> ShardRuntime<L> {
             }
             self.flush_outbox();
             if writes.is_empty() {
+                for (group, snapshot) in installs {
+                    self.install_snapshot(group, snapshot).await?;
+                }
                 if self.replicas.values().any(Replica::has_ready) {
                     continue;
                 }
@@ -399,15 +571,20 @@ impl<L: LogStore> ShardRuntime<L> {
                 self.outbox.extend(persisted_messages);
             }
             self.flush_outbox();
+            for (group, snapshot) in installs {
+                self.install_snapshot(group, snapshot).await?;
+            }
         }
     }
 
-    fn flush_outbox(&mut self) {
-        if self.outbox.is_empty() {
-            return;
-        }
+    /// Sends the round's Raft batches, then whatever else is queued for peers.
+    pub(super) fn flush_outbox(&mut self) {
         for batch in self.outbox.drain() {
-            (self.transport)(batch);
+            let to = batch.to;
+            (self.transport)(to, PeerMessage { body: Some(Body::Raft(batch)) });
+        }
+        for (to, message) in self.forwarded.take_outgoing() {
+            (self.transport)(to, message);
         }
     }
 
@@ -417,13 +594,79 @@ impl<L: LogStore> ShardRuntime<L> {
         for replica in self.replicas.values_mut() {
             replica.fail_all(ShardError::ShuttingDown);
         }
+        self.forwarded.fail_all(ShardError::ShuttingDown);
+        for (_, waiters) in std::mem::take(&mut self.membership_waiters) {
+            for (_, reply) in waiters {
+                reply(Err(ShardError::ShuttingDown));
+            }
+        }
+        for (_, reply) in std::mem::take(&mut self.removals) {
+            reply(Err(ShardError::ShuttingDown));
+        }
         while let Some(Some(request)) = future::poll_once(self.receiver.recv()).await {
             match request {
                 Request::Propose { reply, .. } => reply(Err(ShardError::ShuttingDown)),
                 Request::Read { reply, .. } => reply(Err(ShardError::ShuttingDown)),
                 Request::Watch { first, .. } => first(Err(ShardError::ShuttingDown)),
-                Request::Unwatch { .. } | Request::Peer(_) | Request::Shutdown => {}
+                Request::AddReplica { reply, .. } | Request::RemoveReplica { reply, .. } => {
+                    reply(Err(ShardError::ShuttingDown))
+                }
+                Request::ChangeMembership { reply, .. } => reply(Err(ShardError::ShuttingDown)),
+                Request::HandOffLeadership { reply } => reply(0),
+                Request::Unwatch { .. } | Request::Peer { .. } | Request::Shutdown => {}
             }
         }
+    }
+
+    /// Starts handing every group this shard leads to its most caught-up other voter.
+    fn hand_off_leadership(&mut self) -> usize {
+        self.handing_off = true;
+        let mut started = 0;
+        for (&group, replica) in self.replicas.iter_mut() {
+            if !replica.is_leader() {
+                continue;
+            }
+            if let Some(to) = replica.best_successor() {
+                match replica.raft_mut().transfer_leadership(to) {
+                    Ok(()) => started += 1,
+                    Err(e) => tracing::debug!(group, to, error = %e, "hand-off refused"),
+                }
+            }
+        }
+        started
+    }
+}
+
+/// Answers the membership changes a leader is waiting on as the group's Raft events say
+/// how they went: committed, or lost with the leadership.
+fn settle_membership_waiters(
+    waiters: &mut BTreeMap<u32, Vec<(u64, Reply<Result<u64, ShardError>>)>>,
+    group: u32,
+    event: &RaftEvent,
+) {
+    let Some(list) = waiters.get_mut(&group) else { return };
+    match event {
+        RaftEvent::MembershipCommitted { index } => {
+            let mut kept = Vec::new();
+            for (waiting, reply) in list.drain(..) {
+                if waiting == *index {
+                    reply(Ok(waiting));
+                } else if waiting < *index {
+                    reply(Err(ShardError::LeadershipLost));
+                } else {
+                    kept.push((waiting, reply));
+                }
+            }
+            *list = kept;
+        }
+        RaftEvent::RoleChanged { role, .. } if *role != RaftRole::Leader => {
+            for (_, reply) in list.drain(..) {
+                reply(Err(ShardError::LeadershipLost));
+            }
+        }
+        _ => {}
+    }
+    if list.is_empty() {
+        waiters.remove(&group);
     }
 }

@@ -56,14 +56,20 @@ impl LogStore for ShardStorage {
         self.snapshots.save(group, index, term, &data).await.map(|_| ()).map_err(|e| e.to_string())
     }
 
-    async fn compact(&mut self, group: u32, index: u64, term: u64) -> Result<(), String> {
+    async fn compact(&mut self, group: u32, index: u64, term: u64) -> Result<bool, String> {
         let ticket = self.log.compact_group(group, index, term).map_err(|e| e.to_string())?;
         self.log.wait_durable(ticket).await.map_err(|e| e.to_string())?;
         let report = self.log.reclaim().await.map_err(|e| e.to_string())?;
         if !report.deleted_segments.is_empty() {
             tracing::debug!(group, segments = ?report.deleted_segments, relocated = report.relocated_records, "log segments reclaimed");
         }
-        Ok(())
+        Ok(!report.deleted_segments.is_empty())
+    }
+
+    async fn remove_group(&mut self, group: u32) -> Result<(), String> {
+        let ticket = self.log.remove_group(group).map_err(|e| e.to_string())?;
+        self.log.wait_durable(ticket).await.map_err(|e| e.to_string())?;
+        self.snapshots.remove_group(group).await.map_err(|e| e.to_string())
     }
 
     async fn close(self) -> Result<(), String> {
@@ -74,6 +80,34 @@ impl LogStore for ShardStorage {
 fn to_log_entry(entry: RaftEntry) -> log::Entry {
     let kind = raft::EntryKind::try_from(entry.kind).unwrap_or(raft::EntryKind::Normal);
     log::Entry { index: entry.index, term: entry.term, kind: entry_kind_to_u8(kind), payload: entry.data }
+}
+
+/// Decodes a snapshot envelope's state machine, checking its version and that it applied
+/// exactly `index`.
+pub fn decode_state_machine(group: u32, index: u64, data: &Bytes) -> Result<StateMachine, String> {
+    let envelope = GroupSnapshot::decode(data.clone()).map_err(|e| format!("group {group}: snapshot {index} does not decode: {e}"))?;
+    if envelope.version != SNAPSHOT_FORMAT_VERSION {
+        return Err(format!(
+            "group {group}: snapshot {index} has format version {}, this build reads {SNAPSHOT_FORMAT_VERSION}",
+            envelope.version
+        ));
+    }
+    let sm = StateMachine::restore(&envelope.state_machine).map_err(|e| format!("group {group}: snapshot {index}: {e}"))?;
+    if sm.last_applied() != index {
+        return Err(format!("group {group}: snapshot {index} holds a state machine that applied {}", sm.last_applied()));
+    }
+    Ok(sm)
+}
+
+/// Encodes the snapshot envelope of a state machine with the configuration in effect at
+/// its applied index.
+pub fn encode_envelope(membership: &Membership, sm: &StateMachine) -> Bytes {
+    let envelope = GroupSnapshot {
+        version: SNAPSHOT_FORMAT_VERSION,
+        membership: Some(membership.to_proto()),
+        state_machine: sm.snapshot(),
+    };
+    Bytes::from(envelope.encode_to_vec())
 }
 
 /// A group's newest snapshot, decoded.

@@ -1,0 +1,215 @@
+//! The shard runtime's side of peer traffic: Raft batches stepped into their groups, and
+//! requests crossing to a group's leader — proposals forwarded by followers for their
+//! clients, and membership changes — with the leader's answers coming back.
+
+use conclave_proto::conclave::peer::v1::peer_message::Body;
+use conclave_proto::conclave::peer::v1::{
+    ForwardedProposal, MembershipOutcome, MembershipRequest, PeerMessage, ProposalOutcome,
+};
+
+use crate::raft::{open_batch, Membership, Role};
+use crate::sm::{self, Command};
+
+use super::error::ShardError;
+use super::peer::{refusal, refusal_error, role_from_proto, role_to_proto};
+use super::replica::{Committed, Reply};
+use super::runtime::{LogStore, ShardRuntime};
+
+impl<L: LogStore> ShardRuntime<L> {
+    /// Handles one message from the same shard of node `from`.
+    pub(super) fn step_peer(&mut self, from: u64, message: PeerMessage) {
+        match message.body {
+            Some(Body::Raft(batch)) => {
+                if batch.from != from {
+                    tracing::warn!(from, claimed = batch.from, "dropping a Raft batch whose sender is not its connection's node");
+                    return;
+                }
+                let messages = match open_batch(self.node_id(), batch) {
+                    Ok(messages) => messages,
+                    Err(e) => {
+                        tracing::warn!(from, error = %e, "dropping an invalid Raft batch");
+                        return;
+                    }
+                };
+                for msg in messages {
+                    let group = msg.group_id;
+                    match self.replica_mut(group) {
+                        Some(replica) => {
+                            if let Err(e) = replica.raft_mut().step(msg) {
+                                tracing::debug!(group, from, error = %e, "Raft message refused");
+                            }
+                        }
+                        None => tracing::debug!(group, from, "message for a group this shard does not host"),
+                    }
+                }
+            }
+            Some(Body::Proposal(proposal)) => self.serve_forwarded_proposal(from, proposal),
+            Some(Body::ProposalOutcome(outcome)) => self.proposal_outcome(outcome),
+            Some(Body::MembershipRequest(request)) => self.serve_membership_request(from, request),
+            Some(Body::MembershipOutcome(outcome)) => {
+                let group = outcome.group_id;
+                if let Some(reply) = self.forwarded.take_membership(group, outcome.request_id) {
+                    match outcome.refusal {
+                        Some(r) => reply(Err(refusal_error(group, &r))),
+                        None => reply(Ok(outcome.index)),
+                    }
+                }
+            }
+            None => tracing::warn!(from, "dropping an empty peer message"),
+        }
+    }
+
+    /// Follower: sends `command` to the group's leader, or answers `NotLeader` when no
+    /// other leader is known.
+    pub(super) fn forward_proposal(
+        &mut self,
+        group: u32,
+        leader: u64,
+        command: &Command,
+        reply: Reply<Result<Committed, ShardError>>,
+    ) {
+        if leader == 0 || leader == self.node_id() {
+            reply(Err(ShardError::NotLeader { group, leader: 0 }));
+            return;
+        }
+        let request_id = self.forwarded.add_proposal(group, reply);
+        let proposal = ForwardedProposal { group_id: group, request_id, command: sm::command::encode(command) };
+        self.forwarded.send(leader, Body::Proposal(proposal));
+    }
+
+    /// Leader: proposes a follower's command and tells it where the entry went.
+    fn serve_forwarded_proposal(&mut self, from: u64, proposal: ForwardedProposal) {
+        let group = proposal.group_id;
+        let now_ms = self.now_ms();
+        let appended = match self.replica_mut(group) {
+            None => Err(ShardError::UnknownGroup(group)),
+            Some(replica) if !replica.is_leader() => {
+                Err(ShardError::NotLeader { group, leader: replica.raft().leader() })
+            }
+            Some(replica) => match sm::command::decode(&proposal.command) {
+                Err(e) => Err(ShardError::Invalid(format!("a forwarded command does not decode: {e}"))),
+                Ok(mut command) => {
+                    command.timestamp_ms = now_ms;
+                    replica.propose_untracked(&command)
+                }
+            },
+        };
+        let mut outcome = ProposalOutcome { group_id: group, request_id: proposal.request_id, ..Default::default() };
+        match appended {
+            Ok((index, term)) => {
+                outcome.index = index;
+                outcome.term = term;
+            }
+            Err(e) => outcome.refusal = Some(refusal(&e)),
+        }
+        self.forwarded.send(from, Body::ProposalOutcome(outcome));
+    }
+
+    /// Follower: the leader placed (or refused) a forwarded proposal.
+    fn proposal_outcome(&mut self, outcome: ProposalOutcome) {
+        let group = outcome.group_id;
+        let Some(reply) = self.forwarded.take_proposal(group, outcome.request_id) else {
+            return;
+        };
+        if let Some(r) = &outcome.refusal {
+            reply(Err(refusal_error(group, r)));
+            return;
+        }
+        match self.replica_mut(group) {
+            Some(replica) => replica.track(outcome.index, outcome.term, reply),
+            None => reply(Err(ShardError::UnknownGroup(group))),
+        }
+    }
+
+    /// Sets `node`'s role in `group` (`None` removes it): proposed here when this replica
+    /// leads, forwarded to the leader otherwise.
+    pub(super) fn change_membership(
+        &mut self,
+        group: u32,
+        node: u64,
+        role: Option<Role>,
+        reply: Reply<Result<u64, ShardError>>,
+    ) {
+        let me = self.node_id();
+        let Some(replica) = self.replica_mut(group) else {
+            reply(Err(ShardError::UnknownGroup(group)));
+            return;
+        };
+        if !replica.is_leader() {
+            let leader = replica.raft().leader();
+            if leader == 0 || leader == me {
+                reply(Err(ShardError::NotLeader { group, leader: 0 }));
+                return;
+            }
+            let request_id = self.forwarded.add_membership(group, reply);
+            let request = MembershipRequest {
+                group_id: group,
+                request_id,
+                node_id: node,
+                role: role_to_proto(role.unwrap_or(Role::Voter)) as i32,
+                remove: role.is_none(),
+            };
+            self.forwarded.send(leader, Body::MembershipRequest(request));
+            return;
+        }
+        let current = replica.raft().membership().clone();
+        if current.role(node) == role {
+            reply(Ok(0));
+            return;
+        }
+        if role.is_none() && node == me {
+            // A leader does not remove itself: it hands the group over and the caller
+            // retries through the new leader.
+            return match replica.best_successor() {
+                Some(to) => {
+                    if let Err(e) = replica.raft_mut().transfer_leadership(to) {
+                        tracing::debug!(group, to, error = %e, "hand-off before leaving refused");
+                    }
+                    reply(Err(ShardError::NotLeader { group, leader: 0 }))
+                }
+                None => reply(Err(ShardError::Invalid(format!(
+                    "node {me} is the only voter of group {group}; it cannot be removed"
+                )))),
+            };
+        }
+        let next = current.members().filter(|(id, _)| *id != node).chain(role.map(|r| (node, r)));
+        let next = match Membership::new(next) {
+            Ok(next) => next,
+            Err(e) => return reply(Err(ShardError::Invalid(format!("group {group}: {e}")))),
+        };
+        match replica.raft_mut().propose_membership_change(next) {
+            Ok(index) => self.membership_waiters.entry(group).or_default().push((index, reply)),
+            Err(e) => reply(Err(ShardError::from_raft(group, e))),
+        }
+    }
+
+    /// Leader: a membership change asked by another node; answered once it committed.
+    fn serve_membership_request(&mut self, from: u64, request: MembershipRequest) {
+        let group = request.group_id;
+        let request_id = request.request_id;
+        let outgoing = self.forwarded.outgoing();
+        let reply: Reply<Result<u64, ShardError>> = Box::new(move |result| {
+            let mut outcome = MembershipOutcome { group_id: group, request_id, ..Default::default() };
+            match result {
+                Ok(index) => outcome.index = index,
+                Err(e) => outcome.refusal = Some(refusal(&e)),
+            }
+            let message = PeerMessage { body: Some(Body::MembershipOutcome(outcome)) };
+            outgoing.borrow_mut().push((from, message));
+        });
+        let role = if request.remove {
+            None
+        } else {
+            match role_from_proto(request.role) {
+                Some(role) => Some(role),
+                None => return reply(Err(ShardError::Invalid(format!("unknown member role {}", request.role)))),
+            }
+        };
+        // Only a leader answers a forwarded request; a follower does not forward it again.
+        if !self.replica_mut(group).is_some_and(|r| r.is_leader()) {
+            let leader = self.replica_mut(group).map_or(0, |r| r.raft().leader());
+            return reply(Err(ShardError::NotLeader { group, leader }));
+        }
+        self.change_membership(group, request.node_id, role, reply);
+    }
+}
