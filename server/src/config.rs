@@ -35,6 +35,11 @@ pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
 pub const DEFAULT_COMPACTION_TAIL: u64 = 1_000;
 /// Default spin before a shard sleeps (off).
 pub const DEFAULT_SPIN_BEFORE_PARK_US: u64 = 0;
+/// Default cluster name, checked in every peer handshake.
+pub const DEFAULT_CLUSTER_ID: &str = "conclave";
+/// Default interval at which a leader checks whether its group's preferred leader has
+/// caught up and hands the group over.
+pub const DEFAULT_REBALANCE_MS: u64 = 2_000;
 /// Default locked io_uring memory per shard (glommio's own default of 10 MiB exceeds the
 /// common `ulimit -l` of 8 MiB).
 pub const DEFAULT_IO_MEMORY_BYTES: usize = 2 << 20;
@@ -82,9 +87,19 @@ pub struct ServeArgs {
     /// [default: 1=127.0.0.1:5680].
     #[arg(long, value_name = "ID=HOST:PORT,...")]
     pub peers: Option<String>,
-    /// Replicas per partition [default: min(3, number of peers)].
+    /// Replicas per partition; this build places every partition on every peer, so it
+    /// must equal the number of peers [default: the number of peers].
     #[arg(long, value_name = "R")]
     pub replication: Option<u32>,
+    /// Name of the cluster; nodes refuse peer connections from another cluster
+    /// [default: conclave].
+    #[arg(long, value_name = "NAME")]
+    pub cluster_id: Option<String>,
+    /// How often (ms) a leader checks whether its group's preferred node (groups are
+    /// spread evenly over nodes) has caught up, and hands the group over; 0 disables
+    /// [default: 2000].
+    #[arg(long, value_name = "MS")]
+    pub rebalance_ms: Option<u64>,
     /// Raft tick interval in milliseconds [default: 10].
     #[arg(long, value_name = "MS")]
     pub tick_ms: Option<u64>,
@@ -128,6 +143,10 @@ pub struct Config {
     /// Peer addresses by node id (this node's included), in id order.
     pub peers: BTreeMap<u32, SocketAddr>,
     pub replication: u32,
+    /// The cluster's name, checked in peer handshakes.
+    pub cluster_id: String,
+    /// Interval of the leaders' rebalancing check (zero: off).
+    pub rebalance: Duration,
     pub tick: Duration,
     pub election_ticks: u32,
     pub heartbeat_ticks: u32,
@@ -196,6 +215,8 @@ impl ServeArgs {
             node_id: self.node_id.or(file.node_id),
             peers: self.peers.or(file.peers),
             replication: self.replication.or(file.replication),
+            cluster_id: self.cluster_id.or(file.cluster_id),
+            rebalance_ms: self.rebalance_ms.or(file.rebalance_ms),
             tick_ms: self.tick_ms.or(file.tick_ms),
             election_ticks: self.election_ticks.or(file.election_ticks),
             heartbeat_ticks: self.heartbeat_ticks.or(file.heartbeat_ticks),
@@ -207,6 +228,11 @@ impl ServeArgs {
             compaction_tail: self.compaction_tail.or(file.compaction_tail),
         }
     }
+}
+
+/// The shard count the flags ask for (validated later), for checks that need it early.
+fn shards_hint(args: &ServeArgs, cores: u32) -> u32 {
+    args.shards.unwrap_or(cores.max(1))
 }
 
 /// Reads a TOML configuration file.
@@ -236,9 +262,23 @@ impl Config {
             return err(format!("--node-id {node_id} is not one of the --peers ids {:?}", peers.keys().collect::<Vec<_>>()));
         }
         let members = peers.len() as u32;
-        let replication = args.replication.unwrap_or(members.min(3));
-        if replication == 0 || replication > members {
-            return err(format!("--replication {replication} must be between 1 and the number of peers ({members})"));
+        let replication = args.replication.unwrap_or(members);
+        if replication != members {
+            return err(format!(
+                "--replication {replication}: this build places every partition on every peer, so it must equal the number of peers ({members})"
+            ));
+        }
+        let cluster_id = args.cluster_id.clone().unwrap_or_else(|| DEFAULT_CLUSTER_ID.to_string());
+        if cluster_id.is_empty() || cluster_id.len() > 255 {
+            return err("--cluster-id must be 1 to 255 bytes");
+        }
+        for (id, addr) in &peers {
+            if u32::from(addr.port()) + shards_hint(&args, cores) > 65_536 {
+                return err(format!(
+                    "--peers: node {id} listens on ports {}.. (one per shard), past 65535",
+                    addr.port()
+                ));
+            }
         }
         let partitions = args.partitions.unwrap_or(DEFAULT_PARTITIONS);
         if partitions == 0 || partitions > 65_536 {
@@ -309,6 +349,8 @@ impl Config {
             snapshot_every,
             compaction_tail: args.compaction_tail.unwrap_or(DEFAULT_COMPACTION_TAIL),
             spin_before_park: Duration::from_micros(spin_us),
+            cluster_id,
+            rebalance: Duration::from_millis(args.rebalance_ms.unwrap_or(DEFAULT_REBALANCE_MS)),
         })
     }
 }

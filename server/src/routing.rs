@@ -22,6 +22,20 @@ pub fn shard_of(group: u32, shards: u32) -> u32 {
     (group - 1) % shards
 }
 
+/// The node that should lead partition `group` while it is healthy: the node ids in
+/// ascending order, taken round robin by group, so leaderships spread evenly over the nodes
+/// and (as groups also spread round robin over shards) over each node's shards.
+pub fn preferred_leader(group: u32, nodes: &[u32]) -> u32 {
+    assert!(!nodes.is_empty() && group > 0, "a cluster has nodes and groups start at 1");
+    nodes[((group - 1) as usize) % nodes.len()]
+}
+
+/// The peer port of `shard` on a node whose peer address has port `base`: shards listen on
+/// consecutive ports.
+pub fn shard_port(base: u16, shard: u32) -> Option<u16> {
+    u16::try_from(u32::from(base) + shard).ok()
+}
+
 /// The groups (1-based) owned by `shard` among `partitions` groups.
 pub fn groups_of_shard(shard: u32, shards: u32, partitions: u32) -> impl Iterator<Item = u32> {
     (1..=partitions).filter(move |g| shard_of(*g, shards) == shard)
@@ -48,6 +62,20 @@ mod tests {
             seen[(p - 1) as usize] += 1;
         }
         assert!(seen.iter().all(|n| *n > 1_000), "spread is roughly even: {seen:?}");
+    }
+
+    #[test]
+    fn preferred_leaders_spread_over_nodes_and_shards() {
+        let nodes = [1, 2, 3];
+        for shard in 0..2 {
+            let mut led = [0u32; 3];
+            for g in groups_of_shard(shard, 2, 12) {
+                led[(preferred_leader(g, &nodes) - 1) as usize] += 1;
+            }
+            assert_eq!(led, [2, 2, 2], "shard {shard}");
+        }
+        assert_eq!(shard_port(5680, 1), Some(5681));
+        assert_eq!(shard_port(65535, 1), None);
     }
 
     #[test]

@@ -109,6 +109,11 @@ impl Forwarded {
         id
     }
 
+    /// Requests ever forwarded (a counter, for spreading attempts).
+    pub fn pending(&self) -> u64 {
+        self.next_request
+    }
+
     /// Registers a forwarded proposal; returns its request id.
     pub fn add_proposal(&mut self, group: u32, reply: Reply<Result<Committed, ShardError>>) -> u64 {
         let id = self.next_id();

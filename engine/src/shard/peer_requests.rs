@@ -128,16 +128,31 @@ impl<L: LogStore> ShardRuntime<L> {
         group: u32,
         node: u64,
         role: Option<Role>,
+        via: u64,
         reply: Reply<Result<u64, ShardError>>,
     ) {
         let me = self.node_id();
+        let attempt = self.next_membership_attempt();
         let Some(replica) = self.replica_mut(group) else {
             reply(Err(ShardError::UnknownGroup(group)));
             return;
         };
         if !replica.is_leader() {
-            let leader = replica.raft().leader();
+            let mut leader = replica.raft().leader();
             if leader == 0 || leader == me {
+                // No leader known (a joining replica has heard from nobody yet): ask the
+                // node named, or another member in turn; a non-leader answers with the
+                // leader it knows.
+                let others: Vec<u64> = replica.raft().membership().members().map(|(id, _)| id).filter(|id| *id != me).collect();
+                leader = if via != 0 && via != me {
+                    via
+                } else if others.is_empty() {
+                    0
+                } else {
+                    others[attempt as usize % others.len()]
+                };
+            }
+            if leader == 0 {
                 reply(Err(ShardError::NotLeader { group, leader: 0 }));
                 return;
             }
@@ -154,6 +169,10 @@ impl<L: LogStore> ShardRuntime<L> {
         }
         let current = replica.raft().membership().clone();
         if current.role(node) == role {
+            reply(Ok(0));
+            return;
+        }
+        if role.is_none() && node == me && current.members().all(|(id, _)| id == me) {
             reply(Ok(0));
             return;
         }
@@ -210,6 +229,6 @@ impl<L: LogStore> ShardRuntime<L> {
             let leader = self.replica_mut(group).map_or(0, |r| r.raft().leader());
             return reply(Err(ShardError::NotLeader { group, leader }));
         }
-        self.change_membership(group, request.node_id, role, reply);
+        self.change_membership(group, request.node_id, role, 0, reply);
     }
 }

@@ -151,8 +151,10 @@ pub enum Request {
     /// Sets `node`'s role in the group (`None`: removes it), through the group's leader
     /// wherever it is. Answers with the index of the committed change (0: nothing to do).
     /// Removing this node while it leads hands leadership over first and answers
-    /// `NotLeader`: retry.
-    ChangeMembership { group: u32, node: u64, role: Option<Role>, reply: Reply<Result<u64, ShardError>> },
+    /// `NotLeader`: retry. Removing the group's only member answers 0 (nothing to do).
+    /// While this replica knows no leader (it is joining), the request goes to `via`, or
+    /// to another member of the configuration it knows when `via` is 0.
+    ChangeMembership { group: u32, node: u64, role: Option<Role>, via: u64, reply: Reply<Result<u64, ShardError>> },
     /// Hands every group this shard leads to another voter (graceful stop); answers with
     /// the number of transfers started.
     HandOffLeadership { reply: Reply<usize> },
@@ -261,6 +263,11 @@ impl<L: LogStore> ShardRuntime<L> {
 
     pub fn handle(&self) -> ShardHandle {
         self.handle.clone()
+    }
+
+    /// A counter that spreads membership requests of leaderless replicas over members.
+    pub(super) fn next_membership_attempt(&mut self) -> u64 {
+        self.ticks.wrapping_add(self.forwarded.pending())
     }
 
     pub(super) fn node_id(&self) -> u64 {
@@ -462,7 +469,7 @@ impl<L: LogStore> ShardRuntime<L> {
                 }
             }
             Request::RemoveReplica { group, reply } => self.removals.push((group, reply)),
-            Request::ChangeMembership { group, node, role, reply } => self.change_membership(group, node, role, reply),
+            Request::ChangeMembership { group, node, role, via, reply } => self.change_membership(group, node, role, via, reply),
             Request::HandOffLeadership { reply } => reply(self.hand_off_leadership()),
             Request::Shutdown => return true,
         }

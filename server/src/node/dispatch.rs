@@ -6,19 +6,36 @@
 //!
 //! Mesh messages are only sent from the tasks that drain [`Outbound`] queues, so code that
 //! must not wait (a watcher called during apply) never blocks on a full mesh channel.
+//!
+//! Requests a leader change interrupts are retried here, within a bounded budget, when
+//! retrying is safe: anything refused with "not the leader" (nothing was done), and a
+//! command whose outcome is unknown when the state machine deduplicates it (every command
+//! but OpenSession carries a session and sequence number or is idempotent).
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
-use conclave_engine::shard::{Committed, ReadTerm, Request, ShardError, ShardHandle, TermQuery};
+use conclave_engine::shard::{Committed, ReadTerm, Request, ShardError, ShardEvent, ShardHandle, TermQuery};
 use conclave_engine::sm::{Command, ElectionTerm, Notification};
+use conclave_proto::conclave::sm::v1::command::Operation;
+use conclave_wire::ConnectionEvent;
 use futures_lite::StreamExt;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::AcceptedTcpStream;
 
+use crate::grpc::Status;
 use crate::routing::shard_of;
+use crate::service::node_control::GroupSpec;
+
+use super::groups::GroupControl;
+
+/// How long a request keeps being retried through leader changes.
+const RETRY_BUDGET: Duration = Duration::from_secs(5);
+/// The longest pause between two retries.
+const MAX_RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// Everything that crosses between shards.
 pub enum MeshMessage {
@@ -34,17 +51,35 @@ pub enum MeshMessage {
     CancelWatch { from: usize, call: u64 },
     /// A group's leader as its owning shard last saw it.
     Leader { group: u32, term: u64, leader: u64 },
+    /// Something that happened on another shard, for the Node API's Watch (shard 0).
+    Event(NodeEvent),
+}
+
+/// An event of the node, as shard 0 gathers them for the Node API.
+#[derive(Clone, Debug)]
+pub enum NodeEvent {
+    Group(u32, ShardEvent),
+    Connection(ConnectionEvent),
 }
 
 pub enum CallOp {
     Propose(Command),
     Read(TermQuery),
     Watch(TermQuery),
+    Control(ControlOp),
+}
+
+/// A Node API operation, run by the shard that owns the group.
+pub enum ControlOp {
+    Bootstrap(GroupSpec),
+    Join(GroupSpec),
+    Leave(u32),
 }
 
 pub enum CallResult {
     Committed(Result<Committed, ShardError>),
     Read(Result<ReadTerm, ShardError>),
+    Control(Result<(), Status>),
 }
 
 /// Receives a watch's later changes; returns false to stop watching.
@@ -94,6 +129,10 @@ pub struct Dispatch {
     served_watches: RefCell<BTreeMap<(usize, u64), (u32, u64)>>,
     next_watch_key: Cell<u64>,
     pub leaders: LeaderTable,
+    /// This shard's Node API operations (set once the shard has started).
+    control: RefCell<Option<Rc<GroupControl>>>,
+    /// Shard 0: where other shards' events go.
+    on_event: RefCell<Option<Rc<dyn Fn(NodeEvent)>>>,
 }
 
 impl Dispatch {
@@ -129,7 +168,47 @@ impl Dispatch {
             served_watches: RefCell::new(BTreeMap::new()),
             next_watch_key: Cell::new(1),
             leaders: Rc::new(RefCell::new(BTreeMap::new())),
+            control: RefCell::new(None),
+            on_event: RefCell::new(None),
         })
+    }
+
+    /// Sets what runs this shard's Node API operations.
+    pub fn set_control(&self, control: Rc<GroupControl>) {
+        *self.control.borrow_mut() = Some(control);
+    }
+
+    /// Shard 0: sets what receives every shard's events.
+    pub fn set_event_handler(&self, handler: Rc<dyn Fn(NodeEvent)>) {
+        *self.on_event.borrow_mut() = Some(handler);
+    }
+
+    /// Reports an event of this shard to shard 0's Node API.
+    pub fn report(&self, event: NodeEvent) {
+        if self.shard == 0 {
+            let handler = self.on_event.borrow().clone();
+            if let Some(handler) = handler {
+                handler(event);
+            }
+        } else {
+            self.outbound.send(0, MeshMessage::Event(event));
+        }
+    }
+
+    /// Runs a Node API operation on the shard that owns `group`.
+    pub async fn control(&self, group: u32, op: ControlOp) -> Result<(), Status> {
+        let owner = self.owner(group);
+        if owner == self.shard {
+            return run_control(self.control.borrow().clone(), op).await;
+        }
+        let (tx, rx) = local_channel::new_bounded(1);
+        let call = self.start_call(PendingCall::Once(tx));
+        let _guard = CallGuard { dispatch: self, call };
+        self.outbound.send(owner, MeshMessage::Call { from: self.shard, call, group, op: CallOp::Control(op) });
+        match rx.recv().await {
+            Some(CallResult::Control(result)) => result,
+            _ => Err(Status::unavailable("the node is shutting down")),
+        }
     }
 
     pub fn outbound(&self) -> &Outbound {
@@ -152,8 +231,22 @@ impl Dispatch {
         call
     }
 
-    /// Proposes a command to `group` wherever its shard is, and waits until it is applied.
+    /// Proposes a command to `group` wherever its shard and leader are, and waits until it
+    /// is applied, retrying through leader changes where that is safe.
     pub async fn propose(&self, group: u32, command: Command) -> Result<Committed, ShardError> {
+        let resendable = !matches!(command.operation, Some(Operation::OpenSession(_)));
+        let mut retry = Retry::new();
+        loop {
+            let result = self.propose_once(group, command.clone()).await;
+            match &result {
+                Err(ShardError::NotLeader { .. }) if retry.again().await => {}
+                Err(ShardError::LeadershipLost) if resendable && retry.again().await => {}
+                _ => return result,
+            }
+        }
+    }
+
+    async fn propose_once(&self, group: u32, command: Command) -> Result<Committed, ShardError> {
         let owner = self.owner(group);
         if owner == self.shard {
             return self.local.propose(group, command).await;
@@ -168,8 +261,19 @@ impl Dispatch {
         }
     }
 
-    /// Reads an election of `group` linearizably.
+    /// Reads an election of `group` linearizably, retrying while no leader is known.
     pub async fn read(&self, group: u32, query: TermQuery) -> Result<ReadTerm, ShardError> {
+        let mut retry = Retry::new();
+        loop {
+            let result = self.read_once(group, query.clone()).await;
+            match &result {
+                Err(ShardError::NotLeader { .. } | ShardError::LeadershipLost) if retry.again().await => {}
+                _ => return result,
+            }
+        }
+    }
+
+    async fn read_once(&self, group: u32, query: TermQuery) -> Result<ReadTerm, ShardError> {
         let owner = self.owner(group);
         if owner == self.shard {
             return self.local.read(group, query).await;
@@ -311,6 +415,7 @@ impl Dispatch {
                 self.record_leader(group, term, leader);
                 on_leader();
             }
+            MeshMessage::Event(event) => self.report(event),
         }
     }
 
@@ -337,6 +442,10 @@ impl Dispatch {
             let result = match op {
                 CallOp::Propose(command) => CallResult::Committed(dispatch.local.propose(group, command).await),
                 CallOp::Read(query) => CallResult::Read(dispatch.local.read(group, query).await),
+                CallOp::Control(op) => {
+                    let control = dispatch.control.borrow().clone();
+                    CallResult::Control(run_control(control, op).await)
+                }
                 CallOp::Watch(query) => {
                     let key = dispatch.new_watch_key();
                     dispatch.served_watches.borrow_mut().insert((from, call), (group, key));
@@ -395,5 +504,38 @@ struct CallGuard<'a> {
 impl Drop for CallGuard<'_> {
     fn drop(&mut self) {
         self.dispatch.calls.borrow_mut().remove(&self.call);
+    }
+}
+
+async fn run_control(control: Option<Rc<GroupControl>>, op: ControlOp) -> Result<(), Status> {
+    let Some(control) = control else {
+        return Err(Status::unavailable("the node is still starting; retry shortly"));
+    };
+    match op {
+        ControlOp::Bootstrap(spec) => control.bootstrap(spec).await,
+        ControlOp::Join(spec) => control.join(spec).await,
+        ControlOp::Leave(group) => control.leave(group).await,
+    }
+}
+
+/// Paces retries: short pauses growing to [`MAX_RETRY_PAUSE`], within [`RETRY_BUDGET`].
+struct Retry {
+    deadline: Instant,
+    pause: Duration,
+}
+
+impl Retry {
+    fn new() -> Retry {
+        Retry { deadline: Instant::now() + RETRY_BUDGET, pause: Duration::from_millis(1) }
+    }
+
+    /// Waits before the next attempt; false when the budget is spent.
+    async fn again(&mut self) -> bool {
+        if Instant::now() + self.pause > self.deadline {
+            return false;
+        }
+        glommio::timer::sleep(self.pause).await;
+        self.pause = (self.pause * 2).min(MAX_RETRY_PAUSE);
+        true
     }
 }

@@ -8,7 +8,11 @@
 //! graceful stop: stop accepting, let in-flight calls finish (bounded), answer what is left,
 //! and exit 0. Every acknowledged change is already durable in the log.
 
+mod control;
 mod dispatch;
+mod groups;
+mod peers;
+mod registry;
 mod shard;
 
 use std::sync::atomic::AtomicBool;
@@ -21,7 +25,8 @@ use crate::config::Config;
 use crate::net::{bind_exclusive, DataDirLock};
 
 pub use dispatch::{
-    CallOp, CallResult, Dispatch, LeaderTable, MeshMessage, Outbound, WatchCallback, WatchGuard, WatchHandle,
+    CallOp, CallResult, ControlOp, Dispatch, LeaderTable, MeshMessage, NodeEvent, Outbound, WatchCallback, WatchGuard,
+    WatchHandle,
 };
 
 /// Capacity of each shard-to-shard mesh channel.

@@ -1,18 +1,20 @@
-//! One shard of the node: recovers its log and groups, runs its [`ShardRuntime`], serves the
-//! gRPC edge for the connections it is given, keeps its client sessions alive, and stops
-//! gracefully when the node is told to.
+//! One shard of the node: recovers its log and groups, runs its [`ShardRuntime`], talks to
+//! the same shard of the other nodes, serves the gRPC edge for the connections it is
+//! given, keeps its client sessions alive, and stops gracefully when the node is told to:
+//! its leaderships handed to other members first.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use conclave_engine::log::{Log, LogOptions, SnapshotStore};
-use conclave_engine::raft::{self, Membership, RaftEvent};
+use conclave_engine::raft::RaftEvent;
 use conclave_engine::shard::{
     load_snapshot, recover_replica, Request, RuntimeConfig, ShardEvent, ShardRuntime, ShardStorage,
 };
+use conclave_wire::ConnectionEvent;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::channels::local_channel;
 use glommio::channels::channel_mesh::Full;
@@ -23,10 +25,18 @@ use rand_chacha::ChaCha8Rng;
 use crate::config::Config;
 use crate::grpc::{GrpcServer, HealthService, Router, ServerConfig, ServingStatus};
 use crate::net::ExclusiveListener;
-use crate::routing::groups_of_shard;
+use crate::routing::{groups_of_shard, shard_of};
+use crate::service::node::NodeApi;
 use crate::service::{ClientApi, ClientSessions, DriverApi, SessionObserver};
 
-use super::dispatch::{Dispatch, MeshMessage};
+use super::control::{NodeControlRouter, NodeEvents};
+use super::dispatch::{Dispatch, MeshMessage, NodeEvent};
+use super::groups::{self, GroupControl};
+use super::peers::PeerNet;
+use super::registry::Registry;
+
+/// The longest a graceful stop waits for this shard's leaderships to move elsewhere.
+const HAND_OFF_WAIT: Duration = Duration::from_secs(3);
 
 /// What a shard starts from.
 pub struct ShardContext {
@@ -80,16 +90,14 @@ async fn serve(
     let snapshots = SnapshotStore::open(dir.join("snapshots"))
         .await
         .map_err(|e| format!("opening the snapshot store in {}: {e}", dir.display()))?;
-    let mut replicas = std::collections::BTreeMap::new();
+    let registry = Registry::load(&dir)?;
     let seed = now_ms() ^ (node_id << 48);
-    for group in groups_of_shard(shard as u32, shards as u32, config.partitions) {
-        let mut raft_cfg = raft::Config::new(node_id, group);
-        raft_cfg.election_ticks = config.election_ticks;
-        raft_cfg.heartbeat_ticks = config.heartbeat_ticks;
-        let membership = bootstrap_membership(&config)?;
+    let mut replicas = std::collections::BTreeMap::new();
+    for (group, membership, preferred) in hosted_groups(&config, shard as u32, &registry)? {
         let rng = ChaCha8Rng::seed_from_u64(seed ^ u64::from(group));
         let snapshot = load_snapshot(&snapshots, group).await?;
-        let replica = recover_replica(raft_cfg, membership, snapshot, recovery.groups.get(&group), rng)?;
+        let mut replica = recover_replica(groups::raft_config(&config, group), membership, snapshot, recovery.groups.get(&group), rng)?;
+        replica.set_preferred_leader(preferred);
         replicas.insert(group, replica);
     }
     let hosted: Vec<u32> = replicas.keys().copied().collect();
@@ -97,18 +105,25 @@ async fn serve(
     drop(recovery);
 
     let (event_tx, event_rx) = local_channel::new_unbounded::<(u32, ShardEvent)>();
+    let peer_net: Rc<RefCell<Option<Rc<PeerNet>>>> = Rc::default();
+    let transport = {
+        let peer_net = Rc::clone(&peer_net);
+        Box::new(move |to, message| match peer_net.borrow().as_ref() {
+            Some(net) => net.send(to, message),
+            None => tracing::debug!(to, "peer transport not started yet; dropping a message"),
+        })
+    };
+    let tick = config.tick;
     let runtime = ShardRuntime::new(
         RuntimeConfig {
-            node_id,
-            tick: config.tick,
-            request_queue: 8192,
-            expiry_check: Duration::from_millis(100),
             snapshot_every: config.snapshot_every,
             compaction_tail: config.compaction_tail,
+            rebalance_ticks: (config.rebalance.as_millis() / tick.as_millis().max(1)) as u64,
+            ..RuntimeConfig::new(node_id, tick)
         },
         replicas,
         ShardStorage { log, snapshots },
-        Box::new(move |batch| tracing::warn!(to = batch.to, "no peer transport on a single node; dropping a Raft batch")),
+        transport,
         Box::new(move |group, event| {
             let _ = event_tx.try_send((group, event.clone()));
         }),
@@ -118,6 +133,33 @@ async fn serve(
     let runtime_task = glommio::spawn_local(runtime.run());
 
     let dispatch = Dispatch::new(shard, shards, handle.clone(), senders);
+    // Shard 0 gathers every shard's events for the Node API; set before the mesh is served.
+    let node_events = (shard == 0).then(|| {
+        let events = NodeEvents::new(node_id, &dispatch);
+        let publish = Rc::clone(&events);
+        dispatch.set_event_handler(Rc::new(move |event| publish.publish(event)));
+        events
+    });
+    let (connection_tx, connection_rx) = local_channel::new_unbounded::<ConnectionEvent>();
+    let net = PeerNet::start(
+        &config,
+        shard as u32,
+        handle.clone(),
+        Rc::new(move |event| {
+            let _ = connection_tx.try_send(event);
+        }),
+    )?;
+    *peer_net.borrow_mut() = Some(Rc::clone(&net));
+    {
+        let dispatch = Rc::clone(&dispatch);
+        glommio::spawn_local(async move {
+            while let Some(event) = connection_rx.recv().await {
+                dispatch.report(NodeEvent::Connection(event));
+            }
+        })
+        .detach();
+    }
+    dispatch.set_control(Rc::new(GroupControl::new(config.clone(), handle.clone(), net, registry, seed)));
     let health = HealthService::new();
     health.set_status("", ServingStatus::NotServing);
     for service in SERVICES {
@@ -151,6 +193,7 @@ async fn serve(
                     dispatch.broadcast_leader(group, term, leader);
                     update_health();
                 }
+                dispatch.report(NodeEvent::Group(group, event));
             }
         })
         .detach();
@@ -186,10 +229,14 @@ async fn serve(
     let admin_server = if let Some((client, admin)) = listeners {
         let client = client.into_glommio();
         glommio::spawn_local(accept_loop(client, server.clone(), Rc::clone(&dispatch))).detach();
-        // The admin listener serves the operator's view of the node: health now, the Node
-        // control API as it lands.
+        // The admin listener serves the operator's view of the node: health and the Node
+        // control API.
         let mut admin_router = Router::new();
         health.register(&mut admin_router);
+        if let Some(events) = &node_events {
+            let control = Rc::new(NodeControlRouter { dispatch: Rc::clone(&dispatch) });
+            Rc::new(NodeApi::new(control, Rc::clone(&events.hub))).register(&mut admin_router);
+        }
         let admin_server = GrpcServer::new(admin_router, ServerConfig::default());
         let serving = admin_server.clone();
         let admin = admin.into_glommio();
@@ -211,8 +258,12 @@ async fn serve(
             break;
         }
     }
-    // Graceful stop: refuse new calls, let in-flight ones finish (the gRPC layer bounds the
-    // wait), then answer whatever the runtime still holds and stop it.
+    // Graceful stop: hand this shard's leaderships to other members while still serving,
+    // refuse new calls, let in-flight ones finish (the gRPC layer bounds the wait), then
+    // answer whatever the runtime still holds and stop it.
+    if runtime_ended.is_none() && config.peers.len() > 1 {
+        hand_off(&handle, &dispatch, node_id).await;
+    }
     server.shutdown();
     if let Some(admin) = &admin_server {
         admin.shutdown();
@@ -226,16 +277,58 @@ async fn serve(
     Ok(())
 }
 
-/// The initial voters of every group this node hosts: the node alone on a single-node
-/// deployment.
-fn bootstrap_membership(config: &Config) -> Result<Membership, String> {
-    if config.peers.len() != 1 {
-        return Err(format!(
-            "--peers lists {} nodes, but multi-node clusters are not available in this build; run a single node",
-            config.peers.len()
-        ));
+/// The groups this shard hosts at start-up, with the configuration each starts from (when
+/// it has no snapshot) and its preferred leader: the client partitions of this shard (all
+/// peers vote) unless this node left them, and the groups the Node API started here.
+fn hosted_groups(config: &Config, shard: u32, registry: &Registry) -> Result<Vec<(u32, conclave_engine::raft::Membership, Option<u64>)>, String> {
+    let me = u64::from(config.node_id);
+    let mut hosted = Vec::new();
+    for group in groups_of_shard(shard, config.shards, config.partitions) {
+        if !registry.has_left(group) && registry.get(group).is_none() {
+            hosted.push((group, groups::partition_membership(config)?, groups::partition_preferred_leader(config, group)));
+        }
     }
-    Membership::voters([u64::from(config.node_id)]).map_err(|e| e.to_string())
+    for record in registry.groups() {
+        if shard_of(record.id, config.shards) != shard {
+            return Err(format!("group {} is recorded on shard {shard}, but shard {} owns it: was --shards changed?", record.id, shard_of(record.id, config.shards)));
+        }
+        let spec = record.spec()?;
+        hosted.push((record.id, groups::spec_membership(&spec, record.joined, me)?, None));
+    }
+    hosted.sort_by_key(|(group, _, _)| *group);
+    Ok(hosted)
+}
+
+/// Asks the runtime to hand over every group it leads, then waits (bounded) until the
+/// node's leader table shows none of this shard's groups led here.
+async fn hand_off(handle: &conclave_engine::shard::ShardHandle, dispatch: &Rc<Dispatch>, node_id: u64) {
+    let (tx, rx) = local_channel::new_bounded(1);
+    let reply = Box::new(move |started: usize| {
+        let _ = tx.try_send(started);
+    });
+    if handle.send(Request::HandOffLeadership { reply }).await.is_err() {
+        return;
+    }
+    let started = rx.recv().await.unwrap_or(0);
+    if started == 0 {
+        return;
+    }
+    let deadline = std::time::Instant::now() + HAND_OFF_WAIT;
+    let shard = dispatch.shard as u32;
+    let shards = dispatch.shards as u32;
+    while std::time::Instant::now() < deadline {
+        let still_leading = dispatch
+            .leaders
+            .borrow()
+            .iter()
+            .any(|(group, (_, leader))| *leader == node_id && shard_of(*group, shards) == shard);
+        if !still_leading {
+            tracing::info!(shard, started, "leaderships handed over");
+            return;
+        }
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    tracing::warn!(shard, "some leaderships did not move within {HAND_OFF_WAIT:?}; stopping anyway");
 }
 
 /// Accepts client connections on shard 0 and spreads them over the shards, round robin.

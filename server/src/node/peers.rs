@@ -1,0 +1,116 @@
+//! A shard's peer transport: its listener for the same shard of other nodes (the node's
+//! peer port plus the shard index) and one outbound connection per other node, carrying
+//! `conclave.peer.v1.PeerMessage`s. Inbound messages go to the shard runtime in arrival
+//! order; snapshot chunks travel in the connection's bulk lane so heartbeats do not wait
+//! behind them.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+use conclave_engine::raft::MessageType;
+use conclave_engine::shard::{Request, ShardHandle};
+use conclave_proto::conclave::peer::v1::{peer_message::Body, PeerMessage};
+use conclave_wire::{
+    EventSink, Inbound, Lane, ListenerConfig, ListenerHandle, LocalIdentity, PeerConfig, PeerListener, PeerSet,
+    SendError,
+};
+use glommio::channels::local_channel;
+
+use crate::config::Config;
+use crate::routing::shard_port;
+
+/// Frames queued from the listener to the runtime before the readers wait.
+const INBOUND_QUEUE: usize = 1024;
+
+/// One shard's connections to the same shard of every other node.
+pub struct PeerNet {
+    shard: u32,
+    peers: RefCell<PeerSet<PeerMessage>>,
+    _listener: ListenerHandle,
+}
+
+impl PeerNet {
+    /// Binds this shard's peer port, starts delivering inbound messages to `runtime`, and
+    /// dials every other node of `--peers`. Connection events go to `events`.
+    pub fn start(config: &Config, shard: u32, runtime: ShardHandle, events: EventSink) -> Result<Rc<PeerNet>, String> {
+        let me = config.node_id;
+        let local = LocalIdentity { cluster_id: config.cluster_id.clone(), node_id: u64::from(me), shard_id: shard };
+        let own = config.peers[&me];
+        let port = shard_port(own.port(), shard)
+            .ok_or_else(|| format!("shard {shard}: the peer port {} + {shard} is past 65535", own.port()))?;
+        let address = SocketAddr::new(own.ip(), port);
+        let listener = PeerListener::bind(address, ListenerConfig::new(local.clone()))
+            .map_err(|e| format!("cannot listen for peers on {address} (shard {shard}): {e}"))?;
+        let (inbound_tx, inbound_rx) = local_channel::new_bounded::<Inbound<PeerMessage>>(INBOUND_QUEUE);
+        let listener = listener.spawn(inbound_tx);
+        glommio::spawn_local(async move {
+            while let Some(frame) = inbound_rx.recv().await {
+                let from = frame.from.node_id;
+                for message in frame.messages {
+                    if runtime.send(Request::Peer { from, message }).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+        .detach();
+        let peers = PeerSet::new(events, move |node, address| PeerConfig::new(local.clone(), node, address));
+        let net = Rc::new(PeerNet { shard, peers: RefCell::new(peers), _listener: listener });
+        for (&id, addr) in &config.peers {
+            if id != me {
+                net.set_address(u64::from(id), &addr.ip().to_string(), addr.port())?;
+            }
+        }
+        Ok(net)
+    }
+
+    /// Makes sure node `node`, whose peer address is `host:base_port`, is dialed (at its
+    /// port for this shard).
+    pub fn set_address(&self, node: u64, host: &str, base_port: u16) -> Result<(), String> {
+        let port = shard_port(base_port, self.shard)
+            .ok_or_else(|| format!("node {node}: peer port {base_port} + shard {} is past 65535", self.shard))?;
+        let address = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+        self.peers.borrow_mut().set_address(node, &address);
+        Ok(())
+    }
+
+    /// Queues `message` for node `to`; never waits. A full queue or an unknown node drops
+    /// it: Raft retransmits, and forwarded requests time out. Snapshot chunks of a Raft
+    /// batch leave in the bulk lane, the rest in the ordinary one.
+    pub fn send(&self, to: u64, message: PeerMessage) {
+        let peers = self.peers.borrow();
+        let Some(peer) = peers.get(to) else {
+            tracing::debug!(to, "no connection to node; dropping a peer message");
+            return;
+        };
+        let (ordinary, bulk) = split_snapshots(message);
+        for (lane, message) in [(Lane::Ordinary, ordinary), (Lane::Bulk, bulk)] {
+            let Some(message) = message else { continue };
+            match peer.try_send_in(lane, message) {
+                Ok(()) => {}
+                Err(SendError::Full(_)) => tracing::debug!(to, ?lane, "peer queue full; dropped a message"),
+                Err(SendError::TooLarge(_, e)) => tracing::warn!(to, error = %e, "a peer message does not fit a frame"),
+                Err(SendError::Closed(_)) => tracing::debug!(to, "peer connection closed; dropped a message"),
+            }
+        }
+    }
+}
+
+/// Splits the snapshot chunks out of a Raft batch: (everything else, the chunks).
+fn split_snapshots(message: PeerMessage) -> (Option<PeerMessage>, Option<PeerMessage>) {
+    let Some(Body::Raft(mut batch)) = message.body else {
+        return (Some(message), None);
+    };
+    let is_chunk = |m: &conclave_engine::raft::Message| m.msg_type == MessageType::Snapshot as i32;
+    if !batch.messages.iter().any(is_chunk) {
+        return (Some(PeerMessage { body: Some(Body::Raft(batch)) }), None);
+    }
+    let (chunks, rest): (Vec<_>, Vec<_>) = batch.messages.drain(..).partition(is_chunk);
+    let wrap = |messages: Vec<conclave_engine::raft::Message>| {
+        (!messages.is_empty()).then(|| PeerMessage {
+            body: Some(Body::Raft(conclave_engine::raft::MessageBatch { from: batch.from, to: batch.to, messages })),
+        })
+    };
+    (wrap(rest), wrap(chunks))
+}
