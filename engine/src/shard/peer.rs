@@ -63,6 +63,8 @@ pub fn role_from_proto(role: i32) -> Option<Role> {
 /// A request forwarded to a group's leader, waiting for its answer.
 struct Waiting<R> {
     group: u32,
+    /// The node asked.
+    node: u64,
     since: Instant,
     reply: R,
 }
@@ -115,9 +117,9 @@ impl Forwarded {
     }
 
     /// Registers a forwarded proposal; returns its request id.
-    pub fn add_proposal(&mut self, group: u32, reply: Reply<Result<Committed, ShardError>>) -> u64 {
+    pub fn add_proposal(&mut self, group: u32, node: u64, reply: Reply<Result<Committed, ShardError>>) -> u64 {
         let id = self.next_id();
-        self.proposals.insert(id, Waiting { group, since: Instant::now(), reply });
+        self.proposals.insert(id, Waiting { group, node, since: Instant::now(), reply });
         id
     }
 
@@ -130,9 +132,9 @@ impl Forwarded {
     }
 
     /// Registers a forwarded membership change; returns its request id.
-    pub fn add_membership(&mut self, group: u32, reply: Reply<Result<u64, ShardError>>) -> u64 {
+    pub fn add_membership(&mut self, group: u32, node: u64, reply: Reply<Result<u64, ShardError>>) -> u64 {
         let id = self.next_id();
-        self.memberships.insert(id, Waiting { group, since: Instant::now(), reply });
+        self.memberships.insert(id, Waiting { group, node, since: Instant::now(), reply });
         id
     }
 
@@ -161,6 +163,22 @@ impl Forwarded {
                 (w.reply)(Err(ShardError::Unavailable(
                     "the group's leader did not confirm the membership change in time".into(),
                 )));
+            }
+        }
+    }
+
+    /// Fails everything waiting on node `node`, whose connection failed.
+    pub fn fail_node(&mut self, node: u64) {
+        let lost: Vec<u64> = self.proposals.iter().filter(|(_, w)| w.node == node).map(|(id, _)| *id).collect();
+        for id in lost {
+            if let Some(w) = self.proposals.remove(&id) {
+                (w.reply)(Err(ShardError::LeadershipLost));
+            }
+        }
+        let lost: Vec<u64> = self.memberships.iter().filter(|(_, w)| w.node == node).map(|(id, _)| *id).collect();
+        for id in lost {
+            if let Some(w) = self.memberships.remove(&id) {
+                (w.reply)(Err(ShardError::LeadershipLost));
             }
         }
     }

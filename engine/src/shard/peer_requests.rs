@@ -72,7 +72,7 @@ impl<L: LogStore> ShardRuntime<L> {
             reply(Err(ShardError::NotLeader { group, leader: 0 }));
             return;
         }
-        let request_id = self.forwarded.add_proposal(group, reply);
+        let request_id = self.forwarded.add_proposal(group, leader, reply);
         let proposal = ForwardedProposal { group_id: group, request_id, command: sm::command::encode(command) };
         self.forwarded.send(leader, Body::Proposal(proposal));
     }
@@ -156,7 +156,7 @@ impl<L: LogStore> ShardRuntime<L> {
                 reply(Err(ShardError::NotLeader { group, leader: 0 }));
                 return;
             }
-            let request_id = self.forwarded.add_membership(group, reply);
+            let request_id = self.forwarded.add_membership(group, leader, reply);
             let request = MembershipRequest {
                 group_id: group,
                 request_id,

@@ -22,6 +22,10 @@ use super::error::ShardError;
 /// The most reads one replica holds while they wait for Raft or for their index.
 pub const MAX_HELD_READS: usize = 65_536;
 
+/// Ticks a read waits for the leader to confirm its index before it is failed as lost
+/// (its request or the answer was dropped with a connection); the caller may retry.
+pub const READ_CONFIRM_TICKS: u64 = 200;
+
 /// A one-shot reply callback. Runs on the replica's shard; a cross-shard caller's callback
 /// forwards the value to the caller's shard.
 pub type Reply<T> = Box<dyn FnOnce(T)>;
@@ -75,8 +79,11 @@ pub struct Replica {
     sm: StateMachine,
     /// Proposals by the index of their (last) entry, with the term they were proposed in.
     proposals: BTreeMap<u64, (u64, Reply<Result<Committed, ShardError>>)>,
-    /// Reads waiting for Raft to confirm a read index, by read context.
-    confirming: BTreeMap<u64, PendingRead>,
+    /// Reads waiting for Raft to confirm a read index, by read context, with the tick
+    /// they started at.
+    confirming: BTreeMap<u64, (u64, PendingRead)>,
+    /// Ticks seen (to bound how long a read waits for confirmation).
+    ticks: u64,
     /// Reads with a confirmed index, waiting for the state machine to apply it.
     applying: PendingQueries<PendingRead>,
     next_read_id: u64,
@@ -112,6 +119,7 @@ impl Replica {
             sm,
             proposals: BTreeMap::new(),
             confirming: BTreeMap::new(),
+            ticks: 0,
             applying: PendingQueries::new(),
             next_read_id: 1,
             watchers: BTreeMap::new(),
@@ -248,7 +256,7 @@ impl Replica {
         self.next_read_id += 1;
         match self.raft.read_index(Bytes::copy_from_slice(&id.to_be_bytes())) {
             Ok(()) => {
-                self.confirming.insert(id, read);
+                self.confirming.insert(id, (self.ticks, read));
             }
             Err(e) => {
                 let error = ShardError::from_raft(self.raft.group_id(), e);
@@ -267,19 +275,40 @@ impl Replica {
     pub fn take_ready(&mut self) -> Ready {
         let ready = self.raft.ready();
         for event in &ready.events {
-            if let RaftEvent::RoleChanged { role, .. } = event {
-                if *role == RaftRole::Leader {
-                    self.barrier_due = true;
-                } else {
+            match event {
+                RaftEvent::RoleChanged { role, .. } if *role == RaftRole::Leader => self.barrier_due = true,
+                RaftEvent::RoleChanged { .. } => {
                     self.barrier_due = false;
-                    for (_, read) in std::mem::take(&mut self.confirming) {
-                        let leader = self.raft.leader();
-                        fail_read(read, ShardError::NotLeader { group: self.raft.group_id(), leader });
-                    }
+                    self.fail_confirming();
                 }
+                // A follower's reads wait on the leader it asked; another one will not answer.
+                RaftEvent::LeaderChanged { .. } if !self.is_leader() => self.fail_confirming(),
+                _ => {}
             }
         }
         ready
+    }
+
+    fn fail_confirming(&mut self) {
+        let leader = self.raft.leader();
+        let group = self.raft.group_id();
+        for (_, (_, read)) in std::mem::take(&mut self.confirming) {
+            fail_read(read, ShardError::NotLeader { group, leader });
+        }
+    }
+
+    /// Advances the group by one tick: Raft's timers, and the bound on reads waiting for
+    /// their index to be confirmed.
+    pub fn tick(&mut self) {
+        self.raft.tick();
+        self.ticks += 1;
+        let Some(cutoff) = self.ticks.checked_sub(READ_CONFIRM_TICKS) else { return };
+        let late: Vec<u64> = self.confirming.iter().filter(|(_, (t, _))| *t <= cutoff).map(|(id, _)| *id).collect();
+        for id in late {
+            if let Some((_, read)) = self.confirming.remove(&id) {
+                fail_read(read, ShardError::LeadershipLost);
+            }
+        }
     }
 
     /// True once after this replica became leader: the runtime then proposes
@@ -335,7 +364,7 @@ impl Replica {
             let Some(id) = state.context.as_ref().try_into().ok().map(u64::from_be_bytes) else {
                 continue;
             };
-            if let Some(read) = self.confirming.remove(&id) {
+            if let Some((_, read)) = self.confirming.remove(&id) {
                 let min = state.index.max(read.query.min_index);
                 if let Some(read) = self.applying.submit(self.sm.last_applied(), min, read) {
                     self.answer(read);
@@ -475,7 +504,7 @@ impl Replica {
         for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
             reply(Err(error.clone()));
         }
-        for (_, read) in std::mem::take(&mut self.confirming) {
+        for (_, (_, read)) in std::mem::take(&mut self.confirming) {
             fail_read(read, error.clone());
         }
         for read in self.applying.drain() {

@@ -158,6 +158,9 @@ pub enum Request {
     /// Hands every group this shard leads to another voter (graceful stop); answers with
     /// the number of transfers started.
     HandOffLeadership { reply: Reply<usize> },
+    /// The connection to node `node` failed: requests forwarded to it will not be
+    /// answered, so they fail now (outcome unknown) rather than at their timeout.
+    PeerDown { node: u64 },
     /// Stop after answering everything in flight with [`ShardError::ShuttingDown`].
     Shutdown,
 }
@@ -471,6 +474,7 @@ impl<L: LogStore> ShardRuntime<L> {
             Request::RemoveReplica { group, reply } => self.removals.push((group, reply)),
             Request::ChangeMembership { group, node, role, via, reply } => self.change_membership(group, node, role, via, reply),
             Request::HandOffLeadership { reply } => reply(self.hand_off_leadership()),
+            Request::PeerDown { node } => self.forwarded.fail_node(node),
             Request::Shutdown => return true,
         }
         false
@@ -481,7 +485,7 @@ impl<L: LogStore> ShardRuntime<L> {
         self.ticks += 1;
         self.forwarded.expire(self.cfg.forward_timeout, self.cfg.membership_timeout);
         for (&group, replica) in self.replicas.iter_mut() {
-            replica.raft_mut().tick();
+            replica.tick();
             if !replica.is_leader() {
                 continue;
             }
@@ -620,7 +624,7 @@ impl<L: LogStore> ShardRuntime<L> {
                 }
                 Request::ChangeMembership { reply, .. } => reply(Err(ShardError::ShuttingDown)),
                 Request::HandOffLeadership { reply } => reply(0),
-                Request::Unwatch { .. } | Request::Peer { .. } | Request::Shutdown => {}
+                Request::Unwatch { .. } | Request::Peer { .. } | Request::PeerDown { .. } | Request::Shutdown => {}
             }
         }
     }

@@ -151,9 +151,14 @@ async fn serve(
     )?;
     *peer_net.borrow_mut() = Some(Rc::clone(&net));
     {
+        // A failed connection also fails the requests forwarded over it at once.
         let dispatch = Rc::clone(&dispatch);
+        let runtime = handle.clone();
         glommio::spawn_local(async move {
             while let Some(event) = connection_rx.recv().await {
+                if matches!(event.kind, conclave_wire::ConnectionEventKind::Failed { .. }) {
+                    let _ = runtime.send(Request::PeerDown { node: event.remote_node_id }).await;
+                }
                 dispatch.report(NodeEvent::Connection(event));
             }
         })
