@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use tonic::transport::{Channel, Endpoint};
 
+pub mod cluster;
+
 pub mod client {
     #![allow(clippy::all)]
     include!(concat!(env!("OUT_DIR"), "/_test_client.rs"));
@@ -194,7 +196,8 @@ impl Node {
         let child = Command::new(env!("CARGO_BIN_EXE_conclave"))
             .args(args)
             .current_dir(dir.path())
-            .env("CONCLAVE_LOG", "warn")
+            // CONCLAVE_E2E_LOG (e.g. `info`) raises the servers' log level when debugging.
+            .env("CONCLAVE_LOG", std::env::var("CONCLAVE_E2E_LOG").unwrap_or_else(|_| "warn".to_owned()))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
