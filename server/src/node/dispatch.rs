@@ -199,7 +199,8 @@ impl Dispatch {
     pub async fn control(&self, group: u32, op: ControlOp) -> Result<(), Status> {
         let owner = self.owner(group);
         if owner == self.shard {
-            return run_control(self.control.borrow().clone(), op).await;
+            let control = self.control.borrow().clone();
+            return run_control(control, op).await;
         }
         let (tx, rx) = local_channel::new_bounded(1);
         let call = self.start_call(PendingCall::Once(tx));
