@@ -10,8 +10,7 @@
 //! replicas join as observers and witnesses and leave again through membership changes
 //! forwarded to the leader; leadership moves on a hand-off and to a preferred leader.
 //!
-//! The tests named `bug_*` are marked `#[ignore]`: each reproduces an engine defect (see
-//! its comment) and fails until the engine is fixed. Run them with `-- --ignored`.
+//! The last tests are regressions of engine defects this file found (see their comments).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
@@ -1182,16 +1181,15 @@ fn rebalancing_moves_leadership_to_the_preferred_node() {
     });
 }
 
-// ----- engine defects -----------------------------------------------------------------------
+// ----- regressions: defects this file found in the engine, fixed ---------------------------
 
-/// BUG: a linearizable read issued after a membership change, with no command after it,
-/// never completes. The leader's read index is its commit index — the membership entry's
+/// A linearizable read issued after a membership change, with no command after it,
+/// completes. (It used to wait: The leader's read index is its commit index — the membership entry's
 /// index — but `Replica::apply_committed` skips non-Normal entries without advancing the
-/// state machine's applied index (`StateMachine::last_applied`), so the read waits in
-/// `PendingQueries` for an index that only the next Normal entry reaches.
+/// state machine's applied index (`StateMachine::last_applied`), so the read waited in
+/// `PendingQueries` for an index that only the next Normal entry reaches.)
 #[test]
-#[ignore = "engine bug: reads after a membership change wait for the next command"]
-fn bug_read_after_a_membership_change_completes() {
+fn read_after_a_membership_change_completes() {
     run(async {
         // Node 4 is added as an observer; it need not even run for the change to commit.
         let c = Cluster::start(Opts::default(), &[1, 2, 3], &[], &[]).await;
@@ -1226,13 +1224,10 @@ fn bug_read_after_a_membership_change_completes() {
     });
 }
 
-/// BUG: a command proposed through a witness's handle is never answered. The witness
-/// forwards it to the leader and tracks the (index, term) the leader answers with, but a
-/// witness applies no entries (`Ready::committed_entries` is empty for it), so the
-/// tracked proposal stays in `Replica::proposals` forever.
+/// A proposal through a witness is refused at once: a witness applies no entries, so it
+/// could never learn the command's result. Nothing is forwarded or applied.
 #[test]
-#[ignore = "engine bug: a proposal through a witness hangs"]
-fn bug_proposal_through_a_witness_is_answered() {
+fn a_proposal_through_a_witness_is_refused() {
     run(async {
         let c = Cluster::start(Opts::default(), &[1, 2, 3], &[4], &[]).await;
         let (leader, _) = c.wait_leader(&[1, 2, 3], 0).await;
@@ -1244,22 +1239,21 @@ fn bug_proposal_through_a_witness_is_answered() {
 
         let (cmd, _) = client.enter("e", "via-witness");
         let outcome = before(Duration::from_secs(2), c.handle(4).propose(GROUP, cmd)).await;
-        eprintln!("proposal through the witness: {outcome:?}");
-        assert!(c.net.sent_from("proposal", 4) >= 1, "the witness forwarded it");
+        assert!(
+            matches!(outcome, Some(Err(ShardError::Unavailable(_)))),
+            "a proposal through the witness is refused as unavailable: {outcome:?}"
+        );
+        assert_eq!(c.net.sent_from("proposal", 4), 0, "the witness forwarded nothing");
         let applied = candidates(&c.handle(leader), "e", 0).await;
-        eprintln!("the election on the leader: {applied:?}");
-        assert!(outcome.is_some(), "a proposal through the witness got no answer (result or error) in 2 s; the leader applied it: {applied:?}");
+        assert!(applied.is_empty(), "nothing was applied: {applied:?}");
         c.stop_all().await;
     });
 }
 
-/// BUG: after HandOffLeadership on the preferred leader (a graceful stop), the new leader
-/// rebalances leadership straight back to it. `handing_off` only stops the node handing off
-/// from rebalancing; the new leader's `Replica::rebalance_target` still names the preferred
-/// node, which is caught up, so it sends TimeoutNow within `rebalance_ticks`.
+/// After HandOffLeadership on the preferred leader (a graceful stop), the new leader does
+/// not rebalance leadership straight back to it.
 #[test]
-#[ignore = "engine bug: leadership returns to a preferred leader that handed off"]
-fn bug_hand_off_from_the_preferred_leader_is_not_undone_by_rebalancing() {
+fn hand_off_from_the_preferred_leader_is_not_undone_by_rebalancing() {
     run(async {
         let opts = Opts { rebalance_ticks: 20, preferred_leader: Some(3), ..Opts::default() };
         let c = Cluster::start(opts, &[1, 2, 3], &[], &[]).await;
@@ -1304,15 +1298,14 @@ fn bug_hand_off_from_the_preferred_leader_is_not_undone_by_rebalancing() {
     });
 }
 
-/// BUG: a witness that installed a snapshot cannot restart. A witness that fell behind the
+/// A witness that installed a snapshot restarts. (It could not: a witness that fell behind the
 /// leaders' compaction is sent a snapshot whose configuration names it a witness;
 /// `ShardRuntime::install_snapshot` then stores `encode_envelope(membership,
 /// StateMachine::new())` — an empty state machine, `last_applied` 0 — under the snapshot's
 /// index, and `load_snapshot` refuses exactly that on the next start ("claims index N but
-/// its state machine applied 0"), so the node cannot recover the group.
+/// its state machine applied 0"), so the node could not recover the group.)
 #[test]
-#[ignore = "engine bug: a witness cannot load the snapshot it installed"]
-fn bug_a_witness_restarts_after_installing_a_snapshot() {
+fn a_witness_restarts_after_installing_a_snapshot() {
     run(async {
         let opts = Opts { snapshot_every: 10, compaction_tail: 2, ..Opts::default() };
         let mut c = Cluster::start(opts, &[1, 2, 3], &[4], &[]).await;

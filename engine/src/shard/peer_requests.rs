@@ -7,7 +7,7 @@ use conclave_proto::conclave::peer::v1::{
     ForwardedProposal, MembershipOutcome, MembershipRequest, PeerMessage, ProposalOutcome,
 };
 
-use crate::raft::{open_batch, Membership, Role};
+use crate::raft::{open_batch, Membership, MessageType, Role};
 use crate::sm::{self, Command};
 
 use super::error::ShardError;
@@ -33,6 +33,9 @@ impl<L: LogStore> ShardRuntime<L> {
                 };
                 for msg in messages {
                     let group = msg.group_id;
+                    if msg.msg_type == MessageType::TimeoutNow as i32 {
+                        self.note_handed_by(group, from);
+                    }
                     match self.replica_mut(group) {
                         Some(replica) => {
                             if let Err(e) = replica.raft_mut().step(msg) {

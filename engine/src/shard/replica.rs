@@ -342,6 +342,7 @@ impl Replica {
                 _ => None,
             };
             if entry.kind != EntryKind::Normal as i32 {
+                self.sm.skip(index);
                 if let Some((_, reply)) = proposal {
                     reply(Err(ShardError::LeadershipLost));
                 }
@@ -440,12 +441,8 @@ impl Replica {
             return None;
         }
         let term = self.raft.entry_term(index)?;
-        let envelope = conclave_proto::conclave::shard::v1::GroupSnapshot {
-            version: super::storage::SNAPSHOT_FORMAT_VERSION,
-            membership: Some(membership.to_proto()),
-            state_machine: self.sm.snapshot(),
-        };
-        Some(SnapshotCapture { index, term, data: Bytes::from(prost::Message::encode_to_vec(&envelope)) })
+        let data = super::storage::encode_envelope(membership, &self.sm);
+        Some(SnapshotCapture { index, term, data })
     }
 
     /// A captured snapshot is durable: hand it to Raft (which sends it to followers that

@@ -133,6 +133,13 @@ impl RuntimeConfig {
     }
 }
 
+/// Rebalancing periods before a leader hands a group back to the node that handed it
+/// over (which was perhaps stopping).
+const HANDED_BACK_AFTER_PERIODS: u64 = 10;
+
+/// While stopping, ticks between two attempts to hand a group on.
+const HAND_OFF_RETRY_TICKS: u64 = 10;
+
 /// A request to the shard runtime.
 pub enum Request {
     Propose { group: u32, command: Command, reply: Reply<Result<Committed, ShardError>> },
@@ -221,6 +228,10 @@ pub struct ShardRuntime<L: LogStore> {
     last_rebalance: BTreeMap<u32, u64>,
     /// Set once a graceful stop handed leaderships over: no rebalancing back.
     handing_off: bool,
+    /// The node that last handed each group's leadership here (TimeoutNow), and when: a
+    /// leader does not rebalance a group back to the node that just gave it away (it may
+    /// be stopping).
+    pub(super) handed_by: BTreeMap<u32, (u64, u64)>,
     /// Replicas to remove once the current round is done.
     removals: Vec<(u32, Reply<Result<(), ShardError>>)>,
 }
@@ -260,6 +271,7 @@ impl<L: LogStore> ShardRuntime<L> {
             ticks: 0,
             last_rebalance: BTreeMap::new(),
             handing_off: false,
+            handed_by: BTreeMap::new(),
             removals: Vec::new(),
         }
     }
@@ -271,6 +283,11 @@ impl<L: LogStore> ShardRuntime<L> {
     /// A counter that spreads membership requests of leaderless replicas over members.
     pub(super) fn next_membership_attempt(&mut self) -> u64 {
         self.ticks.wrapping_add(self.forwarded.pending())
+    }
+
+    /// Notes that node `from` handed group `group`'s leadership to this node.
+    pub(super) fn note_handed_by(&mut self, group: u32, from: u64) {
+        self.handed_by.insert(group, (from, self.ticks));
     }
 
     pub(super) fn node_id(&self) -> u64 {
@@ -416,7 +433,7 @@ impl<L: LogStore> ShardRuntime<L> {
             }
         };
         let data = if witness {
-            super::storage::encode_envelope(&snapshot.membership, &sm)
+            super::storage::encode_witness_envelope(&snapshot.membership)
         } else {
             snapshot.data.clone()
         };
@@ -440,6 +457,9 @@ impl<L: LogStore> ShardRuntime<L> {
                     command.timestamp_ms = (self.clock)();
                     replica.propose(&command, reply);
                 }
+                Some(replica) if replica.is_witness() => reply(Err(ShardError::Unavailable(format!(
+                    "this node is a witness of group {group}: it runs no state machine and cannot answer commands; use another node"
+                )))),
                 Some(replica) => {
                     let leader = replica.raft().leader();
                     self.forward_proposal(group, leader, &command, reply);
@@ -489,14 +509,27 @@ impl<L: LogStore> ShardRuntime<L> {
             if !replica.is_leader() {
                 continue;
             }
-            if self.cfg.rebalance_ticks > 0 && !self.handing_off {
-                let last = self.last_rebalance.get(&group).copied().unwrap_or(0);
-                if self.ticks >= last + self.cfg.rebalance_ticks {
-                    if let Some(to) = replica.rebalance_target() {
-                        self.last_rebalance.insert(group, self.ticks);
+            let last = self.last_rebalance.get(&group).copied().unwrap_or(0);
+            if self.handing_off {
+                // Stopping: a leadership that came back here is handed on again.
+                if self.ticks >= last + HAND_OFF_RETRY_TICKS {
+                    self.last_rebalance.insert(group, self.ticks);
+                    if let Some(to) = replica.best_successor() {
                         if let Err(e) = replica.raft_mut().transfer_leadership(to) {
-                            tracing::debug!(group, to, error = %e, "rebalancing transfer refused");
+                            tracing::debug!(group, to, error = %e, "hand-off refused");
                         }
+                    }
+                }
+            } else if self.cfg.rebalance_ticks > 0 && self.ticks >= last + self.cfg.rebalance_ticks {
+                let gave_it_away = |to: u64| {
+                    self.handed_by.get(&group).is_some_and(|&(from, at)| {
+                        from == to && self.ticks < at + HANDED_BACK_AFTER_PERIODS * self.cfg.rebalance_ticks
+                    })
+                };
+                if let Some(to) = replica.rebalance_target().filter(|to| !gave_it_away(*to)) {
+                    self.last_rebalance.insert(group, self.ticks);
+                    if let Err(e) = replica.raft_mut().transfer_leadership(to) {
+                        tracing::debug!(group, to, error = %e, "rebalancing transfer refused");
                     }
                 }
             }
@@ -527,6 +560,11 @@ impl<L: LogStore> ShardRuntime<L> {
                 self.outbox.extend(ready.messages.drain(..));
                 replica.apply_committed(&mut ready);
                 for event in ready.events.drain(..) {
+                    if let RaftEvent::RoleChanged { role: RaftRole::Leader, .. } = event {
+                        // A new leader waits a whole rebalancing period before handing the
+                        // group on (so a hand-off is not undone at once).
+                        self.last_rebalance.insert(group, self.ticks);
+                    }
                     settle_membership_waiters(&mut self.membership_waiters, group, &event);
                     (self.events)(group, &ShardEvent::Raft(event));
                 }

@@ -110,6 +110,13 @@ pub fn encode_envelope(membership: &Membership, sm: &StateMachine) -> Bytes {
     Bytes::from(envelope.encode_to_vec())
 }
 
+/// The snapshot envelope a witness keeps: the configuration only, no state machine (an
+/// empty `state_machine`).
+pub fn encode_witness_envelope(membership: &Membership) -> Bytes {
+    let envelope = GroupSnapshot { version: SNAPSHOT_FORMAT_VERSION, membership: Some(membership.to_proto()), state_machine: Default::default() };
+    Bytes::from(envelope.encode_to_vec())
+}
+
 /// A group's newest snapshot, decoded.
 pub struct LoadedSnapshot {
     pub index: u64,
@@ -140,6 +147,10 @@ pub async fn load_snapshot(store: &SnapshotStore, group: u32) -> Result<Option<L
         .as_ref()
         .ok_or_else(|| format!("group {group}: snapshot {} has no membership", meta.path.display()))
         .and_then(|m| Membership::from_proto(m).map_err(|e| format!("group {group}: {e}")))?;
+    // A witness's snapshot holds the configuration only.
+    if envelope.state_machine.is_empty() {
+        return Ok(Some(LoadedSnapshot { index: meta.index, term: meta.term, membership, state_machine: StateMachine::new(), data }));
+    }
     let state_machine = StateMachine::restore(&envelope.state_machine)
         .map_err(|e| format!("group {group}: snapshot {}: {e}", meta.path.display()))?;
     if state_machine.last_applied() != meta.index {

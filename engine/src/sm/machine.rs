@@ -32,6 +32,13 @@ impl StateMachine {
         self.last_applied
     }
 
+    /// Records that the log entry at `index` was applied although it carries no command
+    /// (a membership change), so reads waiting for that index are released. Lower
+    /// indexes are ignored.
+    pub fn skip(&mut self, index: u64) {
+        self.last_applied = self.last_applied.max(index);
+    }
+
     /// The highest Raft term of any applied entry.
     pub fn last_term(&self) -> u64 {
         self.last_term
