@@ -25,7 +25,7 @@ use conclave_server::routing::partition_of;
 use support::client::atomix::multiraft::v1 as mr;
 use support::cluster::{
     apply_with, busiest_leader, candidate_set, create, get_term, leaderships, next_view, run, spread_names, watch, Cluster,
-    ClusterOptions, Election, Ev, NodeApi, NodeEvents, Op, Role, View,
+    wall, ClusterOptions, Election, Ev, NodeApi, NodeEvents, Op, Role, View,
 };
 use support::{bounded, expect};
 use tonic::transport::Channel;
@@ -439,31 +439,43 @@ async fn a_node_behind_the_compacted_logs_catches_up_from_a_snapshot() {
         run(&mut clients[0], Op::Enter, name, "first").await;
     }
 
+    let stopping = Instant::now();
     let status = cluster.terminate(behind);
     assert!(status.success(), "node {behind} stops with exit 0 on SIGTERM: {status}");
+    println!("node {behind}: SIGTERM at {}, exited by {}", wall(stopping), wall(Instant::now()));
     let marks: BTreeMap<u32, usize> = w.iter_mut().map(|(n, e)| (*n, e.mark())).collect();
 
     // Enough commands in every partition for several snapshots (every 20 entries) while
-    // node 3 is down; the logs keep only 5 entries below the latest snapshot.
+    // node 3 is down; the logs keep only 5 entries below the latest snapshot. Every third
+    // candidate stays and a few are anointed, so the final state depends on every entry.
     let mut workers = Vec::new();
     for (i, name) in names.iter().enumerate() {
         let node = 1 + (i as u32 % 2);
         let mut client = Election::new(cluster.connect(node).await);
         let name = name.clone();
         workers.push(tokio::spawn(async move {
-            for round in 0..30 {
+            for round in 0..40 {
                 let candidate = format!("c{round}");
                 run(&mut client, Op::Enter, &name, &candidate).await;
-                run(&mut client, Op::Withdraw, &name, &candidate).await;
+                if round % 3 != 0 {
+                    run(&mut client, Op::Withdraw, &name, &candidate).await;
+                }
+                if round % 10 == 9 {
+                    run(&mut client, Op::Anoint, &name, &format!("c{}", round - round % 3)).await;
+                }
             }
-            run(&mut client, Op::Enter, &name, "last").await;
-            client // its session holds "last"
+            let last = run(&mut client, Op::Enter, &name, "last").await;
+            (name, client, last) // the client's session holds its candidates
         }));
     }
     let mut holders = Vec::new();
+    let mut acknowledged = BTreeMap::new();
     for worker in workers {
-        holders.push(worker.await.expect("worker"));
+        let (name, client, last) = worker.await.expect("worker");
+        holders.push(client);
+        acknowledged.insert(name, last);
     }
+    println!("commands done by {}", wall(Instant::now()));
     // Both survivors snapshotted every group after node 3 left: the latest snapshot each has.
     let mut latest_snapshot: BTreeMap<u32, u64> = BTreeMap::new();
     for (node, events) in w.iter_mut() {
@@ -487,26 +499,40 @@ async fn a_node_behind_the_compacted_logs_catches_up_from_a_snapshot() {
     let mut expected = BTreeMap::new();
     for name in &names {
         let state = get_term(&mut clients[0], name).await.expect("GetTerm");
-        assert_eq!(state, expect(1, "first", &["first", "last"]), "{name}: as acknowledged");
+        assert_eq!(state, acknowledged[name], "{name}: as acknowledged");
+        assert_eq!((state.0, state.2.len()), (5, 16), "{name}: four anointments, 14 kept candidates, first and last");
         expected.insert(name.clone(), state);
     }
 
     // Restart node 3, watching its Node API from the first moment it answers.
     let restart_marks: BTreeMap<u32, usize> = w.iter_mut().map(|(n, e)| (*n, e.mark())).collect();
     let restarting = Instant::now();
+    println!("node {behind} restarts at {}", wall(restarting));
     cluster.spawn(behind);
     let mut w3 = cluster.events_early(behind).await;
     cluster.wait_ready(behind).await;
     println!("node {behind} restarted and ready in {} ms", ms(restarting.elapsed()));
+    // Reads through the restarted node show the latest state.
+    let mut client = Election::new(cluster.connect(behind).await);
+    for name in &names {
+        assert_eq!(get_term(&mut client, name).await.expect("GetTerm through the restarted node"), expected[name], "{name}");
+    }
     for g in 1..=k {
         let floor = latest_snapshot[&g];
-        let (_, at, event) = w3
-            .wait_for(&format!("a snapshot of group {g} from the leader (index >= {floor})"), 0, EVENT_TIMEOUT, |e| match e {
+        let found = w3
+            .try_wait_for(0, EVENT_TIMEOUT, |e| match e {
                 Ev::SnapshotReceived(s) => s.group_id == g,
                 Ev::SnapshotRecovered(s) => s.group_id == g && s.index >= floor,
                 _ => false,
             })
             .await;
+        let Some((_, at, event)) = found else {
+            let mut report = format!("node {behind} (restarted):\n{}", w3.describe());
+            for (node, events) in w.iter_mut() {
+                report += &format!("node {node} (since node {behind} stopped):\n{}", events.describe_from(marks[node]));
+            }
+            panic!("group {g}: node {behind} reported no snapshot from the leader (snapshot_received, or snapshot_recovered at index >= {floor}) within {EVENT_TIMEOUT:?}\n{report}");
+        };
         println!("  group {g}: node {behind} reports {event:?} {} ms after the restart", ms(at.duration_since(restarting)));
     }
     // The leader's side of the same transfers.
@@ -521,11 +547,6 @@ async fn a_node_behind_the_compacted_logs_catches_up_from_a_snapshot() {
         assert!(sent, "group {g}: neither survivor reported send_snapshot_completed to node {behind}");
     }
 
-    // Reads through the restarted node show the latest state.
-    let mut client = Election::new(cluster.connect(behind).await);
-    for name in &names {
-        assert_eq!(get_term(&mut client, name).await.expect("GetTerm through the restarted node"), expected[name], "{name}");
-    }
     drop(holders);
 }
 
@@ -654,14 +675,38 @@ fn is_leader_of(e: &Ev, group: u32, eligible: &[u32]) -> bool {
     matches!(e, Ev::LeaderUpdated(l) if l.group_id == group && eligible.iter().any(|n| u64::from(*n) == l.leader))
 }
 
-fn is_membership_changed(e: &Ev, group: u32) -> bool {
-    matches!(e, Ev::MembershipChanged(m) if m.group_id == group)
+/// Event checks whose failure does not stop the test, so one run reports every missing
+/// event; the test fails at its end if any is missing.
+#[derive(Default)]
+struct Problems(Vec<String>);
+
+impl Problems {
+    /// Waits for an event on `events` as [`NodeEvents::wait_for`]; a missing one is recorded.
+    /// Only the first wait of a run waits long: the events should have arrived by then.
+    async fn expect_event(&mut self, events: &mut NodeEvents, what: &str, from: usize, matches: impl FnMut(&Ev) -> bool) -> bool {
+        let timeout = if self.0.is_empty() { Duration::from_secs(3) } else { Duration::from_millis(500) };
+        if events.try_wait_for(from, timeout, matches).await.is_some() {
+            return true;
+        }
+        let since = events.describe_from(from);
+        self.0.push(format!("node {}: no {what}; its events since the step:\n{since}", events.node_id));
+        false
+    }
+
+    fn check(self) {
+        assert!(self.0.is_empty(), "{} missing event(s):\n{}", self.0.len(), self.0.join("\n"));
+    }
+}
+
+/// A membership change of `group` that concerns `node` (added, removed or given a role).
+fn is_membership_changed(e: &Ev, group: u32, node: u32) -> bool {
+    matches!(e, Ev::MembershipChanged(m) if m.group_id == group && m.node_id == u64::from(node))
 }
 
 /// Joins `node` to `group` (whose members are `existing`) with `role`, then checks the
 /// events: on the new member member_ready, leader_updated (a leader among `existing`) and
 /// membership_changed; on the existing members membership_changed.
-async fn join_and_check(cluster: &Cluster, w: &mut BTreeMap<u32, NodeEvents>, group: u32, existing: &[u32], node: u32, role: Role) {
+async fn join_and_check(cluster: &Cluster, w: &mut BTreeMap<u32, NodeEvents>, problems: &mut Problems, group: u32, existing: &[u32], node: u32, role: Role) {
     let marks: BTreeMap<u32, usize> = w.iter_mut().map(|(n, e)| (*n, e.mark())).collect();
     let mut members: Vec<(u32, Role)> = existing.iter().map(|n| (*n, Role::Member)).collect();
     members.push((node, role));
@@ -675,12 +720,10 @@ async fn join_and_check(cluster: &Cluster, w: &mut BTreeMap<u32, NodeEvents>, gr
     let (ready, _, _) = events.wait_for(&format!("member_ready of group {group}"), marks[&node], EVENT_TIMEOUT, |e| is_member_ready(e, group, node)).await;
     let (leader, _, _) = events.wait_for(&format!("leader_updated of group {group}"), marks[&node], EVENT_TIMEOUT, |e| is_leader_of(e, group, existing)).await;
     assert!(ready < leader, "node {node}: member_ready of group {group} comes before its leader:\n{}", events.describe());
-    events.wait_for(&format!("membership_changed of group {group}"), marks[&node], EVENT_TIMEOUT, |e| is_membership_changed(e, group)).await;
+    let what = format!("membership_changed of group {group} naming node {node} (it joined as {role:?})");
+    problems.expect_event(events, &what, marks[&node], |e| is_membership_changed(e, group, node)).await;
     for n in existing {
-        w.get_mut(n)
-            .unwrap()
-            .wait_for(&format!("membership_changed of group {group} (node {node} joined as {role:?})"), marks[n], EVENT_TIMEOUT, |e| is_membership_changed(e, group))
-            .await;
+        problems.expect_event(w.get_mut(n).unwrap(), &what, marks[n], |e| is_membership_changed(e, group, node)).await;
     }
     let all: Vec<u32> = existing.iter().copied().chain([node]).collect();
     let (term, leader) = agreed_leader(w, &all, group, existing).await;
@@ -737,27 +780,24 @@ async fn node_api_bootstrap_leave_join_observer_and_witness_with_their_events() 
         .await
         .unwrap_or_else(|s| panic!("Leave group {g1} on node 3: {s:?}"));
     println!("Leave of node 3 from group {g1} resolved in {} ms", ms(leaving.elapsed()));
+    let mut problems = Problems::default();
     for n in [1, 2] {
-        let (_, _, event) = w
-            .get_mut(&n)
-            .unwrap()
-            .wait_for(&format!("membership_changed of group {g1} (node 3 left)"), marks[&n], EVENT_TIMEOUT, |e| is_membership_changed(e, g1))
-            .await;
-        println!("  node {n}: {event:?}");
+        let what = format!("membership_changed of group {g1} naming node 3 (it left)");
+        problems.expect_event(w.get_mut(&n).unwrap(), &what, marks[&n], |e| is_membership_changed(e, g1, 3)).await;
     }
     let (term, leader) = agreed_leader(&mut w, &[1, 2], g1, &[1, 2]).await;
     println!("  group {g1} after the leave: node {leader} leads term {term}");
 
     // Node 3 joins it again as a member.
-    join_and_check(&cluster, &mut w, g1, &[1, 2], 3, Role::Member).await;
+    join_and_check(&cluster, &mut w, &mut problems, g1, &[1, 2], 3, Role::Member).await;
 
     // Group K+2 on nodes 1 and 2, then node 3 as an observer; K+3 with a witness.
     let g2 = k + 2;
     bootstrap(&cluster, &mut w, g2, &[1, 2]).await;
-    join_and_check(&cluster, &mut w, g2, &[1, 2], 3, Role::Observer).await;
+    join_and_check(&cluster, &mut w, &mut problems, g2, &[1, 2], 3, Role::Observer).await;
     let g3 = k + 3;
     bootstrap(&cluster, &mut w, g3, &[1, 2]).await;
-    join_and_check(&cluster, &mut w, g3, &[1, 2], 3, Role::Witness).await;
+    join_and_check(&cluster, &mut w, &mut problems, g3, &[1, 2], 3, Role::Witness).await;
 
     // Neither the observer nor the witness ever led its group.
     for (node, events) in w.iter_mut() {
@@ -777,6 +817,7 @@ async fn node_api_bootstrap_leave_join_observer_and_witness_with_their_events() 
             .await;
         assert!(ready < at, "group {g}: member_ready first");
     }
+    problems.check();
 }
 
 // ---------------------------------------------------------------------------------------

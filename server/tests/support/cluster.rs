@@ -343,6 +343,20 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("the test failed; the cluster's logs:\n{}", self.logs());
+            // CONCLAVE_E2E_KEEP_LOGS=DIR keeps the whole logs of a failed test there.
+            if let Ok(keep) = std::env::var("CONCLAVE_E2E_KEEP_LOGS") {
+                let into = std::path::Path::new(&keep).join(format!("{}-{}", std::process::id(), std::thread::current().name().unwrap_or("test")));
+                for m in &self.members {
+                    let target = into.join(format!("node-{}", m.id));
+                    let _ = std::fs::create_dir_all(&target);
+                    for entry in std::fs::read_dir(m.dir.path()).into_iter().flatten().flatten() {
+                        if entry.path().extension().is_some_and(|x| x == "log") {
+                            let _ = std::fs::copy(entry.path(), target.join(entry.file_name()));
+                        }
+                    }
+                }
+                eprintln!("the whole logs are in {}", into.display());
+            }
         }
         self.kill_all();
     }
@@ -353,8 +367,10 @@ impl Drop for Cluster {
 /// the test looked.
 pub struct NodeEvents {
     pub node_id: u32,
-    rx: mpsc::UnboundedReceiver<(Instant, Option<Ev>)>,
+    rx: mpsc::UnboundedReceiver<(Instant, Option<prost_types::Timestamp>, Option<Ev>)>,
     seen: Vec<(Instant, Ev)>,
+    /// The server's timestamp of each event of `seen`.
+    stamps: Vec<Option<prost_types::Timestamp>>,
     ended: bool,
     task: tokio::task::JoinHandle<()>,
 }
@@ -370,7 +386,7 @@ impl NodeEvents {
             loop {
                 match stream.message().await {
                     Ok(Some(event)) => {
-                        if tx.send((Instant::now(), event.event)).is_err() {
+                        if tx.send((Instant::now(), event.timestamp, event.event)).is_err() {
                             return;
                         }
                     }
@@ -378,14 +394,17 @@ impl NodeEvents {
                 }
             }
         });
-        Ok(NodeEvents { node_id, rx, seen: Vec::new(), ended: false, task })
+        Ok(NodeEvents { node_id, rx, seen: Vec::new(), stamps: Vec::new(), ended: false, task })
     }
 
     fn drain(&mut self) {
         loop {
             match self.rx.try_recv() {
-                Ok((at, Some(event))) => self.seen.push((at, event)),
-                Ok((_, None)) => {}
+                Ok((at, stamp, Some(event))) => {
+                    self.seen.push((at, event));
+                    self.stamps.push(stamp);
+                }
+                Ok((_, _, None)) => {}
                 Err(mpsc::error::TryRecvError::Empty) => return,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     self.ended = true;
@@ -425,8 +444,11 @@ impl NodeEvents {
                 return None;
             }
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some((at, Some(event)))) => self.seen.push((at, event)),
-                Ok(Some((_, None))) => {}
+                Ok(Some((at, stamp, Some(event)))) => {
+                    self.seen.push((at, event));
+                    self.stamps.push(stamp);
+                }
+                Ok(Some((_, _, None))) => {}
                 Ok(None) => self.ended = true,
                 Err(_) => return None,
             }
@@ -488,15 +510,21 @@ impl NodeEvents {
         }
     }
 
-    /// The events seen, one a line, with their arrival relative to the first.
-    pub fn describe(&mut self) -> String {
+    /// The events from position `from`, one a line: arrival at the test (UTC time of day),
+    /// the server's timestamp, the event.
+    pub fn describe_from(&mut self, from: usize) -> String {
         self.drain();
-        let start = self.seen.first().map(|(at, _)| *at);
         let mut text = String::new();
-        for (at, event) in &self.seen {
-            let _ = writeln!(text, "  +{:>6} ms {event:?}", at.duration_since(start.unwrap_or(*at)).as_millis());
+        for ((at, event), stamp) in self.seen.iter().zip(&self.stamps).skip(from) {
+            let server = stamp.as_ref().map_or_else(|| "-".to_owned(), |t| time_of_day(t.seconds as u64, t.nanos as u32));
+            let _ = writeln!(text, "  {} (server {server}) {event:?}", wall(*at));
         }
         text
+    }
+
+    /// Every event seen, as [`NodeEvents::describe_from`].
+    pub fn describe(&mut self) -> String {
+        self.describe_from(0)
     }
 }
 
@@ -504,6 +532,20 @@ impl Drop for NodeEvents {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+fn time_of_day(seconds: u64, nanos: u32) -> String {
+    let day = seconds % 86_400;
+    format!("{:02}:{:02}:{:02}.{:06}", day / 3600, day / 60 % 60, day % 60, nanos / 1_000)
+}
+
+/// The UTC time of day of `at` (to line test output up with the servers' logs).
+pub fn wall(at: Instant) -> String {
+    static BASE: std::sync::OnceLock<(Instant, std::time::SystemTime)> = std::sync::OnceLock::new();
+    let (base, system) = *BASE.get_or_init(|| (Instant::now(), std::time::SystemTime::now()));
+    let system = if at >= base { system + (at - base) } else { system - (base - at) };
+    let since = system.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    time_of_day(since.as_secs(), since.subsec_nanos())
 }
 
 /// The group of an event, if it names one.
