@@ -180,7 +180,7 @@ async fn load_task(mut st: LoadTask, names: Vec<String>, partitions: u32, stop: 
             let present = st.present.entry(name.clone()).or_default();
             let withdrawable = present.iter().find(|c| !st.tainted.contains(*c)).cloned();
             let (op, candidate) = match withdrawable {
-                Some(c) if *k % 3 == 0 => (Op::Withdraw, c),
+                Some(c) if (*k).is_multiple_of(3) => (Op::Withdraw, c),
                 _ => {
                     seq += 1;
                     (Op::Enter, format!("t{}n{}-{seq}", st.task, st.node))
