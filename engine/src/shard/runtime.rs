@@ -22,7 +22,7 @@ use conclave_proto::conclave::raft::v1::Entry;
 use futures_lite::future;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
-use crate::raft::{HardState, Outbox, RaftEvent, RaftRole, Role, Snapshot};
+use crate::raft::{HardState, Membership, Outbox, RaftEvent, RaftRole, Role, Snapshot};
 use conclave_proto::conclave::peer::v1::peer_message::Body;
 use crate::sm::{self, Command};
 
@@ -65,8 +65,8 @@ pub enum ShardEvent {
     /// A Raft event (role, leader or membership change, ...).
     Raft(RaftEvent),
     /// The group's replica started on this shard (bootstrapped, joined or recovered) and
-    /// takes part in the group from now on.
-    MemberReady,
+    /// takes part in the group from now on, with the configuration it knows of.
+    MemberReady { membership: Membership },
     /// The group's replica left this shard (it was removed from the group, or its node
     /// is leaving it); its data is deleted.
     MemberRemoved,
@@ -306,8 +306,8 @@ impl<L: LogStore> ShardRuntime<L> {
     pub async fn run(mut self) -> Result<(), ShardError> {
         let mut next_tick = Instant::now() + self.cfg.tick;
         // Drive any output recovery left (e.g. entries to re-apply) before serving.
-        for group in self.replicas.keys().copied().collect::<Vec<_>>() {
-            (self.events)(group, &ShardEvent::MemberReady);
+        for (&group, replica) in &self.replicas {
+            (self.events)(group, &ShardEvent::MemberReady { membership: replica.raft().membership().clone() });
         }
         self.process_ready().await?;
         loop {
@@ -486,8 +486,9 @@ impl<L: LogStore> ShardRuntime<L> {
                 } else {
                     let hs = replica.raft().hard_state();
                     self.durable_votes.insert(group, (hs.term, hs.vote));
+                    let membership = replica.raft().membership().clone();
                     self.replicas.insert(group, *replica);
-                    (self.events)(group, &ShardEvent::MemberReady);
+                    (self.events)(group, &ShardEvent::MemberReady { membership });
                     reply(Ok(()));
                 }
             }

@@ -84,7 +84,7 @@ impl NodeEvents {
             NodeEvent::Connection(event) => self.hub.publish(events::connection_event(&event)),
             NodeEvent::Group(group, event) => {
                 match &event {
-                    ShardEvent::MemberReady => {
+                    ShardEvent::MemberReady { .. } => {
                         self.hosted.borrow_mut().insert(group);
                     }
                     ShardEvent::MemberRemoved => {

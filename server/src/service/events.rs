@@ -64,7 +64,11 @@ impl EventConverter {
     pub fn convert(&mut self, group: u32, event: &ShardEvent) -> Vec<pb::Event> {
         let group_id = group;
         let kind = match event {
-            ShardEvent::MemberReady => Kind::MemberReady(pb::MemberReadyEvent { group_id, node_id: self.node_id }),
+            ShardEvent::MemberReady { membership } => {
+                // The configuration the replica starts from is the baseline of later changes.
+                self.memberships.insert(group, membership.members().collect());
+                Kind::MemberReady(pb::MemberReadyEvent { group_id, node_id: self.node_id })
+            }
             ShardEvent::MemberRemoved => {
                 self.memberships.remove(&group);
                 Kind::MembershipChanged(pb::MembershipChangedEvent { group_id, node_id: self.node_id })
@@ -90,7 +94,8 @@ impl EventConverter {
     }
 
     /// One `membership_changed` per node added, removed or given another role, in node id
-    /// order; every member the first time the group's membership is seen.
+    /// order, against the configuration the replica started from (`MemberReady`) or last
+    /// changed to; every member if neither was seen.
     fn membership_changed(&mut self, group_id: u32, membership: &Membership) -> Vec<pb::Event> {
         let next: BTreeMap<u64, Role> = membership.members().collect();
         let previous = self.memberships.insert(group_id, next.clone()).unwrap_or_default();
@@ -287,7 +292,10 @@ mod tests {
         let mut c = EventConverter::new(7);
         let raft = |e| ShardEvent::Raft(e);
         let cases = [
-            (ShardEvent::MemberReady, Kind::MemberReady(pb::MemberReadyEvent { group_id: 3, node_id: 7 })),
+            (
+                ShardEvent::MemberReady { membership: Membership::voters([7]).expect("valid") },
+                Kind::MemberReady(pb::MemberReadyEvent { group_id: 3, node_id: 7 }),
+            ),
             (raft(RaftEvent::LeaderChanged { term: 4, leader: 2 }), Kind::LeaderUpdated(pb::LeaderUpdatedEvent { group_id: 3, term: 4, leader: 2 })),
             (raft(RaftEvent::SnapshotSendStarted { to: 2, index: 10 }), Kind::SendSnapshotStarted(pb::SendSnapshotStartedEvent { group_id: 3, index: 10, to: 2 })),
             (raft(RaftEvent::SnapshotSendCompleted { to: 2, index: 11 }), Kind::SendSnapshotCompleted(pb::SendSnapshotCompletedEvent { group_id: 3, index: 11, to: 2 })),
@@ -330,6 +338,16 @@ mod tests {
         assert_eq!(kinds(c.convert(5, &ShardEvent::MemberRemoved)), changed(5, &[1]));
         assert_eq!(kinds(c.convert(5, &membership(&[(1, v), (3, w), (4, v)]))), changed(5, &[1, 3, 4]));
         assert!(c.convert(6, &membership(&[(1, v)])).is_empty(), "group 6 was not forgotten");
+    }
+
+    #[test]
+    fn a_member_leaving_is_named_against_the_configuration_the_replica_started_from() {
+        let mut c = EventConverter::new(1);
+        let v = Role::Voter;
+        let start = Membership::new([(1, v), (2, v), (3, v)]).expect("valid");
+        let ready = kinds(c.convert(5, &ShardEvent::MemberReady { membership: start }));
+        assert_eq!(ready, vec![Kind::MemberReady(pb::MemberReadyEvent { group_id: 5, node_id: 1 })]);
+        assert_eq!(kinds(c.convert(5, &membership(&[(1, v), (2, v)]))), changed(5, &[3]), "node 3 left");
     }
 
     #[test]
