@@ -1,12 +1,17 @@
 //! Generates the tonic client stubs the bench speaks: Conclave's client API
-//! (`atomix.runtime.election.v1`, from the shared `proto/` tree) and the subset of etcd's v3
-//! election and lease API under `bench/proto/etcd/`.
+//! (`atomix.runtime.election.v1`) and Node API (`atomix.multiraft.v1.Node`, whose Watch
+//! reports leader changes during a node-kill failover), both from the shared `proto/` tree,
+//! and the subset of etcd's v3 election and lease API under `bench/proto/etcd/`.
 use std::path::PathBuf;
 
 fn main() {
     let root = PathBuf::from("../proto/proto");
     println!("cargo:rerun-if-changed=../proto/proto/atomix/runtime");
-    let files = ["atomix/runtime/election/v1/election.proto"];
+    println!("cargo:rerun-if-changed=../proto/proto/atomix/multiraft/v1/node.proto");
+    let files = [
+        "atomix/runtime/election/v1/election.proto",
+        "atomix/multiraft/v1/node.proto",
+    ];
     let fds = protox::compile(files.iter().map(|f| root.join(f)), [&root])
         .expect("protox failed to compile the client API .proto files");
     tonic_prost_build::configure()

@@ -18,7 +18,14 @@ impl ElectionClient {
         config: &BenchConfig,
         caller: usize,
     ) -> Result<ElectionClient, BenchError> {
-        let endpoint = config.endpoint_of(caller);
+        ElectionClient::connect_to(config, config.endpoint_of(caller)).await
+    }
+
+    /// A new connection to `endpoint` (one of `config.endpoints`).
+    pub async fn connect_to(
+        config: &BenchConfig,
+        endpoint: &str,
+    ) -> Result<ElectionClient, BenchError> {
         match config.target {
             Target::Conclave => Ok(ElectionClient::Conclave(
                 ConclaveClient::connect(endpoint, config.request_timeout).await?,

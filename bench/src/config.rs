@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::kill::NodeKill;
+
 /// The system under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -25,7 +27,8 @@ pub enum Workload {
     /// Enter; measured: acknowledgement of the command to each watcher's notification.
     Watch,
     /// The leader's client connection is shut down; measured: from the shutdown to each
-    /// watcher seeing the next leader.
+    /// watcher seeing the next leader. With [`BenchConfig::kill`], a cluster node is
+    /// killed instead (see [`crate::kill`]).
     Failover,
     /// Each caller mixes GetTerm (`read_percent` of its operations) with Enter/Withdraw.
     Mixed,
@@ -85,6 +88,9 @@ pub struct BenchConfig {
     pub progress: bool,
     /// Write the report as JSON here, and the chart beside it (same name, `.svg`).
     pub json: Option<PathBuf>,
+    /// Failover only: kill a cluster node instead of cutting client connections (see
+    /// [`crate::kill`]).
+    pub kill: Option<NodeKill>,
 }
 
 impl BenchConfig {
@@ -106,6 +112,7 @@ impl BenchConfig {
             lease_ttl_secs: crate::etcd::DEFAULT_LEASE_TTL_SECS,
             progress: false,
             json: None,
+            kill: None,
         }
     }
 
@@ -136,6 +143,12 @@ impl BenchConfig {
             if matches!(self.workload, Workload::Watch | Workload::Failover) {
                 return Err("watch and failover run closed loop (one driver per election)".into());
             }
+        }
+        if let Some(kill) = &self.kill {
+            if self.workload != Workload::Failover {
+                return Err("killing a node is a failover run".into());
+            }
+            kill.validate(self)?;
         }
         if self.duration.is_zero() && self.operations.is_none() {
             return Err("a run needs --duration or --operations".into());
@@ -228,6 +241,28 @@ mod tests {
         }));
         assert!(refused(BenchConfig {
             lease_ttl_secs: 0,
+            ..base.clone()
+        }));
+        let kill =
+            crate::kill::NodeKill::new(crate::kill::KillMethod::Pid(12345), "http://127.0.0.1:1");
+        let two_nodes = vec![
+            "http://127.0.0.1:1".to_string(),
+            "http://127.0.0.1:2".into(),
+        ];
+        assert!(refused(BenchConfig {
+            kill: Some(kill.clone()),
+            endpoints: two_nodes.clone(),
+            ..base.clone()
+        }));
+        assert!(!refused(BenchConfig {
+            kill: Some(kill.clone()),
+            endpoints: two_nodes,
+            workload: Workload::Failover,
+            ..base.clone()
+        }));
+        assert!(refused(BenchConfig {
+            kill: Some(kill),
+            workload: Workload::Failover,
             ..base
         }));
     }

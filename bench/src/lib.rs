@@ -18,6 +18,8 @@ pub mod error;
 pub mod etcd;
 pub mod etcd_watch;
 pub mod floor;
+pub mod kill;
+pub mod node_events;
 pub mod report;
 pub mod schedule;
 pub mod stats;

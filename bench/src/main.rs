@@ -25,7 +25,8 @@ enum Command {
     Read(RunArgs),
     /// Watchers per election; latency from a command's acknowledgement to each notification.
     Watch(RunArgs),
-    /// Cut the leading client's connection; latency until watchers see the next leader.
+    /// Cut the leading client's connection (or kill a node: --kill-pid); latency until
+    /// watchers see the next leader.
     Failover(RunArgs),
     /// GetTerm mixed with Enter/Withdraw (--read-percent).
     Mixed(RunArgs),
@@ -84,6 +85,72 @@ struct RunArgs {
     /// No progress line on stderr.
     #[arg(long, short = 'q')]
     quiet: bool,
+    #[command(flatten)]
+    kill: KillArgs,
+}
+
+/// Failover by killing a cluster node (instead of cutting the leading client's connection).
+#[derive(Args)]
+struct KillArgs {
+    /// Kill this process (SIGKILL) --kill-after-ms into the run: the node of --kill-endpoint.
+    #[arg(long, conflicts_with = "kill_command", requires = "kill_endpoint")]
+    kill_pid: Option<i32>,
+    /// Kill the node by running this shell command (`sh -c`) --kill-after-ms into the run.
+    #[arg(long, requires = "kill_endpoint")]
+    kill_command: Option<String>,
+    /// The killed node's client endpoint (one of --endpoints; the others survive).
+    #[arg(long)]
+    kill_endpoint: Option<String>,
+    /// The killed node's id, to tell the groups it led (with --admin-endpoints).
+    #[arg(long, requires = "admin_endpoints")]
+    kill_node_id: Option<u64>,
+    /// Node API (admin) endpoints of surviving nodes: leader changes per group.
+    #[arg(long, value_delimiter = ',', requires = "kill_node_id")]
+    admin_endpoints: Vec<String>,
+    /// Partitions of the cluster: one probe election per partition.
+    #[arg(long, default_value_t = 16)]
+    partitions: u32,
+    /// When the node is killed, in milliseconds after the measured phase starts.
+    #[arg(long, default_value_t = 2_000)]
+    kill_after_ms: u64,
+    /// Bound of the wait for each partition's and group's recovery after the kill.
+    #[arg(long, default_value_t = 10_000)]
+    recovery_timeout_ms: u64,
+    /// The cluster's --session-timeout-ms, reported with the candidacy figure.
+    #[arg(long)]
+    session_timeout_ms: Option<u64>,
+    /// With --admin-endpoints: first wait (at most 30 s) until the node to be killed leads
+    /// at least this many groups.
+    #[arg(long, default_value_t = 1)]
+    min_led_groups: u32,
+}
+
+impl KillArgs {
+    fn node_kill(self) -> Option<conclave_bench::kill::NodeKill> {
+        use conclave_bench::kill::{KillMethod, NodeKill};
+        let method = match (self.kill_pid, self.kill_command) {
+            (Some(pid), _) => KillMethod::Pid(pid),
+            (None, Some(command)) => KillMethod::Command(command),
+            (None, None) => return None,
+        };
+        Some(NodeKill {
+            node_id: self.kill_node_id,
+            admin_endpoints: self
+                .admin_endpoints
+                .iter()
+                .map(|e| endpoint_url(e))
+                .collect(),
+            partitions: self.partitions,
+            kill_after: Duration::from_millis(self.kill_after_ms),
+            recovery_timeout: Duration::from_millis(self.recovery_timeout_ms),
+            session_timeout: self.session_timeout_ms.map(Duration::from_millis),
+            min_led_groups: self.min_led_groups,
+            ..NodeKill::new(
+                method,
+                endpoint_url(self.kill_endpoint.as_deref().unwrap_or("")),
+            )
+        })
+    }
 }
 
 #[derive(Args)]
@@ -147,6 +214,7 @@ fn config_of(workload: Workload, args: RunArgs) -> Result<BenchConfig, String> {
         lease_ttl_secs: args.lease_ttl,
         progress: !args.quiet,
         json: args.json,
+        kill: args.kill.node_kill(),
     };
     config.validate()?;
     Ok(config)

@@ -130,12 +130,12 @@ impl Report {
     /// A fixed-width table of the per-operation summaries, for the terminal.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:<12} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}\n",
+            "{:<18} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>8}\n",
             "op", "ops/s", "p50 us", "p90 us", "p99 us", "p99.9 us", "max us", "count", "errors"
         );
         for (op, s) in &self.ops {
             out.push_str(&format!(
-                "{:<12} {:>10.0} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10} {:>8}\n",
+                "{:<18} {:>10.0} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10} {:>8}\n",
                 op,
                 s.ops_per_sec,
                 s.p50_us,

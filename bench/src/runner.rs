@@ -199,6 +199,9 @@ fn notes_of(config: &BenchConfig, counters: &NotifyCounters) -> Vec<String> {
 /// Runs `config` on the current tokio runtime (see [`crate::run`]).
 pub async fn run_async(config: BenchConfig) -> Result<Report, BenchError> {
     config.validate().map_err(BenchError::Config)?;
+    if config.kill.is_some() {
+        return crate::kill::run(config).await;
+    }
     let names: Vec<String> = (0..config.elections)
         .map(|i| config.election_name(i))
         .collect();

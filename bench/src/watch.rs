@@ -46,14 +46,24 @@ impl Watchers {
         count: usize,
         first_caller: usize,
     ) -> Result<Watchers, BenchError> {
+        Watchers::start_on(name, count, ctx.config.request_timeout, |watcher| {
+            ctx.config.endpoint_of(first_caller + watcher).to_string()
+        })
+        .await
+    }
+
+    /// Starts `count` watchers of `name`, watcher `w` connected to `endpoint_of(w)`, and
+    /// waits for each one's first state (at most `timeout`).
+    pub async fn start_on(
+        name: &str,
+        count: usize,
+        timeout: Duration,
+        endpoint_of: impl Fn(usize) -> String,
+    ) -> Result<Watchers, BenchError> {
         let (sender, received) = mpsc::unbounded_channel();
         let mut tasks = Vec::with_capacity(count);
         for watcher in 0..count {
-            let mut client = ConclaveClient::connect(
-                ctx.config.endpoint_of(first_caller + watcher),
-                ctx.config.request_timeout,
-            )
-            .await?;
+            let mut client = ConclaveClient::connect(&endpoint_of(watcher), timeout).await?;
             let mut stream = client.watch(name).await?;
             let sender = sender.clone();
             tasks.push(tokio::spawn(async move {
@@ -78,7 +88,7 @@ impl Watchers {
             tasks,
         };
         watchers
-            .wait_for(|_| true, ctx.config.request_timeout)
+            .wait_for(|_| true, timeout)
             .await
             .map_err(|e| BenchError::Setup(format!("first watch state of {name}: {e}")))?;
         Ok(watchers)
@@ -86,7 +96,7 @@ impl Watchers {
 
     /// The moment each watcher first received a state matching `wanted`, waiting at most
     /// `timeout`. States not matching are skipped (earlier changes still in flight).
-    async fn wait_for(
+    pub async fn wait_for(
         &mut self,
         wanted: impl Fn(&Term) -> bool,
         timeout: Duration,
