@@ -50,6 +50,11 @@ pub struct PeerConfig {
     pub connect_timeout: Duration,
     /// Limit on the handshake exchange.
     pub handshake_timeout: Duration,
+    /// Drop what is queued when the connection fails, and refuse messages
+    /// (`SendError::Disconnected`) until it is back, instead of delivering a backlog late.
+    /// For traffic that is retransmitted anyway (Raft), a backlog only delays what is
+    /// current once the peer returns. Off by default.
+    pub discard_while_down: bool,
 }
 
 impl PeerConfig {
@@ -70,6 +75,7 @@ impl PeerConfig {
             backoff: BackoffConfig { seed, ..BackoffConfig::default() },
             connect_timeout: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(2),
+            discard_while_down: false,
         }
     }
 }
@@ -211,19 +217,27 @@ fn emit(events: &EventSink, config: &PeerConfig, kind: ConnectionEventKind) {
 async fn run<M: Message>(shared: Rc<Shared<M>>, config: PeerConfig, events: EventSink) {
     let mut backoff = Backoff::new(config.backoff);
     let mut buffer = BytesMut::with_capacity(crate::codec::READ_CHUNK);
+    let set_discarding = |on: bool| {
+        if config.discard_while_down {
+            shared.queue.borrow_mut().set_discarding(on);
+        }
+    };
     loop {
         match connect(&config).await {
             Ok(stream) => {
+                set_discarding(false);
                 backoff.reset();
                 shared.bump(|s| s.connections += 1);
                 tracing::info!(peer = config.remote_node_id, address = %config.address, "peer connection established");
                 emit(&events, &config, ConnectionEventKind::Established);
                 let reason = serve(&shared, &config, stream, &mut buffer).await;
+                set_discarding(true);
                 shared.bump(|s| s.failures += 1);
                 tracing::warn!(peer = config.remote_node_id, address = %config.address, %reason, "peer connection lost");
                 emit(&events, &config, ConnectionEventKind::Failed { reason });
             }
             Err(reason) => {
+                set_discarding(true);
                 shared.bump(|s| s.failures += 1);
                 tracing::debug!(peer = config.remote_node_id, address = %config.address, %reason, "peer connection attempt failed");
                 emit(&events, &config, ConnectionEventKind::Failed { reason });

@@ -43,13 +43,16 @@ pub enum SendError<M> {
     TooLarge(M, PushError),
     /// The peer was shut down.
     Closed(M),
+    /// The connection is down and the peer discards messages until it is back
+    /// (`PeerConfig::discard_while_down`).
+    Disconnected(M),
 }
 
 impl<M> SendError<M> {
     /// The message that was not queued.
     pub fn into_message(self) -> M {
         match self {
-            SendError::Full(m) | SendError::TooLarge(m, _) | SendError::Closed(m) => m,
+            SendError::Full(m) | SendError::TooLarge(m, _) | SendError::Closed(m) | SendError::Disconnected(m) => m,
         }
     }
 }
@@ -57,6 +60,7 @@ impl<M> SendError<M> {
 impl<M> std::fmt::Display for SendError<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            SendError::Disconnected(_) => write!(f, "peer connection is down; messages are discarded until it is back"),
             SendError::Full(_) => write!(f, "peer send queue is full"),
             SendError::TooLarge(_, e) => write!(f, "message cannot be sent: {e}"),
             SendError::Closed(_) => write!(f, "peer is shut down"),
@@ -120,6 +124,8 @@ pub(crate) struct SendQueue<M> {
     bulk: LaneQueue<M>,
     limits: FrameLimits,
     closed: bool,
+    /// Set while the connection is down and messages are to be discarded meanwhile.
+    discarding: bool,
     writer_waker: Option<Waker>,
 }
 
@@ -130,6 +136,7 @@ impl<M: Message> SendQueue<M> {
             bulk: LaneQueue::new(bulk),
             limits,
             closed: false,
+            discarding: false,
             writer_waker: None,
         }
     }
@@ -153,6 +160,9 @@ impl<M: Message> SendQueue<M> {
         let message = slot.take().expect("offer polled after completion");
         if self.closed {
             return Poll::Ready(Err(SendError::Closed(message)));
+        }
+        if self.discarding {
+            return Poll::Ready(Err(SendError::Disconnected(message)));
         }
         let encoded_len = message.encoded_len();
         if framed_len(encoded_len) > self.limits.max_body_len as usize {
@@ -204,9 +214,22 @@ impl<M> SendQueue<M> {
         self.ordinary.items.len() + self.bulk.items.len()
     }
 
+    /// While `discarding`, refuses sends with `Disconnected`; turning it on drops what is
+    /// queued (it would reach the peer late, after whatever happened meanwhile).
+    pub(crate) fn set_discarding(&mut self, discarding: bool) {
+        self.discarding = discarding;
+        if discarding {
+            self.drop_queued();
+        }
+    }
+
     /// Refuses further sends, drops what is queued and wakes every waiter.
     pub(crate) fn close(&mut self) {
         self.closed = true;
+        self.drop_queued();
+    }
+
+    fn drop_queued(&mut self) {
         for lane in [&mut self.ordinary, &mut self.bulk] {
             lane.items.clear();
             lane.bytes = 0;

@@ -131,6 +131,32 @@ fn the_peer_reconnects_after_the_listener_restarts() {
     });
 }
 
+#[test]
+fn a_peer_that_discards_while_down_drops_its_backlog_and_delivers_only_what_is_current() {
+    run_shard(LIMIT, async {
+        let (listener, address, rx) = listen(any_port());
+        let events = Recorder::default();
+        let config = PeerConfig { discard_while_down: true, ..peer_config(address) };
+        let peer: Peer<RaftMessage> = Peer::spawn(config, events.sink());
+        peer.send(append(1, 1, Bytes::from_static(b"before"))).await.expect("queued");
+        assert_eq!(receive(&rx, 1).await[0].messages[0].entries[0].data, Bytes::from_static(b"before"));
+
+        drop(listener);
+        drop(rx);
+        wait_until(LIMIT, "the broken connection to be reported", || events.count(false) >= 1).await;
+        let refused = peer.try_send(append(1, 2, Bytes::from_static(b"stale")));
+        assert!(matches!(refused, Err(SendError::Disconnected(_))), "refused while down: {refused:?}");
+        assert_eq!(peer.queued(), 0, "nothing is kept for later");
+
+        let (_listener, _, rx) = listen(address);
+        wait_until(LIMIT, "the connection to come back", || events.count(true) >= 2).await;
+        peer.send(append(1, 3, Bytes::from_static(b"current"))).await.expect("queued once back");
+        let batches = receive(&rx, 1).await;
+        let indexes: Vec<u64> = batches.iter().flat_map(|b| b.messages.iter().map(|m| m.entries[0].index)).collect();
+        assert_eq!(indexes, vec![3], "only the message sent after the reconnection arrives");
+    });
+}
+
 /// A raw client that performs the handshake by hand.
 async fn raw_client(address: SocketAddr) -> TcpStream {
     let mut stream = TcpStream::connect(address).await.expect("connect");

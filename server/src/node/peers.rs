@@ -55,7 +55,12 @@ impl PeerNet {
             }
         })
         .detach();
-        let peers = PeerSet::new(events, move |node, address| PeerConfig::new(local.clone(), node, address));
+        // Raft retransmits and forwarded requests fail on a broken connection, so nothing
+        // queued for a node that is down is worth delivering late.
+        let peers = PeerSet::new(events, move |node, address| PeerConfig {
+            discard_while_down: true,
+            ..PeerConfig::new(local.clone(), node, address)
+        });
         let net = Rc::new(PeerNet { shard, peers: RefCell::new(peers), _listener: listener });
         for (&id, addr) in &config.peers {
             if id != me {
@@ -91,7 +96,9 @@ impl PeerNet {
                 Ok(()) => {}
                 Err(SendError::Full(_)) => tracing::debug!(to, ?lane, "peer queue full; dropped a message"),
                 Err(SendError::TooLarge(_, e)) => tracing::warn!(to, error = %e, "a peer message does not fit a frame"),
-                Err(SendError::Closed(_)) => tracing::debug!(to, "peer connection closed; dropped a message"),
+                Err(SendError::Closed(_) | SendError::Disconnected(_)) => {
+                    tracing::trace!(to, "peer connection down; dropped a message")
+                }
             }
         }
     }
