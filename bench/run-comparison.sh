@@ -1,41 +1,66 @@
 #!/usr/bin/env bash
 # Conclave vs etcd with one client (conclave-bench), on this machine, loopback only.
 #
-# Starts a 3-member etcd (Debian package etcd-server, installed if missing) and a Conclave
-# node (single node until multi-node clusters land), measures the machine's floor
-# (fdatasync of 4 KiB on the disk of the data directories, loopback round trip), runs the
-# same workloads against both, writes one JSON + SVG per run into OUT, and stops everything
-# it started on exit (trap), whatever happens.
+# Starts a 3-member etcd (Debian package etcd-server, installed if missing) and a 3-node
+# Conclave cluster (CONCLAVE_NODES=1: a single node), waits until every etcd member is
+# healthy and every Conclave node printed `conclave: ready`, measures the machine's floor
+# (fdatasync of 4 KiB on the disk of the data directories, loopback round trip) at the
+# start and at the end, runs the same workloads against both (callers spread round-robin
+# over every node's client endpoint; Conclave then etcd for each workload, so the two
+# compare under the same machine load), then kills a node of each system KILLS times
+# (Conclave: the nodes in turn, restarted after each kill; etcd: its current leader) and
+# measures failover. Writes one JSON + SVG + text per run into OUT, with the exact command
+# and the load average in each text, and stops everything it started on exit (trap),
+# whatever happens.
 #
 # Usage: bench/run-comparison.sh [OUT]          (from the repository root)
-# Environment: DURATION (seconds per run, default 10), CONCLAVE and BENCH (binaries;
-# default: built with `cargo build --release`), CONCLAVE_SHARDS (default: cores).
+# Environment:
+#   DURATION            seconds per run (default 10)
+#   CONCLAVE, BENCH     binaries (default: built with `cargo build --release`)
+#   CONCLAVE_NODES      3 (default) or 1
+#   CONCLAVE_SHARDS     --shards of every node (default: the server's, one per core)
+#   CONCLAVE_PARTITIONS --partitions (default 16)
+#   CONCLAVE_SESSION_TIMEOUT_MS  --session-timeout-ms (default 5000)
+#   CONCLAVE_FLAGS      more flags for every node, word-split (e.g. "--spin-before-park-us 50")
+#   KILLS               node-kill runs per system (default 3; 0: none)
+#   ONLY                run only these runs (space-separated names or globs, e.g.
+#                       "*-churn-64 conclave-kill-*"); floors always run
+#   KEEP_LOGS=1         copy the servers' logs into OUT/logs
 set -euo pipefail
 
 OUT=${1:-bench-results/$(date -u +%Y%m%dT%H%M%SZ)}
 DURATION=${DURATION:-10}
+NODES=${CONCLAVE_NODES:-3}
+PARTITIONS=${CONCLAVE_PARTITIONS:-16}
+SESSION_TIMEOUT_MS=${CONCLAVE_SESSION_TIMEOUT_MS:-5000}
+KILLS=${KILLS:-3}
+ONLY=${ONLY:-}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/conclave-comparison.XXXXXX")
-PIDS=()
 
-stop_all() {
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
+# shellcheck source=bench/cluster.sh
+source "$HERE/cluster.sh"
+cleanup() {
+    stop_all
+    if [[ ${KEEP_LOGS:-} == 1 && -d $OUT ]]; then
+        mkdir -p "$OUT/logs" && cp "$WORK"/*.log "$OUT/logs/" 2>/dev/null || true
+    fi
     rm -rf "$WORK"
 }
-trap stop_all EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
+if [[ $NODES != 1 && $NODES != 3 ]]; then
+    echo "CONCLAVE_NODES is 1 or 3" >&2
+    exit 2
+fi
 if ! command -v etcd >/dev/null; then
     echo "etcd is missing; installing etcd-server:"
     apt-cache policy etcd-server
     apt-get install -y etcd-server
 fi
 if [[ -z "${CONCLAVE:-}" || -z "${BENCH:-}" ]]; then
-    cargo build --release -p conclave-server --bin conclave
-    cargo build --release -p conclave-bench
+    cargo build --release -p conclave-server -p conclave-bench
     TARGET_DIR=${CARGO_TARGET_DIR:-target}
     CONCLAVE=${CONCLAVE:-$TARGET_DIR/release/conclave}
     BENCH=${BENCH:-$TARGET_DIR/release/conclave-bench}
@@ -43,66 +68,72 @@ fi
 mkdir -p "$OUT"
 echo "results in $OUT; scratch in $WORK"
 
-# --- etcd: three members on loopback ------------------------------------------------------
-ETCD_CLUSTER="e1=http://127.0.0.1:22380,e2=http://127.0.0.1:22480,e3=http://127.0.0.1:22580"
-ETCD_ENDPOINTS="127.0.0.1:22379,127.0.0.1:22479,127.0.0.1:22579"
-for member in 1 2 3; do
-    client_port=$((22279 + 100 * member))
-    peer_port=$((22280 + 100 * member))
-    etcd --name "e$member" --data-dir "$WORK/etcd-$member" \
-        --listen-client-urls "http://127.0.0.1:$client_port" \
-        --advertise-client-urls "http://127.0.0.1:$client_port" \
-        --listen-peer-urls "http://127.0.0.1:$peer_port" \
-        --initial-advertise-peer-urls "http://127.0.0.1:$peer_port" \
-        --initial-cluster "$ETCD_CLUSTER" --initial-cluster-state new \
-        --initial-cluster-token conclave-bench >"$WORK/etcd-$member.log" 2>&1 &
-    PIDS+=($!)
-done
+# --- the two systems --------------------------------------------------------------------
+CONCLAVE_ARGS=(--partitions "$PARTITIONS" --session-timeout-ms "$SESSION_TIMEOUT_MS")
+if [[ -n "${CONCLAVE_SHARDS:-}" ]]; then CONCLAVE_ARGS+=(--shards "$CONCLAVE_SHARDS"); fi
+# shellcheck disable=SC2206 # word splitting of extra flags is the point
+if [[ -n "${CONCLAVE_FLAGS:-}" ]]; then CONCLAVE_ARGS+=($CONCLAVE_FLAGS); fi
+etcd_start
+conclave_start "$NODES" "${CONCLAVE_ARGS[@]}"
+CONCLAVE_ENDPOINTS=$(conclave_endpoints)
+{
+    echo "conclave: $NODES node(s): $CONCLAVE serve ${CONCLAVE_ARGS[*]} (plus per-node ids, ports and data directories)"
+    echo "conclave endpoints: $CONCLAVE_ENDPOINTS"
+    echo "etcd: $(etcd --version 2>&1 | sed -n 1p), endpoints $ETCD_ENDPOINTS"
+    echo "machine: $(nproc) cores; $(machine_load)"
+} | tee "$OUT/setup.txt"
 
-# --- Conclave: one node -------------------------------------------------------------------
-SHARD_ARGS=()
-if [[ -n "${CONCLAVE_SHARDS:-}" ]]; then SHARD_ARGS=(--shards "$CONCLAVE_SHARDS"); fi
-"$CONCLAVE" serve --data-dir "$WORK/conclave" --listen 127.0.0.1:25678 \
-    --admin-listen 127.0.0.1:25679 --peers 1=127.0.0.1:25680 "${SHARD_ARGS[@]}" \
-    >"$WORK/conclave.log" 2>&1 &
-PIDS+=($!)
-CONCLAVE_ENDPOINTS="127.0.0.1:25678"
-
-wait_for() { # DESCRIPTION COMMAND...: retries for 30 s
-    local what=$1
-    shift
-    for _ in $(seq 300); do
-        if "$@" >/dev/null 2>&1; then return 0; fi
-        sleep 0.1
+selected() { # NAME: whether ONLY lets this run through
+    [[ -z $ONLY ]] && return 0
+    local pattern
+    for pattern in $ONLY; do
+        # shellcheck disable=SC2053 # glob match on purpose
+        [[ $1 == $pattern ]] && return 0
     done
-    echo "$what did not become ready; logs in $WORK:" >&2
-    tail -n 20 "$WORK"/*.log >&2
-    exit 1
+    return 1
 }
-for port in 22379 22479 22579; do
-    wait_for "etcd on $port" bash -c "curl -sf http://127.0.0.1:$port/health | grep -q '\"health\":\"true\"'"
-done
-wait_for "conclave" grep -q "ready" "$WORK/conclave.log"
 
 # --- the floor of this machine, on the disk of the data directories ----------------------
-"$BENCH" floor --dir "$WORK" --json "$OUT/floor.json" | tee "$OUT/floor.txt"
+bench_floor floor-start
 
 # --- the same workloads against both ------------------------------------------------------
 run() { # NAME TARGET ENDPOINTS WORKLOAD ARGS...
     local name=$1 target=$2 endpoints=$3 workload=$4
     shift 4
-    echo "== $name: conclave-bench $workload --target $target $*"
-    "$BENCH" "$workload" --target "$target" --endpoints "$endpoints" --duration "$DURATION" \
-        --quiet --json "$OUT/$name.json" "$@" | tee "$OUT/$name.txt"
+    selected "$name" || return 0
+    bench_run "$name" "$workload" --target "$target" --endpoints "$endpoints" \
+        --duration "$DURATION" "$@"
 }
-for target in conclave etcd; do
-    if [[ $target == conclave ]]; then endpoints=$CONCLAVE_ENDPOINTS; else endpoints=$ETCD_ENDPOINTS; fi
-    run "$target-churn-64" "$target" "$endpoints" churn --concurrency 64 --elections 1000
-    run "$target-read-64" "$target" "$endpoints" read --concurrency 64 --elections 1000
-    run "$target-enter-1" "$target" "$endpoints" churn --concurrency 1 --elections 1000
-    run "$target-watch" "$target" "$endpoints" watch --elections 8 --watchers 4
-    # etcd learns that a client is gone when its lease expires: the shortest TTL etcd's
-    # default timing allows (about 1.5 s) rounded up; Conclave ignores the flag.
-    run "$target-failover" "$target" "$endpoints" failover --elections 8 --watchers 4 --lease-ttl 2
+both() { # NAME WORKLOAD ARGS...: the run against Conclave, then against etcd
+    local name=$1
+    shift
+    run "conclave-$name" conclave "$CONCLAVE_ENDPOINTS" "$@"
+    run "etcd-$name" etcd "$ETCD_ENDPOINTS" "$@"
+}
+both churn-64 churn --concurrency 64 --elections 1000
+both read-64 read --concurrency 64 --elections 1000
+both enter-1 churn --concurrency 1 --elections 1000
+both watch watch --elections 8 --watchers 4
+# etcd learns that a client is gone when its lease expires: the shortest TTL etcd's default
+# timing allows (about 1.5 s) rounded up; Conclave ignores the flag.
+both failover failover --elections 8 --watchers 4 --lease-ttl 2
+
+# --- node kills: Conclave's nodes in turn (each restarted after), etcd's leader -------------
+if [[ $NODES -gt 1 ]]; then
+    for ((k = 1; k <= KILLS; k++)); do
+        selected "conclave-kill-$k" || continue
+        conclave_kill_run "conclave-kill-$k" $(((k - 1) % NODES + 1)) --elections 4 --watchers 2
+    done
+fi
+for ((k = 1; k <= KILLS; k++)); do
+    selected "etcd-kill-$k" || continue
+    leader=$(etcd_leader_member) || { echo "no etcd leader found" >&2; exit 1; }
+    run "etcd-kill-$k" etcd "$ETCD_ENDPOINTS" failover --elections 1 \
+        --kill-pid "${ETCD_MEMBER_PIDS[leader]}" \
+        --kill-endpoint "127.0.0.1:$((22279 + 100 * leader))" --partitions "$PARTITIONS"
+    etcd_restart_member "$leader"
+    sleep 2
 done
+
+bench_floor floor-end
 echo "done: $OUT"

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# One Conclave knob at a time on a 3-node loopback cluster, each variant measured right
+# after the baseline (the server's defaults) in the same invocation, with the machine's
+# floor at the start and at the end. Short runs (DURATION seconds each) so the sweep fits
+# in about half an hour on the 2-core machine. Writes OUT/<knob>-<value>-<workload>.{txt,json,svg};
+# each text starts with the load average and the exact command.
+#
+# Usage: bench/run-knobs.sh [OUT]           (from the repository root)
+# Environment: DURATION (default 5), CONCLAVE and BENCH (default: release builds),
+#   KNOBS (default "shards partitions spin timing segment"; any subset, in that order).
+set -euo pipefail
+
+OUT=${1:-bench-results/knobs-$(date -u +%Y%m%dT%H%M%SZ)}
+DURATION=${DURATION:-5}
+KNOBS=${KNOBS:-shards partitions spin timing segment}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/conclave-knobs.XXXXXX")
+# shellcheck source=bench/cluster.sh
+source "$HERE/cluster.sh"
+trap 'stop_all; rm -rf "$WORK"' EXIT
+trap 'exit 130' INT TERM
+
+if [[ -z "${CONCLAVE:-}" || -z "${BENCH:-}" ]]; then
+    cargo build --release -p conclave-server -p conclave-bench
+    TARGET_DIR=${CARGO_TARGET_DIR:-target}
+    CONCLAVE=${CONCLAVE:-$TARGET_DIR/release/conclave}
+    BENCH=${BENCH:-$TARGET_DIR/release/conclave-bench}
+fi
+mkdir -p "$OUT"
+echo "results in $OUT; scratch in $WORK"
+PARTITIONS=16
+SESSION_TIMEOUT_MS=5000
+
+knob() { # KNOB: whether KNOBS selects it
+    [[ " $KNOBS " == *" $1 "* ]]
+}
+# A fresh 3-node cluster with the defaults changed by FLAGS...
+cluster() {
+    conclave_stop
+    conclave_start 3 --partitions "$PARTITIONS" --session-timeout-ms "$SESSION_TIMEOUT_MS" "$@"
+    echo "cluster: ${CONCLAVE_NODE_ARGS[*]}" | tee -a "$OUT/clusters.txt"
+}
+churn64() { bench_run "$1-churn-64" churn --endpoints "$(conclave_endpoints)" -c 64 -e 1000 -d "$DURATION"; }
+read64() { bench_run "$1-read-64" read --endpoints "$(conclave_endpoints)" -c 64 -e 1000 -d "$DURATION"; }
+enter1() { bench_run "$1-enter-1" churn --endpoints "$(conclave_endpoints)" -c 1 -e 1000 -d "$DURATION"; }
+
+bench_floor floor-start
+
+if knob shards; then
+    # Shards per node: the default (one per core: 2 here) against 1, and back.
+    for shards in 2 1 2; do
+        tag=shards-$shards
+        [[ -e $OUT/$tag-churn-64.json ]] && tag=$tag-again
+        cluster --shards "$shards"
+        churn64 "$tag"; read64 "$tag"; enter1 "$tag"
+    done
+fi
+if knob partitions; then
+    for PARTITIONS in 16 4 64; do
+        cluster
+        churn64 "partitions-$PARTITIONS"; enter1 "partitions-$PARTITIONS"
+    done
+    PARTITIONS=16
+fi
+if knob spin; then
+    for spin in 0 50 0; do
+        tag=spin-$spin
+        [[ -e $OUT/$tag-churn-64.json ]] && tag=$tag-again
+        cluster --spin-before-park-us "$spin"
+        enter1 "$tag"; churn64 "$tag"
+    done
+fi
+if knob timing; then
+    # Election timing and session timeout against a node kill: two kills per setting
+    # (nodes 1 and 2, each restarted after), 4 candidacy elections of 2 watchers each.
+    for setting in "10 15 5000" "5 10 5000" "20 15 5000" "10 15 2000" "5 10 1000"; do
+        read -r tick ticks SESSION_TIMEOUT_MS <<<"$setting"
+        cluster --tick-ms "$tick" --election-ticks "$ticks"
+        for node in 1 2; do
+            conclave_kill_run "timing-tick$tick-x$ticks-session$SESSION_TIMEOUT_MS-kill$node" "$node" \
+                --elections 4 --watchers 2
+        done
+    done
+    SESSION_TIMEOUT_MS=5000
+fi
+if knob segment; then
+    for bytes in 67108864 1048576; do
+        cluster --segment-bytes "$bytes"
+        churn64 "segment-$bytes"
+    done
+fi
+conclave_stop
+bench_floor floor-end
+echo "done: $OUT"
