@@ -878,6 +878,63 @@ mod tests {
         assert!(with_admin.validate(&etcd).is_err());
     }
 
+    #[test]
+    fn notes_name_each_partitions_leader_and_recovery() {
+        let t = Instant::now();
+        let ms = Duration::from_millis;
+        let mut tracker = LeaderTracker::new();
+        for (group, leader) in [(1, 1), (2, 2)] {
+            tracker.observe(node_events::LeaderUpdate {
+                group,
+                term: 1,
+                leader,
+                at: t,
+            });
+        }
+        let led = tracker.arm(t, 1);
+        tracker.observe(node_events::LeaderUpdate {
+            group: 1,
+            term: 2,
+            leader: 3,
+            at: t + ms(200),
+        });
+        let mut kill = NodeKill::new(KillMethod::Pid(12345), "http://127.0.0.1:1");
+        kill.node_id = Some(1);
+        kill.admin_endpoints = vec!["http://127.0.0.1:29".into()];
+        kill.partitions = 2;
+        let config = config_with(kill.clone());
+        let outcomes = [
+            ProbeOutcome {
+                partition: 1,
+                recovered: Some(ms(250)),
+            },
+            ProbeOutcome {
+                partition: 2,
+                recovered: None,
+            },
+        ];
+        let notes = kill_notes(
+            &config,
+            &kill,
+            &survivors(&config.endpoints, &kill.endpoint),
+            &outcomes,
+            &Some((tracker, led)),
+        );
+        let text = notes.join("\n");
+        assert!(
+            text.contains("groups the killed node led at the kill: [1]"),
+            "{text}"
+        );
+        assert!(text.contains("partition 1: led by the killed node, then by node 3 after 200.0 ms; a command succeeded again after 250.0 ms"), "{text}");
+        assert!(
+            text.contains(
+                "partition 2: led by another node at the kill; no command succeeded after the kill"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("cluster session timeout not given"), "{text}");
+    }
+
     #[tokio::test(flavor = "current_thread")]
     async fn killing_a_process_publishes_both_instants() {
         let mut child = std::process::Command::new("sleep")
