@@ -9,6 +9,7 @@ mod peer_requests;
 mod replica;
 mod runtime;
 mod storage;
+mod upkeep;
 
 pub use error::ShardError;
 pub use replica::{

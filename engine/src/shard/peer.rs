@@ -149,37 +149,21 @@ impl Forwarded {
     /// its answer was lost (a connection broke), so the outcome is unknown.
     pub fn expire(&mut self, proposal_timeout: Duration, membership_timeout: Duration) {
         let now = Instant::now();
-        let late: Vec<u64> =
-            self.proposals.iter().filter(|(_, w)| now - w.since >= proposal_timeout).map(|(id, _)| *id).collect();
-        for id in late {
-            if let Some(w) = self.proposals.remove(&id) {
-                (w.reply)(Err(ShardError::LeadershipLost));
-            }
+        for reply in take_where(&mut self.proposals, |w| now - w.since >= proposal_timeout) {
+            reply(Err(ShardError::LeadershipLost));
         }
-        let late: Vec<u64> =
-            self.memberships.iter().filter(|(_, w)| now - w.since >= membership_timeout).map(|(id, _)| *id).collect();
-        for id in late {
-            if let Some(w) = self.memberships.remove(&id) {
-                (w.reply)(Err(ShardError::Unavailable(
-                    "the group's leader did not confirm the membership change in time".into(),
-                )));
-            }
+        for reply in take_where(&mut self.memberships, |w| now - w.since >= membership_timeout) {
+            reply(Err(ShardError::Unavailable("the group's leader did not confirm the membership change in time".into())));
         }
     }
 
     /// Fails everything waiting on node `node`, whose connection failed.
     pub fn fail_node(&mut self, node: u64) {
-        let lost: Vec<u64> = self.proposals.iter().filter(|(_, w)| w.node == node).map(|(id, _)| *id).collect();
-        for id in lost {
-            if let Some(w) = self.proposals.remove(&id) {
-                (w.reply)(Err(ShardError::LeadershipLost));
-            }
+        for reply in take_where(&mut self.proposals, |w| w.node == node) {
+            reply(Err(ShardError::LeadershipLost));
         }
-        let lost: Vec<u64> = self.memberships.iter().filter(|(_, w)| w.node == node).map(|(id, _)| *id).collect();
-        for id in lost {
-            if let Some(w) = self.memberships.remove(&id) {
-                (w.reply)(Err(ShardError::LeadershipLost));
-            }
+        for reply in take_where(&mut self.memberships, |w| w.node == node) {
+            reply(Err(ShardError::LeadershipLost));
         }
     }
 
@@ -192,4 +176,10 @@ impl Forwarded {
             (w.reply)(Err(error.clone()));
         }
     }
+}
+
+/// Removes the waiters `pick` chooses and returns their replies.
+fn take_where<R>(waiting: &mut BTreeMap<u64, Waiting<R>>, pick: impl Fn(&Waiting<R>) -> bool) -> Vec<R> {
+    let ids: Vec<u64> = waiting.iter().filter(|(_, w)| pick(w)).map(|(id, _)| *id).collect();
+    ids.into_iter().filter_map(|id| waiting.remove(&id)).map(|w| w.reply).collect()
 }

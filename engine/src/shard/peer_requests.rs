@@ -7,13 +7,13 @@ use conclave_proto::conclave::peer::v1::{
     ForwardedProposal, MembershipOutcome, MembershipRequest, PeerMessage, ProposalOutcome,
 };
 
-use crate::raft::{open_batch, Membership, MessageType, Role};
+use crate::raft::{open_batch, Membership, MessageType, RaftEvent, RaftRole, Role};
 use crate::sm::{self, Command};
 
 use super::error::ShardError;
 use super::peer::{refusal, refusal_error, role_from_proto, role_to_proto};
 use super::replica::{Committed, Reply};
-use super::runtime::{LogStore, ShardRuntime};
+use super::runtime::{LogStore, MembershipWaiters, ShardRuntime};
 
 impl<L: LogStore> ShardRuntime<L> {
     /// Handles one message from the same shard of node `from`.
@@ -233,5 +233,57 @@ impl<L: LogStore> ShardRuntime<L> {
             return reply(Err(ShardError::NotLeader { group, leader }));
         }
         self.change_membership(group, request.node_id, role, 0, reply);
+    }
+
+    /// Starts handing every group this shard leads to its most caught-up other voter.
+    pub(super) fn hand_off_leadership(&mut self) -> usize {
+        self.handing_off = true;
+        let mut started = 0;
+        for (&group, replica) in self.replicas.iter_mut() {
+            if !replica.is_leader() {
+                continue;
+            }
+            if let Some(to) = replica.best_successor() {
+                match replica.raft_mut().transfer_leadership(to) {
+                    Ok(()) => started += 1,
+                    Err(e) => tracing::debug!(group, to, error = %e, "hand-off refused"),
+                }
+            }
+        }
+        started
+    }
+}
+
+/// Answers the membership changes a leader is waiting on as the group's Raft events say
+/// how they went: committed, or lost with the leadership.
+pub(super) fn settle_membership_waiters(
+    waiters: &mut MembershipWaiters,
+    group: u32,
+    event: &RaftEvent,
+) {
+    let Some(list) = waiters.get_mut(&group) else { return };
+    match event {
+        RaftEvent::MembershipCommitted { index } => {
+            let mut kept = Vec::new();
+            for (waiting, reply) in list.drain(..) {
+                if waiting == *index {
+                    reply(Ok(waiting));
+                } else if waiting < *index {
+                    reply(Err(ShardError::LeadershipLost));
+                } else {
+                    kept.push((waiting, reply));
+                }
+            }
+            *list = kept;
+        }
+        RaftEvent::RoleChanged { role, .. } if *role != RaftRole::Leader => {
+            for (_, reply) in list.drain(..) {
+                reply(Err(ShardError::LeadershipLost));
+            }
+        }
+        _ => {}
+    }
+    if list.is_empty() {
+        waiters.remove(&group);
     }
 }

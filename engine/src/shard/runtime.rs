@@ -22,12 +22,14 @@ use conclave_proto::conclave::raft::v1::Entry;
 use futures_lite::future;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
-use crate::raft::{HardState, Membership, Outbox, RaftEvent, RaftRole, Role, Snapshot};
 use conclave_proto::conclave::peer::v1::peer_message::Body;
+
+use crate::raft::{HardState, Membership, Outbox, RaftEvent, RaftRole, Role};
 use crate::sm::{self, Command};
 
 use super::error::ShardError;
 use super::peer::Forwarded;
+use super::peer_requests::settle_membership_waiters;
 use super::replica::{Committed, ReadTerm, Replica, Reply, TermQuery, Watcher};
 
 /// What one group asks the log to make durable in one round.
@@ -205,35 +207,39 @@ impl ShardHandle {
     }
 }
 
+/// Leader: membership changes waiting for their entry to commit, by group, each with the
+/// entry's index.
+pub(super) type MembershipWaiters = BTreeMap<u32, Vec<(u64, Reply<Result<u64, ShardError>>)>>;
+
 /// The runtime of one shard. Build it, take handles, then `run` it in its own task.
 pub struct ShardRuntime<L: LogStore> {
-    cfg: RuntimeConfig,
-    replicas: BTreeMap<u32, Replica>,
-    log: L,
+    pub(super) cfg: RuntimeConfig,
+    pub(super) replicas: BTreeMap<u32, Replica>,
+    pub(super) log: L,
     outbox: Outbox,
     transport: Transport,
-    events: EventSink,
+    pub(super) events: EventSink,
     clock: Clock,
     receiver: LocalReceiver<Request>,
     handle: ShardHandle,
-    last_expiry_barrier: BTreeMap<u32, Instant>,
+    pub(super) last_expiry_barrier: BTreeMap<u32, Instant>,
     /// The (term, vote) of each group's hard state as last handed to the log.
-    durable_votes: BTreeMap<u32, (u64, u64)>,
+    pub(super) durable_votes: BTreeMap<u32, (u64, u64)>,
     /// Requests forwarded to leaders on other nodes, and messages queued for peers.
     pub(super) forwarded: Forwarded,
     /// Leader: membership changes waiting for their entry to commit, by group.
-    pub(super) membership_waiters: BTreeMap<u32, Vec<(u64, Reply<Result<u64, ShardError>>)>>,
+    pub(super) membership_waiters: MembershipWaiters,
     /// Ticks since start, and the tick of each group's last rebalancing transfer.
-    ticks: u64,
-    last_rebalance: BTreeMap<u32, u64>,
+    pub(super) ticks: u64,
+    pub(super) last_rebalance: BTreeMap<u32, u64>,
     /// Set once a graceful stop handed leaderships over: no rebalancing back.
-    handing_off: bool,
+    pub(super) handing_off: bool,
     /// The node that last handed each group's leadership here (TimeoutNow), and when: a
     /// leader does not rebalance a group back to the node that just gave it away (it may
     /// be stopping).
     pub(super) handed_by: BTreeMap<u32, (u64, u64)>,
     /// Replicas to remove once the current round is done.
-    removals: Vec<(u32, Reply<Result<(), ShardError>>)>,
+    pub(super) removals: Vec<(u32, Reply<Result<(), ShardError>>)>,
 }
 
 impl<L: LogStore> ShardRuntime<L> {
@@ -342,113 +348,6 @@ impl<L: LogStore> ShardRuntime<L> {
         }
     }
 
-    /// Removes the replicas whose removal was asked for, deleting their data.
-    async fn remove_pending(&mut self) -> Result<(), ShardError> {
-        for (group, reply) in std::mem::take(&mut self.removals) {
-            let Some(mut replica) = self.replicas.remove(&group) else {
-                reply(Err(ShardError::UnknownGroup(group)));
-                continue;
-            };
-            replica.fail_all(ShardError::UnknownGroup(group));
-            for (_, waiter) in self.membership_waiters.remove(&group).unwrap_or_default() {
-                waiter(Err(ShardError::UnknownGroup(group)));
-            }
-            self.durable_votes.remove(&group);
-            self.last_expiry_barrier.remove(&group);
-            self.last_rebalance.remove(&group);
-            if let Err(e) = self.log.remove_group(group).await {
-                let error = ShardError::Storage(format!("group {group}: {e}"));
-                reply(Err(error.clone()));
-                return Err(error);
-            }
-            (self.events)(group, &ShardEvent::MemberRemoved);
-            reply(Ok(()));
-        }
-        Ok(())
-    }
-
-    /// Snapshots every group that applied `snapshot_every` entries since its last snapshot,
-    /// then compacts its log: the snapshot is durable before anything it covers is dropped.
-    async fn snapshot_due_groups(&mut self) -> Result<(), ShardError> {
-        if self.cfg.snapshot_every == 0 {
-            return Ok(());
-        }
-        let due: Vec<u32> = self
-            .replicas
-            .iter()
-            .filter(|(_, r)| r.snapshot_due(self.cfg.snapshot_every))
-            .map(|(g, _)| *g)
-            .collect();
-        for group in due {
-            let Some(capture) = self.replicas.get(&group).and_then(Replica::capture_snapshot) else {
-                continue;
-            };
-            let storage_error = |e: String| ShardError::Storage(format!("group {group}: {e}"));
-            let had_snapshot = self.replicas.get(&group).is_some_and(|r| r.last_snapshot() > 0);
-            self.log
-                .save_snapshot(group, capture.index, capture.term, capture.data.clone())
-                .await
-                .map_err(storage_error)?;
-            if let Some(replica) = self.replicas.get_mut(&group) {
-                replica.snapshot_saved(&capture, self.cfg.compaction_tail)?;
-            }
-            (self.events)(group, &ShardEvent::SnapshotCreated { index: capture.index });
-            if had_snapshot {
-                (self.events)(group, &ShardEvent::SnapshotCompacted { index: capture.index });
-            }
-            self.compact_log(group, capture.index, capture.term).await?;
-        }
-        Ok(())
-    }
-
-    async fn compact_log(&mut self, group: u32, index: u64, term: u64) -> Result<(), ShardError> {
-        let reclaimed = self
-            .log
-            .compact(group, index, term)
-            .await
-            .map_err(|e| ShardError::Storage(format!("group {group}: {e}")))?;
-        (self.events)(group, &ShardEvent::LogCompacted { index });
-        if reclaimed {
-            (self.events)(group, &ShardEvent::LogStoreCompacted { index });
-        }
-        Ok(())
-    }
-
-    /// Installs a snapshot the leader sent: stores it durably, drops the log it covers,
-    /// restores the state machine from it (a witness keeps no state machine), then tells
-    /// Raft. A snapshot that does not decode is refused and logged; the leader sends again.
-    async fn install_snapshot(&mut self, group: u32, snapshot: Snapshot) -> Result<(), ShardError> {
-        let me = self.cfg.node_id;
-        let witness = snapshot.membership.role(me) == Some(Role::Witness);
-        let restored = if witness {
-            Ok(sm::StateMachine::new())
-        } else {
-            super::storage::decode_state_machine(group, snapshot.index, &snapshot.data)
-        };
-        let sm = match restored {
-            Ok(sm) => sm,
-            Err(e) => {
-                tracing::error!(group, index = snapshot.index, error = %e, "refusing a snapshot from the leader");
-                return Ok(());
-            }
-        };
-        let data = if witness {
-            super::storage::encode_witness_envelope(&snapshot.membership)
-        } else {
-            snapshot.data.clone()
-        };
-        self.log
-            .save_snapshot(group, snapshot.index, snapshot.term, data)
-            .await
-            .map_err(|e| ShardError::Storage(format!("group {group}: {e}")))?;
-        if let Some(replica) = self.replicas.get_mut(&group) {
-            replica.install_snapshot(sm, snapshot.index);
-            replica.raft_mut().snapshot_installed(snapshot.index);
-        }
-        (self.events)(group, &ShardEvent::SnapshotRecovered { index: snapshot.index });
-        self.compact_log(group, snapshot.index, snapshot.term).await
-    }
-
     /// Handles one request; returns true for shutdown.
     fn handle_request(&mut self, request: Request) -> bool {
         match request {
@@ -547,7 +446,7 @@ impl<L: LogStore> ShardRuntime<L> {
 
     /// Drains Raft output until no replica has any: send, apply what is durable, persist
     /// the rest in one write, acknowledge, repeat.
-    async fn process_ready(&mut self) -> Result<(), ShardError> {
+    pub(super) async fn process_ready(&mut self) -> Result<(), ShardError> {
         loop {
             let mut writes = Vec::new();
             let mut acks = Vec::new();
@@ -666,57 +565,5 @@ impl<L: LogStore> ShardRuntime<L> {
                 Request::Unwatch { .. } | Request::Peer { .. } | Request::PeerDown { .. } | Request::Shutdown => {}
             }
         }
-    }
-
-    /// Starts handing every group this shard leads to its most caught-up other voter.
-    fn hand_off_leadership(&mut self) -> usize {
-        self.handing_off = true;
-        let mut started = 0;
-        for (&group, replica) in self.replicas.iter_mut() {
-            if !replica.is_leader() {
-                continue;
-            }
-            if let Some(to) = replica.best_successor() {
-                match replica.raft_mut().transfer_leadership(to) {
-                    Ok(()) => started += 1,
-                    Err(e) => tracing::debug!(group, to, error = %e, "hand-off refused"),
-                }
-            }
-        }
-        started
-    }
-}
-
-/// Answers the membership changes a leader is waiting on as the group's Raft events say
-/// how they went: committed, or lost with the leadership.
-fn settle_membership_waiters(
-    waiters: &mut BTreeMap<u32, Vec<(u64, Reply<Result<u64, ShardError>>)>>,
-    group: u32,
-    event: &RaftEvent,
-) {
-    let Some(list) = waiters.get_mut(&group) else { return };
-    match event {
-        RaftEvent::MembershipCommitted { index } => {
-            let mut kept = Vec::new();
-            for (waiting, reply) in list.drain(..) {
-                if waiting == *index {
-                    reply(Ok(waiting));
-                } else if waiting < *index {
-                    reply(Err(ShardError::LeadershipLost));
-                } else {
-                    kept.push((waiting, reply));
-                }
-            }
-            *list = kept;
-        }
-        RaftEvent::RoleChanged { role, .. } if *role != RaftRole::Leader => {
-            for (_, reply) in list.drain(..) {
-                reply(Err(ShardError::LeadershipLost));
-            }
-        }
-        _ => {}
-    }
-    if list.is_empty() {
-        waiters.remove(&group);
     }
 }

@@ -55,6 +55,9 @@ pub enum MeshMessage {
     Event(NodeEvent),
 }
 
+/// What shard 0 does with each event of the node.
+pub type EventHandler = Rc<dyn Fn(NodeEvent)>;
+
 /// An event of the node, as shard 0 gathers them for the Node API.
 #[derive(Clone, Debug)]
 pub enum NodeEvent {
@@ -132,7 +135,7 @@ pub struct Dispatch {
     /// This shard's Node API operations (set once the shard has started).
     control: RefCell<Option<Rc<GroupControl>>>,
     /// Shard 0: where other shards' events go.
-    on_event: RefCell<Option<Rc<dyn Fn(NodeEvent)>>>,
+    on_event: RefCell<Option<EventHandler>>,
 }
 
 impl Dispatch {
@@ -179,7 +182,7 @@ impl Dispatch {
     }
 
     /// Shard 0: sets what receives every shard's events.
-    pub fn set_event_handler(&self, handler: Rc<dyn Fn(NodeEvent)>) {
+    pub fn set_event_handler(&self, handler: EventHandler) {
         *self.on_event.borrow_mut() = Some(handler);
     }
 
