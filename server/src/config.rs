@@ -87,8 +87,9 @@ pub struct ServeArgs {
     /// [default: 1=127.0.0.1:5680].
     #[arg(long, value_name = "ID=HOST:PORT,...")]
     pub peers: Option<String>,
-    /// Replicas per partition; this build places every partition on every peer, so it
-    /// must equal the number of peers [default: the number of peers].
+    /// Voting replicas per partition, spread round robin over the peers; every other peer
+    /// keeps a non-voting observer copy, so any node serves reads and watches locally
+    /// [default: min(3, number of peers)].
     #[arg(long, value_name = "R")]
     pub replication: Option<u32>,
     /// Name of the cluster; nodes refuse peer connections from another cluster
@@ -262,11 +263,9 @@ impl Config {
             return err(format!("--node-id {node_id} is not one of the --peers ids {:?}", peers.keys().collect::<Vec<_>>()));
         }
         let members = peers.len() as u32;
-        let replication = args.replication.unwrap_or(members);
-        if replication != members {
-            return err(format!(
-                "--replication {replication}: this build places every partition on every peer, so it must equal the number of peers ({members})"
-            ));
+        let replication = args.replication.unwrap_or(members.min(3));
+        if replication == 0 || replication > members {
+            return err(format!("--replication {replication} must be between 1 and the number of peers ({members})"));
         }
         let cluster_id = args.cluster_id.clone().unwrap_or_else(|| DEFAULT_CLUSTER_ID.to_string());
         if cluster_id.is_empty() || cluster_id.len() > 255 {

@@ -48,7 +48,17 @@ fn ms(d: Duration) -> u128 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn elections_work_through_any_node_and_every_node_agrees() {
-    let options = ClusterOptions::default();
+    elections_through_any_node(ClusterOptions::default()).await;
+}
+
+/// With `--replication 2` on three nodes each partition has two voters and one observer:
+/// the observer's node still takes commands (forwarded), reads and watches like the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_voters_per_partition_the_observer_nodes_serve_too() {
+    elections_through_any_node(ClusterOptions { replication: 2, ..ClusterOptions::default() }).await;
+}
+
+async fn elections_through_any_node(options: ClusterOptions) {
     let cluster = Cluster::start(options.clone()).await;
     let names = spread_names("anynode", 1, options.partitions);
     // Created through different nodes (Create is forwarded like any command).

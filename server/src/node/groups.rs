@@ -35,12 +35,24 @@ pub fn raft_config(config: &Config, group: u32) -> raft::Config {
     cfg
 }
 
-/// The initial configuration of client partition `group`: every peer votes.
-pub fn partition_membership(config: &Config) -> Result<Membership, String> {
-    Membership::voters(config.peers.keys().map(|id| u64::from(*id))).map_err(|e| e.to_string())
+/// The initial configuration of client partition `group`: `--replication` voters, the
+/// nodes from the partition's preferred leader on in id order (wrapping), and every other
+/// node an observer, which keeps a non-voting copy so it can serve reads and watches
+/// locally and forward commands. Quorums, and so commit latency and fault tolerance, are
+/// those of the voters.
+pub fn partition_membership(config: &Config, group: u32) -> Result<Membership, String> {
+    let nodes: Vec<u64> = config.peers.keys().map(|id| u64::from(*id)).collect();
+    let first = ((group - 1) as usize) % nodes.len();
+    let voters = config.replication as usize;
+    let members = (0..nodes.len()).map(|k| {
+        let node = nodes[(first + k) % nodes.len()];
+        (node, if k < voters { Role::Voter } else { Role::Observer })
+    });
+    Membership::new(members).map_err(|e| e.to_string())
 }
 
-/// The preferred leader of client partition `group` (None on a single node).
+/// The preferred leader of client partition `group` (None on a single node): its first
+/// voter, so leaderships spread evenly over the nodes.
 pub fn partition_preferred_leader(config: &Config, group: u32) -> Option<u64> {
     let nodes: Vec<u32> = config.peers.keys().copied().collect();
     (nodes.len() > 1).then(|| u64::from(preferred_leader(group, &nodes)))
@@ -236,5 +248,33 @@ struct Busy<'a> {
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
         self.control.busy.borrow_mut().remove(&self.group);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Cli, CliCommand};
+    use clap::Parser;
+
+    fn config(peers: &str, replication: &str) -> Config {
+        let argv = ["conclave", "serve", "--node-id", "1", "--peers", peers, "--replication", replication];
+        let CliCommand::Serve(args) = Cli::try_parse_from(argv).expect("flags parse").command;
+        Config::resolve(args, 2).expect("valid configuration")
+    }
+
+    #[test]
+    fn partitions_get_replication_voters_from_their_preferred_leader_and_observers_elsewhere() {
+        let c = config("1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003,4=127.0.0.1:7004", "2");
+        let roles = |g| partition_membership(&c, g).unwrap().members().collect::<Vec<_>>();
+        let (v, o) = (Role::Voter, Role::Observer);
+        assert_eq!(roles(1), vec![(1, v), (2, v), (3, o), (4, o)]);
+        assert_eq!(roles(4), vec![(1, v), (2, o), (3, o), (4, v)]);
+        for g in 1..=8 {
+            let preferred = partition_preferred_leader(&c, g).unwrap();
+            assert_eq!(partition_membership(&c, g).unwrap().role(preferred), Some(v), "group {g}");
+        }
+        let all = config("1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003", "3");
+        assert!(partition_membership(&all, 2).unwrap().members().all(|(_, r)| r == v));
     }
 }

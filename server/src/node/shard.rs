@@ -283,14 +283,15 @@ async fn serve(
 }
 
 /// The groups this shard hosts at start-up, with the configuration each starts from (when
-/// it has no snapshot) and its preferred leader: the client partitions of this shard (all
-/// peers vote) unless this node left them, and the groups the Node API started here.
+/// it has no snapshot) and its preferred leader: the client partitions of this shard
+/// (`--replication` voters, the other peers observers) unless this node left them, and
+/// the groups the Node API started here.
 fn hosted_groups(config: &Config, shard: u32, registry: &Registry) -> Result<Vec<(u32, conclave_engine::raft::Membership, Option<u64>)>, String> {
     let me = u64::from(config.node_id);
     let mut hosted = Vec::new();
     for group in groups_of_shard(shard, config.shards, config.partitions) {
         if !registry.has_left(group) && registry.get(group).is_none() {
-            hosted.push((group, groups::partition_membership(config)?, groups::partition_preferred_leader(config, group)));
+            hosted.push((group, groups::partition_membership(config, group)?, groups::partition_preferred_leader(config, group)));
         }
     }
     for record in registry.groups() {
