@@ -114,6 +114,12 @@ impl EtcdClient {
         })
     }
 
+    /// The connection's election client and the caller's lease, for requests sent
+    /// concurrently with (and independently of) this client's own.
+    pub fn shared(&self) -> (election::election_client::ElectionClient<Channel>, i64) {
+        (self.election.clone(), self.lease)
+    }
+
     /// Campaigns for `name` with `candidate` as the value; returns once this caller leads.
     pub async fn enter(&mut self, name: &str, candidate: &str) -> Result<(), BenchError> {
         let request = election::CampaignRequest {

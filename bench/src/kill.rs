@@ -1,9 +1,11 @@
 //! The node-kill failover: a cluster node is killed at a known instant, and the bench
 //! measures, through the surviving nodes only,
 //! - per partition, the time from the kill until a command succeeds again: one probe per
-//!   partition (an election whose name hashes to it) enters and withdraws in a closed loop
-//!   over a connection to a surviving node; `cmd_recovery` is the time from the kill to the
-//!   completion of the first successful command *sent after the node was gone*;
+//!   partition (an election whose name hashes to it) over a connection to a surviving node
+//!   enters and withdraws in a closed loop until the kill (`command`, the baseline); once
+//!   the node is gone it sends a new one-shot write (Enter of a new candidate) every 5 ms,
+//!   several in flight, so no request stuck since the kill holds it up; `cmd_recovery` is
+//!   the time from the kill to the first of them that succeeds;
 //! - with the Node API of the surviving nodes (`--admin-endpoints`, Conclave only), which
 //!   groups the killed node led at the kill and when another node first reported leading
 //!   each of them (`leader_recovery`); the probes of those partitions give `cmd_recovery`,
@@ -38,10 +40,15 @@ const NAMES_PER_PARTITION: u32 = 1_000;
 /// How often the bench checks whether a killed process is gone, and for how long.
 const DEATH_POLL: Duration = Duration::from_micros(200);
 const DEATH_BOUND: Duration = Duration::from_secs(5);
-/// Pause after a failed probe command, so a refusing node is not spun on.
+/// Pause after a failed baseline command, so a refusing node is not spun on.
 const ERROR_BACKOFF: Duration = Duration::from_millis(2);
-/// Most commands one probe sends after the kill.
-const MAX_ATTEMPTS_AFTER_KILL: u64 = 20_000;
+/// After the kill, a probe sends a new write this often...
+const PROBE_INTERVAL: Duration = Duration::from_millis(5);
+/// ... with at most this many waiting at once (so requests that hang until a server-side
+/// timeout, as etcd's do for 7 s when proposed to a dead leader, stall a probe only after
+/// 1.28 s of them), and at most this many in all.
+const MAX_IN_FLIGHT: usize = 256;
+const MAX_ATTEMPTS_AFTER_KILL: u64 = 10_000;
 /// Longest wait for the node to be killed to lead `min_led_groups` groups.
 const BALANCE_BOUND: Duration = Duration::from_secs(30);
 /// Session timeout assumed for the candidacy bound when the run is not told the cluster's.
@@ -297,64 +304,93 @@ struct ProbeOutcome {
     recovered: Option<Duration>,
 }
 
-/// One partition's probe: Enter and Withdraw alternately, until a command sent after the
-/// node was gone succeeds (or the bounds run out).
+/// Before the kill: Enter and Withdraw alternately, one at a time (the baseline `command`
+/// latency). Ends only when the caller stops polling it.
+async fn probe_baseline(
+    recorder: &Recorder,
+    kill: &watch::Receiver<Option<KillInstants>>,
+    name: &str,
+    candidate: &str,
+    client: &mut ElectionClient,
+) {
+    let mut holding = false;
+    loop {
+        let sent = Instant::now();
+        let result = if holding {
+            client.withdraw(name, candidate).await
+        } else {
+            client.enter(name, candidate).await
+        };
+        let done = Instant::now();
+        if result.is_ok() {
+            holding = !holding;
+        }
+        if classify(sent, done, *kill.borrow()) == Phase::Before {
+            match &result {
+                Ok(()) => recorder.record("command", done - sent),
+                Err(e) => recorder.error("command", &short_message(e)),
+            }
+        }
+        if result.is_err() {
+            tokio::time::sleep(ERROR_BACKOFF).await;
+        }
+    }
+}
+
+/// One partition's probe: the baseline until the node is gone, then a new one-shot write
+/// every `PROBE_INTERVAL` (at most `MAX_IN_FLIGHT` waiting at once), so a request stuck on
+/// the dead node holds nothing up; the first success ends the probe.
 async fn probe(
     recorder: Arc<Recorder>,
-    kill: watch::Receiver<Option<KillInstants>>,
+    mut kill: watch::Receiver<Option<KillInstants>>,
     recovery_timeout: Duration,
     partition: u32,
     name: String,
     mut client: ElectionClient,
 ) -> ProbeOutcome {
     let candidate = format!("probe-{partition}");
-    let mut holding = false;
-    let mut attempts_after = 0u64;
     let outcome = |recovered| ProbeOutcome {
         partition,
         recovered,
     };
+    let watched = kill.clone();
+    let gone = tokio::select! {
+        _ = probe_baseline(&recorder, &watched, &name, &candidate, &mut client) => None,
+        gone = kill.wait_for(|k| k.is_some_and(|k| k.dead_at.is_some())) => gone.ok().and_then(|k| *k),
+    };
+    let Some(KillInstants { kill_at, .. }) = gone else {
+        return outcome(None);
+    };
+    let writer = client.one_shot();
+    let mut attempts = tokio::task::JoinSet::new();
+    let mut sent_count = 0u64;
+    let mut ticks = tokio::time::interval(PROBE_INTERVAL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let deadline = tokio::time::Instant::from_std(kill_at + recovery_timeout);
     loop {
-        let known = *kill.borrow();
-        if let Some(k) = known {
-            if k.kill_at.elapsed() > recovery_timeout || attempts_after >= MAX_ATTEMPTS_AFTER_KILL {
+        tokio::select! {
+            _ = ticks.tick(), if attempts.len() < MAX_IN_FLIGHT && sent_count < MAX_ATTEMPTS_AFTER_KILL => {
+                let (writer, name, attempt) = (writer.clone(), name.clone(), sent_count);
+                sent_count += 1;
+                attempts.spawn(async move {
+                    let result = writer.write(&name, attempt).await;
+                    (Instant::now(), result)
+                });
+            }
+            Some(done) = attempts.join_next() => match done {
+                Ok((done, Ok(()))) => return outcome(Some(done - kill_at)),
+                Ok((_, Err(e))) => recorder.error("after_kill", &short_message(&e)),
+                Err(e) => recorder.error("after_kill", &format!("attempt task: {e}")),
+            },
+            _ = tokio::time::sleep_until(deadline) => {
                 recorder.error(
                     "cmd_recovery",
                     &format!(
-                        "partition {partition}: no command succeeded within {recovery_timeout:?} ({attempts_after} attempts)"
+                        "partition {partition}: no write succeeded within {recovery_timeout:?} ({sent_count} sent)"
                     ),
                 );
                 return outcome(None);
             }
-        }
-        let sent = Instant::now();
-        let result = if holding {
-            client.withdraw(&name, &candidate).await
-        } else {
-            client.enter(&name, &candidate).await
-        };
-        let done = Instant::now();
-        if result.is_ok() {
-            holding = !holding;
-        }
-        match classify(sent, done, *kill.borrow()) {
-            Phase::Before => match &result {
-                Ok(()) => recorder.record("command", done - sent),
-                Err(e) => recorder.error("command", &short_message(e)),
-            },
-            Phase::Spanning => {}
-            Phase::After(after) => {
-                attempts_after += 1;
-                if result.is_ok() {
-                    return outcome(Some(after));
-                }
-            }
-        }
-        if let Err(e) = &result {
-            if !matches!(classify(sent, done, *kill.borrow()), Phase::Before) {
-                recorder.error("after_kill", &short_message(e));
-            }
-            tokio::time::sleep(ERROR_BACKOFF).await;
         }
     }
 }
@@ -712,8 +748,9 @@ fn kill_notes(
         "for every partition (run with --admin-endpoints and --kill-node-id to tell the partitions the killed node led)"
     };
     notes.push(format!(
-        "cmd_recovery: one probe per partition ({}), Enter/Withdraw in a closed loop through a surviving node; from the kill to the completion of the first successful command sent after the node was gone, {scope}",
-        outcomes.len()
+        "cmd_recovery: one probe per partition ({}) through a surviving node, Enter/Withdraw in a closed loop before the kill; once the node is gone, a new one-shot write (Enter of a new candidate; etcd: Campaign on a new election) every {} ms, up to {MAX_IN_FLIGHT} in flight; from the kill to the completion of the first that succeeds, {scope}",
+        outcomes.len(),
+        PROBE_INTERVAL.as_millis()
     ));
     if config.target == Target::Etcd {
         notes.push("etcd: one Raft group, so every probe measures the same group; no Node API and no candidacy measurement".into());
@@ -740,27 +777,32 @@ fn kill_notes(
         .map(|(tracker, _)| tracker.failovers())
         .unwrap_or_default();
     for outcome in outcomes {
-        let mut line = format!("partition {}:", outcome.partition);
+        let mut details = Vec::new();
         match failovers.iter().find(|f| f.group == outcome.partition) {
             Some(GroupFailover {
                 new_leader: Some((node, after)),
                 ..
-            }) => line.push_str(&format!(
-                " led by the killed node, then by node {node} after {}",
+            }) => details.push(format!(
+                "led by the killed node, then by node {node} after {}",
                 millis(*after)
             )),
-            Some(_) => line.push_str(" led by the killed node, no new leader reported"),
-            None if leaders.is_some() => line.push_str(" led by another node at the kill"),
+            Some(_) => details.push("led by the killed node, no new leader reported".into()),
+            None if leaders.is_some() => details.push("led by another node at the kill".into()),
             None => {}
         }
-        match outcome.recovered {
-            Some(after) => line.push_str(&format!(
-                "; a command succeeded again after {}",
-                millis(after)
-            )),
-            None => line.push_str("; no command succeeded after the kill"),
-        }
-        notes.push(line);
+        details.push(match outcome.recovered {
+            Some(after) => format!("a command succeeded again after {}", millis(after)),
+            None => "no command succeeded after the kill".into(),
+        });
+        let label = match config.target {
+            Target::Conclave => "partition",
+            Target::Etcd => "probe",
+        };
+        notes.push(format!(
+            "{label} {}: {}",
+            outcome.partition,
+            details.join("; ")
+        ));
     }
     notes
 }
