@@ -13,6 +13,8 @@ import sys
 import tempfile
 import threading
 import queue
+import atexit
+import shutil
 
 from grpc_tools import protoc
 import grpc
@@ -23,6 +25,8 @@ PROTO_ROOT = os.path.normpath(os.path.join(HERE, "..", "..", "..", "proto", "pro
 
 def generate_stubs():
     out = tempfile.mkdtemp(prefix="conclave-py-stubs-")
+    # The stubs are imported once at start-up; nothing reads the files afterwards.
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     well_known = os.path.join(os.path.dirname(protoc.__file__), "_proto")
     files = [
         "atomix/runtime/v1/primitive.proto",
