@@ -25,7 +25,8 @@
 #   KILLS               node-kill runs per system (default 3; 0: none)
 #   ONLY                run only these runs (space-separated names or globs, e.g.
 #                       "*-churn-64 conclave-kill-*"); floors always run
-#   KEEP_LOGS=1         copy the servers' logs into OUT/logs
+#   KEEP_LOGS=1         copy the servers' logs into OUT/logs (CONCLAVE_LOG sets their level,
+#                       e.g. info,conclave_wire=debug for peer connection events)
 set -euo pipefail
 
 OUT=${1:-bench-results/$(date -u +%Y%m%dT%H%M%SZ)}
@@ -128,7 +129,7 @@ fi
 for ((k = 1; k <= KILLS; k++)); do
     selected "etcd-kill-$k" || continue
     leader=$(etcd_leader_member) || { echo "no etcd leader found" >&2; exit 1; }
-    # etcd is one Raft group: 2 probes (up to 256 requests in flight each) are enough.
+    # etcd is one Raft group: 2 probes (up to 1,024 requests in flight each) are enough.
     run "etcd-kill-$k" etcd "$ETCD_ENDPOINTS" failover --elections 1 \
         --kill-pid "${ETCD_MEMBER_PIDS[leader]}" \
         --kill-endpoint "127.0.0.1:$((22279 + 100 * leader))" --partitions 2

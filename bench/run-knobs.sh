@@ -7,7 +7,8 @@
 #
 # Usage: bench/run-knobs.sh [OUT]           (from the repository root)
 # Environment: DURATION (default 5), CONCLAVE and BENCH (default: release builds),
-#   KNOBS (default "shards partitions spin timing segment"; any subset, in that order).
+#   KNOBS (default "shards partitions spin timing segment"; any subset, in that order),
+#   KEEP_LOGS=1 (copy the servers' logs into OUT/logs; CONCLAVE_LOG sets their level).
 set -euo pipefail
 
 OUT=${1:-bench-results/knobs-$(date -u +%Y%m%dT%H%M%SZ)}
@@ -17,7 +18,14 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/conclave-knobs.XXXXXX")
 # shellcheck source=bench/cluster.sh
 source "$HERE/cluster.sh"
-trap 'stop_all; rm -rf "$WORK"' EXIT
+cleanup() {
+    stop_all
+    if [[ ${KEEP_LOGS:-} == 1 && -d $OUT ]]; then
+        mkdir -p "$OUT/logs" && cp "$WORK"/*.log "$OUT/logs/" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 if [[ -z "${CONCLAVE:-}" || -z "${BENCH:-}" ]]; then

@@ -46,8 +46,8 @@ const ERROR_BACKOFF: Duration = Duration::from_millis(2);
 const PROBE_INTERVAL: Duration = Duration::from_millis(5);
 /// ... with at most this many waiting at once (so requests that hang until a server-side
 /// timeout, as etcd's do for 7 s when proposed to a dead leader, stall a probe only after
-/// 1.28 s of them), and at most this many in all.
-const MAX_IN_FLIGHT: usize = 256;
+/// 5 s of them), and at most this many in all.
+const MAX_IN_FLIGHT: usize = 1_024;
 const MAX_ATTEMPTS_AFTER_KILL: u64 = 10_000;
 /// Longest wait for the node to be killed to lead `min_led_groups` groups.
 const BALANCE_BOUND: Duration = Duration::from_secs(30);
@@ -781,9 +781,13 @@ fn kill_notes(
         match failovers.iter().find(|f| f.group == outcome.partition) {
             Some(GroupFailover {
                 new_leader: Some((node, after)),
+                term_at_kill,
+                new_term,
+                reports,
                 ..
             }) => details.push(format!(
-                "led by the killed node, then by node {node} after {}",
+                "led by the killed node (term {term_at_kill}), then by node {node} (term {}) after {} ({reports} leader reports since the kill)",
+                new_term.unwrap_or_default(),
                 millis(*after)
             )),
             Some(_) => details.push("led by the killed node, no new leader reported".into()),
@@ -967,7 +971,7 @@ mod tests {
             text.contains("groups the killed node led at the kill: [1]"),
             "{text}"
         );
-        assert!(text.contains("partition 1: led by the killed node, then by node 3 after 200.0 ms; a command succeeded again after 250.0 ms"), "{text}");
+        assert!(text.contains("partition 1: led by the killed node (term 1), then by node 3 (term 2) after 200.0 ms (1 leader reports since the kill); a command succeeded again after 250.0 ms"), "{text}");
         assert!(
             text.contains(
                 "partition 2: led by another node at the kill; no command succeeded after the kill"

@@ -94,6 +94,12 @@ pub struct GroupFailover {
     /// The first other node reported leading it, and how long after the kill; `None`:
     /// no report (yet).
     pub new_leader: Option<(u64, Duration)>,
+    /// The group's term at the kill and in the first report of its new leader: more than
+    /// one apart means elections failed in between.
+    pub term_at_kill: u64,
+    pub new_term: Option<u64>,
+    /// Reports about the group after the kill, "no leader" ones included.
+    pub reports: u32,
 }
 
 /// The leader of every group as last reported by any node (the report with the highest
@@ -109,7 +115,7 @@ pub struct LeaderTracker {
 struct Armed {
     at: Instant,
     killed: u64,
-    groups: BTreeMap<u32, Option<(u64, Duration)>>,
+    groups: BTreeMap<u32, GroupFailover>,
 }
 
 impl LeaderTracker {
@@ -126,15 +132,24 @@ impl LeaderTracker {
             }
         }
         let Some(armed) = &mut self.armed else { return };
-        if update.leader == 0 || update.leader == armed.killed || update.at < armed.at {
+        if update.at < armed.at {
             return;
         }
-        if let Some(slot) = armed.groups.get_mut(&update.group) {
-            let after = update.at - armed.at;
-            // Reports from several nodes race through one channel: keep the earliest.
-            if slot.is_none_or(|(_, earlier)| after < earlier) {
-                *slot = Some((update.leader, after));
-            }
+        let Some(failover) = armed.groups.get_mut(&update.group) else {
+            return;
+        };
+        failover.reports += 1;
+        if update.leader == 0 || update.leader == armed.killed {
+            return;
+        }
+        let after = update.at - armed.at;
+        // Reports from several nodes race through one channel: keep the earliest.
+        if failover
+            .new_leader
+            .is_none_or(|(_, earlier)| after < earlier)
+        {
+            failover.new_leader = Some((update.leader, after));
+            failover.new_term = Some(update.term);
         }
     }
 
@@ -156,11 +171,20 @@ impl LeaderTracker {
     /// Node `killed` was killed at `at`: from now on, track the groups it leads.
     /// Returns them.
     pub fn arm(&mut self, at: Instant, killed: u64) -> Vec<u32> {
-        let groups: BTreeMap<u32, Option<(u64, Duration)>> = self
+        let groups: BTreeMap<u32, GroupFailover> = self
             .leaders
             .iter()
             .filter(|(_, &(_, leader))| leader == killed)
-            .map(|(&group, _)| (group, None))
+            .map(|(&group, &(term, _))| {
+                let failover = GroupFailover {
+                    group,
+                    new_leader: None,
+                    term_at_kill: term,
+                    new_term: None,
+                    reports: 0,
+                };
+                (group, failover)
+            })
             .collect();
         let led = groups.keys().copied().collect();
         self.armed = Some(Armed { at, killed, groups });
@@ -171,7 +195,7 @@ impl LeaderTracker {
     pub fn all_failed_over(&self) -> bool {
         self.armed
             .as_ref()
-            .is_some_and(|armed| armed.groups.values().all(Option::is_some))
+            .is_some_and(|armed| armed.groups.values().all(|f| f.new_leader.is_some()))
     }
 
     /// The failover of each group the killed node led (empty before `arm`).
@@ -179,7 +203,7 @@ impl LeaderTracker {
         self.armed
             .iter()
             .flat_map(|armed| armed.groups.iter())
-            .map(|(&group, &new_leader)| GroupFailover { group, new_leader })
+            .map(|(_, &failover)| failover)
             .collect()
     }
 }
@@ -244,11 +268,18 @@ mod tests {
             vec![
                 GroupFailover {
                     group: 1,
-                    new_leader: Some((2, ms(250)))
+                    new_leader: Some((2, ms(250))),
+                    term_at_kill: 1,
+                    new_term: Some(2),
+                    // The report stamped before the kill does not count.
+                    reports: 4,
                 },
                 GroupFailover {
                     group: 4,
-                    new_leader: Some((3, ms(400)))
+                    new_leader: Some((3, ms(400))),
+                    term_at_kill: 1,
+                    new_term: Some(3),
+                    reports: 1,
                 },
             ]
         );
