@@ -217,10 +217,14 @@ bench_floor() { # NAME
 
 # Kills Conclave node $2 of the running cluster during a failover run named $1 (extra bench
 # flags $3...), then restarts the node and waits until it is ready. Needs PARTITIONS and
-# SESSION_TIMEOUT_MS (what the cluster runs with).
+# SESSION_TIMEOUT_MS (what the cluster runs with). Before the kill the bench waits until
+# every partition is led by its preferred node, i.e. every node (a restarted one included)
+# has caught up; KILL_WAIT_BALANCED=0 skips that wait (to measure a kill that comes while a
+# restarted node is still catching up).
 conclave_kill_run() { # NAME NODE ARGS...
-    local name=$1 node=$2 share=0 g
+    local name=$1 node=$2 share=0 g balanced=()
     shift 2
+    if [[ ${KILL_WAIT_BALANCED:-1} == 1 ]]; then balanced=(--wait-balanced "$CONCLAVE_NODE_COUNT"); fi
     # The groups this node leads once rebalanced (preferred leaders: round robin).
     for ((g = 1; g <= PARTITIONS; g++)); do
         if (((g - 1) % CONCLAVE_NODE_COUNT == node - 1)); then share=$((share + 1)); fi
@@ -230,6 +234,6 @@ conclave_kill_run() { # NAME NODE ARGS...
         --kill-endpoint "127.0.0.1:$(conclave_client_port "$node")" \
         --kill-node-id "$node" --admin-endpoints "$(conclave_admin_endpoints "$node")" \
         --min-led-groups "$share" --partitions "$PARTITIONS" \
-        --session-timeout-ms "$SESSION_TIMEOUT_MS" "$@"
+        --session-timeout-ms "$SESSION_TIMEOUT_MS" "${balanced[@]}" "$@"
     conclave_restart_node "$node"
 }

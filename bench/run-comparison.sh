@@ -23,6 +23,9 @@
 #   CONCLAVE_SESSION_TIMEOUT_MS  --session-timeout-ms (default 5000)
 #   CONCLAVE_FLAGS      more flags for every node, word-split (e.g. "--spin-before-park-us 50")
 #   KILLS               node-kill runs per system (default 3; 0: none)
+#   KILL_WAIT_BALANCED  1 (default): before each Conclave kill, wait until every partition is
+#                       led by its preferred node (the node restarted after the previous kill
+#                       has caught up); 0: kill as soon as the killed node leads its share
 #   ONLY                run only these runs (space-separated names or globs, e.g.
 #                       "*-churn-64 conclave-kill-*"); floors always run
 #   KEEP_LOGS=1         copy the servers' logs into OUT/logs (CONCLAVE_LOG sets their level,

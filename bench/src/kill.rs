@@ -90,6 +90,11 @@ pub struct NodeKill {
     /// the node to be killed leads at least this many groups (a cluster just started, or
     /// a node just restarted, gets its share of leaderships back by rebalancing).
     pub min_led_groups: u32,
+    /// With the Node API: before the measured phase, also wait (at most `BALANCE_BOUND`)
+    /// until every group is led by its preferred node, nodes numbered 1..=this (see
+    /// [`LeaderTracker::balanced`]): every node caught up, e.g. after a restarted node
+    /// rejoined. `None`: no such wait.
+    pub balanced_nodes: Option<u64>,
 }
 
 impl NodeKill {
@@ -104,6 +109,7 @@ impl NodeKill {
             recovery_timeout: Duration::from_secs(10),
             session_timeout: None,
             min_led_groups: 1,
+            balanced_nodes: None,
         }
     }
 
@@ -553,6 +559,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
         }
     }
     let mut tracker = LeaderTracker::new();
+    let mut balance_wait = None;
     let readers = match kill.node_id {
         Some(_) => {
             let mut readers = node_events::watch_leaders(&kill.admin_endpoints, timeout).await?;
@@ -572,18 +579,27 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
             }
             let killed = kill.node_id.expect("validated with the admin endpoints");
             let deadline = tokio::time::Instant::now() + BALANCE_BOUND;
-            while tracker.led_by(killed) < kill.min_led_groups as usize {
+            let ready = |tracker: &LeaderTracker| {
+                tracker.led_by(killed) >= kill.min_led_groups as usize
+                    && kill
+                        .balanced_nodes
+                        .is_none_or(|nodes| tracker.balanced(kill.partitions, nodes))
+            };
+            let waiting = Instant::now();
+            while !ready(&tracker) {
                 match tokio::time::timeout_at(deadline, readers.updates.recv()).await {
                     Ok(Some(update)) => tracker.observe(update),
                     _ => {
                         return Err(BenchError::Setup(format!(
-                            "node {killed} leads {} groups, fewer than --min-led-groups {}, after {BALANCE_BOUND:?}",
+                            "after {BALANCE_BOUND:?}, node {killed} leads {} groups (--min-led-groups {}), every group on its preferred node: {}",
                             tracker.led_by(killed),
-                            kill.min_led_groups
+                            kill.min_led_groups,
+                            kill.balanced_nodes.is_some_and(|n| tracker.balanced(kill.partitions, n))
                         )))
                     }
                 }
             }
+            balance_wait = Some(waiting.elapsed());
             Some(readers)
         }
         None => None,
@@ -697,6 +713,19 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
                 ),
             }
         }
+    }
+    if let Some(waited) = balance_wait {
+        notes.push(format!(
+            "setup waited {} for node {} to lead at least {} groups{}",
+            millis(waited),
+            kill.node_id.unwrap_or_default(),
+            kill.min_led_groups,
+            if kill.balanced_nodes.is_some() {
+                " and every group to be led by its preferred node (all nodes caught up)"
+            } else {
+                ""
+            }
+        ));
     }
     notes.extend(kill_notes(&config, &kill, &survivors, &outcomes, &leaders));
 

@@ -123,6 +123,10 @@ struct KillArgs {
     /// at least this many groups.
     #[arg(long, default_value_t = 1)]
     min_led_groups: u32,
+    /// With --admin-endpoints: first wait (at most 30 s) until every partition is led by
+    /// its preferred node among nodes 1..=N (all nodes caught up after a restart).
+    #[arg(long, value_name = "N")]
+    wait_balanced: Option<u64>,
 }
 
 impl KillArgs {
@@ -145,6 +149,7 @@ impl KillArgs {
             recovery_timeout: Duration::from_millis(self.recovery_timeout_ms),
             session_timeout: self.session_timeout_ms.map(Duration::from_millis),
             min_led_groups: self.min_led_groups,
+            balanced_nodes: self.wait_balanced,
             ..NodeKill::new(
                 method,
                 endpoint_url(self.kill_endpoint.as_deref().unwrap_or("")),

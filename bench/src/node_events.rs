@@ -163,6 +163,14 @@ impl LeaderTracker {
         self.leaders.values().filter(|&&(_, l)| l == node).count()
     }
 
+    /// Whether each of groups 1..=`groups` is led by its preferred node (Conclave's
+    /// documented placement for nodes numbered 1..=`nodes`: group g on node
+    /// `(g - 1) % nodes + 1`). A leader hands a group to its preferred node only once that
+    /// node holds the whole log, so a balanced cluster has every node caught up.
+    pub fn balanced(&self, groups: u32, nodes: u64) -> bool {
+        nodes > 0 && (1..=groups).all(|g| self.leader_of(g) == Some(u64::from(g - 1) % nodes + 1))
+    }
+
     /// The current leader of `group`, if known.
     pub fn leader_of(&self, group: u32) -> Option<u64> {
         self.leaders.get(&group).map(|&(_, leader)| leader)
@@ -284,6 +292,22 @@ mod tests {
             ]
         );
         assert_eq!(tracker.leader_of(2), Some(3));
+    }
+
+    #[test]
+    fn balanced_means_every_group_on_its_preferred_node() {
+        let t = Instant::now();
+        let mut tracker = LeaderTracker::new();
+        for (group, leader) in [(1, 1), (2, 2), (3, 3), (4, 1)] {
+            tracker.observe(update(group, 1, leader, t));
+        }
+        assert!(tracker.balanced(4, 3));
+        assert!(!tracker.balanced(5, 3), "group 5 has no known leader");
+        tracker.observe(update(2, 2, 3, t));
+        assert!(!tracker.balanced(4, 3));
+        tracker.observe(update(2, 3, 2, t));
+        assert!(tracker.balanced(4, 3));
+        assert!(!tracker.balanced(4, 0));
     }
 
     #[test]
