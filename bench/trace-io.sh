@@ -23,7 +23,7 @@ trap 'exit 130' INT TERM
 mkdir -p "$OUT"
 
 conclave_start 3 --partitions 16 --shards 1
-sleep 5 # leaderships rebalanced to their preferred nodes
+sleep 10 # leaderships rebalanced to their preferred nodes
 echo "${CONCLAVE_NODE_PIDS[1]} ${CONCLAVE_NODE_PIDS[2]} ${CONCLAVE_NODE_PIDS[3]}" >"$OUT/pids"
 "$BENCH" churn --endpoints "127.0.0.1:$(conclave_client_port 1)" -c 1 -e 1 --name-prefix lat1 \
     -d 6 --quiet --json "$OUT/run.json" >"$OUT/run.txt" &
