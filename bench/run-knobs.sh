@@ -39,6 +39,11 @@ echo "results in $OUT; scratch in $WORK"
 PARTITIONS=16
 SESSION_TIMEOUT_MS=5000
 
+fresh_tag() { # BASE: BASE, or BASE-2, BASE-3... if a run of that name exists already
+    local tag=$1 n=1
+    while compgen -G "$OUT/$tag-*.json" >/dev/null; do n=$((n + 1)); tag=$1-$n; done
+    echo "$tag"
+}
 knob() { # KNOB: whether KNOBS selects it
     [[ " $KNOBS " == *" $1 "* ]]
 }
@@ -55,10 +60,9 @@ enter1() { bench_run "$1-enter-1" churn --endpoints "$(conclave_endpoints)" -c 1
 bench_floor floor-start
 
 if knob shards; then
-    # Shards per node: the default (one per core: 2 here) against 1, and back.
-    for shards in 2 1 2; do
-        tag=shards-$shards
-        [[ -e $OUT/$tag-churn-64.json ]] && tag=$tag-again
+    # Shards per node: the default (one per core: 2 here) against 1, twice each, alternated.
+    for shards in 2 1 2 1; do
+        tag=$(fresh_tag "shards-$shards")
         cluster --shards "$shards"
         churn64 "$tag"; read64 "$tag"; enter1 "$tag"
     done
@@ -71,9 +75,8 @@ if knob partitions; then
     PARTITIONS=16
 fi
 if knob spin; then
-    for spin in 0 50 0; do
-        tag=spin-$spin
-        [[ -e $OUT/$tag-churn-64.json ]] && tag=$tag-again
+    for spin in 0 50 0 50; do
+        tag=$(fresh_tag "spin-$spin")
         cluster --spin-before-park-us "$spin"
         enter1 "$tag"; churn64 "$tag"
     done
