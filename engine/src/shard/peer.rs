@@ -149,10 +149,10 @@ impl Forwarded {
     /// its answer was lost (a connection broke), so the outcome is unknown.
     pub fn expire(&mut self, proposal_timeout: Duration, membership_timeout: Duration) {
         let now = Instant::now();
-        for reply in take_where(&mut self.proposals, |w| now - w.since >= proposal_timeout) {
+        for reply in take_older(&mut self.proposals, now, proposal_timeout) {
             reply(Err(ShardError::LeadershipLost));
         }
-        for reply in take_where(&mut self.memberships, |w| now - w.since >= membership_timeout) {
+        for reply in take_older(&mut self.memberships, now, membership_timeout) {
             reply(Err(ShardError::Unavailable("the group's leader did not confirm the membership change in time".into())));
         }
     }
@@ -182,4 +182,17 @@ impl Forwarded {
 fn take_where<R>(waiting: &mut BTreeMap<u64, Waiting<R>>, pick: impl Fn(&Waiting<R>) -> bool) -> Vec<R> {
     let ids: Vec<u64> = waiting.iter().filter(|(_, w)| pick(w)).map(|(id, _)| *id).collect();
     ids.into_iter().filter_map(|id| waiting.remove(&id)).map(|w| w.reply).collect()
+}
+
+/// Removes the waiters registered `timeout` or more before `now` and returns their replies.
+/// Request ids grow with time, so they are the first ones.
+fn take_older<R>(waiting: &mut BTreeMap<u64, Waiting<R>>, now: Instant, timeout: Duration) -> Vec<R> {
+    let mut replies = Vec::new();
+    while let Some(entry) = waiting.first_entry() {
+        if now - entry.get().since < timeout {
+            break;
+        }
+        replies.push(entry.remove().reply);
+    }
+    replies
 }

@@ -303,11 +303,13 @@ impl Replica {
         self.raft.tick();
         self.ticks += 1;
         let Some(cutoff) = self.ticks.checked_sub(READ_CONFIRM_TICKS) else { return };
-        let late: Vec<u64> = self.confirming.iter().filter(|(_, (t, _))| *t <= cutoff).map(|(id, _)| *id).collect();
-        for id in late {
-            if let Some((_, read)) = self.confirming.remove(&id) {
-                fail_read(read, ShardError::LeadershipLost);
+        // Read ids grow with time, so the oldest reads come first.
+        while let Some(entry) = self.confirming.first_entry() {
+            if entry.get().0 > cutoff {
+                break;
             }
+            let (_, read) = entry.remove();
+            fail_read(read, ShardError::LeadershipLost);
         }
     }
 

@@ -6,7 +6,6 @@ use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::rc::Rc;
 
-use conclave_engine::raft::RaftEvent;
 use conclave_engine::shard::ShardEvent;
 
 use crate::grpc::Status;
@@ -33,12 +32,7 @@ impl NodeControl for NodeControlRouter {
 
     fn leave(&self, group_id: u32) -> LocalFuture<Result<(), Status>> {
         let dispatch = Rc::clone(&self.dispatch);
-        Box::pin(async move {
-            if group_id == 0 {
-                return Err(Status::invalid_argument("group id 0 is not a group"));
-            }
-            dispatch.control(group_id, ControlOp::Leave(group_id)).await
-        })
+        Box::pin(async move { dispatch.control(group_id, ControlOp::Leave(group_id)).await })
     }
 }
 
@@ -91,9 +85,6 @@ impl NodeEvents {
                         self.hosted.borrow_mut().remove(&group);
                     }
                     _ => {}
-                }
-                if matches!(event, ShardEvent::Raft(RaftEvent::RoleChanged { .. })) {
-                    return;
                 }
                 for converted in self.converter.borrow_mut().convert(group, &event) {
                     self.hub.publish(converted);
