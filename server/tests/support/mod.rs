@@ -96,7 +96,8 @@ pub struct Ports {
 impl Ports {
     pub fn fresh() -> Ports {
         let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
-        Ports { listen: at(free_port()), admin: at(free_port()), peer: at(free_port()) }
+        // Shard s listens for peers on the peer port + s: reserve room for four shards.
+        Ports { listen: at(free_port()), admin: at(free_port()), peer: at(cluster::reserve_ports(4)) }
     }
 }
 
