@@ -87,6 +87,33 @@ fn reads_respect_byte_limit_and_come_from_disk_when_cache_is_empty() {
 }
 
 #[test]
+fn a_cold_range_read_spanning_many_records_windows_and_segments_returns_every_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        // 4 MiB segments, one record per entry of group 5 and a record of group 6 between
+        // each: a read of group 5 crosses several 1 MiB read windows and a segment change.
+        let options = LogOptions { tail_cache_bytes: 0, ..LogOptions::with_segment_bytes(4 << 20) };
+        let (log, _) = Log::open(&path, options).await.unwrap();
+        let big = |group: u32, index: u64| Entry::new(index, 1, 0, Bytes::from(vec![(index % 251) as u8 ^ group as u8; 3000]));
+        let written: Vec<Entry> = (1..=2000).map(|i| big(5, i)).collect();
+        for (i, e) in written.iter().enumerate() {
+            log.append_entries(5, vec![e.clone()]).unwrap();
+            log.append_entries(6, vec![big(6, i as u64 + 1)]).unwrap();
+        }
+        log.sync().await.unwrap();
+        assert!(log.stats().rotations >= 2, "the entries span segments");
+        let all = log.entries(5, 1, 2001, usize::MAX).await.unwrap();
+        assert_eq!(all.len(), written.len());
+        assert!(all == written, "every entry comes back as written");
+        let middle = log.entries(5, 700, 1400, usize::MAX).await.unwrap();
+        assert!(middle == written[699..1399], "a read starting inside the range too");
+        let other = log.entries(6, 1999, 2001, usize::MAX).await.unwrap();
+        assert_eq!(other, vec![big(6, 1999), big(6, 2000)]);
+    });
+}
+
+#[test]
 fn concurrent_appenders_share_flushes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();

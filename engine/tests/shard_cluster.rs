@@ -296,7 +296,7 @@ impl Cluster {
             }
             events.borrow_mut().push(Ev { node: id, group, event: event.clone() });
         });
-        let runtime = ShardRuntime::new(cfg, replicas, ShardStorage { log, snapshots }, transport, sink, Box::new(now_ms));
+        let runtime = ShardRuntime::new(cfg, replicas, ShardStorage::new(log, snapshots), transport, sink, Box::new(now_ms));
         let handle = runtime.handle();
         let task = glommio::spawn_local(runtime.run());
         self.net.handles.borrow_mut().insert(id, handle.clone());

@@ -53,7 +53,7 @@ async fn open(dir: &Path, snapshot_every: u64) -> Opened {
             ..RuntimeConfig::new(1, Duration::from_millis(1))
         },
         BTreeMap::from([(1, replica)]),
-        ShardStorage { log, snapshots },
+        ShardStorage::new(log, snapshots),
         Box::new(|_, _| panic!("a single-voter group sends nothing")),
         Box::new(|_, _| {}),
         Box::new(|| 1_000_000),

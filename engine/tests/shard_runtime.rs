@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use conclave_engine::raft::{Config, Membership, RaftNode};
 use conclave_engine::shard::{
-    GroupWrite, LogStore, Replica, Request, RuntimeConfig, ShardError, ShardHandle, ShardRuntime,
+    Durable, GroupWrite, LogStore, Replica, Request, RuntimeConfig, ShardError, ShardHandle, ShardRuntime,
     TermQuery,
 };
 use conclave_engine::sm::{command, ElectionOp, Output, PrimitiveRef, StateMachine};
@@ -24,22 +24,29 @@ struct RecordingLog {
     persisted: Rc<RefCell<BTreeMap<u64, u64>>>,
     rounds: Rc<RefCell<usize>>,
     snapshots: Rc<RefCell<Vec<(u32, u64, usize)>>>,
+    /// Extra time a write takes to become durable (on top of 200 µs).
+    slowness: Rc<RefCell<Duration>>,
 }
 
 impl LogStore for RecordingLog {
-    async fn persist(&mut self, writes: Vec<GroupWrite>) -> Result<(), String> {
-        glommio::timer::sleep(Duration::from_micros(200)).await;
-        *self.rounds.borrow_mut() += 1;
-        let mut persisted = self.persisted.borrow_mut();
-        for w in writes {
-            if let Some(first) = w.entries.first() {
-                persisted.retain(|i, _| *i < first.index);
+    /// "Durable" 200 µs after submission: the writes are recorded only then.
+    fn submit(&mut self, writes: Vec<GroupWrite>) -> Result<Durable, String> {
+        let log = self.clone();
+        let latency = Duration::from_micros(200) + *self.slowness.borrow();
+        Ok(Box::pin(async move {
+            glommio::timer::sleep(latency).await;
+            *log.rounds.borrow_mut() += 1;
+            let mut persisted = log.persisted.borrow_mut();
+            for w in writes {
+                if let Some(first) = w.entries.first() {
+                    persisted.retain(|i, _| *i < first.index);
+                }
+                for e in w.entries {
+                    persisted.insert(e.index, e.term);
+                }
             }
-            for e in w.entries {
-                persisted.insert(e.index, e.term);
-            }
-        }
-        Ok(())
+            Ok(())
+        }))
     }
 
     async fn save_snapshot(&mut self, group: u32, index: u64, _term: u64, data: bytes::Bytes) -> Result<(), String> {
@@ -174,6 +181,49 @@ fn single_voter_group_serves_commands_reads_and_watches() {
         handle.send(Request::Shutdown).await.unwrap();
         task.await.unwrap();
         assert!(matches!(handle.propose(1, command::leader_barrier(0)).await, Err(ShardError::ShuttingDown)));
+    });
+}
+
+#[test]
+fn a_slow_disk_does_not_hold_reads_or_ticks_while_a_write_is_on_its_way() {
+    let ex = LocalExecutorBuilder::default().io_memory(1 << 20).make().unwrap();
+    ex.run(async {
+        let log = RecordingLog::default();
+        let runtime = single_voter_runtime(log.clone());
+        let handle = runtime.handle();
+        let task = glommio::spawn_local(runtime.run());
+        let Output::SessionOpened { session_id } = propose_when_led(&handle, command::open_session(0, 60_000)).await else {
+            panic!("open_session answers SessionOpened");
+        };
+        propose_when_led(&handle, command::create_primitive(0, session_id, 1, "e")).await;
+
+        // Every write now takes 300 ms to become durable.
+        *log.slowness.borrow_mut() = Duration::from_millis(300);
+        let answered = Rc::new(RefCell::new(false));
+        let enter = {
+            let (handle, answered) = (handle.clone(), answered.clone());
+            glommio::spawn_local(async move {
+                let cmd = command::election(0, session_id, 2, PrimitiveRef::Name("e".into()), ElectionOp::Enter, "a");
+                let committed = handle.propose(1, cmd).await;
+                *answered.borrow_mut() = true;
+                committed
+            })
+        };
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        // The loop still serves while the Enter is on its way to disk: a read is answered
+        // (from what is committed, so without the Enter), and the Enter is not.
+        let read = handle
+            .read(1, TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index: 0 })
+            .await
+            .unwrap();
+        assert!(!*answered.borrow(), "the read waited for the slow write");
+        assert_eq!(read.result.unwrap().candidates.len(), 0, "the read saw an entry that is not durable");
+        // The Enter is answered once durable, and only then visible.
+        let Output::Term(t) = enter.await.unwrap().result.unwrap() else { panic!("Enter answers a term") };
+        assert_eq!(names(&t), vec!["a".to_string()]);
+        assert!(log.persisted.borrow().len() >= 3, "the Enter is durable before it is answered");
+        handle.send(Request::Shutdown).await.unwrap();
+        task.await.unwrap();
     });
 }
 

@@ -86,6 +86,17 @@ impl Log {
         self.reclaim_segments().await
     }
 
+    /// [`Log::reclaim`] once `after` is durable, as a future that owns its handle on the
+    /// log: run it as a task of its own so that nobody waits for the reads and rewrites.
+    /// Await it to the end before closing the log.
+    pub fn reclaim_after(&self, after: Ticket) -> impl std::future::Future<Output = Result<CompactionReport, LogError>> + 'static {
+        let log = Log { shared: std::rc::Rc::clone(&self.shared) };
+        async move {
+            log.wait_durable(after).await?;
+            log.reclaim().await
+        }
+    }
+
     async fn reclaim_segments(&self) -> Result<CompactionReport, LogError> {
         let mut report = CompactionReport::default();
         let limit = self.shared.options.relocate_max_bytes;
@@ -172,7 +183,14 @@ impl Log {
             for run in consecutive_runs(indices) {
                 let mut lo = run.0;
                 while lo <= run.1 {
-                    let chunk = self.entries(group, lo, run.1 + 1, max_record_payload).await?;
+                    let chunk = match self.entries(group, lo, run.1 + 1, max_record_payload).await {
+                        Ok(chunk) => chunk,
+                        // Compacted, truncated or removed since the segment was looked at
+                        // (the log is used while a reclaim runs): nothing more of this run
+                        // to keep; the segment stays if anything in it is still live.
+                        Err(LogError::Unavailable { .. }) => break,
+                        Err(e) => return Err(e),
+                    };
                     let Some(next) = chunk.last().map(|e| e.index + 1) else { break };
                     lo = next;
                     if let Some((ticket, entries, loc)) = self.enqueue_relocated(group, chunk)? {

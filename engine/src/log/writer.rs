@@ -242,6 +242,14 @@ impl Log {
         }
     }
 
+    /// Resolves once `ticket` is durable, like [`Log::wait_durable`], but owns its handle
+    /// on the log: the caller goes on using the log (enqueueing more) while it is pending.
+    /// Await it to the end: a flush dropped half-way poisons the log.
+    pub fn durability(&self, ticket: Ticket) -> impl std::future::Future<Output = Result<(), LogError>> + 'static {
+        let log = Log { shared: Rc::clone(&self.shared) };
+        async move { log.wait_durable(ticket).await }
+    }
+
     /// The group's index summary, if the log knows the group.
     pub fn group(&self, group: GroupId) -> Option<GroupSummary> {
         let state = self.shared.state.borrow();

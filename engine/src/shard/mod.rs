@@ -8,6 +8,7 @@ mod peer;
 mod peer_requests;
 mod replica;
 mod runtime;
+mod stall;
 mod storage;
 mod upkeep;
 
@@ -16,7 +17,7 @@ pub use replica::{
     Committed, ReadTerm, Replica, Reply, SnapshotCapture, TermQuery, Watcher, MAX_HELD_READS,
 };
 pub use runtime::{
-    Clock, EventSink, GroupWrite, LogStore, Request, RuntimeConfig, ShardEvent, ShardHandle,
+    Clock, EventSink, Durable, GroupWrite, LogStore, Request, RuntimeConfig, ShardEvent, ShardHandle,
     ShardRuntime, Transport,
 };
 pub use storage::{load_snapshot, recover_replica, LoadedSnapshot, ShardStorage, SNAPSHOT_FORMAT_VERSION};

@@ -12,24 +12,27 @@
 //! answers its caller when it applies that entry itself.
 
 use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use conclave_proto::conclave::peer::v1::PeerMessage;
-use conclave_proto::conclave::raft::v1::Entry;
+use conclave_proto::conclave::raft::v1::{Entry, Message};
 use futures_lite::future;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 
 use conclave_proto::conclave::peer::v1::peer_message::Body;
 
-use crate::raft::{HardState, Membership, Outbox, RaftEvent, RaftRole, Role};
+use crate::raft::{HardState, Membership, Outbox, RaftEvent, RaftRole, Role, Snapshot};
 use crate::sm::{self, Command};
 
 use super::error::ShardError;
 use super::peer::Forwarded;
 use super::peer_requests::settle_membership_waiters;
+use super::stall::{Phase, RoundTimer};
 use super::replica::{Committed, ReadTerm, Replica, Reply, TermQuery, Watcher};
 
 /// What one group asks the log to make durable in one round.
@@ -41,11 +44,16 @@ pub struct GroupWrite {
     pub entries: Vec<Entry>,
 }
 
-/// Durable storage as the runtime sees it: one `persist` per round, resolved when every
-/// write of the round is durable; snapshots saved durably before the log drops what they
-/// cover.
+/// Resolves once a round's writes are durable (or the log failed).
+pub type Durable = Pin<Box<dyn Future<Output = Result<(), String>>>>;
+
+/// Durable storage as the runtime sees it: one `submit` per round, whose future resolves
+/// when every write of the round is durable (rounds become durable in submission order, and
+/// the runtime goes on working while they are on their way); snapshots saved durably before
+/// the log drops what they cover.
 pub trait LogStore {
-    fn persist(&mut self, writes: Vec<GroupWrite>) -> impl Future<Output = Result<(), String>>;
+    /// Enqueues the round's writes, after every earlier round's.
+    fn submit(&mut self, writes: Vec<GroupWrite>) -> Result<Durable, String>;
     /// Stores a group's snapshot at (`index`, `term`) durably, replacing older ones.
     fn save_snapshot(&mut self, group: u32, index: u64, term: u64, data: Bytes) -> impl Future<Output = Result<(), String>>;
     /// Drops the group's entries up to `index` (covered by a durable snapshot) and gives
@@ -116,6 +124,9 @@ pub struct RuntimeConfig {
     /// A leader hands its group to the group's preferred leader (once caught up) at most
     /// once per this many ticks; 0 never does.
     pub rebalance_ticks: u64,
+    /// A round of the shard loop that holds it longer than this (or a tick that runs this
+    /// late) is logged at `warn` with its phases; zero logs none.
+    pub stall_warn: Duration,
 }
 
 impl RuntimeConfig {
@@ -131,6 +142,7 @@ impl RuntimeConfig {
             forward_timeout: Duration::from_secs(2),
             membership_timeout: Duration::from_secs(10),
             rebalance_ticks: 0,
+            stall_warn: Duration::from_millis(100),
         }
     }
 }
@@ -240,6 +252,24 @@ pub struct ShardRuntime<L: LogStore> {
     pub(super) handed_by: BTreeMap<u32, (u64, u64)>,
     /// Replicas to remove once the current round is done.
     pub(super) removals: Vec<(u32, Reply<Result<(), ShardError>>)>,
+    /// Rounds submitted to the log and not yet durable, oldest first.
+    in_flight: VecDeque<InFlightWrite>,
+    /// Snapshots from leaders, installed once every earlier write is durable.
+    installs: Vec<(u32, Snapshot)>,
+}
+
+/// A round's writes on their way to disk, and what waits for them: per group, the
+/// (index, term) Raft is told is durable and the messages that may leave only then.
+struct InFlightWrite {
+    durable: Durable,
+    acks: Vec<(u32, Option<(u64, u64)>, Vec<Message>)>,
+}
+
+/// What woke the shard loop.
+enum Wake {
+    Request(Option<Request>),
+    Durable(Result<(), String>),
+    Tick,
 }
 
 impl<L: LogStore> ShardRuntime<L> {
@@ -279,6 +309,8 @@ impl<L: LogStore> ShardRuntime<L> {
             handing_off: false,
             handed_by: BTreeMap::new(),
             removals: Vec::new(),
+            in_flight: VecDeque::new(),
+            installs: Vec::new(),
         }
     }
 
@@ -309,6 +341,11 @@ impl<L: LogStore> ShardRuntime<L> {
     }
 
     /// Runs until a [`Request::Shutdown`] or a storage failure. Returns the failure, if any.
+    ///
+    /// The loop never waits for the disk: a round's writes are submitted to the log and the
+    /// loop goes on serving requests, peers and ticks while they are on their way; what
+    /// waits for them (Raft's acknowledgement, messages that need them durable) is released
+    /// when they are.
     pub async fn run(mut self) -> Result<(), ShardError> {
         let mut next_tick = Instant::now() + self.cfg.tick;
         // Drive any output recovery left (e.g. entries to re-apply) before serving.
@@ -318,33 +355,57 @@ impl<L: LogStore> ShardRuntime<L> {
         self.process_ready().await?;
         loop {
             let wait = next_tick.saturating_duration_since(Instant::now());
-            let first = future::or(async { Some(self.receiver.recv().await) }, async {
+            let receiver = &self.receiver;
+            let request = async { Wake::Request(receiver.recv().await) };
+            let timer = async {
                 glommio::timer::sleep(wait).await;
-                None
-            })
-            .await;
+                Wake::Tick
+            };
+            let woke = match self.in_flight.front_mut() {
+                Some(write) => {
+                    let durable = async { Wake::Durable((&mut write.durable).await) };
+                    future::or(durable, future::or(request, timer)).await
+                }
+                None => future::or(request, timer).await,
+            };
+            let mut round = RoundTimer::start(self.cfg.stall_warn);
             let mut stop = false;
-            if let Some(request) = first {
-                match request {
-                    Some(request) => stop |= self.handle_request(request),
-                    None => stop = true,
+            match woke {
+                Wake::Request(Some(request)) => stop |= self.handle_request(request),
+                Wake::Request(None) => stop = true,
+                Wake::Durable(result) => {
+                    let write = self.in_flight.pop_front().expect("the front write woke the loop");
+                    self.write_done(write.acks, result)?;
+                    self.settle_durable_writes().await?;
                 }
-                // Take everything else already queued: it joins this round.
-                while let Some(Some(request)) = future::poll_once(self.receiver.recv()).await {
-                    stop |= self.handle_request(request);
-                }
+                Wake::Tick => {}
+            }
+            // Take everything else already queued: it joins this round.
+            while let Some(Some(request)) = future::poll_once(self.receiver.recv()).await {
+                stop |= self.handle_request(request);
             }
             if stop {
                 self.shutdown().await;
+                self.drain_in_flight().await?;
                 return self.log.close().await.map_err(ShardError::Storage);
             }
-            if Instant::now() >= next_tick {
-                next_tick = Instant::now() + self.cfg.tick;
+            round.lap(Phase::Requests);
+            let now = Instant::now();
+            if now >= next_tick {
+                round.tick_ran(now - next_tick);
+                next_tick = now + self.cfg.tick;
                 self.tick();
+                round.lap(Phase::Tick);
             }
             self.process_ready().await?;
+            round.lap(Phase::Ready);
             self.snapshot_due_groups().await?;
+            round.lap(Phase::Snapshots);
             self.remove_pending().await?;
+            round.lap(Phase::Removals);
+            if let Some(report) = round.finish() {
+                report.log(self.cfg.node_id);
+            }
         }
     }
 
@@ -444,13 +505,14 @@ impl<L: LogStore> ShardRuntime<L> {
         }
     }
 
-    /// Drains Raft output until no replica has any: send, apply what is durable, persist
-    /// the rest in one write, acknowledge, repeat.
+    /// Drains Raft output until no replica has any: send, apply what is durable, submit the
+    /// rest to the log in one write (acknowledged when it is durable, see `write_done`),
+    /// install snapshots from leaders once every earlier write is durable, repeat.
     pub(super) async fn process_ready(&mut self) -> Result<(), ShardError> {
         loop {
             let mut writes = Vec::new();
             let mut acks = Vec::new();
-            let mut installs = Vec::new();
+            let mut waiting_messages = Vec::new();
             let now_ms = (self.clock)();
             for (&group, replica) in self.replicas.iter_mut() {
                 if !replica.has_ready() {
@@ -469,7 +531,7 @@ impl<L: LogStore> ShardRuntime<L> {
                     (self.events)(group, &ShardEvent::Raft(event));
                 }
                 if let Some(snapshot) = ready.snapshot.take() {
-                    installs.push((group, snapshot));
+                    self.installs.push((group, snapshot));
                 }
                 if replica.take_barrier_due() {
                     replica.propose(&sm::command::leader_barrier(now_ms), Box::new(|_| {}));
@@ -491,39 +553,84 @@ impl<L: LogStore> ShardRuntime<L> {
                     });
                     acks.push((group, ack, std::mem::take(&mut ready.persisted_messages)));
                 } else {
-                    self.outbox.extend(ready.persisted_messages.drain(..));
+                    // They may answer for entries or a vote still on their way to disk.
+                    waiting_messages.append(&mut ready.persisted_messages);
                 }
             }
             self.flush_outbox();
-            if writes.is_empty() {
-                for (group, snapshot) in installs {
+            if !writes.is_empty() {
+                let durable = match self.log.submit(writes) {
+                    Ok(durable) => durable,
+                    Err(e) => return Err(self.log_failed(e)),
+                };
+                self.in_flight.push_back(InFlightWrite { durable, acks });
+            }
+            if !waiting_messages.is_empty() {
+                match self.in_flight.back_mut() {
+                    Some(last) => last.acks.push((0, None, waiting_messages)),
+                    None => {
+                        self.outbox.extend(waiting_messages);
+                        self.flush_outbox();
+                    }
+                }
+            }
+            if !self.installs.is_empty() {
+                // A snapshot replaces the group's log: every earlier write goes first.
+                self.drain_in_flight().await?;
+                for (group, snapshot) in std::mem::take(&mut self.installs) {
                     self.install_snapshot(group, snapshot).await?;
                 }
-                if self.replicas.values().any(Replica::has_ready) {
-                    continue;
-                }
+            }
+            if !self.replicas.values().any(Replica::has_ready) {
                 return Ok(());
             }
-            if let Err(e) = self.log.persist(writes).await {
-                let error = ShardError::Storage(e);
-                tracing::error!(error = %error, "the log failed; this shard stops serving");
-                for replica in self.replicas.values_mut() {
-                    replica.fail_all(error.clone());
-                }
-                return Err(error);
-            }
-            for (group, ack, persisted_messages) in acks {
-                let replica = self.replicas.get_mut(&group).expect("groups do not vanish mid-round");
-                if let Some((index, term)) = ack {
-                    replica.raft_mut().persisted(index, term);
-                }
-                self.outbox.extend(persisted_messages);
-            }
-            self.flush_outbox();
-            for (group, snapshot) in installs {
-                self.install_snapshot(group, snapshot).await?;
-            }
         }
+    }
+
+    /// A round's writes are durable (or the log failed): tell Raft, send what waited.
+    fn write_done(&mut self, acks: Vec<(u32, Option<(u64, u64)>, Vec<Message>)>, result: Result<(), String>) -> Result<(), ShardError> {
+        if let Err(e) = result {
+            return Err(self.log_failed(e));
+        }
+        for (group, ack, persisted_messages) in acks {
+            if let (Some((index, term)), Some(replica)) = (ack, self.replicas.get_mut(&group)) {
+                replica.raft_mut().persisted(index, term);
+            }
+            self.outbox.extend(persisted_messages);
+        }
+        self.flush_outbox();
+        Ok(())
+    }
+
+    /// Settles the writes at the front that are durable already, without waiting.
+    async fn settle_durable_writes(&mut self) -> Result<(), ShardError> {
+        while let Some(front) = self.in_flight.front_mut() {
+            let Some(result) = future::poll_once(&mut front.durable).await else {
+                return Ok(());
+            };
+            let write = self.in_flight.pop_front().expect("just polled");
+            self.write_done(write.acks, result)?;
+        }
+        Ok(())
+    }
+
+    /// Waits until every submitted write is durable, settling each.
+    pub(super) async fn drain_in_flight(&mut self) -> Result<(), ShardError> {
+        while let Some(write) = self.in_flight.pop_front() {
+            let result = write.durable.await;
+            self.write_done(write.acks, result)?;
+        }
+        Ok(())
+    }
+
+    /// The log failed: everything waiting fails with it, and the shard stops serving.
+    fn log_failed(&mut self, e: String) -> ShardError {
+        let error = ShardError::Storage(e);
+        tracing::error!(error = %error, "the log failed; this shard stops serving");
+        for replica in self.replicas.values_mut() {
+            replica.fail_all(error.clone());
+        }
+        error
     }
 
     /// Sends the round's Raft batches, then whatever else is queued for peers.

@@ -2,6 +2,9 @@
 //! snapshot store ([`ShardStorage`]) behind [`LogStore`], and replicas rebuilt from what
 //! recovery found (the newest snapshot, then the log entries after it).
 
+use std::cell::Cell;
+use std::rc::Rc;
+
 use bytes::Bytes;
 use conclave_proto::conclave::raft::v1::Entry as RaftEntry;
 use conclave_proto::conclave::shard::v1::GroupSnapshot;
@@ -13,7 +16,7 @@ use crate::raft::{self, entry_kind_from_u8, entry_kind_to_u8, Membership, RaftNo
 use crate::sm::StateMachine;
 
 use super::replica::Replica;
-use super::runtime::{GroupWrite, LogStore};
+use super::runtime::{Durable, GroupWrite, LogStore};
 
 /// The version of the `conclave.shard.v1.GroupSnapshot` envelope this build writes and reads.
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
@@ -22,13 +25,46 @@ pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
 pub struct ShardStorage {
     pub log: Log,
     pub snapshots: SnapshotStore,
+    /// The reclaim running in the background, if any (see [`LogStore::compact`]).
+    reclaim: Option<BackgroundReclaim>,
+}
+
+/// A [`Log::reclaim`] running as a task of its own; `done` is set when it has ended.
+struct BackgroundReclaim {
+    task: glommio::task::JoinHandle<Result<log::CompactionReport, log::LogError>>,
+    done: Rc<Cell<bool>>,
+}
+
+impl ShardStorage {
+    pub fn new(log: Log, snapshots: SnapshotStore) -> Self {
+        ShardStorage { log, snapshots, reclaim: None }
+    }
+
+    /// The outcome of the background reclaim if it has ended: whether it gave back disk
+    /// space. Waits for it when `wait` is set.
+    async fn finish_reclaim(&mut self, wait: bool) -> Result<bool, String> {
+        let Some(running) = self.reclaim.take_if(|r| wait || r.done.get()) else {
+            return Ok(false);
+        };
+        match running.task.await {
+            Some(Ok(report)) => {
+                if !report.deleted_segments.is_empty() {
+                    tracing::debug!(segments = ?report.deleted_segments, relocated = report.relocated_records, "log segments reclaimed");
+                }
+                Ok(!report.deleted_segments.is_empty())
+            }
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err("the log's reclaim task was cancelled".into()),
+        }
+    }
 }
 
 impl LogStore for ShardStorage {
-    /// Enqueues every group's hard state, then its entries, and waits for one flush. The
-    /// hard state goes first so that a torn flush can never keep entries of a term whose
-    /// vote record was lost.
-    async fn persist(&mut self, writes: Vec<GroupWrite>) -> Result<(), String> {
+    /// Enqueues every group's hard state, then its entries; the returned future resolves
+    /// once they are durable (one flush, shared with whatever else is enqueued by then).
+    /// The hard state goes first so that a torn flush can never keep entries of a term
+    /// whose vote record was lost.
+    fn submit(&mut self, writes: Vec<GroupWrite>) -> Result<Durable, String> {
         let log = &self.log;
         let mut last = None;
         for write in &writes {
@@ -46,24 +82,39 @@ impl LogStore for ShardStorage {
             let ticket = log.append_entries(write.group, entries).map_err(|e| e.to_string())?;
             last = last.max(Some(ticket));
         }
-        match last {
-            Some(ticket) => log.wait_durable(ticket).await.map_err(|e| e.to_string()),
-            None => Ok(()),
-        }
+        let durable = last.map(|ticket| log.durability(ticket));
+        Ok(Box::pin(async move {
+            match durable {
+                Some(durable) => durable.await.map_err(|e| e.to_string()),
+                None => Ok(()),
+            }
+        }))
     }
 
     async fn save_snapshot(&mut self, group: u32, index: u64, term: u64, data: Bytes) -> Result<(), String> {
         self.snapshots.save(group, index, term, &data).await.map(|_| ()).map_err(|e| e.to_string())
     }
 
+    /// Enqueues the compaction marker and starts a reclaim of old segments in a task of its
+    /// own (the reads and rewrites of live records take long on a big log; the shard loop
+    /// must not wait for them). Reports whether the reclaim started by an earlier call has
+    /// given back disk space since.
     async fn compact(&mut self, group: u32, index: u64, term: u64) -> Result<bool, String> {
         let ticket = self.log.compact_group(group, index, term).map_err(|e| e.to_string())?;
-        self.log.wait_durable(ticket).await.map_err(|e| e.to_string())?;
-        let report = self.log.reclaim().await.map_err(|e| e.to_string())?;
-        if !report.deleted_segments.is_empty() {
-            tracing::debug!(group, segments = ?report.deleted_segments, relocated = report.relocated_records, "log segments reclaimed");
+        let reclaimed = self.finish_reclaim(false).await?;
+        if self.reclaim.is_none() {
+            let done = Rc::new(Cell::new(false));
+            let reclaim = self.log.reclaim_after(ticket);
+            let finished = Rc::clone(&done);
+            let task = glommio::spawn_local(async move {
+                let outcome = reclaim.await;
+                finished.set(true);
+                outcome
+            })
+            .detach();
+            self.reclaim = Some(BackgroundReclaim { task, done });
         }
-        Ok(!report.deleted_segments.is_empty())
+        Ok(reclaimed)
     }
 
     async fn remove_group(&mut self, group: u32) -> Result<(), String> {
@@ -72,7 +123,8 @@ impl LogStore for ShardStorage {
         self.snapshots.remove_group(group).await.map_err(|e| e.to_string())
     }
 
-    async fn close(self) -> Result<(), String> {
+    async fn close(mut self) -> Result<(), String> {
+        self.finish_reclaim(true).await?;
         self.log.close().await.map_err(|e| e.to_string())
     }
 }

@@ -122,7 +122,7 @@ async fn serve(
             ..RuntimeConfig::new(node_id, tick)
         },
         replicas,
-        ShardStorage { log, snapshots },
+        ShardStorage::new(log, snapshots),
         transport,
         Box::new(move |group, event| {
             let _ = event_tx.try_send((group, event.clone()));
