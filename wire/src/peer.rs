@@ -9,7 +9,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::poll_fn;
 use std::rc::Rc;
-use std::task::Poll;
+use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -100,6 +100,9 @@ pub struct PeerStats {
 struct Shared<M> {
     queue: RefCell<SendQueue<M>>,
     stats: Cell<PeerStats>,
+    /// Between attempts: the waker of the backoff wait, which `redial_now` cuts short.
+    backoff_wait: RefCell<Option<Waker>>,
+    redial: Cell<bool>,
 }
 
 impl<M> Shared<M> {
@@ -161,6 +164,16 @@ impl<M: Message> PeerSender<M> {
     pub fn stats(&self) -> PeerStats {
         self.shared.stats.get()
     }
+
+    /// Dials again at once if the connection is down and waiting out its backoff (e.g. the
+    /// peer was just heard from on its own connection, so it is back); the backoff starts
+    /// over. Does nothing while connected or dialing.
+    pub fn redial_now(&self) {
+        if let Some(waker) = self.shared.backoff_wait.borrow_mut().take() {
+            self.shared.redial.set(true);
+            waker.wake();
+        }
+    }
 }
 
 /// One outbound connection (kept up by a background task) from this shard to a remote node.
@@ -174,7 +187,12 @@ impl<M: Message + 'static> Peer<M> {
     /// Starts dialing. Must be called on a glommio executor; events are delivered through `events`.
     pub fn spawn(config: PeerConfig, events: EventSink) -> Peer<M> {
         let queue = SendQueue::new(config.limits, config.ordinary_queue, config.bulk_queue);
-        let shared = Rc::new(Shared { queue: RefCell::new(queue), stats: Cell::new(PeerStats::default()) });
+        let shared = Rc::new(Shared {
+            queue: RefCell::new(queue),
+            stats: Cell::new(PeerStats::default()),
+            backoff_wait: RefCell::new(None),
+            redial: Cell::new(false),
+        });
         let task = glommio::spawn_local(run(shared.clone(), config, events)).detach();
         Peer { sender: PeerSender { shared }, task: Some(task) }
     }
@@ -243,7 +261,20 @@ async fn run<M: Message>(shared: Rc<Shared<M>>, config: PeerConfig, events: Even
                 emit(&events, &config, ConnectionEventKind::Failed { reason });
             }
         }
-        glommio::timer::sleep(backoff.next_delay()).await;
+        let delay = glommio::timer::sleep(backoff.next_delay());
+        let redial = poll_fn(|cx| {
+            if shared.redial.get() {
+                return Poll::Ready(());
+            }
+            *shared.backoff_wait.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        });
+        delay.or(redial).await;
+        shared.backoff_wait.borrow_mut().take();
+        if shared.redial.take() {
+            tracing::debug!(peer = config.remote_node_id, address = %config.address, "redialing at once: the peer is back");
+            backoff.reset();
+        }
     }
 }
 

@@ -132,6 +132,37 @@ fn the_peer_reconnects_after_the_listener_restarts() {
 }
 
 #[test]
+fn redial_now_cuts_a_long_backoff_short_once_the_peer_is_back() {
+    run_shard(LIMIT, async {
+        let (listener, address, rx) = listen(any_port());
+        drop(listener);
+        drop(rx);
+        // A peer whose every wait between attempts is 10-20 s.
+        let mut config = peer_config(address);
+        config.backoff = BackoffConfig { initial: Duration::from_secs(20), max: Duration::from_secs(20), seed: 1 };
+        let events = Recorder::default();
+        let peer: Peer<RaftMessage> = Peer::spawn(config, events.sink());
+        wait_until(LIMIT, "the first attempt to fail", || events.count(false) >= 1).await;
+        // While nothing listens, a redial fails again and the next wait starts.
+        peer.redial_now();
+        wait_until(LIMIT, "the redial to fail", || events.count(false) >= 2).await;
+        let (_listener, _, rx) = listen(address);
+        peer.send(append(1, 1, Bytes::from_static(b"back"))).await.expect("queued");
+        let started = std::time::Instant::now();
+        peer.redial_now();
+        let batches = receive(&rx, 1).await;
+        assert_eq!(batches[0].messages[0].entries[0].data, Bytes::from_static(b"back"));
+        assert!(started.elapsed() < Duration::from_secs(5), "connected only after {:?}", started.elapsed());
+        assert_eq!(events.count(true), 1, "events: {:?}", events.events());
+        // Connected: a redial does nothing.
+        peer.redial_now();
+        peer.send(append(1, 2, Bytes::from_static(b"still"))).await.expect("queued");
+        assert_eq!(receive(&rx, 1).await[0].messages[0].entries[0].index, 2);
+        assert_eq!(peer.stats().connections, 1);
+    });
+}
+
+#[test]
 fn a_peer_that_discards_while_down_drops_its_backlog_and_delivers_only_what_is_current() {
     run_shard(LIMIT, async {
         let (listener, address, rx) = listen(any_port());

@@ -2,8 +2,9 @@
 //! same run on the same disk: aligned `O_DIRECT` writes of the same size plus `fdatasync`,
 //! no framing, into a file prepared like a log segment.
 //!
-//! Usage: `log-bench [--dir DIR] [--seconds S] [--sizes 128,4096,65536,...] [--no-zero-fill]`
-//! (sizes are bytes of payload per flush; DIR defaults to a directory under /tmp).
+//! Usage: `log-bench [--dir DIR] [--seconds S] [--sizes 128,4096,65536,...] [--no-zero-fill] [--dsync]`
+//! (sizes are bytes of payload per flush; DIR defaults to a directory under /tmp; `--dsync`
+//! opens the log's segments with `O_DSYNC`, while the raw side still syncs with `fdatasync`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -22,6 +23,7 @@ struct Config {
     seconds: f64,
     sizes: Vec<usize>,
     zero_fill: bool,
+    dsync: bool,
 }
 
 /// What one measured loop did.
@@ -56,6 +58,7 @@ fn parse_args() -> Result<Config, String> {
         seconds: 2.0,
         sizes: vec![128, 4096, 16 << 10, 64 << 10, 256 << 10, 1 << 20],
         zero_fill: true,
+        dsync: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -70,6 +73,7 @@ fn parse_args() -> Result<Config, String> {
                     .collect::<Result<_, _>>()?
             }
             "--no-zero-fill" => config.zero_fill = false,
+            "--dsync" => config.dsync = true,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -86,7 +90,7 @@ struct Raw {
 
 impl Raw {
     async fn new(dir: &Path, zero_fill: bool) -> Raw {
-        let prepared = prepare_segment(dir, u64::MAX, RAW_FILE_BYTES, zero_fill).await.expect("raw file");
+        let prepared = prepare_segment(dir, u64::MAX, RAW_FILE_BYTES, zero_fill, false).await.expect("raw file");
         Raw { file: prepared.file, path: prepared.path, offset: 0 }
     }
 
@@ -118,8 +122,8 @@ struct LogLoad {
 }
 
 impl LogLoad {
-    async fn new(dir: &Path, zero_fill: bool) -> LogLoad {
-        let options = LogOptions { zero_fill_segments: zero_fill, tail_cache_bytes: 8 << 20, ..LogOptions::default() };
+    async fn new(dir: &Path, zero_fill: bool, dsync: bool) -> LogLoad {
+        let options = LogOptions { zero_fill_segments: zero_fill, dsync_writes: dsync, tail_cache_bytes: 8 << 20, ..LogOptions::default() };
         let (log, _) = Log::open(dir, options).await.expect("open log");
         let payload = Bytes::from(vec![0xA5u8; ENTRY_PAYLOAD]);
         // The first append creates the first segment; the next one is then prepared.
@@ -156,10 +160,10 @@ fn empty_run() -> Run {
 
 /// Alternates one raw operation and one log operation, so both see the same disk weather
 /// (this machine's disk is shared and its flush latency swings by 10x from second to second).
-async fn measure(dir: &Path, n: usize, size: usize, seconds: f64, zero_fill: bool) -> (Run, Run) {
+async fn measure(dir: &Path, n: usize, size: usize, seconds: f64, zero_fill: bool, dsync: bool) -> (Run, Run) {
     let mut raw = Raw::new(dir, zero_fill).await;
     let log_dir = dir.join(format!("log-{n}"));
-    let mut load = LogLoad::new(&log_dir, zero_fill).await;
+    let mut load = LogLoad::new(&log_dir, zero_fill, dsync).await;
     glommio::timer::sleep(Duration::from_millis(300)).await;
     let (mut raw_run, mut log_run) = (empty_run(), empty_run());
     let started = Instant::now();
@@ -176,7 +180,7 @@ async fn measure(dir: &Path, n: usize, size: usize, seconds: f64, zero_fill: boo
 /// Fills 96 MiB of log (a full 64 MiB segment and half of the next) and times reopening it.
 async fn recovery_time(dir: &Path, zero_fill: bool) {
     const FILL: usize = 96;
-    let mut load = LogLoad::new(dir, zero_fill).await;
+    let mut load = LogLoad::new(dir, zero_fill, false).await;
     let mut sink = empty_run();
     for _ in 0..FILL {
         load.op(1 << 20, &mut sink).await;
@@ -217,7 +221,7 @@ fn main() {
             "batch B", "raw MiB/s", "raw p50", "raw p99", "log MiB/s", "log p50", "log p99", "thr %", "p50 x"
         );
         for (n, &size) in config.sizes.iter().enumerate() {
-            let (mut raw, mut log) = measure(&config.dir, n, size, config.seconds, config.zero_fill).await;
+            let (mut raw, mut log) = measure(&config.dir, n, size, config.seconds, config.zero_fill, config.dsync).await;
             let (raw_p50, log_p50) = (raw.percentile_us(0.5), log.percentile_us(0.5));
             println!(
                 "{:>9} | {:>10.2} {:>7.0}us {:>7.0}us | {:>10.2} {:>7.0}us {:>7.0}us | {:>6.0}% {:>7.2}",

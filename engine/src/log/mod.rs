@@ -73,6 +73,9 @@ pub struct LogOptions {
     /// [`Log::reclaim`] rewrites the live records of the oldest segment forward (then deletes
     /// it) when they take at most this many bytes. Default 1/8 of `segment_bytes`.
     pub relocate_max_bytes: u64,
+    /// Open new segments with `O_DSYNC`, so a flush is one direct write that is durable when
+    /// it completes, instead of a write then an `fdatasync`. Default false; see tuning.md.
+    pub dsync_writes: bool,
 }
 
 impl Default for LogOptions {
@@ -84,6 +87,7 @@ impl Default for LogOptions {
             zero_fill_segments: true,
             repair_corruption: false,
             relocate_max_bytes: segment_bytes / 8,
+            dsync_writes: false,
         }
     }
 }

@@ -162,7 +162,7 @@ pub(super) async fn recover(dir: &Path, options: &LogOptions) -> Result<(Recover
     let index = build_index(groups, &mut report, options, dir)?;
     let segments = kept
         .into_iter()
-        .map(|l| (l.first_seq, Rc::new(SegmentFile { first_seq: l.first_seq, path: l.path, file: Rc::new(l.file) })))
+        .map(|l| (l.first_seq, Rc::new(SegmentFile { first_seq: l.first_seq, path: l.path, file: Rc::new(l.file), dsync: false })))
         .collect();
     Ok((Recovered { segments, index, last_seq: report.last_seq }, report))
 }

@@ -25,6 +25,8 @@ pub struct SegmentFile {
     pub first_seq: u64,
     pub path: PathBuf,
     pub file: Rc<DmaFile>,
+    /// Opened with `O_DSYNC`: a write is durable when it completes (no `fdatasync` after).
+    pub dsync: bool,
 }
 
 /// A file created and sized ahead of need, not yet named after its first record.
@@ -32,6 +34,8 @@ pub struct SegmentFile {
 pub struct PreparedSegment {
     pub path: PathBuf,
     pub file: DmaFile,
+    /// Reopened with `O_DSYNC` once prepared (see [`SegmentFile::dsync`]).
+    pub dsync: bool,
 }
 
 /// The path of the segment whose first record has sequence number `first_seq`.
@@ -94,8 +98,9 @@ pub async fn open_segment(path: &Path) -> Result<DmaFile, LogError> {
         .map_err(|e| LogError::glommio(format!("opening {}", path.display()), e))
 }
 
-/// Creates `prepared-<n>.tmp` of `size` bytes: blocks reserved, zero-filled if asked, synced.
-pub async fn prepare_segment(dir: &Path, n: u64, size: u64, zero_fill: bool) -> Result<PreparedSegment, LogError> {
+/// Creates `prepared-<n>.tmp` of `size` bytes: blocks reserved, zero-filled if asked, synced;
+/// then, with `dsync`, reopened with `O_DSYNC` for the log's writes.
+pub async fn prepare_segment(dir: &Path, n: u64, size: u64, zero_fill: bool, dsync: bool) -> Result<PreparedSegment, LogError> {
     let path = dir.join(format!("{PREPARED_PREFIX}{n}{TEMP_SUFFIX}"));
     let failed = |what: &str| format!("{what} {}", path.display());
     let file = OpenOptions::new()
@@ -121,7 +126,18 @@ pub async fn prepare_segment(dir: &Path, n: u64, size: u64, zero_fill: bool) -> 
         }
     }
     file.fdatasync().await.map_err(|e| LogError::glommio(failed("syncing"), e))?;
-    Ok(PreparedSegment { path, file })
+    if !dsync {
+        return Ok(PreparedSegment { path, file, dsync });
+    }
+    file.close().await.map_err(|e| LogError::glommio(failed("closing"), e))?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DSYNC)
+        .dma_open(&path)
+        .await
+        .map_err(|e| LogError::glommio(failed("reopening with O_DSYNC"), e))?;
+    Ok(PreparedSegment { path, file, dsync })
 }
 
 /// Reads the first `len` bytes of `file` into memory.

@@ -338,7 +338,8 @@ impl Log {
         Ok(())
     }
 
-    /// One direct write and one `fdatasync` for consecutive records of one segment.
+    /// One direct write and one `fdatasync` (none for an `O_DSYNC` segment: the write is
+    /// durable when it completes) for consecutive records of one segment.
     async fn write_run(&self, run: &[Pending]) -> Result<(), LogError> {
         let first = run.first().expect("runs are non-empty");
         let last = run.last().expect("runs are non-empty");
@@ -377,7 +378,9 @@ impl Log {
         if written != buffer_len {
             return Err(LogError::io(format!("writing {path}"), std::io::Error::other("short write")));
         }
-        segment.file.fdatasync().await.map_err(|e| LogError::glommio(format!("syncing {path}"), e))?;
+        if !segment.dsync {
+            segment.file.fdatasync().await.map_err(|e| LogError::glommio(format!("syncing {path}"), e))?;
+        }
         if fresh {
             segment::sync_dir(&self.shared.dir).await?;
         }
@@ -402,7 +405,7 @@ impl Log {
             None => {
                 let n = self.next_prepare_number();
                 let options = &self.shared.options;
-                segment::prepare_segment(&self.shared.dir, n, options.segment_bytes, options.zero_fill_segments)
+                segment::prepare_segment(&self.shared.dir, n, options.segment_bytes, options.zero_fill_segments, options.dsync_writes)
                     .await?
             }
         };
@@ -412,7 +415,7 @@ impl Log {
             .rename(&path)
             .await
             .map_err(|e| LogError::glommio(format!("renaming {} to {}", prepared.path.display(), path.display()), e))?;
-        let segment = Rc::new(SegmentFile { first_seq: id, path, file: Rc::new(prepared.file) });
+        let segment = Rc::new(SegmentFile { first_seq: id, path, file: Rc::new(prepared.file), dsync: prepared.dsync });
         {
             let mut state = self.shared.state.borrow_mut();
             state.segments.insert(id, segment.clone());
@@ -441,7 +444,7 @@ impl Log {
         let shared = self.shared.clone();
         glommio::spawn_local(async move {
             let options = &shared.options;
-            let made = segment::prepare_segment(&shared.dir, n, options.segment_bytes, options.zero_fill_segments).await;
+            let made = segment::prepare_segment(&shared.dir, n, options.segment_bytes, options.zero_fill_segments, options.dsync_writes).await;
             let mut state = shared.state.borrow_mut();
             state.preparing = false;
             for waker in state.prepare_waiters.drain(..) {

@@ -44,17 +44,6 @@ impl PeerNet {
             .map_err(|e| format!("cannot listen for peers on {address} (shard {shard}): {e}"))?;
         let (inbound_tx, inbound_rx) = local_channel::new_bounded::<Inbound<PeerMessage>>(INBOUND_QUEUE);
         let listener = listener.spawn(inbound_tx);
-        glommio::spawn_local(async move {
-            while let Some(frame) = inbound_rx.recv().await {
-                let from = frame.from.node_id;
-                for message in frame.messages {
-                    if runtime.send(Request::Peer { from, message }).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        })
-        .detach();
         // Raft retransmits and forwarded requests fail on a broken connection, so nothing
         // queued for a node that is down is worth delivering late.
         let peers = PeerSet::new(events, move |node, address| PeerConfig {
@@ -67,6 +56,25 @@ impl PeerNet {
                 net.set_address(u64::from(id), &addr.ip().to_string(), addr.port())?;
             }
         }
+        let inbound_net = Rc::downgrade(&net);
+        glommio::spawn_local(async move {
+            while let Some(frame) = inbound_rx.recv().await {
+                let from = frame.from.node_id;
+                // A node heard from is up: a connection to it waiting out its backoff (it
+                // was down, perhaps for long) dials now rather than up to seconds later.
+                if let Some(net) = inbound_net.upgrade() {
+                    if let Some(peer) = net.peers.borrow().get(from) {
+                        peer.redial_now();
+                    }
+                }
+                for message in frame.messages {
+                    if runtime.send(Request::Peer { from, message }).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+        .detach();
         Ok(net)
     }
 
