@@ -7,13 +7,13 @@
 #
 # Usage: bench/run-knobs.sh [OUT]           (from the repository root)
 # Environment: DURATION (default 5), CONCLAVE and BENCH (default: release builds),
-#   KNOBS (default "shards partitions spin timing segment"; any subset, in that order),
+#   KNOBS (default "shards partitions spin timing segment sync"; any subset, in that order),
 #   KEEP_LOGS=1 (copy the servers' logs into OUT/logs; CONCLAVE_LOG sets their level).
 set -euo pipefail
 
 OUT=${1:-bench-results/knobs-$(date -u +%Y%m%dT%H%M%SZ)}
 DURATION=${DURATION:-5}
-KNOBS=${KNOBS:-shards partitions spin timing segment}
+KNOBS=${KNOBS:-shards partitions spin timing segment sync}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/conclave-knobs.XXXXXX")
 # shellcheck source=bench/cluster.sh
@@ -98,6 +98,15 @@ if knob segment; then
     for bytes in 67108864 1048576; do
         cluster --segment-bytes "$bytes"
         churn64 "segment-$bytes"
+    done
+fi
+if knob sync; then
+    # How a log flush becomes durable: write + fdatasync (default) against O_DSYNC writes,
+    # twice each, alternated.
+    for mode in fdatasync dsync fdatasync dsync; do
+        tag=$(fresh_tag "sync-$mode")
+        cluster --log-sync "$mode"
+        enter1 "$tag"; churn64 "$tag"
     done
 fi
 conclave_stop

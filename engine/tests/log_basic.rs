@@ -114,6 +114,29 @@ fn a_cold_range_read_spanning_many_records_windows_and_segments_returns_every_en
 }
 
 #[test]
+fn o_dsync_segments_write_without_fdatasync_and_recover_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(move || async move {
+        let options = || LogOptions { dsync_writes: true, ..LogOptions::with_segment_bytes(1 << 20) };
+        let (log, _) = Log::open(&path, options()).await.unwrap();
+        let written: Vec<Entry> = (1..=600).map(|i| entry(7, i, 1)).collect();
+        for chunk in written.chunks(50) {
+            log.append(7, chunk).await.unwrap();
+        }
+        assert!(log.stats().rotations >= 1, "new segments come prepared with O_DSYNC");
+        log.close().await.unwrap();
+        let (log, recovery) = Log::open(&path, options()).await.unwrap();
+        assert_eq!(recovery.groups[&7].entries, written);
+        // The recovered tail segment is not O_DSYNC: its writes still sync.
+        log.append(7, vec![entry(7, 601, 1)]).await.unwrap();
+        log.close().await.unwrap();
+        let (_log, recovery) = Log::open(&path, options()).await.unwrap();
+        assert_eq!(recovery.groups[&7].entries.len(), 601);
+    });
+}
+
+#[test]
 fn concurrent_appenders_share_flushes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().to_path_buf();

@@ -130,6 +130,11 @@ pub struct ServeArgs {
     /// for the latency of waking a sleeping shard [default: 0].
     #[arg(long, value_name = "US")]
     pub spin_before_park_us: Option<u64>,
+    /// How a log flush becomes durable: `fdatasync` (a direct write, then an fdatasync) or
+    /// `dsync` (segments opened with O_DSYNC: one direct write, durable when it completes)
+    /// [default: fdatasync].
+    #[arg(long, value_name = "MODE")]
+    pub log_sync: Option<String>,
 }
 
 /// The validated configuration of one node.
@@ -157,6 +162,8 @@ pub struct Config {
     pub snapshot_every: u64,
     pub compaction_tail: u64,
     pub spin_before_park: Duration,
+    /// Log segments are opened with O_DSYNC (`--log-sync dsync`).
+    pub log_dsync: bool,
 }
 
 /// A configuration that cannot be used, with the key that carried the bad value.
@@ -227,6 +234,7 @@ impl ServeArgs {
             snapshot_every: self.snapshot_every.or(file.snapshot_every),
             spin_before_park_us: self.spin_before_park_us.or(file.spin_before_park_us),
             compaction_tail: self.compaction_tail.or(file.compaction_tail),
+            log_sync: self.log_sync.or(file.log_sync),
         }
     }
 }
@@ -330,6 +338,11 @@ impl Config {
         if spin_us > 10_000 {
             return err(format!("--spin-before-park-us {spin_us} must be at most 10000"));
         }
+        let log_dsync = match args.log_sync.as_deref().unwrap_or("fdatasync") {
+            "fdatasync" => false,
+            "dsync" => true,
+            other => return err(format!("--log-sync {other}: expected fdatasync or dsync")),
+        };
         Ok(Config {
             data_dir: args.data_dir.unwrap_or_else(|| PathBuf::from("data")),
             listen,
@@ -348,6 +361,7 @@ impl Config {
             snapshot_every,
             compaction_tail: args.compaction_tail.unwrap_or(DEFAULT_COMPACTION_TAIL),
             spin_before_park: Duration::from_micros(spin_us),
+            log_dsync,
             cluster_id,
             rebalance: Duration::from_millis(args.rebalance_ms.unwrap_or(DEFAULT_REBALANCE_MS)),
         })
@@ -374,6 +388,8 @@ mod tests {
         assert!(c.admin_listen.ip().is_loopback());
         assert_eq!((c.partitions, c.shards, c.node_id, c.replication), (DEFAULT_PARTITIONS, 2, 1, 1));
         assert_eq!(c.peers.len(), 1);
+        assert!(!c.log_dsync, "fdatasync by default");
+        assert!(resolve(&["--log-sync", "dsync"]).unwrap().log_dsync);
     }
 
     #[test]
@@ -404,6 +420,7 @@ mod tests {
             (&["--peers", "1=127.0.0.1:1,1=127.0.0.1:2"], "listed twice"),
             (&["--peers", "x=127.0.0.1:1"], "not a number"),
             (&["--peers", "1=nowhere"], "HOST:PORT"),
+            (&["--log-sync", "sometimes"], "--log-sync"),
             (&["--node-id", "4"], "--node-id"),
             (&["--replication", "2"], "--replication"),
             (&["--election-ticks", "3"], "--election-ticks"),

@@ -82,7 +82,7 @@ async fn serve(
     let node_id = u64::from(config.node_id);
 
     let dir = config.data_dir.join(format!("shard-{shard}"));
-    let options = LogOptions::with_segment_bytes(config.segment_bytes);
+    let options = LogOptions { dsync_writes: config.log_dsync, ..LogOptions::with_segment_bytes(config.segment_bytes) };
     let (log, recovery) = Log::open(dir.join("log"), options).await.map_err(|e| format!("opening the log in {}: {e}", dir.display()))?;
     if let Some(cut) = &recovery.torn_tail {
         tracing::info!(file = %cut.file.display(), offset = cut.offset, "cut a torn log tail left by a crash");
