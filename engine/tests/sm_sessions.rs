@@ -154,6 +154,38 @@ fn a_new_leader_does_not_expire_sessions_for_the_time_it_was_not_leading() {
 }
 
 #[test]
+fn a_pause_barrier_credits_every_session_with_the_pause_and_no_more() {
+    let mut leader = Leader::new();
+    let early = leader.open_session(1_000);
+    leader.now_ms += 600;
+    let late = leader.open_session(1_000);
+    let (early_alive, late_alive) = (
+        leader.sm.sessions().get(early).unwrap().last_alive_ms(),
+        leader.sm.sessions().get(late).unwrap().last_alive_ms(),
+    );
+    // The leader's shard was held up for 800 ms; its first entry after the pause credits
+    // that time before expiry runs, in the same term.
+    leader.now_ms += 800;
+    let barrier = leader.apply(command::pause_barrier(leader.now_ms, 800));
+    assert_eq!(barrier.result, Ok(Output::Barrier));
+    assert!(leader.sm.sessions().contains(early), "1,400 ms since its keep-alive, 800 of them paused");
+    // Credited by the pause, but never past the entry's own time.
+    assert_eq!(leader.sm.sessions().get(early).unwrap().last_alive_ms(), early_alive + 800);
+    assert_eq!(leader.sm.sessions().get(late).unwrap().last_alive_ms(), (late_alive + 800).min(leader.now_ms));
+    // The same entry without the credit expires the early session.
+    let mut uncredited = Leader::new();
+    let session = uncredited.open_session(1_000);
+    uncredited.now_ms += 1_400;
+    uncredited.apply(command::pause_barrier(uncredited.now_ms, 0));
+    assert!(!uncredited.sm.sessions().contains(session));
+    // After the credit the timeout counts again: 1,001 ms past its credited keep-alive, the
+    // early session is gone.
+    leader.now_ms = early_alive + 800 + 1_001;
+    leader.apply(command::leader_barrier(leader.now_ms));
+    assert!(!leader.sm.sessions().contains(early));
+}
+
+#[test]
 fn timestamps_going_backwards_neither_move_the_clock_back_nor_expire_anyone() {
     let mut leader = Leader::new();
     let session = leader.open_session(1_000);

@@ -130,9 +130,9 @@ pub struct ServeArgs {
     /// for the latency of waking a sleeping shard [default: 0].
     #[arg(long, value_name = "US")]
     pub spin_before_park_us: Option<u64>,
-    /// How a log flush becomes durable: `fdatasync` (a direct write, then an fdatasync) or
-    /// `dsync` (segments opened with O_DSYNC: one direct write, durable when it completes)
-    /// [default: fdatasync].
+    /// How a log flush becomes durable: `dsync` (segments opened with O_DSYNC: one direct
+    /// write, durable when it completes) or `fdatasync` (a direct write, then an fdatasync)
+    /// [default: dsync].
     #[arg(long, value_name = "MODE")]
     pub log_sync: Option<String>,
 }
@@ -338,7 +338,7 @@ impl Config {
         if spin_us > 10_000 {
             return err(format!("--spin-before-park-us {spin_us} must be at most 10000"));
         }
-        let log_dsync = match args.log_sync.as_deref().unwrap_or("fdatasync") {
+        let log_dsync = match args.log_sync.as_deref().unwrap_or("dsync") {
             "fdatasync" => false,
             "dsync" => true,
             other => return err(format!("--log-sync {other}: expected fdatasync or dsync")),
@@ -388,8 +388,8 @@ mod tests {
         assert!(c.admin_listen.ip().is_loopback());
         assert_eq!((c.partitions, c.shards, c.node_id, c.replication), (DEFAULT_PARTITIONS, 2, 1, 1));
         assert_eq!(c.peers.len(), 1);
-        assert!(!c.log_dsync, "fdatasync by default");
-        assert!(resolve(&["--log-sync", "dsync"]).unwrap().log_dsync);
+        assert!(c.log_dsync, "O_DSYNC by default");
+        assert!(!resolve(&["--log-sync", "fdatasync"]).unwrap().log_dsync);
     }
 
     #[test]

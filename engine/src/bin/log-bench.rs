@@ -4,7 +4,8 @@
 //!
 //! Usage: `log-bench [--dir DIR] [--seconds S] [--sizes 128,4096,65536,...] [--no-zero-fill] [--dsync]`
 //! (sizes are bytes of payload per flush; DIR defaults to a directory under /tmp; `--dsync`
-//! opens the log's segments with `O_DSYNC`, while the raw side still syncs with `fdatasync`).
+//! opens the log's segments with `O_DSYNC` like the server's default, otherwise the log syncs
+//! with `fdatasync`; the raw side always writes then syncs with `fdatasync`).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

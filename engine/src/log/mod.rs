@@ -74,7 +74,8 @@ pub struct LogOptions {
     /// it) when they take at most this many bytes. Default 1/8 of `segment_bytes`.
     pub relocate_max_bytes: u64,
     /// Open new segments with `O_DSYNC`, so a flush is one direct write that is durable when
-    /// it completes, instead of a write then an `fdatasync`. Default false; see tuning.md.
+    /// it completes, instead of a write then an `fdatasync`. Default true (15% more churn on
+    /// a 3-node cluster; see tuning.md).
     pub dsync_writes: bool,
 }
 
@@ -87,7 +88,7 @@ impl Default for LogOptions {
             zero_fill_segments: true,
             repair_corruption: false,
             relocate_max_bytes: segment_bytes / 8,
-            dsync_writes: false,
+            dsync_writes: true,
         }
     }
 }

@@ -369,6 +369,10 @@ impl<L: LogStore> ShardRuntime<L> {
                 None => future::or(request, timer).await,
             };
             let mut round = RoundTimer::start(self.cfg.stall_warn);
+            let late = Instant::now().saturating_duration_since(next_tick);
+            if !self.cfg.stall_warn.is_zero() && late >= self.cfg.stall_warn {
+                self.credit_pause(late);
+            }
             let mut stop = false;
             match woke {
                 Wake::Request(Some(request)) => stop |= self.handle_request(request),
@@ -459,6 +463,18 @@ impl<L: LogStore> ShardRuntime<L> {
             Request::Shutdown => return true,
         }
         false
+    }
+
+    /// The loop was held up for `paused` (its tick that late): no keep-alive reached the
+    /// state machines meanwhile, so each group led here proposes, ahead of everything that
+    /// queued up, a barrier crediting every session with that time.
+    fn credit_pause(&mut self, paused: Duration) {
+        let now_ms = (self.clock)();
+        let paused_ms = u64::try_from(paused.as_millis()).unwrap_or(u64::MAX);
+        tracing::info!(node = self.cfg.node_id, paused_ms, "crediting sessions with a pause of the shard loop");
+        for replica in self.replicas.values_mut().filter(|r| r.is_leader()) {
+            replica.propose(&sm::command::pause_barrier(now_ms, paused_ms), Box::new(|_| {}));
+        }
     }
 
     fn tick(&mut self) {

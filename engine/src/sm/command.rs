@@ -29,9 +29,15 @@ pub enum PrimitiveRef {
 
 /// The no-op a new Raft leader proposes on taking office.
 pub fn leader_barrier(timestamp_ms: u64) -> Command {
+    pause_barrier(timestamp_ms, 0)
+}
+
+/// The barrier a leader proposes after its shard was held up for `paused_ms`: every
+/// session's keep-alive time moves forward by that much (keep-alives could not reach it).
+pub fn pause_barrier(timestamp_ms: u64, paused_ms: u64) -> Command {
     with_operation(
         timestamp_ms,
-        pb::command::Operation::LeaderBarrier(pb::LeaderBarrier {}),
+        pb::command::Operation::LeaderBarrier(pb::LeaderBarrier { paused_ms }),
     )
 }
 
@@ -155,7 +161,9 @@ pub fn decode(payload: &[u8]) -> Result<Command, SmError> {
 /// A checked command, borrowing its strings from the decoded [`Command`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Operation<'a> {
-    LeaderBarrier,
+    LeaderBarrier {
+        paused_ms: u64,
+    },
     OpenSession {
         timeout_ms: u64,
     },
@@ -202,7 +210,9 @@ pub(crate) fn check(command: &Command) -> Result<Operation<'_>, SmError> {
             reason: "the command carries no operation".into(),
         })?;
     Ok(match operation {
-        Op::LeaderBarrier(_) => Operation::LeaderBarrier,
+        Op::LeaderBarrier(barrier) => Operation::LeaderBarrier {
+            paused_ms: barrier.paused_ms,
+        },
         Op::OpenSession(open) => {
             if open.timeout_ms == 0 {
                 return Err(SmError::ZeroSessionTimeout);

@@ -70,7 +70,8 @@ impl StateMachine {
     /// Applies the entry at `index` of Raft term `term` carrying `command`.
     ///
     /// Order of effects: the clock advances to `max(clock, timestamp)`; if `term` is above
-    /// every term applied so far, every session is refreshed to the clock; sessions whose
+    /// every term applied so far, every session is refreshed to the clock; a pause barrier
+    /// moves every session's keep-alive time forward by its pause; sessions whose
     /// deadline the clock has passed expire (their candidates leave in one change per
     /// election); then the command runs. An index at or below [`Self::last_applied`]
     /// changes nothing and yields [`SmError::EntryAlreadyApplied`].
@@ -103,6 +104,11 @@ impl StateMachine {
             self.last_term = term;
             self.sessions.refresh_all(now_ms);
         }
+        if let Ok(Operation::LeaderBarrier { paused_ms }) = &operation {
+            if *paused_ms > 0 {
+                self.sessions.credit_pause(*paused_ms, now_ms);
+            }
+        }
         let mut notifications = Vec::new();
         let expired = self.sessions.take_expired(now_ms);
         if !expired.is_empty() {
@@ -128,7 +134,7 @@ impl StateMachine {
         notifications: &mut Vec<Notification>,
     ) -> (Result<Output, SmError>, bool) {
         match operation {
-            Operation::LeaderBarrier => (Ok(Output::Barrier), false),
+            Operation::LeaderBarrier { .. } => (Ok(Output::Barrier), false),
             Operation::OpenSession { timeout_ms } => {
                 self.sessions.open(index, timeout_ms, now_ms);
                 (Ok(Output::SessionOpened { session_id: index }), false)

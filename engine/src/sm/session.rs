@@ -3,7 +3,8 @@
 //! A session is alive while the state machine's clock (the largest timestamp of any applied
 //! entry) has not passed `last_alive_ms + timeout_ms`. Only OpenSession and KeepAlive
 //! refresh `last_alive_ms`; a new Raft term refreshes every session (see
-//! [`SessionTable::refresh_all`]). Each session remembers the output of every sequenced
+//! [`SessionTable::refresh_all`]), and a pause barrier credits every session with the time
+//! its leader was held up ([`SessionTable::credit_pause`]). Each session remembers the output of every sequenced
 //! command until a KeepAlive acknowledges it, so a retry is answered without applying twice.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -173,6 +174,17 @@ impl SessionTable {
         self.deadlines.clear();
         for session in self.by_id.values_mut() {
             session.last_alive_ms = session.last_alive_ms.max(now_ms);
+            self.deadlines.insert((session.deadline_ms(), session.id));
+        }
+    }
+
+    /// The leader could take no keep-alives for `paused_ms`: every session's keep-alive time
+    /// moves forward by that much, but not past `now_ms`.
+    pub(crate) fn credit_pause(&mut self, paused_ms: u64, now_ms: u64) {
+        self.deadlines.clear();
+        for session in self.by_id.values_mut() {
+            let credited = session.last_alive_ms.saturating_add(paused_ms).min(now_ms);
+            session.last_alive_ms = session.last_alive_ms.max(credited);
             self.deadlines.insert((session.deadline_ms(), session.id));
         }
     }
