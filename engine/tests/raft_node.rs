@@ -137,6 +137,78 @@ fn three_voters_replicate_and_serve_reads_through_followers() {
 }
 
 #[test]
+fn reads_that_arrive_together_share_one_heartbeat_round() {
+    let mut cluster = Cluster::new(Membership::voters([1, 2, 3]).unwrap());
+    let leader = cluster.tick_until_leader();
+    cluster.nodes.get_mut(&leader).unwrap().propose([Bytes::from_static(b"x")]).unwrap();
+    cluster.settle();
+    let raft = cluster.nodes.get_mut(&leader).unwrap();
+    for i in 0..10u8 {
+        raft.read_index(Bytes::from(vec![i])).unwrap();
+    }
+    let ready = raft.ready();
+    let heartbeats: Vec<u64> =
+        ready.messages.iter().filter(|m| m.msg_type == MessageType::Heartbeat as i32).map(|m| m.to).collect();
+    assert_eq!(heartbeats.len(), 2, "one heartbeat per follower for ten reads: {heartbeats:?}");
+    assert!(ready.read_states.is_empty(), "no read before a quorum confirms the round");
+    // The round's acknowledgements release all ten.
+    let mut mail = ready.messages;
+    let mut released = 0;
+    while !mail.is_empty() {
+        let mut next = Vec::new();
+        for msg in mail {
+            let raft = cluster.nodes.get_mut(&msg.to).unwrap();
+            raft.step(msg).unwrap();
+            let ready = raft.ready();
+            if raft.id() == leader {
+                released += ready.read_states.len();
+            }
+            next.extend(ready.messages);
+            next.extend(ready.persisted_messages);
+        }
+        mail = next;
+    }
+    assert_eq!(released, 10);
+}
+
+#[test]
+fn a_follower_asks_the_leader_once_for_the_reads_that_arrived_together() {
+    let mut cluster = Cluster::new(Membership::voters([1, 2, 3]).unwrap());
+    let leader = cluster.tick_until_leader();
+    let (_, last) = cluster.nodes.get_mut(&leader).unwrap().propose([Bytes::from_static(b"x")]).unwrap();
+    cluster.settle();
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let raft = cluster.nodes.get_mut(&follower).unwrap();
+    for i in 0..10u8 {
+        raft.read_index(Bytes::from(vec![i])).unwrap();
+    }
+    let ready = raft.ready();
+    let asks: Vec<&Message> = ready.messages.iter().filter(|m| m.msg_type == MessageType::ReadIndex as i32).collect();
+    assert_eq!(asks.len(), 1, "one request for ten reads");
+    assert_eq!(asks[0].to, leader);
+    let mut mail = ready.messages;
+    let mut answered = Vec::new();
+    while !mail.is_empty() {
+        let mut next = Vec::new();
+        for msg in mail {
+            let raft = cluster.nodes.get_mut(&msg.to).unwrap();
+            raft.step(msg).unwrap();
+            let ready = raft.ready();
+            if raft.id() == follower {
+                answered.extend(ready.read_states);
+            }
+            next.extend(ready.messages);
+            next.extend(ready.persisted_messages);
+        }
+        mail = next;
+    }
+    let mut contexts: Vec<Bytes> = answered.iter().map(|r| r.context.clone()).collect();
+    contexts.sort();
+    assert_eq!(contexts, (0..10u8).map(|i| Bytes::from(vec![i])).collect::<Vec<_>>(), "each read is answered once");
+    assert!(answered.iter().all(|r| r.index == last), "at the leader's commit index");
+}
+
+#[test]
 fn malformed_messages_are_refused_without_effect() {
     let membership = Membership::voters([1, 2, 3]).unwrap();
     let mut raft = node(1, &membership);

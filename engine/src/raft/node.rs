@@ -439,11 +439,14 @@ impl RaftNode {
             || self.log.has_unstable()
             || self.log.committed().min(self.log.persisted()) > self.log.applied()
             || self.reads.has_ready()
+            || self.reads.output_due()
             || self.out_snapshot.is_some()
     }
 
     /// Drains everything accumulated since the last call.
     pub fn ready(&mut self) -> Ready {
+        self.send_read_batch();
+        self.send_due_read_round();
         let hard_state = self.hard_state();
         let hard_state = if hard_state != self.last_hard_state {
             self.last_hard_state = hard_state;

@@ -1,9 +1,11 @@
 //! Linearizable reads by ReadIndex: the leader notes its commit index, confirms with a
 //! heartbeat round that a quorum still follows it, then releases the read; followers forward
 //! reads to the leader. Rounds are numbered so one heartbeat acknowledgement confirms every
-//! earlier read at once.
+//! earlier read at once, and the reads that arrive between two drains of the output share
+//! one round (sent as the output is drained); a follower asks the leader once per drain for
+//! all the reads that arrived since the last.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 
 use bytes::Bytes;
 use conclave_proto::conclave::raft::v1::{Message, MessageType};
@@ -32,7 +34,20 @@ pub(super) struct ReadQueue {
     ready: Vec<ReadState>,
     /// Lease reads: (round, leader tick it was sent at) of recent heartbeat rounds.
     round_ticks: VecDeque<(u64, u64)>,
+    /// Reads arrived since the last `ready()`: one heartbeat round, sent as the output is
+    /// drained, confirms them all (not one round per read).
+    round_due: bool,
+    /// Follower: reads arrived since the last `ready()`, asked of the leader as one batch when
+    /// the output is drained; and the batches asked, by number, until the leader answers.
+    unsent: Vec<Bytes>,
+    batches: BTreeMap<u64, Vec<Bytes>>,
+    last_batch: u64,
 }
+
+/// Batches asked of the leader and not answered (answers lost with a message, or never
+/// sent by a leader that lost its office) are forgotten beyond this many: their callers time
+/// out on their own.
+const MAX_READ_BATCHES: usize = 1024;
 
 impl ReadQueue {
     pub(super) fn has_ready(&self) -> bool {
@@ -48,6 +63,14 @@ impl ReadQueue {
         self.waiting_commit.clear();
         self.pending.clear();
         self.round_ticks.clear();
+        self.round_due = false;
+        self.unsent.clear();
+        self.batches.clear();
+    }
+
+    /// True if reads wait for a heartbeat round or a batch request not sent yet.
+    pub(super) fn output_due(&self) -> bool {
+        self.round_due || !self.unsent.is_empty()
     }
 
     /// Starts a new heartbeat round at leader tick `tick` (lease reads), forgetting rounds
@@ -98,9 +121,7 @@ impl RaftNode {
                 Ok(())
             }
             _ if self.leader != 0 => {
-                let mut msg = self.new_message(self.leader, MessageType::ReadIndex);
-                msg.context = context;
-                self.out_messages.push(msg);
+                self.reads.unsent.push(context);
                 Ok(())
             }
             _ => Err(RaftError::NotLeader { leader: 0 }),
@@ -123,6 +144,43 @@ impl RaftNode {
         self.reads.pending.push_back(read);
         self.advance_reads();
         if !self.reads.pending.is_empty() {
+            self.reads.round_due = true;
+        }
+    }
+
+    /// Asks the leader for the index of every read arrived since the last drain, in one
+    /// request (its context is the batch number). A node that became leader meanwhile
+    /// serves them itself; with no leader they are dropped (their callers fail on the leader
+    /// change).
+    pub(super) fn send_read_batch(&mut self) {
+        if self.reads.unsent.is_empty() {
+            return;
+        }
+        let contexts = std::mem::take(&mut self.reads.unsent);
+        if self.role == RaftRole::Leader {
+            let id = self.cfg.id;
+            for context in contexts {
+                self.leader_read(context, id);
+            }
+            return;
+        }
+        if self.leader == 0 {
+            return;
+        }
+        self.reads.last_batch += 1;
+        let batch = self.reads.last_batch;
+        self.reads.batches.insert(batch, contexts);
+        while self.reads.batches.len() > MAX_READ_BATCHES {
+            self.reads.batches.pop_first();
+        }
+        let mut msg = self.new_message(self.leader, MessageType::ReadIndex);
+        msg.context = Bytes::copy_from_slice(&batch.to_be_bytes());
+        self.out_messages.push(msg);
+    }
+
+    /// Sends the heartbeat round that the reads arrived since the last drain wait for.
+    pub(super) fn send_due_read_round(&mut self) {
+        if std::mem::take(&mut self.reads.round_due) && self.role == RaftRole::Leader && !self.reads.pending.is_empty() {
             self.broadcast_heartbeat();
         }
     }
@@ -187,8 +245,13 @@ impl RaftNode {
         }
     }
 
-    /// A follower's answer from the leader.
+    /// A follower's answer from the leader: every read of the batch may proceed at `index`.
     pub(super) fn on_read_index_response(&mut self, msg: Message) {
-        self.reads.ready.push(ReadState { index: msg.index, context: msg.context });
+        let Ok(batch) = <[u8; 8]>::try_from(msg.context.as_ref()).map(u64::from_be_bytes) else {
+            return;
+        };
+        let Some(contexts) = self.reads.batches.remove(&batch) else { return };
+        let index = msg.index;
+        self.reads.ready.extend(contexts.into_iter().map(|context| ReadState { index, context }));
     }
 }

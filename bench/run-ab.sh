@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Two server binaries on the same workloads, alternated (A, B, A, B, ...) on fresh 3-node
+# loopback clusters with the default flags, so both see the same machine weather: for a
+# change that has no flag to switch it. Writes OUT/<a|b>-<round>-<workload>.{txt,json,svg};
+# each text starts with the load average and the exact command.
+#
+# Usage: bench/run-ab.sh OUT A_BINARY B_BINARY    (from the repository root)
+# Environment: ROUNDS (default 2), DURATION (seconds per run, default 10),
+#   WORKLOADS (default "read-64 watch"; any of churn-64 read-64 enter-1 watch),
+#   BENCH (default target/release/conclave-bench).
+set -euo pipefail
+
+OUT=$1
+A=$2
+B=$3
+ROUNDS=${ROUNDS:-2}
+DURATION=${DURATION:-10}
+WORKLOADS=${WORKLOADS:-read-64 watch}
+BENCH=${BENCH:-target/release/conclave-bench}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/conclave-ab.XXXXXX")
+# shellcheck source=bench/cluster.sh
+source "$HERE/cluster.sh"
+trap 'stop_all; rm -rf "$WORK"' EXIT
+trap 'exit 130' INT TERM
+mkdir -p "$OUT"
+echo "A: $A"$'\n'"B: $B" | tee "$OUT/binaries.txt"
+
+workload() { # TAG WORKLOAD
+    local endpoints
+    endpoints=$(conclave_endpoints)
+    case $2 in
+        churn-64) bench_run "$1-churn-64" churn --endpoints "$endpoints" -c 64 -e 1000 -d "$DURATION" ;;
+        read-64) bench_run "$1-read-64" read --endpoints "$endpoints" -c 64 -e 1000 -d "$DURATION" ;;
+        enter-1) bench_run "$1-enter-1" churn --endpoints "$endpoints" -c 1 -e 1000 -d "$DURATION" ;;
+        watch) bench_run "$1-watch" watch --endpoints "$endpoints" -e 8 -w 4 -d "$DURATION" ;;
+        *) echo "unknown workload $2" >&2; exit 2 ;;
+    esac
+}
+for ((round = 1; round <= ROUNDS; round++)); do
+    for side in a b; do
+        if [[ $side == a ]]; then CONCLAVE=$A; else CONCLAVE=$B; fi
+        conclave_start 3 --partitions 16 --session-timeout-ms 5000
+        for w in $WORKLOADS; do workload "$side-$round" "$w"; done
+        conclave_stop
+    done
+done
+echo "done: $OUT"
