@@ -209,6 +209,61 @@ fn a_follower_asks_the_leader_once_for_the_reads_that_arrived_together() {
 }
 
 #[test]
+fn commit_advances_within_one_drain_reach_each_follower_once() {
+    let mut cluster = Cluster::new(Membership::voters([1, 2, 3]).unwrap());
+    let leader_id = cluster.tick_until_leader();
+    cluster.settle();
+    // Two proposals, each sent in its own drain; the leader persists both.
+    let mut appends = Vec::new();
+    let mut last = 0;
+    for payload in [b"a", b"b"] {
+        let leader = cluster.nodes.get_mut(&leader_id).unwrap();
+        last = leader.propose([Bytes::from_static(payload)]).unwrap().0;
+        let ready = leader.ready();
+        let (index, term) = ready.persist_ack().unwrap();
+        leader.persisted(index, term);
+        appends.extend(ready.messages);
+    }
+    // Both followers acknowledge both appends.
+    let mut responses = Vec::new();
+    for append in appends {
+        let follower = cluster.nodes.get_mut(&append.to).unwrap();
+        follower.step(append).unwrap();
+        let ready = follower.ready();
+        if let Some((index, term)) = ready.persist_ack() {
+            follower.persisted(index, term);
+        }
+        responses.extend(ready.persisted_messages);
+        responses.extend(follower.ready().persisted_messages);
+    }
+    assert_eq!(responses.len(), 4);
+    // The commit index moves twice while the leader takes the four answers in; followers
+    // hear of it once each, with the final value.
+    let leader = cluster.nodes.get_mut(&leader_id).unwrap();
+    for response in responses {
+        leader.step(response).unwrap();
+    }
+    assert_eq!(leader.commit_index(), last);
+    let ready = leader.ready();
+    let commits: Vec<(u64, u64)> = ready
+        .messages
+        .iter()
+        .filter(|m| m.msg_type == MessageType::Append as i32)
+        .map(|m| (m.to, m.commit))
+        .collect();
+    assert_eq!(commits.len(), 2, "one append per follower, not one per commit step: {commits:?}");
+    assert!(commits.iter().all(|&(_, commit)| commit == last), "{commits:?}");
+    // Delivered, they commit both entries everywhere.
+    for msg in ready.messages {
+        cluster.nodes.get_mut(&msg.to).unwrap().step(msg).unwrap();
+    }
+    cluster.settle();
+    for (id, raft) in &cluster.nodes {
+        assert_eq!(raft.commit_index(), last, "node {id}");
+    }
+}
+
+#[test]
 fn malformed_messages_are_refused_without_effect() {
     let membership = Membership::voters([1, 2, 3]).unwrap();
     let mut raft = node(1, &membership);

@@ -54,6 +54,9 @@ pub struct RaftNode {
     /// Target of a leadership transfer in progress (0: none) and ticks since it started.
     pub(super) transferee: u64,
     pub(super) transfer_elapsed: u32,
+    /// Leader: the commit index moved since the last drain; followers learn it when the
+    /// output is drained (see `send_due_commit`).
+    pub(super) commit_due: bool,
     pub(super) reads: ReadQueue,
     /// Ticks counted while leader (lease reads measure heartbeat ages with it).
     pub(super) leader_ticks: u64,
@@ -141,6 +144,7 @@ impl RaftNode {
             randomized_election_ticks: 0,
             transferee: 0,
             transfer_elapsed: 0,
+            commit_due: false,
             reads: ReadQueue::default(),
             leader_ticks: 0,
             lease_revoked: false,
@@ -440,6 +444,7 @@ impl RaftNode {
             || self.log.committed().min(self.log.persisted()) > self.log.applied()
             || self.reads.has_ready()
             || self.reads.output_due()
+            || self.commit_due
             || self.out_snapshot.is_some()
     }
 
@@ -447,6 +452,7 @@ impl RaftNode {
     pub fn ready(&mut self) -> Ready {
         self.send_read_batch();
         self.send_due_read_round();
+        self.send_due_commit();
         let hard_state = self.hard_state();
         let hard_state = if hard_state != self.last_hard_state {
             self.last_hard_state = hard_state;

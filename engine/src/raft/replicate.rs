@@ -218,6 +218,32 @@ impl RaftNode {
             self.become_follower(term, 0);
             return;
         }
-        self.broadcast_append();
+        self.commit_due = true;
+    }
+
+    /// Tells every follower the commit index that moved since the last drain, once: an
+    /// append already queued for a follower in this drain carries it (the last one queued
+    /// covers everything sent to that follower, and a follower commits no further than what
+    /// it matched), the others get an append of their own.
+    pub(super) fn send_due_commit(&mut self) {
+        if !std::mem::take(&mut self.commit_due) || self.role != RaftRole::Leader {
+            return;
+        }
+        let committed = self.log.committed();
+        let term = self.term;
+        let peers: Vec<u64> = self.progress.keys().copied().collect();
+        for peer in peers {
+            let queued = self
+                .out_messages
+                .iter_mut()
+                .rev()
+                .find(|m| m.to == peer && m.msg_type == MessageType::Append as i32 && m.term == term);
+            match queued {
+                Some(append) => append.commit = committed,
+                None => {
+                    self.send_append(peer);
+                }
+            }
+        }
     }
 }
