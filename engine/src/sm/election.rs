@@ -120,6 +120,16 @@ impl Election {
         }
     }
 
+    /// How many candidates the election holds.
+    pub(crate) fn len(&self) -> usize {
+        self.candidates.len()
+    }
+
+    /// Whether `name` is a candidate.
+    pub(crate) fn has_candidate(&self, name: &str) -> bool {
+        self.position(name).is_some()
+    }
+
     fn position(&self, name: &str) -> Option<usize> {
         self.candidates.iter().position(|c| &*c.name == name)
     }

@@ -7,6 +7,7 @@
 //! | `Invalid` | `INVALID` | `INVALID_ARGUMENT` |
 //! | `NotFound` | `NOT_FOUND` | `NOT_FOUND` |
 //! | `Internal` | `INTERNAL` | `INTERNAL` |
+//! | `Exhausted` | `UNAVAILABLE` | `RESOURCE_EXHAUSTED` |
 
 use std::fmt;
 
@@ -14,6 +15,16 @@ use conclave_proto::atomix::multiraft::v1::operation_response_headers::Status;
 
 /// The longest election, primitive or candidate name accepted, in bytes of UTF-8.
 pub const MAX_NAME_BYTES: usize = 1024;
+
+/// Sessions one partition's state machine holds at most; OpenSession beyond is refused.
+pub const MAX_SESSIONS: usize = 65_536;
+/// Outputs a session holds for retries until a KeepAlive acknowledges them; a new sequenced
+/// command beyond is refused (the client-API edge acknowledges with every keep-alive).
+pub const MAX_PENDING_OUTPUTS: usize = 65_536;
+/// Elections one partition holds at most; CreatePrimitive of a new one beyond is refused.
+pub const MAX_ELECTIONS: usize = 65_536;
+/// Candidates one election holds at most; Enter of a new one beyond is refused.
+pub const MAX_CANDIDATES: usize = 16_384;
 
 /// Which name of a command failed validation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +56,10 @@ pub enum ErrorKind {
     /// The engine fed the state machine an entry it had already applied; a bug of the
     /// caller, never of the client: `INTERNAL` / gRPC `INTERNAL`.
     Internal,
+    /// A limit of the state machine is reached (sessions, unacknowledged outputs, elections,
+    /// candidates); nothing changed, and the same request may succeed once there is room:
+    /// `UNAVAILABLE` / gRPC `RESOURCE_EXHAUSTED`.
+    Exhausted,
 }
 
 impl ErrorKind {
@@ -54,6 +69,7 @@ impl ErrorKind {
             ErrorKind::Invalid => Status::Invalid,
             ErrorKind::NotFound => Status::NotFound,
             ErrorKind::Internal => Status::Internal,
+            ErrorKind::Exhausted => Status::Unavailable,
         }
     }
 }
@@ -86,6 +102,14 @@ pub enum SmError {
     ElectionNotFound { name: String },
     /// The entry's index is not above the last applied index: the caller replayed an entry.
     EntryAlreadyApplied { index: u64, last_applied: u64 },
+    /// The partition holds [`MAX_SESSIONS`] sessions.
+    TooManySessions,
+    /// The session holds [`MAX_PENDING_OUTPUTS`] outputs no KeepAlive acknowledged.
+    TooManyPendingOutputs { session_id: u64 },
+    /// The partition holds [`MAX_ELECTIONS`] elections.
+    TooManyElections,
+    /// The election holds [`MAX_CANDIDATES`] candidates.
+    TooManyCandidates { name: String },
 }
 
 impl SmError {
@@ -101,6 +125,10 @@ impl SmError {
             | SmError::UnknownPrimitive { .. }
             | SmError::ElectionNotFound { .. } => ErrorKind::NotFound,
             SmError::EntryAlreadyApplied { .. } => ErrorKind::Internal,
+            SmError::TooManySessions
+            | SmError::TooManyPendingOutputs { .. }
+            | SmError::TooManyElections
+            | SmError::TooManyCandidates { .. } => ErrorKind::Exhausted,
         }
     }
 
@@ -147,6 +175,22 @@ impl fmt::Display for SmError {
             SmError::EntryAlreadyApplied { index, last_applied } => write!(
                 f,
                 "log entry {index} is not above the last applied index {last_applied}"
+            ),
+            SmError::TooManySessions => write!(
+                f,
+                "this partition already holds {MAX_SESSIONS} sessions; close sessions you no longer use, or retry once some have expired"
+            ),
+            SmError::TooManyPendingOutputs { session_id } => write!(
+                f,
+                "session {session_id} holds {MAX_PENDING_OUTPUTS} outputs no KeepAlive acknowledged; acknowledge them with a KeepAlive, then retry"
+            ),
+            SmError::TooManyElections => write!(
+                f,
+                "this partition already holds {MAX_ELECTIONS} elections; use fewer election names"
+            ),
+            SmError::TooManyCandidates { name } => write!(
+                f,
+                "election {name:?} already has {MAX_CANDIDATES} candidates; withdraw some before entering new ones"
             ),
         }
     }

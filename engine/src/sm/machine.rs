@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use super::command::{self, Command, Operation, PrimitiveRef, PrimitiveSelector};
 use super::election::{ElectionOp, ElectionTerm};
-use super::error::{validate_name, NameField, SmError};
+use super::error::{validate_name, NameField, SmError, MAX_CANDIDATES, MAX_ELECTIONS, MAX_PENDING_OUTPUTS, MAX_SESSIONS};
 use super::registry::{Primitive, PrimitiveId, Registry};
 use super::session::{CachedOutput, Sequencing, SessionId, SessionTable};
 use super::{Applied, Notification, Output};
@@ -135,6 +135,9 @@ impl StateMachine {
     ) -> (Result<Output, SmError>, bool) {
         match operation {
             Operation::LeaderBarrier { .. } => (Ok(Output::Barrier), false),
+            Operation::OpenSession { .. } if self.sessions.len() >= MAX_SESSIONS => {
+                (Err(SmError::TooManySessions), false)
+            }
             Operation::OpenSession { timeout_ms } => {
                 self.sessions.open(index, timeout_ms, now_ms);
                 (Ok(Output::SessionOpened { session_id: index }), false)
@@ -159,15 +162,23 @@ impl StateMachine {
                 session_id,
                 sequence_num,
                 name,
-            } => self.sequenced(session_id, sequence_num, |sm| {
-                let primitive_id = sm.registry.create(name, index, session_id);
-                CachedOutput::PrimitiveCreated { primitive_id }
-            }),
+            } => self.sequenced(
+                session_id,
+                sequence_num,
+                |sm| match sm.registry.id_of(name) {
+                    None if sm.registry.len() >= MAX_ELECTIONS => Err(SmError::TooManyElections),
+                    _ => Ok(()),
+                },
+                |sm| {
+                    let primitive_id = sm.registry.create(name, index, session_id);
+                    CachedOutput::PrimitiveCreated { primitive_id }
+                },
+            ),
             Operation::ClosePrimitive {
                 session_id,
                 sequence_num,
                 primitive_id,
-            } => self.sequenced(session_id, sequence_num, |sm| {
+            } => self.sequenced(session_id, sequence_num, |_| Ok(()), |sm| {
                 let Some(primitive) = sm.registry.get_mut(primitive_id) else {
                     return CachedOutput::UnknownPrimitive { primitive_id };
                 };
@@ -183,9 +194,12 @@ impl StateMachine {
                 primitive,
                 op,
                 candidate,
-            } => self.sequenced(session_id, sequence_num, |sm| {
-                sm.run_election(index, session_id, primitive, op, candidate, notifications)
-            }),
+            } => self.sequenced(
+                session_id,
+                sequence_num,
+                |sm| sm.admit_candidate(primitive, op, candidate),
+                |sm| sm.run_election(index, session_id, primitive, op, candidate, notifications),
+            ),
         }
     }
 
@@ -232,17 +246,42 @@ impl StateMachine {
         }
     }
 
-    /// Runs a sequenced command exactly once: a retry gets the cached output back.
+    /// Refuses an Enter of a new candidate into an election that is full.
+    fn admit_candidate(&self, selector: PrimitiveSelector<'_>, op: ElectionOp, candidate: &str) -> Result<(), SmError> {
+        if op != ElectionOp::Enter {
+            return Ok(());
+        }
+        let Some(primitive) = self.resolve(selector).ok().and_then(|id| self.registry.get(id)) else {
+            return Ok(());
+        };
+        if primitive.election.len() >= MAX_CANDIDATES && !primitive.election.has_candidate(candidate) {
+            return Err(SmError::TooManyCandidates { name: primitive.name.to_string() });
+        }
+        Ok(())
+    }
+
+    /// Runs a sequenced command exactly once: a retry gets the cached output back. A fresh
+    /// command must first be admitted (room for its output in the session, and `admit`'s
+    /// limit): a refusal changes nothing and is not remembered, so the same command may
+    /// succeed once there is room.
     fn sequenced(
         &mut self,
         session_id: SessionId,
         sequence_num: u64,
+        admit: impl FnOnce(&StateMachine) -> Result<(), SmError>,
         run: impl FnOnce(&mut StateMachine) -> CachedOutput,
     ) -> (Result<Output, SmError>, bool) {
         match self.sessions.sequence(session_id, sequence_num) {
             Err(error) => (Err(error), false),
             Ok(Sequencing::Retry(output)) => (output.to_result(), true),
             Ok(Sequencing::Fresh) => {
+                let full = self.sessions.get(session_id).is_some_and(|s| s.cached_outputs().len() >= MAX_PENDING_OUTPUTS);
+                if full {
+                    return (Err(SmError::TooManyPendingOutputs { session_id }), false);
+                }
+                if let Err(error) = admit(self) {
+                    return (Err(error), false);
+                }
                 let output = run(self);
                 let result = output.to_result();
                 self.sessions.remember(session_id, sequence_num, output);

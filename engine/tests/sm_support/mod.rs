@@ -92,6 +92,8 @@ impl Leader {
     }
 }
 
+/// The term an election should report (not every test file compares terms whole).
+#[allow(dead_code)]
 pub fn term(number: u64, candidates: &[&str]) -> ElectionTerm {
     ElectionTerm {
         term: number,

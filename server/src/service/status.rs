@@ -35,6 +35,7 @@ pub fn from_sm(error: &SmError) -> Status {
         ErrorKind::Invalid => Status::invalid_argument(error.to_string()),
         ErrorKind::NotFound => Status::not_found(error.to_string()),
         ErrorKind::Internal => Status::internal(error.to_string()),
+        ErrorKind::Exhausted => Status::resource_exhausted(error.to_string()),
     }
 }
 
@@ -48,6 +49,8 @@ mod tests {
     fn every_outcome_maps_to_its_documented_code() {
         assert_eq!(from_sm(&SmError::EmptyName { field: NameField::Candidate }).code(), Code::InvalidArgument);
         assert_eq!(from_sm(&SmError::ElectionNotFound { name: "e".into() }).code(), Code::NotFound);
+        assert_eq!(from_sm(&SmError::TooManySessions).code(), Code::ResourceExhausted);
+        assert_eq!(from_sm(&SmError::TooManyCandidates { name: "e".into() }).code(), Code::ResourceExhausted);
         assert_eq!(from_shard(&ShardError::NotLeader { group: 1, leader: 0 }).code(), Code::Unavailable);
         assert_eq!(from_shard(&ShardError::Overloaded("x".into())).code(), Code::ResourceExhausted);
         assert_eq!(from_shard(&ShardError::Storage("disk".into())).code(), Code::Internal);
