@@ -1,8 +1,9 @@
 # Loopback Conclave clusters and a 3-member etcd for the bench scripts (source this file).
 #
-# The caller sets WORK (scratch directory), CONCLAVE and BENCH (the binaries), OUT (the
-# results directory) and, for etcd, has `etcd` on PATH; it must call `stop_all` on exit
-# (trap), which stops every process these functions started. Everything listens on
+# The caller sets WORK (scratch directory), CONCLAVE and BENCH (the binaries, or calls
+# `ensure_binaries`), OUT (the results directory) and, for etcd, has `etcd` on PATH; it must
+# call `stop_all` on exit (trap; `clean_up_run` does, and more), which stops every process
+# these functions started. Everything listens on
 # 127.0.0.1 only.
 #
 # Ports (outside Linux's ephemeral range, 32768+): Conclave node n (1-based) serves clients
@@ -182,6 +183,26 @@ stop_all() {
         wait "$pid" 2>/dev/null || true
     done
     PIDS=()
+}
+
+# The EXIT trap of the run scripts: stops everything, copies the servers' logs into
+# OUT/logs when KEEP_LOGS=1, removes WORK. Install with `trap clean_up_run EXIT`.
+clean_up_run() {
+    stop_all
+    if [[ ${KEEP_LOGS:-} == 1 && -d $OUT ]]; then
+        mkdir -p "$OUT/logs" && cp "$WORK"/*.log "$OUT/logs/" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+
+# Sets CONCLAVE and BENCH to release builds (building them) unless both are set already.
+ensure_binaries() {
+    if [[ -z "${CONCLAVE:-}" || -z "${BENCH:-}" ]]; then
+        cargo build --release -p conclave-server -p conclave-bench
+        local target_dir=${CARGO_TARGET_DIR:-target}
+        CONCLAVE=${CONCLAVE:-$target_dir/release/conclave}
+        BENCH=${BENCH:-$target_dir/release/conclave-bench}
+    fi
 }
 
 # The load of the machine, for the record of each run.

@@ -44,14 +44,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/conclave-comparison.XXXXXX")
 
 # shellcheck source=bench/cluster.sh
 source "$HERE/cluster.sh"
-cleanup() {
-    stop_all
-    if [[ ${KEEP_LOGS:-} == 1 && -d $OUT ]]; then
-        mkdir -p "$OUT/logs" && cp "$WORK"/*.log "$OUT/logs/" 2>/dev/null || true
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap clean_up_run EXIT
 trap 'exit 130' INT TERM
 
 if [[ $NODES != 1 && $NODES != 3 ]]; then
@@ -63,12 +56,7 @@ if ! command -v etcd >/dev/null; then
     apt-cache policy etcd-server
     apt-get install -y etcd-server
 fi
-if [[ -z "${CONCLAVE:-}" || -z "${BENCH:-}" ]]; then
-    cargo build --release -p conclave-server -p conclave-bench
-    TARGET_DIR=${CARGO_TARGET_DIR:-target}
-    CONCLAVE=${CONCLAVE:-$TARGET_DIR/release/conclave}
-    BENCH=${BENCH:-$TARGET_DIR/release/conclave-bench}
-fi
+ensure_binaries
 mkdir -p "$OUT"
 echo "results in $OUT; scratch in $WORK"
 

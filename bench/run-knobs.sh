@@ -18,22 +18,10 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/conclave-knobs.XXXXXX")
 # shellcheck source=bench/cluster.sh
 source "$HERE/cluster.sh"
-cleanup() {
-    stop_all
-    if [[ ${KEEP_LOGS:-} == 1 && -d $OUT ]]; then
-        mkdir -p "$OUT/logs" && cp "$WORK"/*.log "$OUT/logs/" 2>/dev/null || true
-    fi
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+trap clean_up_run EXIT
 trap 'exit 130' INT TERM
 
-if [[ -z "${CONCLAVE:-}" || -z "${BENCH:-}" ]]; then
-    cargo build --release -p conclave-server -p conclave-bench
-    TARGET_DIR=${CARGO_TARGET_DIR:-target}
-    CONCLAVE=${CONCLAVE:-$TARGET_DIR/release/conclave}
-    BENCH=${BENCH:-$TARGET_DIR/release/conclave-bench}
-fi
+ensure_binaries
 mkdir -p "$OUT"
 echo "results in $OUT; scratch in $WORK"
 PARTITIONS=16

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use conclave_engine::raft::{
     entry_kind_from_u8, entry_kind_to_u8, Config, Entry, EntryKind, HardState, Membership, Message,
-    MessageType, RaftError, RaftEvent, RaftNode, RaftRole, Recovered, Role,
+    MessageType, RaftError, RaftEvent, RaftNode, RaftRole, ReadState, Recovered, Role,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -74,6 +74,27 @@ impl Cluster {
                 }
             }
         }
+    }
+
+    /// Delivers `mail` and every message it causes (without persisting anything new) until
+    /// none is left; returns the read states node `watch` released meanwhile.
+    fn deliver_until_quiet(&mut self, mut mail: Vec<Message>, watch: u64) -> Vec<ReadState> {
+        let mut released = Vec::new();
+        while !mail.is_empty() {
+            let mut next = Vec::new();
+            for msg in mail {
+                let raft = self.nodes.get_mut(&msg.to).unwrap();
+                raft.step(msg).unwrap();
+                let ready = raft.ready();
+                if raft.id() == watch {
+                    released.extend(ready.read_states);
+                }
+                next.extend(ready.messages);
+                next.extend(ready.persisted_messages);
+            }
+            mail = next;
+        }
+        released
     }
 
     fn tick_until_leader(&mut self) -> u64 {
@@ -152,23 +173,8 @@ fn reads_that_arrive_together_share_one_heartbeat_round() {
     assert_eq!(heartbeats.len(), 2, "one heartbeat per follower for ten reads: {heartbeats:?}");
     assert!(ready.read_states.is_empty(), "no read before a quorum confirms the round");
     // The round's acknowledgements release all ten.
-    let mut mail = ready.messages;
-    let mut released = 0;
-    while !mail.is_empty() {
-        let mut next = Vec::new();
-        for msg in mail {
-            let raft = cluster.nodes.get_mut(&msg.to).unwrap();
-            raft.step(msg).unwrap();
-            let ready = raft.ready();
-            if raft.id() == leader {
-                released += ready.read_states.len();
-            }
-            next.extend(ready.messages);
-            next.extend(ready.persisted_messages);
-        }
-        mail = next;
-    }
-    assert_eq!(released, 10);
+    let released = cluster.deliver_until_quiet(ready.messages, leader);
+    assert_eq!(released.len(), 10);
 }
 
 #[test]
@@ -186,22 +192,7 @@ fn a_follower_asks_the_leader_once_for_the_reads_that_arrived_together() {
     let asks: Vec<&Message> = ready.messages.iter().filter(|m| m.msg_type == MessageType::ReadIndex as i32).collect();
     assert_eq!(asks.len(), 1, "one request for ten reads");
     assert_eq!(asks[0].to, leader);
-    let mut mail = ready.messages;
-    let mut answered = Vec::new();
-    while !mail.is_empty() {
-        let mut next = Vec::new();
-        for msg in mail {
-            let raft = cluster.nodes.get_mut(&msg.to).unwrap();
-            raft.step(msg).unwrap();
-            let ready = raft.ready();
-            if raft.id() == follower {
-                answered.extend(ready.read_states);
-            }
-            next.extend(ready.messages);
-            next.extend(ready.persisted_messages);
-        }
-        mail = next;
-    }
+    let answered = cluster.deliver_until_quiet(ready.messages, follower);
     let mut contexts: Vec<Bytes> = answered.iter().map(|r| r.context.clone()).collect();
     contexts.sort();
     assert_eq!(contexts, (0..10u8).map(|i| Bytes::from(vec![i])).collect::<Vec<_>>(), "each read is answered once");

@@ -111,6 +111,17 @@ async fn propose_when_led(handle: &ShardHandle, cmd: conclave_engine::sm::Comman
     panic!("no leader within 1000 attempts");
 }
 
+/// Opens a session once the group has a leader and creates election "e" with it (sequence
+/// number 1); returns the session id.
+async fn open_session_with_election(handle: &ShardHandle) -> u64 {
+    let Output::SessionOpened { session_id } = propose_when_led(handle, command::open_session(0, 60_000)).await else {
+        panic!("open_session answers SessionOpened");
+    };
+    let created = propose_when_led(handle, command::create_primitive(0, session_id, 1, "e")).await;
+    assert!(matches!(created, Output::PrimitiveCreated { .. }));
+    session_id
+}
+
 #[test]
 fn single_voter_group_serves_commands_reads_and_watches() {
     let ex = LocalExecutorBuilder::default().io_memory(1 << 20).make().unwrap();
@@ -120,11 +131,7 @@ fn single_voter_group_serves_commands_reads_and_watches() {
         let handle = runtime.handle();
         let task = glommio::spawn_local(runtime.run());
 
-        let Output::SessionOpened { session_id } = propose_when_led(&handle, command::open_session(0, 60_000)).await else {
-            panic!("open_session answers SessionOpened");
-        };
-        let created = propose_when_led(&handle, command::create_primitive(0, session_id, 1, "e")).await;
-        assert!(matches!(created, Output::PrimitiveCreated { .. }));
+        let session_id = open_session_with_election(&handle).await;
 
         // A watcher registered before any candidate sees each change in order.
         let seen = Rc::new(RefCell::new(Vec::new()));
@@ -192,10 +199,7 @@ fn a_slow_disk_does_not_hold_reads_or_ticks_while_a_write_is_on_its_way() {
         let runtime = single_voter_runtime(log.clone());
         let handle = runtime.handle();
         let task = glommio::spawn_local(runtime.run());
-        let Output::SessionOpened { session_id } = propose_when_led(&handle, command::open_session(0, 60_000)).await else {
-            panic!("open_session answers SessionOpened");
-        };
-        propose_when_led(&handle, command::create_primitive(0, session_id, 1, "e")).await;
+        let session_id = open_session_with_election(&handle).await;
 
         // Every write now takes 300 ms to become durable.
         *log.slowness.borrow_mut() = Duration::from_millis(300);
