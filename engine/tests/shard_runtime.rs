@@ -26,6 +26,8 @@ struct RecordingLog {
     snapshots: Rc<RefCell<Vec<(u32, u64, usize)>>>,
     /// Extra time a write takes to become durable (on top of 200 µs).
     slowness: Rc<RefCell<Duration>>,
+    /// Every entry's payload, in the order made durable.
+    payloads: Rc<RefCell<Vec<bytes::Bytes>>>,
 }
 
 impl LogStore for RecordingLog {
@@ -43,6 +45,7 @@ impl LogStore for RecordingLog {
                 }
                 for e in w.entries {
                     persisted.insert(e.index, e.term);
+                    log.payloads.borrow_mut().push(e.data);
                 }
             }
             Ok(())
@@ -226,6 +229,54 @@ fn a_slow_disk_does_not_hold_reads_or_ticks_while_a_write_is_on_its_way() {
         let Output::Term(t) = enter.await.unwrap().result.unwrap() else { panic!("Enter answers a term") };
         assert_eq!(names(&t), vec!["a".to_string()]);
         assert!(log.persisted.borrow().len() >= 3, "the Enter is durable before it is answered");
+        handle.send(Request::Shutdown).await.unwrap();
+        task.await.unwrap();
+    });
+}
+
+#[test]
+fn a_leader_held_up_credits_every_session_with_the_pause() {
+    let ex = LocalExecutorBuilder::default().io_memory(1 << 20).make().unwrap();
+    ex.run(async {
+        let log = RecordingLog::default();
+        let runtime = single_voter_runtime(log.clone());
+        let handle = runtime.handle();
+        let task = glommio::spawn_local(runtime.run());
+        let session_id = open_session_with_election(&handle).await;
+        // A watcher that holds the shard's thread for 300 ms on the first change it sees:
+        // the loop is held up as by a paused machine.
+        let (first_tx, first_rx) = glommio::channels::local_channel::new_bounded(1);
+        handle
+            .send(Request::Watch {
+                group: 1,
+                key: 1,
+                query: TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index: 0 },
+                first: Box::new(move |r| {
+                    let _ = first_tx.try_send(r);
+                }),
+                watcher: Box::new(|_| {
+                    std::thread::sleep(Duration::from_millis(300));
+                    false
+                }),
+            })
+            .await
+            .unwrap();
+        first_rx.recv().await.unwrap().unwrap();
+        let enter = command::election(0, session_id, 2, PrimitiveRef::Name("e".into()), ElectionOp::Enter, "a");
+        propose_when_led(&handle, enter).await;
+        // The next command comes after the pause; the leader proposed a pause barrier first.
+        propose_when_led(&handle, command::keep_alive(0, session_id, 2)).await;
+        let credited: Vec<u64> = log
+            .payloads
+            .borrow()
+            .iter()
+            .filter_map(|p| match command::decode(p).ok()?.operation? {
+                conclave_proto::conclave::sm::v1::command::Operation::LeaderBarrier(b) if b.paused_ms > 0 => Some(b.paused_ms),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(credited.len(), 1, "one pause barrier: {credited:?}");
+        assert!((250..2_000).contains(&credited[0]), "credited {} ms for a 300 ms pause", credited[0]);
         handle.send(Request::Shutdown).await.unwrap();
         task.await.unwrap();
     });
