@@ -7,34 +7,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::error::BenchError;
 use crate::etcd::EtcdClient;
 use crate::schedule::Slot;
+use crate::subscribers::Subscribers;
 use crate::workload::{short_message, RunContext};
 
-/// A leader one observer received, and when.
-struct Notification {
-    watcher: usize,
-    leader: Vec<u8>,
-    at: Instant,
-}
-
-/// The observers of one election, stopped on drop.
+/// The observers of one election (each state is the leader's name), stopped on drop.
 struct Observers {
-    count: usize,
-    received: mpsc::UnboundedReceiver<Notification>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Observers {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
+    subscribers: Subscribers<Vec<u8>>,
 }
 
 impl Observers {
@@ -44,8 +27,7 @@ impl Observers {
         count: usize,
         first_caller: usize,
     ) -> Result<Observers, BenchError> {
-        let (sender, received) = mpsc::unbounded_channel();
-        let mut tasks = Vec::with_capacity(count);
+        let mut subscribers = Subscribers::new("observers");
         for watcher in 0..count {
             let endpoint = ctx.config.endpoint_of(first_caller + watcher);
             let mut client = EtcdClient::connect(
@@ -55,28 +37,16 @@ impl Observers {
             )
             .await?;
             let mut stream = client.observe(name).await?;
-            let sender = sender.clone();
-            tasks.push(tokio::spawn(async move {
+            subscribers.spawn(|feed| async move {
                 let _connection = client;
                 while let Ok(Some(leader)) = stream.next().await {
-                    if sender
-                        .send(Notification {
-                            watcher,
-                            leader,
-                            at: Instant::now(),
-                        })
-                        .is_err()
-                    {
+                    if !feed.received(leader) {
                         return;
                     }
                 }
-            }));
+            });
         }
-        let mut observers = Observers {
-            count,
-            received,
-            tasks,
-        };
+        let mut observers = Observers { subscribers };
         observers
             .wait_for(b"a", ctx.config.request_timeout)
             .await
@@ -90,38 +60,7 @@ impl Observers {
         leader: &[u8],
         timeout: Duration,
     ) -> Result<Vec<Instant>, BenchError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut seen: Vec<Option<Instant>> = vec![None; self.count];
-        let mut missing = self.count;
-        while missing > 0 {
-            match tokio::time::timeout_at(deadline, self.received.recv()).await {
-                Err(_) => {
-                    return Err(BenchError::Protocol {
-                        op: "notify",
-                        message: format!(
-                            "{missing} of {} observers saw no new leader within {timeout:?}",
-                            self.count
-                        ),
-                    })
-                }
-                Ok(None) => {
-                    return Err(BenchError::Protocol {
-                        op: "notify",
-                        message: "every observe stream ended".into(),
-                    })
-                }
-                Ok(Some(n)) => {
-                    if seen[n.watcher].is_none() && n.leader == leader {
-                        seen[n.watcher] = Some(n.at);
-                        missing -= 1;
-                    }
-                }
-            }
-        }
-        Ok(seen
-            .into_iter()
-            .map(|at| at.expect("every observer counted"))
-            .collect())
+        self.subscribers.wait_for(|l| l == leader, timeout).await
     }
 }
 

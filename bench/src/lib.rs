@@ -23,6 +23,7 @@ pub mod node_events;
 pub mod report;
 pub mod schedule;
 pub mod stats;
+pub mod subscribers;
 pub mod svg;
 pub mod watch;
 pub mod workload;

@@ -7,34 +7,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
-
 use crate::conclave::{ConclaveClient, Term};
 use crate::error::BenchError;
 use crate::schedule::Slot;
+use crate::subscribers::Subscribers;
 use crate::workload::{short_message, RunContext};
-
-/// A state one watcher received, and when.
-struct Notification {
-    watcher: usize,
-    term: Term,
-    at: Instant,
-}
 
 /// The watchers of one election, stopped on drop.
 pub struct Watchers {
-    count: usize,
-    received: mpsc::UnboundedReceiver<Notification>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Watchers {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
+    subscribers: Subscribers<Term>,
 }
 
 impl Watchers {
@@ -60,33 +41,20 @@ impl Watchers {
         timeout: Duration,
         endpoint_of: impl Fn(usize) -> String,
     ) -> Result<Watchers, BenchError> {
-        let (sender, received) = mpsc::unbounded_channel();
-        let mut tasks = Vec::with_capacity(count);
+        let mut subscribers = Subscribers::new("watchers");
         for watcher in 0..count {
             let mut client = ConclaveClient::connect(&endpoint_of(watcher), timeout).await?;
             let mut stream = client.watch(name).await?;
-            let sender = sender.clone();
-            tasks.push(tokio::spawn(async move {
+            subscribers.spawn(|feed| async move {
                 let _connection = client;
                 while let Ok(Some(term)) = stream.next().await {
-                    if sender
-                        .send(Notification {
-                            watcher,
-                            term,
-                            at: Instant::now(),
-                        })
-                        .is_err()
-                    {
+                    if !feed.received(term) {
                         return;
                     }
                 }
-            }));
+            });
         }
-        let mut watchers = Watchers {
-            count,
-            received,
-            tasks,
-        };
+        let mut watchers = Watchers { subscribers };
         watchers
             .wait_for(|_| true, timeout)
             .await
@@ -101,39 +69,7 @@ impl Watchers {
         wanted: impl Fn(&Term) -> bool,
         timeout: Duration,
     ) -> Result<Vec<Instant>, BenchError> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut seen: Vec<Option<Instant>> = vec![None; self.count];
-        let mut missing = self.count;
-        while missing > 0 {
-            let next = tokio::time::timeout_at(deadline, self.received.recv()).await;
-            match next {
-                Err(_) => {
-                    return Err(BenchError::Protocol {
-                        op: "notify",
-                        message: format!(
-                            "{missing} of {} watchers saw no matching state within {timeout:?}",
-                            self.count
-                        ),
-                    })
-                }
-                Ok(None) => {
-                    return Err(BenchError::Protocol {
-                        op: "notify",
-                        message: "every watch stream ended".into(),
-                    })
-                }
-                Ok(Some(n)) => {
-                    if seen[n.watcher].is_none() && wanted(&n.term) {
-                        seen[n.watcher] = Some(n.at);
-                        missing -= 1;
-                    }
-                }
-            }
-        }
-        Ok(seen
-            .into_iter()
-            .map(|at| at.expect("every watcher counted"))
-            .collect())
+        self.subscribers.wait_for(wanted, timeout).await
     }
 }
 
