@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use conclave_engine::raft::{Config, Membership, RaftNode};
 use conclave_engine::shard::{
-    Durable, GroupWrite, LogStore, Replica, Request, RuntimeConfig, ShardError, ShardHandle, ShardRuntime,
-    TermQuery,
+    Durable, GroupWrite, LogStore, ReadTerm, Replica, Request, RuntimeConfig, ShardError, ShardHandle,
+    ShardRuntime, TermQuery, Watcher,
 };
 use conclave_engine::sm::{command, ElectionOp, Output, PrimitiveRef, StateMachine};
 use glommio::LocalExecutorBuilder;
@@ -102,6 +102,26 @@ fn single_voter_runtime(log: RecordingLog) -> ShardRuntime<RecordingLog> {
     )
 }
 
+/// Runs `test` on its own executor against a single-voter runtime (with its log and a
+/// handle), then shuts the runtime down and waits for it to end.
+fn on_single_voter<F, Fut>(test: F)
+where
+    F: FnOnce(RecordingLog, ShardHandle) -> Fut + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let ex = LocalExecutorBuilder::default().io_memory(1 << 20).make().unwrap();
+    ex.run(async {
+        let log = RecordingLog::default();
+        let runtime = single_voter_runtime(log.clone());
+        let handle = runtime.handle();
+        let task = glommio::spawn_local(runtime.run());
+        test(log, handle.clone()).await;
+        // The test may have shut the runtime down itself.
+        let _ = handle.send(Request::Shutdown).await;
+        task.await.unwrap();
+    });
+}
+
 /// Proposes until the group has elected itself.
 async fn propose_when_led(handle: &ShardHandle, cmd: conclave_engine::sm::Command) -> Output {
     for _ in 0..1_000 {
@@ -125,37 +145,40 @@ async fn open_session_with_election(handle: &ShardHandle) -> u64 {
     session_id
 }
 
+/// Watches election "e" of group 1 (key 1) with `watcher`; returns its first state.
+async fn watch_election_e(handle: &ShardHandle, watcher: Watcher) -> ReadTerm {
+    let (first_tx, first_rx) = glommio::channels::local_channel::new_bounded(1);
+    handle
+        .send(Request::Watch {
+            group: 1,
+            key: 1,
+            query: TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index: 0 },
+            first: Box::new(move |r| {
+                let _ = first_tx.try_send(r);
+            }),
+            watcher,
+        })
+        .await
+        .unwrap();
+    first_rx.recv().await.unwrap().unwrap()
+}
+
 #[test]
 fn single_voter_group_serves_commands_reads_and_watches() {
-    let ex = LocalExecutorBuilder::default().io_memory(1 << 20).make().unwrap();
-    ex.run(async {
-        let log = RecordingLog::default();
-        let runtime = single_voter_runtime(log.clone());
-        let handle = runtime.handle();
-        let task = glommio::spawn_local(runtime.run());
-
+    on_single_voter(|log, handle| async move {
         let session_id = open_session_with_election(&handle).await;
 
         // A watcher registered before any candidate sees each change in order.
         let seen = Rc::new(RefCell::new(Vec::new()));
-        let (first_tx, first_rx) = glommio::channels::local_channel::new_bounded(1);
         let seen_by_watcher = seen.clone();
-        handle
-            .send(Request::Watch {
-                group: 1,
-                key: 1,
-                query: TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index: 0 },
-                first: Box::new(move |r| {
-                    let _ = first_tx.try_send(r);
-                }),
-                watcher: Box::new(move |n| {
-                    seen_by_watcher.borrow_mut().push(n.term.clone());
-                    true
-                }),
-            })
-            .await
-            .unwrap();
-        let first = first_rx.recv().await.unwrap().unwrap();
+        let first = watch_election_e(
+            &handle,
+            Box::new(move |n| {
+                seen_by_watcher.borrow_mut().push(n.term.clone());
+                true
+            }),
+        )
+        .await;
         assert_eq!(first.result.unwrap().term, 0);
 
         let enter = |seq, who: &str| command::election(0, session_id, seq, PrimitiveRef::Name("e".into()), ElectionOp::Enter, who);
@@ -189,19 +212,13 @@ fn single_voter_group_serves_commands_reads_and_watches() {
 
         assert_eq!(handle.read(9, TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index: 0 }).await.unwrap_err(), ShardError::UnknownGroup(9));
         handle.send(Request::Shutdown).await.unwrap();
-        task.await.unwrap();
         assert!(matches!(handle.propose(1, command::leader_barrier(0)).await, Err(ShardError::ShuttingDown)));
     });
 }
 
 #[test]
 fn a_slow_disk_does_not_hold_reads_or_ticks_while_a_write_is_on_its_way() {
-    let ex = LocalExecutorBuilder::default().io_memory(1 << 20).make().unwrap();
-    ex.run(async {
-        let log = RecordingLog::default();
-        let runtime = single_voter_runtime(log.clone());
-        let handle = runtime.handle();
-        let task = glommio::spawn_local(runtime.run());
+    on_single_voter(|log, handle| async move {
         let session_id = open_session_with_election(&handle).await;
 
         // Every write now takes 300 ms to become durable.
@@ -229,39 +246,23 @@ fn a_slow_disk_does_not_hold_reads_or_ticks_while_a_write_is_on_its_way() {
         let Output::Term(t) = enter.await.unwrap().result.unwrap() else { panic!("Enter answers a term") };
         assert_eq!(names(&t), vec!["a".to_string()]);
         assert!(log.persisted.borrow().len() >= 3, "the Enter is durable before it is answered");
-        handle.send(Request::Shutdown).await.unwrap();
-        task.await.unwrap();
     });
 }
 
 #[test]
 fn a_leader_held_up_credits_every_session_with_the_pause() {
-    let ex = LocalExecutorBuilder::default().io_memory(1 << 20).make().unwrap();
-    ex.run(async {
-        let log = RecordingLog::default();
-        let runtime = single_voter_runtime(log.clone());
-        let handle = runtime.handle();
-        let task = glommio::spawn_local(runtime.run());
+    on_single_voter(|log, handle| async move {
         let session_id = open_session_with_election(&handle).await;
         // A watcher that holds the shard's thread for 300 ms on the first change it sees:
         // the loop is held up as by a paused machine.
-        let (first_tx, first_rx) = glommio::channels::local_channel::new_bounded(1);
-        handle
-            .send(Request::Watch {
-                group: 1,
-                key: 1,
-                query: TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index: 0 },
-                first: Box::new(move |r| {
-                    let _ = first_tx.try_send(r);
-                }),
-                watcher: Box::new(|_| {
-                    std::thread::sleep(Duration::from_millis(300));
-                    false
-                }),
-            })
-            .await
-            .unwrap();
-        first_rx.recv().await.unwrap().unwrap();
+        watch_election_e(
+            &handle,
+            Box::new(|_| {
+                std::thread::sleep(Duration::from_millis(300));
+                false
+            }),
+        )
+        .await;
         let enter = command::election(0, session_id, 2, PrimitiveRef::Name("e".into()), ElectionOp::Enter, "a");
         propose_when_led(&handle, enter).await;
         // The next command comes after the pause; the leader proposed a pause barrier first.
@@ -277,19 +278,12 @@ fn a_leader_held_up_credits_every_session_with_the_pause() {
             .collect();
         assert_eq!(credited.len(), 1, "one pause barrier: {credited:?}");
         assert!((250..2_000).contains(&credited[0]), "credited {} ms for a 300 ms pause", credited[0]);
-        handle.send(Request::Shutdown).await.unwrap();
-        task.await.unwrap();
     });
 }
 
 #[test]
 fn concurrent_proposals_share_durable_rounds() {
-    let ex = LocalExecutorBuilder::default().io_memory(1 << 20).make().unwrap();
-    ex.run(async {
-        let log = RecordingLog::default();
-        let runtime = single_voter_runtime(log.clone());
-        let handle = runtime.handle();
-        let task = glommio::spawn_local(runtime.run());
+    on_single_voter(|log, handle| async move {
         propose_when_led(&handle, command::leader_barrier(0)).await;
         // A lone proposal costs one durable round: the commit index that advances after it
         // is not synced on its own.
@@ -317,8 +311,6 @@ fn concurrent_proposals_share_durable_rounds() {
         assert_eq!(ids.len(), 200, "every proposal applied once with its own index");
         let rounds = *log.rounds.borrow() - rounds_before;
         assert!(rounds < 100, "200 concurrent proposals took {rounds} durable rounds: no group commit");
-        handle.send(Request::Shutdown).await.unwrap();
-        task.await.unwrap();
     });
 }
 
