@@ -1,10 +1,9 @@
 # Loopback Conclave clusters and a 3-member etcd for the bench scripts (source this file).
 #
-# The caller sets WORK (scratch directory), CONCLAVE and BENCH (the binaries, or calls
-# `ensure_binaries`), OUT (the results directory) and, for etcd, has `etcd` on PATH; it must
-# call `stop_all` on exit (trap; `clean_up_run` does, and more), which stops every process
-# these functions started. Everything listens on
-# 127.0.0.1 only.
+# The caller sets OUT (the results directory), WORK (scratch; `begin_run` makes it), CONCLAVE
+# and BENCH (the binaries, or calls `ensure_binaries`) and, for etcd, has `etcd` on PATH; it
+# must call `stop_all` on exit (`begin_run` traps `clean_up_run`, which does), so every
+# process these functions started is stopped. Everything listens on 127.0.0.1 only.
 #
 # Ports (outside Linux's ephemeral range, 32768+): Conclave node n (1-based) serves clients
 # on 25600+10n, its admin API on 25601+10n, and peers on 25700+10n (+ shard index, so up to
@@ -193,6 +192,15 @@ clean_up_run() {
         mkdir -p "$OUT/logs" && cp "$WORK"/*.log "$OUT/logs/" 2>/dev/null || true
     fi
     rm -rf "$WORK"
+}
+
+# Starts a run script: a scratch directory WORK (named after $1), OUT created, and on exit
+# `clean_up_run` (Ctrl-C and TERM exit too).
+begin_run() { # NAME
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/conclave-$1.XXXXXX")
+    trap clean_up_run EXIT
+    trap 'exit 130' INT TERM
+    mkdir -p "$OUT"
 }
 
 # Sets CONCLAVE and BENCH to release builds (building them) unless both are set already.

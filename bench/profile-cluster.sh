@@ -19,14 +19,11 @@ shift
 DURATION=${DURATION:-12}
 PERF_SECONDS=${PERF_SECONDS:-5}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/conclave-profile.XXXXXX")
 CONCLAVE=${CONCLAVE:-target/release/conclave}
 BENCH=${BENCH:-target/release/conclave-bench}
 # shellcheck source=bench/cluster.sh
 source "$HERE/cluster.sh"
-trap 'stop_all; rm -rf "$WORK"' EXIT
-trap 'exit 130' INT TERM
-mkdir -p "$OUT"
+begin_run profile
 DISK=${DISK:-$(lsblk -no pkname "$(df --output=source "$WORK" | tail -1)" 2>/dev/null || true)}
 DISK=${DISK:-$(basename "$(df --output=source "$WORK" | tail -1)")}
 

@@ -18,12 +18,9 @@ DURATION=${DURATION:-10}
 WORKLOADS=${WORKLOADS:-read-64 watch}
 BENCH=${BENCH:-target/release/conclave-bench}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/conclave-ab.XXXXXX")
 # shellcheck source=bench/cluster.sh
 source "$HERE/cluster.sh"
-trap 'stop_all; rm -rf "$WORK"' EXIT
-trap 'exit 130' INT TERM
-mkdir -p "$OUT"
+begin_run ab
 echo "A: $A"$'\n'"B: $B" | tee "$OUT/binaries.txt"
 
 workload() { # TAG WORKLOAD

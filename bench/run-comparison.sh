@@ -40,12 +40,10 @@ SESSION_TIMEOUT_MS=${CONCLAVE_SESSION_TIMEOUT_MS:-5000}
 KILLS=${KILLS:-3}
 ONLY=${ONLY:-}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/conclave-comparison.XXXXXX")
 
 # shellcheck source=bench/cluster.sh
 source "$HERE/cluster.sh"
-trap clean_up_run EXIT
-trap 'exit 130' INT TERM
+begin_run comparison
 
 if [[ $NODES != 1 && $NODES != 3 ]]; then
     echo "CONCLAVE_NODES is 1 or 3" >&2
@@ -57,7 +55,6 @@ if ! command -v etcd >/dev/null; then
     apt-get install -y etcd-server
 fi
 ensure_binaries
-mkdir -p "$OUT"
 echo "results in $OUT; scratch in $WORK"
 
 # --- the two systems --------------------------------------------------------------------

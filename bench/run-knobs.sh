@@ -15,14 +15,11 @@ OUT=${1:-bench-results/knobs-$(date -u +%Y%m%dT%H%M%SZ)}
 DURATION=${DURATION:-5}
 KNOBS=${KNOBS:-shards partitions spin timing segment sync}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/conclave-knobs.XXXXXX")
 # shellcheck source=bench/cluster.sh
 source "$HERE/cluster.sh"
-trap clean_up_run EXIT
-trap 'exit 130' INT TERM
+begin_run knobs
 
 ensure_binaries
-mkdir -p "$OUT"
 echo "results in $OUT; scratch in $WORK"
 PARTITIONS=16
 SESSION_TIMEOUT_MS=5000

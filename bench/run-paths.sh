@@ -12,14 +12,11 @@ set -euo pipefail
 OUT=${1:-bench-results/paths-$(date -u +%Y%m%dT%H%M%SZ)}
 DURATION=${DURATION:-5}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/conclave-paths.XXXXXX")
 CONCLAVE=${CONCLAVE:-target/release/conclave}
 BENCH=${BENCH:-target/release/conclave-bench}
 # shellcheck source=bench/cluster.sh
 source "$HERE/cluster.sh"
-trap 'stop_all; rm -rf "$WORK"' EXIT
-trap 'exit 130' INT TERM
-mkdir -p "$OUT"
+begin_run paths
 
 # prefix → partition of PREFIX-0 among 16
 declare -A PREFIX=([1]=lat1 [2]=lat13 [4]=lat15 [5]=lat14)

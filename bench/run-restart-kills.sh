@@ -16,15 +16,12 @@ OUT=${1:-bench-results/restart-kills-$(date -u +%Y%m%dT%H%M%SZ)}
 ROUNDS=${ROUNDS:-3}
 LOAD=${LOAD:-45}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/conclave-restart-kills.XXXXXX")
 # shellcheck source=bench/cluster.sh
 source "$HERE/cluster.sh"
 KEEP_LOGS=1
-trap clean_up_run EXIT
-trap 'exit 130' INT TERM
+begin_run restart-kills
 
 ensure_binaries
-mkdir -p "$OUT"
 echo "results in $OUT; scratch in $WORK"
 PARTITIONS=16
 SESSION_TIMEOUT_MS=5000

@@ -13,14 +13,11 @@ set -euo pipefail
 OUT=${1:-bench-results/trace-io-$(date -u +%Y%m%dT%H%M%SZ)}
 PERF_SECONDS=${PERF_SECONDS:-0.5}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/conclave-trace.XXXXXX")
 CONCLAVE=${CONCLAVE:-target/release/conclave}
 BENCH=${BENCH:-target/release/conclave-bench}
 # shellcheck source=bench/cluster.sh
 source "$HERE/cluster.sh"
-trap 'stop_all; rm -rf "$WORK"' EXIT
-trap 'exit 130' INT TERM
-mkdir -p "$OUT"
+begin_run trace
 
 conclave_start 3 --partitions 16 --shards 1
 sleep 10 # leaderships rebalanced to their preferred nodes

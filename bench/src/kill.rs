@@ -729,28 +729,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
     }
     notes.extend(kill_notes(&config, &kill, &survivors, &outcomes, &leaders));
 
-    let crate::stats::Recorded {
-        ops,
-        timeline,
-        error_messages,
-    } = recorder.finish();
-    let report = Report {
-        config: config.clone(),
-        elapsed_sec: elapsed.as_secs_f64(),
-        ops: ops
-            .iter()
-            .map(|(op, stats)| (op.clone(), stats.summary(elapsed)))
-            .collect(),
-        timeline,
-        error_messages,
-        notes,
-    };
-    if let Some(path) = &config.json {
-        report
-            .write(path)
-            .map_err(|e| BenchError::Io(format!("writing {}: {e}", path.display())))?;
-    }
-    Ok(report)
+    Report::finish(&config, elapsed, recorder.finish(), notes)
 }
 
 fn millis(d: Duration) -> String {

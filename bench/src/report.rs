@@ -117,6 +117,31 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report of a run that measured `recorded` over `elapsed`, written as JSON (with its
+    /// chart beside it) when the configuration names a file.
+    pub fn finish(
+        config: &BenchConfig,
+        elapsed: Duration,
+        recorded: crate::stats::Recorded,
+        notes: Vec<String>,
+    ) -> Result<Report, crate::error::BenchError> {
+        let crate::stats::Recorded { ops, timeline, error_messages } = recorded;
+        let report = Report {
+            config: config.clone(),
+            elapsed_sec: elapsed.as_secs_f64(),
+            ops: ops.iter().map(|(op, stats)| (op.clone(), stats.summary(elapsed))).collect(),
+            timeline,
+            error_messages,
+            notes,
+        };
+        if let Some(path) = &config.json {
+            report
+                .write(path)
+                .map_err(|e| crate::error::BenchError::Io(format!("writing {}: {e}", path.display())))?;
+        }
+        Ok(report)
+    }
+
     /// Errors of all operations together.
     pub fn total_errors(&self) -> u64 {
         self.ops.values().map(|o| o.errors).sum()

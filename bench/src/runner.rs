@@ -284,26 +284,5 @@ pub async fn run_async(config: BenchConfig) -> Result<Report, BenchError> {
         );
     }
     drop(holders);
-    let crate::stats::Recorded {
-        ops,
-        timeline,
-        error_messages,
-    } = ctx.recorder.finish();
-    let report = Report {
-        config: config.clone(),
-        elapsed_sec: elapsed.as_secs_f64(),
-        ops: ops
-            .iter()
-            .map(|(op, stats)| (op.clone(), stats.summary(elapsed)))
-            .collect(),
-        timeline,
-        error_messages,
-        notes: notes_of(&config, &counters),
-    };
-    if let Some(path) = &config.json {
-        report
-            .write(path)
-            .map_err(|e| BenchError::Io(format!("writing {}: {e}", path.display())))?;
-    }
-    Ok(report)
+    Report::finish(&config, elapsed, ctx.recorder.finish(), notes_of(&config, &counters))
 }
