@@ -57,7 +57,8 @@ pub trait LogStore {
     /// Stores a group's snapshot at (`index`, `term`) durably, replacing older ones.
     fn save_snapshot(&mut self, group: u32, index: u64, term: u64, data: Bytes) -> impl Future<Output = Result<(), String>>;
     /// Drops the group's entries up to `index` (covered by a durable snapshot) and gives
-    /// back disk space where it can. Returns true when disk space was given back.
+    /// back disk space where it can, possibly in the background. Returns true when disk
+    /// space was given back since the previous call.
     fn compact(&mut self, group: u32, index: u64, term: u64) -> impl Future<Output = Result<bool, String>>;
     /// Deletes everything stored for the group (its replica left this node), durably.
     fn remove_group(&mut self, group: u32) -> impl Future<Output = Result<(), String>>;
