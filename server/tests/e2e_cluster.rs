@@ -838,7 +838,34 @@ async fn node_api_bootstrap_leave_join_observer_and_witness_with_their_events() 
             .await;
         assert!(ready < at, "group {g}: member_ready first");
     }
+
+    // Node 3 leaves client partition 1: it can no longer answer for it, so its health says
+    // NOT_SERVING and a call for that partition through it is UNAVAILABLE, while node 1
+    // still serves. Joining again restores both.
+    let name = spread_names("left", 1, k).into_iter().find(|n| partition_of(n, k) == 1).expect("a name in partition 1");
+    create(&cluster.connect(1).await, &name).await;
+    NodeApi::new(cluster.connect_admin(3).await)
+        .leave(bounded(mr::LeaveRequest { group_id: 1 }))
+        .await
+        .unwrap_or_else(|s| panic!("Leave partition 1 on node 3: {s:?}"));
+    wait_serving(&cluster, 3, false).await;
+    let status = get_term(&mut Election::new(cluster.connect(3).await), &name).await.expect_err("partition 1 was left");
+    assert_eq!(status.code(), Code::Unavailable, "GetTerm through a node that left the partition: {status:?}");
+    assert!(cluster.node(1).is_serving().await, "node 1 still hosts every partition");
+    get_term(&mut Election::new(cluster.connect(1).await), &name).await.expect("GetTerm through node 1");
+    join_and_check(&cluster, &mut w, &mut problems, 1, &[1, 2], 3, Role::Member).await;
+    wait_serving(&cluster, 3, true).await;
+    get_term(&mut Election::new(cluster.connect(3).await), &name).await.expect("GetTerm through node 3 after it joined again");
     problems.check();
+}
+
+/// Waits (bounded) until node `id`'s health answers SERVING (`serving`) or not.
+async fn wait_serving(cluster: &Cluster, id: u32, serving: bool) {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while cluster.node(id).is_serving().await != serving {
+        assert!(Instant::now() < deadline, "node {id}'s health did not become {}", if serving { "SERVING" } else { "NOT_SERVING" });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@
 //! but OpenSession carries a session and sequence number or is idempotent).
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +51,8 @@ pub enum MeshMessage {
     CancelWatch { from: usize, call: u64 },
     /// A group's leader as its owning shard last saw it.
     Leader { group: u32, term: u64, leader: u64 },
+    /// Whether this node hosts a replica of a client partition (it may have left it).
+    Hosting { group: u32, hosted: bool },
     /// Something that happened on another shard, for the Node API's Watch (shard 0).
     Event(NodeEvent),
 }
@@ -132,6 +134,10 @@ pub struct Dispatch {
     served_watches: RefCell<BTreeMap<(usize, u64), (u32, u64)>>,
     next_watch_key: Cell<u64>,
     pub leaders: LeaderTable,
+    /// Client partitions this node left through the Node API: it cannot serve them.
+    left: RefCell<BTreeSet<u32>>,
+    /// Runs after the leader table or the set of left partitions changed (health).
+    on_table_change: RefCell<Option<Rc<dyn Fn()>>>,
     /// This shard's Node API operations (set once the shard has started).
     control: RefCell<Option<Rc<GroupControl>>>,
     /// Shard 0: where other shards' events go.
@@ -171,6 +177,8 @@ impl Dispatch {
             served_watches: RefCell::new(BTreeMap::new()),
             next_watch_key: Cell::new(1),
             leaders: Rc::new(RefCell::new(BTreeMap::new())),
+            left: RefCell::new(BTreeSet::new()),
+            on_table_change: RefCell::new(None),
             control: RefCell::new(None),
             on_event: RefCell::new(None),
         })
@@ -202,8 +210,7 @@ impl Dispatch {
     pub async fn control(&self, group: u32, op: ControlOp) -> Result<(), Status> {
         let owner = self.owner(group);
         if owner == self.shard {
-            let control = self.control.borrow().clone();
-            return run_control(control, op).await;
+            return self.run_control(op).await;
         }
         let (tx, rx) = local_channel::new_bounded(1);
         let call = self.start_call(PendingCall::Once(tx));
@@ -354,8 +361,10 @@ impl Dispatch {
         key
     }
 
-    /// Drains the mesh receivers until they close, handling every message.
+    /// Drains the mesh receivers until they close, handling every message. `on_leader`
+    /// runs after every change of the leader table or of the partitions this node left.
     pub fn serve_mesh(self: &Rc<Self>, mut receivers: Receivers<MeshMessage>, on_connection: Rc<dyn Fn(AcceptedTcpStream)>, on_leader: Rc<dyn Fn()>) {
+        *self.on_table_change.borrow_mut() = Some(Rc::clone(&on_leader));
         for (_, mut stream) in receivers.streams() {
             let dispatch = Rc::clone(self);
             let on_connection = Rc::clone(&on_connection);
@@ -419,7 +428,66 @@ impl Dispatch {
                 self.record_leader(group, term, leader);
                 on_leader();
             }
+            MeshMessage::Hosting { group, hosted } => {
+                self.record_hosting(group, hosted);
+                on_leader();
+            }
             MeshMessage::Event(event) => self.report(event),
+        }
+    }
+
+    /// Whether this node serves client partition `group`: it hosts a replica and knows
+    /// a leader for it.
+    pub fn serves(&self, group: u32) -> bool {
+        !self.left.borrow().contains(&group) && self.leaders.borrow().get(&group).is_some_and(|(_, leader)| *leader != 0)
+    }
+
+    /// Records whether this node hosts client partition `group` (this shard owns it) and
+    /// tells every other shard.
+    pub fn broadcast_hosting(&self, group: u32, hosted: bool) {
+        self.record_hosting(group, hosted);
+        for to in (0..self.shards).filter(|s| *s != self.shard) {
+            self.outbound.send(to, MeshMessage::Hosting { group, hosted });
+        }
+        let on_change = self.on_table_change.borrow().clone();
+        if let Some(on_change) = on_change {
+            on_change();
+        }
+    }
+
+    fn record_hosting(&self, group: u32, hosted: bool) {
+        let mut left = self.left.borrow_mut();
+        if hosted {
+            left.remove(&group);
+        } else {
+            left.insert(group);
+        }
+    }
+
+    /// Runs a Node API operation of a group this shard owns; a client partition joined or
+    /// left is reported to every shard.
+    async fn run_control(&self, op: ControlOp) -> Result<(), Status> {
+        let control = self.control.borrow().clone();
+        let Some(control) = control else {
+            return Err(Status::unavailable("the node is still starting; retry shortly"));
+        };
+        match op {
+            ControlOp::Bootstrap(spec) => control.bootstrap(spec).await,
+            ControlOp::Join(spec) => {
+                let group = spec.group_id;
+                control.join(spec).await?;
+                if control.is_partition(group) {
+                    self.broadcast_hosting(group, true);
+                }
+                Ok(())
+            }
+            ControlOp::Leave(group) => {
+                control.leave(group).await?;
+                if control.is_partition(group) {
+                    self.broadcast_hosting(group, false);
+                }
+                Ok(())
+            }
         }
     }
 
@@ -446,10 +514,7 @@ impl Dispatch {
             let result = match op {
                 CallOp::Propose(command) => CallResult::Committed(dispatch.local.propose(group, command).await),
                 CallOp::Read(query) => CallResult::Read(dispatch.local.read(group, query).await),
-                CallOp::Control(op) => {
-                    let control = dispatch.control.borrow().clone();
-                    CallResult::Control(run_control(control, op).await)
-                }
+                CallOp::Control(op) => CallResult::Control(dispatch.run_control(op).await),
                 CallOp::Watch(query) => {
                     let key = dispatch.new_watch_key();
                     dispatch.served_watches.borrow_mut().insert((from, call), (group, key));
@@ -508,17 +573,6 @@ struct CallGuard<'a> {
 impl Drop for CallGuard<'_> {
     fn drop(&mut self) {
         self.dispatch.calls.borrow_mut().remove(&self.call);
-    }
-}
-
-async fn run_control(control: Option<Rc<GroupControl>>, op: ControlOp) -> Result<(), Status> {
-    let Some(control) = control else {
-        return Err(Status::unavailable("the node is still starting; retry shortly"));
-    };
-    match op {
-        ControlOp::Bootstrap(spec) => control.bootstrap(spec).await,
-        ControlOp::Join(spec) => control.join(spec).await,
-        ControlOp::Leave(group) => control.leave(group).await,
     }
 }
 

@@ -92,7 +92,7 @@ impl GroupControl {
         GroupControl { config, me, runtime, peers, registry: RefCell::new(registry), busy: RefCell::new(BTreeSet::new()), seed }
     }
 
-    fn is_partition(&self, group: u32) -> bool {
+    pub fn is_partition(&self, group: u32) -> bool {
         group <= self.config.partitions
     }
 

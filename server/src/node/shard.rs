@@ -91,6 +91,7 @@ async fn serve(
         .await
         .map_err(|e| format!("opening the snapshot store in {}: {e}", dir.display()))?;
     let registry = Registry::load(&dir)?;
+    let left_partitions: Vec<u32> = groups_of_shard(shard as u32, config.shards, config.partitions).filter(|g| registry.has_left(*g)).collect();
     let seed = now_ms() ^ (node_id << 48);
     let mut replicas = std::collections::BTreeMap::new();
     for (group, membership, preferred) in hosted_groups(&config, shard as u32, &registry)? {
@@ -177,8 +178,7 @@ async fn serve(
         let announced = Rc::new(Cell::new(false));
         let listen = config.listen;
         Rc::new(move || {
-            let leaders = dispatch.leaders.borrow();
-            let led = (1..=partitions).all(|g| leaders.get(&g).is_some_and(|(_, l)| *l != 0));
+            let led = (1..=partitions).all(|g| dispatch.serves(g));
             let status = if led { ServingStatus::Serving } else { ServingStatus::NotServing };
             health.set_status("", status);
             for service in SERVICES {
@@ -217,6 +217,9 @@ async fn serve(
     };
     let on_leader: Rc<dyn Fn()> = update_health.clone();
     dispatch.serve_mesh(receivers, on_connection, on_leader);
+    for group in left_partitions {
+        dispatch.broadcast_hosting(group, false);
+    }
 
     // Keep-alives of this shard's client sessions, well inside the session timeout.
     {

@@ -236,7 +236,8 @@ impl Node {
         }
     }
 
-    async fn is_serving(&self) -> bool {
+    /// Whether health `Check("")` answers SERVING now.
+    pub async fn is_serving(&self) -> bool {
         let Ok(channel) = Endpoint::from_shared(self.url())
             .expect("url")
             .connect_timeout(Duration::from_secs(1))
