@@ -8,12 +8,8 @@ fn main() {
     let root = PathBuf::from("../proto/proto");
     println!("cargo:rerun-if-changed=../proto/proto/atomix/runtime");
     println!("cargo:rerun-if-changed=../proto/proto/atomix/multiraft/v1/node.proto");
-    let files = [
-        "atomix/runtime/election/v1/election.proto",
-        "atomix/multiraft/v1/node.proto",
-    ];
-    let fds = protox::compile(files.iter().map(|f| root.join(f)), [&root])
-        .expect("protox failed to compile the client API .proto files");
+    let files = ["atomix/runtime/election/v1/election.proto", "atomix/multiraft/v1/node.proto"];
+    let fds = protox::compile(files.iter().map(|f| root.join(f)), [&root]).expect("protox failed to compile the client API .proto files");
     tonic_prost_build::configure()
         .build_server(false)
         .build_client(true)
@@ -24,8 +20,8 @@ fn main() {
     let etcd_root = PathBuf::from("proto");
     println!("cargo:rerun-if-changed=proto");
     let etcd_files = ["etcd/election.proto", "etcd/rpc.proto"];
-    let etcd_fds = protox::compile(etcd_files.iter().map(|f| etcd_root.join(f)), [&etcd_root])
-        .expect("protox failed to compile bench/proto/etcd");
+    let etcd_fds =
+        protox::compile(etcd_files.iter().map(|f| etcd_root.join(f)), [&etcd_root]).expect("protox failed to compile bench/proto/etcd");
     tonic_prost_build::configure()
         .build_server(false)
         .build_client(true)

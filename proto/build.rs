@@ -4,10 +4,8 @@
 use std::path::{Path, PathBuf};
 
 fn collect(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
-        .map(|e| e.expect("dir entry").path())
-        .collect();
+    let mut entries: Vec<_> =
+        std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())).map(|e| e.expect("dir entry").path()).collect();
     entries.sort();
     for path in entries {
         if path.is_dir() {
@@ -27,9 +25,5 @@ fn main() {
     let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR"));
     let encoded = prost::Message::encode_to_vec(&fds);
     std::fs::write(out.join("file_descriptor_set.bin"), encoded).expect("write descriptor set");
-    prost_build::Config::new()
-        .bytes(["."])
-        .include_file("_includes.rs")
-        .compile_fds(fds)
-        .expect("prost-build failed");
+    prost_build::Config::new().bytes(["."]).include_file("_includes.rs").compile_fds(fds).expect("prost-build failed");
 }

@@ -13,8 +13,7 @@ fn main() {
         "atomix/multiraft/election/v1/election.proto",
         "grpc/health/v1/health.proto",
     ];
-    let fds = protox::compile(files.iter().map(|f| root.join(f)), [&root])
-        .expect("protox failed to compile the public .proto files");
+    let fds = protox::compile(files.iter().map(|f| root.join(f)), [&root]).expect("protox failed to compile the public .proto files");
     tonic_prost_build::configure()
         .build_server(false)
         .build_client(true)

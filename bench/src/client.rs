@@ -15,26 +15,15 @@ pub enum ElectionClient {
 
 impl ElectionClient {
     /// A new connection of caller number `caller` (endpoints are used round-robin).
-    pub async fn connect(
-        config: &BenchConfig,
-        caller: usize,
-    ) -> Result<ElectionClient, BenchError> {
+    pub async fn connect(config: &BenchConfig, caller: usize) -> Result<ElectionClient, BenchError> {
         ElectionClient::connect_to(config, config.endpoint_of(caller)).await
     }
 
     /// A new connection to `endpoint` (one of `config.endpoints`).
-    pub async fn connect_to(
-        config: &BenchConfig,
-        endpoint: &str,
-    ) -> Result<ElectionClient, BenchError> {
+    pub async fn connect_to(config: &BenchConfig, endpoint: &str) -> Result<ElectionClient, BenchError> {
         match config.target {
-            Target::Conclave => Ok(ElectionClient::Conclave(
-                ConclaveClient::connect(endpoint, config.request_timeout).await?,
-            )),
-            Target::Etcd => Ok(ElectionClient::Etcd(
-                EtcdClient::connect(endpoint, config.request_timeout, config.lease_ttl_secs)
-                    .await?,
-            )),
+            Target::Conclave => Ok(ElectionClient::Conclave(ConclaveClient::connect(endpoint, config.request_timeout).await?)),
+            Target::Etcd => Ok(ElectionClient::Etcd(EtcdClient::connect(endpoint, config.request_timeout, config.lease_ttl_secs).await?)),
         }
     }
 
@@ -88,10 +77,7 @@ impl ElectionClient {
 #[derive(Clone)]
 pub enum OneShotWriter {
     Conclave(ConclaveClient),
-    Etcd {
-        election: etcd_election::election_client::ElectionClient<tonic::transport::Channel>,
-        lease: i64,
-    },
+    Etcd { election: etcd_election::election_client::ElectionClient<tonic::transport::Channel>, lease: i64 },
 }
 
 impl OneShotWriter {
@@ -100,14 +86,8 @@ impl OneShotWriter {
     /// `NAME-aN` (a fresh election, so the caller leads at once; one Raft group anyway).
     pub async fn write(self, name: &str, attempt: u64) -> Result<(), BenchError> {
         match self {
-            OneShotWriter::Conclave(mut client) => client
-                .enter(name, &format!("attempt-{attempt}"))
-                .await
-                .map(drop),
-            OneShotWriter::Etcd {
-                mut election,
-                lease,
-            } => election
+            OneShotWriter::Conclave(mut client) => client.enter(name, &format!("attempt-{attempt}")).await.map(drop),
+            OneShotWriter::Etcd { mut election, lease } => election
                 .campaign(etcd_election::CampaignRequest {
                     name: format!("{name}-a{attempt}").into_bytes(),
                     lease,

@@ -45,36 +45,21 @@ pub struct ConclaveClient {
 }
 
 fn id(name: &str) -> Option<PrimitiveId> {
-    Some(PrimitiveId {
-        name: name.to_string(),
-    })
+    Some(PrimitiveId { name: name.to_string() })
 }
 
 fn rpc_error(op: &'static str, status: tonic::Status) -> BenchError {
-    BenchError::Rpc {
-        op,
-        code: format!("{:?}", status.code()),
-        message: status.message().to_string(),
-    }
+    BenchError::Rpc { op, code: format!("{:?}", status.code()), message: status.message().to_string() }
 }
 
 fn term_of(op: &'static str, term: Option<Term>) -> Result<Term, BenchError> {
-    term.ok_or(BenchError::Protocol {
-        op,
-        message: "the response carries no term".into(),
-    })
+    term.ok_or(BenchError::Protocol { op, message: "the response carries no term".into() })
 }
 
 impl ConclaveClient {
     /// Opens a new connection to `endpoint` (`http://host:port`).
-    pub async fn connect(
-        endpoint: &str,
-        request_timeout: Duration,
-    ) -> Result<ConclaveClient, BenchError> {
-        let connect_error = |message: String| BenchError::Connect {
-            endpoint: endpoint.to_string(),
-            message,
-        };
+    pub async fn connect(endpoint: &str, request_timeout: Duration) -> Result<ConclaveClient, BenchError> {
+        let connect_error = |message: String| BenchError::Connect { endpoint: endpoint.to_string(), message };
         let channel_endpoint = Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| connect_error(e.to_string()))?
             .timeout(request_timeout)
@@ -84,11 +69,7 @@ impl ConclaveClient {
         let connector = tower::service_fn(move |uri: Uri| {
             let slot = slot.clone();
             async move {
-                let host = uri
-                    .host()
-                    .unwrap_or("127.0.0.1")
-                    .trim_matches(['[', ']'])
-                    .to_string();
+                let host = uri.host().unwrap_or("127.0.0.1").trim_matches(['[', ']']).to_string();
                 let port = uri.port_u16().unwrap_or(80);
                 let stream = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
                 stream.set_nodelay(true)?;
@@ -98,10 +79,7 @@ impl ConclaveClient {
                 Ok::<_, std::io::Error>(TokioIo::new(stream))
             }
         });
-        let channel = channel_endpoint
-            .connect_with_connector(connector)
-            .await
-            .map_err(|e| connect_error(format!("{e:?}")))?;
+        let channel = channel_endpoint.connect_with_connector(connector).await.map_err(|e| connect_error(format!("{e:?}")))?;
         Ok(ConclaveClient {
             elections: rt::leader_elections_client::LeaderElectionsClient::new(channel.clone()),
             election: rt::leader_election_client::LeaderElectionClient::new(channel),
@@ -116,58 +94,30 @@ impl ConclaveClient {
 
     /// Creates election `name` (idempotent on the server).
     pub async fn create(&mut self, name: &str) -> Result<(), BenchError> {
-        self.elections
-            .create(rt::CreateRequest {
-                id: id(name),
-                tags: vec![],
-            })
-            .await
-            .map_err(|s| rpc_error("create", s))?;
+        self.elections.create(rt::CreateRequest { id: id(name), tags: vec![] }).await.map_err(|s| rpc_error("create", s))?;
         Ok(())
     }
 
     pub async fn enter(&mut self, name: &str, candidate: &str) -> Result<Term, BenchError> {
-        let request = rt::EnterRequest {
-            id: id(name),
-            candidate: candidate.to_string(),
-        };
-        let response = self
-            .election
-            .enter(request)
-            .await
-            .map_err(|s| rpc_error("enter", s))?;
+        let request = rt::EnterRequest { id: id(name), candidate: candidate.to_string() };
+        let response = self.election.enter(request).await.map_err(|s| rpc_error("enter", s))?;
         term_of("enter", response.into_inner().term)
     }
 
     pub async fn withdraw(&mut self, name: &str, candidate: &str) -> Result<Term, BenchError> {
-        let request = rt::WithdrawRequest {
-            id: id(name),
-            candidate: candidate.to_string(),
-        };
-        let response = self
-            .election
-            .withdraw(request)
-            .await
-            .map_err(|s| rpc_error("withdraw", s))?;
+        let request = rt::WithdrawRequest { id: id(name), candidate: candidate.to_string() };
+        let response = self.election.withdraw(request).await.map_err(|s| rpc_error("withdraw", s))?;
         term_of("withdraw", response.into_inner().term)
     }
 
     pub async fn get_term(&mut self, name: &str) -> Result<Term, BenchError> {
-        let response = self
-            .election
-            .get_term(rt::GetTermRequest { id: id(name) })
-            .await
-            .map_err(|s| rpc_error("get_term", s))?;
+        let response = self.election.get_term(rt::GetTermRequest { id: id(name) }).await.map_err(|s| rpc_error("get_term", s))?;
         term_of("get_term", response.into_inner().term)
     }
 
     /// Starts watching `name`: the stream yields the current state, then every change.
     pub async fn watch(&mut self, name: &str) -> Result<TermStream, BenchError> {
-        let response = self
-            .election
-            .watch(rt::WatchRequest { id: id(name) })
-            .await
-            .map_err(|s| rpc_error("watch", s))?;
+        let response = self.election.watch(rt::WatchRequest { id: id(name) }).await.map_err(|s| rpc_error("watch", s))?;
         Ok(TermStream(response.into_inner()))
     }
 }

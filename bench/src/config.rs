@@ -186,84 +186,24 @@ mod tests {
     fn unrunnable_combinations_are_refused() {
         let base = BenchConfig::new("http://127.0.0.1:1", Workload::Churn);
         let refused = |config: BenchConfig| config.validate().is_err();
-        assert!(refused(BenchConfig {
-            endpoints: vec![],
-            ..base.clone()
-        }));
-        assert!(refused(BenchConfig {
-            concurrency: 0,
-            ..base.clone()
-        }));
-        assert!(refused(BenchConfig {
-            elections: 0,
-            ..base.clone()
-        }));
-        assert!(refused(BenchConfig {
-            read_percent: 101,
-            ..base.clone()
-        }));
-        assert!(refused(BenchConfig {
-            load: LoadMode::Open { rate_per_sec: 0.0 },
-            ..base.clone()
-        }));
-        assert!(refused(BenchConfig {
-            load: LoadMode::Open {
-                rate_per_sec: f64::NAN
-            },
-            ..base.clone()
-        }));
-        assert!(refused(BenchConfig {
-            duration: Duration::ZERO,
-            operations: None,
-            ..base.clone()
-        }));
-        assert!(!refused(BenchConfig {
-            duration: Duration::ZERO,
-            operations: Some(10),
-            ..base.clone()
-        }));
-        let watch = BenchConfig {
-            workload: Workload::Watch,
-            ..base.clone()
-        };
+        assert!(refused(BenchConfig { endpoints: vec![], ..base.clone() }));
+        assert!(refused(BenchConfig { concurrency: 0, ..base.clone() }));
+        assert!(refused(BenchConfig { elections: 0, ..base.clone() }));
+        assert!(refused(BenchConfig { read_percent: 101, ..base.clone() }));
+        assert!(refused(BenchConfig { load: LoadMode::Open { rate_per_sec: 0.0 }, ..base.clone() }));
+        assert!(refused(BenchConfig { load: LoadMode::Open { rate_per_sec: f64::NAN }, ..base.clone() }));
+        assert!(refused(BenchConfig { duration: Duration::ZERO, operations: None, ..base.clone() }));
+        assert!(!refused(BenchConfig { duration: Duration::ZERO, operations: Some(10), ..base.clone() }));
+        let watch = BenchConfig { workload: Workload::Watch, ..base.clone() };
         assert!(!refused(watch.clone()));
-        assert!(refused(BenchConfig {
-            watchers: 0,
-            ..watch.clone()
-        }));
-        assert!(refused(BenchConfig {
-            load: LoadMode::Open { rate_per_sec: 10.0 },
-            ..watch.clone()
-        }));
-        assert!(!refused(BenchConfig {
-            target: Target::Etcd,
-            ..watch
-        }));
-        assert!(refused(BenchConfig {
-            lease_ttl_secs: 0,
-            ..base.clone()
-        }));
-        let kill =
-            crate::kill::NodeKill::new(crate::kill::KillMethod::Pid(12345), "http://127.0.0.1:1");
-        let two_nodes = vec![
-            "http://127.0.0.1:1".to_string(),
-            "http://127.0.0.1:2".into(),
-        ];
-        assert!(refused(BenchConfig {
-            kill: Some(kill.clone()),
-            endpoints: two_nodes.clone(),
-            ..base.clone()
-        }));
-        assert!(!refused(BenchConfig {
-            kill: Some(kill.clone()),
-            endpoints: two_nodes,
-            workload: Workload::Failover,
-            ..base.clone()
-        }));
-        assert!(refused(BenchConfig {
-            kill: Some(kill),
-            workload: Workload::Failover,
-            ..base
-        }));
+        assert!(refused(BenchConfig { watchers: 0, ..watch.clone() }));
+        assert!(refused(BenchConfig { load: LoadMode::Open { rate_per_sec: 10.0 }, ..watch.clone() }));
+        assert!(!refused(BenchConfig { target: Target::Etcd, ..watch }));
+        assert!(refused(BenchConfig { lease_ttl_secs: 0, ..base.clone() }));
+        let kill = crate::kill::NodeKill::new(crate::kill::KillMethod::Pid(12345), "http://127.0.0.1:1");
+        let two_nodes = vec!["http://127.0.0.1:1".to_string(), "http://127.0.0.1:2".into()];
+        assert!(refused(BenchConfig { kill: Some(kill.clone()), endpoints: two_nodes.clone(), ..base.clone() }));
+        assert!(!refused(BenchConfig { kill: Some(kill.clone()), endpoints: two_nodes, workload: Workload::Failover, ..base.clone() }));
+        assert!(refused(BenchConfig { kill: Some(kill), workload: Workload::Failover, ..base }));
     }
 }

@@ -8,11 +8,7 @@ pub enum BenchError {
     /// No connection could be opened to an endpoint.
     Connect { endpoint: String, message: String },
     /// A request failed with a gRPC status.
-    Rpc {
-        op: &'static str,
-        code: String,
-        message: String,
-    },
+    Rpc { op: &'static str, code: String, message: String },
     /// A response did not have the shape the API promises.
     Protocol { op: &'static str, message: String },
     /// The preparation of a workload (creating elections, first watch states) failed.

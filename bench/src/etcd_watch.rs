@@ -21,21 +21,11 @@ struct Observers {
 }
 
 impl Observers {
-    async fn start(
-        ctx: &RunContext,
-        name: &str,
-        count: usize,
-        first_caller: usize,
-    ) -> Result<Observers, BenchError> {
+    async fn start(ctx: &RunContext, name: &str, count: usize, first_caller: usize) -> Result<Observers, BenchError> {
         let mut subscribers = Subscribers::new("observers");
         for watcher in 0..count {
             let endpoint = ctx.config.endpoint_of(first_caller + watcher);
-            let mut client = EtcdClient::connect(
-                endpoint,
-                ctx.config.request_timeout,
-                ctx.config.lease_ttl_secs,
-            )
-            .await?;
+            let mut client = EtcdClient::connect(endpoint, ctx.config.request_timeout, ctx.config.lease_ttl_secs).await?;
             let mut stream = client.observe(name).await?;
             subscribers.spawn(|feed| async move {
                 let _connection = client;
@@ -55,11 +45,7 @@ impl Observers {
     }
 
     /// When each observer first received `leader`, waiting at most `timeout`.
-    async fn wait_for(
-        &mut self,
-        leader: &[u8],
-        timeout: Duration,
-    ) -> Result<Vec<Instant>, BenchError> {
+    async fn wait_for(&mut self, leader: &[u8], timeout: Duration) -> Result<Vec<Instant>, BenchError> {
         self.subscribers.wait_for(|l| l == leader, timeout).await
     }
 }
@@ -76,10 +62,7 @@ fn campaign(name: &str, mut client: EtcdClient, candidate: &'static str) -> Pend
 }
 
 async fn elected(pending: PendingCampaign) -> Result<EtcdClient, BenchError> {
-    let (client, result) = pending.await.map_err(|e| BenchError::Protocol {
-        op: "enter",
-        message: format!("campaign task: {e}"),
-    })?;
+    let (client, result) = pending.await.map_err(|e| BenchError::Protocol { op: "enter", message: format!("campaign task: {e}") })?;
     result.map(|()| client)
 }
 
@@ -96,38 +79,18 @@ pub async fn prepare(ctx: &Arc<RunContext>, election: usize) -> Result<EtcdElect
     let name = &ctx.names[election];
     let per_election = ctx.config.watchers + 2;
     let config = &ctx.config;
-    let mut first = EtcdClient::connect(
-        config.endpoint_of(election * per_election),
-        config.request_timeout,
-        config.lease_ttl_secs,
-    )
-    .await?;
+    let mut first = EtcdClient::connect(config.endpoint_of(election * per_election), config.request_timeout, config.lease_ttl_secs).await?;
     first.enter(name, "a").await?;
-    let second = EtcdClient::connect(
-        config.endpoint_of(election * per_election + 1),
-        config.request_timeout,
-        config.lease_ttl_secs,
-    )
-    .await?;
+    let second =
+        EtcdClient::connect(config.endpoint_of(election * per_election + 1), config.request_timeout, config.lease_ttl_secs).await?;
     let pending = campaign(name, second, "b");
-    let observers =
-        Observers::start(ctx, name, config.watchers, election * per_election + 2).await?;
-    Ok(EtcdElection {
-        election,
-        leader: (first, "a"),
-        successor: (pending, "b"),
-        observers,
-    })
+    let observers = Observers::start(ctx, name, config.watchers, election * per_election + 2).await?;
+    Ok(EtcdElection { election, leader: (first, "a"), successor: (pending, "b"), observers })
 }
 
 /// The leader resigns, the successor leads, the old leader campaigns again.
 pub async fn watch_driver(ctx: Arc<RunContext>, prepared: EtcdElection) -> Result<(), BenchError> {
-    let EtcdElection {
-        election,
-        mut leader,
-        mut successor,
-        mut observers,
-    } = prepared;
+    let EtcdElection { election, mut leader, mut successor, mut observers } = prepared;
     let name = ctx.names[election].clone();
     let timeout = ctx.config.request_timeout;
     while let Slot::Go { .. } = ctx.pacer.claim() {
@@ -137,10 +100,7 @@ pub async fn watch_driver(ctx: Arc<RunContext>, prepared: EtcdElection) -> Resul
         ctx.outcome("withdraw", sent, &result);
         result?;
         match observers.wait_for(successor.1.as_bytes(), timeout).await {
-            Ok(seen) => seen.iter().for_each(|at| {
-                ctx.recorder
-                    .record("notify", at.saturating_duration_since(ack))
-            }),
+            Ok(seen) => seen.iter().for_each(|at| ctx.recorder.record("notify", at.saturating_duration_since(ack))),
             Err(e) => ctx.recorder.error("notify", &short_message(&e)),
         }
         let (pending, next_name) = successor;
@@ -153,16 +113,8 @@ pub async fn watch_driver(ctx: Arc<RunContext>, prepared: EtcdElection) -> Resul
 }
 
 /// The leader's client goes silent; its successor leads once its lease expires.
-pub async fn failover_driver(
-    ctx: Arc<RunContext>,
-    prepared: EtcdElection,
-) -> Result<(), BenchError> {
-    let EtcdElection {
-        election,
-        leader,
-        mut successor,
-        mut observers,
-    } = prepared;
+pub async fn failover_driver(ctx: Arc<RunContext>, prepared: EtcdElection) -> Result<(), BenchError> {
+    let EtcdElection { election, leader, mut successor, mut observers } = prepared;
     let name = ctx.names[election].clone();
     let per_election = ctx.config.watchers + 2;
     let lease = Duration::from_secs(ctx.config.lease_ttl_secs as u64);
@@ -174,22 +126,14 @@ pub async fn failover_driver(
         let cut = Instant::now();
         drop(silenced);
         match observers.wait_for(successor.1.as_bytes(), timeout).await {
-            Ok(seen) => seen.iter().for_each(|at| {
-                ctx.recorder
-                    .record("failover", at.saturating_duration_since(cut))
-            }),
+            Ok(seen) => seen.iter().for_each(|at| ctx.recorder.record("failover", at.saturating_duration_since(cut))),
             Err(e) => ctx.recorder.error("failover", &short_message(&e)),
         }
         let (pending, next_name) = successor;
         let next = elected(pending).await?;
         reconnects += 1;
         let endpoint = ctx.config.endpoint_of(election * per_election + reconnects);
-        let rejoined = EtcdClient::connect(
-            endpoint,
-            ctx.config.request_timeout,
-            ctx.config.lease_ttl_secs,
-        )
-        .await?;
+        let rejoined = EtcdClient::connect(endpoint, ctx.config.request_timeout, ctx.config.lease_ttl_secs).await?;
         successor = (campaign(&name, rejoined, silenced_name), silenced_name);
         leader = Some((next, next_name));
     }

@@ -47,12 +47,7 @@ fn sync_data(file: &std::fs::File) -> std::io::Result<()> {
 /// `samples` fdatasyncs of 4 KiB overwrites in a preallocated file under `directory`.
 pub fn fdatasync_latency(directory: &Path, samples: usize) -> Result<OpStats, BenchError> {
     let path = directory.join(format!(".conclave-bench-floor-{}", std::process::id()));
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)?;
+    let file = OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path)?;
     let result = (|| {
         let zeros = vec![0u8; 1 << 20];
         for offset in (0..FILE_BYTES).step_by(zeros.len()) {
@@ -103,17 +98,12 @@ pub fn loopback_round_trip(samples: usize) -> Result<OpStats, BenchError> {
         stats.record(started.elapsed());
     }
     drop(stream);
-    echo.join()
-        .map_err(|_| BenchError::Io("the echo thread panicked".into()))??;
+    echo.join().map_err(|_| BenchError::Io("the echo thread panicked".into()))??;
     Ok(stats)
 }
 
 /// Both floors, the disk one under `directory`.
-pub fn measure(
-    directory: &Path,
-    fsync_samples: usize,
-    round_trip_samples: usize,
-) -> Result<Floor, BenchError> {
+pub fn measure(directory: &Path, fsync_samples: usize, round_trip_samples: usize) -> Result<Floor, BenchError> {
     let sync_started = Instant::now();
     let sync = fdatasync_latency(directory, fsync_samples)?;
     let sync_elapsed = sync_started.elapsed();
@@ -123,12 +113,7 @@ pub fn measure(
     let fdatasync_4k = sync.summary(sync_elapsed);
     let loopback_round_trip = rtt.summary(rtt_elapsed);
     let enter_floor_us = fdatasync_4k.p50_us + 2.0 * loopback_round_trip.p50_us;
-    Ok(Floor {
-        directory: directory.to_path_buf(),
-        fdatasync_4k,
-        loopback_round_trip,
-        enter_floor_us,
-    })
+    Ok(Floor { directory: directory.to_path_buf(), fdatasync_4k, loopback_round_trip, enter_floor_us })
 }
 
 #[cfg(test)]

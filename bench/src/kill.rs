@@ -116,10 +116,7 @@ impl NodeKill {
     /// Checks what a node-kill run of `config` cannot work with.
     pub fn validate(&self, config: &BenchConfig) -> Result<(), String> {
         if !config.endpoints.contains(&self.endpoint) {
-            return Err(format!(
-                "the killed node's endpoint {} is not one of --endpoints",
-                self.endpoint
-            ));
+            return Err(format!("the killed node's endpoint {} is not one of --endpoints", self.endpoint));
         }
         if survivors(&config.endpoints, &self.endpoint).is_empty() {
             return Err("a node-kill run needs at least one surviving endpoint".into());
@@ -177,8 +174,7 @@ pub fn probe_names(prefix: &str, partitions: u32) -> Result<Vec<(u32, String)>, 
         .enumerate()
         .map(|(i, name)| {
             let partition = i as u32 + 1;
-            name.map(|n| (partition, n))
-                .ok_or_else(|| format!("no probe name found for partition {partition}"))
+            name.map(|n| (partition, n)).ok_or_else(|| format!("no probe name found for partition {partition}"))
         })
         .collect()
 }
@@ -226,34 +222,22 @@ pub fn classify(sent: Instant, done: Instant, kill: Option<KillInstants>) -> Pha
     match kill {
         None => Phase::Before,
         Some(k) if done < k.kill_at => Phase::Before,
-        Some(KillInstants {
-            kill_at,
-            dead_at: Some(dead_at),
-        }) if sent >= dead_at => Phase::After(done - kill_at),
+        Some(KillInstants { kill_at, dead_at: Some(dead_at) }) if sent >= dead_at => Phase::After(done - kill_at),
         Some(_) => Phase::Spanning,
     }
 }
 
 /// Issues the kill: publishes the instant, kills, waits until the node is gone, publishes
 /// that. Returns what happened, for the report's notes.
-async fn kill_node(
-    method: &KillMethod,
-    instants: &watch::Sender<Option<KillInstants>>,
-) -> Result<String, BenchError> {
+async fn kill_node(method: &KillMethod, instants: &watch::Sender<Option<KillInstants>>) -> Result<String, BenchError> {
     let kill_at = Instant::now();
-    instants.send_replace(Some(KillInstants {
-        kill_at,
-        dead_at: None,
-    }));
+    instants.send_replace(Some(KillInstants { kill_at, dead_at: None }));
     let described = match method.clone() {
         KillMethod::Pid(pid) => {
             // SAFETY: kill(2) with a pid checked > 1 and a constant signal.
             let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
             if rc != 0 {
-                return Err(BenchError::Io(format!(
-                    "kill -9 {pid}: {}",
-                    std::io::Error::last_os_error()
-                )));
+                return Err(BenchError::Io(format!("kill -9 {pid}: {}", std::io::Error::last_os_error())));
             }
             let gone = tokio::task::spawn_blocking(move || {
                 let deadline = Instant::now() + DEATH_BOUND;
@@ -268,35 +252,23 @@ async fn kill_node(
             .await
             .map_err(|e| BenchError::Io(format!("waiting for pid {pid}: {e}")))?;
             if !gone {
-                return Err(BenchError::Io(format!(
-                    "pid {pid} still runs {DEATH_BOUND:?} after SIGKILL"
-                )));
+                return Err(BenchError::Io(format!("pid {pid} still runs {DEATH_BOUND:?} after SIGKILL")));
             }
             format!("SIGKILL to pid {pid}")
         }
         KillMethod::Command(command) => {
             let shown = command.clone();
-            let status = tokio::task::spawn_blocking(move || {
-                std::process::Command::new("sh")
-                    .arg("-c")
-                    .arg(&command)
-                    .status()
-            })
-            .await
-            .map_err(|e| BenchError::Io(format!("running the kill command: {e}")))??;
+            let status = tokio::task::spawn_blocking(move || std::process::Command::new("sh").arg("-c").arg(&command).status())
+                .await
+                .map_err(|e| BenchError::Io(format!("running the kill command: {e}")))??;
             if !status.success() {
-                return Err(BenchError::Io(format!(
-                    "the kill command `{shown}` failed: {status}"
-                )));
+                return Err(BenchError::Io(format!("the kill command `{shown}` failed: {status}")));
             }
             format!("`sh -c {shown}`")
         }
     };
     let dead_at = Instant::now();
-    instants.send_replace(Some(KillInstants {
-        kill_at,
-        dead_at: Some(dead_at),
-    }));
+    instants.send_replace(Some(KillInstants { kill_at, dead_at: Some(dead_at) }));
     Ok(format!(
         "node kill: {described}; node counted as gone {:.2} ms after the kill was issued (probe commands sent before that are not recovery samples)",
         (dead_at - kill_at).as_secs_f64() * 1e3
@@ -322,11 +294,7 @@ async fn probe_baseline(
     let mut holding = false;
     loop {
         let sent = Instant::now();
-        let result = if holding {
-            client.withdraw(name, candidate).await
-        } else {
-            client.enter(name, candidate).await
-        };
+        let result = if holding { client.withdraw(name, candidate).await } else { client.enter(name, candidate).await };
         let done = Instant::now();
         if result.is_ok() {
             holding = !holding;
@@ -355,10 +323,7 @@ async fn probe(
     mut client: ElectionClient,
 ) -> ProbeOutcome {
     let candidate = format!("probe-{partition}");
-    let outcome = |recovered| ProbeOutcome {
-        partition,
-        recovered,
-    };
+    let outcome = |recovered| ProbeOutcome { partition, recovered };
     let watched = kill.clone();
     let gone = tokio::select! {
         _ = probe_baseline(&recorder, &watched, &name, &candidate, &mut client) => None,
@@ -410,12 +375,7 @@ struct Candidacy {
     watchers: Watchers,
 }
 
-async fn prepare_candidacy(
-    config: &BenchConfig,
-    kill: &NodeKill,
-    survivors: &[String],
-    election: usize,
-) -> Result<Candidacy, BenchError> {
+async fn prepare_candidacy(config: &BenchConfig, kill: &NodeKill, survivors: &[String], election: usize) -> Result<Candidacy, BenchError> {
     let timeout = config.request_timeout;
     let name = format!("{}-c{election}", config.name_prefix);
     let mut leader = ConclaveClient::connect(&kill.endpoint, timeout).await?;
@@ -423,53 +383,27 @@ async fn prepare_candidacy(
     leader.create(&name).await?;
     let state = leader.enter(&name, "a").await?;
     if state.leader != "a" {
-        return Err(BenchError::Setup(format!(
-            "election {name} already has leader {:?}: use a fresh --name-prefix",
-            state.leader
-        )));
+        return Err(BenchError::Setup(format!("election {name} already has leader {:?}: use a fresh --name-prefix", state.leader)));
     }
     next.enter(&name, NEXT_CANDIDATE).await?;
     let first = election * config.watchers + 1;
-    let watchers = Watchers::start_on(&name, config.watchers, timeout, |w| {
-        survivors[(first + w) % survivors.len()].clone()
-    })
-    .await?;
-    Ok(Candidacy {
-        name,
-        _candidates: [leader, next],
-        watchers,
-    })
+    let watchers = Watchers::start_on(&name, config.watchers, timeout, |w| survivors[(first + w) % survivors.len()].clone()).await?;
+    Ok(Candidacy { name, _candidates: [leader, next], watchers })
 }
 
 /// Waits for the kill, then for each watcher to see the next candidate lead.
-async fn candidacy(
-    recorder: Arc<Recorder>,
-    mut kill: watch::Receiver<Option<KillInstants>>,
-    bound: Duration,
-    mut prepared: Candidacy,
-) {
-    let Ok(k) = kill
-        .wait_for(Option::is_some)
-        .await
-        .map(|k| k.expect("some"))
-    else {
+async fn candidacy(recorder: Arc<Recorder>, mut kill: watch::Receiver<Option<KillInstants>>, bound: Duration, mut prepared: Candidacy) {
+    let Ok(k) = kill.wait_for(Option::is_some).await.map(|k| k.expect("some")) else {
         return;
     };
     let left = bound.saturating_sub(k.kill_at.elapsed());
-    match prepared
-        .watchers
-        .wait_for(|t| t.leader == NEXT_CANDIDATE, left)
-        .await
-    {
+    match prepared.watchers.wait_for(|t| t.leader == NEXT_CANDIDATE, left).await {
         Ok(seen) => {
             for at in seen {
                 recorder.record("candidacy", at.saturating_duration_since(k.kill_at));
             }
         }
-        Err(e) => recorder.error(
-            "candidacy",
-            &format!("{}: {}", prepared.name, short_message(&e)),
-        ),
+        Err(e) => recorder.error("candidacy", &format!("{}: {}", prepared.name, short_message(&e))),
     }
 }
 
@@ -494,10 +428,7 @@ async fn follow_leaders(
                 break;
             }
         }
-        let deadline = led
-            .as_ref()
-            .map(|(_, d)| *d)
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let deadline = led.as_ref().map(|(_, d)| *d).unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             update = readers.updates.recv() => match update {
                 Some(update) => tracker.observe(update),
@@ -517,22 +448,15 @@ async fn follow_leaders(
 
 /// Runs a node-kill failover (see the module's documentation).
 pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
-    let kill = config
-        .kill
-        .clone()
-        .ok_or_else(|| BenchError::Config("not a node-kill run".into()))?;
+    let kill = config.kill.clone().ok_or_else(|| BenchError::Config("not a node-kill run".into()))?;
     kill.validate(&config).map_err(BenchError::Config)?;
     let timeout = config.request_timeout;
     let survivors = survivors(&config.endpoints, &kill.endpoint);
 
     // Setup, not measured: probes, candidacies, the survivors' leader reports.
     let probes: Vec<(u32, String)> = match config.target {
-        Target::Conclave => {
-            probe_names(&config.name_prefix, kill.partitions).map_err(BenchError::Setup)?
-        }
-        Target::Etcd => (1..=kill.partitions)
-            .map(|i| (i, format!("{}-p{i}", config.name_prefix)))
-            .collect(),
+        Target::Conclave => probe_names(&config.name_prefix, kill.partitions).map_err(BenchError::Setup)?,
+        Target::Etcd => (1..=kill.partitions).map(|i| (i, format!("{}-p{i}", config.name_prefix))).collect(),
     };
     let mut connecting = Vec::with_capacity(probes.len());
     for (i, (_, name)) in probes.iter().enumerate() {
@@ -547,10 +471,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
     }
     let mut probe_clients = Vec::with_capacity(probes.len());
     for task in connecting {
-        probe_clients.push(
-            task.await
-                .map_err(|e| BenchError::Setup(format!("probe setup: {e}")))??,
-        );
+        probe_clients.push(task.await.map_err(|e| BenchError::Setup(format!("probe setup: {e}")))??);
     }
     let mut candidacies = Vec::new();
     if config.target == Target::Conclave {
@@ -581,9 +502,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
             let deadline = tokio::time::Instant::now() + BALANCE_BOUND;
             let ready = |tracker: &LeaderTracker| {
                 tracker.led_by(killed) >= kill.min_led_groups as usize
-                    && kill
-                        .balanced_nodes
-                        .is_none_or(|nodes| tracker.balanced(kill.partitions, nodes))
+                    && kill.balanced_nodes.is_none_or(|nodes| tracker.balanced(kill.partitions, nodes))
             };
             let waiting = Instant::now();
             while !ready(&tracker) {
@@ -626,35 +545,15 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
         .iter()
         .zip(probe_clients)
         .map(|((partition, name), client)| {
-            tokio::spawn(probe(
-                Arc::clone(&recorder),
-                kill_rx.clone(),
-                kill.recovery_timeout,
-                *partition,
-                name.clone(),
-                client,
-            ))
+            tokio::spawn(probe(Arc::clone(&recorder), kill_rx.clone(), kill.recovery_timeout, *partition, name.clone(), client))
         })
         .collect();
     let candidacy_tasks: Vec<_> = candidacies
         .into_iter()
-        .map(|prepared| {
-            tokio::spawn(candidacy(
-                Arc::clone(&recorder),
-                kill_rx.clone(),
-                kill.candidacy_bound(),
-                prepared,
-            ))
-        })
+        .map(|prepared| tokio::spawn(candidacy(Arc::clone(&recorder), kill_rx.clone(), kill.candidacy_bound(), prepared)))
         .collect();
     let leader_task = readers.map(|readers| {
-        tokio::spawn(follow_leaders(
-            readers,
-            tracker,
-            kill_rx.clone(),
-            kill.node_id.expect("with the readers"),
-            kill.recovery_timeout,
-        ))
+        tokio::spawn(follow_leaders(readers, tracker, kill_rx.clone(), kill.node_id.expect("with the readers"), kill.recovery_timeout))
     });
     tokio::time::sleep_until((start + kill.kill_after).into()).await;
     let killed = kill_node(&kill.method, &instants).await;
@@ -706,10 +605,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
                 Some((_, after)) => recorder.record("leader_recovery", after),
                 None => recorder.error(
                     "leader_recovery",
-                    &format!(
-                        "group {}: no other node reported leading it within {:?}",
-                        failover.group, kill.recovery_timeout
-                    ),
+                    &format!("group {}: no other node reported leading it within {:?}", failover.group, kill.recovery_timeout),
                 ),
             }
         }
@@ -720,11 +616,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
             millis(waited),
             kill.node_id.unwrap_or_default(),
             kill.min_led_groups,
-            if kill.balanced_nodes.is_some() {
-                " and every group to be led by its preferred node (all nodes caught up)"
-            } else {
-                ""
-            }
+            if kill.balanced_nodes.is_some() { " and every group to be led by its preferred node (all nodes caught up)" } else { "" }
         ));
     }
     notes.extend(kill_notes(&config, &kill, &survivors, &outcomes, &leaders));
@@ -780,10 +672,7 @@ fn kill_notes(
             }
         ));
     }
-    let failovers = leaders
-        .as_ref()
-        .map(|(tracker, _)| tracker.failovers())
-        .unwrap_or_default();
+    let failovers = leaders.as_ref().map(|(tracker, _)| tracker.failovers()).unwrap_or_default();
     for outcome in outcomes {
         let mut details = Vec::new();
         match failovers.iter().find(|f| f.group == outcome.partition) {
@@ -810,11 +699,7 @@ fn kill_notes(
             Target::Conclave => "partition",
             Target::Etcd => "probe",
         };
-        notes.push(format!(
-            "{label} {}: {}",
-            outcome.partition,
-            details.join("; ")
-        ));
+        notes.push(format!("{label} {}: {}", outcome.partition, details.join("; ")));
     }
     notes
 }
@@ -825,11 +710,7 @@ mod tests {
 
     fn config_with(kill: NodeKill) -> BenchConfig {
         let mut config = BenchConfig::new("http://127.0.0.1:1", crate::Workload::Failover);
-        config.endpoints = vec![
-            "http://127.0.0.1:1".into(),
-            "http://127.0.0.1:2".into(),
-            "http://127.0.0.1:3".into(),
-        ];
+        config.endpoints = vec!["http://127.0.0.1:1".into(), "http://127.0.0.1:2".into(), "http://127.0.0.1:3".into()];
         config.kill = Some(kill);
         config
     }
@@ -875,21 +756,12 @@ mod tests {
         let t = Instant::now();
         let ms = Duration::from_millis;
         assert_eq!(classify(t, t + ms(1), None), Phase::Before);
-        let issued = Some(KillInstants {
-            kill_at: t + ms(10),
-            dead_at: None,
-        });
+        let issued = Some(KillInstants { kill_at: t + ms(10), dead_at: None });
         assert_eq!(classify(t, t + ms(5), issued), Phase::Before);
         assert_eq!(classify(t, t + ms(11), issued), Phase::Spanning);
-        let gone = Some(KillInstants {
-            kill_at: t + ms(10),
-            dead_at: Some(t + ms(12)),
-        });
+        let gone = Some(KillInstants { kill_at: t + ms(10), dead_at: Some(t + ms(12)) });
         assert_eq!(classify(t + ms(11), t + ms(300), gone), Phase::Spanning);
-        assert_eq!(
-            classify(t + ms(12), t + ms(300), gone),
-            Phase::After(ms(290))
-        );
+        assert_eq!(classify(t + ms(12), t + ms(300), gone), Phase::After(ms(290)));
     }
 
     #[test]
@@ -897,38 +769,18 @@ mod tests {
         let kill = NodeKill::new(KillMethod::Pid(12345), "http://127.0.0.1:1");
         assert_eq!(kill.validate(&config_with(kill.clone())), Ok(()));
         let refused = |kill: NodeKill| kill.clone().validate(&config_with(kill)).is_err();
-        assert!(refused(NodeKill {
-            endpoint: "http://127.0.0.1:9".into(),
-            ..kill.clone()
-        }));
-        assert!(refused(NodeKill {
-            method: KillMethod::Pid(1),
-            ..kill.clone()
-        }));
-        assert!(refused(NodeKill {
-            partitions: 0,
-            ..kill.clone()
-        }));
-        assert!(refused(NodeKill {
-            node_id: Some(1),
-            ..kill.clone()
-        }));
-        assert!(!refused(NodeKill {
-            node_id: Some(1),
-            admin_endpoints: vec!["http://127.0.0.1:29".into()],
-            ..kill.clone()
-        }));
+        assert!(refused(NodeKill { endpoint: "http://127.0.0.1:9".into(), ..kill.clone() }));
+        assert!(refused(NodeKill { method: KillMethod::Pid(1), ..kill.clone() }));
+        assert!(refused(NodeKill { partitions: 0, ..kill.clone() }));
+        assert!(refused(NodeKill { node_id: Some(1), ..kill.clone() }));
+        assert!(!refused(NodeKill { node_id: Some(1), admin_endpoints: vec!["http://127.0.0.1:29".into()], ..kill.clone() }));
         let mut alone = config_with(kill.clone());
         alone.endpoints.truncate(1);
         assert!(kill.validate(&alone).is_err());
         let mut etcd = config_with(kill.clone());
         etcd.target = Target::Etcd;
         assert_eq!(kill.validate(&etcd), Ok(()));
-        let with_admin = NodeKill {
-            node_id: Some(1),
-            admin_endpoints: vec!["http://127.0.0.1:29".into()],
-            ..kill
-        };
+        let with_admin = NodeKill { node_id: Some(1), admin_endpoints: vec!["http://127.0.0.1:29".into()], ..kill };
         assert!(with_admin.validate(&etcd).is_err());
     }
 
@@ -938,76 +790,36 @@ mod tests {
         let ms = Duration::from_millis;
         let mut tracker = LeaderTracker::new();
         for (group, leader) in [(1, 1), (2, 2)] {
-            tracker.observe(node_events::LeaderUpdate {
-                group,
-                term: 1,
-                leader,
-                at: t,
-            });
+            tracker.observe(node_events::LeaderUpdate { group, term: 1, leader, at: t });
         }
         let led = tracker.arm(t, 1);
-        tracker.observe(node_events::LeaderUpdate {
-            group: 1,
-            term: 2,
-            leader: 3,
-            at: t + ms(200),
-        });
+        tracker.observe(node_events::LeaderUpdate { group: 1, term: 2, leader: 3, at: t + ms(200) });
         let mut kill = NodeKill::new(KillMethod::Pid(12345), "http://127.0.0.1:1");
         kill.node_id = Some(1);
         kill.admin_endpoints = vec!["http://127.0.0.1:29".into()];
         kill.partitions = 2;
         let config = config_with(kill.clone());
-        let outcomes = [
-            ProbeOutcome {
-                partition: 1,
-                recovered: Some(ms(250)),
-            },
-            ProbeOutcome {
-                partition: 2,
-                recovered: None,
-            },
-        ];
-        let notes = kill_notes(
-            &config,
-            &kill,
-            &survivors(&config.endpoints, &kill.endpoint),
-            &outcomes,
-            &Some((tracker, led)),
-        );
+        let outcomes = [ProbeOutcome { partition: 1, recovered: Some(ms(250)) }, ProbeOutcome { partition: 2, recovered: None }];
+        let notes = kill_notes(&config, &kill, &survivors(&config.endpoints, &kill.endpoint), &outcomes, &Some((tracker, led)));
         let text = notes.join("\n");
-        assert!(
-            text.contains("groups the killed node led at the kill: [1]"),
-            "{text}"
-        );
+        assert!(text.contains("groups the killed node led at the kill: [1]"), "{text}");
         assert!(text.contains("partition 1: led by the killed node (term 1), then by node 3 (term 2) after 200.0 ms (1 leader reports since the kill); a command succeeded again after 250.0 ms"), "{text}");
-        assert!(
-            text.contains(
-                "partition 2: led by another node at the kill; no command succeeded after the kill"
-            ),
-            "{text}"
-        );
+        assert!(text.contains("partition 2: led by another node at the kill; no command succeeded after the kill"), "{text}");
         assert!(text.contains("cluster session timeout not given"), "{text}");
     }
 
     #[tokio::test(flavor = "current_thread")]
     async fn killing_a_process_publishes_both_instants() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("30")
-            .spawn()
-            .unwrap();
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         let (sender, receiver) = watch::channel(None);
-        let note = kill_node(&KillMethod::Pid(child.id() as i32), &sender)
-            .await
-            .unwrap();
+        let note = kill_node(&KillMethod::Pid(child.id() as i32), &sender).await.unwrap();
         assert!(note.contains("SIGKILL"), "{note}");
         let k = receiver.borrow().expect("published");
         assert!(k.dead_at.expect("gone") >= k.kill_at);
         assert!(!child.wait().unwrap().success());
         let failing = kill_node(&KillMethod::Command("exit 3".into()), &sender).await;
         assert!(failing.is_err());
-        let ok = kill_node(&KillMethod::Command("true".into()), &sender)
-            .await
-            .unwrap();
+        let ok = kill_node(&KillMethod::Command("true".into()), &sender).await.unwrap();
         assert!(ok.contains("sh -c true"), "{ok}");
     }
 }

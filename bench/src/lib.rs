@@ -39,9 +39,6 @@ pub use runner::run_async;
 /// the report; writes the JSON and SVG if `config.json` is set.
 pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
     config.validate().map_err(BenchError::Config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(run_async(config))
 }

@@ -8,10 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use conclave_bench::{floor, BenchConfig, LoadMode, Target, Workload};
 
 #[derive(Parser)]
-#[command(
-    name = "conclave-bench",
-    about = "Load generator for Conclave's election API"
-)]
+#[command(name = "conclave-bench", about = "Load generator for Conclave's election API")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -139,21 +136,14 @@ impl KillArgs {
         };
         Some(NodeKill {
             node_id: self.kill_node_id,
-            admin_endpoints: self
-                .admin_endpoints
-                .iter()
-                .map(|e| endpoint_url(e))
-                .collect(),
+            admin_endpoints: self.admin_endpoints.iter().map(|e| endpoint_url(e)).collect(),
             partitions: self.partitions,
             kill_after: Duration::from_millis(self.kill_after_ms),
             recovery_timeout: Duration::from_millis(self.recovery_timeout_ms),
             session_timeout: self.session_timeout_ms.map(Duration::from_millis),
             min_led_groups: self.min_led_groups,
             balanced_nodes: self.wait_balanced,
-            ..NodeKill::new(
-                method,
-                endpoint_url(self.kill_endpoint.as_deref().unwrap_or("")),
-            )
+            ..NodeKill::new(method, endpoint_url(self.kill_endpoint.as_deref().unwrap_or("")))
         })
     }
 }
@@ -184,16 +174,8 @@ fn config_of(workload: Workload, args: RunArgs) -> Result<BenchConfig, String> {
     if !(args.duration.is_finite() && args.duration >= 0.0) {
         return Err("--duration is a number of seconds, at least 0".into());
     }
-    let unix_secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let endpoints: Vec<String> = args
-        .endpoints
-        .iter()
-        .filter(|e| !e.is_empty())
-        .map(|e| endpoint_url(e))
-        .collect();
+    let unix_secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let endpoints: Vec<String> = args.endpoints.iter().filter(|e| !e.is_empty()).map(|e| endpoint_url(e)).collect();
     let target = match args.target {
         TargetArg::Conclave => Target::Conclave,
         TargetArg::Etcd => Target::Etcd,
@@ -210,9 +192,7 @@ fn config_of(workload: Workload, args: RunArgs) -> Result<BenchConfig, String> {
         elections: args.elections,
         watchers: args.watchers,
         read_percent: args.read_percent,
-        name_prefix: args
-            .name_prefix
-            .unwrap_or_else(|| format!("bench-{}-{unix_secs}", workload.name())),
+        name_prefix: args.name_prefix.unwrap_or_else(|| format!("bench-{}-{unix_secs}", workload.name())),
         duration: Duration::from_secs_f64(args.duration),
         operations: args.operations,
         request_timeout: Duration::from_millis(args.timeout_ms),
@@ -237,18 +217,13 @@ fn run_workload(workload: Workload, args: RunArgs) -> Result<(), String> {
         println!("error x{count}: {message}");
     }
     if let Some(path) = json {
-        println!(
-            "wrote {} and {}",
-            path.display(),
-            conclave_bench::report::svg_path_beside(&path).display()
-        );
+        println!("wrote {} and {}", path.display(), conclave_bench::report::svg_path_beside(&path).display());
     }
     Ok(())
 }
 
 fn run_floor(args: FloorArgs) -> Result<(), String> {
-    let result = floor::measure(&args.dir, args.fsync_samples, args.round_trip_samples)
-        .map_err(|e| e.to_string())?;
+    let result = floor::measure(&args.dir, args.fsync_samples, args.round_trip_samples).map_err(|e| e.to_string())?;
     println!(
         "fdatasync 4 KiB in {}: p50 {:.1} us, p99 {:.1} us ({} samples)",
         result.directory.display(),
@@ -263,14 +238,10 @@ fn run_floor(args: FloorArgs) -> Result<(), String> {
         result.loopback_round_trip.p99_us,
         result.loopback_round_trip.count
     );
-    println!(
-        "floor of one Enter (fdatasync p50 + 2 round-trip p50): {:.1} us",
-        result.enter_floor_us
-    );
+    println!("floor of one Enter (fdatasync p50 + 2 round-trip p50): {:.1} us", result.enter_floor_us);
     if let Some(path) = args.json {
         let json = serde_json::to_string_pretty(&result).map_err(|e| e.to_string())?;
-        std::fs::write(&path, json + "\n")
-            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        std::fs::write(&path, json + "\n").map_err(|e| format!("writing {}: {e}", path.display()))?;
         println!("wrote {}", path.display());
     }
     Ok(())

@@ -39,17 +39,11 @@ impl Drop for NodeEventReaders {
 /// Connects to the Node API of every endpoint (`http://host:port` of an admin listener)
 /// and forwards each one's leader updates, the current state first (the Node API starts
 /// every Watch with a `LeaderUpdated` event per hosted group).
-pub async fn watch_leaders(
-    endpoints: &[String],
-    timeout: Duration,
-) -> Result<NodeEventReaders, BenchError> {
+pub async fn watch_leaders(endpoints: &[String], timeout: Duration) -> Result<NodeEventReaders, BenchError> {
     let (sender, updates) = mpsc::unbounded_channel();
     let mut tasks = Vec::with_capacity(endpoints.len());
     for endpoint in endpoints {
-        let connect_error = |message: String| BenchError::Connect {
-            endpoint: endpoint.clone(),
-            message,
-        };
+        let connect_error = |message: String| BenchError::Connect { endpoint: endpoint.clone(), message };
         let channel = Endpoint::from_shared(endpoint.clone())
             .map_err(|e| connect_error(e.to_string()))?
             .connect_timeout(timeout)
@@ -60,11 +54,7 @@ pub async fn watch_leaders(
         let mut stream = tokio::time::timeout(timeout, client.watch(node::WatchRequest {}))
             .await
             .map_err(|_| connect_error(format!("Node.Watch did not answer within {timeout:?}")))?
-            .map_err(|s| BenchError::Rpc {
-                op: "node_watch",
-                code: format!("{:?}", s.code()),
-                message: s.message().to_string(),
-            })?
+            .map_err(|s| BenchError::Rpc { op: "node_watch", code: format!("{:?}", s.code()), message: s.message().to_string() })?
             .into_inner();
         let sender = sender.clone();
         tasks.push(tokio::spawn(async move {
@@ -72,12 +62,7 @@ pub async fn watch_leaders(
                 let Some(node::event::Event::LeaderUpdated(update)) = event.event else {
                     continue;
                 };
-                let update = LeaderUpdate {
-                    group: update.group_id,
-                    term: update.term,
-                    leader: update.leader,
-                    at: Instant::now(),
-                };
+                let update = LeaderUpdate { group: update.group_id, term: update.term, leader: update.leader, at: Instant::now() };
                 if sender.send(update).is_err() {
                     return;
                 }
@@ -144,10 +129,7 @@ impl LeaderTracker {
         }
         let after = update.at - armed.at;
         // Reports from several nodes race through one channel: keep the earliest.
-        if failover
-            .new_leader
-            .is_none_or(|(_, earlier)| after < earlier)
-        {
+        if failover.new_leader.is_none_or(|(_, earlier)| after < earlier) {
             failover.new_leader = Some((update.leader, after));
             failover.new_term = Some(update.term);
         }
@@ -184,13 +166,7 @@ impl LeaderTracker {
             .iter()
             .filter(|(_, &(_, leader))| leader == killed)
             .map(|(&group, &(term, _))| {
-                let failover = GroupFailover {
-                    group,
-                    new_leader: None,
-                    term_at_kill: term,
-                    new_term: None,
-                    reports: 0,
-                };
+                let failover = GroupFailover { group, new_leader: None, term_at_kill: term, new_term: None, reports: 0 };
                 (group, failover)
             })
             .collect();
@@ -201,18 +177,12 @@ impl LeaderTracker {
 
     /// Whether every group the killed node led has a new leader (false before `arm`).
     pub fn all_failed_over(&self) -> bool {
-        self.armed
-            .as_ref()
-            .is_some_and(|armed| armed.groups.values().all(|f| f.new_leader.is_some()))
+        self.armed.as_ref().is_some_and(|armed| armed.groups.values().all(|f| f.new_leader.is_some()))
     }
 
     /// The failover of each group the killed node led (empty before `arm`).
     pub fn failovers(&self) -> Vec<GroupFailover> {
-        self.armed
-            .iter()
-            .flat_map(|armed| armed.groups.iter())
-            .map(|(_, &failover)| failover)
-            .collect()
+        self.armed.iter().flat_map(|armed| armed.groups.iter()).map(|(_, &failover)| failover).collect()
     }
 }
 
@@ -221,12 +191,7 @@ mod tests {
     use super::*;
 
     fn update(group: u32, term: u64, leader: u64, at: Instant) -> LeaderUpdate {
-        LeaderUpdate {
-            group,
-            term,
-            leader,
-            at,
-        }
+        LeaderUpdate { group, term, leader, at }
     }
 
     #[test]
@@ -282,13 +247,7 @@ mod tests {
                     // The report stamped before the kill does not count.
                     reports: 4,
                 },
-                GroupFailover {
-                    group: 4,
-                    new_leader: Some((3, ms(400))),
-                    term_at_kill: 1,
-                    new_term: Some(3),
-                    reports: 1,
-                },
+                GroupFailover { group: 4, new_leader: Some((3, ms(400))), term_at_kill: 1, new_term: Some(3), reports: 1 },
             ]
         );
         assert_eq!(tracker.leader_of(2), Some(3));

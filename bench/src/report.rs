@@ -52,16 +52,8 @@ impl OpSummary {
             p90_us: at(0.9),
             p99_us: at(0.99),
             p999_us: at(0.999),
-            max_us: if latencies.is_empty() {
-                0.0
-            } else {
-                micros(latencies.max())
-            },
-            mean_us: if latencies.is_empty() {
-                0.0
-            } else {
-                latencies.mean() / 1_000.0
-            },
+            max_us: if latencies.is_empty() { 0.0 } else { micros(latencies.max()) },
+            mean_us: if latencies.is_empty() { 0.0 } else { latencies.mean() / 1_000.0 },
         }
     }
 }
@@ -92,11 +84,7 @@ impl WindowStats {
             ops_per_sec: rate(latencies.len(), elapsed),
             p50_us: at(0.5),
             p99_us: at(0.99),
-            max_us: if latencies.is_empty() {
-                0.0
-            } else {
-                micros(latencies.max())
-            },
+            max_us: if latencies.is_empty() { 0.0 } else { micros(latencies.max()) },
         }
     }
 }
@@ -135,9 +123,7 @@ impl Report {
             notes,
         };
         if let Some(path) = &config.json {
-            report
-                .write(path)
-                .map_err(|e| crate::error::BenchError::Io(format!("writing {}: {e}", path.display())))?;
+            report.write(path).map_err(|e| crate::error::BenchError::Io(format!("writing {}: {e}", path.display())))?;
         }
         Ok(report)
     }
@@ -161,15 +147,7 @@ impl Report {
         for (op, s) in &self.ops {
             out.push_str(&format!(
                 "{:<18} {:>10.0} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10} {:>8}\n",
-                op,
-                s.ops_per_sec,
-                s.p50_us,
-                s.p90_us,
-                s.p99_us,
-                s.p999_us,
-                s.max_us,
-                s.count,
-                s.errors
+                op, s.ops_per_sec, s.p50_us, s.p90_us, s.p99_us, s.p999_us, s.max_us, s.count, s.errors
             ));
         }
         out
@@ -208,14 +186,7 @@ pub(crate) mod tests {
         let window = |n: u64| {
             BTreeMap::from([(
                 "enter".to_string(),
-                WindowStats {
-                    count: n,
-                    errors: 0,
-                    ops_per_sec: n as f64,
-                    p50_us: 500.0,
-                    p99_us: 990.0,
-                    max_us: 1000.0,
-                },
+                WindowStats { count: n, errors: 0, ops_per_sec: n as f64, p50_us: 500.0, p99_us: 990.0, max_us: 1000.0 },
             )])
         };
         Report {
@@ -259,8 +230,7 @@ pub(crate) mod tests {
         let json_path = dir.path().join("churn.json");
         let svg_path = sample_report().write(&json_path).unwrap();
         assert_eq!(svg_path, dir.path().join("churn.svg"));
-        let value: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
         assert_eq!(value["config"]["workload"], "churn");
         assert_eq!(value["ops"]["enter"]["count"], 1000);
         assert_eq!(value["ops"]["enter"]["errors"], 3);

@@ -33,21 +33,12 @@ enum TaskEnd {
 
 /// Creates every election; for `read`, also enters a holder candidate in each so every
 /// GetTerm sees a leader. Returns the holders' connections, to keep for the whole run.
-async fn setup_elections(
-    config: &BenchConfig,
-    names: &[String],
-    hold: bool,
-) -> Result<Vec<ElectionClient>, BenchError> {
+async fn setup_elections(config: &BenchConfig, names: &[String], hold: bool) -> Result<Vec<ElectionClient>, BenchError> {
     let connections = SETUP_CONNECTIONS.min(names.len());
     let mut tasks = Vec::with_capacity(connections);
     for connection in 0..connections {
         let config = config.clone();
-        let mine: Vec<String> = names
-            .iter()
-            .skip(connection)
-            .step_by(connections)
-            .cloned()
-            .collect();
+        let mine: Vec<String> = names.iter().skip(connection).step_by(connections).cloned().collect();
         tasks.push(tokio::spawn(async move {
             let mut client = ElectionClient::connect(&config, connection).await?;
             for name in &mine {
@@ -61,9 +52,7 @@ async fn setup_elections(
     }
     let mut holders = Vec::with_capacity(connections);
     for task in tasks {
-        let client = task
-            .await
-            .map_err(|e| BenchError::Setup(format!("setup task: {e}")))??;
+        let client = task.await.map_err(|e| BenchError::Setup(format!("setup task: {e}")))??;
         holders.push(client);
     }
     Ok(holders)
@@ -83,12 +72,7 @@ impl StartLine {
 }
 
 /// Connects (or prepares) one worker, waits for all others and the start, then runs its loop.
-async fn worker(
-    ctx: Arc<RunContext>,
-    index: usize,
-    barrier: Arc<StartLine>,
-    counters: Arc<NotifyCounters>,
-) -> TaskEnd {
+async fn worker(ctx: Arc<RunContext>, index: usize, barrier: Arc<StartLine>, counters: Arc<NotifyCounters>) -> TaskEnd {
     match ctx.config.workload {
         Workload::Churn | Workload::Read | Workload::Mixed => {
             let client = ElectionClient::connect(&ctx.config, index).await;
@@ -202,15 +186,9 @@ pub async fn run_async(config: BenchConfig) -> Result<Report, BenchError> {
     if config.kill.is_some() {
         return crate::kill::run(config).await;
     }
-    let names: Vec<String> = (0..config.elections)
-        .map(|i| config.election_name(i))
-        .collect();
+    let names: Vec<String> = (0..config.elections).map(|i| config.election_name(i)).collect();
     let holders = setup_elections(&config, &names, config.workload == Workload::Read).await?;
-    let duration = if config.duration.is_zero() {
-        NO_DEADLINE
-    } else {
-        config.duration
-    };
+    let duration = if config.duration.is_zero() { NO_DEADLINE } else { config.duration };
     let pacer = match config.load {
         LoadMode::Closed => Pacer::closed(duration, config.operations),
         LoadMode::Open { rate_per_sec } => Pacer::open(duration, config.operations, rate_per_sec),
@@ -219,27 +197,11 @@ pub async fn run_async(config: BenchConfig) -> Result<Report, BenchError> {
         Workload::Watch | Workload::Failover => config.elections,
         _ => config.concurrency,
     };
-    let ctx = Arc::new(RunContext {
-        config: config.clone(),
-        pacer,
-        recorder: Recorder::new(),
-        names,
-    });
+    let ctx = Arc::new(RunContext { config: config.clone(), pacer, recorder: Recorder::new(), names });
     let counters = Arc::new(NotifyCounters::default());
-    let barrier = Arc::new(StartLine {
-        ready: Barrier::new(workers + 1),
-        go: Barrier::new(workers + 1),
-    });
-    let tasks: Vec<_> = (0..workers)
-        .map(|index| {
-            tokio::spawn(worker(
-                Arc::clone(&ctx),
-                index,
-                Arc::clone(&barrier),
-                Arc::clone(&counters),
-            ))
-        })
-        .collect();
+    let barrier = Arc::new(StartLine { ready: Barrier::new(workers + 1), go: Barrier::new(workers + 1) });
+    let tasks: Vec<_> =
+        (0..workers).map(|index| tokio::spawn(worker(Arc::clone(&ctx), index, Arc::clone(&barrier), Arc::clone(&counters)))).collect();
     barrier.ready.wait().await;
     ctx.recorder.reset();
     let start = Instant::now();
@@ -265,9 +227,7 @@ pub async fn run_async(config: BenchConfig) -> Result<Report, BenchError> {
                 setup_failure.get_or_insert(e);
             }
             Ok(TaskEnd::Stopped(e)) => ctx.recorder.error("driver", &short_message(&e)),
-            Err(e) => ctx
-                .recorder
-                .error("driver", &format!("task ended abnormally: {e}")),
+            Err(e) => ctx.recorder.error("driver", &format!("task ended abnormally: {e}")),
         }
     }
     let elapsed = start.elapsed();
@@ -278,10 +238,7 @@ pub async fn run_async(config: BenchConfig) -> Result<Report, BenchError> {
     }
     let last_window = ctx.recorder.close_window();
     if config.progress {
-        eprintln!(
-            "{}",
-            progress_line(elapsed.as_secs() as usize + 1, &last_window)
-        );
+        eprintln!("{}", progress_line(elapsed.as_secs() as usize + 1, &last_window));
     }
     drop(holders);
     Report::finish(&config, elapsed, ctx.recorder.finish(), notes_of(&config, &counters))

@@ -50,20 +50,13 @@ impl Pacer {
 
     /// An open-loop pacer at a fixed total rate.
     pub fn open(duration: Duration, limit: Option<u64>, rate_per_sec: f64) -> Pacer {
-        assert!(
-            rate_per_sec > 0.0 && rate_per_sec.is_finite(),
-            "the rate is validated by BenchConfig"
-        );
-        Pacer {
-            rate_per_sec: Some(rate_per_sec),
-            ..Pacer::closed(duration, limit)
-        }
+        assert!(rate_per_sec > 0.0 && rate_per_sec.is_finite(), "the rate is validated by BenchConfig");
+        Pacer { rate_per_sec: Some(rate_per_sec), ..Pacer::closed(duration, limit) }
     }
 
     /// Starts the measured phase at `start` (not before the pacer was made).
     pub fn begin_at(&self, start: Instant) {
-        let offset = u64::try_from(start.saturating_duration_since(self.base).as_nanos())
-            .unwrap_or(u64::MAX - 1);
+        let offset = u64::try_from(start.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX - 1);
         self.start_offset_nanos.store(offset, Ordering::Release);
     }
 
@@ -131,10 +124,7 @@ mod tests {
                     assert_eq!(index, k);
                     let expected = start + Duration::from_millis(k);
                     let error = due.max(expected) - due.min(expected);
-                    assert!(
-                        error <= Duration::from_micros(1),
-                        "slot {k} due {error:?} off"
-                    );
+                    assert!(error <= Duration::from_micros(1), "slot {k} due {error:?} off");
                 }
                 Slot::Stop => panic!("slot {k} is before the deadline"),
             }
@@ -203,10 +193,7 @@ mod tests {
                 })
             })
             .collect();
-        let all: Vec<u64> = threads
-            .into_iter()
-            .flat_map(|t| t.join().unwrap())
-            .collect();
+        let all: Vec<u64> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
         let distinct: BTreeSet<u64> = all.iter().copied().collect();
         assert_eq!(all.len(), 10_000);
         assert_eq!(distinct, (0..10_000).collect());

@@ -23,21 +23,13 @@ pub struct OpStats {
 
 impl OpStats {
     pub fn new() -> OpStats {
-        let latencies =
-            Histogram::new_with_bounds(1, MAX_TRACKED_NANOS, 3).expect("valid histogram bounds");
-        OpStats {
-            latencies,
-            errors: 0,
-        }
+        let latencies = Histogram::new_with_bounds(1, MAX_TRACKED_NANOS, 3).expect("valid histogram bounds");
+        OpStats { latencies, errors: 0 }
     }
 
     pub fn record(&mut self, latency: Duration) {
-        let nanos = u64::try_from(latency.as_nanos())
-            .unwrap_or(u64::MAX)
-            .clamp(1, MAX_TRACKED_NANOS);
-        self.latencies
-            .record(nanos)
-            .expect("value clamped into the histogram's range");
+        let nanos = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX).clamp(1, MAX_TRACKED_NANOS);
+        self.latencies.record(nanos).expect("value clamped into the histogram's range");
     }
 
     /// Percentiles and rates of this operation over `elapsed`.
@@ -68,10 +60,7 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn new() -> Recorder {
-        Recorder {
-            totals: Mutex::new(Totals::default()),
-            window_started: Mutex::new(Instant::now()),
-        }
+        Recorder { totals: Mutex::new(Totals::default()), window_started: Mutex::new(Instant::now()) }
     }
 
     /// A successful operation `op` that took `latency`.
@@ -112,15 +101,8 @@ impl Recorder {
         };
         let mut totals = self.totals.lock().expect("recorder lock");
         let window = std::mem::take(&mut totals.window);
-        let stats: BTreeMap<String, WindowStats> = window
-            .iter()
-            .map(|(op, s)| {
-                (
-                    op.to_string(),
-                    WindowStats::of(&s.latencies, s.errors, elapsed),
-                )
-            })
-            .collect();
+        let stats: BTreeMap<String, WindowStats> =
+            window.iter().map(|(op, s)| (op.to_string(), WindowStats::of(&s.latencies, s.errors, elapsed))).collect();
         totals.timeline.push(stats.clone());
         stats
     }
@@ -128,16 +110,8 @@ impl Recorder {
     /// Everything recorded: per-operation totals, the time series, the error messages.
     pub fn finish(&self) -> Recorded {
         let totals = std::mem::take(&mut *self.totals.lock().expect("recorder lock"));
-        let ops = totals
-            .whole_run
-            .into_iter()
-            .map(|(op, s)| (op.to_string(), s))
-            .collect();
-        Recorded {
-            ops,
-            timeline: totals.timeline,
-            error_messages: totals.error_messages,
-        }
+        let ops = totals.whole_run.into_iter().map(|(op, s)| (op.to_string(), s)).collect();
+        Recorded { ops, timeline: totals.timeline, error_messages: totals.error_messages }
     }
 }
 
@@ -164,10 +138,7 @@ pub fn progress_line(second: usize, window: &BTreeMap<String, WindowStats>) -> S
         line.push_str(" no operations completed");
     }
     for (op, w) in window {
-        line.push_str(&format!(
-            " | {op} {:.0} ops/s p50 {:.0}us p99 {:.0}us err {}",
-            w.ops_per_sec, w.p50_us, w.p99_us, w.errors
-        ));
+        line.push_str(&format!(" | {op} {:.0} ops/s p50 {:.0}us p99 {:.0}us err {}", w.ops_per_sec, w.p50_us, w.p99_us, w.errors));
     }
     line
 }
@@ -185,19 +156,12 @@ mod tests {
         recorder.record("withdraw", Duration::from_millis(3));
         recorder.error("enter", "UNAVAILABLE: no leader");
         recorder.error("enter", "UNAVAILABLE: no leader");
-        let Recorded {
-            ops,
-            error_messages: errors,
-            ..
-        } = recorder.finish();
+        let Recorded { ops, error_messages: errors, .. } = recorder.finish();
         let enter = &ops["enter"];
         assert_eq!(enter.latencies.len(), 100);
         assert_eq!(enter.errors, 2);
         let p50 = enter.latencies.value_at_quantile(0.5);
-        assert!(
-            (49_900..=50_100).contains(&p50),
-            "p50 of 1..=100 us is 50 us, got {p50} ns"
-        );
+        assert!((49_900..=50_100).contains(&p50), "p50 of 1..=100 us is 50 us, got {p50} ns");
         assert_eq!(ops["withdraw"].latencies.len(), 1);
         assert_eq!(errors["enter: UNAVAILABLE: no leader"], 2);
     }
@@ -212,11 +176,7 @@ mod tests {
         assert!(second.is_empty(), "a new window holds nothing yet");
         let Recorded { ops, timeline, .. } = recorder.finish();
         assert_eq!(timeline.len(), 2);
-        assert_eq!(
-            ops["get_term"].latencies.len(),
-            1,
-            "windows do not drain the whole-run totals"
-        );
+        assert_eq!(ops["get_term"].latencies.len(), 1, "windows do not drain the whole-run totals");
         assert!(progress_line(1, &first).contains("get_term"));
         assert!(progress_line(2, &second).contains("no operations"));
     }
@@ -236,11 +196,7 @@ mod tests {
         for i in 0..100 {
             recorder.error("enter", &format!("message {i}"));
         }
-        let Recorded {
-            ops,
-            error_messages: errors,
-            ..
-        } = recorder.finish();
+        let Recorded { ops, error_messages: errors, .. } = recorder.finish();
         assert_eq!(ops["enter"].errors, 100);
         assert_eq!(errors.len(), MAX_ERROR_MESSAGES);
     }

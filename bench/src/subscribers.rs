@@ -73,15 +73,10 @@ impl<T: Send + 'static> Subscribers<T> {
                 Err(_) => {
                     return Err(BenchError::Protocol {
                         op: "notify",
-                        message: format!(
-                            "{missing} of {} {} saw no matching state within {timeout:?}",
-                            self.count, self.what
-                        ),
+                        message: format!("{missing} of {} {} saw no matching state within {timeout:?}", self.count, self.what),
                     })
                 }
-                Ok(None) => {
-                    return Err(BenchError::Protocol { op: "notify", message: format!("every stream of the {} ended", self.what) })
-                }
+                Ok(None) => return Err(BenchError::Protocol { op: "notify", message: format!("every stream of the {} ended", self.what) }),
                 Ok(Some(n)) => {
                     if seen[n.subscriber].is_none() && wanted(&n.state) {
                         seen[n.subscriber] = Some(n.at);

@@ -12,16 +12,11 @@ const PLOT_HEIGHT: f64 = 220.0;
 const LATENCY_TOP: f64 = 60.0;
 const THROUGHPUT_TOP: f64 = 350.0;
 const TABLE_TOP: f64 = 620.0;
-const COLORS: [&str; 6] = [
-    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
-];
+const COLORS: [&str; 6] = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
 
 /// Text safe inside an SVG element or attribute.
 pub fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 /// A "nice" axis maximum at or above `value` (1, 2 or 5 times a power of ten).
@@ -30,11 +25,7 @@ pub fn nice_ceiling(value: f64) -> f64 {
         return 1.0;
     }
     let magnitude = 10f64.powf(value.log10().floor());
-    [1.0, 2.0, 5.0, 10.0]
-        .iter()
-        .map(|m| m * magnitude)
-        .find(|v| *v >= value)
-        .unwrap_or(10.0 * magnitude)
+    [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * magnitude).find(|v| *v >= value).unwrap_or(10.0 * magnitude)
 }
 
 struct Panel<'a> {
@@ -57,25 +48,14 @@ impl Panel<'_> {
 
     fn axes(&self, out: &mut String) {
         let bottom = self.top + PLOT_HEIGHT;
-        let _ = writeln!(
-            out,
-            r#"<text x="{LEFT}" y="{}" font-size="14" font-weight="bold">{}</text>"#,
-            self.top - 10.0,
-            escape(self.title)
-        );
-        let _ = writeln!(
-            out,
-            r##"<rect x="{LEFT}" y="{}" width="{PLOT_WIDTH}" height="{PLOT_HEIGHT}" fill="none" stroke="#444"/>"##,
-            self.top
-        );
+        let _ =
+            writeln!(out, r#"<text x="{LEFT}" y="{}" font-size="14" font-weight="bold">{}</text>"#, self.top - 10.0, escape(self.title));
+        let _ =
+            writeln!(out, r##"<rect x="{LEFT}" y="{}" width="{PLOT_WIDTH}" height="{PLOT_HEIGHT}" fill="none" stroke="#444"/>"##, self.top);
         for step in 0..=4 {
             let value = self.y_max * step as f64 / 4.0;
             let y = self.y(value);
-            let _ = writeln!(
-                out,
-                r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##,
-                LEFT + PLOT_WIDTH
-            );
+            let _ = writeln!(out, r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/>"##, LEFT + PLOT_WIDTH);
             let _ = writeln!(
                 out,
                 r#"<text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end">{} {}</text>"#,
@@ -89,11 +69,7 @@ impl Panel<'_> {
         for tick in 0..=ticks {
             let second = self.seconds * tick / ticks;
             let x = LEFT + PLOT_WIDTH * second as f64 / self.seconds.max(1) as f64;
-            let _ = writeln!(
-                out,
-                r#"<text x="{x:.1}" y="{:.1}" font-size="11" text-anchor="middle">{second}s</text>"#,
-                bottom + 15.0
-            );
+            let _ = writeln!(out, r#"<text x="{x:.1}" y="{:.1}" font-size="11" text-anchor="middle">{second}s</text>"#, bottom + 15.0);
         }
     }
 
@@ -101,20 +77,9 @@ impl Panel<'_> {
         if points.is_empty() {
             return;
         }
-        let coords: Vec<String> = points
-            .iter()
-            .map(|(s, v)| format!("{:.1},{:.1}", self.x(*s), self.y(*v)))
-            .collect();
-        let dash = if dashed {
-            r#" stroke-dasharray="6,4""#
-        } else {
-            ""
-        };
-        let _ = writeln!(
-            out,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="{}"/>"#,
-            coords.join(" ")
-        );
+        let coords: Vec<String> = points.iter().map(|(s, v)| format!("{:.1},{:.1}", self.x(*s), self.y(*v))).collect();
+        let dash = if dashed { r#" stroke-dasharray="6,4""# } else { "" };
+        let _ = writeln!(out, r#"<polyline fill="none" stroke="{color}" stroke-width="2"{dash} points="{}"/>"#, coords.join(" "));
     }
 }
 
@@ -133,25 +98,10 @@ pub fn render(report: &Report) -> String {
     let ops: Vec<&String> = report.ops.keys().collect();
     let seconds = report.timeline.len();
     let series = |op: &str, pick: fn(&crate::report::WindowStats) -> f64| -> Vec<(usize, f64)> {
-        report
-            .timeline
-            .iter()
-            .enumerate()
-            .filter_map(|(s, w)| w.get(op).filter(|w| w.count > 0).map(|w| (s, pick(w))))
-            .collect()
+        report.timeline.iter().enumerate().filter_map(|(s, w)| w.get(op).filter(|w| w.count > 0).map(|w| (s, pick(w)))).collect()
     };
-    let max_p99_ms = report
-        .timeline
-        .iter()
-        .flat_map(|w| w.values())
-        .map(|w| w.p99_us / 1_000.0)
-        .fold(0.0, f64::max);
-    let max_rate = report
-        .timeline
-        .iter()
-        .flat_map(|w| w.values())
-        .map(|w| w.ops_per_sec)
-        .fold(0.0, f64::max);
+    let max_p99_ms = report.timeline.iter().flat_map(|w| w.values()).map(|w| w.p99_us / 1_000.0).fold(0.0, f64::max);
+    let max_rate = report.timeline.iter().flat_map(|w| w.values()).map(|w| w.ops_per_sec).fold(0.0, f64::max);
     let latency = Panel {
         top: LATENCY_TOP,
         title: "latency per second: p50 (solid), p99 (dashed)",
@@ -159,13 +109,7 @@ pub fn render(report: &Report) -> String {
         y_max: nice_ceiling(max_p99_ms),
         seconds,
     };
-    let throughput = Panel {
-        top: THROUGHPUT_TOP,
-        title: "throughput per second",
-        unit: "/s",
-        y_max: nice_ceiling(max_rate),
-        seconds,
-    };
+    let throughput = Panel { top: THROUGHPUT_TOP, title: "throughput per second", unit: "/s", y_max: nice_ceiling(max_rate), seconds };
     let height = TABLE_TOP + 30.0 + 18.0 * ops.len() as f64;
 
     let mut out = String::new();
@@ -183,15 +127,10 @@ pub fn render(report: &Report) -> String {
         report.elapsed_sec,
         match report.config.load {
             crate::config::LoadMode::Closed => "closed loop".to_string(),
-            crate::config::LoadMode::Open { rate_per_sec } =>
-                format!("open loop at {rate_per_sec:.0}/s"),
+            crate::config::LoadMode::Open { rate_per_sec } => format!("open loop at {rate_per_sec:.0}/s"),
         }
     );
-    let _ = writeln!(
-        out,
-        r#"<text x="{LEFT}" y="24" font-size="16" font-weight="bold">{}</text>"#,
-        escape(&title)
-    );
+    let _ = writeln!(out, r#"<text x="{LEFT}" y="24" font-size="16" font-weight="bold">{}</text>"#, escape(&title));
     latency.axes(&mut out);
     throughput.axes(&mut out);
     for (i, op) in ops.iter().enumerate() {
@@ -203,17 +142,8 @@ pub fn render(report: &Report) -> String {
         throughput.line(&mut out, &series(op, |w| w.ops_per_sec), color, false);
         let legend_y = LATENCY_TOP + 14.0 + 18.0 * i as f64;
         let legend_x = LEFT + PLOT_WIDTH + 20.0;
-        let _ = writeln!(
-            out,
-            r#"<rect x="{legend_x}" y="{:.1}" width="12" height="12" fill="{color}"/>"#,
-            legend_y - 10.0
-        );
-        let _ = writeln!(
-            out,
-            r#"<text x="{:.1}" y="{legend_y:.1}" font-size="12">{}</text>"#,
-            legend_x + 18.0,
-            escape(op)
-        );
+        let _ = writeln!(out, r#"<rect x="{legend_x}" y="{:.1}" width="12" height="12" fill="{color}"/>"#, legend_y - 10.0);
+        let _ = writeln!(out, r#"<text x="{:.1}" y="{legend_y:.1}" font-size="12">{}</text>"#, legend_x + 18.0, escape(op));
     }
     let _ = writeln!(
         out,

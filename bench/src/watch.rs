@@ -21,16 +21,9 @@ pub struct Watchers {
 impl Watchers {
     /// Starts `count` watchers of `name`, each on its own connection (spread over the
     /// endpoints from `first_caller` on), and waits for each one's first state.
-    pub async fn start(
-        ctx: &RunContext,
-        name: &str,
-        count: usize,
-        first_caller: usize,
-    ) -> Result<Watchers, BenchError> {
-        Watchers::start_on(name, count, ctx.config.request_timeout, |watcher| {
-            ctx.config.endpoint_of(first_caller + watcher).to_string()
-        })
-        .await
+    pub async fn start(ctx: &RunContext, name: &str, count: usize, first_caller: usize) -> Result<Watchers, BenchError> {
+        Watchers::start_on(name, count, ctx.config.request_timeout, |watcher| ctx.config.endpoint_of(first_caller + watcher).to_string())
+            .await
     }
 
     /// Starts `count` watchers of `name`, watcher `w` connected to `endpoint_of(w)`, and
@@ -55,20 +48,13 @@ impl Watchers {
             });
         }
         let mut watchers = Watchers { subscribers };
-        watchers
-            .wait_for(|_| true, timeout)
-            .await
-            .map_err(|e| BenchError::Setup(format!("first watch state of {name}: {e}")))?;
+        watchers.wait_for(|_| true, timeout).await.map_err(|e| BenchError::Setup(format!("first watch state of {name}: {e}")))?;
         Ok(watchers)
     }
 
     /// The moment each watcher first received a state matching `wanted`, waiting at most
     /// `timeout`. States not matching are skipped (earlier changes still in flight).
-    pub async fn wait_for(
-        &mut self,
-        wanted: impl Fn(&Term) -> bool,
-        timeout: Duration,
-    ) -> Result<Vec<Instant>, BenchError> {
+    pub async fn wait_for(&mut self, wanted: impl Fn(&Term) -> bool, timeout: Duration) -> Result<Vec<Instant>, BenchError> {
         self.subscribers.wait_for(wanted, timeout).await
     }
 }
@@ -80,13 +66,7 @@ pub struct NotifyCounters {
 }
 
 /// Records how long after `from` each watcher saw the state.
-fn record_notifications(
-    ctx: &RunContext,
-    op: &'static str,
-    from: Instant,
-    seen: &[Instant],
-    counters: &NotifyCounters,
-) {
+fn record_notifications(ctx: &RunContext, op: &'static str, from: Instant, seen: &[Instant], counters: &NotifyCounters) {
     for at in seen {
         if *at < from {
             counters.before_ack.fetch_add(1, Ordering::Relaxed);
@@ -96,27 +76,12 @@ fn record_notifications(
 }
 
 /// Two candidates of one election on their own connections, the first one leading.
-async fn two_candidates(
-    ctx: &RunContext,
-    name: &str,
-    first_caller: usize,
-) -> Result<[ConclaveClient; 2], BenchError> {
-    let mut first = ConclaveClient::connect(
-        ctx.config.endpoint_of(first_caller),
-        ctx.config.request_timeout,
-    )
-    .await?;
-    let mut second = ConclaveClient::connect(
-        ctx.config.endpoint_of(first_caller + 1),
-        ctx.config.request_timeout,
-    )
-    .await?;
+async fn two_candidates(ctx: &RunContext, name: &str, first_caller: usize) -> Result<[ConclaveClient; 2], BenchError> {
+    let mut first = ConclaveClient::connect(ctx.config.endpoint_of(first_caller), ctx.config.request_timeout).await?;
+    let mut second = ConclaveClient::connect(ctx.config.endpoint_of(first_caller + 1), ctx.config.request_timeout).await?;
     let state = first.enter(name, "a").await?;
     if state.leader != "a" {
-        return Err(BenchError::Setup(format!(
-            "election {name} already has leader {:?}: use a fresh --name-prefix",
-            state.leader
-        )));
+        return Err(BenchError::Setup(format!("election {name} already has leader {:?}: use a fresh --name-prefix", state.leader)));
     }
     second.enter(name, "b").await?;
     Ok([first, second])
@@ -135,26 +100,13 @@ pub async fn prepare(ctx: &RunContext, election: usize) -> Result<WatchedElectio
     let name = &ctx.names[election];
     let per_election = ctx.config.watchers + 2;
     let candidates = two_candidates(ctx, name, election * per_election).await?;
-    let watchers =
-        Watchers::start(ctx, name, ctx.config.watchers, election * per_election + 2).await?;
-    Ok(WatchedElection {
-        election,
-        candidates,
-        watchers,
-    })
+    let watchers = Watchers::start(ctx, name, ctx.config.watchers, election * per_election + 2).await?;
+    Ok(WatchedElection { election, candidates, watchers })
 }
 
 /// The driver of one election of the watch workload.
-pub async fn watch_driver(
-    ctx: Arc<RunContext>,
-    prepared: WatchedElection,
-    counters: Arc<NotifyCounters>,
-) -> Result<(), BenchError> {
-    let WatchedElection {
-        election,
-        candidates: [first, second],
-        mut watchers,
-    } = prepared;
+pub async fn watch_driver(ctx: Arc<RunContext>, prepared: WatchedElection, counters: Arc<NotifyCounters>) -> Result<(), BenchError> {
+    let WatchedElection { election, candidates: [first, second], mut watchers } = prepared;
     let name = &ctx.names[election];
     let mut candidates = [(first, "a"), (second, "b")];
     let timeout = ctx.config.request_timeout;
@@ -162,11 +114,7 @@ pub async fn watch_driver(
         let (leader, candidate) = &mut candidates[0];
         for op in ["withdraw", "enter"] {
             let sent = Instant::now();
-            let result = if op == "withdraw" {
-                leader.withdraw(name, candidate).await
-            } else {
-                leader.enter(name, candidate).await
-            };
+            let result = if op == "withdraw" { leader.withdraw(name, candidate).await } else { leader.enter(name, candidate).await };
             let ack = Instant::now();
             ctx.outcome(op, sent, &result);
             let Ok(expected) = result else { continue };
@@ -181,15 +129,8 @@ pub async fn watch_driver(
 }
 
 /// The driver of one election of the failover workload.
-pub async fn failover_driver(
-    ctx: Arc<RunContext>,
-    prepared: WatchedElection,
-) -> Result<(), BenchError> {
-    let WatchedElection {
-        election,
-        candidates: [first, second],
-        mut watchers,
-    } = prepared;
+pub async fn failover_driver(ctx: Arc<RunContext>, prepared: WatchedElection) -> Result<(), BenchError> {
+    let WatchedElection { election, candidates: [first, second], mut watchers } = prepared;
     let name = &ctx.names[election];
     let per_election = ctx.config.watchers + 2;
     let mut leader = (first, "a");
@@ -203,27 +144,20 @@ pub async fn failover_driver(
         match watchers.wait_for(|t| t.leader == successor, timeout).await {
             Ok(seen) => {
                 for at in seen {
-                    ctx.recorder
-                        .record("failover", at.saturating_duration_since(cut));
+                    ctx.recorder.record("failover", at.saturating_duration_since(cut));
                 }
             }
             Err(e) => ctx.recorder.error("failover", &short_message(&e)),
         }
         // The cut candidate comes back on a new connection, last in line.
         reconnects += 1;
-        let mut rejoined = ConclaveClient::connect(
-            ctx.config.endpoint_of(election * per_election + reconnects),
-            timeout,
-        )
-        .await?;
+        let mut rejoined = ConclaveClient::connect(ctx.config.endpoint_of(election * per_election + reconnects), timeout).await?;
         let again = leader.1;
         let sent = Instant::now();
         let result = rejoined.enter(name, again).await;
         ctx.outcome("enter", sent, &result);
         result?;
-        watchers
-            .wait_for(|t| t.candidates.iter().any(|c| c == again), timeout)
-            .await?;
+        watchers.wait_for(|t| t.candidates.iter().any(|c| c == again), timeout).await?;
         leader = std::mem::replace(&mut next, (rejoined, again));
     }
     Ok(())

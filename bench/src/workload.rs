@@ -80,24 +80,14 @@ struct Churn {
 
 impl Churn {
     fn new(caller: usize) -> Churn {
-        Churn {
-            caller,
-            candidate: format!("caller-{caller}"),
-            round: 0,
-            holding: None,
-        }
+        Churn { caller, candidate: format!("caller-{caller}"), round: 0, holding: None }
     }
 
     /// Sends the next request of the cycle and records it, measured from `due`.
     async fn step(&mut self, ctx: &RunContext, client: &mut ElectionClient, due: Instant) {
         match self.holding {
             None => {
-                let election = election_of(
-                    self.caller,
-                    self.round,
-                    ctx.config.concurrency,
-                    ctx.names.len(),
-                );
+                let election = election_of(self.caller, self.round, ctx.config.concurrency, ctx.names.len());
                 let result = client.enter(&ctx.names[election], &self.candidate).await;
                 ctx.outcome("enter", due, &result);
                 if result.is_ok() {
@@ -163,23 +153,16 @@ mod tests {
     #[test]
     fn concurrent_callers_start_on_distinct_elections_and_cover_all() {
         let (callers, elections) = (64, 1_000);
-        let first: std::collections::BTreeSet<usize> = (0..callers)
-            .map(|c| election_of(c, 0, callers, elections))
-            .collect();
+        let first: std::collections::BTreeSet<usize> = (0..callers).map(|c| election_of(c, 0, callers, elections)).collect();
         assert_eq!(first.len(), callers);
-        let all: std::collections::BTreeSet<usize> = (0..callers)
-            .flat_map(|c| (0..16).map(move |r| election_of(c, r, callers, elections)))
-            .collect();
+        let all: std::collections::BTreeSet<usize> =
+            (0..callers).flat_map(|c| (0..16).map(move |r| election_of(c, r, callers, elections))).collect();
         assert_eq!(all.len(), elections);
     }
 
     #[test]
     fn error_messages_are_cut() {
-        let long = BenchError::Rpc {
-            op: "enter",
-            code: "Unavailable".into(),
-            message: "x".repeat(1_000),
-        };
+        let long = BenchError::Rpc { op: "enter", code: "Unavailable".into(), message: "x".repeat(1_000) };
         let text = short_message(&long);
         assert!(text.starts_with("Unavailable: x"));
         assert_eq!(text.chars().count(), ERROR_MESSAGE_CHARS);

@@ -126,9 +126,7 @@ fn append_sync(c: &mut Criterion) {
     for size in [128usize, 4096, 64 << 10, 1 << 20] {
         group.throughput(Throughput::Bytes(size as u64));
         for (name, side) in [("raw", Side::Raw), ("log", Side::Log)] {
-            group.bench_with_input(BenchmarkId::new(name, size), &size, |b, &size| {
-                b.iter_custom(|iters| rig.measure(side, size, iters))
-            });
+            group.bench_with_input(BenchmarkId::new(name, size), &size, |b, &size| b.iter_custom(|iters| rig.measure(side, size, iters)));
         }
     }
     group.finish();
@@ -137,10 +135,8 @@ fn append_sync(c: &mut Criterion) {
 fn framing(c: &mut Criterion) {
     let mut group = c.benchmark_group("log_framing");
     for (entries, payload) in [(1usize, 128usize), (64, 1024)] {
-        let record = Record {
-            group: 1,
-            body: RecordBody::Entries((1..=entries as u64).map(|i| Entry::new(i, 1, 0, vec![7u8; payload])).collect()),
-        };
+        let record =
+            Record { group: 1, body: RecordBody::Entries((1..=entries as u64).map(|i| Entry::new(i, 1, 0, vec![7u8; payload])).collect()) };
         let mut buffer = vec![0u8; record.framed_len()];
         group.throughput(Throughput::Bytes(buffer.len() as u64));
         group.bench_function(BenchmarkId::new("encode", format!("{entries}x{payload}")), |b| {

@@ -36,8 +36,7 @@ impl MemCluster {
                     .collect()
             })
             .collect();
-        let mut cluster =
-            MemCluster { nodes, outboxes: (1..=NODES).map(Outbox::new).collect(), committed: 0 };
+        let mut cluster = MemCluster { nodes, outboxes: (1..=NODES).map(Outbox::new).collect(), committed: 0 };
         while cluster.leaders().len() < groups as usize {
             cluster.tick_all();
         }

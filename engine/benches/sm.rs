@@ -28,27 +28,15 @@ struct Fixture {
 impl Fixture {
     /// A state machine with eight sessions, one election, and candidate i of session i.
     fn new() -> Fixture {
-        let mut fixture = Fixture {
-            sm: StateMachine::new(),
-            index: 0,
-            now_ms: 1_000,
-            sessions: Vec::new(),
-            next_seq: vec![1; CANDIDATES],
-            election: 0,
-        };
+        let mut fixture =
+            Fixture { sm: StateMachine::new(), index: 0, now_ms: 1_000, sessions: Vec::new(), next_seq: vec![1; CANDIDATES], election: 0 };
         for _ in 0..CANDIDATES {
             let open = fixture.apply(command::open_session(fixture.now_ms, 60_000));
-            let Output::SessionOpened { session_id } = open else {
-                panic!("open: {open:?}")
-            };
+            let Output::SessionOpened { session_id } = open else { panic!("open: {open:?}") };
             fixture.sessions.push(session_id);
         }
-        let create = fixture.sequenced(0, |now, s, seq| {
-            command::create_primitive(now, s, seq, "bench")
-        });
-        let Output::PrimitiveCreated { primitive_id } = create else {
-            panic!("create: {create:?}")
-        };
+        let create = fixture.sequenced(0, |now, s, seq| command::create_primitive(now, s, seq, "bench"));
+        let Output::PrimitiveCreated { primitive_id } = create else { panic!("create: {create:?}") };
         fixture.election = primitive_id;
         for i in 0..CANDIDATES {
             fixture.elect(i, ElectionOp::Enter, &format!("candidate-{i}"));
@@ -64,11 +52,7 @@ impl Fixture {
         }
     }
 
-    fn sequenced(
-        &mut self,
-        i: usize,
-        build: impl FnOnce(u64, u64, u64) -> command::Command,
-    ) -> Output {
+    fn sequenced(&mut self, i: usize, build: impl FnOnce(u64, u64, u64) -> command::Command) -> Output {
         let seq = self.next_seq[i];
         self.next_seq[i] += 1;
         self.apply(build(self.now_ms, self.sessions[i], seq))
@@ -76,9 +60,7 @@ impl Fixture {
 
     fn elect(&mut self, i: usize, op: ElectionOp, candidate: &str) -> Output {
         let election = self.election;
-        self.sequenced(i, |now, s, seq| {
-            command::election(now, s, seq, PrimitiveRef::Id(election), op, candidate)
-        })
+        self.sequenced(i, |now, s, seq| command::election(now, s, seq, PrimitiveRef::Id(election), op, candidate))
     }
 
     fn acknowledge(&mut self, i: usize) -> Output {
@@ -95,22 +77,10 @@ fn election_apply(c: &mut Criterion) {
         let mut seq = 0u64;
         b.iter(|| {
             seq += 2;
-            let enter =
-                command::election(1, 1, seq, PrimitiveRef::Id(9), ElectionOp::Enter, "churn");
-            let withdraw = command::election(
-                1,
-                1,
-                seq + 1,
-                PrimitiveRef::Id(9),
-                ElectionOp::Withdraw,
-                "churn",
-            );
+            let enter = command::election(1, 1, seq, PrimitiveRef::Id(9), ElectionOp::Enter, "churn");
+            let withdraw = command::election(1, 1, seq + 1, PrimitiveRef::Id(9), ElectionOp::Withdraw, "churn");
             let keep_alive = command::keep_alive(1, 1, seq + 1);
-            black_box((
-                command::encode(&enter),
-                command::encode(&withdraw),
-                command::encode(&keep_alive),
-            ))
+            black_box((command::encode(&enter), command::encode(&withdraw), command::encode(&keep_alive)))
         })
     });
 
@@ -144,22 +114,8 @@ fn election_apply(c: &mut Criterion) {
             let seq = fixture.next_seq[0];
             fixture.next_seq[0] += 2;
             let payloads = [
-                command::encode(&command::election(
-                    1,
-                    session,
-                    seq,
-                    PrimitiveRef::Id(election),
-                    ElectionOp::Enter,
-                    "churn",
-                )),
-                command::encode(&command::election(
-                    1,
-                    session,
-                    seq + 1,
-                    PrimitiveRef::Id(election),
-                    ElectionOp::Withdraw,
-                    "churn",
-                )),
+                command::encode(&command::election(1, session, seq, PrimitiveRef::Id(election), ElectionOp::Enter, "churn")),
+                command::encode(&command::election(1, session, seq + 1, PrimitiveRef::Id(election), ElectionOp::Withdraw, "churn")),
                 command::encode(&command::keep_alive(1, session, seq + 1)),
             ];
             for payload in payloads {

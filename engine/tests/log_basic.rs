@@ -7,11 +7,7 @@ use conclave_engine::log::{Entry, HardState, Log, LogError, LogOptions};
 use glommio::{LocalExecutorBuilder, Placement};
 
 fn run<F: Future<Output = ()> + 'static>(make: impl FnOnce() -> F) {
-    LocalExecutorBuilder::new(Placement::Unbound)
-        .io_memory(1 << 20)
-        .make()
-        .expect("executor")
-        .run(make());
+    LocalExecutorBuilder::new(Placement::Unbound).io_memory(1 << 20).make().expect("executor").run(make());
 }
 
 fn payload(group: u32, index: u64, term: u64) -> Bytes {

@@ -97,11 +97,8 @@ fn records_of(bytes: &[u8]) -> Vec<(usize, usize, u64, u64)> {
 }
 
 fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
-        .collect();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.extension().is_some_and(|x| x == "wal")).collect();
     files.sort();
     files
 }
@@ -158,10 +155,8 @@ fn cuts_and_bit_flips_recover_a_prefix_or_report_corruption() {
             let recovery = recover(&work).await.unwrap_or_else(|e| panic!("cut at {cut}: {e}"));
             // Zeroing bytes that were zeros already leaves a record intact.
             let zeroed = n % 2 == 1;
-            let intact = records
-                .iter()
-                .take_while(|r| r.1 <= cut || (zeroed && bytes[cut.max(r.0)..r.1].iter().all(|&b| b == 0)))
-                .count() as u64;
+            let intact =
+                records.iter().take_while(|r| r.1 <= cut || (zeroed && bytes[cut.max(r.0)..r.1].iter().all(|&b| b == 0))).count() as u64;
             assert_eq!(recovery.last_seq, before_newest + intact, "cut at {cut}");
             assert_eq!(canon_of(&recovery), model_after(&history, recovery.last_seq), "cut at {cut}");
         }

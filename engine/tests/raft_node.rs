@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use conclave_engine::raft::{
-    entry_kind_from_u8, entry_kind_to_u8, Config, Entry, EntryKind, HardState, Membership, Message,
-    MessageType, RaftError, RaftEvent, RaftNode, RaftRole, ReadState, Recovered, Role,
+    entry_kind_from_u8, entry_kind_to_u8, Config, Entry, EntryKind, HardState, Membership, Message, MessageType, RaftError, RaftEvent,
+    RaftNode, RaftRole, ReadState, Recovered, Role,
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -33,15 +33,8 @@ struct Cluster {
 
 impl Cluster {
     fn new(membership: Membership) -> Self {
-        let nodes: BTreeMap<u64, RaftNode> =
-            membership.members().map(|(id, _)| (id, node(id, &membership))).collect();
-        Cluster {
-            nodes,
-            applied: BTreeMap::new(),
-            events: BTreeMap::new(),
-            reads: BTreeMap::new(),
-            installed: BTreeMap::new(),
-        }
+        let nodes: BTreeMap<u64, RaftNode> = membership.members().map(|(id, _)| (id, node(id, &membership))).collect();
+        Cluster { nodes, applied: BTreeMap::new(), events: BTreeMap::new(), reads: BTreeMap::new(), installed: BTreeMap::new() }
     }
 
     fn settle(&mut self) {
@@ -168,8 +161,7 @@ fn reads_that_arrive_together_share_one_heartbeat_round() {
         raft.read_index(Bytes::from(vec![i])).unwrap();
     }
     let ready = raft.ready();
-    let heartbeats: Vec<u64> =
-        ready.messages.iter().filter(|m| m.msg_type == MessageType::Heartbeat as i32).map(|m| m.to).collect();
+    let heartbeats: Vec<u64> = ready.messages.iter().filter(|m| m.msg_type == MessageType::Heartbeat as i32).map(|m| m.to).collect();
     assert_eq!(heartbeats.len(), 2, "one heartbeat per follower for ten reads: {heartbeats:?}");
     assert!(ready.read_states.is_empty(), "no read before a quorum confirms the round");
     // The round's acknowledgements release all ten.
@@ -236,12 +228,8 @@ fn commit_advances_within_one_drain_reach_each_follower_once() {
     }
     assert_eq!(leader.commit_index(), last);
     let ready = leader.ready();
-    let commits: Vec<(u64, u64)> = ready
-        .messages
-        .iter()
-        .filter(|m| m.msg_type == MessageType::Append as i32)
-        .map(|m| (m.to, m.commit))
-        .collect();
+    let commits: Vec<(u64, u64)> =
+        ready.messages.iter().filter(|m| m.msg_type == MessageType::Append as i32).map(|m| (m.to, m.commit)).collect();
     assert_eq!(commits.len(), 2, "one append per follower, not one per commit step: {commits:?}");
     assert!(commits.iter().all(|&(_, commit)| commit == last), "{commits:?}");
     // Delivered, they commit both entries everywhere.
@@ -321,8 +309,7 @@ fn a_joining_replica_learns_the_group_from_the_leader_then_is_promoted() {
     cluster.settle();
     // Join: the new replica starts knowing no configuration at all.
     cluster.nodes.insert(4, node(4, &Membership::default()));
-    let with_observer =
-        Membership::new([(1, Role::Voter), (2, Role::Voter), (3, Role::Voter), (4, Role::Observer)]).unwrap();
+    let with_observer = Membership::new([(1, Role::Voter), (2, Role::Voter), (3, Role::Voter), (4, Role::Observer)]).unwrap();
     cluster.nodes.get_mut(&leader).unwrap().propose_membership_change(with_observer.clone()).unwrap();
     cluster.settle();
     for _ in 0..4 {

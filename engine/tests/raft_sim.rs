@@ -38,11 +38,9 @@ fn simulation_upholds_safety_liveness_and_linearizability() {
                 totals.snapshots_installed += report.snapshots_installed;
                 totals.quiesced_ticks += report.quiesced_ticks;
             }
-            Err(violation) => panic!(
-                "seed {seed} violated a property: {}\noptions: {opts:?}\nreplay: {}",
-                violation.0,
-                replay_command(seed)
-            ),
+            Err(violation) => {
+                panic!("seed {seed} violated a property: {}\noptions: {opts:?}\nreplay: {}", violation.0, replay_command(seed))
+            }
         }
     }
     println!("{} seeds in {:?}: {totals:?}", seeds.len(), started.elapsed());

@@ -45,29 +45,17 @@ fn assert_caught(name: &str, bugs: DeliberateBugs, figure_eight: bool) {
 
 #[test]
 fn catches_votes_for_stale_logs() {
-    assert_caught(
-        "vote_for_stale_log",
-        DeliberateBugs { vote_for_stale_log: true, ..Default::default() },
-        false,
-    );
+    assert_caught("vote_for_stale_log", DeliberateBugs { vote_for_stale_log: true, ..Default::default() }, false);
 }
 
 #[test]
 fn catches_old_term_commits_by_counting() {
-    assert_caught(
-        "commit_old_term_by_count",
-        DeliberateBugs { commit_old_term_by_count: true, ..Default::default() },
-        true,
-    );
+    assert_caught("commit_old_term_by_count", DeliberateBugs { commit_old_term_by_count: true, ..Default::default() }, true);
 }
 
 #[test]
 fn catches_acks_before_persisting() {
-    assert_caught(
-        "ack_before_persist",
-        DeliberateBugs { ack_before_persist: true, ..Default::default() },
-        false,
-    );
+    assert_caught("ack_before_persist", DeliberateBugs { ack_before_persist: true, ..Default::default() }, false);
 }
 
 /// The hostile profile alone, without bugs, must pass: the teeth bite only on bugs.

@@ -21,8 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use conclave_engine::log::{Log, LogOptions, SnapshotStore};
 use conclave_engine::raft::{Config, Membership, Message, MessageType, RaftEvent, RaftNode, RaftRole, Role};
 use conclave_engine::shard::{
-    load_snapshot, recover_replica, Committed, ReadTerm, Replica, Request, RuntimeConfig, ShardError,
-    ShardEvent, ShardHandle, ShardRuntime, ShardStorage, TermQuery,
+    load_snapshot, recover_replica, Committed, ReadTerm, Replica, Request, RuntimeConfig, ShardError, ShardEvent, ShardHandle,
+    ShardRuntime, ShardStorage, TermQuery,
 };
 use conclave_engine::sm::{command, Command, ElectionOp, ElectionTerm, Output, PrimitiveRef, StateMachine};
 use conclave_proto::conclave::peer::v1::{peer_message::Body, PeerMessage};
@@ -117,9 +117,7 @@ async fn deliver(net: Rc<Net>, queue: LocalReceiver<Wire>) {
         };
         let handle = net.handles.borrow().get(&to).cloned();
         match handle {
-            Some(handle) if handle.send(Request::Peer { from, message }).await.is_ok() => {
-                net.delivered.set(net.delivered.get() + 1)
-            }
+            Some(handle) if handle.send(Request::Peer { from, message }).await.is_ok() => net.delivered.set(net.delivered.get() + 1),
             _ => net.dropped.set(net.dropped.get() + 1),
         }
     }
@@ -256,8 +254,7 @@ impl Cluster {
         if let Some(bootstrap) = bootstrap {
             let snapshot = load_snapshot(&snapshots, GROUP).await.unwrap();
             started.snapshot_index = snapshot.as_ref().map(|s| s.index);
-            let mut replica =
-                recover_replica(raft_config(id), bootstrap, snapshot, recovered, ChaCha8Rng::seed_from_u64(seed)).unwrap();
+            let mut replica = recover_replica(raft_config(id), bootstrap, snapshot, recovered, ChaCha8Rng::seed_from_u64(seed)).unwrap();
             replica.set_preferred_leader(self.opts.preferred_leader);
             replicas.insert(GROUP, replica);
         }
@@ -329,10 +326,7 @@ impl Cluster {
     fn leader_among(&self, among: &[u64]) -> Option<(u64, u64)> {
         let roles = self.roles.borrow();
         let top = among.iter().filter_map(|n| roles.get(n)).map(|(_, t)| *t).max()?;
-        among
-            .iter()
-            .find(|n| roles.get(n) == Some(&(RaftRole::Leader, top)))
-            .map(|n| (*n, top))
+        among.iter().find(|n| roles.get(n) == Some(&(RaftRole::Leader, top))).map(|n| (*n, top))
     }
 
     /// Waits for a leader among `among` at a term above `above`; returns (leader, term).
@@ -380,11 +374,7 @@ impl Cluster {
 
     /// Events of `node` after the first `from` events of the whole cluster.
     fn events_since(&self, from: usize, node: u64) -> Vec<ShardEvent> {
-        self.events.borrow()[from..]
-            .iter()
-            .filter(|e| e.node == node && e.group == GROUP)
-            .map(|e| e.event.clone())
-            .collect()
+        self.events.borrow()[from..].iter().filter(|e| e.node == node && e.group == GROUP).map(|e| e.event.clone()).collect()
     }
 
     async fn change_membership(&self, via: u64, node: u64, role: Option<Role>) -> Result<u64, ShardError> {
@@ -620,13 +610,10 @@ fn follower_forwards_proposals_and_serves_linearizable_reads() {
             assert_eq!(names(&r.result.unwrap()), vec!["alice", "bob"], "read on node {node}");
         }
         // A session-scoped read through a follower.
-        let scoped = within(
-            "a session read",
-            DEADLINE,
-            c.handle(f).read(GROUP, TermQuery { session_id: Some(client.session), ..query("e", 0) }),
-        )
-        .await
-        .unwrap();
+        let scoped =
+            within("a session read", DEADLINE, c.handle(f).read(GROUP, TermQuery { session_id: Some(client.session), ..query("e", 0) }))
+                .await
+                .unwrap();
         assert_eq!(names(&scoped.result.unwrap()), vec!["alice", "bob"]);
         // A missing election reads as the state machine's error, not a shard error.
         assert!(read(&c.handle(f), "missing", 0).await.result.is_err());
@@ -1289,11 +1276,7 @@ fn hand_off_from_the_preferred_leader_is_not_undone_by_rebalancing() {
             .collect();
         // A Candidate right after Follower, without a PreCandidate round: a TimeoutNow.
         eprintln!("leadership handed from 3 to {next} at term {next_term}; back on 3 after {back:?}; node 3's roles: {roles3:?}");
-        assert_eq!(
-            c.leader_among(&[1, 2, 3]),
-            Some((next, next_term)),
-            "leadership went back to node 3 after it handed off"
-        );
+        assert_eq!(c.leader_among(&[1, 2, 3]), Some((next, next_term)), "leadership went back to node 3 after it handed off");
         c.stop_all().await;
     });
 }

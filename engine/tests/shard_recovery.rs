@@ -10,8 +10,7 @@ use std::time::Duration;
 use conclave_engine::log::{Log, LogOptions, SnapshotStore};
 use conclave_engine::raft::{Config, Membership};
 use conclave_engine::shard::{
-    load_snapshot, recover_replica, Request, RuntimeConfig, ShardError, ShardHandle, ShardRuntime,
-    ShardStorage, TermQuery,
+    load_snapshot, recover_replica, Request, RuntimeConfig, ShardError, ShardHandle, ShardRuntime, ShardStorage, TermQuery,
 };
 use conclave_engine::sm::{command, Command, ElectionOp, ElectionTerm, Output, PrimitiveRef};
 use glommio::LocalExecutorBuilder;
@@ -34,14 +33,8 @@ async fn open(dir: &Path, snapshot_every: u64) -> Opened {
     let mut cfg = Config::new(1, 1);
     cfg.election_ticks = 3;
     cfg.heartbeat_ticks = 1;
-    let replica = recover_replica(
-        cfg,
-        Membership::voters([1]).unwrap(),
-        snapshot,
-        recovery.groups.get(&1),
-        ChaCha8Rng::seed_from_u64(1),
-    )
-    .unwrap();
+    let replica =
+        recover_replica(cfg, Membership::voters([1]).unwrap(), snapshot, recovery.groups.get(&1), ChaCha8Rng::seed_from_u64(1)).unwrap();
     let runtime = ShardRuntime::new(
         RuntimeConfig {
             node_id: 1,
@@ -99,9 +92,7 @@ fn snapshots_compact_the_log_and_restarts_restore_identical_state() {
         // First life: 30 elections, each with candidates entering; snapshots every 25 entries.
         let first = open(&path, 25).await;
         assert_eq!((first.compacted, first.snapshot_index), (0, None));
-        let Output::SessionOpened { session_id } = propose(&first.handle, command::open_session(0, 3_600_000)).await else {
-            panic!()
-        };
+        let Output::SessionOpened { session_id } = propose(&first.handle, command::open_session(0, 3_600_000)).await else { panic!() };
         let mut seq = 0;
         let mut expected = BTreeMap::new();
         for e in 0..30 {

@@ -71,10 +71,15 @@ fn unwatch_removes_a_watcher_of_a_quiet_election() {
     for key in [7, 8] {
         let seen = seen.clone();
         let query = TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index: 0 };
-        replica.watch(query, key, Box::new(|r| assert!(r.is_ok())), Box::new(move |n| {
-            seen.borrow_mut().push((key, n.term.term));
-            true
-        }));
+        replica.watch(
+            query,
+            key,
+            Box::new(|r| assert!(r.is_ok())),
+            Box::new(move |n| {
+                seen.borrow_mut().push((key, n.term.term));
+                true
+            }),
+        );
     }
     settle(&mut replica);
     assert_eq!(replica.watcher_count(), 2);

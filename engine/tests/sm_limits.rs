@@ -6,8 +6,7 @@
 mod sm_support;
 
 use conclave_engine::sm::{
-    command, ElectionOp::*, ErrorKind, Output, SmError, MAX_CANDIDATES, MAX_ELECTIONS, MAX_PENDING_OUTPUTS,
-    MAX_SESSIONS,
+    command, ElectionOp::*, ErrorKind, Output, SmError, MAX_CANDIDATES, MAX_ELECTIONS, MAX_PENDING_OUTPUTS, MAX_SESSIONS,
 };
 use sm_support::Leader;
 

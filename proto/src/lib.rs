@@ -17,5 +17,4 @@
 include!(concat!(env!("OUT_DIR"), "/_includes.rs"));
 
 /// The encoded `google.protobuf.FileDescriptorSet` of every compiled `.proto` file.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    include_bytes!(concat!(env!("OUT_DIR"), "/file_descriptor_set.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/file_descriptor_set.bin"));

@@ -161,8 +161,7 @@ fn collect_message(prefix: &str, msg: &DescriptorProto, d: &mut Descriptors) {
 }
 
 fn descriptors() -> Descriptors {
-    let fds = FileDescriptorSet::decode(conclave_proto::FILE_DESCRIPTOR_SET)
-        .expect("the embedded descriptor set decodes");
+    let fds = FileDescriptorSet::decode(conclave_proto::FILE_DESCRIPTOR_SET).expect("the embedded descriptor set decodes");
     let mut d = Descriptors { messages: BTreeMap::new(), enums: BTreeMap::new(), services: BTreeMap::new() };
     for file in &fds.file {
         let pkg = file.package();
@@ -177,14 +176,7 @@ fn descriptors() -> Descriptors {
             let methods = svc
                 .method
                 .iter()
-                .map(|m| {
-                    (
-                        m.name().to_string(),
-                        m.input_type().to_string(),
-                        m.output_type().to_string(),
-                        m.server_streaming(),
-                    )
-                })
+                .map(|m| (m.name().to_string(), m.input_type().to_string(), m.output_type().to_string(), m.server_streaming()))
                 .collect();
             d.services.insert(format!("{pkg}.{}", svc.name()), methods);
         }
@@ -311,20 +303,14 @@ fn driver_election_requests_wrap_headers_and_input() {
         let rendered: Vec<String> = req.field.iter().map(|f| render_field(&d, f)).collect();
         assert_eq!(
             rendered,
-            vec![
-                format!("headers=1:.atomix.multiraft.v1.{kind}RequestHeaders"),
-                format!("input=2:.{pkg}.{op}Input"),
-            ],
+            vec![format!("headers=1:.atomix.multiraft.v1.{kind}RequestHeaders"), format!("input=2:.{pkg}.{op}Input"),],
             "{op}Request"
         );
         let resp = &d.messages[&format!("{pkg}.{op}Response")];
         let rendered: Vec<String> = resp.field.iter().map(|f| render_field(&d, f)).collect();
         assert_eq!(
             rendered,
-            vec![
-                format!("headers=1:.atomix.multiraft.v1.{kind}ResponseHeaders"),
-                format!("output=2:.{pkg}.{op}Output"),
-            ],
+            vec![format!("headers=1:.atomix.multiraft.v1.{kind}ResponseHeaders"), format!("output=2:.{pkg}.{op}Output"),],
             "{op}Response"
         );
         let out = &d.messages[&format!("{pkg}.{op}Output")];

@@ -33,13 +33,7 @@ const GET_TERM: &str = "/atomix.runtime.election.v1.LeaderElection/GetTerm";
 const CONCURRENCY: usize = 32;
 
 fn response() -> GetTermResponse {
-    GetTermResponse {
-        term: Some(Term {
-            term: 7,
-            leader: "node-1".into(),
-            candidates: vec!["node-1".into(), "node-2".into()],
-        }),
-    }
+    GetTermResponse { term: Some(Term { term: 7, leader: "node-1".into(), candidates: vec!["node-1".into(), "node-2".into()] }) }
 }
 
 #[derive(Clone, Copy)]
@@ -71,13 +65,8 @@ fn start(kind: ServerKind) -> BenchServer {
                 match kind {
                     ServerKind::GrpcEdge => {
                         let mut router = Router::new();
-                        router
-                            .unary_message(GET_TERM, |_request: GetTermRequest, _ctx| async move {
-                                Ok::<_, Status>(response())
-                            });
-                        GrpcServer::new(router, ServerConfig::default())
-                            .serve(listener)
-                            .await;
+                        router.unary_message(GET_TERM, |_request: GetTermRequest, _ctx| async move { Ok::<_, Status>(response()) });
+                        GrpcServer::new(router, ServerConfig::default()).serve(listener).await;
                     }
                     ServerKind::H2Floor => serve_h2_floor(listener).await,
                 }
@@ -89,11 +78,7 @@ fn start(kind: ServerKind) -> BenchServer {
         })
         .expect("server executor");
     std::thread::spawn(move || handle.join());
-    BenchServer {
-        addr,
-        tid: tid_rx.recv().expect("tid"),
-        _stop: stop,
-    }
+    BenchServer { addr, tid: tid_rx.recv().expect("tid"), _stop: stop }
 }
 
 async fn serve_h2_floor(listener: glommio::net::TcpListener) {
@@ -112,8 +97,7 @@ async fn serve_h2_floor(listener: glommio::net::TcpListener) {
                         let _ = body.flow_control().release_capacity(chunk.len());
                     }
                     let mut head = Response::new(());
-                    head.headers_mut()
-                        .insert("content-type", "application/grpc".parse().expect("value"));
+                    head.headers_mut().insert("content-type", "application/grpc".parse().expect("value"));
                     if let Ok(mut send) = respond.send_response(head, false) {
                         let _ = send.send_data(canned, false);
                         let mut trailers = HeaderMap::new();
@@ -130,40 +114,23 @@ async fn serve_h2_floor(listener: glommio::net::TcpListener) {
 
 /// Nanoseconds the thread `tid` of this process has run on a CPU.
 fn thread_cpu_ns(tid: i32) -> u64 {
-    let stat =
-        std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).expect("schedstat");
-    stat.split_whitespace()
-        .next()
-        .and_then(|ns| ns.parse().ok())
-        .expect("schedstat run time")
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).expect("schedstat");
+    stat.split_whitespace().next().and_then(|ns| ns.parse().ok()).expect("schedstat run time")
 }
 
 fn bench_unary(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("tokio runtime");
     let mut group = c.benchmark_group("server_cpu_per_unary_call");
     group.throughput(Throughput::Elements(1));
     group.measurement_time(Duration::from_secs(4));
     group.warm_up_time(Duration::from_secs(1));
-    for (name, kind) in [
-        ("h2_floor", ServerKind::H2Floor),
-        ("grpc_edge", ServerKind::GrpcEdge),
-    ] {
+    for (name, kind) in [("h2_floor", ServerKind::H2Floor), ("grpc_edge", ServerKind::GrpcEdge)] {
         let server = start(kind);
         let channel = runtime.block_on(async {
-            tonic::transport::Channel::from_shared(format!("http://{}", server.addr))
-                .expect("url")
-                .connect()
-                .await
-                .expect("connect")
+            tonic::transport::Channel::from_shared(format!("http://{}", server.addr)).expect("url").connect().await.expect("connect")
         });
         let request = || client::atomix::runtime::election::v1::GetTermRequest {
-            id: Some(client::atomix::runtime::v1::PrimitiveId {
-                name: "bench".into(),
-            }),
+            id: Some(client::atomix::runtime::v1::PrimitiveId { name: "bench".into() }),
         };
         for concurrency in [1, CONCURRENCY] {
             group.bench_function(format!("{name}/in_flight_{concurrency}"), |b| {

@@ -189,17 +189,11 @@ pub fn parse_peers(text: &str) -> Result<BTreeMap<u32, SocketAddr>, ConfigError>
         let Some((id, addr)) = item.split_once('=') else {
             return err(format!("--peers: `{item}` is not of the form ID=HOST:PORT"));
         };
-        let id: u32 = id
-            .trim()
-            .parse()
-            .map_err(|_| ConfigError(format!("--peers: node id `{id}` is not a number")))?;
+        let id: u32 = id.trim().parse().map_err(|_| ConfigError(format!("--peers: node id `{id}` is not a number")))?;
         if id == 0 {
             return err("--peers: node ids start at 1");
         }
-        let addr: SocketAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| ConfigError(format!("--peers: `{addr}` is not a HOST:PORT address")))?;
+        let addr: SocketAddr = addr.trim().parse().map_err(|_| ConfigError(format!("--peers: `{addr}` is not a HOST:PORT address")))?;
         if peers.insert(id, addr).is_some() {
             return err(format!("--peers: node {id} is listed twice"));
         }
@@ -246,8 +240,7 @@ fn shards_hint(args: &ServeArgs, cores: u32) -> u32 {
 
 /// Reads a TOML configuration file.
 pub fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError(format!("--config {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError(format!("--config {}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| ConfigError(format!("--config {}: {e}", path.display())))
 }
 
@@ -281,10 +274,7 @@ impl Config {
         }
         for (id, addr) in &peers {
             if u32::from(addr.port()) + shards_hint(&args, cores) > 65_536 {
-                return err(format!(
-                    "--peers: node {id} listens on ports {}.. (one per shard), past 65535",
-                    addr.port()
-                ));
+                return err(format!("--peers: node {id} listens on ports {}.. (one per shard), past 65535", addr.port()));
             }
         }
         let partitions = args.partitions.unwrap_or(DEFAULT_PARTITIONS);
@@ -296,8 +286,7 @@ impl Config {
             return err(format!("--shards {shards} must be between 1 and 1024"));
         }
         let listen = args.listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
-        let admin_listen =
-            args.admin_listen.unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.parse().expect("valid default"));
+        let admin_listen = args.admin_listen.unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.parse().expect("valid default"));
         if listen == admin_listen {
             return err(format!("--admin-listen {admin_listen} must differ from --listen: the control API never shares the client port"));
         }

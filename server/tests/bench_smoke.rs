@@ -37,21 +37,13 @@ fn bench_workloads_run_against_a_real_server() {
     let node = runtime.block_on(Node::start(&mut dir, &NodeOptions::default()));
     let out = tempfile::tempdir().expect("output dir");
 
-    let churn = BenchConfig {
-        concurrency: 8,
-        elections: 50,
-        duration: Duration::from_secs(2),
-        ..BenchConfig::new(node.url(), Workload::Churn)
-    };
+    let churn =
+        BenchConfig { concurrency: 8, elections: 50, duration: Duration::from_secs(2), ..BenchConfig::new(node.url(), Workload::Churn) };
     let report = run_checked(&node, out.path(), churn);
     assert!(count(&report, "enter") > 0 && count(&report, "withdraw") > 0, "{}", report.table());
 
-    let read = BenchConfig {
-        concurrency: 8,
-        elections: 50,
-        duration: Duration::from_secs(2),
-        ..BenchConfig::new(node.url(), Workload::Read)
-    };
+    let read =
+        BenchConfig { concurrency: 8, elections: 50, duration: Duration::from_secs(2), ..BenchConfig::new(node.url(), Workload::Read) };
     let report = run_checked(&node, out.path(), read);
     assert!(count(&report, "get_term") > 0, "{}", report.table());
 
@@ -66,21 +58,13 @@ fn bench_workloads_run_against_a_real_server() {
     let report = run_checked(&node, out.path(), open);
     assert!(report.total_ops() <= 200, "{}", report.table());
 
-    let watch = BenchConfig {
-        elections: 2,
-        watchers: 2,
-        duration: Duration::from_secs(1),
-        ..BenchConfig::new(node.url(), Workload::Watch)
-    };
+    let watch =
+        BenchConfig { elections: 2, watchers: 2, duration: Duration::from_secs(1), ..BenchConfig::new(node.url(), Workload::Watch) };
     let report = run_checked(&node, out.path(), watch);
     assert!(count(&report, "notify") > 0, "{}", report.table());
 
-    let failover = BenchConfig {
-        elections: 2,
-        watchers: 2,
-        duration: Duration::from_secs(1),
-        ..BenchConfig::new(node.url(), Workload::Failover)
-    };
+    let failover =
+        BenchConfig { elections: 2, watchers: 2, duration: Duration::from_secs(1), ..BenchConfig::new(node.url(), Workload::Failover) };
     let report = run_checked(&node, out.path(), failover);
     assert!(count(&report, "failover") > 0, "{}", report.table());
     drop(node);

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 use conclave_server::routing::partition_of;
 use support::client::atomix::multiraft::v1 as mr;
 use support::cluster::{
-    apply_with, busiest_leader, candidate_set, create, get_term, leaderships, next_view, run, spread_names, watch, Cluster,
-    wall, ClusterOptions, Election, Ev, NodeApi, NodeEvents, Op, Role, View,
+    apply_with, busiest_leader, candidate_set, create, get_term, leaderships, next_view, run, spread_names, wall, watch, Cluster,
+    ClusterOptions, Election, Ev, NodeApi, NodeEvents, Op, Role, View,
 };
 use support::{bounded, expect};
 use tonic::transport::Channel;
@@ -208,7 +208,10 @@ async fn load_task(mut st: LoadTask, names: Vec<String>, partitions: u32, stop: 
                             st.tainted.insert(candidate.clone());
                         }
                         if sent.elapsed() > LOAD_OP_DEADLINE {
-                            st.failed = Some(format!("{op:?}({candidate}) on {name} still failing after {attempts} attempts: {:?}", st.errors.last()));
+                            st.failed = Some(format!(
+                                "{op:?}({candidate}) on {name} still failing after {attempts} attempts: {:?}",
+                                st.errors.last()
+                            ));
                             return st;
                         }
                         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -300,7 +303,11 @@ async fn check_acknowledged(client: &mut Election, through: u32, names: &[String
         assert_eq!(state.2.len(), wanted.len(), "{name} through node {through}: no duplicate candidate: {state:?}");
         let max = tasks.iter().filter_map(|t| t.max_term.get(name)).copied().max().unwrap_or(0);
         assert!(state.0 >= max, "{name} through node {through}: term {} below the acknowledged {max}", state.0);
-        assert_eq!(state.1, state.2.first().cloned().unwrap_or_default(), "{name} through node {through}: the leader is the first candidate");
+        assert_eq!(
+            state.1,
+            state.2.first().cloned().unwrap_or_default(),
+            "{name} through node {through}: the leader is the first candidate"
+        );
         states.insert(name.clone(), state);
     }
     states
@@ -367,8 +374,10 @@ async fn kill_9_of_the_busiest_leader_under_load_fails_over_and_loses_nothing() 
     watches.remove(&victim);
     let new_leaders = wait_new_leaders(&mut watches, &leaders, &led, victim, EVENT_TIMEOUT).await;
     let failover = new_leaders.values().map(|(at, _, _)| at.duration_since(killed_at)).max().unwrap_or_default();
-    let per_group: Vec<String> =
-        new_leaders.iter().map(|(g, (at, term, leader))| format!("group {g}: node {leader} in term {term} after {} ms", ms(at.duration_since(killed_at)))).collect();
+    let per_group: Vec<String> = new_leaders
+        .iter()
+        .map(|(g, (at, term, leader))| format!("group {g}: node {leader} in term {term} after {} ms", ms(at.duration_since(killed_at))))
+        .collect();
     println!("kill -9 of node {victim}: every partition it led has a new leader after {} ms ({})", ms(failover), per_group.join("; "));
     // Every partition has a leader again, on a survivor, by both survivors' account.
     for (node, events) in watches.iter_mut() {
@@ -501,7 +510,12 @@ async fn a_node_behind_the_compacted_logs_catches_up_from_a_snapshot() {
     for (node, events) in w.iter_mut() {
         for g in 1..=k {
             events
-                .wait_for(&format!("snapshot_created of group {g}"), marks[node], EVENT_TIMEOUT, |e| matches!(e, Ev::SnapshotCreated(s) if s.group_id == g))
+                .wait_for(
+                    &format!("snapshot_created of group {g}"),
+                    marks[node],
+                    EVENT_TIMEOUT,
+                    |e| matches!(e, Ev::SnapshotCreated(s) if s.group_id == g),
+                )
                 .await;
             let newest = events.seen()[marks[node]..]
                 .iter()
@@ -521,7 +535,11 @@ async fn a_node_behind_the_compacted_logs_catches_up_from_a_snapshot() {
         let state = get_term(&mut clients[0], name).await.expect("GetTerm");
         assert_eq!(state, acknowledged[name], "{name}: as acknowledged");
         let (anointed, kept) = (CATCHUP_ROUNDS / 10, CATCHUP_ROUNDS.div_ceil(3));
-        assert_eq!((state.0, state.2.len()), (1 + anointed as u64, kept + 2), "{name}: {anointed} anointments, {kept} kept candidates, first and last");
+        assert_eq!(
+            (state.0, state.2.len()),
+            (1 + anointed as u64, kept + 2),
+            "{name}: {anointed} anointments, {kept} kept candidates, first and last"
+        );
         expected.insert(name.clone(), state);
     }
 
@@ -617,7 +635,11 @@ async fn leaderships_end_with_their_connection_or_after_their_dead_node_session_
         delays.push(at.duration_since(dropped));
     }
     let worst = delays.iter().max().copied().unwrap_or_default();
-    println!("disconnect of node 1's client: watchers on nodes 2 and 3 saw the next leader after {:?} ms (max {} ms)", delays.iter().map(|d| ms(*d)).collect::<Vec<_>>(), ms(worst));
+    println!(
+        "disconnect of node 1's client: watchers on nodes 2 and 3 saw the next leader after {:?} ms (max {} ms)",
+        delays.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+        ms(worst)
+    );
     assert!(worst < Duration::from_secs(1), "a disconnect is seen well under a second later on loopback: {worst:?}");
 
     // A client of node 1 leads again; node 1 dies. Its sessions expire after the session
@@ -656,7 +678,10 @@ async fn leaderships_end_with_their_connection_or_after_their_dead_node_session_
     }
     for (partition, _, node, delay) in &delays {
         assert!(*delay >= timeout / 2, "partition {partition} on node {node}: the session ended after {delay:?}, before its timeout");
-        assert!(*delay < timeout + Duration::from_secs(3), "partition {partition} on node {node}: the session outlived its timeout: {delay:?}");
+        assert!(
+            *delay < timeout + Duration::from_secs(3),
+            "partition {partition} on node {node}: the session outlived its timeout: {delay:?}"
+        );
     }
     assert_eq!(get_term(&mut second, &names[0]).await.expect("GetTerm"), expect(2, "erin", &["erin"]));
     drop(dying);
@@ -727,7 +752,15 @@ fn is_membership_changed(e: &Ev, group: u32, node: u32) -> bool {
 /// Joins `node` to `group` (whose members are `existing`) with `role`, then checks the
 /// events: on the new member member_ready, leader_updated (a leader among `existing`) and
 /// membership_changed; on the existing members membership_changed.
-async fn join_and_check(cluster: &Cluster, w: &mut BTreeMap<u32, NodeEvents>, problems: &mut Problems, group: u32, existing: &[u32], node: u32, role: Role) {
+async fn join_and_check(
+    cluster: &Cluster,
+    w: &mut BTreeMap<u32, NodeEvents>,
+    problems: &mut Problems,
+    group: u32,
+    existing: &[u32],
+    node: u32,
+    role: Role,
+) {
     let marks: BTreeMap<u32, usize> = w.iter_mut().map(|(n, e)| (*n, e.mark())).collect();
     let mut members: Vec<(u32, Role)> = existing.iter().map(|n| (*n, Role::Member)).collect();
     members.push((node, role));
@@ -738,8 +771,11 @@ async fn join_and_check(cluster: &Cluster, w: &mut BTreeMap<u32, NodeEvents>, pr
         .unwrap_or_else(|s| panic!("Join group {group} on node {node} as {role:?}: {s:?}"));
     println!("Join of node {node} to group {group} as {role:?} resolved in {} ms", ms(started.elapsed()));
     let events = w.get_mut(&node).unwrap();
-    let (ready, _, _) = events.wait_for(&format!("member_ready of group {group}"), marks[&node], EVENT_TIMEOUT, |e| is_member_ready(e, group, node)).await;
-    let (leader, _, _) = events.wait_for(&format!("leader_updated of group {group}"), marks[&node], EVENT_TIMEOUT, |e| is_leader_of(e, group, existing)).await;
+    let (ready, _, _) =
+        events.wait_for(&format!("member_ready of group {group}"), marks[&node], EVENT_TIMEOUT, |e| is_member_ready(e, group, node)).await;
+    let (leader, _, _) = events
+        .wait_for(&format!("leader_updated of group {group}"), marks[&node], EVENT_TIMEOUT, |e| is_leader_of(e, group, existing))
+        .await;
     assert!(ready < leader, "node {node}: member_ready of group {group} comes before its leader:\n{}", events.describe());
     let what = format!("membership_changed of group {group} naming node {node} (it joined as {role:?})");
     problems.expect_event(events, &what, marks[&node], |e| is_membership_changed(e, group, node)).await;
@@ -762,8 +798,12 @@ async fn bootstrap(cluster: &Cluster, w: &mut BTreeMap<u32, NodeEvents>, group: 
     }
     for &node in members {
         let events = w.get_mut(&node).unwrap();
-        let (ready, _, _) = events.wait_for(&format!("member_ready of group {group}"), marks[&node], EVENT_TIMEOUT, |e| is_member_ready(e, group, node)).await;
-        let (leader, _, _) = events.wait_for(&format!("leader_updated of group {group}"), marks[&node], EVENT_TIMEOUT, |e| is_leader_of(e, group, members)).await;
+        let (ready, _, _) = events
+            .wait_for(&format!("member_ready of group {group}"), marks[&node], EVENT_TIMEOUT, |e| is_member_ready(e, group, node))
+            .await;
+        let (leader, _, _) = events
+            .wait_for(&format!("leader_updated of group {group}"), marks[&node], EVENT_TIMEOUT, |e| is_leader_of(e, group, members))
+            .await;
         assert!(ready < leader, "node {node}: member_ready of group {group} comes before its leader:\n{}", events.describe());
     }
     let agreed = agreed_leader(w, members, group, members).await;
@@ -783,8 +823,10 @@ async fn node_api_bootstrap_leave_join_observer_and_witness_with_their_events() 
     // The initial state of every node: each static partition, member_ready then its leader.
     for (node, events) in w.iter_mut() {
         for g in 1..=k {
-            let (ready, _, _) = events.wait_for(&format!("initial member_ready of group {g}"), 0, EVENT_TIMEOUT, |e| is_member_ready(e, g, *node)).await;
-            let (leader, _, _) = events.wait_for(&format!("initial leader of group {g}"), 0, EVENT_TIMEOUT, |e| is_leader_of(e, g, &[1, 2, 3])).await;
+            let (ready, _, _) =
+                events.wait_for(&format!("initial member_ready of group {g}"), 0, EVENT_TIMEOUT, |e| is_member_ready(e, g, *node)).await;
+            let (leader, _, _) =
+                events.wait_for(&format!("initial leader of group {g}"), 0, EVENT_TIMEOUT, |e| is_leader_of(e, g, &[1, 2, 3])).await;
             assert!(ready < leader, "node {node}: group {g}'s member_ready comes first");
         }
     }
@@ -830,11 +872,15 @@ async fn node_api_bootstrap_leave_join_observer_and_witness_with_their_events() 
     let mut fresh = cluster.events(3).await;
     for g in (1..=k).chain([g1, g2, g3]) {
         let (term, leader) = w.get_mut(&1).unwrap().leaders()[&g];
-        let (ready, _, _) = fresh.wait_for(&format!("initial member_ready of group {g}"), 0, EVENT_TIMEOUT, |e| is_member_ready(e, g, 3)).await;
+        let (ready, _, _) =
+            fresh.wait_for(&format!("initial member_ready of group {g}"), 0, EVENT_TIMEOUT, |e| is_member_ready(e, g, 3)).await;
         let (at, _, _) = fresh
-            .wait_for(&format!("initial leader of group {g} (node {leader}, term {term})"), 0, EVENT_TIMEOUT, |e| {
-                matches!(e, Ev::LeaderUpdated(l) if l.group_id == g && l.leader == leader && l.term >= term)
-            })
+            .wait_for(
+                &format!("initial leader of group {g} (node {leader}, term {term})"),
+                0,
+                EVENT_TIMEOUT,
+                |e| matches!(e, Ev::LeaderUpdated(l) if l.group_id == g && l.leader == leader && l.term >= term),
+            )
             .await;
         assert!(ready < at, "group {g}: member_ready first");
     }
@@ -904,7 +950,12 @@ async fn sigterm_hands_leaderships_over_before_the_node_exits() {
     watches.remove(&victim);
     let new_leaders = wait_new_leaders(&mut watches, &leaders, &led, victim, EVENT_TIMEOUT).await;
     let handover = new_leaders.values().map(|(at, _, _)| at.duration_since(stopping)).max().unwrap_or_default();
-    println!("SIGTERM of node {victim}: it exited after {} ms; new leaders of its {} partition(s) after {} ms", ms(exited), led.len(), ms(handover));
+    println!(
+        "SIGTERM of node {victim}: it exited after {} ms; new leaders of its {} partition(s) after {} ms",
+        ms(exited),
+        led.len(),
+        ms(handover)
+    );
     assert!(
         handover < election_timeout * 8 / 10,
         "the leaderships were handed over (new leaders after {handover:?}, below the election timeout of {election_timeout:?})"
@@ -914,11 +965,21 @@ async fn sigterm_hands_leaderships_over_before_the_node_exits() {
     let tasks = load.stop().await;
     let total: usize = tasks.iter().map(|t| t.acks.len()).sum();
     let max_attempts = tasks.iter().map(|t| t.max_attempts).max().unwrap_or(0);
-    let errors: Vec<String> = tasks.iter().flat_map(|t| t.errors.iter().map(|(at, what, s)| format!("+{} ms {what}: {:?} {}", ms(at.duration_since(stopping)), s.code(), s.message()))).collect();
+    let errors: Vec<String> = tasks
+        .iter()
+        .flat_map(|t| {
+            t.errors.iter().map(|(at, what, s)| format!("+{} ms {what}: {:?} {}", ms(at.duration_since(stopping)), s.code(), s.message()))
+        })
+        .collect();
     println!("{total} operations acknowledged; {} failed attempt(s), retried: {errors:#?}", errors.len());
     assert!(max_attempts <= 3, "no error beyond a couple of retries (an operation needed {max_attempts} attempts): {errors:#?}");
     for t in &tasks {
-        assert!(t.acks.iter().any(|(sent, _, _)| *sent > stopping + exited), "task {} on node {} kept working after the stop", t.task, t.node);
+        assert!(
+            t.acks.iter().any(|(sent, _, _)| *sent > stopping + exited),
+            "task {} on node {} kept working after the stop",
+            t.task,
+            t.node
+        );
     }
     let mut finals = Vec::new();
     for &node in &survivors {

@@ -34,7 +34,14 @@ async fn create_all(channel: &Channel, names: &[String]) {
 }
 
 async fn get_term(client: &mut Election, name: &str) -> (u64, String, Vec<String>) {
-    view(client.get_term(bounded(rt::GetTermRequest { id: id(name) })).await.unwrap_or_else(|s| panic!("GetTerm {name}: {s:?}")).into_inner().term)
+    view(
+        client
+            .get_term(bounded(rt::GetTermRequest { id: id(name) }))
+            .await
+            .unwrap_or_else(|s| panic!("GetTerm {name}: {s:?}"))
+            .into_inner()
+            .term,
+    )
 }
 
 /// What one load task learned: for every election, whether its last acknowledged
@@ -233,7 +240,9 @@ async fn sigterm_stops_with_exit_0_and_a_restart_recovers() {
     let mut client = Election::new(restarted.connect().await);
     for (name, before) in &acked {
         assert_eq!(&get_term(&mut client, name).await, before, "{name} recovered");
-        let (term, leader, _) = view(client.enter(bounded(rt::EnterRequest { id: id(name), candidate: "next".into() })).await.expect("enter").into_inner().term);
+        let (term, leader, _) = view(
+            client.enter(bounded(rt::EnterRequest { id: id(name), candidate: "next".into() })).await.expect("enter").into_inner().term,
+        );
         assert_eq!((term, leader.as_str()), (before.0 + 1, "next"), "{name}: terms continue from the recovered one");
     }
 }
@@ -248,8 +257,18 @@ async fn a_second_process_on_the_same_data_dir_or_port_is_refused() {
     let (listen, admin) = (node.ports.listen.to_string(), node.ports.admin.to_string());
     let cases = [
         ("the same data directory", Ports::fresh(), dir.data_dir(), vec!["data directory", "in use"]),
-        ("the same client port", Ports { listen: node.ports.listen, ..Ports::fresh() }, other_dir.data_dir(), vec!["client API", &listen, "in use"]),
-        ("the same admin port", Ports { admin: node.ports.admin, ..Ports::fresh() }, other_dir.data_dir(), vec!["admin API", &admin, "in use"]),
+        (
+            "the same client port",
+            Ports { listen: node.ports.listen, ..Ports::fresh() },
+            other_dir.data_dir(),
+            vec!["client API", &listen, "in use"],
+        ),
+        (
+            "the same admin port",
+            Ports { admin: node.ports.admin, ..Ports::fresh() },
+            other_dir.data_dir(),
+            vec!["admin API", &admin, "in use"],
+        ),
     ];
     for (what, ports, data_dir, needles) in cases {
         let (status, output) = run_to_exit(&serve_args(&options, &ports, &data_dir), Duration::from_secs(20));
@@ -334,7 +353,11 @@ async fn a_relative_data_dir_like_the_default_works_across_a_restart() {
     let node = Node::start_with_args(&mut dir, ports, relative_args(&ports)).await;
     let mut client = Election::new(node.connect().await);
     let after = futures_join(&mut client, &names).await;
-    assert_eq!(before.iter().map(|t| t.0).collect::<Vec<_>>(), after.iter().map(|t| t.0).collect::<Vec<_>>(), "every term survives the restart");
+    assert_eq!(
+        before.iter().map(|t| t.0).collect::<Vec<_>>(),
+        after.iter().map(|t| t.0).collect::<Vec<_>>(),
+        "every term survives the restart"
+    );
 }
 
 async fn futures_join(client: &mut Election, names: &[String]) -> Vec<(u64, String, Vec<String>)> {

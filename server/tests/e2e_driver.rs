@@ -8,11 +8,11 @@ mod support;
 use std::time::{Duration, Instant};
 
 use conclave_server::routing::partition_of;
+use mr::operation_response_headers::Status as AtomixStatus;
 use support::client::atomix::multiraft::election::v1 as el;
 use support::client::atomix::multiraft::v1 as mr;
 use support::client::atomix::runtime::election::v1 as rt;
 use support::{bounded, command_headers, id, query_headers, view, Node, NodeOptions, TestDir, CALL_TIMEOUT};
-use mr::operation_response_headers::Status as AtomixStatus;
 use tonic::transport::Channel;
 use tonic::Code;
 
@@ -122,7 +122,8 @@ impl Driver {
     }
 
     async fn create_primitive(&mut self, sequence_num: u64, name: &str) -> (Answer, u64) {
-        let spec = mr::PrimitiveSpec { service: "LeaderElection".into(), namespace: "test".into(), name: name.into(), profile: String::new() };
+        let spec =
+            mr::PrimitiveSpec { service: "LeaderElection".into(), namespace: "test".into(), name: name.into(), profile: String::new() };
         let response = self
             .sessions
             .create_primitive(bounded(mr::CreatePrimitiveRequest {
@@ -198,11 +199,8 @@ impl Driver {
 }
 
 async fn next_watched(stream: &mut tonic::Streaming<el::WatchResponse>) -> DriverView {
-    let message = tokio::time::timeout(CALL_TIMEOUT, stream.message())
-        .await
-        .expect("a watch message in time")
-        .expect("watch")
-        .expect("watch ended");
+    let message =
+        tokio::time::timeout(CALL_TIMEOUT, stream.message()).await.expect("a watch message in time").expect("watch").expect("watch ended");
     driver_view(message.output.expect("watch output").term)
 }
 
@@ -241,7 +239,8 @@ async fn sessions_primitives_and_commands_by_id() {
 
     // Closing a session removes its candidates at once, in one change.
     let mut watch = one.elections.clone();
-    let request = el::WatchRequest { headers: Some(query_headers(partition, one.session_id, primitive, 0)), input: Some(el::WatchInput {}) };
+    let request =
+        el::WatchRequest { headers: Some(query_headers(partition, one.session_id, primitive, 0)), input: Some(el::WatchInput {}) };
     let mut stream = watch.watch(bounded(request)).await.expect("watch").into_inner();
     assert_eq!(next_watched(&mut stream).await, dv(3, "c", &["a"]));
     two.close().await.expect("CloseSession");
@@ -283,7 +282,8 @@ async fn state_machine_errors_arrive_in_the_headers() {
     assert_eq!((status, term), (AtomixStatus::NotFound, None));
 
     // A Watch of an unknown primitive answers one message carrying the status, then ends.
-    let request = el::WatchRequest { headers: Some(query_headers(2, driver.session_id, primitive + 1000, 0)), input: Some(el::WatchInput {}) };
+    let request =
+        el::WatchRequest { headers: Some(query_headers(2, driver.session_id, primitive + 1000, 0)), input: Some(el::WatchInput {}) };
     let mut stream = driver.elections.watch(bounded(request)).await.expect("watch").into_inner();
     let first = tokio::time::timeout(CALL_TIMEOUT, stream.message()).await.expect("in time").expect("watch").expect("a message");
     let operation = first.headers.and_then(|h| h.operation).expect("operation headers");

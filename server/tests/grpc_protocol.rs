@@ -30,11 +30,7 @@ struct RawResponse {
 
 impl RawResponse {
     fn status(&self) -> Status {
-        let source = if self.trailers_only {
-            &self.headers
-        } else {
-            self.trailers.as_ref().expect("trailers")
-        };
+        let source = if self.trailers_only { &self.headers } else { self.trailers.as_ref().expect("trailers") };
         Status::read_from(source).expect("grpc-status present")
     }
 }
@@ -48,37 +44,21 @@ fn framed(message: &[u8], flag: u8) -> Bytes {
 }
 
 fn get_term_body(name: &str) -> Bytes {
-    framed(
-        &GetTermRequest {
-            id: Some(PrimitiveId { name: name.into() }),
-        }
-        .encode_to_vec(),
-        0,
-    )
+    framed(&GetTermRequest { id: Some(PrimitiveId { name: name.into() }) }.encode_to_vec(), 0)
 }
 
-async fn raw_call(
-    addr: SocketAddr,
-    method: Method,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: Bytes,
-) -> RawResponse {
+async fn raw_call(addr: SocketAddr, method: Method, path: &str, headers: &[(&str, &str)], body: Bytes) -> RawResponse {
     let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
     tokio::spawn(async move {
         let _ = connection.await;
     });
     let mut client = client.ready().await.expect("ready");
-    let mut request = Request::builder()
-        .method(method)
-        .uri(format!("http://{addr}{path}"));
+    let mut request = Request::builder().method(method).uri(format!("http://{addr}{path}"));
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
-    let (response, mut send) = client
-        .send_request(request.body(()).expect("request"), false)
-        .expect("send");
+    let (response, mut send) = client.send_request(request.body(()).expect("request"), false).expect("send");
     send.send_data(body, true).expect("body");
     let response = response.await.expect("response");
     let (parts, mut body) = response.into_parts();
@@ -90,13 +70,7 @@ async fn raw_call(
         data_frames.push(frame);
     }
     let trailers = body.trailers().await.expect("trailers");
-    RawResponse {
-        http_status: parts.status,
-        headers: parts.headers,
-        data_frames,
-        trailers,
-        trailers_only,
-    }
+    RawResponse { http_status: parts.status, headers: parts.headers, data_frames, trailers, trailers_only }
 }
 
 const GRPC: &[(&str, &str)] = &[("content-type", "application/grpc"), ("te", "trailers")];
@@ -104,35 +78,15 @@ const GRPC: &[(&str, &str)] = &[("content-type", "application/grpc"), ("te", "tr
 #[tokio::test]
 async fn errors_are_trailers_only_with_percent_encoded_messages() {
     let server = TestServer::start();
-    let response = raw_call(
-        server.addr,
-        Method::POST,
-        GET_TERM,
-        GRPC,
-        get_term_body("fail:5"),
-    )
-    .await;
+    let response = raw_call(server.addr, Method::POST, GET_TERM, GRPC, get_term_body("fail:5")).await;
     assert_eq!(response.http_status, StatusCode::OK);
-    assert!(
-        response.trailers_only,
-        "an error before any message is one HEADERS frame"
-    );
+    assert!(response.trailers_only, "an error before any message is one HEADERS frame");
     assert!(response.data_frames.is_empty());
     assert_eq!(response.headers["content-type"], "application/grpc");
     assert_eq!(response.headers["grpc-status"], "5");
-    assert_eq!(
-        response.headers["grpc-message"],
-        "test failure NOT_FOUND %E2%80%94 100%25 %C2%ABintended%C2%BB"
-    );
+    assert_eq!(response.headers["grpc-message"], "test failure NOT_FOUND %E2%80%94 100%25 %C2%ABintended%C2%BB");
 
-    let response = raw_call(
-        server.addr,
-        Method::POST,
-        GET_TERM,
-        GRPC,
-        get_term_body("echo"),
-    )
-    .await;
+    let response = raw_call(server.addr, Method::POST, GET_TERM, GRPC, get_term_body("echo")).await;
     assert!(!response.trailers_only);
     assert_eq!(response.data_frames.len(), 1);
     assert_eq!(response.status(), Status::ok());
@@ -144,14 +98,7 @@ async fn requests_that_are_not_plain_grpc_are_refused_precisely() {
     let addr = server.addr;
     let body = || get_term_body("echo");
 
-    let response = raw_call(
-        addr,
-        Method::POST,
-        GET_TERM,
-        &[("content-type", "text/plain")],
-        body(),
-    )
-    .await;
+    let response = raw_call(addr, Method::POST, GET_TERM, &[("content-type", "text/plain")], body()).await;
     assert_eq!(response.http_status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert!(response.status().message().contains("text/plain"));
 
@@ -163,10 +110,7 @@ async fn requests_that_are_not_plain_grpc_are_refused_precisely() {
     let response = raw_call(addr, Method::POST, GET_TERM, proto, body()).await;
     assert_eq!(response.status(), Status::ok());
 
-    let gzip = &[
-        ("content-type", "application/grpc"),
-        ("grpc-encoding", "gzip"),
-    ];
+    let gzip = &[("content-type", "application/grpc"), ("grpc-encoding", "gzip")];
     let response = raw_call(addr, Method::POST, GET_TERM, gzip, body()).await;
     assert_eq!(response.status().code(), Code::Unimplemented);
     assert!(response.status().message().contains("gzip"));
@@ -176,10 +120,7 @@ async fn requests_that_are_not_plain_grpc_are_refused_precisely() {
     assert_eq!(response.status().code(), Code::Unimplemented);
     assert!(response.status().message().contains("compressed"));
 
-    let bad_timeout = &[
-        ("content-type", "application/grpc"),
-        ("grpc-timeout", "soon"),
-    ];
+    let bad_timeout = &[("content-type", "application/grpc"), ("grpc-timeout", "soon")];
     let response = raw_call(addr, Method::POST, GET_TERM, bad_timeout, body()).await;
     assert_eq!(response.status().code(), Code::InvalidArgument);
     assert!(response.status().message().contains("grpc-timeout"));
@@ -191,10 +132,7 @@ async fn requests_that_are_not_plain_grpc_are_refused_precisely() {
     let two = [body(), body()].concat();
     let response = raw_call(addr, Method::POST, GET_TERM, GRPC, Bytes::from(two)).await;
     assert_eq!(response.status().code(), Code::Internal);
-    assert!(response
-        .status()
-        .message()
-        .contains("more than one message"));
+    assert!(response.status().message().contains("more than one message"));
 
     let response = raw_call(addr, Method::POST, GET_TERM, GRPC, framed(b"\xff\xff", 0)).await;
     assert_eq!(response.status().code(), Code::InvalidArgument);
@@ -202,30 +140,13 @@ async fn requests_that_are_not_plain_grpc_are_refused_precisely() {
     let response = raw_call(addr, Method::POST, "/no-slash", GRPC, body()).await;
     assert_eq!(response.status().code(), Code::Unimplemented);
 
-    let far = &[
-        ("content-type", "application/grpc"),
-        ("grpc-timeout", "99999999H"),
-    ];
+    let far = &[("content-type", "application/grpc"), ("grpc-timeout", "99999999H")];
     let response = raw_call(addr, Method::POST, GET_TERM, far, body()).await;
-    assert_eq!(
-        response.status(),
-        Status::ok(),
-        "the largest timeout is accepted"
-    );
+    assert_eq!(response.status(), Status::ok(), "the largest timeout is accepted");
 
-    let timed = &[
-        ("content-type", "application/grpc"),
-        ("grpc-timeout", "50m"),
-    ];
+    let timed = &[("content-type", "application/grpc"), ("grpc-timeout", "50m")];
     let started = Instant::now();
-    let response = raw_call(
-        addr,
-        Method::POST,
-        GET_TERM,
-        timed,
-        get_term_body("sleep:2000"),
-    )
-    .await;
+    let response = raw_call(addr, Method::POST, GET_TERM, timed, get_term_body("sleep:2000")).await;
     assert_eq!(response.status().code(), Code::DeadlineExceeded);
     assert!(started.elapsed() < Duration::from_secs(1));
 }
@@ -233,19 +154,8 @@ async fn requests_that_are_not_plain_grpc_are_refused_precisely() {
 #[tokio::test]
 async fn small_stream_messages_are_coalesced_into_large_data_frames() {
     let server = TestServer::start();
-    let request = WatchRequest {
-        id: Some(PrimitiveId {
-            name: "count:5000".into(),
-        }),
-    };
-    let response = raw_call(
-        server.addr,
-        Method::POST,
-        WATCH,
-        GRPC,
-        framed(&request.encode_to_vec(), 0),
-    )
-    .await;
+    let request = WatchRequest { id: Some(PrimitiveId { name: "count:5000".into() }) };
+    let response = raw_call(server.addr, Method::POST, WATCH, GRPC, framed(&request.encode_to_vec(), 0)).await;
     assert_eq!(response.status(), Status::ok());
     let total: usize = response.data_frames.iter().map(Bytes::len).sum();
     let frames = response.data_frames.len();
@@ -263,62 +173,31 @@ async fn unanswered_keepalive_pings_close_the_connection() {
     };
     let server = TestServer::start_with(config);
     // A client that completes the HTTP/2 preface and then never answers anything.
-    let mut tcp = tokio::net::TcpStream::connect(server.addr)
-        .await
-        .expect("connect");
-    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-        .await
-        .expect("preface");
-    let Some(Event::Opened(id)) = server
-        .wait_for_event(Duration::from_secs(1), |e| matches!(e, Event::Opened(_)))
-        .await
-    else {
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").await.expect("preface");
+    let Some(Event::Opened(id)) = server.wait_for_event(Duration::from_secs(1), |e| matches!(e, Event::Opened(_))).await else {
         panic!("no connection");
     };
     let started = Instant::now();
-    server
-        .wait_for_event(Duration::from_secs(3), |e| *e == Event::Closed(id))
-        .await
-        .expect("closed by keepalive");
-    assert!(
-        started.elapsed() >= Duration::from_millis(200),
-        "{:?}",
-        started.elapsed()
-    );
+    server.wait_for_event(Duration::from_secs(3), |e| *e == Event::Closed(id)).await.expect("closed by keepalive");
+    assert!(started.elapsed() >= Duration::from_millis(200), "{:?}", started.elapsed());
     let mut sink = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(2), tcp.read_to_end(&mut sink)).await;
-    assert!(
-        matches!(read, Ok(Ok(_)) | Ok(Err(_))),
-        "server closed the socket"
-    );
+    assert!(matches!(read, Ok(Ok(_)) | Ok(Err(_))), "server closed the socket");
 }
 
 #[tokio::test]
 async fn idle_connections_get_goaway_when_configured() {
-    let config = ServerConfig {
-        idle_timeout: Some(Duration::from_millis(200)),
-        ..test_config()
-    };
+    let config = ServerConfig { idle_timeout: Some(Duration::from_millis(200)), ..test_config() };
     let server = TestServer::start_with(config);
-    let tcp = tokio::net::TcpStream::connect(server.addr)
-        .await
-        .expect("connect");
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
     let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
     let started = Instant::now();
-    let ended = tokio::time::timeout(Duration::from_secs(3), connection)
-        .await
-        .expect("connection ends on GOAWAY");
+    let ended = tokio::time::timeout(Duration::from_secs(3), connection).await.expect("connection ends on GOAWAY");
     assert!(ended.is_ok(), "graceful close: {ended:?}");
-    assert!(
-        started.elapsed() >= Duration::from_millis(150),
-        "{:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() >= Duration::from_millis(150), "{:?}", started.elapsed());
     drop(client);
-    server
-        .wait_for_event(Duration::from_secs(1), |e| matches!(e, Event::Closed(_)))
-        .await
-        .expect("close hook");
+    server.wait_for_event(Duration::from_secs(1), |e| matches!(e, Event::Closed(_))).await.expect("close hook");
 }
 
 #[test]
@@ -328,25 +207,15 @@ fn a_second_listener_on_the_same_port_is_refused() {
     let error = bind_exclusive(addr).expect_err("second bind must fail");
     assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
     assert!(error.to_string().contains(&addr.to_string()), "{error}");
-    assert!(
-        std::net::TcpListener::bind(addr).is_err(),
-        "plain bind refused too"
-    );
+    assert!(std::net::TcpListener::bind(addr).is_err(), "plain bind refused too");
     // glommio's own bind sets SO_REUSEPORT; it must not be able to share our socket.
     let glommio_result = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .io_memory(grpc_support::TEST_IO_MEMORY)
-        .spawn(move || async move {
-            glommio::net::TcpListener::bind(addr)
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        })
+        .spawn(move || async move { glommio::net::TcpListener::bind(addr).map(|_| ()).map_err(|e| e.to_string()) })
         .expect("executor")
         .join()
         .expect("join");
-    assert!(
-        glommio_result.is_err(),
-        "glommio's SO_REUSEPORT bind must fail"
-    );
+    assert!(glommio_result.is_err(), "glommio's SO_REUSEPORT bind must fail");
     drop(first);
     bind_exclusive(addr).expect("the port is free again once the first listener is gone");
 }
@@ -363,17 +232,9 @@ fn the_data_directory_lock_refuses_a_second_holder_and_names_it() {
         }
         other => panic!("expected InUse, got {other:?}"),
     }
-    let message = DataDirLock::acquire(dir.path())
-        .expect_err("still held")
-        .to_string();
-    assert!(
-        message.contains(&format!("pid {}", std::process::id())),
-        "{message}"
-    );
-    assert!(
-        message.contains(&dir.path().display().to_string()),
-        "{message}"
-    );
+    let message = DataDirLock::acquire(dir.path()).expect_err("still held").to_string();
+    assert!(message.contains(&format!("pid {}", std::process::id())), "{message}");
+    assert!(message.contains(&dir.path().display().to_string()), "{message}");
     drop(lock);
     DataDirLock::acquire(dir.path()).expect("free again after drop");
     let missing = DataDirLock::acquire(&dir.path().join("missing")).expect_err("no directory");
@@ -384,26 +245,11 @@ fn the_data_directory_lock_refuses_a_second_holder_and_names_it() {
 fn server_configs_are_validated_against_protocol_limits() {
     assert_eq!(ServerConfig::default().validate(), Ok(()));
     let bad = [
-        ServerConfig {
-            max_frame_size: 1000,
-            ..ServerConfig::default()
-        },
-        ServerConfig {
-            initial_stream_window: u32::MAX,
-            ..ServerConfig::default()
-        },
-        ServerConfig {
-            target_chunk_len: 0,
-            ..ServerConfig::default()
-        },
-        ServerConfig {
-            max_concurrent_streams: 0,
-            ..ServerConfig::default()
-        },
-        ServerConfig {
-            keepalive_interval: Some(Duration::ZERO),
-            ..ServerConfig::default()
-        },
+        ServerConfig { max_frame_size: 1000, ..ServerConfig::default() },
+        ServerConfig { initial_stream_window: u32::MAX, ..ServerConfig::default() },
+        ServerConfig { target_chunk_len: 0, ..ServerConfig::default() },
+        ServerConfig { max_concurrent_streams: 0, ..ServerConfig::default() },
+        ServerConfig { keepalive_interval: Some(Duration::ZERO), ..ServerConfig::default() },
     ];
     for config in bad {
         assert!(config.validate().is_err(), "{config:?}");

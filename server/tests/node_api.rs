@@ -21,8 +21,8 @@ use conclave_server::service::{EventHub, NodeApi};
 use glommio::timer::Timer;
 use glommio::{LocalExecutorBuilder, Placement};
 use grpc_support::client::atomix::multiraft::v1::{
-    event, member_config::Role, node_client::NodeClient, BootstrapRequest, Event, GroupConfig, JoinRequest,
-    LeaveRequest, MemberConfig, WatchRequest,
+    event, member_config::Role, node_client::NodeClient, BootstrapRequest, Event, GroupConfig, JoinRequest, LeaveRequest, MemberConfig,
+    WatchRequest,
 };
 use grpc_support::{test_config, TEST_IO_MEMORY};
 use tonic::transport::{Channel, Endpoint};
@@ -101,9 +101,7 @@ impl NodeServer {
                 // watcher gets says so.
                 let last_term = Rc::new(Cell::new(0));
                 let state = Rc::clone(&last_term);
-                let hub = Rc::new(EventHub::new(Box::new(move || {
-                    vec![member_ready(1, NODE_ID), leader_updated(1, state.get(), NODE_ID)]
-                })));
+                let hub = Rc::new(EventHub::new(Box::new(move || vec![member_ready(1, NODE_ID), leader_updated(1, state.get(), NODE_ID)])));
                 let api = Rc::new(NodeApi::new(Rc::new(FakeNode { calls: node_calls }), Rc::clone(&hub)));
                 let mut router = Router::new();
                 api.register(&mut router);
@@ -196,21 +194,14 @@ fn member(node_id: u32, role: Role, port: i32) -> MemberConfig {
 }
 
 fn valid_group(group_id: u32) -> GroupConfig {
-    GroupConfig {
-        group_id,
-        members: vec![member(1, Role::Member, 5680), member(2, Role::Observer, 1), member(3, Role::Witness, 65535)],
-    }
+    GroupConfig { group_id, members: vec![member(1, Role::Member, 5680), member(2, Role::Observer, 1), member(3, Role::Witness, 65535)] }
 }
 
 fn spec_of(group_id: u32) -> GroupSpec {
     let member = |node_id: u64, role, port| MemberSpec { node_id, host: format!("node-{node_id}.local"), port, role };
     GroupSpec {
         group_id,
-        members: vec![
-            member(1, MemberRole::Member, 5680),
-            member(2, MemberRole::Observer, 1),
-            member(3, MemberRole::Witness, 65535),
-        ],
+        members: vec![member(1, MemberRole::Member, 5680), member(2, MemberRole::Observer, 1), member(3, MemberRole::Witness, 65535)],
     }
 }
 
@@ -347,13 +338,8 @@ async fn a_watcher_that_falls_behind_is_ended_while_the_other_keeps_up() {
     let server = NodeServer::start();
     let mut fast_client = server.client().await;
     // Small HTTP/2 windows, so the slow watcher's backlog reaches the hub quickly.
-    let slow_channel = server
-        .endpoint()
-        .initial_stream_window_size(65_535)
-        .initial_connection_window_size(65_535)
-        .connect()
-        .await
-        .expect("connect");
+    let slow_channel =
+        server.endpoint().initial_stream_window_size(65_535).initial_connection_window_size(65_535).connect().await.expect("connect");
     let mut slow_client = NodeClient::new(slow_channel);
     let (mut fast, _) = watch(&mut fast_client).await;
     let (mut slow, _) = watch(&mut slow_client).await;

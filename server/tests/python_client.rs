@@ -40,7 +40,10 @@ fn python_with_grpc() -> PathBuf {
     if venv.exists() {
         std::fs::remove_dir_all(&venv).expect("remove the outdated virtual environment");
     }
-    run_checked(Command::new("python3").args(["-m", "venv", "--system-site-packages"]).arg(&venv), "creating the Python virtual environment");
+    run_checked(
+        Command::new("python3").args(["-m", "venv", "--system-site-packages"]).arg(&venv),
+        "creating the Python virtual environment",
+    );
     run_checked(
         Command::new(&python).args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"]).arg(&requirements),
         "installing the Python gRPC packages",

@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use conclave_proto::conclave::raft::v1::Entry;
-use conclave_wire::{
-    framed_len, ConnectionEventKind, Inbound, ListenerConfig, LocalIdentity, Peer, PeerConfig, PeerListener,
-};
+use conclave_wire::{framed_len, ConnectionEventKind, Inbound, ListenerConfig, LocalIdentity, Peer, PeerConfig, PeerListener};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::channels::local_channel;
@@ -49,8 +47,7 @@ fn transport_run(total: u64) -> Duration {
     let receiver = std::thread::spawn(move || {
         let executor = LocalExecutorBuilder::new(Placement::Unbound).io_memory(IO_MEMORY).make().expect("executor");
         executor.run(async move {
-            let listener = PeerListener::bind("127.0.0.1:0".parse().expect("address"), ListenerConfig::new(identity(2)))
-                .expect("bind");
+            let listener = PeerListener::bind("127.0.0.1:0".parse().expect("address"), ListenerConfig::new(identity(2))).expect("bind");
             address_tx.send(listener.local_addr().expect("address")).expect("main alive");
             let (tx, rx) = local_channel::new_bounded::<Inbound<Entry>>(64);
             let _serving = listener.spawn(tx);

@@ -27,10 +27,9 @@ impl std::fmt::Display for PushError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             PushError::FrameFull => write!(f, "frame is full"),
-            PushError::MessageTooLarge { encoded_len, max_body_len } => write!(
-                f,
-                "message of {encoded_len} bytes does not fit in a frame body of at most {max_body_len} bytes"
-            ),
+            PushError::MessageTooLarge { encoded_len, max_body_len } => {
+                write!(f, "message of {encoded_len} bytes does not fit in a frame body of at most {max_body_len} bytes")
+            }
         }
     }
 }
@@ -168,14 +167,9 @@ impl Frame {
             if found == header.count {
                 return Err(FrameError::TrailingBytes { count: header.count, trailing: rest.len() });
             }
-            let len = prost::decode_length_delimiter(&mut rest)
-                .map_err(|_| FrameError::BadLengthDelimiter { message_index: found })?;
+            let len = prost::decode_length_delimiter(&mut rest).map_err(|_| FrameError::BadLengthDelimiter { message_index: found })?;
             if len > rest.len() {
-                return Err(FrameError::MessageOverrunsBody {
-                    message_index: found,
-                    len: len as u64,
-                    remaining: rest.len(),
-                });
+                return Err(FrameError::MessageOverrunsBody { message_index: found, len: len as u64, remaining: rest.len() });
             }
             rest.advance(len);
             found += 1;

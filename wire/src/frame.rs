@@ -187,10 +187,9 @@ impl fmt::Display for FrameError {
             FrameError::BadLengthDelimiter { message_index } => {
                 write!(f, "message {message_index} has a malformed length delimiter")
             }
-            FrameError::MessageOverrunsBody { message_index, len, remaining } => write!(
-                f,
-                "message {message_index} claims {len} bytes but only {remaining} remain in the frame"
-            ),
+            FrameError::MessageOverrunsBody { message_index, len, remaining } => {
+                write!(f, "message {message_index} claims {len} bytes but only {remaining} remain in the frame")
+            }
             FrameError::MissingMessages { count, found } => {
                 write!(f, "frame claims {count} messages but its body holds {found}")
             }
@@ -244,19 +243,10 @@ mod tests {
         raw[7] = 1;
         assert_eq!(FrameHeader::parse(&raw, limits), Err(FrameError::ReservedBitsSet));
         let raw = header_bytes(FrameHeader { body_len: 101, ..good });
-        assert_eq!(
-            FrameHeader::parse(&raw, limits),
-            Err(FrameError::TooLarge { body_len: 101, max_body_len: 100 })
-        );
+        assert_eq!(FrameHeader::parse(&raw, limits), Err(FrameError::TooLarge { body_len: 101, max_body_len: 100 }));
         let raw = header_bytes(FrameHeader { count: 9, body_len: 100, ..good });
-        assert_eq!(
-            FrameHeader::parse(&raw, limits),
-            Err(FrameError::TooManyMessages { count: 9, max_messages: 8 })
-        );
+        assert_eq!(FrameHeader::parse(&raw, limits), Err(FrameError::TooManyMessages { count: 9, max_messages: 8 }));
         let raw = header_bytes(FrameHeader { count: 8, body_len: 7, ..good });
-        assert_eq!(
-            FrameHeader::parse(&raw, limits),
-            Err(FrameError::CountExceedsBody { count: 8, body_len: 7 })
-        );
+        assert_eq!(FrameHeader::parse(&raw, limits), Err(FrameError::CountExceedsBody { count: 8, body_len: 7 }));
     }
 }

@@ -90,10 +90,7 @@ impl std::error::Error for HandshakeError {}
 /// Whether `local` accepts a connection introduced by `hello`; the error is the reason.
 pub fn check_handshake(local: &LocalIdentity, hello: &Handshake) -> Result<(), String> {
     if hello.protocol_version != u32::from(FRAME_VERSION) {
-        return Err(format!(
-            "node {} speaks wire protocol {}, this node speaks {FRAME_VERSION}",
-            hello.node_id, hello.protocol_version
-        ));
+        return Err(format!("node {} speaks wire protocol {}, this node speaks {FRAME_VERSION}", hello.node_id, hello.protocol_version));
     }
     if hello.cluster_id != local.cluster_id {
         return Err(format!(
@@ -102,10 +99,7 @@ pub fn check_handshake(local: &LocalIdentity, hello: &Handshake) -> Result<(), S
         ));
     }
     if hello.expected_node_id != local.node_id {
-        return Err(format!(
-            "node {} meant to reach node {}, but this is node {}",
-            hello.node_id, hello.expected_node_id, local.node_id
-        ));
+        return Err(format!("node {} meant to reach node {}, but this is node {}", hello.node_id, hello.expected_node_id, local.node_id));
     }
     if hello.node_id == local.node_id {
         return Err(format!("node {} dialed itself", hello.node_id));

@@ -170,11 +170,7 @@ async fn accept_loop<M: Message + Default + 'static>(
     }
 }
 
-async fn serve_connection<M: Message + Default>(
-    mut stream: TcpStream,
-    config: Rc<ListenerConfig>,
-    inbound: Rc<LocalSender<Inbound<M>>>,
-) {
+async fn serve_connection<M: Message + Default>(mut stream: TcpStream, config: Rc<ListenerConfig>, inbound: Rc<LocalSender<Inbound<M>>>) {
     let address = match stream.peer_addr() {
         Ok(address) => address,
         Err(e) => {

@@ -84,8 +84,7 @@ impl<M: Message> LaneQueue<M> {
     }
 
     fn has_room(&self, encoded_len: usize) -> bool {
-        self.items.is_empty()
-            || (self.items.len() < self.limits.max_messages && self.bytes + encoded_len <= self.limits.max_bytes)
+        self.items.is_empty() || (self.items.len() < self.limits.max_messages && self.bytes + encoded_len <= self.limits.max_bytes)
     }
 
     /// Pops messages into a frame until the frame is full, the lane is empty, or `budget`
@@ -151,12 +150,7 @@ impl<M: Message> SendQueue<M> {
     /// Queues the message in `slot` if the lane has room. With `cx`, a full lane registers
     /// the caller to be woken when room is made and returns `Pending`, leaving the message in
     /// `slot`; without it, a full lane is `SendError::Full`.
-    pub(crate) fn offer(
-        &mut self,
-        lane: Lane,
-        slot: &mut Option<M>,
-        cx: Option<&mut Context<'_>>,
-    ) -> Poll<Result<(), SendError<M>>> {
+    pub(crate) fn offer(&mut self, lane: Lane, slot: &mut Option<M>, cx: Option<&mut Context<'_>>) -> Poll<Result<(), SendError<M>>> {
         let message = slot.take().expect("offer polled after completion");
         if self.closed {
             return Poll::Ready(Err(SendError::Closed(message)));

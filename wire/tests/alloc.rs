@@ -85,8 +85,7 @@ fn decoding_payload_messages_allocates_nothing_per_payload() {
     // the same small constant (turning the receive buffer into a shared `Bytes`).
     let mut per_size = Vec::new();
     for size in [16usize, 256, 4096] {
-        let entries: Vec<Entry> =
-            (0..1000).map(|i| Entry { index: i, term: 3, kind: 0, data: Bytes::from(vec![5u8; size]) }).collect();
+        let entries: Vec<Entry> = (0..1000).map(|i| Entry { index: i, term: 3, kind: 0, data: Bytes::from(vec![5u8; size]) }).collect();
         let wire = encoded(&entries);
         let mut out: Vec<Entry> = Vec::with_capacity(entries.len());
         let allocations = decode_allocations(&wire, &mut out);

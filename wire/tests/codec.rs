@@ -9,8 +9,7 @@ use conclave_proto::atomix::multiraft::v1 as atomix;
 use conclave_proto::conclave::raft::v1::{Message as RaftMessage, MessageBatch};
 use conclave_proto::conclave::wire::v1::{Handshake, HandshakeReply};
 use conclave_wire::{
-    encode_frame, Frame, FrameBuilder, FrameDecoder, FrameError, FrameFlags, FrameHeader, FrameLimits, PushError,
-    HEADER_LEN,
+    encode_frame, Frame, FrameBuilder, FrameDecoder, FrameError, FrameFlags, FrameHeader, FrameLimits, PushError, HEADER_LEN,
 };
 use proptest::prelude::*;
 use prost::Message;
@@ -48,14 +47,7 @@ fn connection_event(established: bool) -> atomix::Event {
 
 #[test]
 fn every_message_type_round_trips() {
-    let hello = Handshake {
-        protocol_version: 1,
-        cluster_id: "prod".into(),
-        node_id: 1,
-        shard_id: 2,
-        expected_node_id: 3,
-        snapshot: true,
-    };
+    let hello = Handshake { protocol_version: 1, cluster_id: "prod".into(), node_id: 1, shard_id: 2, expected_node_id: 3, snapshot: true };
     round_trip(&[hello], FrameFlags::HANDSHAKE);
     let reply = HandshakeReply { accepted: false, reason: "wrong cluster".into(), cluster_id: "x".into(), node_id: 3, shard_id: 2 };
     round_trip(&[reply, HandshakeReply::default()], FrameFlags::HANDSHAKE);

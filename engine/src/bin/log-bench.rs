@@ -68,10 +68,8 @@ fn parse_args() -> Result<Config, String> {
             "--dir" => config.dir = PathBuf::from(value()?),
             "--seconds" => config.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--sizes" => {
-                config.sizes = value()?
-                    .split(',')
-                    .map(|s| s.parse::<usize>().map_err(|e| format!("--sizes: {e}")))
-                    .collect::<Result<_, _>>()?
+                config.sizes =
+                    value()?.split(',').map(|s| s.parse::<usize>().map_err(|e| format!("--sizes: {e}"))).collect::<Result<_, _>>()?
             }
             "--no-zero-fill" => config.zero_fill = false,
             "--dsync" => config.dsync = true,

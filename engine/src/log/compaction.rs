@@ -116,8 +116,7 @@ impl Log {
             }
             let removed = self.shared.state.borrow_mut().segments.remove(&segment);
             if let Some(file) = removed {
-                std::fs::remove_file(&file.path)
-                    .map_err(|e| LogError::io(format!("removing {}", file.path.display()), e))?;
+                std::fs::remove_file(&file.path).map_err(|e| LogError::io(format!("removing {}", file.path.display()), e))?;
             }
             report.deleted_segments.push(segment);
         }
@@ -231,11 +230,7 @@ impl Log {
     /// Enqueues the entries of `chunk` that are still live, unchanged, as a relocated
     /// record; returns its ticket, the entries and their new place, or nothing if none is
     /// live any more.
-    fn enqueue_relocated(
-        &self,
-        group: GroupId,
-        chunk: Vec<Entry>,
-    ) -> Result<Option<(Ticket, Vec<Entry>, RecordLoc)>, LogError> {
+    fn enqueue_relocated(&self, group: GroupId, chunk: Vec<Entry>) -> Result<Option<(Ticket, Vec<Entry>, RecordLoc)>, LogError> {
         let mut state = self.state_for_write()?;
         let Some(index) = state.index.group(group) else { return Ok(None) };
         let still: Vec<Entry> = chunk.into_iter().filter(|e| index.meta(e.index).is_some_and(|m| m.term == e.term)).collect();

@@ -15,13 +15,7 @@ enum Slot {
     OnDisk { index: u64, term: u64, loc: RecordLoc, segment: Rc<SegmentFile> },
 }
 
-pub(super) async fn read_entries(
-    log: &Log,
-    group: GroupId,
-    lo: u64,
-    hi: u64,
-    max_bytes: usize,
-) -> Result<Vec<Entry>, LogError> {
+pub(super) async fn read_entries(log: &Log, group: GroupId, lo: u64, hi: u64, max_bytes: usize) -> Result<Vec<Entry>, LogError> {
     let plan = plan_read(log, group, lo, hi, max_bytes)?;
     let mut out = Vec::with_capacity(plan.len());
     let mut loaded: Option<(RecordLoc, Vec<Entry>)> = None;
@@ -36,12 +30,10 @@ pub(super) async fn read_entries(
                     loaded = Some((loc, decode_record_entries(segment, loc, group, bytes)?));
                 }
                 let (_, entries) = loaded.as_ref().expect("just loaded");
-                let found = entries.iter().find(|e| e.index == index && e.term == term).ok_or_else(|| {
-                    LogError::Corrupt {
-                        file: segment.path.clone(),
-                        offset: u64::from(loc.offset),
-                        reason: format!("record does not hold entry {index} (term {term}) of group {group}"),
-                    }
+                let found = entries.iter().find(|e| e.index == index && e.term == term).ok_or_else(|| LogError::Corrupt {
+                    file: segment.path.clone(),
+                    offset: u64::from(loc.offset),
+                    reason: format!("record does not hold entry {index} (term {term}) of group {group}"),
                 })?;
                 out.push(found.clone());
             }

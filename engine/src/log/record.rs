@@ -140,9 +140,7 @@ impl Record {
     fn body_len(&self) -> usize {
         match &self.body {
             RecordBody::Entries(entries) => 4 + entries.iter().map(Entry::encoded_len).sum::<usize>(),
-            RecordBody::Relocated { entries, .. } => {
-                8 + 4 + entries.iter().map(Entry::encoded_len).sum::<usize>()
-            }
+            RecordBody::Relocated { entries, .. } => 8 + 4 + entries.iter().map(Entry::encoded_len).sum::<usize>(),
             RecordBody::HardState(_) => 24,
             RecordBody::Compaction { .. } => 16,
             RecordBody::GroupRemoved => 0,
@@ -266,14 +264,10 @@ pub fn decode_body(kind: RecordKind, mut body: Bytes) -> Result<RecordBody, &'st
             }
             RecordBody::Relocated { last_index, entries }
         }
-        RecordKind::HardState => RecordBody::HardState(HardState {
-            term: take_u64(&mut body)?,
-            vote: take_u64(&mut body)?,
-            commit: take_u64(&mut body)?,
-        }),
-        RecordKind::Compaction => {
-            RecordBody::Compaction { index: take_u64(&mut body)?, term: take_u64(&mut body)? }
+        RecordKind::HardState => {
+            RecordBody::HardState(HardState { term: take_u64(&mut body)?, vote: take_u64(&mut body)?, commit: take_u64(&mut body)? })
         }
+        RecordKind::Compaction => RecordBody::Compaction { index: take_u64(&mut body)?, term: take_u64(&mut body)? },
         RecordKind::GroupRemoved => RecordBody::GroupRemoved,
     };
     if body.has_remaining() {
@@ -350,10 +344,7 @@ mod tests {
         for bit in 0..payload_end * 8 {
             let mut damaged = buf.clone();
             damaged[bit / 8] ^= 1 << (bit % 8);
-            assert!(
-                !matches!(decode_at(&damaged, 0), Frame::Record { .. }),
-                "flip of bit {bit} went unnoticed"
-            );
+            assert!(!matches!(decode_at(&damaged, 0), Frame::Record { .. }), "flip of bit {bit} went unnoticed");
         }
     }
 

@@ -210,12 +210,7 @@ fn replay_segment(
     }
 }
 
-fn apply(
-    groups: &mut BTreeMap<GroupId, ReplayGroup>,
-    header: &RecordHeader,
-    body: Bytes,
-    loc: RecordLoc,
-) -> Result<(), &'static str> {
+fn apply(groups: &mut BTreeMap<GroupId, ReplayGroup>, header: &RecordHeader, body: Bytes, loc: RecordLoc) -> Result<(), &'static str> {
     let body = decode_body(header.kind, body)?;
     if body == RecordBody::GroupRemoved {
         groups.remove(&header.group);
@@ -270,12 +265,7 @@ fn later_write_after(bytes: &[u8], from: usize, expected: u64) -> Option<usize> 
     None
 }
 
-fn build_index(
-    groups: BTreeMap<GroupId, ReplayGroup>,
-    report: &mut Recovery,
-    options: &LogOptions,
-    dir: &Path,
-) -> Result<Index, LogError> {
+fn build_index(groups: BTreeMap<GroupId, ReplayGroup>, report: &mut Recovery, options: &LogOptions, dir: &Path) -> Result<Index, LogError> {
     let mut index = Index::default();
     for (id, group) in groups {
         let mut metas = VecDeque::with_capacity(group.entries.len());
@@ -293,10 +283,7 @@ fn build_index(
             metas.push_back(EntryMeta { term: entry.term, payload_len, loc });
             entries.push(entry);
         }
-        index.groups.insert(
-            id,
-            GroupIndex::restored(group.compacted, group.compacted_term, metas, group.hard_state, group.compaction_loc),
-        );
+        index.groups.insert(id, GroupIndex::restored(group.compacted, group.compacted_term, metas, group.hard_state, group.compaction_loc));
         report.groups.insert(
             id,
             RecoveredGroup {

@@ -63,8 +63,7 @@ pub fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
         if let Some(first_seq) = parse_segment_name(name) {
             segments.push((first_seq, item.path()));
         } else if name.starts_with(PREPARED_PREFIX) && name.ends_with(TEMP_SUFFIX) {
-            std::fs::remove_file(item.path())
-                .map_err(|e| LogError::io(format!("removing {}", item.path().display()), e))?;
+            std::fs::remove_file(item.path()).map_err(|e| LogError::io(format!("removing {}", item.path().display()), e))?;
         }
     }
     segments.sort();
@@ -90,12 +89,7 @@ pub async fn settle_iopoll_probe(dir: &Path) -> Result<(), LogError> {
 
 /// Opens an existing segment for reading and writing with direct I/O.
 pub async fn open_segment(path: &Path) -> Result<DmaFile, LogError> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .dma_open(path)
-        .await
-        .map_err(|e| LogError::glommio(format!("opening {}", path.display()), e))
+    OpenOptions::new().read(true).write(true).dma_open(path).await.map_err(|e| LogError::glommio(format!("opening {}", path.display()), e))
 }
 
 /// Creates `prepared-<n>.tmp` of `size` bytes: blocks reserved, zero-filled if asked, synced;
@@ -146,10 +140,8 @@ pub async fn read_prefix(file: &DmaFile, len: u64, path: &Path) -> Result<Vec<u8
     let mut bytes = Vec::with_capacity(len);
     while bytes.len() < len {
         let want = (len - bytes.len()).min(IO_CHUNK);
-        let chunk = file
-            .read_at(bytes.len() as u64, want)
-            .await
-            .map_err(|e| LogError::glommio(format!("reading {}", path.display()), e))?;
+        let chunk =
+            file.read_at(bytes.len() as u64, want).await.map_err(|e| LogError::glommio(format!("reading {}", path.display()), e))?;
         if chunk.is_empty() {
             break;
         }

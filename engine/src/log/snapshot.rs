@@ -98,17 +98,7 @@ impl SnapshotStore {
             .await
             .map_err(|e| LogError::glommio(format!("creating {}", temp_path.display()), e))?;
         let stream = DmaStreamWriterBuilder::new(file).with_buffer_size(128 << 10).with_write_behind(2).build();
-        Ok(SnapshotWriter {
-            group,
-            index,
-            term,
-            group_dir,
-            temp_path,
-            final_path,
-            stream,
-            crc: crc32fast::Hasher::new(),
-            size: 0,
-        })
+        Ok(SnapshotWriter { group, index, term, group_dir, temp_path, final_path, stream, crc: crc32fast::Hasher::new(), size: 0 })
     }
 
     /// Writes a whole snapshot durably and removes older ones of the group.
@@ -150,10 +140,7 @@ impl SnapshotStore {
         }
         let len = (meta.size - offset).min(max_len as u64) as usize;
         let file = open_read(&meta.path).await?;
-        let read = file
-            .read_at(offset, len)
-            .await
-            .map_err(|e| LogError::glommio(format!("reading {}", meta.path.display()), e));
+        let read = file.read_at(offset, len).await.map_err(|e| LogError::glommio(format!("reading {}", meta.path.display()), e));
         let _ = file.close().await;
         let read = read?;
         if read.len() != len {
@@ -213,7 +200,11 @@ impl SnapshotWriter {
         let mut removed = false;
         for item in std::fs::read_dir(&self.group_dir).map_err(listing)? {
             let path = item.map_err(listing)?.path();
-            let older = path.file_name().and_then(|n| n.to_str()).and_then(parse_name).is_some_and(|(i, t)| (i, t) != (self.index, self.term) && i <= self.index);
+            let older = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(parse_name)
+                .is_some_and(|(i, t)| (i, t) != (self.index, self.term) && i <= self.index);
             if older {
                 std::fs::remove_file(&path).map_err(|e| LogError::io(format!("removing {}", path.display()), e))?;
                 removed = true;

@@ -104,14 +104,8 @@ impl Log {
     /// (unless `options.repair_corruption`).
     pub async fn open(dir: impl AsRef<Path>, options: LogOptions) -> Result<(Log, Recovery), LogError> {
         let dir = dir.as_ref().to_path_buf();
-        if options.segment_bytes < 64 << 10
-            || options.segment_bytes > u64::from(u32::MAX)
-            || !options.segment_bytes.is_multiple_of(4096)
-        {
-            return Err(LogError::Invalid(format!(
-                "segment size {} must be a multiple of 4096 in 64 KiB..4 GiB",
-                options.segment_bytes
-            )));
+        if options.segment_bytes < 64 << 10 || options.segment_bytes > u64::from(u32::MAX) || !options.segment_bytes.is_multiple_of(4096) {
+            return Err(LogError::Invalid(format!("segment size {} must be a multiple of 4096 in 64 KiB..4 GiB", options.segment_bytes)));
         }
         std::fs::create_dir_all(&dir).map_err(|e| LogError::io(format!("creating {}", dir.display()), e))?;
         // Absolute from here on: glommio opens directories (for their fsync) at dirfd -1
@@ -370,11 +364,7 @@ impl Log {
         bytes[(end - start) as usize..].fill(0);
         let block = bytes[(align_down(end, align) - start) as usize..(end - start) as usize].to_vec();
         let path = segment.path.display().to_string();
-        let written = segment
-            .file
-            .write_at(buffer, start)
-            .await
-            .map_err(|e| LogError::glommio(format!("writing {path}"), e))?;
+        let written = segment.file.write_at(buffer, start).await.map_err(|e| LogError::glommio(format!("writing {path}"), e))?;
         if written != buffer_len {
             return Err(LogError::io(format!("writing {path}"), std::io::Error::other("short write")));
         }
@@ -444,7 +434,8 @@ impl Log {
         let shared = self.shared.clone();
         glommio::spawn_local(async move {
             let options = &shared.options;
-            let made = segment::prepare_segment(&shared.dir, n, options.segment_bytes, options.zero_fill_segments, options.dsync_writes).await;
+            let made =
+                segment::prepare_segment(&shared.dir, n, options.segment_bytes, options.zero_fill_segments, options.dsync_writes).await;
             let mut state = shared.state.borrow_mut();
             state.preparing = false;
             for waker in state.prepare_waiters.drain(..) {

@@ -40,10 +40,7 @@ impl Outbox {
     /// Takes one batch per destination peer, in peer order, leaving the outbox empty.
     pub fn drain(&mut self) -> Vec<MessageBatch> {
         let from = self.from;
-        std::mem::take(&mut self.batches)
-            .into_iter()
-            .map(|(to, messages)| MessageBatch { from, to, messages })
-            .collect()
+        std::mem::take(&mut self.batches).into_iter().map(|(to, messages)| MessageBatch { from, to, messages }).collect()
     }
 }
 
@@ -51,10 +48,7 @@ impl Outbox {
 /// the batch's sender and receiver.
 pub fn open_batch(local: u64, batch: MessageBatch) -> Result<Vec<Message>, RaftError> {
     if batch.to != local {
-        return Err(RaftError::InvalidMessage(format!(
-            "batch for node {} arrived at node {local}",
-            batch.to
-        )));
+        return Err(RaftError::InvalidMessage(format!("batch for node {} arrived at node {local}", batch.to)));
     }
     if let Some(bad) = batch.messages.iter().find(|m| m.from != batch.from || m.to != batch.to) {
         return Err(RaftError::InvalidMessage(format!(

@@ -33,19 +33,11 @@ pub struct RaftLog {
 impl RaftLog {
     /// A log whose entries `..= compacted_index` are compacted, followed by `entries`, all of
     /// which are already durable (they were recovered from disk).
-    pub fn recovered(
-        compacted_index: u64,
-        compacted_term: u64,
-        entries: Vec<Entry>,
-        committed: u64,
-    ) -> Result<Self, RaftError> {
+    pub fn recovered(compacted_index: u64, compacted_term: u64, entries: Vec<Entry>, committed: u64) -> Result<Self, RaftError> {
         for (offset, entry) in entries.iter().enumerate() {
             let expected = compacted_index + 1 + offset as u64;
             if entry.index != expected {
-                return Err(RaftError::CorruptState(format!(
-                    "recovered entry has index {} where {expected} was expected",
-                    entry.index
-                )));
+                return Err(RaftError::CorruptState(format!("recovered entry has index {} where {expected} was expected", entry.index)));
             }
             let previous_term = if offset == 0 { compacted_term } else { entries[offset - 1].term };
             if entry.term < previous_term {
@@ -152,17 +144,10 @@ impl RaftLog {
     /// Follower side of AppendEntries: if our entry at `prev_index` has `prev_term`, merge
     /// `entries` (truncating a conflicting suffix) and return the index of the last entry
     /// now known to match the leader. `Ok(None)` means the previous entry does not match.
-    pub fn try_append(
-        &mut self,
-        prev_index: u64,
-        prev_term: u64,
-        entries: Vec<Entry>,
-    ) -> Result<Option<u64>, RaftError> {
+    pub fn try_append(&mut self, prev_index: u64, prev_term: u64, entries: Vec<Entry>) -> Result<Option<u64>, RaftError> {
         for (offset, entry) in entries.iter().enumerate() {
             if entry.index != prev_index + 1 + offset as u64 {
-                return Err(RaftError::InvalidMessage(format!(
-                    "append entries are not contiguous after index {prev_index}"
-                )));
+                return Err(RaftError::InvalidMessage(format!("append entries are not contiguous after index {prev_index}")));
             }
         }
         if self.term(prev_index) != Some(prev_term) {

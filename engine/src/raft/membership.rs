@@ -95,14 +95,10 @@ impl Membership {
         let mut ids: Vec<u64> = self.members.keys().chain(next.members.keys()).copied().collect();
         ids.sort_unstable();
         ids.dedup();
-        let distinct = ids
-            .into_iter()
-            .filter(|id| self.role(*id).is_some_and(Role::votes) != next.role(*id).is_some_and(Role::votes))
-            .count();
+        let distinct =
+            ids.into_iter().filter(|id| self.role(*id).is_some_and(Role::votes) != next.role(*id).is_some_and(Role::votes)).count();
         if distinct > 1 {
-            return Err(RaftError::MembershipChange(format!(
-                "{distinct} voting members change at once; change one at a time"
-            )));
+            return Err(RaftError::MembershipChange(format!("{distinct} voting members change at once; change one at a time")));
         }
         if !next.members.values().any(|r| *r == Role::Voter) {
             return Err(RaftError::MembershipChange("the group would have no voter".into()));
@@ -114,9 +110,7 @@ impl Membership {
                 )));
             }
             if *role != Role::Witness && self.role(*id) == Some(Role::Witness) {
-                return Err(RaftError::MembershipChange(format!(
-                    "witness {id} keeps no payloads and cannot change role; remove it first"
-                )));
+                return Err(RaftError::MembershipChange(format!("witness {id} keeps no payloads and cannot change role; remove it first")));
             }
         }
         Ok(())
@@ -146,12 +140,7 @@ impl Membership {
                 Ok(pb::MemberRole::Voter) => Role::Voter,
                 Ok(pb::MemberRole::Observer) => Role::Observer,
                 Ok(pb::MemberRole::Witness) => Role::Witness,
-                Err(_) => {
-                    return Err(RaftError::MembershipChange(format!(
-                        "unknown role {} for node {}",
-                        member.role, member.node_id
-                    )))
-                }
+                Err(_) => return Err(RaftError::MembershipChange(format!("unknown role {} for node {}", member.role, member.node_id))),
             };
             pairs.push((member.node_id, role));
         }
@@ -165,9 +154,7 @@ impl Membership {
 
     /// Decodes the `data` of a membership entry.
     pub fn decode(data: &[u8]) -> Result<Self, RaftError> {
-        let proto = pb::Membership::decode(data).map_err(|e| {
-            RaftError::CorruptState(format!("membership entry does not decode: {e}"))
-        })?;
+        let proto = pb::Membership::decode(data).map_err(|e| RaftError::CorruptState(format!("membership entry does not decode: {e}")))?;
         Self::from_proto(&proto)
     }
 }

@@ -36,8 +36,8 @@ mod snapshot;
 mod step;
 
 pub use batch::{open_batch, Outbox};
-pub use config::{Config, DeliberateBugs};
 pub use conclave_proto::conclave::raft::v1::{Entry, EntryKind, Message, MessageBatch, MessageType};
+pub use config::{Config, DeliberateBugs};
 pub use error::RaftError;
 pub use membership::{Membership, Role};
 pub use node::{RaftNode, Recovered};

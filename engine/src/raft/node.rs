@@ -99,14 +99,10 @@ impl RaftNode {
     /// hand its data back with [`RaftNode::snapshot_taken`] so it can serve lagging peers.
     pub fn restart(cfg: Config, recovered: Recovered, rng: ChaCha8Rng) -> Result<Self, RaftError> {
         cfg.validate()?;
-        let Recovered { hard_state, compacted_index, compacted_term, membership, entries, applied } =
-            recovered;
+        let Recovered { hard_state, compacted_index, compacted_term, membership, entries, applied } = recovered;
         let mut log = RaftLog::recovered(compacted_index, compacted_term, entries, hard_state.commit)?;
         if applied < compacted_index || applied > log.committed() {
-            return Err(RaftError::CorruptState(format!(
-                "applied index {applied} outside [{compacted_index}, {}]",
-                log.committed()
-            )));
+            return Err(RaftError::CorruptState(format!("applied index {applied} outside [{compacted_index}, {}]", log.committed())));
         }
         log.take_committed(applied);
         if log.last_term() > hard_state.term {
@@ -119,10 +115,7 @@ impl RaftNode {
         let mut configs = vec![(compacted_index, compacted_term, membership)];
         for entry in log.iter() {
             if EntryKind::try_from(entry.kind).is_err() {
-                return Err(RaftError::CorruptState(format!(
-                    "recovered entry {} has unknown kind {}",
-                    entry.index, entry.kind
-                )));
+                return Err(RaftError::CorruptState(format!("recovered entry {} has unknown kind {}", entry.index, entry.kind)));
             }
             if entry.kind == EntryKind::Membership as i32 {
                 configs.push((entry.index, entry.term, Membership::decode(&entry.data)?));
@@ -306,10 +299,7 @@ impl RaftNode {
 
     /// Appends `payloads` as normal entries. Returns the index range `(first, last)`; an
     /// empty batch returns `(last + 1, last)`.
-    pub fn propose(
-        &mut self,
-        payloads: impl IntoIterator<Item = Bytes>,
-    ) -> Result<(u64, u64), RaftError> {
+    pub fn propose(&mut self, payloads: impl IntoIterator<Item = Bytes>) -> Result<(u64, u64), RaftError> {
         self.check_can_propose()?;
         self.wake();
         let first = self.log.last_index() + 1;
@@ -350,10 +340,7 @@ impl RaftNode {
             return Err(RaftError::NotLeader { leader: self.leader });
         }
         if self.transferee != 0 {
-            return Err(RaftError::Transfer(format!(
-                "leadership is moving to node {}; propose there",
-                self.transferee
-            )));
+            return Err(RaftError::Transfer(format!("leadership is moving to node {}; propose there", self.transferee)));
         }
         Ok(())
     }
@@ -372,23 +359,14 @@ impl RaftNode {
         self.wake();
         let pending = self.configs.last().map_or(0, |c| c.0);
         if pending > self.log.committed() {
-            return Err(RaftError::MembershipChange(format!(
-                "the change at index {pending} has not committed yet"
-            )));
+            return Err(RaftError::MembershipChange(format!("the change at index {pending} has not committed yet")));
         }
         if self.log.term(self.log.committed()) != Some(self.term) {
-            return Err(RaftError::MembershipChange(
-                "the leader has not committed an entry of its term yet".into(),
-            ));
+            return Err(RaftError::MembershipChange("the leader has not committed an entry of its term yet".into()));
         }
         self.membership().check_single_change(&next)?;
         let index = self.log.last_index() + 1;
-        let entry = Entry {
-            index,
-            term: self.term,
-            kind: EntryKind::Membership as i32,
-            data: next.encode(),
-        };
+        let entry = Entry { index, term: self.term, kind: EntryKind::Membership as i32, data: next.encode() };
         self.log.append_new([entry]);
         self.push_config(index, self.term, next);
         self.broadcast_append();
@@ -493,14 +471,7 @@ impl RaftNode {
     }
 
     pub(super) fn new_message(&self, to: u64, msg_type: MessageType) -> Message {
-        Message {
-            group_id: self.cfg.group_id,
-            from: self.cfg.id,
-            to,
-            term: self.term,
-            msg_type: msg_type as i32,
-            ..Message::default()
-        }
+        Message { group_id: self.cfg.group_id, from: self.cfg.id, to, term: self.term, msg_type: msg_type as i32, ..Message::default() }
     }
 
     pub(super) fn set_leader(&mut self, leader: u64) {
@@ -557,10 +528,7 @@ impl RaftNode {
         let last_known = self.configs.last().map_or(0, |c| c.0);
         let rolled_back = self.configs.len() < before;
         for entry in new {
-            if entry.kind == EntryKind::Membership as i32
-                && entry.index > last_known
-                && self.log.term(entry.index) == Some(entry.term)
-            {
+            if entry.kind == EntryKind::Membership as i32 && entry.index > last_known && self.log.term(entry.index) == Some(entry.term) {
                 let membership = Membership::decode(&entry.data)?;
                 self.push_config(entry.index, entry.term, membership);
             }

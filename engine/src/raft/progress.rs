@@ -56,9 +56,7 @@ impl Progress {
     pub fn is_paused(&self, max_messages: usize, max_bytes: usize) -> bool {
         match self.state {
             ReplicationState::Probe | ReplicationState::Snapshot => self.probe_sent,
-            ReplicationState::Replicate => {
-                self.inflight.len() >= max_messages || self.inflight_bytes >= max_bytes
-            }
+            ReplicationState::Replicate => self.inflight.len() >= max_messages || self.inflight_bytes >= max_bytes,
         }
     }
 

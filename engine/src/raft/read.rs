@@ -135,12 +135,7 @@ impl RaftNode {
             return;
         }
         self.reads.last_seq += 1;
-        let read = PendingRead {
-            seq: self.reads.last_seq,
-            index: self.log.committed(),
-            context,
-            requester,
-        };
+        let read = PendingRead { seq: self.reads.last_seq, index: self.log.committed(), context, requester };
         self.reads.pending.push_back(read);
         self.advance_reads();
         if !self.reads.pending.is_empty() {
@@ -197,13 +192,16 @@ impl RaftNode {
         }
         let id = self.cfg.id;
         let last_seq = self.reads.last_seq;
-        let confirmed = self.membership().quorum_index(|member| {
-            if member == id {
-                last_seq
-            } else {
-                self.progress.get(&member).map_or(0, |p| p.read_ack_seq)
-            }
-        });
+        let confirmed =
+            self.membership().quorum_index(
+                |member| {
+                    if member == id {
+                        last_seq
+                    } else {
+                        self.progress.get(&member).map_or(0, |p| p.read_ack_seq)
+                    }
+                },
+            );
         let Some(sent) = self.reads.round_tick(confirmed) else { return false };
         self.leader_ticks - sent + 2 < u64::from(self.cfg.election_ticks)
     }
@@ -226,9 +224,7 @@ impl RaftNode {
             let confirmed = self
                 .membership()
                 .voting()
-                .filter(|member| {
-                    *member == id || self.progress.get(member).is_some_and(|p| p.read_ack_seq >= seq)
-                })
+                .filter(|member| *member == id || self.progress.get(member).is_some_and(|p| p.read_ack_seq >= seq))
                 .count();
             if !self.membership().is_quorum(confirmed) {
                 break;

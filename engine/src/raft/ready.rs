@@ -49,21 +49,46 @@ pub struct ReadState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RaftEvent {
     /// This replica's role changed.
-    RoleChanged { role: RaftRole, term: u64 },
+    RoleChanged {
+        role: RaftRole,
+        term: u64,
+    },
     /// The known leader changed (`leader` 0: none known).
-    LeaderChanged { term: u64, leader: u64 },
+    LeaderChanged {
+        term: u64,
+        leader: u64,
+    },
     /// The configuration in effect changed (on append of a membership entry, or rollback).
-    MembershipChanged { index: u64, membership: Membership },
+    MembershipChanged {
+        index: u64,
+        membership: Membership,
+    },
     /// The configuration entry at `index` committed.
-    MembershipCommitted { index: u64 },
+    MembershipCommitted {
+        index: u64,
+    },
     /// A leadership transfer to `to` did not finish within an election timeout.
-    TransferAborted { to: u64 },
+    TransferAborted {
+        to: u64,
+    },
     /// The leader started, finished or gave up streaming snapshot `index` to `to`.
-    SnapshotSendStarted { to: u64, index: u64 },
-    SnapshotSendCompleted { to: u64, index: u64 },
-    SnapshotSendAborted { to: u64, index: u64 },
+    SnapshotSendStarted {
+        to: u64,
+        index: u64,
+    },
+    SnapshotSendCompleted {
+        to: u64,
+        index: u64,
+    },
+    SnapshotSendAborted {
+        to: u64,
+        index: u64,
+    },
     /// A complete snapshot arrived from `from` (see `Ready::snapshot`).
-    SnapshotReceived { from: u64, index: u64 },
+    SnapshotReceived {
+        from: u64,
+        index: u64,
+    },
 }
 
 /// The outputs accumulated since the last drain. Handle them in this order:

@@ -23,15 +23,9 @@ impl RaftNode {
         self.transferee = 0;
         self.lease_revoked = false;
         let next = self.log.last_index() + 1;
-        let peers: Vec<u64> =
-            self.membership().members().map(|(peer, _)| peer).filter(|peer| *peer != id).collect();
+        let peers: Vec<u64> = self.membership().members().map(|(peer, _)| peer).filter(|peer| *peer != id).collect();
         self.progress = peers.into_iter().map(|peer| (peer, Progress::new(next))).collect();
-        let noop = Entry {
-            index: next,
-            term: self.term,
-            kind: EntryKind::LeaderNoop as i32,
-            data: Bytes::new(),
-        };
+        let noop = Entry { index: next, term: self.term, kind: EntryKind::LeaderNoop as i32, data: Bytes::new() };
         self.log.append_new([noop]);
         self.maybe_commit();
         self.broadcast_append();
@@ -41,11 +35,8 @@ impl RaftNode {
     /// the activity marks for the next round.
     pub(super) fn quorum_recently_active(&mut self) -> bool {
         let id = self.cfg.id;
-        let active = self
-            .membership()
-            .voting()
-            .filter(|member| *member == id || self.progress.get(member).is_some_and(|p| p.recent_active))
-            .count();
+        let active =
+            self.membership().voting().filter(|member| *member == id || self.progress.get(member).is_some_and(|p| p.recent_active)).count();
         for progress in self.progress.values_mut() {
             progress.recent_active = false;
         }
@@ -93,11 +84,7 @@ impl RaftNode {
             return self.send_snapshot_chunk(to);
         };
         let mut entries = if progress.next_index <= self.log.last_index() {
-            self.log.entries_from(
-                progress.next_index,
-                self.cfg.max_entries_per_message,
-                self.cfg.max_bytes_per_message,
-            )
+            self.log.entries_from(progress.next_index, self.cfg.max_entries_per_message, self.cfg.max_bytes_per_message)
         } else {
             Vec::new()
         };
@@ -125,8 +112,7 @@ impl RaftNode {
         let last = self.log.last_index();
         loop {
             let Some(progress) = self.progress.get(&to) else { return };
-            let more = progress.next_index <= last
-                && progress.state == ReplicationState::Replicate;
+            let more = progress.next_index <= last && progress.state == ReplicationState::Replicate;
             if !more || !self.send_append(to) {
                 return;
             }
@@ -142,11 +128,8 @@ impl RaftNode {
 
     pub(super) fn on_append_response(&mut self, msg: Message) {
         let last = self.log.last_index();
-        let hint = if msg.reject && msg.log_term > 0 {
-            self.log.find_conflict_by_term(msg.reject_hint, msg.log_term).0
-        } else {
-            msg.reject_hint
-        };
+        let hint =
+            if msg.reject && msg.log_term > 0 { self.log.find_conflict_by_term(msg.reject_hint, msg.log_term).0 } else { msg.reject_hint };
         let Some(progress) = self.progress.get_mut(&msg.from) else { return };
         progress.recent_active = true;
         if msg.reject {
@@ -194,13 +177,16 @@ impl RaftNode {
         let id = self.cfg.id;
         let persisted = self.log.persisted();
         let progress = &self.progress;
-        let quorum_index = self.membership().quorum_index(|member| {
-            if member == id {
-                persisted
-            } else {
-                progress.get(&member).map_or(0, |p| p.match_index)
-            }
-        });
+        let quorum_index =
+            self.membership().quorum_index(
+                |member| {
+                    if member == id {
+                        persisted
+                    } else {
+                        progress.get(&member).map_or(0, |p| p.match_index)
+                    }
+                },
+            );
         if quorum_index <= self.log.committed() {
             return;
         }
@@ -233,11 +219,8 @@ impl RaftNode {
         let term = self.term;
         let peers: Vec<u64> = self.progress.keys().copied().collect();
         for peer in peers {
-            let queued = self
-                .out_messages
-                .iter_mut()
-                .rev()
-                .find(|m| m.to == peer && m.msg_type == MessageType::Append as i32 && m.term == term);
+            let queued =
+                self.out_messages.iter_mut().rev().find(|m| m.to == peer && m.msg_type == MessageType::Append as i32 && m.term == term);
             match queued {
                 Some(append) => append.commit = committed,
                 None => {

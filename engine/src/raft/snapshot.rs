@@ -49,10 +49,7 @@ impl RaftNode {
     /// compact its log up to `index` (see [`RaftNode::compact`]).
     pub fn snapshot_taken(&mut self, index: u64, data: Bytes) -> Result<(), RaftError> {
         if index > self.log.applied() {
-            return Err(RaftError::CorruptState(format!(
-                "snapshot at {index} is beyond the applied index {}",
-                self.log.applied()
-            )));
+            return Err(RaftError::CorruptState(format!("snapshot at {index} is beyond the applied index {}", self.log.applied())));
         }
         if self.snapshot.as_ref().is_some_and(|s| s.index >= index) {
             return Ok(());
@@ -71,12 +68,7 @@ impl RaftNode {
     }
 
     fn membership_at(&self, index: u64) -> Membership {
-        self.configs
-            .iter()
-            .rev()
-            .find(|(at, _, _)| *at <= index)
-            .map(|(_, _, m)| m.clone())
-            .unwrap_or_else(|| self.configs[0].2.clone())
+        self.configs.iter().rev().find(|(at, _, _)| *at <= index).map(|(_, _, m)| m.clone()).unwrap_or_else(|| self.configs[0].2.clone())
     }
 
     /// The caller durably installed the snapshot it got from `Ready::snapshot` (and dropped
@@ -172,19 +164,12 @@ impl RaftNode {
             return Ok(());
         }
         if msg.snapshot_offset == 0 {
-            let membership = Membership::from_proto(meta.membership.as_ref().ok_or_else(|| {
-                RaftError::InvalidMessage("snapshot metadata without membership".into())
-            })?)?;
-            self.incoming = Some(Incoming {
-                index: meta.index,
-                term: meta.term,
-                from: msg.from,
-                membership,
-                buffer: BytesMut::new(),
-            });
+            let membership = Membership::from_proto(
+                meta.membership.as_ref().ok_or_else(|| RaftError::InvalidMessage("snapshot metadata without membership".into()))?,
+            )?;
+            self.incoming = Some(Incoming { index: meta.index, term: meta.term, from: msg.from, membership, buffer: BytesMut::new() });
         }
-        let Some(incoming) = self.incoming.as_mut().filter(|i| i.index == meta.index && i.term == meta.term)
-        else {
+        let Some(incoming) = self.incoming.as_mut().filter(|i| i.index == meta.index && i.term == meta.term) else {
             reply.reject = true;
             self.out_messages.push(reply);
             return Ok(());

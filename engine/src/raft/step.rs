@@ -119,9 +119,8 @@ impl RaftNode {
                 // down); the lease we granted it binds nobody else, and a quiet group must not
                 // ignore it.
                 let forced = msg.context.as_ref() == TRANSFER_CONTEXT || msg.from == self.leader;
-                let in_lease = self.cfg.check_quorum
-                    && (self.leader != 0 || self.startup_quiet)
-                    && self.election_elapsed < self.cfg.election_ticks;
+                let in_lease =
+                    self.cfg.check_quorum && (self.leader != 0 || self.startup_quiet) && self.election_elapsed < self.cfg.election_ticks;
                 if in_lease && !forced {
                     return false;
                 }
@@ -151,11 +150,8 @@ impl RaftNode {
 
     fn on_vote_request(&mut self, msg: Message, msg_type: MessageType) {
         let pre = msg_type == MessageType::PreVote;
-        let can_vote = self.vote == msg.from
-            || (self.vote == 0 && self.leader == 0)
-            || (pre && msg.term > self.term);
-        let log_ok = self.log.is_up_to_date(msg.index, msg.log_term)
-            || self.cfg.deliberate_bugs.vote_for_stale_log;
+        let can_vote = self.vote == msg.from || (self.vote == 0 && self.leader == 0) || (pre && msg.term > self.term);
+        let log_ok = self.log.is_up_to_date(msg.index, msg.log_term) || self.cfg.deliberate_bugs.vote_for_stale_log;
         let response_type = if pre { MessageType::PreVoteResponse } else { MessageType::VoteResponse };
         let mut reply = self.new_message(msg.from, response_type);
         if can_vote && log_ok {
@@ -259,17 +255,11 @@ impl RaftNode {
         for entry in &msg.entries {
             match EntryKind::try_from(entry.kind) {
                 Ok(EntryKind::Membership) => {
-                    Membership::decode(&entry.data).map_err(|e| {
-                        RaftError::InvalidMessage(format!("membership entry {}: {e}", entry.index))
-                    })?;
+                    Membership::decode(&entry.data)
+                        .map_err(|e| RaftError::InvalidMessage(format!("membership entry {}: {e}", entry.index)))?;
                 }
                 Ok(_) => {}
-                Err(_) => {
-                    return Err(RaftError::InvalidMessage(format!(
-                        "entry {} has unknown kind {}",
-                        entry.index, entry.kind
-                    )))
-                }
+                Err(_) => return Err(RaftError::InvalidMessage(format!("entry {} has unknown kind {}", entry.index, entry.kind))),
             }
         }
         let mut reply = self.new_message(msg.from, MessageType::AppendResponse);
@@ -291,8 +281,7 @@ impl RaftNode {
                 }
             }
             None => {
-                let (hint_index, hint_term) =
-                    self.log.find_conflict_by_term(msg.index.min(self.log.last_index()), msg.log_term);
+                let (hint_index, hint_term) = self.log.find_conflict_by_term(msg.index.min(self.log.last_index()), msg.log_term);
                 reply.index = msg.index;
                 reply.reject = true;
                 reply.reject_hint = hint_index;

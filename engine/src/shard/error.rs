@@ -35,10 +35,7 @@ impl fmt::Display for ShardError {
             ShardError::NotLeader { group, leader } => {
                 write!(f, "partition {group} is led by node {leader}, not this node")
             }
-            ShardError::LeadershipLost => write!(
-                f,
-                "leadership changed while the request was in flight; its outcome is unknown, retry it"
-            ),
+            ShardError::LeadershipLost => write!(f, "leadership changed while the request was in flight; its outcome is unknown, retry it"),
             ShardError::Overloaded(why) => write!(f, "overloaded: {why}"),
             ShardError::Unavailable(why) => write!(f, "unavailable: {why}"),
             ShardError::UnknownGroup(group) => write!(f, "partition {group} is not hosted here"),

@@ -13,11 +13,8 @@ mod storage;
 mod upkeep;
 
 pub use error::ShardError;
-pub use replica::{
-    Committed, ReadTerm, Replica, Reply, SnapshotCapture, TermQuery, Watcher, MAX_HELD_READS,
-};
+pub use replica::{Committed, ReadTerm, Replica, Reply, SnapshotCapture, TermQuery, Watcher, MAX_HELD_READS};
 pub use runtime::{
-    Clock, EventSink, Durable, GroupWrite, LogStore, Request, RuntimeConfig, ShardEvent, ShardHandle,
-    ShardRuntime, Transport,
+    Clock, Durable, EventSink, GroupWrite, LogStore, Request, RuntimeConfig, ShardEvent, ShardHandle, ShardRuntime, Transport,
 };
 pub use storage::{load_snapshot, recover_replica, LoadedSnapshot, ShardStorage, SNAPSHOT_FORMAT_VERSION};

@@ -3,9 +3,7 @@
 //! clients, and membership changes — with the leader's answers coming back.
 
 use conclave_proto::conclave::peer::v1::peer_message::Body;
-use conclave_proto::conclave::peer::v1::{
-    ForwardedProposal, MembershipOutcome, MembershipRequest, PeerMessage, ProposalOutcome,
-};
+use conclave_proto::conclave::peer::v1::{ForwardedProposal, MembershipOutcome, MembershipRequest, PeerMessage, ProposalOutcome};
 
 use crate::raft::{open_batch, Membership, MessageType, RaftEvent, RaftRole, Role};
 use crate::sm::{self, Command};
@@ -64,13 +62,7 @@ impl<L: LogStore> ShardRuntime<L> {
 
     /// Follower: sends `command` to the group's leader, or answers `NotLeader` when no
     /// other leader is known.
-    pub(super) fn forward_proposal(
-        &mut self,
-        group: u32,
-        leader: u64,
-        command: &Command,
-        reply: Reply<Result<Committed, ShardError>>,
-    ) {
+    pub(super) fn forward_proposal(&mut self, group: u32, leader: u64, command: &Command, reply: Reply<Result<Committed, ShardError>>) {
         if leader == 0 || leader == self.node_id() {
             reply(Err(ShardError::NotLeader { group, leader: 0 }));
             return;
@@ -86,9 +78,7 @@ impl<L: LogStore> ShardRuntime<L> {
         let now_ms = self.now_ms();
         let appended = match self.replica_mut(group) {
             None => Err(ShardError::UnknownGroup(group)),
-            Some(replica) if !replica.is_leader() => {
-                Err(ShardError::NotLeader { group, leader: replica.raft().leader() })
-            }
+            Some(replica) if !replica.is_leader() => Err(ShardError::NotLeader { group, leader: replica.raft().leader() }),
             Some(replica) => match sm::command::decode(&proposal.command) {
                 Err(e) => Err(ShardError::Invalid(format!("a forwarded command does not decode: {e}"))),
                 Ok(mut command) => {
@@ -126,14 +116,7 @@ impl<L: LogStore> ShardRuntime<L> {
 
     /// Sets `node`'s role in `group` (`None` removes it): proposed here when this replica
     /// leads, forwarded to the leader otherwise.
-    pub(super) fn change_membership(
-        &mut self,
-        group: u32,
-        node: u64,
-        role: Option<Role>,
-        via: u64,
-        reply: Reply<Result<u64, ShardError>>,
-    ) {
+    pub(super) fn change_membership(&mut self, group: u32, node: u64, role: Option<Role>, via: u64, reply: Reply<Result<u64, ShardError>>) {
         let me = self.node_id();
         let attempt = self.next_membership_attempt();
         let Some(replica) = self.replica_mut(group) else {
@@ -189,9 +172,7 @@ impl<L: LogStore> ShardRuntime<L> {
                     }
                     reply(Err(ShardError::NotLeader { group, leader: 0 }))
                 }
-                None => reply(Err(ShardError::Invalid(format!(
-                    "node {me} is the only voter of group {group}; it cannot be removed"
-                )))),
+                None => reply(Err(ShardError::Invalid(format!("node {me} is the only voter of group {group}; it cannot be removed")))),
             };
         }
         let next = current.members().filter(|(id, _)| *id != node).chain(role.map(|r| (node, r)));
@@ -256,11 +237,7 @@ impl<L: LogStore> ShardRuntime<L> {
 
 /// Answers the membership changes a leader is waiting on as the group's Raft events say
 /// how they went: committed, or lost with the leadership.
-pub(super) fn settle_membership_waiters(
-    waiters: &mut MembershipWaiters,
-    group: u32,
-    event: &RaftEvent,
-) {
+pub(super) fn settle_membership_waiters(waiters: &mut MembershipWaiters, group: u32, event: &RaftEvent) {
     let Some(list) = waiters.get_mut(&group) else { return };
     match event {
         RaftEvent::MembershipCommitted { index } => {

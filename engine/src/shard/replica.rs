@@ -13,8 +13,7 @@ use bytes::Bytes;
 
 use crate::raft::{EntryKind, RaftError, RaftEvent, RaftNode, RaftRole, Ready};
 use crate::sm::{
-    self, Command, ElectionTerm, Notification, Output, PendingQueries, PrimitiveId, PrimitiveRef,
-    SessionId, SmError, StateMachine,
+    self, Command, ElectionTerm, Notification, Output, PendingQueries, PrimitiveId, PrimitiveRef, SessionId, SmError, StateMachine,
 };
 
 use super::error::ShardError;
@@ -217,13 +216,7 @@ impl Replica {
     /// change after it. `first` gets the current state (or the error); `watcher` every
     /// later change while it returns true.
     /// `key` names the subscription for [`Replica::unwatch`]; the caller keeps keys unique.
-    pub fn watch(
-        &mut self,
-        query: TermQuery,
-        key: u64,
-        first: Reply<Result<ReadTerm, ShardError>>,
-        watcher: Watcher,
-    ) {
+    pub fn watch(&mut self, query: TermQuery, key: u64, first: Reply<Result<ReadTerm, ShardError>>, watcher: Watcher) {
         self.start_read(PendingRead { query, action: ReadAction::Watch(first, key, watcher) });
     }
 
@@ -435,10 +428,7 @@ impl Replica {
         if self.is_witness() {
             return None;
         }
-        let pending_change = self
-            .raft
-            .entries()
-            .any(|e| e.index > index && e.kind == EntryKind::Membership as i32);
+        let pending_change = self.raft.entries().any(|e| e.index > index && e.kind == EntryKind::Membership as i32);
         if pending_change || index <= self.last_snapshot {
             return None;
         }
@@ -452,9 +442,7 @@ impl Replica {
     /// which a follower slightly behind can still be sent as entries rather than as the
     /// whole snapshot.
     pub fn snapshot_saved(&mut self, capture: &SnapshotCapture, tail: u64) -> Result<(), ShardError> {
-        self.raft
-            .snapshot_taken(capture.index, capture.data.clone())
-            .map_err(|e| ShardError::from_raft(self.raft.group_id(), e))?;
+        self.raft.snapshot_taken(capture.index, capture.data.clone()).map_err(|e| ShardError::from_raft(self.raft.group_id(), e))?;
         self.last_snapshot = self.last_snapshot.max(capture.index);
         self.raft.compact(capture.index.saturating_sub(tail));
         Ok(())
@@ -527,9 +515,9 @@ impl ShardError {
             RaftError::NotLeader { leader } => ShardError::NotLeader { group, leader },
             // Leadership is moving: the new leader takes requests shortly.
             RaftError::Transfer(_) => ShardError::NotLeader { group, leader: 0 },
-            RaftError::ProposalQueueFull => ShardError::Overloaded(format!(
-                "group {group} has too many uncommitted proposals; retry shortly"
-            )),
+            RaftError::ProposalQueueFull => {
+                ShardError::Overloaded(format!("group {group} has too many uncommitted proposals; retry shortly"))
+            }
             other => ShardError::Unavailable(format!("group {group}: {other}")),
         }
     }

@@ -32,8 +32,8 @@ use crate::sm::{self, Command};
 use super::error::ShardError;
 use super::peer::Forwarded;
 use super::peer_requests::settle_membership_waiters;
-use super::stall::{Phase, RoundTimer};
 use super::replica::{Committed, ReadTerm, Replica, Reply, TermQuery, Watcher};
+use super::stall::{Phase, RoundTimer};
 
 /// What one group asks the log to make durable in one round.
 #[derive(Debug)]
@@ -157,32 +157,69 @@ const HAND_OFF_RETRY_TICKS: u64 = 10;
 
 /// A request to the shard runtime.
 pub enum Request {
-    Propose { group: u32, command: Command, reply: Reply<Result<Committed, ShardError>> },
-    Read { group: u32, query: TermQuery, reply: Reply<Result<ReadTerm, ShardError>> },
+    Propose {
+        group: u32,
+        command: Command,
+        reply: Reply<Result<Committed, ShardError>>,
+    },
+    Read {
+        group: u32,
+        query: TermQuery,
+        reply: Reply<Result<ReadTerm, ShardError>>,
+    },
     /// Subscribes `watcher` under `key` (unique among the shard's watches) after a
     /// linearizable first read answered through `first`.
-    Watch { group: u32, key: u64, query: TermQuery, first: Reply<Result<ReadTerm, ShardError>>, watcher: Watcher },
+    Watch {
+        group: u32,
+        key: u64,
+        query: TermQuery,
+        first: Reply<Result<ReadTerm, ShardError>>,
+        watcher: Watcher,
+    },
     /// Ends the watch `key` (its client left).
-    Unwatch { group: u32, key: u64 },
+    Unwatch {
+        group: u32,
+        key: u64,
+    },
     /// A message from the same shard of peer node `from`.
-    Peer { from: u64, message: PeerMessage },
+    Peer {
+        from: u64,
+        message: PeerMessage,
+    },
     /// Starts hosting a replica (bootstrapped, joining, or recovered later than start-up).
-    AddReplica { group: u32, replica: Box<Replica>, reply: Reply<Result<(), ShardError>> },
+    AddReplica {
+        group: u32,
+        replica: Box<Replica>,
+        reply: Reply<Result<(), ShardError>>,
+    },
     /// Stops hosting a replica and deletes its data (after it left the group).
-    RemoveReplica { group: u32, reply: Reply<Result<(), ShardError>> },
+    RemoveReplica {
+        group: u32,
+        reply: Reply<Result<(), ShardError>>,
+    },
     /// Sets `node`'s role in the group (`None`: removes it), through the group's leader
     /// wherever it is. Answers with the index of the committed change (0: nothing to do).
     /// Removing this node while it leads hands leadership over first and answers
     /// `NotLeader`: retry. Removing the group's only member answers 0 (nothing to do).
     /// While this replica knows no leader (it is joining), the request goes to `via`, or
     /// to another member of the configuration it knows when `via` is 0.
-    ChangeMembership { group: u32, node: u64, role: Option<Role>, via: u64, reply: Reply<Result<u64, ShardError>> },
+    ChangeMembership {
+        group: u32,
+        node: u64,
+        role: Option<Role>,
+        via: u64,
+        reply: Reply<Result<u64, ShardError>>,
+    },
     /// Hands every group this shard leads to another voter (graceful stop); answers with
     /// the number of transfers started.
-    HandOffLeadership { reply: Reply<usize> },
+    HandOffLeadership {
+        reply: Reply<usize>,
+    },
     /// The connection to node `node` failed: requests forwarded to it will not be
     /// answered, so they fail now (outcome unknown) rather than at their timeout.
-    PeerDown { node: u64 },
+    PeerDown {
+        node: u64,
+    },
     /// Stop after answering everything in flight with [`ShardError::ShuttingDown`].
     Shutdown,
 }
@@ -500,9 +537,9 @@ impl<L: LogStore> ShardRuntime<L> {
                 }
             } else if self.cfg.rebalance_ticks > 0 && self.ticks >= last + self.cfg.rebalance_ticks {
                 let gave_it_away = |to: u64| {
-                    self.handed_by.get(&group).is_some_and(|&(from, at)| {
-                        from == to && self.ticks < at + HANDED_BACK_AFTER_PERIODS * self.cfg.rebalance_ticks
-                    })
+                    self.handed_by
+                        .get(&group)
+                        .is_some_and(|&(from, at)| from == to && self.ticks < at + HANDED_BACK_AFTER_PERIODS * self.cfg.rebalance_ticks)
                 };
                 if let Some(to) = replica.rebalance_target().filter(|to| !gave_it_away(*to)) {
                     self.last_rebalance.insert(group, self.ticks);
@@ -563,11 +600,7 @@ impl<L: LogStore> ShardRuntime<L> {
                     if let Some(vote) = vote {
                         self.durable_votes.insert(group, vote);
                     }
-                    writes.push(GroupWrite {
-                        group,
-                        hard_state: ready.hard_state,
-                        entries: std::mem::take(&mut ready.entries),
-                    });
+                    writes.push(GroupWrite { group, hard_state: ready.hard_state, entries: std::mem::take(&mut ready.entries) });
                     acks.push((group, ack, std::mem::take(&mut ready.persisted_messages)));
                 } else {
                     // They may answer for entries or a vote still on their way to disk.
@@ -681,9 +714,7 @@ impl<L: LogStore> ShardRuntime<L> {
                 Request::Propose { reply, .. } => reply(Err(ShardError::ShuttingDown)),
                 Request::Read { reply, .. } => reply(Err(ShardError::ShuttingDown)),
                 Request::Watch { first, .. } => first(Err(ShardError::ShuttingDown)),
-                Request::AddReplica { reply, .. } | Request::RemoveReplica { reply, .. } => {
-                    reply(Err(ShardError::ShuttingDown))
-                }
+                Request::AddReplica { reply, .. } | Request::RemoveReplica { reply, .. } => reply(Err(ShardError::ShuttingDown)),
                 Request::ChangeMembership { reply, .. } => reply(Err(ShardError::ShuttingDown)),
                 Request::HandOffLeadership { reply } => reply(0),
                 Request::Unwatch { .. } | Request::Peer { .. } | Request::PeerDown { .. } | Request::Shutdown => {}

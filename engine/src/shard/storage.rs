@@ -154,18 +154,16 @@ pub fn decode_state_machine(group: u32, index: u64, data: &Bytes) -> Result<Stat
 /// Encodes the snapshot envelope of a state machine with the configuration in effect at
 /// its applied index.
 pub fn encode_envelope(membership: &Membership, sm: &StateMachine) -> Bytes {
-    let envelope = GroupSnapshot {
-        version: SNAPSHOT_FORMAT_VERSION,
-        membership: Some(membership.to_proto()),
-        state_machine: sm.snapshot(),
-    };
+    let envelope =
+        GroupSnapshot { version: SNAPSHOT_FORMAT_VERSION, membership: Some(membership.to_proto()), state_machine: sm.snapshot() };
     Bytes::from(envelope.encode_to_vec())
 }
 
 /// The snapshot envelope a witness keeps: the configuration only, no state machine (an
 /// empty `state_machine`).
 pub fn encode_witness_envelope(membership: &Membership) -> Bytes {
-    let envelope = GroupSnapshot { version: SNAPSHOT_FORMAT_VERSION, membership: Some(membership.to_proto()), state_machine: Default::default() };
+    let envelope =
+        GroupSnapshot { version: SNAPSHOT_FORMAT_VERSION, membership: Some(membership.to_proto()), state_machine: Default::default() };
     Bytes::from(envelope.encode_to_vec())
 }
 
@@ -185,8 +183,8 @@ pub async fn load_snapshot(store: &SnapshotStore, group: u32) -> Result<Option<L
         return Ok(None);
     };
     let data = store.load(&meta).await.map_err(|e| format!("group {group}: {e}"))?;
-    let envelope = GroupSnapshot::decode(data.clone())
-        .map_err(|e| format!("group {group}: snapshot {} does not decode: {e}", meta.path.display()))?;
+    let envelope =
+        GroupSnapshot::decode(data.clone()).map_err(|e| format!("group {group}: snapshot {} does not decode: {e}", meta.path.display()))?;
     if envelope.version != SNAPSHOT_FORMAT_VERSION {
         return Err(format!(
             "group {group}: snapshot {} has format version {}, this build reads {SNAPSHOT_FORMAT_VERSION}",
@@ -203,8 +201,8 @@ pub async fn load_snapshot(store: &SnapshotStore, group: u32) -> Result<Option<L
     if envelope.state_machine.is_empty() {
         return Ok(Some(LoadedSnapshot { index: meta.index, term: meta.term, membership, state_machine: StateMachine::new(), data }));
     }
-    let state_machine = StateMachine::restore(&envelope.state_machine)
-        .map_err(|e| format!("group {group}: snapshot {}: {e}", meta.path.display()))?;
+    let state_machine =
+        StateMachine::restore(&envelope.state_machine).map_err(|e| format!("group {group}: snapshot {}: {e}", meta.path.display()))?;
     if state_machine.last_applied() != meta.index {
         return Err(format!(
             "group {group}: snapshot {} claims index {} but its state machine applied {}",
@@ -247,8 +245,7 @@ pub fn recover_replica(
     // log: they are skipped here.
     let mut entries = Vec::with_capacity(recovered.entries.len());
     for e in recovered.entries.iter().filter(|e| e.index > base_index) {
-        let kind = entry_kind_from_u8(e.kind)
-            .ok_or_else(|| format!("group {group}: entry {} has unknown kind {}", e.index, e.kind))?;
+        let kind = entry_kind_from_u8(e.kind).ok_or_else(|| format!("group {group}: entry {} has unknown kind {}", e.index, e.kind))?;
         // Copied out: a recovered payload is a slice of a whole segment read, which would
         // otherwise stay in memory as long as any entry of it does.
         let data = Bytes::copy_from_slice(&e.payload);
@@ -256,10 +253,7 @@ pub fn recover_replica(
     }
     if let Some(first) = entries.first() {
         if first.index != base_index + 1 {
-            return Err(format!(
-                "group {group}: the log resumes at index {} but the snapshot ends at {base_index}",
-                first.index
-            ));
+            return Err(format!("group {group}: the log resumes at index {} but the snapshot ends at {base_index}", first.index));
         }
     }
     let hs = recovered.hard_state.unwrap_or_default();

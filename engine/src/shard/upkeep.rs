@@ -41,22 +41,14 @@ impl<L: LogStore> ShardRuntime<L> {
         if self.cfg.snapshot_every == 0 {
             return Ok(());
         }
-        let due: Vec<u32> = self
-            .replicas
-            .iter()
-            .filter(|(_, r)| r.snapshot_due(self.cfg.snapshot_every))
-            .map(|(g, _)| *g)
-            .collect();
+        let due: Vec<u32> = self.replicas.iter().filter(|(_, r)| r.snapshot_due(self.cfg.snapshot_every)).map(|(g, _)| *g).collect();
         for group in due {
             let Some(capture) = self.replicas.get(&group).and_then(Replica::capture_snapshot) else {
                 continue;
             };
             let storage_error = |e: String| ShardError::Storage(format!("group {group}: {e}"));
             let had_snapshot = self.replicas.get(&group).is_some_and(|r| r.last_snapshot() > 0);
-            self.log
-                .save_snapshot(group, capture.index, capture.term, capture.data.clone())
-                .await
-                .map_err(storage_error)?;
+            self.log.save_snapshot(group, capture.index, capture.term, capture.data.clone()).await.map_err(storage_error)?;
             if let Some(replica) = self.replicas.get_mut(&group) {
                 replica.snapshot_saved(&capture, self.cfg.compaction_tail)?;
             }
@@ -70,11 +62,7 @@ impl<L: LogStore> ShardRuntime<L> {
     }
 
     pub(super) async fn compact_log(&mut self, group: u32, index: u64, term: u64) -> Result<(), ShardError> {
-        let reclaimed = self
-            .log
-            .compact(group, index, term)
-            .await
-            .map_err(|e| ShardError::Storage(format!("group {group}: {e}")))?;
+        let reclaimed = self.log.compact(group, index, term).await.map_err(|e| ShardError::Storage(format!("group {group}: {e}")))?;
         (self.events)(group, &ShardEvent::LogCompacted { index });
         if reclaimed {
             (self.events)(group, &ShardEvent::LogStoreCompacted { index });
@@ -88,11 +76,8 @@ impl<L: LogStore> ShardRuntime<L> {
     pub(super) async fn install_snapshot(&mut self, group: u32, snapshot: Snapshot) -> Result<(), ShardError> {
         let me = self.cfg.node_id;
         let witness = snapshot.membership.role(me) == Some(Role::Witness);
-        let restored = if witness {
-            Ok(sm::StateMachine::new())
-        } else {
-            super::storage::decode_state_machine(group, snapshot.index, &snapshot.data)
-        };
+        let restored =
+            if witness { Ok(sm::StateMachine::new()) } else { super::storage::decode_state_machine(group, snapshot.index, &snapshot.data) };
         let sm = match restored {
             Ok(sm) => sm,
             Err(e) => {
@@ -100,11 +85,7 @@ impl<L: LogStore> ShardRuntime<L> {
                 return Ok(());
             }
         };
-        let data = if witness {
-            super::storage::encode_witness_envelope(&snapshot.membership)
-        } else {
-            snapshot.data.clone()
-        };
+        let data = if witness { super::storage::encode_witness_envelope(&snapshot.membership) } else { snapshot.data.clone() };
         self.log
             .save_snapshot(group, snapshot.index, snapshot.term, data)
             .await
@@ -116,5 +97,4 @@ impl<L: LogStore> ShardRuntime<L> {
         (self.events)(group, &ShardEvent::SnapshotRecovered { index: snapshot.index });
         self.compact_log(group, snapshot.index, snapshot.term).await
     }
-
 }

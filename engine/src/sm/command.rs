@@ -35,75 +35,35 @@ pub fn leader_barrier(timestamp_ms: u64) -> Command {
 /// The barrier a leader proposes after its shard was held up for `paused_ms`: every
 /// session's keep-alive time moves forward by that much (keep-alives could not reach it).
 pub fn pause_barrier(timestamp_ms: u64, paused_ms: u64) -> Command {
-    with_operation(
-        timestamp_ms,
-        pb::command::Operation::LeaderBarrier(pb::LeaderBarrier { paused_ms }),
-    )
+    with_operation(timestamp_ms, pb::command::Operation::LeaderBarrier(pb::LeaderBarrier { paused_ms }))
 }
 
 /// Opens a session that expires `timeout_ms` after its last keep-alive.
 pub fn open_session(timestamp_ms: u64, timeout_ms: u64) -> Command {
-    with_operation(
-        timestamp_ms,
-        pb::command::Operation::OpenSession(pb::OpenSession { timeout_ms }),
-    )
+    with_operation(timestamp_ms, pb::command::Operation::OpenSession(pb::OpenSession { timeout_ms }))
 }
 
 /// Keeps `session_id` alive and releases its outputs up to `last_input_sequence_num`.
-pub fn keep_alive(
-    timestamp_ms: u64,
-    session_id: SessionId,
-    last_input_sequence_num: u64,
-) -> Command {
-    with_operation(
-        timestamp_ms,
-        pb::command::Operation::KeepAlive(pb::KeepAlive {
-            session_id,
-            last_input_sequence_num,
-        }),
-    )
+pub fn keep_alive(timestamp_ms: u64, session_id: SessionId, last_input_sequence_num: u64) -> Command {
+    with_operation(timestamp_ms, pb::command::Operation::KeepAlive(pb::KeepAlive { session_id, last_input_sequence_num }))
 }
 
 /// Closes `session_id`, removing its candidates from every election.
 pub fn close_session(timestamp_ms: u64, session_id: SessionId) -> Command {
-    with_operation(
-        timestamp_ms,
-        pb::command::Operation::CloseSession(pb::CloseSession { session_id }),
-    )
+    with_operation(timestamp_ms, pb::command::Operation::CloseSession(pb::CloseSession { session_id }))
 }
 
 /// Creates the election `name` if needed and opens a handle on it for the session.
-pub fn create_primitive(
-    timestamp_ms: u64,
-    session_id: SessionId,
-    sequence_num: u64,
-    name: &str,
-) -> Command {
+pub fn create_primitive(timestamp_ms: u64, session_id: SessionId, sequence_num: u64, name: &str) -> Command {
     with_operation(
         timestamp_ms,
-        pb::command::Operation::CreatePrimitive(pb::CreatePrimitive {
-            session_id,
-            sequence_num,
-            name: name.to_owned(),
-        }),
+        pb::command::Operation::CreatePrimitive(pb::CreatePrimitive { session_id, sequence_num, name: name.to_owned() }),
     )
 }
 
 /// Releases the session's handle on `primitive_id` and withdraws its candidates there.
-pub fn close_primitive(
-    timestamp_ms: u64,
-    session_id: SessionId,
-    sequence_num: u64,
-    primitive_id: PrimitiveId,
-) -> Command {
-    with_operation(
-        timestamp_ms,
-        pb::command::Operation::ClosePrimitive(pb::ClosePrimitive {
-            session_id,
-            sequence_num,
-            primitive_id,
-        }),
-    )
+pub fn close_primitive(timestamp_ms: u64, session_id: SessionId, sequence_num: u64, primitive_id: PrimitiveId) -> Command {
+    with_operation(timestamp_ms, pb::command::Operation::ClosePrimitive(pb::ClosePrimitive { session_id, sequence_num, primitive_id }))
 }
 
 /// An election operation `op` on `candidate` in the election `primitive`.
@@ -140,10 +100,7 @@ pub fn election(
 }
 
 fn with_operation(timestamp_ms: u64, operation: pb::command::Operation) -> Command {
-    Command {
-        timestamp_ms,
-        operation: Some(operation),
-    }
+    Command { timestamp_ms, operation: Some(operation) }
 }
 
 /// Encodes a command as a log-entry payload.
@@ -153,44 +110,19 @@ pub fn encode(command: &Command) -> Bytes {
 
 /// Decodes a log-entry payload.
 pub fn decode(payload: &[u8]) -> Result<Command, SmError> {
-    Command::decode(payload).map_err(|e| SmError::MalformedCommand {
-        reason: e.to_string(),
-    })
+    Command::decode(payload).map_err(|e| SmError::MalformedCommand { reason: e.to_string() })
 }
 
 /// A checked command, borrowing its strings from the decoded [`Command`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Operation<'a> {
-    LeaderBarrier {
-        paused_ms: u64,
-    },
-    OpenSession {
-        timeout_ms: u64,
-    },
-    KeepAlive {
-        session_id: SessionId,
-        last_input_sequence_num: u64,
-    },
-    CloseSession {
-        session_id: SessionId,
-    },
-    CreatePrimitive {
-        session_id: SessionId,
-        sequence_num: u64,
-        name: &'a str,
-    },
-    ClosePrimitive {
-        session_id: SessionId,
-        sequence_num: u64,
-        primitive_id: PrimitiveId,
-    },
-    Election {
-        session_id: SessionId,
-        sequence_num: u64,
-        primitive: PrimitiveSelector<'a>,
-        op: ElectionOp,
-        candidate: &'a str,
-    },
+    LeaderBarrier { paused_ms: u64 },
+    OpenSession { timeout_ms: u64 },
+    KeepAlive { session_id: SessionId, last_input_sequence_num: u64 },
+    CloseSession { session_id: SessionId },
+    CreatePrimitive { session_id: SessionId, sequence_num: u64, name: &'a str },
+    ClosePrimitive { session_id: SessionId, sequence_num: u64, primitive_id: PrimitiveId },
+    Election { session_id: SessionId, sequence_num: u64, primitive: PrimitiveSelector<'a>, op: ElectionOp, candidate: &'a str },
 }
 
 /// [`PrimitiveRef`] borrowed from a decoded command.
@@ -203,58 +135,34 @@ pub(crate) enum PrimitiveSelector<'a> {
 /// Checks the shape and names of a command; no state is consulted.
 pub(crate) fn check(command: &Command) -> Result<Operation<'_>, SmError> {
     use pb::command::Operation as Op;
-    let operation = command
-        .operation
-        .as_ref()
-        .ok_or_else(|| SmError::MalformedCommand {
-            reason: "the command carries no operation".into(),
-        })?;
+    let operation =
+        command.operation.as_ref().ok_or_else(|| SmError::MalformedCommand { reason: "the command carries no operation".into() })?;
     Ok(match operation {
-        Op::LeaderBarrier(barrier) => Operation::LeaderBarrier {
-            paused_ms: barrier.paused_ms,
-        },
+        Op::LeaderBarrier(barrier) => Operation::LeaderBarrier { paused_ms: barrier.paused_ms },
         Op::OpenSession(open) => {
             if open.timeout_ms == 0 {
                 return Err(SmError::ZeroSessionTimeout);
             }
-            Operation::OpenSession {
-                timeout_ms: open.timeout_ms,
-            }
+            Operation::OpenSession { timeout_ms: open.timeout_ms }
         }
-        Op::KeepAlive(k) => Operation::KeepAlive {
-            session_id: k.session_id,
-            last_input_sequence_num: k.last_input_sequence_num,
-        },
-        Op::CloseSession(c) => Operation::CloseSession {
-            session_id: c.session_id,
-        },
+        Op::KeepAlive(k) => Operation::KeepAlive { session_id: k.session_id, last_input_sequence_num: k.last_input_sequence_num },
+        Op::CloseSession(c) => Operation::CloseSession { session_id: c.session_id },
         Op::CreatePrimitive(c) => {
             validate_name(NameField::Election, &c.name)?;
-            Operation::CreatePrimitive {
-                session_id: c.session_id,
-                sequence_num: c.sequence_num,
-                name: &c.name,
-            }
+            Operation::CreatePrimitive { session_id: c.session_id, sequence_num: c.sequence_num, name: &c.name }
         }
-        Op::ClosePrimitive(c) => Operation::ClosePrimitive {
-            session_id: c.session_id,
-            sequence_num: c.sequence_num,
-            primitive_id: c.primitive_id,
-        },
+        Op::ClosePrimitive(c) => {
+            Operation::ClosePrimitive { session_id: c.session_id, sequence_num: c.sequence_num, primitive_id: c.primitive_id }
+        }
         Op::Election(e) => {
             let primitive = match &e.primitive {
-                Some(pb::election_command::Primitive::PrimitiveId(id)) => {
-                    PrimitiveSelector::Id(*id)
-                }
+                Some(pb::election_command::Primitive::PrimitiveId(id)) => PrimitiveSelector::Id(*id),
                 Some(pb::election_command::Primitive::ElectionName(name)) => {
                     validate_name(NameField::Election, name)?;
                     PrimitiveSelector::Name(name)
                 }
                 None => {
-                    return Err(SmError::MalformedCommand {
-                        reason: "the election command names no election (neither id nor name)"
-                            .into(),
-                    })
+                    return Err(SmError::MalformedCommand { reason: "the election command names no election (neither id nor name)".into() })
                 }
             };
             let op = match pb::ElectionOp::try_from(e.op) {
@@ -265,19 +173,11 @@ pub(crate) fn check(command: &Command) -> Result<Operation<'_>, SmError> {
                 Ok(pb::ElectionOp::Demote) => ElectionOp::Demote,
                 Ok(pb::ElectionOp::Evict) => ElectionOp::Evict,
                 Ok(pb::ElectionOp::Unspecified) | Err(_) => {
-                    return Err(SmError::MalformedCommand {
-                        reason: format!("unknown election operation {}", e.op),
-                    })
+                    return Err(SmError::MalformedCommand { reason: format!("unknown election operation {}", e.op) })
                 }
             };
             validate_name(NameField::Candidate, &e.candidate)?;
-            Operation::Election {
-                session_id: e.session_id,
-                sequence_num: e.sequence_num,
-                primitive,
-                op,
-                candidate: &e.candidate,
-            }
+            Operation::Election { session_id: e.session_id, sequence_num: e.sequence_num, primitive, op, candidate: &e.candidate }
         }
     })
 }

@@ -114,10 +114,7 @@ impl Election {
 
     /// The visible state.
     pub fn to_term(&self) -> ElectionTerm {
-        ElectionTerm {
-            term: self.term,
-            candidates: self.candidates.iter().map(|c| c.name.clone()).collect(),
-        }
+        ElectionTerm { term: self.term, candidates: self.candidates.iter().map(|c| c.name.clone()).collect() }
     }
 
     /// How many candidates the election holds.
@@ -140,10 +137,7 @@ impl Election {
         let before = self.leader_name();
         let changed = match (op, self.position(candidate)) {
             (ElectionOp::Enter, None) => {
-                self.candidates.push(Candidate {
-                    name: Arc::from(candidate),
-                    session_id,
-                });
+                self.candidates.push(Candidate { name: Arc::from(candidate), session_id });
                 true
             }
             (ElectionOp::Enter, Some(_)) => false,
@@ -169,10 +163,7 @@ impl Election {
                 self.candidates.swap(at, at + 1);
                 true
             }
-            (
-                ElectionOp::Evict | ElectionOp::Anoint | ElectionOp::Promote | ElectionOp::Demote,
-                _,
-            ) => false,
+            (ElectionOp::Evict | ElectionOp::Anoint | ElectionOp::Promote | ElectionOp::Demote, _) => false,
         };
         self.advance_term_if_new_leader(before);
         changed
@@ -218,25 +209,15 @@ mod tests {
 
     #[test]
     fn runtime_term_lists_the_leader_first_and_multiraft_term_excludes_it() {
-        let term = ElectionTerm {
-            term: 3,
-            candidates: ["a", "b", "c"].map(Arc::from).into(),
-        };
+        let term = ElectionTerm { term: 3, candidates: ["a", "b", "c"].map(Arc::from).into() };
         let runtime = term.to_runtime_term();
         assert_eq!((runtime.term, runtime.leader.as_str()), (3, "a"));
         assert_eq!(runtime.candidates, ["a", "b", "c"]);
         let multiraft = term.to_multiraft_term();
         assert_eq!((multiraft.index, multiraft.leader.as_str()), (3, "a"));
         assert_eq!(multiraft.candidates, ["b", "c"]);
-        let empty = ElectionTerm {
-            term: 4,
-            candidates: Arc::from([]),
-        }
-        .to_multiraft_term();
-        assert_eq!(
-            (empty.index, empty.leader.as_str(), empty.candidates.len()),
-            (4, "", 0)
-        );
+        let empty = ElectionTerm { term: 4, candidates: Arc::from([]) }.to_multiraft_term();
+        assert_eq!((empty.index, empty.leader.as_str(), empty.candidates.len()), (4, "", 0));
     }
 
     #[test]
@@ -244,15 +225,9 @@ mod tests {
         let mut e = Election::default();
         assert!(e.apply(ElectionOp::Enter, "a", 1));
         assert!(e.apply(ElectionOp::Enter, "b", 2));
-        assert!(
-            !e.apply(ElectionOp::Enter, "b", 1),
-            "present candidate: no change"
-        );
+        assert!(!e.apply(ElectionOp::Enter, "b", 1), "present candidate: no change");
         assert_eq!((e.term(), names(&e)), (1, vec!["a", "b"]));
-        assert!(
-            !e.apply(ElectionOp::Withdraw, "a", 2),
-            "withdraw by another session"
-        );
+        assert!(!e.apply(ElectionOp::Withdraw, "a", 2), "withdraw by another session");
         assert!(e.apply(ElectionOp::Withdraw, "a", 1));
         assert_eq!((e.term(), names(&e)), (2, vec!["b"]));
     }

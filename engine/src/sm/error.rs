@@ -91,11 +91,7 @@ pub enum SmError {
     UnknownSession { session_id: u64 },
     /// The sequence number is at or below what the client already acknowledged with
     /// KeepAlive, so its output was released and the command cannot be answered again.
-    SequenceFromThePast {
-        session_id: u64,
-        sequence_num: u64,
-        released_through: u64,
-    },
+    SequenceFromThePast { session_id: u64, sequence_num: u64, released_through: u64 },
     /// No primitive has this id.
     UnknownPrimitive { primitive_id: u64 },
     /// No election of this name was ever created.
@@ -121,9 +117,7 @@ impl SmError {
             | SmError::NameTooLong { .. }
             | SmError::ZeroSessionTimeout
             | SmError::SequenceFromThePast { .. } => ErrorKind::Invalid,
-            SmError::UnknownSession { .. }
-            | SmError::UnknownPrimitive { .. }
-            | SmError::ElectionNotFound { .. } => ErrorKind::NotFound,
+            SmError::UnknownSession { .. } | SmError::UnknownPrimitive { .. } | SmError::ElectionNotFound { .. } => ErrorKind::NotFound,
             SmError::EntryAlreadyApplied { .. } => ErrorKind::Internal,
             SmError::TooManySessions
             | SmError::TooManyPendingOutputs { .. }
@@ -216,10 +210,9 @@ impl fmt::Display for SnapshotError {
             SnapshotError::Decode { reason } => {
                 write!(f, "state-machine snapshot does not decode: {reason}")
             }
-            SnapshotError::UnsupportedVersion { found, supported } => write!(
-                f,
-                "state-machine snapshot version {found} is not supported (this build reads version {supported})"
-            ),
+            SnapshotError::UnsupportedVersion { found, supported } => {
+                write!(f, "state-machine snapshot version {found} is not supported (this build reads version {supported})")
+            }
             SnapshotError::Inconsistent { reason } => {
                 write!(f, "state-machine snapshot is inconsistent: {reason}")
             }
@@ -235,10 +228,7 @@ pub fn validate_name(field: NameField, name: &str) -> Result<(), SmError> {
         return Err(SmError::EmptyName { field });
     }
     if name.len() > MAX_NAME_BYTES {
-        return Err(SmError::NameTooLong {
-            field,
-            len: name.len(),
-        });
+        return Err(SmError::NameTooLong { field, len: name.len() });
     }
     Ok(())
 }

@@ -79,20 +79,11 @@ impl StateMachine {
         self.apply_checked(index, term, command.timestamp_ms, command::check(command))
     }
 
-    fn apply_checked(
-        &mut self,
-        index: u64,
-        term: u64,
-        timestamp_ms: u64,
-        operation: Result<Operation<'_>, SmError>,
-    ) -> Applied {
+    fn apply_checked(&mut self, index: u64, term: u64, timestamp_ms: u64, operation: Result<Operation<'_>, SmError>) -> Applied {
         if index <= self.last_applied {
             return Applied {
                 index,
-                result: Err(SmError::EntryAlreadyApplied {
-                    index,
-                    last_applied: self.last_applied,
-                }),
+                result: Err(SmError::EntryAlreadyApplied { index, last_applied: self.last_applied }),
                 retried: false,
                 notifications: Vec::new(),
             };
@@ -118,12 +109,7 @@ impl StateMachine {
             Ok(operation) => self.execute(index, now_ms, operation, &mut notifications),
             Err(error) => (Err(error), false),
         };
-        Applied {
-            index,
-            result,
-            retried,
-            notifications,
-        }
+        Applied { index, result, retried, notifications }
     }
 
     fn execute(
@@ -135,20 +121,13 @@ impl StateMachine {
     ) -> (Result<Output, SmError>, bool) {
         match operation {
             Operation::LeaderBarrier { .. } => (Ok(Output::Barrier), false),
-            Operation::OpenSession { .. } if self.sessions.len() >= MAX_SESSIONS => {
-                (Err(SmError::TooManySessions), false)
-            }
+            Operation::OpenSession { .. } if self.sessions.len() >= MAX_SESSIONS => (Err(SmError::TooManySessions), false),
             Operation::OpenSession { timeout_ms } => {
                 self.sessions.open(index, timeout_ms, now_ms);
                 (Ok(Output::SessionOpened { session_id: index }), false)
             }
-            Operation::KeepAlive {
-                session_id,
-                last_input_sequence_num,
-            } => {
-                let result = self
-                    .sessions
-                    .keep_alive(session_id, last_input_sequence_num, now_ms);
+            Operation::KeepAlive { session_id, last_input_sequence_num } => {
+                let result = self.sessions.keep_alive(session_id, last_input_sequence_num, now_ms);
                 (result.map(|()| Output::KeptAlive), false)
             }
             Operation::CloseSession { session_id } => match self.sessions.remove(session_id) {
@@ -158,11 +137,7 @@ impl StateMachine {
                 }
                 None => (Err(SmError::UnknownSession { session_id }), false),
             },
-            Operation::CreatePrimitive {
-                session_id,
-                sequence_num,
-                name,
-            } => self.sequenced(
+            Operation::CreatePrimitive { session_id, sequence_num, name } => self.sequenced(
                 session_id,
                 sequence_num,
                 |sm| match sm.registry.id_of(name) {
@@ -174,27 +149,22 @@ impl StateMachine {
                     CachedOutput::PrimitiveCreated { primitive_id }
                 },
             ),
-            Operation::ClosePrimitive {
+            Operation::ClosePrimitive { session_id, sequence_num, primitive_id } => self.sequenced(
                 session_id,
                 sequence_num,
-                primitive_id,
-            } => self.sequenced(session_id, sequence_num, |_| Ok(()), |sm| {
-                let Some(primitive) = sm.registry.get_mut(primitive_id) else {
-                    return CachedOutput::UnknownPrimitive { primitive_id };
-                };
-                primitive.open_sessions.remove(&session_id);
-                if primitive.election.remove_sessions(|s| s == session_id) {
-                    notifications.push(notification(index, primitive));
-                }
-                CachedOutput::PrimitiveClosed
-            }),
-            Operation::Election {
-                session_id,
-                sequence_num,
-                primitive,
-                op,
-                candidate,
-            } => self.sequenced(
+                |_| Ok(()),
+                |sm| {
+                    let Some(primitive) = sm.registry.get_mut(primitive_id) else {
+                        return CachedOutput::UnknownPrimitive { primitive_id };
+                    };
+                    primitive.open_sessions.remove(&session_id);
+                    if primitive.election.remove_sessions(|s| s == session_id) {
+                        notifications.push(notification(index, primitive));
+                    }
+                    CachedOutput::PrimitiveClosed
+                },
+            ),
+            Operation::Election { session_id, sequence_num, primitive, op, candidate } => self.sequenced(
                 session_id,
                 sequence_num,
                 |sm| sm.admit_candidate(primitive, op, candidate),
@@ -222,12 +192,7 @@ impl StateMachine {
         let changed = primitive.election.apply(op, candidate, session_id);
         let term = primitive.election.to_term();
         if changed {
-            notifications.push(Notification {
-                index,
-                primitive_id,
-                name: primitive.name.clone(),
-                term: term.clone(),
-            });
+            notifications.push(Notification { index, primitive_id, name: primitive.name.clone(), term: term.clone() });
         }
         CachedOutput::Term(term)
     }
@@ -237,11 +202,7 @@ impl StateMachine {
         match selector {
             PrimitiveSelector::Id(primitive_id) => Ok(primitive_id),
             PrimitiveSelector::Name(name) => {
-                self.registry
-                    .id_of(name)
-                    .ok_or_else(|| CachedOutput::ElectionNotFound {
-                        name: name.to_owned(),
-                    })
+                self.registry.id_of(name).ok_or_else(|| CachedOutput::ElectionNotFound { name: name.to_owned() })
             }
         }
     }
@@ -292,12 +253,7 @@ impl StateMachine {
 
     /// Removes every trace of the ended (already removed) sessions from the registry:
     /// handles, and candidates in one change per election.
-    fn end_sessions(
-        &mut self,
-        ended: &BTreeSet<SessionId>,
-        index: u64,
-        notifications: &mut Vec<Notification>,
-    ) {
+    fn end_sessions(&mut self, ended: &BTreeSet<SessionId>, index: u64, notifications: &mut Vec<Notification>) {
         for primitive in self.registry.iter_mut() {
             primitive.open_sessions.retain(|s| !ended.contains(s));
             if primitive.election.remove_sessions(|s| ended.contains(&s)) {
@@ -310,21 +266,14 @@ impl StateMachine {
     /// `session_id`, the session must exist (driver API queries carry one). Linearizable
     /// when called once [`Self::last_applied`] covers the read index; see
     /// [`super::PendingQueries`].
-    pub fn query_term(
-        &self,
-        session_id: Option<SessionId>,
-        primitive: &PrimitiveRef,
-    ) -> Result<ElectionTerm, SmError> {
+    pub fn query_term(&self, session_id: Option<SessionId>, primitive: &PrimitiveRef) -> Result<ElectionTerm, SmError> {
         if let Some(session_id) = session_id {
             if !self.sessions.contains(session_id) {
                 return Err(SmError::UnknownSession { session_id });
             }
         }
         let primitive = match primitive {
-            PrimitiveRef::Id(id) => self
-                .registry
-                .get(*id)
-                .ok_or(SmError::UnknownPrimitive { primitive_id: *id })?,
+            PrimitiveRef::Id(id) => self.registry.get(*id).ok_or(SmError::UnknownPrimitive { primitive_id: *id })?,
             PrimitiveRef::Name(name) => {
                 validate_name(NameField::Election, name)?;
                 self.registry
@@ -338,10 +287,5 @@ impl StateMachine {
 }
 
 fn notification(index: u64, primitive: &Primitive) -> Notification {
-    Notification {
-        index,
-        primitive_id: primitive.id,
-        name: primitive.name.clone(),
-        term: primitive.election.to_term(),
-    }
+    Notification { index, primitive_id: primitive.id, name: primitive.name.clone(), term: primitive.election.to_term() }
 }

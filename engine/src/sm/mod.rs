@@ -35,8 +35,8 @@ mod snapshot;
 pub use command::{Command, PrimitiveRef};
 pub use election::{Candidate, Election, ElectionOp, ElectionTerm};
 pub use error::{
-    validate_name, ErrorKind, NameField, SmError, SnapshotError, MAX_CANDIDATES, MAX_ELECTIONS, MAX_NAME_BYTES,
-    MAX_PENDING_OUTPUTS, MAX_SESSIONS,
+    validate_name, ErrorKind, NameField, SmError, SnapshotError, MAX_CANDIDATES, MAX_ELECTIONS, MAX_NAME_BYTES, MAX_PENDING_OUTPUTS,
+    MAX_SESSIONS,
 };
 pub use machine::StateMachine;
 pub use query::PendingQueries;

@@ -13,10 +13,7 @@ pub struct PendingQueries<Q> {
 
 impl<Q> Default for PendingQueries<Q> {
     fn default() -> Self {
-        PendingQueries {
-            waiting: BTreeMap::new(),
-            len: 0,
-        }
+        PendingQueries { waiting: BTreeMap::new(), len: 0 }
     }
 }
 
@@ -61,10 +58,7 @@ impl<Q> PendingQueries<Q> {
     /// answers them UNAVAILABLE), in order.
     pub fn drain(&mut self) -> Vec<Q> {
         self.len = 0;
-        std::mem::take(&mut self.waiting)
-            .into_values()
-            .flatten()
-            .collect()
+        std::mem::take(&mut self.waiting).into_values().flatten().collect()
     }
 }
 

@@ -81,29 +81,16 @@ impl Registry {
     pub(crate) fn insert(&mut self, primitive: Primitive) {
         let previous_name = self.by_name.insert(primitive.name.clone(), primitive.id);
         let previous_id = self.by_id.insert(primitive.id, primitive);
-        debug_assert!(
-            previous_name.is_none() && previous_id.is_none(),
-            "primitive reused"
-        );
+        debug_assert!(previous_name.is_none() && previous_id.is_none(), "primitive reused");
     }
 
     /// Returns the id of the election `name`, creating it with id `new_id` if it does not
     /// exist, and opens a handle for `session_id`.
-    pub(crate) fn create(
-        &mut self,
-        name: &str,
-        new_id: PrimitiveId,
-        session_id: SessionId,
-    ) -> PrimitiveId {
+    pub(crate) fn create(&mut self, name: &str, new_id: PrimitiveId, session_id: SessionId) -> PrimitiveId {
         let id = match self.by_name.get(name) {
             Some(&id) => id,
             None => {
-                self.insert(Primitive {
-                    id: new_id,
-                    name: Arc::from(name),
-                    election: Election::default(),
-                    open_sessions: BTreeSet::new(),
-                });
+                self.insert(Primitive { id: new_id, name: Arc::from(name), election: Election::default(), open_sessions: BTreeSet::new() });
                 new_id
             }
         };

@@ -32,17 +32,11 @@ impl CachedOutput {
     pub fn to_result(&self) -> Result<super::Output, SmError> {
         use super::Output;
         match self {
-            CachedOutput::PrimitiveCreated { primitive_id } => Ok(Output::PrimitiveCreated {
-                primitive_id: *primitive_id,
-            }),
+            CachedOutput::PrimitiveCreated { primitive_id } => Ok(Output::PrimitiveCreated { primitive_id: *primitive_id }),
             CachedOutput::PrimitiveClosed => Ok(Output::PrimitiveClosed),
             CachedOutput::Term(term) => Ok(Output::Term(term.clone())),
-            CachedOutput::UnknownPrimitive { primitive_id } => Err(SmError::UnknownPrimitive {
-                primitive_id: *primitive_id,
-            }),
-            CachedOutput::ElectionNotFound { name } => {
-                Err(SmError::ElectionNotFound { name: name.clone() })
-            }
+            CachedOutput::UnknownPrimitive { primitive_id } => Err(SmError::UnknownPrimitive { primitive_id: *primitive_id }),
+            CachedOutput::ElectionNotFound { name } => Err(SmError::ElectionNotFound { name: name.clone() }),
         }
     }
 }
@@ -130,33 +124,17 @@ impl SessionTable {
 
     pub(crate) fn open(&mut self, id: SessionId, timeout_ms: u64, now_ms: u64) {
         debug_assert!(timeout_ms > 0);
-        self.insert(Session {
-            id,
-            timeout_ms,
-            last_alive_ms: now_ms,
-            released_sequence_num: 0,
-            outputs: BTreeMap::new(),
-        });
+        self.insert(Session { id, timeout_ms, last_alive_ms: now_ms, released_sequence_num: 0, outputs: BTreeMap::new() });
     }
 
     /// Refreshes a session and releases outputs up to `acknowledged`.
-    pub(crate) fn keep_alive(
-        &mut self,
-        id: SessionId,
-        acknowledged: u64,
-        now_ms: u64,
-    ) -> Result<(), SmError> {
-        let session = self
-            .by_id
-            .get_mut(&id)
-            .ok_or(SmError::UnknownSession { session_id: id })?;
+    pub(crate) fn keep_alive(&mut self, id: SessionId, acknowledged: u64, now_ms: u64) -> Result<(), SmError> {
+        let session = self.by_id.get_mut(&id).ok_or(SmError::UnknownSession { session_id: id })?;
         self.deadlines.remove(&(session.deadline_ms(), id));
         session.last_alive_ms = session.last_alive_ms.max(now_ms);
         if acknowledged > session.released_sequence_num {
             session.released_sequence_num = acknowledged;
-            session
-                .outputs
-                .retain(|&sequence_num, _| sequence_num > acknowledged);
+            session.outputs.retain(|&sequence_num, _| sequence_num > acknowledged);
         }
         self.deadlines.insert((session.deadline_ms(), id));
         Ok(())
@@ -205,24 +183,13 @@ impl SessionTable {
     }
 
     /// Looks a sequenced command up in its session's cache.
-    pub(crate) fn sequence(
-        &self,
-        id: SessionId,
-        sequence_num: u64,
-    ) -> Result<Sequencing<'_>, SmError> {
-        let session = self
-            .by_id
-            .get(&id)
-            .ok_or(SmError::UnknownSession { session_id: id })?;
+    pub(crate) fn sequence(&self, id: SessionId, sequence_num: u64) -> Result<Sequencing<'_>, SmError> {
+        let session = self.by_id.get(&id).ok_or(SmError::UnknownSession { session_id: id })?;
         if let Some(output) = session.outputs.get(&sequence_num) {
             return Ok(Sequencing::Retry(output));
         }
         if sequence_num <= session.released_sequence_num {
-            return Err(SmError::SequenceFromThePast {
-                session_id: id,
-                sequence_num,
-                released_through: session.released_sequence_num,
-            });
+            return Err(SmError::SequenceFromThePast { session_id: id, sequence_num, released_through: session.released_sequence_num });
         }
         Ok(Sequencing::Fresh)
     }

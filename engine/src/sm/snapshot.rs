@@ -37,14 +37,9 @@ impl StateMachine {
     /// Rebuilds a state machine from [`Self::snapshot`] bytes. It then behaves exactly as
     /// the one that wrote them.
     pub fn restore(bytes: &[u8]) -> Result<StateMachine, SnapshotError> {
-        let snapshot = pb::Snapshot::decode(bytes).map_err(|e| SnapshotError::Decode {
-            reason: e.to_string(),
-        })?;
+        let snapshot = pb::Snapshot::decode(bytes).map_err(|e| SnapshotError::Decode { reason: e.to_string() })?;
         if snapshot.version != SNAPSHOT_VERSION {
-            return Err(SnapshotError::UnsupportedVersion {
-                found: snapshot.version,
-                supported: SNAPSHOT_VERSION,
-            });
+            return Err(SnapshotError::UnsupportedVersion { found: snapshot.version, supported: SNAPSHOT_VERSION });
         }
         let mut machine = StateMachine {
             last_applied: snapshot.last_applied_index,
@@ -80,9 +75,7 @@ fn inconsistent<T>(reason: String) -> Result<T, SnapshotError> {
 
 fn ascending(previous: u64, id: u64, what: &str) -> Result<(), SnapshotError> {
     if id <= previous {
-        return inconsistent(format!(
-            "{what} id {id} is zero or not above the previous id {previous}"
-        ));
+        return inconsistent(format!("{what} id {id} is zero or not above the previous id {previous}"));
     }
     Ok(())
 }
@@ -96,10 +89,7 @@ fn encode_session(session: &Session) -> pb::SessionState {
         cached_outputs: session
             .outputs
             .iter()
-            .map(|(&sequence_num, output)| pb::CachedOutput {
-                sequence_num,
-                output: Some(encode_output(output)),
-            })
+            .map(|(&sequence_num, output)| pb::CachedOutput { sequence_num, output: Some(encode_output(output)) })
             .collect(),
     }
 }
@@ -109,10 +99,9 @@ fn encode_output(output: &CachedOutput) -> pb::cached_output::Output {
     match output {
         CachedOutput::PrimitiveCreated { primitive_id } => Out::PrimitiveCreated(*primitive_id),
         CachedOutput::PrimitiveClosed => Out::PrimitiveClosed(pb::PrimitiveClosed {}),
-        CachedOutput::Term(term) => Out::ElectionTerm(pb::ElectionTerm {
-            term: term.term,
-            candidates: term.candidates.iter().map(|c| c.to_string()).collect(),
-        }),
+        CachedOutput::Term(term) => {
+            Out::ElectionTerm(pb::ElectionTerm { term: term.term, candidates: term.candidates.iter().map(|c| c.to_string()).collect() })
+        }
         CachedOutput::UnknownPrimitive { primitive_id } => Out::UnknownPrimitive(*primitive_id),
         CachedOutput::ElectionNotFound { name } => Out::ElectionNotFound(name.clone()),
     }
@@ -127,10 +116,7 @@ fn encode_primitive(primitive: &Primitive) -> pb::PrimitiveState {
             .election
             .candidates()
             .iter()
-            .map(|c| pb::CandidateState {
-                name: c.name.to_string(),
-                session_id: c.session_id,
-            })
+            .map(|c| pb::CandidateState { name: c.name.to_string(), session_id: c.session_id })
             .collect(),
         open_sessions: primitive.open_sessions.iter().copied().collect(),
     }
@@ -139,9 +125,7 @@ fn encode_primitive(primitive: &Primitive) -> pb::PrimitiveState {
 fn decode_session(state: &pb::SessionState, last_applied: u64) -> Result<Session, SnapshotError> {
     let id = state.session_id;
     if id > last_applied {
-        return inconsistent(format!(
-            "session {id} is above the last applied index {last_applied}"
-        ));
+        return inconsistent(format!("session {id} is above the last applied index {last_applied}"));
     }
     if state.timeout_ms == 0 {
         return inconsistent(format!("session {id} has a zero timeout"));
@@ -150,10 +134,7 @@ fn decode_session(state: &pb::SessionState, last_applied: u64) -> Result<Session
     let mut previous = state.released_sequence_num;
     for cached in &state.cached_outputs {
         if cached.sequence_num <= previous {
-            return inconsistent(format!(
-                "session {id}: cached output {} is released or out of order",
-                cached.sequence_num
-            ));
+            return inconsistent(format!("session {id}: cached output {} is released or out of order", cached.sequence_num));
         }
         previous = cached.sequence_num;
         let output = decode_output(cached, id)?;
@@ -168,47 +149,25 @@ fn decode_session(state: &pb::SessionState, last_applied: u64) -> Result<Session
     })
 }
 
-fn decode_output(
-    cached: &pb::CachedOutput,
-    session_id: u64,
-) -> Result<CachedOutput, SnapshotError> {
+fn decode_output(cached: &pb::CachedOutput, session_id: u64) -> Result<CachedOutput, SnapshotError> {
     use pb::cached_output::Output as Out;
     Ok(match &cached.output {
-        Some(Out::PrimitiveCreated(primitive_id)) => CachedOutput::PrimitiveCreated {
-            primitive_id: *primitive_id,
-        },
+        Some(Out::PrimitiveCreated(primitive_id)) => CachedOutput::PrimitiveCreated { primitive_id: *primitive_id },
         Some(Out::PrimitiveClosed(_)) => CachedOutput::PrimitiveClosed,
         Some(Out::ElectionTerm(term)) => CachedOutput::Term(ElectionTerm {
             term: term.term,
-            candidates: term
-                .candidates
-                .iter()
-                .map(|c| Arc::from(c.as_str()))
-                .collect(),
+            candidates: term.candidates.iter().map(|c| Arc::from(c.as_str())).collect(),
         }),
-        Some(Out::UnknownPrimitive(primitive_id)) => CachedOutput::UnknownPrimitive {
-            primitive_id: *primitive_id,
-        },
+        Some(Out::UnknownPrimitive(primitive_id)) => CachedOutput::UnknownPrimitive { primitive_id: *primitive_id },
         Some(Out::ElectionNotFound(name)) => CachedOutput::ElectionNotFound { name: name.clone() },
-        None => {
-            return inconsistent(format!(
-                "session {session_id}: cached output {} is empty",
-                cached.sequence_num
-            ))
-        }
+        None => return inconsistent(format!("session {session_id}: cached output {} is empty", cached.sequence_num)),
     })
 }
 
-fn decode_primitive(
-    state: &pb::PrimitiveState,
-    machine: &StateMachine,
-) -> Result<Primitive, SnapshotError> {
+fn decode_primitive(state: &pb::PrimitiveState, machine: &StateMachine) -> Result<Primitive, SnapshotError> {
     let id = state.primitive_id;
     if id > machine.last_applied {
-        return inconsistent(format!(
-            "primitive {id} is above the last applied index {}",
-            machine.last_applied
-        ));
+        return inconsistent(format!("primitive {id} is above the last applied index {}", machine.last_applied));
     }
     if let Err(error) = validate_name(NameField::Election, &state.name) {
         return inconsistent(format!("primitive {id}: {error}"));
@@ -220,10 +179,7 @@ fn decode_primitive(
             return inconsistent(format!("primitive {id}: {error}"));
         }
         if !candidate_names.insert(candidate.name.as_str()) {
-            return inconsistent(format!(
-                "primitive {id}: candidate {:?} appears twice",
-                candidate.name
-            ));
+            return inconsistent(format!("primitive {id}: candidate {:?} appears twice", candidate.name));
         }
         if !machine.sessions.contains(candidate.session_id) {
             return inconsistent(format!(
@@ -231,10 +187,7 @@ fn decode_primitive(
                 candidate.name, candidate.session_id
             ));
         }
-        candidates.push(Candidate {
-            name: Arc::from(candidate.name.as_str()),
-            session_id: candidate.session_id,
-        });
+        candidates.push(Candidate { name: Arc::from(candidate.name.as_str()), session_id: candidate.session_id });
     }
     if !candidates.is_empty() && state.term == 0 {
         return inconsistent(format!("primitive {id} has a leader but term 0"));
@@ -243,17 +196,10 @@ fn decode_primitive(
     let mut previous = 0;
     for &session_id in &state.open_sessions {
         if session_id <= previous || !machine.sessions.contains(session_id) {
-            return inconsistent(format!(
-                "primitive {id}: open session {session_id} is missing or out of order"
-            ));
+            return inconsistent(format!("primitive {id}: open session {session_id} is missing or out of order"));
         }
         previous = session_id;
         open_sessions.insert(session_id);
     }
-    Ok(Primitive {
-        id,
-        name: Arc::from(state.name.as_str()),
-        election: Election::from_parts(state.term, candidates),
-        open_sessions,
-    })
+    Ok(Primitive { id, name: Arc::from(state.name.as_str()), election: Election::from_parts(state.term, candidates), open_sessions })
 }

@@ -47,8 +47,7 @@ pub struct LogView {
 
 impl LogView {
     fn at_least_as_up_to_date_as(&self, other: &LogView) -> bool {
-        self.last_term > other.last_term
-            || (self.last_term == other.last_term && self.last_index >= other.last_index)
+        self.last_term > other.last_term || (self.last_term == other.last_term && self.last_index >= other.last_index)
     }
 }
 
@@ -71,12 +70,7 @@ impl GroupChecker {
     /// (`quorum` of the voting `voters`). Raft guarantees this at every instant (it is what
     /// makes leader completeness hold in the future); committing an old-term entry by
     /// counting breaks it at once.
-    pub fn check_electable(
-        &self,
-        candidates: &[LogView],
-        voters: &[LogView],
-        quorum: usize,
-    ) -> Result<(), Violation> {
+    pub fn check_electable(&self, candidates: &[LogView], voters: &[LogView], quorum: usize) -> Result<(), Violation> {
         for candidate in candidates.iter().filter(|c| !c.holds_committed) {
             let granting = voters.iter().filter(|v| candidate.at_least_as_up_to_date_as(v)).count();
             if granting >= quorum {
@@ -95,19 +89,10 @@ impl GroupChecker {
     }
 
     /// Election safety and leader completeness, when `node` becomes leader of `term`.
-    pub fn on_leader(
-        &mut self,
-        node: u64,
-        term: u64,
-        compacted: u64,
-        term_at: impl Fn(u64) -> Option<u64>,
-    ) -> Result<(), Violation> {
+    pub fn on_leader(&mut self, node: u64, term: u64, compacted: u64, term_at: impl Fn(u64) -> Option<u64>) -> Result<(), Violation> {
         if let Some(other) = self.leaders.insert(term, node) {
             if other != node {
-                return Err(Violation(format!(
-                    "group {}: two leaders in term {term}: nodes {other} and {node}",
-                    self.group
-                )));
+                return Err(Violation(format!("group {}: two leaders in term {term}: nodes {other} and {node}", self.group)));
             }
         }
         for (offset, (committed_term, _)) in self.committed.iter().enumerate() {
@@ -129,13 +114,7 @@ impl GroupChecker {
     }
 
     /// Log matching, for entries `node` just placed after an entry of term `prev_term`.
-    pub fn on_appended(
-        &mut self,
-        node: u64,
-        entries: &[Entry],
-        mut prev_term: u64,
-        witness: bool,
-    ) -> Result<(), Violation> {
+    pub fn on_appended(&mut self, node: u64, entries: &[Entry], mut prev_term: u64, witness: bool) -> Result<(), Violation> {
         for entry in entries {
             let digest = if witness { None } else { Some(entry_digest(entry)) };
             match self.appended.get_mut(&(entry.index, entry.term)) {

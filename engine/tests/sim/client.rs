@@ -76,11 +76,7 @@ impl GroupClients {
                 return true;
             }
             if written == Some(w.op_id) {
-                history.push(Operation {
-                    op: RegisterOp::Write(w.op_id),
-                    invoked: w.invoked,
-                    returned: Some(now),
-                });
+                history.push(Operation { op: RegisterOp::Write(w.op_id), invoked: w.invoked, returned: Some(now) });
             }
             // Another entry took the index: this write never takes effect.
             false

@@ -7,9 +7,7 @@
 
 use std::collections::VecDeque;
 
-use conclave_engine::raft::{
-    open_batch, Config, HardState, Membership, Outbox, RaftEvent, RaftNode, RaftRole, Recovered, Role,
-};
+use conclave_engine::raft::{open_batch, Config, HardState, Membership, Outbox, RaftEvent, RaftNode, RaftRole, Recovered, Role};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -242,11 +240,7 @@ impl Sim {
             }
             let ack = ready.persist_ack();
             node.outbox.extend(ready.messages);
-            if ready.hard_state.is_some()
-                || !ready.entries.is_empty()
-                || !ready.persisted_messages.is_empty()
-                || ready.snapshot.is_some()
-            {
+            if ready.hard_state.is_some() || !ready.entries.is_empty() || !ready.persisted_messages.is_empty() || ready.snapshot.is_some() {
                 let earliest = replica.writes.back().map_or(0, |w| w.done_at);
                 let done_at = (*now + rng.random_range(1..=opts.max_disk_delay)).max(earliest);
                 replica.writes.push_back(DiskWrite {
@@ -297,14 +291,11 @@ impl Sim {
                 continue;
             }
             self.nodes[n].last_heard[batch.from as usize - 1] = self.report.ticks;
-            let messages = open_batch(batch.to, batch)
-                .map_err(|e| Violation(format!("node refused a batch: {e}")))?;
+            let messages = open_batch(batch.to, batch).map_err(|e| Violation(format!("node refused a batch: {e}")))?;
             for msg in messages {
                 let g = msg.group_id as usize;
                 let Some(raft) = self.nodes[n].replicas[g].raft.as_mut() else { continue };
-                raft.step(msg).map_err(|e| {
-                    Violation(format!("node {} group {g} refused a message: {e}", n + 1))
-                })?;
+                raft.step(msg).map_err(|e| Violation(format!("node {} group {g} refused a message: {e}", n + 1)))?;
                 self.pump(n, g)?;
             }
         }
@@ -411,9 +402,7 @@ impl Sim {
     }
 
     fn leader_of(&self, g: usize) -> Option<usize> {
-        (0..self.nodes.len()).find(|n| {
-            self.nodes[*n].replicas[g].raft.as_ref().is_some_and(|r| r.role() == RaftRole::Leader)
-        })
+        (0..self.nodes.len()).find(|n| self.nodes[*n].replicas[g].raft.as_ref().is_some_and(|r| r.role() == RaftRole::Leader))
     }
 
     fn inject_faults(&mut self) -> Result<(), Violation> {
@@ -491,10 +480,8 @@ impl Sim {
             Some(Role::Observer) => Role::Voter,
             _ => return Ok(()),
         };
-        let next = Membership::new(
-            current.members().map(|(id, role)| if id == target { (id, next_role) } else { (id, role) }),
-        )
-        .map_err(|e| Violation(format!("simulation built a bad membership: {e}")))?;
+        let next = Membership::new(current.members().map(|(id, role)| if id == target { (id, next_role) } else { (id, role) }))
+            .map_err(|e| Violation(format!("simulation built a bad membership: {e}")))?;
         // Refusals (a change still pending, no entry of the term committed) are expected.
         let _ = raft.propose_membership_change(next);
         self.pump(n, g)

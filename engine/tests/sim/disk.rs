@@ -67,7 +67,6 @@ pub fn encode_register(value: u64) -> Bytes {
 }
 
 pub fn decode_register(data: &[u8]) -> Result<u64, Violation> {
-    let bytes: [u8; 8] =
-        data.try_into().map_err(|_| Violation(format!("snapshot of {} bytes is no register", data.len())))?;
+    let bytes: [u8; 8] = data.try_into().map_err(|_| Violation(format!("snapshot of {} bytes is no register", data.len())))?;
     Ok(u64::from_le_bytes(bytes))
 }

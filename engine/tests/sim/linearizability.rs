@@ -77,10 +77,8 @@ pub fn check_register_zones(history: &[Operation], initial: u64) -> Result<(), S
             cluster.1 = cluster.1.max(operation.invoked);
         }
     }
-    let forward: Vec<(u64, u64, u64)> =
-        clusters.iter().filter(|(_, c)| c.0 < c.1).map(|(v, c)| (c.0, c.1, *v)).collect();
-    let backward: Vec<(u64, u64, u64)> =
-        clusters.iter().filter(|(_, c)| c.0 >= c.1).map(|(v, c)| (c.1, c.0, *v)).collect();
+    let forward: Vec<(u64, u64, u64)> = clusters.iter().filter(|(_, c)| c.0 < c.1).map(|(v, c)| (c.0, c.1, *v)).collect();
+    let backward: Vec<(u64, u64, u64)> = clusters.iter().filter(|(_, c)| c.0 >= c.1).map(|(v, c)| (c.1, c.0, *v)).collect();
     for (i, a) in forward.iter().enumerate() {
         for b in &forward[i + 1..] {
             if a.0 < b.1 && b.0 < a.1 {
@@ -89,10 +87,7 @@ pub fn check_register_zones(history: &[Operation], initial: u64) -> Result<(), S
         }
         for b in &backward {
             if a.0 < b.0 && b.1 < a.1 {
-                return Err(format!(
-                    "value {} was overwritten and read again after write {} completed in between",
-                    a.2, b.2
-                ));
+                return Err(format!("value {} was overwritten and read again after write {} completed in between", a.2, b.2));
             }
         }
     }
@@ -128,11 +123,9 @@ pub fn search_register(history: &[Operation], initial: u64, budget: usize) -> Re
     };
     match search.explore(initial) {
         Some(true) => Ok(()),
-        Some(false) => Err(SearchError::NotLinearizable(format!(
-            "history of {} operations is not linearizable: {:?}",
-            history.len(),
-            history
-        ))),
+        Some(false) => {
+            Err(SearchError::NotLinearizable(format!("history of {} operations is not linearizable: {:?}", history.len(), history)))
+        }
         None => Err(SearchError::BudgetExceeded),
     }
 }
@@ -159,14 +152,8 @@ impl Search<'_> {
             return None;
         }
         // An operation may go next only if no pending operation returned before it began.
-        let horizon = self
-            .history
-            .iter()
-            .zip(&self.linearized)
-            .filter(|(_, done)| !**done)
-            .filter_map(|(o, _)| o.returned)
-            .min()
-            .unwrap_or(u64::MAX);
+        let horizon =
+            self.history.iter().zip(&self.linearized).filter(|(_, done)| !**done).filter_map(|(o, _)| o.returned).min().unwrap_or(u64::MAX);
         for index in 0..self.history.len() {
             if self.linearized[index] {
                 continue;
@@ -220,11 +207,8 @@ mod tests {
 
     #[test]
     fn rejects_a_stale_read() {
-        let history = [
-            op(RegisterOp::Write(1), 0, Some(10)),
-            op(RegisterOp::Write(2), 11, Some(20)),
-            op(RegisterOp::Read(1), 21, Some(22)),
-        ];
+        let history =
+            [op(RegisterOp::Write(1), 0, Some(10)), op(RegisterOp::Write(2), 11, Some(20)), op(RegisterOp::Read(1), 21, Some(22))];
         assert!(check_register(&history, 0, 10_000).is_err());
         assert!(check_register_zones(&history, 0).is_err());
     }

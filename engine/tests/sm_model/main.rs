@@ -16,9 +16,7 @@ mod reference;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use conclave_engine::sm::{
-    command, Applied, ElectionOp, ElectionTerm, Output, PrimitiveRef, SmError, StateMachine,
-};
+use conclave_engine::sm::{command, Applied, ElectionOp, ElectionTerm, Output, PrimitiveRef, SmError, StateMachine};
 use conclave_proto::conclave::sm::v1 as pb;
 use proptest::prelude::*;
 use reference::Model;
@@ -33,41 +31,15 @@ const GARBAGE: &[u8] = &[0xff, 0xff, 0xff];
 
 #[derive(Clone, Debug)]
 enum Action {
-    Open {
-        timeout_ms: u64,
-    },
-    KeepAlive {
-        session: usize,
-        ack_lag: u64,
-    },
-    Close {
-        session: usize,
-    },
-    Create {
-        session: usize,
-        election: usize,
-    },
-    ClosePrimitive {
-        session: usize,
-        election: usize,
-    },
-    Elect {
-        session: usize,
-        election: usize,
-        by_name: bool,
-        op: ElectionOp,
-        candidate: usize,
-    },
-    Retry {
-        session: usize,
-        back: usize,
-    },
-    Wait {
-        ms: u64,
-    },
-    StaleTimestamp {
-        back_ms: u64,
-    },
+    Open { timeout_ms: u64 },
+    KeepAlive { session: usize, ack_lag: u64 },
+    Close { session: usize },
+    Create { session: usize, election: usize },
+    ClosePrimitive { session: usize, election: usize },
+    Elect { session: usize, election: usize, by_name: bool, op: ElectionOp, candidate: usize },
+    Retry { session: usize, back: usize },
+    Wait { ms: u64 },
+    StaleTimestamp { back_ms: u64 },
     NewLeader,
     Garbage,
 }
@@ -132,47 +104,26 @@ impl Driver {
     /// The command an action sends, or None for garbage bytes.
     fn command(&mut self, action: &Action, model: &Model) -> Option<pb::Command> {
         let now = self.now_ms;
-        let election_id = |pick: usize| {
-            model
-                .id_of(ELECTIONS[pick % ELECTIONS.len()])
-                .unwrap_or(UNKNOWN_PRIMITIVE)
-        };
+        let election_id = |pick: usize| model.id_of(ELECTIONS[pick % ELECTIONS.len()]).unwrap_or(UNKNOWN_PRIMITIVE);
         match *action {
             Action::Open { timeout_ms } => Some(command::open_session(now, timeout_ms)),
             Action::KeepAlive { session, ack_lag } => {
                 let s = self.session(session);
-                let acked = self
-                    .next_seq
-                    .get(&s)
-                    .copied()
-                    .unwrap_or(1)
-                    .saturating_sub(1 + ack_lag);
+                let acked = self.next_seq.get(&s).copied().unwrap_or(1).saturating_sub(1 + ack_lag);
                 Some(command::keep_alive(now, s, acked))
             }
             Action::Close { session } => Some(command::close_session(now, self.session(session))),
             Action::Create { session, election } => {
                 let s = self.session(session);
                 let seq = self.seq(s);
-                self.sequenced(
-                    s,
-                    command::create_primitive(now, s, seq, ELECTIONS[election % ELECTIONS.len()]),
-                )
+                self.sequenced(s, command::create_primitive(now, s, seq, ELECTIONS[election % ELECTIONS.len()]))
             }
             Action::ClosePrimitive { session, election } => {
                 let s = self.session(session);
                 let seq = self.seq(s);
-                self.sequenced(
-                    s,
-                    command::close_primitive(now, s, seq, election_id(election)),
-                )
+                self.sequenced(s, command::close_primitive(now, s, seq, election_id(election)))
             }
-            Action::Elect {
-                session,
-                election,
-                by_name,
-                op,
-                candidate,
-            } => {
+            Action::Elect { session, election, by_name, op, candidate } => {
                 let s = self.session(session);
                 let seq = self.seq(s);
                 let primitive = if by_name {
@@ -198,9 +149,7 @@ impl Driver {
                 self.now_ms += ms;
                 Some(command::leader_barrier(self.now_ms))
             }
-            Action::StaleTimestamp { back_ms } => {
-                Some(command::leader_barrier(now.saturating_sub(back_ms)))
-            }
+            Action::StaleTimestamp { back_ms } => Some(command::leader_barrier(now.saturating_sub(back_ms))),
             Action::NewLeader => {
                 self.term += 1;
                 Some(command::leader_barrier(now))
@@ -226,107 +175,42 @@ fn check_state(sm: &StateMachine, model: &Model) -> Result<(), TestCaseError> {
         .sessions()
         .iter()
         .map(|s| {
-            let outputs: BTreeMap<u64, _> = s
-                .cached_outputs()
-                .iter()
-                .map(|(&q, o)| (q, o.to_result()))
-                .collect();
-            (
-                s.id(),
-                s.timeout_ms(),
-                s.last_alive_ms(),
-                s.released_sequence_num(),
-                outputs,
-            )
+            let outputs: BTreeMap<u64, _> = s.cached_outputs().iter().map(|(&q, o)| (q, o.to_result())).collect();
+            (s.id(), s.timeout_ms(), s.last_alive_ms(), s.released_sequence_num(), outputs)
         })
         .collect();
-    let expected: Vec<_> = model
-        .sessions
-        .iter()
-        .map(|(&id, s)| {
-            (
-                id,
-                s.timeout_ms,
-                s.last_alive_ms,
-                s.released,
-                s.outputs.clone(),
-            )
-        })
-        .collect();
+    let expected: Vec<_> =
+        model.sessions.iter().map(|(&id, s)| (id, s.timeout_ms, s.last_alive_ms, s.released, s.outputs.clone())).collect();
     prop_assert_eq!(sessions, expected);
     let elections: Vec<_> = sm
         .registry()
         .iter()
         .map(|p| {
             let e = p.election();
-            let candidates: Vec<_> = e
-                .candidates()
-                .iter()
-                .map(|c| (c.name.to_string(), c.session_id))
-                .collect();
-            (
-                p.id(),
-                p.name().to_owned(),
-                e.term(),
-                candidates,
-                p.open_sessions().clone(),
-            )
+            let candidates: Vec<_> = e.candidates().iter().map(|c| (c.name.to_string(), c.session_id)).collect();
+            (p.id(), p.name().to_owned(), e.term(), candidates, p.open_sessions().clone())
         })
         .collect();
-    let expected: Vec<_> = model
-        .elections
-        .iter()
-        .map(|(&id, e)| {
-            (
-                id,
-                e.name.clone(),
-                e.term,
-                e.candidates.clone(),
-                e.open.clone(),
-            )
-        })
-        .collect();
+    let expected: Vec<_> =
+        model.elections.iter().map(|(&id, e)| (id, e.name.clone(), e.term, e.candidates.clone(), e.open.clone())).collect();
     prop_assert_eq!(elections, expected);
     Ok(())
 }
 
-fn check_invariants(
-    sm: &StateMachine,
-    before: &BTreeMap<u64, ElectionTerm>,
-    applied: &Applied,
-) -> Result<(), TestCaseError> {
+fn check_invariants(sm: &StateMachine, before: &BTreeMap<u64, ElectionTerm>, applied: &Applied) -> Result<(), TestCaseError> {
     for primitive in sm.registry().iter() {
         let now = primitive.election().to_term();
         let runtime = now.to_runtime_term();
         let multiraft = now.to_multiraft_term();
-        prop_assert_eq!(
-            runtime.leader.as_str(),
-            now.candidates.first().map_or("", |c| &**c)
-        );
+        prop_assert_eq!(runtime.leader.as_str(), now.candidates.first().map_or("", |c| &**c));
         prop_assert_eq!(&multiraft.leader, &runtime.leader);
-        prop_assert_eq!(
-            &multiraft.candidates[..],
-            runtime.candidates.get(1..).unwrap_or(&[])
-        );
+        prop_assert_eq!(&multiraft.candidates[..], runtime.candidates.get(1..).unwrap_or(&[]));
         prop_assert_eq!(multiraft.index, runtime.term);
         let distinct: BTreeSet<&str> = now.candidates.iter().map(|c| &**c).collect();
-        prop_assert_eq!(
-            distinct.len(),
-            now.candidates.len(),
-            "a candidate appears twice"
-        );
+        prop_assert_eq!(distinct.len(), now.candidates.len(), "a candidate appears twice");
         let old = before.get(&primitive.id()).cloned().unwrap_or_default();
-        prop_assert!(
-            now.term >= old.term,
-            "term fell from {} to {}",
-            old.term,
-            now.term
-        );
-        let last_note = applied
-            .notifications
-            .iter()
-            .rev()
-            .find(|n| n.primitive_id == primitive.id());
+        prop_assert!(now.term >= old.term, "term fell from {} to {}", old.term, now.term);
+        let last_note = applied.notifications.iter().rev().find(|n| n.primitive_id == primitive.id());
         match last_note {
             Some(note) => {
                 prop_assert_eq!(&note.term, &now, "the last notification is the new state")
@@ -338,47 +222,32 @@ fn check_invariants(
 }
 
 fn terms(sm: &StateMachine) -> BTreeMap<u64, ElectionTerm> {
-    sm.registry()
-        .iter()
-        .map(|p| (p.id(), p.election().to_term()))
-        .collect()
+    sm.registry().iter().map(|p| (p.id(), p.election().to_term())).collect()
 }
 
 fn run_case(actions: &[Action], restore_at: usize) -> Result<(), TestCaseError> {
     let mut sm = StateMachine::new();
     let mut twin: Option<StateMachine> = None;
     let mut model = Model::default();
-    let mut driver = Driver {
-        term: 1,
-        now_ms: 10_000,
-        ..Driver::default()
-    };
+    let mut driver = Driver { term: 1, now_ms: 10_000, ..Driver::default() };
     for (step, action) in actions.iter().enumerate() {
         if step == restore_at % actions.len() {
             let bytes = sm.snapshot();
-            let restored =
-                StateMachine::restore(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let restored = StateMachine::restore(&bytes).map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert_eq!(&restored, &sm);
             prop_assert_eq!(restored.snapshot(), bytes);
             twin = Some(restored);
         }
         let command = driver.command(action, &model);
         driver.index += 1;
-        let payload = command
-            .as_ref()
-            .map_or_else(|| GARBAGE.to_vec(), |c| command::encode(c).to_vec());
+        let payload = command.as_ref().map_or_else(|| GARBAGE.to_vec(), |c| command::encode(c).to_vec());
         let before = terms(&sm);
         let applied = sm.apply_bytes(driver.index, driver.term, &payload);
         let expected = model.step(driver.index, driver.term, command.as_ref());
         if let Ok(Output::SessionOpened { session_id }) = applied.result {
             driver.sessions_seen.push(session_id);
         }
-        prop_assert!(
-            same_result(&applied.result, &expected.result),
-            "{:?} vs model {:?}",
-            applied.result,
-            expected.result
-        );
+        prop_assert!(same_result(&applied.result, &expected.result), "{:?} vs model {:?}", applied.result, expected.result);
         prop_assert_eq!(applied.retried, expected.retried);
         prop_assert_eq!(&applied.notifications, &expected.notifications);
         check_state(&sm, &model)?;

@@ -28,14 +28,7 @@ pub struct ModelElection {
 
 impl ModelElection {
     pub fn visible(&self) -> ElectionTerm {
-        ElectionTerm {
-            term: self.term,
-            candidates: self
-                .candidates
-                .iter()
-                .map(|c| Arc::from(c.0.as_str()))
-                .collect(),
-        }
+        ElectionTerm { term: self.term, candidates: self.candidates.iter().map(|c| Arc::from(c.0.as_str())).collect() }
     }
 
     fn position(&self, name: &str) -> Option<usize> {
@@ -88,10 +81,7 @@ impl ModelElection {
     }
 
     fn remove_sessions(&mut self, ended: &BTreeSet<u64>) -> bool {
-        let leader_leaves = self
-            .candidates
-            .first()
-            .is_some_and(|c| ended.contains(&c.1));
+        let leader_leaves = self.candidates.first().is_some_and(|c| ended.contains(&c.1));
         let before = self.candidates.len();
         self.candidates.retain(|c| !ended.contains(&c.1));
         if leader_leaves && !self.candidates.is_empty() {
@@ -117,20 +107,12 @@ pub struct Expected {
 
 impl Model {
     pub fn id_of(&self, name: &str) -> Option<u64> {
-        self.elections
-            .iter()
-            .find(|(_, e)| e.name == name)
-            .map(|(&id, _)| id)
+        self.elections.iter().find(|(_, e)| e.name == name).map(|(&id, _)| id)
     }
 
     fn notify(&self, index: u64, id: u64, out: &mut Vec<Notification>) {
         let e = &self.elections[&id];
-        out.push(Notification {
-            index,
-            primitive_id: id,
-            name: Arc::from(e.name.as_str()),
-            term: e.visible(),
-        });
+        out.push(Notification { index, primitive_id: id, name: Arc::from(e.name.as_str()), term: e.visible() });
     }
 
     fn end_sessions(&mut self, ended: &BTreeSet<u64>, index: u64, out: &mut Vec<Notification>) {
@@ -154,60 +136,32 @@ impl Model {
             }
         }
         let clock = self.clock_ms;
-        let expired: BTreeSet<u64> = self
-            .sessions
-            .iter()
-            .filter(|(_, s)| clock > s.last_alive_ms.saturating_add(s.timeout_ms))
-            .map(|(&id, _)| id)
-            .collect();
+        let expired: BTreeSet<u64> =
+            self.sessions.iter().filter(|(_, s)| clock > s.last_alive_ms.saturating_add(s.timeout_ms)).map(|(&id, _)| id).collect();
         let mut notes = Vec::new();
         for id in &expired {
             self.sessions.remove(id);
         }
         self.end_sessions(&expired, index, &mut notes);
         let (result, retried) = match command.and_then(|c| c.operation.as_ref()) {
-            None => (
-                Err(SmError::MalformedCommand {
-                    reason: String::new(),
-                }),
-                false,
-            ),
+            None => (Err(SmError::MalformedCommand { reason: String::new() }), false),
             Some(op) => self.run(index, op, &mut notes),
         };
-        Expected {
-            result,
-            retried,
-            notifications: notes,
-        }
+        Expected { result, retried, notifications: notes }
     }
 
-    fn run(
-        &mut self,
-        index: u64,
-        op: &pb::command::Operation,
-        notes: &mut Vec<Notification>,
-    ) -> (Result<Output, SmError>, bool) {
+    fn run(&mut self, index: u64, op: &pb::command::Operation, notes: &mut Vec<Notification>) -> (Result<Output, SmError>, bool) {
         use pb::command::Operation as Op;
         let clock = self.clock_ms;
         match op {
             Op::LeaderBarrier(_) => (Ok(Output::Barrier), false),
             Op::OpenSession(o) => {
-                let s = ModelSession {
-                    timeout_ms: o.timeout_ms,
-                    last_alive_ms: clock,
-                    released: 0,
-                    outputs: BTreeMap::new(),
-                };
+                let s = ModelSession { timeout_ms: o.timeout_ms, last_alive_ms: clock, released: 0, outputs: BTreeMap::new() };
                 self.sessions.insert(index, s);
                 (Ok(Output::SessionOpened { session_id: index }), false)
             }
             Op::KeepAlive(k) => match self.sessions.get_mut(&k.session_id) {
-                None => (
-                    Err(SmError::UnknownSession {
-                        session_id: k.session_id,
-                    }),
-                    false,
-                ),
+                None => (Err(SmError::UnknownSession { session_id: k.session_id }), false),
                 Some(s) => {
                     s.last_alive_ms = clock;
                     if k.last_input_sequence_num > s.released {
@@ -219,12 +173,7 @@ impl Model {
             },
             Op::CloseSession(c) => {
                 if self.sessions.remove(&c.session_id).is_none() {
-                    return (
-                        Err(SmError::UnknownSession {
-                            session_id: c.session_id,
-                        }),
-                        false,
-                    );
+                    return (Err(SmError::UnknownSession { session_id: c.session_id }), false);
                 }
                 self.end_sessions(&BTreeSet::from([c.session_id]), index, notes);
                 (Ok(Output::SessionClosed), false)
@@ -242,9 +191,7 @@ impl Model {
             }),
             Op::ClosePrimitive(c) => self.sequenced(c.session_id, c.sequence_num, |m| {
                 let Some(e) = m.elections.get_mut(&c.primitive_id) else {
-                    return Err(SmError::UnknownPrimitive {
-                        primitive_id: c.primitive_id,
-                    });
+                    return Err(SmError::UnknownPrimitive { primitive_id: c.primitive_id });
                 };
                 e.open.remove(&c.session_id);
                 if e.remove_sessions(&BTreeSet::from([c.session_id])) {
@@ -254,14 +201,8 @@ impl Model {
             }),
             Op::Election(e) => self.sequenced(e.session_id, e.sequence_num, |m| {
                 let id = match e.primitive.as_ref().unwrap() {
-                    pb::election_command::Primitive::PrimitiveId(id)
-                        if m.elections.contains_key(id) =>
-                    {
-                        *id
-                    }
-                    pb::election_command::Primitive::PrimitiveId(id) => {
-                        return Err(SmError::UnknownPrimitive { primitive_id: *id })
-                    }
+                    pb::election_command::Primitive::PrimitiveId(id) if m.elections.contains_key(id) => *id,
+                    pb::election_command::Primitive::PrimitiveId(id) => return Err(SmError::UnknownPrimitive { primitive_id: *id }),
                     pb::election_command::Primitive::ElectionName(name) => match m.id_of(name) {
                         Some(id) => id,
                         None => return Err(SmError::ElectionNotFound { name: name.clone() }),
@@ -290,19 +231,11 @@ impl Model {
             return (out.clone(), true);
         }
         if seq <= s.released {
-            let error = SmError::SequenceFromThePast {
-                session_id,
-                sequence_num: seq,
-                released_through: s.released,
-            };
+            let error = SmError::SequenceFromThePast { session_id, sequence_num: seq, released_through: s.released };
             return (Err(error), false);
         }
         let out = run(self);
-        self.sessions
-            .get_mut(&session_id)
-            .unwrap()
-            .outputs
-            .insert(seq, out.clone());
+        self.sessions.get_mut(&session_id).unwrap().outputs.insert(seq, out.clone());
         (out, false)
     }
 }

@@ -32,11 +32,7 @@ pub(crate) struct CallEnv {
 }
 
 /// Serves one request stream to completion. Never panics on client input.
-pub(crate) async fn serve_call(
-    request: Request<RecvStream>,
-    mut respond: SendResponse<Bytes>,
-    env: Rc<CallEnv>,
-) {
+pub(crate) async fn serve_call(request: Request<RecvStream>, mut respond: SendResponse<Bytes>, env: Rc<CallEnv>) {
     let (parts, mut body) = request.into_parts();
     if let Err((http_status, status)) = check_request_shape(&parts.method, &parts.headers) {
         send_trailers_only(&mut respond, http_status, &status);
@@ -62,20 +58,9 @@ pub(crate) async fn serve_call(
         },
     };
     let mut deadline_timer = deadline.map(|(timeout, _)| (timeout, Timer::new(timeout)));
-    let ctx = CallContext::new(
-        Rc::clone(&path),
-        deadline.map(|(_, at)| at),
-        Rc::new(parts.headers),
-        Rc::clone(&env.connection),
-    );
+    let ctx = CallContext::new(Rc::clone(&path), deadline.map(|(_, at)| at), Rc::new(parts.headers), Rc::clone(&env.connection));
     let max_recv = env.config.max_recv_message_len;
-    let request = race_call(
-        read_request(&mut body, max_recv),
-        &mut deadline_timer,
-        &mut respond,
-        &env,
-    )
-    .await;
+    let request = race_call(read_request(&mut body, max_recv), &mut deadline_timer, &mut respond, &env).await;
     drop(body);
     let request = match request {
         CallOutcome::Done(Ok(request)) => request,
@@ -87,18 +72,10 @@ pub(crate) async fn serve_call(
     };
     match route {
         Route::Unary(handler) => {
-            let outcome = race_call(
-                handler(request, ctx),
-                &mut deadline_timer,
-                &mut respond,
-                &env,
-            )
-            .await;
+            let outcome = race_call(handler(request, ctx), &mut deadline_timer, &mut respond, &env).await;
             match outcome {
                 CallOutcome::Done(Ok(response)) => send_unary(&mut respond, response, &env),
-                CallOutcome::Done(Err(status)) | CallOutcome::Deadline(status) => {
-                    send_trailers_only(&mut respond, StatusCode::OK, &status)
-                }
+                CallOutcome::Done(Err(status)) | CallOutcome::Deadline(status) => send_trailers_only(&mut respond, StatusCode::OK, &status),
                 CallOutcome::ClientGone => {}
             }
         }
@@ -128,26 +105,16 @@ fn check_request_shape(method: &Method, headers: &HeaderMap) -> Result<(), (Stat
     if method != Method::POST {
         return Err((
             StatusCode::METHOD_NOT_ALLOWED,
-            Status::unimplemented(format!(
-                "HTTP method {method} is not allowed: gRPC uses POST"
-            )),
+            Status::unimplemented(format!("HTTP method {method} is not allowed: gRPC uses POST")),
         ));
     }
-    let content_type = headers
-        .get(http::header::CONTENT_TYPE)
-        .map(HeaderValue::as_bytes);
+    let content_type = headers.get(http::header::CONTENT_TYPE).map(HeaderValue::as_bytes);
     let is_grpc = content_type.is_some_and(|value| {
-        let essence = value
-            .split(|&b| b == b';')
-            .next()
-            .unwrap_or_default()
-            .trim_ascii();
+        let essence = value.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
         essence == b"application/grpc" || essence == b"application/grpc+proto"
     });
     if !is_grpc {
-        let shown = content_type
-            .map(String::from_utf8_lossy)
-            .unwrap_or("(none)".into());
+        let shown = content_type.map(String::from_utf8_lossy).unwrap_or("(none)".into());
         return Err((
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Status::invalid_argument(format!(
@@ -205,36 +172,28 @@ async fn race_call<T>(
     .await
 }
 
-fn poll_deadline(
-    deadline: &mut Option<(std::time::Duration, Timer)>,
-    cx: &mut Context<'_>,
-) -> Option<Status> {
+fn poll_deadline(deadline: &mut Option<(std::time::Duration, Timer)>, cx: &mut Context<'_>) -> Option<Status> {
     let (timeout, timer) = deadline.as_mut()?;
-    Pin::new(timer).poll(cx).is_ready().then(|| {
-        Status::deadline_exceeded(format!(
-            "the call's deadline of {timeout:?} (grpc-timeout) passed"
-        ))
-    })
+    Pin::new(timer)
+        .poll(cx)
+        .is_ready()
+        .then(|| Status::deadline_exceeded(format!("the call's deadline of {timeout:?} (grpc-timeout) passed")))
 }
 
 /// Reads the body of a unary or server-streaming call: exactly one message.
 async fn read_request(body: &mut RecvStream, max_message_len: usize) -> Result<Bytes, Status> {
     let mut decoder = MessageDecoder::new(max_message_len);
     while let Some(chunk) = body.data().await {
-        let chunk = chunk.map_err(|error| {
-            Status::cancelled(format!("the request stream failed before its end: {error}"))
-        })?;
+        let chunk = chunk.map_err(|error| Status::cancelled(format!("the request stream failed before its end: {error}")))?;
         // Returning the window right away is safe: the decoder refuses oversized messages.
         let _ = body.flow_control().release_capacity(chunk.len());
         decoder.push(&chunk)?;
     }
-    let message = decoder.next_message()?.ok_or_else(|| {
-        Status::internal("the request carried no complete message: a unary or server-streaming call needs exactly one")
-    })?;
+    let message = decoder
+        .next_message()?
+        .ok_or_else(|| Status::internal("the request carried no complete message: a unary or server-streaming call needs exactly one"))?;
     if decoder.buffered_len() > 0 {
-        return Err(Status::internal(
-            "the request carried more than one message: a unary or server-streaming call takes exactly one",
-        ));
+        return Err(Status::internal("the request carried more than one message: a unary or server-streaming call takes exactly one"));
     }
     Ok(message)
 }
@@ -267,14 +226,12 @@ fn send_unary(respond: &mut SendResponse<Bytes>, response: Bytes, env: &CallEnv)
         send_trailers_only(respond, StatusCode::OK, &status);
         return;
     }
-    let sent = respond
-        .send_response(response_headers(StatusCode::OK), false)
-        .and_then(|mut stream| {
-            stream.send_data(frame_message(&response), false)?;
-            let mut trailers = HeaderMap::new();
-            Status::ok().write_to(&mut trailers);
-            stream.send_trailers(trailers)
-        });
+    let sent = respond.send_response(response_headers(StatusCode::OK), false).and_then(|mut stream| {
+        stream.send_data(frame_message(&response), false)?;
+        let mut trailers = HeaderMap::new();
+        Status::ok().write_to(&mut trailers);
+        stream.send_trailers(trailers)
+    });
     if let Err(error) = sent {
         tracing::debug!(%error, "could not send a unary response");
     }
@@ -335,9 +292,7 @@ impl StreamWriter {
                 self.finish(status);
             }
             if self.shutdown.poll_fired(cx).is_ready() {
-                self.finish(Status::unavailable(
-                    "the server is shutting down; call again on another node",
-                ));
+                self.finish(Status::unavailable("the server is shutting down; call again on another node"));
             }
             if let Some(handler) = self.handler.as_mut() {
                 if let Poll::Ready(result) = handler.as_mut().poll(cx) {
@@ -354,10 +309,7 @@ impl StreamWriter {
                         send_trailers_only(&mut self.respond, StatusCode::OK, status);
                         return Poll::Ready(());
                     }
-                    _ => match self
-                        .respond
-                        .send_response(response_headers(StatusCode::OK), false)
-                    {
+                    _ => match self.respond.send_response(response_headers(StatusCode::OK), false) {
                         Ok(send) => self.send = Some(send),
                         Err(_) => return Poll::Ready(()),
                     },
@@ -380,10 +332,7 @@ impl StreamWriter {
                 }
                 return Poll::Ready(());
             };
-            let ending_with_error = self
-                .final_status
-                .as_ref()
-                .is_some_and(|status| status.code() != super::Code::Ok);
+            let ending_with_error = self.final_status.as_ref().is_some_and(|status| status.code() != super::Code::Ok);
             // An ending stream hands its last partial chunk to h2 without waiting for the
             // window (bounded by one chunk), so the trailers are not held back.
             let sendable = if ending_with_error {

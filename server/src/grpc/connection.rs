@@ -67,11 +67,7 @@ async fn handshake(server: &ServerShared, stream: TcpStream) -> Option<H2Connect
     let mut shutdown = server.shutdown.fired();
     poll_fn(|cx| {
         if let Poll::Ready(result) = handshake.as_mut().poll(cx) {
-            return Poll::Ready(
-                result
-                    .map_err(|error| tracing::debug!(%error, "handshake failed"))
-                    .ok(),
-            );
+            return Poll::Ready(result.map_err(|error| tracing::debug!(%error, "handshake failed")).ok());
         }
         if Pin::new(&mut timer).poll(cx).is_ready() || shutdown.poll_fired(cx).is_ready() {
             return Poll::Ready(None);
@@ -110,13 +106,9 @@ async fn drive(server: &ServerShared, mut connection: H2Connection, info: &Rc<Co
         shutdown: server.shutdown.clone(),
     });
     let mut keepalive = match (config.keepalive_interval, connection.ping_pong()) {
-        (Some(interval), Some(ping_pong)) => Some(Keepalive {
-            ping_pong,
-            interval,
-            timeout: config.keepalive_timeout,
-            timer: Timer::new(interval),
-            awaiting_pong: false,
-        }),
+        (Some(interval), Some(ping_pong)) => {
+            Some(Keepalive { ping_pong, interval, timeout: config.keepalive_timeout, timer: Timer::new(interval), awaiting_pong: false })
+        }
         _ => None,
     };
     let active_calls = Rc::new(Cell::new(0usize));
@@ -135,9 +127,7 @@ async fn drive(server: &ServerShared, mut connection: H2Connection, info: &Rc<Co
                 }
             }
             match connection.poll_accept(cx) {
-                Poll::Ready(Some(Ok((request, respond)))) => {
-                    return Poll::Ready(Event::Call(Box::new((request, respond))))
-                }
+                Poll::Ready(Some(Ok((request, respond)))) => return Poll::Ready(Event::Call(Box::new((request, respond)))),
                 Poll::Ready(Some(Err(error))) => return Poll::Ready(Event::Failed(error)),
                 Poll::Ready(None) => return Poll::Ready(Event::Closed),
                 Poll::Pending => {}
@@ -182,16 +172,12 @@ async fn drive(server: &ServerShared, mut connection: H2Connection, info: &Rc<Co
                 return;
             }
             Event::Pong => {
-                let keepalive = keepalive
-                    .as_mut()
-                    .unwrap_or_else(|| unreachable!("pong without keepalive"));
+                let keepalive = keepalive.as_mut().unwrap_or_else(|| unreachable!("pong without keepalive"));
                 keepalive.awaiting_pong = false;
                 keepalive.timer.reset(keepalive.interval);
             }
             Event::KeepaliveDue => {
-                let keepalive = keepalive
-                    .as_mut()
-                    .unwrap_or_else(|| unreachable!("tick without keepalive"));
+                let keepalive = keepalive.as_mut().unwrap_or_else(|| unreachable!("tick without keepalive"));
                 if keepalive.awaiting_pong {
                     tracing::debug!(connection = info.id(), "keepalive ping unanswered; closing");
                     return;
@@ -208,13 +194,9 @@ async fn drive(server: &ServerShared, mut connection: H2Connection, info: &Rc<Co
                 }
             }
             Event::IdleCheck => {
-                let idle_timeout = config
-                    .idle_timeout
-                    .unwrap_or_else(|| unreachable!("idle check without timeout"));
+                let idle_timeout = config.idle_timeout.unwrap_or_else(|| unreachable!("idle check without timeout"));
                 let idle_for = last_activity.get().elapsed();
-                let timer = idle_timer
-                    .as_mut()
-                    .unwrap_or_else(|| unreachable!("idle check without timer"));
+                let timer = idle_timer.as_mut().unwrap_or_else(|| unreachable!("idle check without timer"));
                 if active_calls.get() > 0 {
                     timer.reset(idle_timeout);
                 } else if idle_for < idle_timeout {
@@ -240,10 +222,7 @@ fn spawn_call(
     last_activity: &Rc<Cell<Instant>>,
 ) {
     let env = Rc::clone(env);
-    let guard = ActiveCall {
-        active_calls: Rc::clone(active_calls),
-        last_activity: Rc::clone(last_activity),
-    };
+    let guard = ActiveCall { active_calls: Rc::clone(active_calls), last_activity: Rc::clone(last_activity) };
     active_calls.set(active_calls.get() + 1);
     glommio::spawn_local(async move {
         let _guard = guard;

@@ -11,8 +11,7 @@ pub const PREFIX_LEN: usize = 5;
 
 /// Appends `message` to `out` with its gRPC length prefix (uncompressed).
 pub fn encode_message(message: &[u8], out: &mut BytesMut) {
-    let len = u32::try_from(message.len())
-        .unwrap_or_else(|_| panic!("a gRPC message is at most 4 GiB, got {}", message.len()));
+    let len = u32::try_from(message.len()).unwrap_or_else(|_| panic!("a gRPC message is at most 4 GiB, got {}", message.len()));
     out.reserve(PREFIX_LEN + message.len());
     out.put_u8(0);
     out.put_u32(len);
@@ -37,10 +36,7 @@ pub struct MessageDecoder {
 impl MessageDecoder {
     /// A decoder that rejects messages longer than `max_message_len` bytes.
     pub fn new(max_message_len: usize) -> MessageDecoder {
-        MessageDecoder {
-            buffer: BytesMut::new(),
-            max_message_len,
-        }
+        MessageDecoder { buffer: BytesMut::new(), max_message_len }
     }
 
     /// Adds received bytes. Fails as soon as a prefix announces a compressed message or a
@@ -62,18 +58,9 @@ impl MessageDecoder {
                      send uncompressed messages (grpc-encoding: identity)",
                 ))
             }
-            flag => {
-                return Err(Status::internal(format!(
-                    "invalid gRPC message prefix: compressed flag is {flag}, expected 0 or 1"
-                )))
-            }
+            flag => return Err(Status::internal(format!("invalid gRPC message prefix: compressed flag is {flag}, expected 0 or 1"))),
         }
-        let len = u32::from_be_bytes([
-            self.buffer[1],
-            self.buffer[2],
-            self.buffer[3],
-            self.buffer[4],
-        ]) as usize;
+        let len = u32::from_be_bytes([self.buffer[1], self.buffer[2], self.buffer[3], self.buffer[4]]) as usize;
         if len > self.max_message_len {
             return Err(Status::resource_exhausted(format!(
                 "request message of {len} bytes exceeds this server's limit of {} bytes",
@@ -89,12 +76,7 @@ impl MessageDecoder {
         if self.buffer.len() < PREFIX_LEN {
             return Ok(None);
         }
-        let len = u32::from_be_bytes([
-            self.buffer[1],
-            self.buffer[2],
-            self.buffer[3],
-            self.buffer[4],
-        ]) as usize;
+        let len = u32::from_be_bytes([self.buffer[1], self.buffer[2], self.buffer[3], self.buffer[4]]) as usize;
         if self.buffer.len() < PREFIX_LEN + len {
             return Ok(None);
         }
@@ -124,15 +106,10 @@ pub fn parse_grpc_timeout(value: &[u8]) -> Result<Duration, Status> {
         ))
     };
     let (unit, digits) = value.split_last().ok_or_else(malformed)?;
-    if digits.is_empty()
-        || digits.len() > MAX_TIMEOUT_DIGITS
-        || !digits.iter().all(u8::is_ascii_digit)
-    {
+    if digits.is_empty() || digits.len() > MAX_TIMEOUT_DIGITS || !digits.iter().all(u8::is_ascii_digit) {
         return Err(malformed());
     }
-    let amount = digits
-        .iter()
-        .fold(0u64, |acc, digit| acc * 10 + u64::from(digit - b'0'));
+    let amount = digits.iter().fold(0u64, |acc, digit| acc * 10 + u64::from(digit - b'0'));
     let duration = match unit {
         b'H' => Duration::from_secs(amount * 3600),
         b'M' => Duration::from_secs(amount * 60),
@@ -159,14 +136,8 @@ mod tests {
         for byte in wire.iter() {
             decoder.push(&[*byte]).expect("valid prefix");
         }
-        assert_eq!(
-            decoder.next_message().expect("ok").as_deref(),
-            Some(&b"hello"[..])
-        );
-        assert_eq!(
-            decoder.next_message().expect("ok").as_deref(),
-            Some(&b""[..])
-        );
+        assert_eq!(decoder.next_message().expect("ok").as_deref(), Some(&b"hello"[..]));
+        assert_eq!(decoder.next_message().expect("ok").as_deref(), Some(&b""[..]));
         assert_eq!(decoder.next_message().expect("ok"), None);
         assert_eq!(decoder.buffered_len(), 0);
     }
@@ -186,30 +157,12 @@ mod tests {
 
     #[test]
     fn timeouts_parse_every_unit_and_reject_garbage() {
-        assert_eq!(
-            parse_grpc_timeout(b"2H").expect("ok"),
-            Duration::from_secs(7200)
-        );
-        assert_eq!(
-            parse_grpc_timeout(b"3M").expect("ok"),
-            Duration::from_secs(180)
-        );
-        assert_eq!(
-            parse_grpc_timeout(b"4S").expect("ok"),
-            Duration::from_secs(4)
-        );
-        assert_eq!(
-            parse_grpc_timeout(b"99999999m").expect("ok"),
-            Duration::from_millis(99_999_999)
-        );
-        assert_eq!(
-            parse_grpc_timeout(b"5u").expect("ok"),
-            Duration::from_micros(5)
-        );
-        assert_eq!(
-            parse_grpc_timeout(b"6n").expect("ok"),
-            Duration::from_nanos(6)
-        );
+        assert_eq!(parse_grpc_timeout(b"2H").expect("ok"), Duration::from_secs(7200));
+        assert_eq!(parse_grpc_timeout(b"3M").expect("ok"), Duration::from_secs(180));
+        assert_eq!(parse_grpc_timeout(b"4S").expect("ok"), Duration::from_secs(4));
+        assert_eq!(parse_grpc_timeout(b"99999999m").expect("ok"), Duration::from_millis(99_999_999));
+        assert_eq!(parse_grpc_timeout(b"5u").expect("ok"), Duration::from_micros(5));
+        assert_eq!(parse_grpc_timeout(b"6n").expect("ok"), Duration::from_nanos(6));
         for bad in [&b""[..], b"S", b"123456789S", b"12x", b"-1S", b"1.5S"] {
             let err = parse_grpc_timeout(bad).expect_err("malformed");
             assert_eq!(err.code(), Code::InvalidArgument, "{bad:?}");

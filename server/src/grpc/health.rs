@@ -66,56 +66,35 @@ impl HealthService {
             async move {
                 match status {
                     Some(status) => Ok(response(status)),
-                    None => Err(Status::not_found(format!(
-                        "unknown service {:?}: no health status is registered for it",
-                        request.service
-                    ))),
+                    None => Err(Status::not_found(format!("unknown service {:?}: no health status is registered for it", request.service))),
                 }
             }
         });
         let health = self.clone();
-        let limits = StreamLimits {
-            max_queued_messages: 4,
-            max_queued_bytes: 64,
-            overflow: OverflowPolicy::KeepLatest,
-        };
-        router.server_streaming_message(
-            WATCH_PATH,
-            limits,
-            move |request: HealthCheckRequest, _ctx, sink| {
-                let current = health
-                    .status(&request.service)
-                    .unwrap_or(ServingStatus::ServiceUnknown);
-                let registered = sink.try_send_message(&response(current));
-                {
-                    let mut state = health.state.borrow_mut();
-                    // Pruned here too, so watches that come and go never accumulate.
-                    state.watchers.retain(|(_, sink)| !sink.is_closed());
-                    state.watchers.push((request.service, sink.clone()));
-                }
-                async move {
-                    registered
-                        .map_err(|error| Status::internal(format!("health watch: {error}")))?;
-                    sink.closed().await;
-                    Ok(())
-                }
-            },
-        );
+        let limits = StreamLimits { max_queued_messages: 4, max_queued_bytes: 64, overflow: OverflowPolicy::KeepLatest };
+        router.server_streaming_message(WATCH_PATH, limits, move |request: HealthCheckRequest, _ctx, sink| {
+            let current = health.status(&request.service).unwrap_or(ServingStatus::ServiceUnknown);
+            let registered = sink.try_send_message(&response(current));
+            {
+                let mut state = health.state.borrow_mut();
+                // Pruned here too, so watches that come and go never accumulate.
+                state.watchers.retain(|(_, sink)| !sink.is_closed());
+                state.watchers.push((request.service, sink.clone()));
+            }
+            async move {
+                registered.map_err(|error| Status::internal(format!("health watch: {error}")))?;
+                sink.closed().await;
+                Ok(())
+            }
+        });
     }
 
     /// Watch streams currently registered (closed ones are pruned on the next update).
     pub fn watcher_count(&self) -> usize {
-        self.state
-            .borrow()
-            .watchers
-            .iter()
-            .filter(|(_, sink)| !sink.is_closed())
-            .count()
+        self.state.borrow().watchers.iter().filter(|(_, sink)| !sink.is_closed()).count()
     }
 }
 
 fn response(status: ServingStatus) -> HealthCheckResponse {
-    HealthCheckResponse {
-        status: status as i32,
-    }
+    HealthCheckResponse { status: status as i32 }
 }

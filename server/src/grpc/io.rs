@@ -30,11 +30,7 @@ fn not_connected_is_end<T>(result: io::Result<T>, end: T) -> io::Result<T> {
 }
 
 impl tokio::io::AsyncRead for GlommioIo {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<io::Result<()>> {
         let unfilled = buf.initialize_unfilled();
         match Pin::new(&mut self.stream).poll_read(cx, unfilled) {
             Poll::Ready(result) => {
@@ -48,23 +44,15 @@ impl tokio::io::AsyncRead for GlommioIo {
 }
 
 impl tokio::io::AsyncWrite for GlommioIo {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream)
-            .poll_flush(cx)
-            .map(|result| not_connected_is_end(result, ()))
+        Pin::new(&mut self.stream).poll_flush(cx).map(|result| not_connected_is_end(result, ()))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream)
-            .poll_close(cx)
-            .map(|result| not_connected_is_end(result, ()))
+        Pin::new(&mut self.stream).poll_close(cx).map(|result| not_connected_is_end(result, ()))
     }
 }

@@ -23,8 +23,7 @@ pub type UnaryHandler = Rc<dyn Fn(Bytes, CallContext) -> LocalBoxFuture<Result<B
 
 /// A server-streaming handler: pushes responses into the sink; the stream ends with the
 /// returned status once the handler returns and every queued message is written.
-pub type StreamingHandler =
-    Rc<dyn Fn(Bytes, CallContext, StreamSink) -> LocalBoxFuture<Result<(), Status>>>;
+pub type StreamingHandler = Rc<dyn Fn(Bytes, CallContext, StreamSink) -> LocalBoxFuture<Result<(), Status>>>;
 
 /// A registered method.
 #[derive(Clone)]
@@ -45,11 +44,7 @@ pub struct ConnectionInfo {
 
 impl ConnectionInfo {
     pub(crate) fn new(id: u64, peer: Option<SocketAddr>) -> ConnectionInfo {
-        ConnectionInfo {
-            id,
-            peer,
-            closed: Signal::new(),
-        }
+        ConnectionInfo { id, peer, closed: Signal::new() }
     }
 
     /// Process-wide unique id of the connection (never reused while the process runs).
@@ -87,18 +82,8 @@ pub struct CallContext {
 }
 
 impl CallContext {
-    pub(crate) fn new(
-        method: Rc<str>,
-        deadline: Option<Instant>,
-        metadata: Rc<HeaderMap>,
-        connection: Rc<ConnectionInfo>,
-    ) -> CallContext {
-        CallContext {
-            method,
-            deadline,
-            metadata,
-            connection,
-        }
+    pub(crate) fn new(method: Rc<str>, deadline: Option<Instant>, metadata: Rc<HeaderMap>, connection: Rc<ConnectionInfo>) -> CallContext {
+        CallContext { method, deadline, metadata, connection }
     }
 
     /// The full method path, e.g. `/atomix.runtime.election.v1.LeaderElection/Enter`.
@@ -115,8 +100,7 @@ impl CallContext {
 
     /// Time left before the deadline (`None` without a deadline, zero once passed).
     pub fn time_remaining(&self) -> Option<Duration> {
-        self.deadline
-            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+        self.deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()))
     }
 
     /// The request headers (custom metadata included).
@@ -134,12 +118,8 @@ impl CallContext {
 
     /// Decodes a protobuf request, mapping failure to `INVALID_ARGUMENT`.
     pub fn decode<M: prost::Message + Default>(&self, request: &Bytes) -> Result<M, Status> {
-        M::decode(request.clone()).map_err(|error| {
-            Status::invalid_argument(format!(
-                "could not decode the request of {}: {error}",
-                self.method
-            ))
-        })
+        M::decode(request.clone())
+            .map_err(|error| Status::invalid_argument(format!("could not decode the request of {}: {error}", self.method)))
     }
 }
 
@@ -153,8 +133,7 @@ pub struct Router {
 /// Splits `/package.Service/Method` into (`package.Service`, `Method`).
 pub(crate) fn split_path(path: &str) -> Option<(&str, &str)> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
-    (!service.is_empty() && !method.is_empty() && !method.contains('/'))
-        .then_some((service, method))
+    (!service.is_empty() && !method.is_empty() && !method.contains('/')).then_some((service, method))
 }
 
 impl Router {
@@ -168,8 +147,7 @@ impl Router {
     /// Panics when the path is malformed or already registered: both are programming
     /// errors in the server assembly, caught at startup.
     pub fn add(&mut self, path: &str, route: Route) -> &mut Router {
-        let (service, _) = split_path(path)
-            .unwrap_or_else(|| panic!("route path {path:?} is not /package.Service/Method"));
+        let (service, _) = split_path(path).unwrap_or_else(|| panic!("route path {path:?} is not /package.Service/Method"));
         self.services.insert(service.to_owned());
         let previous = self.routes.insert(path.to_owned(), route);
         assert!(previous.is_none(), "route {path} registered twice");
@@ -182,8 +160,7 @@ impl Router {
         F: Fn(Bytes, CallContext) -> Fut + 'static,
         Fut: Future<Output = Result<Bytes, Status>> + 'static,
     {
-        let handler: UnaryHandler =
-            Rc::new(move |request, ctx| handler(request, ctx).boxed_local());
+        let handler: UnaryHandler = Rc::new(move |request, ctx| handler(request, ctx).boxed_local());
         self.add(path, Route::Unary(handler))
     }
 
@@ -208,28 +185,17 @@ impl Router {
     }
 
     /// Registers a server-streaming handler over raw message bytes with queue `limits`.
-    pub fn server_streaming<F, Fut>(
-        &mut self,
-        path: &str,
-        limits: StreamLimits,
-        handler: F,
-    ) -> &mut Router
+    pub fn server_streaming<F, Fut>(&mut self, path: &str, limits: StreamLimits, handler: F) -> &mut Router
     where
         F: Fn(Bytes, CallContext, StreamSink) -> Fut + 'static,
         Fut: Future<Output = Result<(), Status>> + 'static,
     {
-        let handler: StreamingHandler =
-            Rc::new(move |request, ctx, sink| handler(request, ctx, sink).boxed_local());
+        let handler: StreamingHandler = Rc::new(move |request, ctx, sink| handler(request, ctx, sink).boxed_local());
         self.add(path, Route::ServerStreaming(handler, limits))
     }
 
     /// Registers a server-streaming handler whose request is a decoded protobuf message.
-    pub fn server_streaming_message<Req, F, Fut>(
-        &mut self,
-        path: &str,
-        limits: StreamLimits,
-        handler: F,
-    ) -> &mut Router
+    pub fn server_streaming_message<Req, F, Fut>(&mut self, path: &str, limits: StreamLimits, handler: F) -> &mut Router
     where
         Req: prost::Message + Default + 'static,
         F: Fn(Req, CallContext, StreamSink) -> Fut + 'static,
@@ -251,13 +217,11 @@ impl Router {
             return Ok(route);
         }
         match split_path(path) {
-            Some((service, method)) if self.services.contains(service) => Err(
-                Status::unimplemented(format!("unknown method {method} for service {service}")),
-            ),
+            Some((service, method)) if self.services.contains(service) => {
+                Err(Status::unimplemented(format!("unknown method {method} for service {service}")))
+            }
             Some((service, _)) => Err(Status::unimplemented(format!("unknown service {service}"))),
-            None => Err(Status::unimplemented(format!(
-                "malformed method path {path:?}: expected /package.Service/Method"
-            ))),
+            None => Err(Status::unimplemented(format!("malformed method path {path:?}: expected /package.Service/Method"))),
         }
     }
 
@@ -278,10 +242,7 @@ mod tests {
         router.unary("/a.B/C", |request, _| async move { Ok(request) });
         assert!(router.resolve("/a.B/C").is_ok());
         let err = router.resolve("/a.B/D").err().expect("unknown method");
-        assert_eq!(
-            (err.code(), err.message()),
-            (Code::Unimplemented, "unknown method D for service a.B")
-        );
+        assert_eq!((err.code(), err.message()), (Code::Unimplemented, "unknown method D for service a.B"));
         let err = router.resolve("/x.Y/C").err().expect("unknown service");
         assert_eq!(err.message(), "unknown service x.Y");
         let err = router.resolve("nonsense").err().expect("malformed");

@@ -83,22 +83,15 @@ impl ServerConfig {
             return Err("target_chunk_len must be positive".into());
         }
         if !FRAME_SIZES.contains(&self.max_frame_size) {
-            return Err(format!(
-                "max_frame_size {} is outside HTTP/2's {FRAME_SIZES:?}",
-                self.max_frame_size
-            ));
+            return Err(format!("max_frame_size {} is outside HTTP/2's {FRAME_SIZES:?}", self.max_frame_size));
         }
         if self.initial_stream_window > MAX_WINDOW || self.initial_connection_window > MAX_WINDOW {
-            return Err(format!(
-                "HTTP/2 flow-control windows are at most {MAX_WINDOW} bytes"
-            ));
+            return Err(format!("HTTP/2 flow-control windows are at most {MAX_WINDOW} bytes"));
         }
         if self.max_concurrent_streams == 0 {
             return Err("max_concurrent_streams must be positive".into());
         }
-        if self.keepalive_interval == Some(Duration::ZERO)
-            || self.idle_timeout == Some(Duration::ZERO)
-        {
+        if self.keepalive_interval == Some(Duration::ZERO) || self.idle_timeout == Some(Duration::ZERO) {
             return Err("keepalive_interval and idle_timeout must be positive when set".into());
         }
         Ok(())
@@ -132,9 +125,7 @@ pub(crate) struct ServerShared {
 impl ServerShared {
     pub(crate) fn track_connection(self: &Rc<Self>) -> OpenConnection {
         self.open_connections.set(self.open_connections.get() + 1);
-        OpenConnection {
-            server: Rc::clone(self),
-        }
+        OpenConnection { server: Rc::clone(self) }
     }
 
     fn check_drained(&self) {
@@ -174,11 +165,7 @@ impl GrpcServer {
     ///
     /// Panics when `config` fails [`ServerConfig::validate`] (check user-supplied knobs
     /// with it first).
-    pub fn with_observer(
-        router: Router,
-        config: ServerConfig,
-        observer: Option<Rc<dyn ConnectionObserver>>,
-    ) -> GrpcServer {
+    pub fn with_observer(router: Router, config: ServerConfig, observer: Option<Rc<dyn ConnectionObserver>>) -> GrpcServer {
         if let Err(problem) = config.validate() {
             panic!("invalid gRPC server configuration: {problem}");
         }

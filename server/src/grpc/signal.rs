@@ -48,10 +48,7 @@ impl Signal {
     pub fn fired(&self) -> Fired {
         let key = self.inner.next_waiter.get();
         self.inner.next_waiter.set(key + 1);
-        Fired {
-            signal: self.clone(),
-            key,
-        }
+        Fired { signal: self.clone(), key }
     }
 }
 

@@ -85,10 +85,7 @@ impl Code {
     }
 
     fn header_value(self) -> HeaderValue {
-        const DIGITS: [&str; 17] = [
-            "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
-            "16",
-        ];
+        const DIGITS: [&str; 17] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16"];
         HeaderValue::from_static(DIGITS[self as usize])
     }
 }
@@ -124,10 +121,7 @@ macro_rules! status_constructors {
 impl Status {
     /// A status with `code` and `message`.
     pub fn new(code: Code, message: impl Into<String>) -> Status {
-        Status {
-            code,
-            message: message.into(),
-        }
+        Status { code, message: message.into() }
     }
 
     /// The success status (empty message).
@@ -186,9 +180,8 @@ impl Status {
         headers.insert("grpc-status", self.code.header_value());
         if !self.message.is_empty() {
             let encoded = utf8_percent_encode(&self.message, GRPC_MESSAGE_ESCAPES).to_string();
-            let value = HeaderValue::from_str(&encoded).unwrap_or_else(|_| {
-                unreachable!("percent-encoding leaves only visible ASCII: {encoded:?}")
-            });
+            let value =
+                HeaderValue::from_str(&encoded).unwrap_or_else(|_| unreachable!("percent-encoding leaves only visible ASCII: {encoded:?}"));
             headers.insert("grpc-message", value);
         }
     }
@@ -196,12 +189,7 @@ impl Status {
     /// Reads a status back from `grpc-status` / `grpc-message` headers, as a client would.
     /// `None` when `grpc-status` is absent or not a known code.
     pub fn read_from(headers: &HeaderMap) -> Option<Status> {
-        let code = headers
-            .get("grpc-status")?
-            .to_str()
-            .ok()?
-            .parse::<u32>()
-            .ok()?;
+        let code = headers.get("grpc-status")?.to_str().ok()?.parse::<u32>().ok()?;
         let code = Code::from_wire(code)?;
         let message = headers
             .get("grpc-message")

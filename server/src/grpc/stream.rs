@@ -44,11 +44,7 @@ pub struct StreamLimits {
 
 impl Default for StreamLimits {
     fn default() -> StreamLimits {
-        StreamLimits {
-            max_queued_messages: 1024,
-            max_queued_bytes: 1 << 20,
-            overflow: OverflowPolicy::EndStream,
-        }
+        StreamLimits { max_queued_messages: 1024, max_queued_bytes: 1 << 20, overflow: OverflowPolicy::EndStream }
     }
 }
 
@@ -71,10 +67,7 @@ impl fmt::Display for SendError {
             SendError::Closed => f.write_str("the stream has ended"),
             SendError::Overflowed => f.write_str("the stream's queue overflowed"),
             SendError::TooLarge { len, max } => {
-                write!(
-                    f,
-                    "message of {len} bytes exceeds the send limit of {max} bytes"
-                )
+                write!(f, "message of {len} bytes exceeds the send limit of {max} bytes")
             }
         }
     }
@@ -97,8 +90,7 @@ struct StreamQueue {
 impl StreamQueue {
     fn is_full_for(&self, framed_len: usize) -> bool {
         !self.messages.is_empty()
-            && (self.messages.len() >= self.limits.max_queued_messages
-                || self.queued_bytes + framed_len > self.limits.max_queued_bytes)
+            && (self.messages.len() >= self.limits.max_queued_messages || self.queued_bytes + framed_len > self.limits.max_queued_bytes)
     }
 
     fn push(&mut self, message: Bytes) {
@@ -134,10 +126,7 @@ pub struct StreamSink {
 
 impl StreamSink {
     pub(crate) fn new(limits: StreamLimits, max_message_len: usize) -> StreamSink {
-        assert!(
-            limits.max_queued_messages > 0,
-            "a stream queue must hold at least one message"
-        );
+        assert!(limits.max_queued_messages > 0, "a stream queue must hold at least one message");
         StreamSink {
             queue: Rc::new(RefCell::new(StreamQueue {
                 messages: VecDeque::new(),
@@ -164,10 +153,7 @@ impl StreamSink {
             return Err(SendError::Overflowed);
         }
         if message.len() > queue.max_message_len {
-            return Err(SendError::TooLarge {
-                len: message.len(),
-                max: queue.max_message_len,
-            });
+            return Err(SendError::TooLarge { len: message.len(), max: queue.max_message_len });
         }
         if queue.is_full_for(PREFIX_LEN + message.len()) {
             match queue.limits.overflow {
@@ -208,12 +194,7 @@ impl StreamSink {
         self.send(Bytes::from(message.encode_to_vec())).await
     }
 
-    fn poll_space(
-        &self,
-        cx: &mut Context<'_>,
-        ended: &mut Fired,
-        framed_len: usize,
-    ) -> Poll<Result<(), SendError>> {
+    fn poll_space(&self, cx: &mut Context<'_>, ended: &mut Fired, framed_len: usize) -> Poll<Result<(), SendError>> {
         if ended.poll_fired(cx).is_ready() {
             return Poll::Ready(Err(SendError::Closed));
         }
@@ -269,11 +250,7 @@ impl StreamSink {
     /// Writer side: takes queued messages, framed and concatenated into one chunk of at
     /// most `target_chunk_len` bytes (or one larger message alone). Registers the writer's
     /// waker and returns `None` when nothing is queued.
-    pub(crate) fn poll_chunk(
-        &self,
-        cx: &mut Context<'_>,
-        target_chunk_len: usize,
-    ) -> Option<Bytes> {
+    pub(crate) fn poll_chunk(&self, cx: &mut Context<'_>, target_chunk_len: usize) -> Option<Bytes> {
         let mut queue = self.queue.borrow_mut();
         let Some(first) = queue.messages.pop_front() else {
             queue.writer = Some(cx.waker().clone());
@@ -301,12 +278,8 @@ impl StreamSink {
 }
 
 fn put_framed(out: &mut BytesMut, message: &[u8]) {
-    let len = u32::try_from(message.len()).unwrap_or_else(|_| {
-        unreachable!(
-            "queued messages are bounded by the send limit, got {}",
-            message.len()
-        )
-    });
+    let len = u32::try_from(message.len())
+        .unwrap_or_else(|_| unreachable!("queued messages are bounded by the send limit, got {}", message.len()));
     out.put_u8(0);
     out.put_u32(len);
     out.put_slice(message);
@@ -337,42 +310,21 @@ mod tests {
 
     #[test]
     fn end_stream_policy_overflows_and_keep_latest_replaces() {
-        let limits = StreamLimits {
-            max_queued_messages: 2,
-            max_queued_bytes: 1 << 20,
-            overflow: OverflowPolicy::EndStream,
-        };
+        let limits = StreamLimits { max_queued_messages: 2, max_queued_bytes: 1 << 20, overflow: OverflowPolicy::EndStream };
         let sink = StreamSink::new(limits, 1 << 20);
         sink.try_send(Bytes::from_static(b"1")).expect("room");
         sink.try_send(Bytes::from_static(b"2")).expect("room");
-        assert_eq!(
-            sink.try_send(Bytes::from_static(b"3")),
-            Err(SendError::Overflowed)
-        );
+        assert_eq!(sink.try_send(Bytes::from_static(b"3")), Err(SendError::Overflowed));
         assert!(sink.overflowed());
         assert_eq!(sink.queued_messages(), 0);
 
-        let latest = StreamSink::new(
-            StreamLimits {
-                overflow: OverflowPolicy::KeepLatest,
-                ..limits
-            },
-            8,
-        );
+        let latest = StreamSink::new(StreamLimits { overflow: OverflowPolicy::KeepLatest, ..limits }, 8);
         for n in 0..5u8 {
-            latest
-                .try_send(Bytes::from(vec![n]))
-                .expect("keep latest never fails");
+            latest.try_send(Bytes::from(vec![n])).expect("keep latest never fails");
         }
         assert_eq!(latest.dropped_for_latest(), 4);
-        assert_eq!(
-            chunk(&latest, 1000).expect("chunk").as_ref(),
-            &[0, 0, 0, 0, 1, 4]
-        );
-        assert_eq!(
-            latest.try_send(Bytes::from(vec![0; 9])),
-            Err(SendError::TooLarge { len: 9, max: 8 })
-        );
+        assert_eq!(chunk(&latest, 1000).expect("chunk").as_ref(), &[0, 0, 0, 0, 1, 4]);
+        assert_eq!(latest.try_send(Bytes::from(vec![0; 9])), Err(SendError::TooLarge { len: 9, max: 8 }));
         latest.end();
         assert_eq!(latest.try_send(Bytes::new()), Err(SendError::Closed));
     }

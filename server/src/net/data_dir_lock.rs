@@ -21,10 +21,7 @@ pub struct DataDirLock {
 #[derive(Debug)]
 pub enum LockError {
     /// Another process holds the lock.
-    InUse {
-        dir: PathBuf,
-        holder_pid: Option<u32>,
-    },
+    InUse { dir: PathBuf, holder_pid: Option<u32> },
     /// The lock file could not be opened, locked or written.
     Io { path: PathBuf, source: io::Error },
 }
@@ -32,19 +29,13 @@ pub enum LockError {
 impl fmt::Display for LockError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LockError::InUse {
-                dir,
-                holder_pid: Some(pid),
-            } => write!(
+            LockError::InUse { dir, holder_pid: Some(pid) } => write!(
                 f,
                 "data directory {} is in use by another process (pid {pid}); stop it or \
                  choose another data directory",
                 dir.display()
             ),
-            LockError::InUse {
-                dir,
-                holder_pid: None,
-            } => write!(
+            LockError::InUse { dir, holder_pid: None } => write!(
                 f,
                 "data directory {} is in use by another process; stop it or choose another \
                  data directory",
@@ -70,32 +61,17 @@ impl DataDirLock {
     /// Locks `dir` (which must exist) for this process, recording our pid in `dir/LOCK`.
     pub fn acquire(dir: &Path) -> Result<DataDirLock, LockError> {
         let path = dir.join(LOCK_FILE_NAME);
-        let io_error = |source| LockError::Io {
-            path: path.clone(),
-            source,
-        };
+        let io_error = |source| LockError::Io { path: path.clone(), source };
         // Not truncated on open: the current holder's pid must stay readable.
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io_error)?;
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path).map_err(io_error)?;
         // SAFETY: flock on a file descriptor we own; no memory is involved.
         let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
         if locked != 0 {
             let error = io::Error::last_os_error();
             if error.kind() == io::ErrorKind::WouldBlock {
                 let mut contents = String::new();
-                let holder_pid = file
-                    .read_to_string(&mut contents)
-                    .ok()
-                    .and_then(|_| contents.trim().parse::<u32>().ok());
-                return Err(LockError::InUse {
-                    dir: dir.to_path_buf(),
-                    holder_pid,
-                });
+                let holder_pid = file.read_to_string(&mut contents).ok().and_then(|_| contents.trim().parse::<u32>().ok());
+                return Err(LockError::InUse { dir: dir.to_path_buf(), holder_pid });
             }
             return Err(io_error(error));
         }

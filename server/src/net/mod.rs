@@ -41,25 +41,14 @@ pub fn bind_exclusive(addr: SocketAddr) -> io::Result<ExclusiveListener> {
         } else {
             ""
         };
-        io::Error::new(
-            error.kind(),
-            format!("cannot {action} {addr}: {error}{hint}"),
-        )
+        io::Error::new(error.kind(), format!("cannot {action} {addr}: {error}{hint}"))
     };
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
         .map_err(|error| described(error, "create a socket for"))?;
-    socket
-        .set_reuse_address(true)
-        .map_err(|error| described(error, "set SO_REUSEADDR on"))?;
-    socket
-        .bind(&addr.into())
-        .map_err(|error| described(error, "bind"))?;
-    socket
-        .listen(LISTEN_BACKLOG)
-        .map_err(|error| described(error, "listen on"))?;
-    Ok(ExclusiveListener {
-        listener: socket.into(),
-    })
+    socket.set_reuse_address(true).map_err(|error| described(error, "set SO_REUSEADDR on"))?;
+    socket.bind(&addr.into()).map_err(|error| described(error, "bind"))?;
+    socket.listen(LISTEN_BACKLOG).map_err(|error| described(error, "listen on"))?;
+    Ok(ExclusiveListener { listener: socket.into() })
 }
 
 impl ExclusiveListener {

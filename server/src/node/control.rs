@@ -65,11 +65,7 @@ impl NodeEvents {
                 state
             })
         };
-        Rc::new(NodeEvents {
-            converter: RefCell::new(EventConverter::new(node_id)),
-            hosted,
-            hub: Rc::new(EventHub::new(current)),
-        })
+        Rc::new(NodeEvents { converter: RefCell::new(EventConverter::new(node_id)), hosted, hub: Rc::new(EventHub::new(current)) })
     }
 
     /// Publishes one event of any shard.

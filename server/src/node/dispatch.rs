@@ -363,7 +363,12 @@ impl Dispatch {
 
     /// Drains the mesh receivers until they close, handling every message. `on_leader`
     /// runs after every change of the leader table or of the partitions this node left.
-    pub fn serve_mesh(self: &Rc<Self>, mut receivers: Receivers<MeshMessage>, on_connection: Rc<dyn Fn(AcceptedTcpStream)>, on_leader: Rc<dyn Fn()>) {
+    pub fn serve_mesh(
+        self: &Rc<Self>,
+        mut receivers: Receivers<MeshMessage>,
+        on_connection: Rc<dyn Fn(AcceptedTcpStream)>,
+        on_leader: Rc<dyn Fn()>,
+    ) {
         *self.on_table_change.borrow_mut() = Some(Rc::clone(&on_leader));
         for (_, mut stream) in receivers.streams() {
             let dispatch = Rc::clone(self);

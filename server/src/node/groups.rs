@@ -135,9 +135,8 @@ impl GroupControl {
         if self.hosted(group) {
             return Err(Status::already_exists(format!("group {group} already has a replica on this node")));
         }
-        let membership = spec_membership(&spec, true, self.me).map_err(|e| {
-            Status::invalid_argument(format!("{e} (a Join lists the group's current members besides this node)"))
-        })?;
+        let membership = spec_membership(&spec, true, self.me)
+            .map_err(|e| Status::invalid_argument(format!("{e} (a Join lists the group's current members besides this node)")))?;
         self.start(&spec, true, membership).await?;
         self.change_membership(group, Some(role)).await.map(|_| ())
     }
@@ -231,9 +230,7 @@ impl GroupControl {
             return Err(Status::invalid_argument("group id 0 is not a group"));
         }
         if !self.busy.borrow_mut().insert(group) {
-            return Err(Status::failed_precondition(format!(
-                "another Bootstrap, Join or Leave of group {group} is in progress"
-            )));
+            return Err(Status::failed_precondition(format!("another Bootstrap, Join or Leave of group {group} is in progress")));
         }
         Ok(Busy { control: self, group })
     }

@@ -25,8 +25,7 @@ use crate::config::Config;
 use crate::net::{bind_exclusive, DataDirLock};
 
 pub use dispatch::{
-    CallOp, CallResult, ControlOp, Dispatch, LeaderTable, MeshMessage, NodeEvent, Outbound, WatchCallback, WatchGuard,
-    WatchHandle,
+    CallOp, CallResult, ControlOp, Dispatch, LeaderTable, MeshMessage, NodeEvent, Outbound, WatchCallback, WatchGuard, WatchHandle,
 };
 
 /// Capacity of each shard-to-shard mesh channel.

@@ -12,8 +12,7 @@ use conclave_engine::raft::MessageType;
 use conclave_engine::shard::{Request, ShardHandle};
 use conclave_proto::conclave::peer::v1::{peer_message::Body, PeerMessage};
 use conclave_wire::{
-    EventSink, Inbound, Lane, ListenerConfig, ListenerHandle, LocalIdentity, PeerConfig, PeerListener, PeerSet,
-    SendError,
+    EventSink, Inbound, Lane, ListenerConfig, ListenerHandle, LocalIdentity, PeerConfig, PeerListener, PeerSet, SendError,
 };
 use glommio::channels::local_channel;
 
@@ -37,8 +36,8 @@ impl PeerNet {
         let me = config.node_id;
         let local = LocalIdentity { cluster_id: config.cluster_id.clone(), node_id: u64::from(me), shard_id: shard };
         let own = config.peers[&me];
-        let port = shard_port(own.port(), shard)
-            .ok_or_else(|| format!("shard {shard}: the peer port {} + {shard} is past 65535", own.port()))?;
+        let port =
+            shard_port(own.port(), shard).ok_or_else(|| format!("shard {shard}: the peer port {} + {shard} is past 65535", own.port()))?;
         let address = SocketAddr::new(own.ip(), port);
         let listener = PeerListener::bind(address, ListenerConfig::new(local.clone()))
             .map_err(|e| format!("cannot listen for peers on {address} (shard {shard}): {e}"))?;

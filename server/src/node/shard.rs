@@ -11,13 +11,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use conclave_engine::log::{Log, LogOptions, SnapshotStore};
 use conclave_engine::raft::RaftEvent;
-use conclave_engine::shard::{
-    load_snapshot, recover_replica, Request, RuntimeConfig, ShardEvent, ShardRuntime, ShardStorage,
-};
+use conclave_engine::shard::{load_snapshot, recover_replica, Request, RuntimeConfig, ShardEvent, ShardRuntime, ShardStorage};
 use conclave_wire::ConnectionEvent;
+use glommio::channels::channel_mesh::Full;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::channels::local_channel;
-use glommio::channels::channel_mesh::Full;
 use glommio::net::TcpListener;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -87,11 +85,11 @@ async fn serve(
     if let Some(cut) = &recovery.torn_tail {
         tracing::info!(file = %cut.file.display(), offset = cut.offset, "cut a torn log tail left by a crash");
     }
-    let snapshots = SnapshotStore::open(dir.join("snapshots"))
-        .await
-        .map_err(|e| format!("opening the snapshot store in {}: {e}", dir.display()))?;
+    let snapshots =
+        SnapshotStore::open(dir.join("snapshots")).await.map_err(|e| format!("opening the snapshot store in {}: {e}", dir.display()))?;
     let registry = Registry::load(&dir)?;
-    let left_partitions: Vec<u32> = groups_of_shard(shard as u32, config.shards, config.partitions).filter(|g| registry.has_left(*g)).collect();
+    let left_partitions: Vec<u32> =
+        groups_of_shard(shard as u32, config.shards, config.partitions).filter(|g| registry.has_left(*g)).collect();
     let seed = now_ms() ^ (node_id << 48);
     let mut replicas = std::collections::BTreeMap::new();
     for (group, membership, preferred) in hosted_groups(&config, shard as u32, &registry)? {
@@ -289,7 +287,11 @@ async fn serve(
 /// it has no snapshot) and its preferred leader: the client partitions of this shard
 /// (`--replication` voters, the other peers observers) unless this node left them, and
 /// the groups the Node API started here.
-fn hosted_groups(config: &Config, shard: u32, registry: &Registry) -> Result<Vec<(u32, conclave_engine::raft::Membership, Option<u64>)>, String> {
+fn hosted_groups(
+    config: &Config,
+    shard: u32,
+    registry: &Registry,
+) -> Result<Vec<(u32, conclave_engine::raft::Membership, Option<u64>)>, String> {
     let me = u64::from(config.node_id);
     let mut hosted = Vec::new();
     for group in groups_of_shard(shard, config.shards, config.partitions) {
@@ -299,7 +301,11 @@ fn hosted_groups(config: &Config, shard: u32, registry: &Registry) -> Result<Vec
     }
     for record in registry.groups() {
         if shard_of(record.id, config.shards) != shard {
-            return Err(format!("group {} is recorded on shard {shard}, but shard {} owns it: was --shards changed?", record.id, shard_of(record.id, config.shards)));
+            return Err(format!(
+                "group {} is recorded on shard {shard}, but shard {} owns it: was --shards changed?",
+                record.id,
+                shard_of(record.id, config.shards)
+            ));
         }
         let spec = record.spec()?;
         hosted.push((record.id, groups::spec_membership(&spec, record.joined, me)?, None));
@@ -326,11 +332,8 @@ async fn hand_off(handle: &conclave_engine::shard::ShardHandle, dispatch: &Rc<Di
     let shard = dispatch.shard as u32;
     let shards = dispatch.shards as u32;
     while std::time::Instant::now() < deadline {
-        let still_leading = dispatch
-            .leaders
-            .borrow()
-            .iter()
-            .any(|(group, (_, leader))| *leader == node_id && shard_of(*group, shards) == shard);
+        let still_leading =
+            dispatch.leaders.borrow().iter().any(|(group, (_, leader))| *leader == node_id && shard_of(*group, shards) == shard);
         if !still_leading {
             tracing::info!(shard, started, "leaderships handed over");
             return;

@@ -147,7 +147,13 @@ impl ClientApi {
         Ok(pb::CloseResponse {})
     }
 
-    async fn election_op(&self, id: &Option<PrimitiveIdProto>, candidate: &str, op: ElectionOp, ctx: CallContext) -> Result<ElectionTerm, Status> {
+    async fn election_op(
+        &self,
+        id: &Option<PrimitiveIdProto>,
+        candidate: &str,
+        op: ElectionOp,
+        ctx: CallContext,
+    ) -> Result<ElectionTerm, Status> {
         let name = election_name(id)?;
         let candidate = candidate_name(candidate)?;
         let partition = partition_of(name, self.partitions);

@@ -204,32 +204,36 @@ impl DriverApi {
             }
         });
         let api = Rc::clone(self);
-        router.server_streaming_message("/atomix.multiraft.election.v1.LeaderElection/Watch", WATCH_LIMITS, move |req: el::WatchRequest, _ctx, sink: StreamSink| {
-            let api = Rc::clone(&api);
-            async move {
-                let (partition, query) = api.query(req.headers.as_ref())?;
-                let to_client = sink.clone();
-                let on_change = Box::new(move |term: ElectionTerm| {
-                    let response = el::WatchResponse {
-                        headers: Some(mr::QueryResponseHeaders { operation: Some(operation_headers(0, None)) }),
-                        output: Some(el::WatchOutput { term: Some(term.to_multiraft_term()) }),
-                    };
-                    to_client.try_send_message(&response).is_ok()
-                });
-                let (read, handle) = api.dispatch.watch(partition, query, on_change).await.map_err(|e| from_shard(&e))?;
-                let _watching = WatchGuard::new(Rc::clone(&api.dispatch), handle);
-                if let Err(e) = &read.result {
-                    let response = el::WatchResponse {
-                        headers: Some(mr::QueryResponseHeaders { operation: Some(operation_headers(read.index, Some(e))) }),
-                        output: None,
-                    };
-                    let _ = sink.try_send_message(&response);
-                    return Ok(());
+        router.server_streaming_message(
+            "/atomix.multiraft.election.v1.LeaderElection/Watch",
+            WATCH_LIMITS,
+            move |req: el::WatchRequest, _ctx, sink: StreamSink| {
+                let api = Rc::clone(&api);
+                async move {
+                    let (partition, query) = api.query(req.headers.as_ref())?;
+                    let to_client = sink.clone();
+                    let on_change = Box::new(move |term: ElectionTerm| {
+                        let response = el::WatchResponse {
+                            headers: Some(mr::QueryResponseHeaders { operation: Some(operation_headers(0, None)) }),
+                            output: Some(el::WatchOutput { term: Some(term.to_multiraft_term()) }),
+                        };
+                        to_client.try_send_message(&response).is_ok()
+                    });
+                    let (read, handle) = api.dispatch.watch(partition, query, on_change).await.map_err(|e| from_shard(&e))?;
+                    let _watching = WatchGuard::new(Rc::clone(&api.dispatch), handle);
+                    if let Err(e) = &read.result {
+                        let response = el::WatchResponse {
+                            headers: Some(mr::QueryResponseHeaders { operation: Some(operation_headers(read.index, Some(e))) }),
+                            output: None,
+                        };
+                        let _ = sink.try_send_message(&response);
+                        return Ok(());
+                    }
+                    sink.closed().await;
+                    Ok(())
                 }
-                sink.closed().await;
-                Ok(())
-            }
-        });
+            },
+        );
     }
 
     fn query(&self, headers: Option<&mr::QueryRequestHeaders>) -> Result<(u32, TermQuery), Status> {

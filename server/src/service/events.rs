@@ -81,9 +81,15 @@ impl EventConverter {
             ShardEvent::Raft(raft) => match *raft {
                 RaftEvent::LeaderChanged { term, leader } => Kind::LeaderUpdated(pb::LeaderUpdatedEvent { group_id, term, leader }),
                 RaftEvent::MembershipChanged { ref membership, .. } => return self.membership_changed(group, membership),
-                RaftEvent::SnapshotSendStarted { to, index } => Kind::SendSnapshotStarted(pb::SendSnapshotStartedEvent { group_id, index, to }),
-                RaftEvent::SnapshotSendCompleted { to, index } => Kind::SendSnapshotCompleted(pb::SendSnapshotCompletedEvent { group_id, index, to }),
-                RaftEvent::SnapshotSendAborted { to, index } => Kind::SendSnapshotAborted(pb::SendSnapshotAbortedEvent { group_id, index, to }),
+                RaftEvent::SnapshotSendStarted { to, index } => {
+                    Kind::SendSnapshotStarted(pb::SendSnapshotStartedEvent { group_id, index, to })
+                }
+                RaftEvent::SnapshotSendCompleted { to, index } => {
+                    Kind::SendSnapshotCompleted(pb::SendSnapshotCompletedEvent { group_id, index, to })
+                }
+                RaftEvent::SnapshotSendAborted { to, index } => {
+                    Kind::SendSnapshotAborted(pb::SendSnapshotAbortedEvent { group_id, index, to })
+                }
                 RaftEvent::SnapshotReceived { from, index } => Kind::SnapshotReceived(pb::SnapshotReceivedEvent { group_id, index, from }),
                 RaftEvent::RoleChanged { .. } | RaftEvent::MembershipCommitted { .. } | RaftEvent::TransferAborted { .. } => {
                     return Vec::new()
@@ -296,11 +302,26 @@ mod tests {
                 ShardEvent::MemberReady { membership: Membership::voters([7]).expect("valid") },
                 Kind::MemberReady(pb::MemberReadyEvent { group_id: 3, node_id: 7 }),
             ),
-            (raft(RaftEvent::LeaderChanged { term: 4, leader: 2 }), Kind::LeaderUpdated(pb::LeaderUpdatedEvent { group_id: 3, term: 4, leader: 2 })),
-            (raft(RaftEvent::SnapshotSendStarted { to: 2, index: 10 }), Kind::SendSnapshotStarted(pb::SendSnapshotStartedEvent { group_id: 3, index: 10, to: 2 })),
-            (raft(RaftEvent::SnapshotSendCompleted { to: 2, index: 11 }), Kind::SendSnapshotCompleted(pb::SendSnapshotCompletedEvent { group_id: 3, index: 11, to: 2 })),
-            (raft(RaftEvent::SnapshotSendAborted { to: 5, index: 12 }), Kind::SendSnapshotAborted(pb::SendSnapshotAbortedEvent { group_id: 3, index: 12, to: 5 })),
-            (raft(RaftEvent::SnapshotReceived { from: 1, index: 13 }), Kind::SnapshotReceived(pb::SnapshotReceivedEvent { group_id: 3, index: 13, from: 1 })),
+            (
+                raft(RaftEvent::LeaderChanged { term: 4, leader: 2 }),
+                Kind::LeaderUpdated(pb::LeaderUpdatedEvent { group_id: 3, term: 4, leader: 2 }),
+            ),
+            (
+                raft(RaftEvent::SnapshotSendStarted { to: 2, index: 10 }),
+                Kind::SendSnapshotStarted(pb::SendSnapshotStartedEvent { group_id: 3, index: 10, to: 2 }),
+            ),
+            (
+                raft(RaftEvent::SnapshotSendCompleted { to: 2, index: 11 }),
+                Kind::SendSnapshotCompleted(pb::SendSnapshotCompletedEvent { group_id: 3, index: 11, to: 2 }),
+            ),
+            (
+                raft(RaftEvent::SnapshotSendAborted { to: 5, index: 12 }),
+                Kind::SendSnapshotAborted(pb::SendSnapshotAbortedEvent { group_id: 3, index: 12, to: 5 }),
+            ),
+            (
+                raft(RaftEvent::SnapshotReceived { from: 1, index: 13 }),
+                Kind::SnapshotReceived(pb::SnapshotReceivedEvent { group_id: 3, index: 13, from: 1 }),
+            ),
             (ShardEvent::SnapshotRecovered { index: 14 }, Kind::SnapshotRecovered(pb::SnapshotRecoveredEvent { group_id: 3, index: 14 })),
             (ShardEvent::SnapshotCreated { index: 15 }, Kind::SnapshotCreated(pb::SnapshotCreatedEvent { group_id: 3, index: 15 })),
             (ShardEvent::SnapshotCompacted { index: 16 }, Kind::SnapshotCompacted(pb::SnapshotCompactedEvent { group_id: 3, index: 16 })),
@@ -352,7 +373,8 @@ mod tests {
 
     #[test]
     fn connection_events_carry_address_and_snapshot_flag() {
-        let event = |kind, snapshot| ConnectionEvent { kind, address: "10.0.0.2:5680".into(), snapshot, remote_node_id: 2, local_shard_id: 0 };
+        let event =
+            |kind, snapshot| ConnectionEvent { kind, address: "10.0.0.2:5680".into(), snapshot, remote_node_id: 2, local_shard_id: 0 };
         let info = |snapshot| Some(pb::ConnectionInfo { address: "10.0.0.2:5680".into(), snapshot });
         assert_eq!(
             kinds(vec![connection_event(&event(ConnectionEventKind::Established, false))]),

@@ -16,4 +16,4 @@ pub use client::{ClientApi, WATCH_LIMITS};
 pub use driver::DriverApi;
 pub use events::{connection_event, EventConverter, EventHub, Subscription};
 pub use node::NodeApi;
-pub use sessions::{ClientSessions, SessionObserver, Sequenced};
+pub use sessions::{ClientSessions, Sequenced, SessionObserver};

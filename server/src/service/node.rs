@@ -82,10 +82,9 @@ impl NodeApi {
             let message = Bytes::from(event.encode_to_vec());
             // A client that stops reading blocks the send; the hub may end the
             // subscription meanwhile, and the stream must end then, not when it reads again.
-            or(
-                async { sink.send(message).await.map_err(|e| Status::internal(format!("could not queue a node event: {e}"))) },
-                async { Err(subscription.ended().await) },
-            )
+            or(async { sink.send(message).await.map_err(|e| Status::internal(format!("could not queue a node event: {e}"))) }, async {
+                Err(subscription.ended().await)
+            })
             .await?;
         }
     }
@@ -129,9 +128,7 @@ fn member_spec(member: &pb::MemberConfig) -> Result<MemberSpec, String> {
     if member.host.is_empty() {
         return Err("host is empty".into());
     }
-    let port = u16::try_from(member.port)
-        .ok()
-        .filter(|&port| port != 0)
-        .ok_or_else(|| format!("port {} is outside 1..=65535", member.port))?;
+    let port =
+        u16::try_from(member.port).ok().filter(|&port| port != 0).ok_or_else(|| format!("port {} is outside 1..=65535", member.port))?;
     Ok(MemberSpec { node_id: u64::from(member.node_id), host: member.host.clone(), port, role })
 }

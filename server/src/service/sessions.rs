@@ -120,18 +120,14 @@ impl ClientSessions {
 
     /// The command numbered `seq` got its answer (or will never need it).
     pub fn done(&self, connection: &ConnectionInfo, partition: u32, seq: Sequenced) {
-        if let Some(Slot::Open(session)) =
-            self.connections.borrow_mut().get_mut(&connection.id()).and_then(|s| s.get_mut(&partition))
-        {
+        if let Some(Slot::Open(session)) = self.connections.borrow_mut().get_mut(&connection.id()).and_then(|s| s.get_mut(&partition)) {
             session.in_flight.remove(&seq.sequence_num);
         }
     }
 
     /// Remembers an election this connection created, for a later Close.
     pub fn remember_primitive(&self, connection: &ConnectionInfo, partition: u32, name: &str, id: PrimitiveId) {
-        if let Some(Slot::Open(session)) =
-            self.connections.borrow_mut().get_mut(&connection.id()).and_then(|s| s.get_mut(&partition))
-        {
+        if let Some(Slot::Open(session)) = self.connections.borrow_mut().get_mut(&connection.id()).and_then(|s| s.get_mut(&partition)) {
             session.primitives.insert(name.to_owned(), id);
         }
     }
@@ -197,12 +193,7 @@ impl ClientSessions {
 
     /// The number of open sessions (for tests and metrics).
     pub fn open_sessions(&self) -> usize {
-        self.connections
-            .borrow()
-            .values()
-            .flat_map(|s| s.values())
-            .filter(|s| matches!(s, Slot::Open(_)))
-            .count()
+        self.connections.borrow().values().flat_map(|s| s.values()).filter(|s| matches!(s, Slot::Open(_))).count()
     }
 }
 

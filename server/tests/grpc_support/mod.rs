@@ -19,12 +19,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use conclave_proto::atomix::runtime::election::v1::{
-    GetTermRequest, GetTermResponse, Term, WatchRequest, WatchResponse,
-};
+use conclave_proto::atomix::runtime::election::v1::{GetTermRequest, GetTermResponse, Term, WatchRequest, WatchResponse};
 use conclave_server::grpc::{
-    CallContext, Code, ConnectionInfo, ConnectionObserver, GrpcServer, HealthService,
-    OverflowPolicy, Router, ServerConfig, ServingStatus, Status, StreamLimits, StreamSink,
+    CallContext, Code, ConnectionInfo, ConnectionObserver, GrpcServer, HealthService, OverflowPolicy, Router, ServerConfig, ServingStatus,
+    Status, StreamLimits, StreamSink,
 };
 use conclave_server::net::bind_exclusive;
 use glommio::timer::Timer;
@@ -70,27 +68,18 @@ struct RecordingObserver {
 
 impl ConnectionObserver for RecordingObserver {
     fn connection_opened(&self, connection: &Rc<ConnectionInfo>) {
-        self.events
-            .lock()
-            .expect("events")
-            .push(Event::Opened(connection.id()));
+        self.events.lock().expect("events").push(Event::Opened(connection.id()));
     }
 
     fn connection_closed(&self, connection: &Rc<ConnectionInfo>) {
         assert!(connection.is_closed());
-        self.events
-            .lock()
-            .expect("events")
-            .push(Event::Closed(connection.id()));
+        self.events.lock().expect("events").push(Event::Closed(connection.id()));
     }
 }
 
 /// Limits of the test Watch route: small, so a slow reader overflows quickly.
-pub const WATCH_LIMITS: StreamLimits = StreamLimits {
-    max_queued_messages: 64,
-    max_queued_bytes: 256 << 10,
-    overflow: OverflowPolicy::EndStream,
-};
+pub const WATCH_LIMITS: StreamLimits =
+    StreamLimits { max_queued_messages: 64, max_queued_bytes: 256 << 10, overflow: OverflowPolicy::EndStream };
 
 /// A config with small limits and fast timers, suited to tests.
 pub fn test_config() -> ServerConfig {
@@ -120,17 +109,13 @@ impl TestServer {
                 let health = HealthService::new();
                 let mut router = test_router(Arc::clone(&server_events));
                 health.register(&mut router);
-                let observer = Rc::new(RecordingObserver {
-                    events: Arc::clone(&server_events),
-                });
+                let observer = Rc::new(RecordingObserver { events: Arc::clone(&server_events) });
                 let server = GrpcServer::with_observer(router, config, Some(observer));
                 let control = server.clone();
                 glommio::spawn_local(async move {
                     loop {
                         match receiver.try_recv() {
-                            Ok(Command::SetHealth(service, status)) => {
-                                health.set_status(&service, status)
-                            }
+                            Ok(Command::SetHealth(service, status)) => health.set_status(&service, status),
                             Ok(Command::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => {
                                 control.shutdown();
                                 return;
@@ -147,12 +132,7 @@ impl TestServer {
             })
             .expect("spawn the server executor");
         let thread = std::thread::spawn(move || handle.join().expect("server executor"));
-        TestServer {
-            addr,
-            events,
-            commands,
-            thread: Some(thread),
-        }
+        TestServer { addr, events, commands, thread: Some(thread) }
     }
 
     pub fn url(&self) -> String {
@@ -160,9 +140,7 @@ impl TestServer {
     }
 
     pub fn set_health(&self, service: &str, status: ServingStatus) {
-        self.commands
-            .send(Command::SetHealth(service.to_owned(), status))
-            .expect("server alive");
+        self.commands.send(Command::SetHealth(service.to_owned(), status)).expect("server alive");
     }
 
     /// Starts graceful shutdown without waiting for it.
@@ -186,11 +164,7 @@ impl TestServer {
 
     /// Waits up to `limit` for an event matching `predicate` (asynchronously, so the
     /// client's runtime keeps running meanwhile).
-    pub async fn wait_for_event(
-        &self,
-        limit: Duration,
-        predicate: impl Fn(&Event) -> bool,
-    ) -> Option<Event> {
+    pub async fn wait_for_event(&self, limit: Duration, predicate: impl Fn(&Event) -> bool) -> Option<Event> {
         let started = Instant::now();
         loop {
             if let Some(event) = self.events().into_iter().find(|event| predicate(event)) {
@@ -224,80 +198,48 @@ fn parse_arg<T: std::str::FromStr>(name: &str, prefix: &str) -> Option<T> {
 /// The status a `fail:<code>` request asks for, with a message needing percent-encoding.
 pub fn failure_for(code: u32) -> Status {
     let code = Code::from_wire(code).unwrap_or(Code::Unknown);
-    Status::new(
-        code,
-        format!("test failure {} — 100% «intended»", code.name()),
-    )
+    Status::new(code, format!("test failure {} — 100% «intended»", code.name()))
 }
 
 fn term(number: u64, leader: String) -> Term {
-    Term {
-        term: number,
-        leader,
-        candidates: vec!["a".into(), "b".into()],
-    }
+    Term { term: number, leader, candidates: vec!["a".into(), "b".into()] }
 }
 
 fn test_router(events: Arc<Mutex<Vec<Event>>>) -> Router {
     let mut router = Router::new();
-    router.unary_message(
-        GET_TERM,
-        |request: GetTermRequest, ctx: CallContext| async move {
-            let name = name_of(&request.id);
-            if let Some(code) = parse_arg::<u32>(&name, "fail:") {
-                return Err(failure_for(code));
-            }
-            if let Some(ms) = parse_arg::<u64>(&name, "sleep:") {
-                Timer::new(Duration::from_millis(ms)).await;
-            }
-            if let Some(len) = parse_arg::<usize>(&name, "big:") {
-                return Ok(GetTermResponse {
-                    term: Some(term(1, "x".repeat(len))),
-                });
-            }
-            Ok(GetTermResponse {
-                term: Some(term(7, format!("connection-{}", ctx.connection().id()))),
-            })
-        },
-    );
-    router.server_streaming_message(
-        WATCH,
-        WATCH_LIMITS,
-        move |request: WatchRequest, ctx, sink| {
-            let events = Arc::clone(&events);
-            watch(name_of(&request.id), ctx, sink, events)
-        },
-    );
+    router.unary_message(GET_TERM, |request: GetTermRequest, ctx: CallContext| async move {
+        let name = name_of(&request.id);
+        if let Some(code) = parse_arg::<u32>(&name, "fail:") {
+            return Err(failure_for(code));
+        }
+        if let Some(ms) = parse_arg::<u64>(&name, "sleep:") {
+            Timer::new(Duration::from_millis(ms)).await;
+        }
+        if let Some(len) = parse_arg::<usize>(&name, "big:") {
+            return Ok(GetTermResponse { term: Some(term(1, "x".repeat(len))) });
+        }
+        Ok(GetTermResponse { term: Some(term(7, format!("connection-{}", ctx.connection().id()))) })
+    });
+    router.server_streaming_message(WATCH, WATCH_LIMITS, move |request: WatchRequest, ctx, sink| {
+        let events = Arc::clone(&events);
+        watch(name_of(&request.id), ctx, sink, events)
+    });
     router
 }
 
-async fn watch(
-    name: String,
-    ctx: CallContext,
-    sink: StreamSink,
-    events: Arc<Mutex<Vec<Event>>>,
-) -> Result<(), Status> {
+async fn watch(name: String, ctx: CallContext, sink: StreamSink, events: Arc<Mutex<Vec<Event>>>) -> Result<(), Status> {
     if let Some(code) = parse_arg::<u32>(&name, "fail:") {
         return Err(failure_for(code));
     }
     if let Some(count) = parse_arg::<u64>(&name, "count:") {
         for number in 0..count {
-            let response = WatchResponse {
-                term: Some(term(number, String::new())),
-            };
-            sink.send_message(&response)
-                .await
-                .map_err(|error| Status::internal(error.to_string()))?;
+            let response = WatchResponse { term: Some(term(number, String::new())) };
+            sink.send_message(&response).await.map_err(|error| Status::internal(error.to_string()))?;
         }
         return Ok(());
     }
     if let Some(size) = parse_arg::<usize>(&name, "flood:") {
-        let payload = Bytes::from(
-            WatchResponse {
-                term: Some(term(0, "f".repeat(size))),
-            }
-            .encode_to_vec(),
-        );
+        let payload = Bytes::from(WatchResponse { term: Some(term(0, "f".repeat(size))) }.encode_to_vec());
         loop {
             if sink.try_send(payload.clone()).is_err() {
                 // Overflowed or closed: the layer ends the stream with the right status.
@@ -307,24 +249,17 @@ async fn watch(
         }
     }
     if name == "hold" {
-        sink.send_message(&WatchResponse {
-            term: Some(term(1, "held".into())),
-        })
-        .await
-        .map_err(|error| Status::internal(error.to_string()))?;
+        sink.send_message(&WatchResponse { term: Some(term(1, "held".into())) })
+            .await
+            .map_err(|error| Status::internal(error.to_string()))?;
         // A separate task: the layer drops this handler as soon as the connection closes.
         let connection = Rc::clone(ctx.connection());
         glommio::spawn_local(async move {
             connection.closed().await;
-            events
-                .lock()
-                .expect("events")
-                .push(Event::HandlerSawClose(connection.id()));
+            events.lock().expect("events").push(Event::HandlerSawClose(connection.id()));
         })
         .detach();
         return std::future::pending().await;
     }
-    Err(Status::invalid_argument(format!(
-        "unknown test watch {name:?}"
-    )))
+    Err(Status::invalid_argument(format!("unknown test watch {name:?}")))
 }

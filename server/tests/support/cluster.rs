@@ -119,11 +119,8 @@ impl Cluster {
             let members = (1..=options.nodes)
                 .map(|id| {
                     let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
-                    let ports = Ports {
-                        listen: at(reserve_ports(1)),
-                        admin: at(reserve_ports(1)),
-                        peer: at(reserve_ports(options.shards as u16)),
-                    };
+                    let ports =
+                        Ports { listen: at(reserve_ports(1)), admin: at(reserve_ports(1)), peer: at(reserve_ports(options.shards as u16)) };
                     Member { id, ports, dir: TestDir::new(), node: None }
                 })
                 .collect();
@@ -345,7 +342,8 @@ impl Drop for Cluster {
             eprintln!("the test failed; the cluster's logs:\n{}", self.logs());
             // CONCLAVE_E2E_KEEP_LOGS=DIR keeps the whole logs of a failed test there.
             if let Ok(keep) = std::env::var("CONCLAVE_E2E_KEEP_LOGS") {
-                let into = std::path::Path::new(&keep).join(format!("{}-{}", std::process::id(), std::thread::current().name().unwrap_or("test")));
+                let into =
+                    std::path::Path::new(&keep).join(format!("{}-{}", std::process::id(), std::thread::current().name().unwrap_or("test")));
                 for m in &self.members {
                     let target = into.join(format!("node-{}", m.id));
                     let _ = std::fs::create_dir_all(&target);
@@ -428,7 +426,12 @@ impl NodeEvents {
 
     /// The first event at position `from` or later that `matches`, waiting (bounded by
     /// `timeout`) for it to arrive; returns its position, arrival and the event.
-    pub async fn try_wait_for(&mut self, from: usize, timeout: Duration, mut matches: impl FnMut(&Ev) -> bool) -> Option<(usize, Instant, Ev)> {
+    pub async fn try_wait_for(
+        &mut self,
+        from: usize,
+        timeout: Duration,
+        mut matches: impl FnMut(&Ev) -> bool,
+    ) -> Option<(usize, Instant, Ev)> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut next = from;
         loop {
@@ -581,7 +584,8 @@ pub fn leaderships(leaders: &BTreeMap<u32, (u64, u64)>, groups: impl IntoIterato
 /// The node leading the most of `groups` (the lowest id among ties) and the groups it leads.
 pub fn busiest_leader(leaders: &BTreeMap<u32, (u64, u64)>, groups: impl IntoIterator<Item = u32>) -> (u32, Vec<u32>) {
     let by_node = leaderships(leaders, groups);
-    let (node, led) = by_node.iter().filter(|(n, _)| **n != 0).max_by_key(|(n, led)| (led.len(), std::cmp::Reverse(**n))).expect("some leader");
+    let (node, led) =
+        by_node.iter().filter(|(n, _)| **n != 0).max_by_key(|(n, led)| (led.len(), std::cmp::Reverse(**n))).expect("some leader");
     (*node as u32, led.clone())
 }
 

@@ -238,12 +238,7 @@ impl Node {
 
     /// Whether health `Check("")` answers SERVING now.
     pub async fn is_serving(&self) -> bool {
-        let Ok(channel) = Endpoint::from_shared(self.url())
-            .expect("url")
-            .connect_timeout(Duration::from_secs(1))
-            .connect()
-            .await
-        else {
+        let Ok(channel) = Endpoint::from_shared(self.url()).expect("url").connect_timeout(Duration::from_secs(1)).connect().await else {
             return false;
         };
         let mut health = HealthClient::new(channel);

@@ -22,10 +22,7 @@ where
     F: Future<Output = T> + 'static,
     T: 'static,
 {
-    let executor = LocalExecutorBuilder::new(Placement::Unbound)
-        .io_memory(TEST_IO_MEMORY)
-        .make()
-        .expect("glommio executor");
+    let executor = LocalExecutorBuilder::new(Placement::Unbound).io_memory(TEST_IO_MEMORY).make().expect("glommio executor");
     executor.run(async move {
         let deadline = async {
             glommio::timer::sleep(limit).await;
@@ -70,11 +67,7 @@ impl Recorder {
     }
 
     pub fn count(&self, established: bool) -> usize {
-        self.0
-            .borrow()
-            .iter()
-            .filter(|e| matches!(e.kind, conclave_wire::ConnectionEventKind::Established) == established)
-            .count()
+        self.0.borrow().iter().filter(|e| matches!(e.kind, conclave_wire::ConnectionEventKind::Established) == established).count()
     }
 }
 
