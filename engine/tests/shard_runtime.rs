@@ -25,6 +25,8 @@ struct RecordingLog {
     snapshots: Rc<RefCell<Vec<(u32, u64, usize)>>>,
     /// Extra time a write takes to become durable (on top of 200 µs).
     slowness: Rc<RefCell<Duration>>,
+    /// Time a snapshot takes to become durable.
+    snapshot_slowness: Rc<RefCell<Duration>>,
     /// Every entry's payload, in the order made durable.
     payloads: Rc<RefCell<Vec<bytes::Bytes>>>,
 }
@@ -51,9 +53,15 @@ impl LogStore for RecordingLog {
         }))
     }
 
-    async fn save_snapshot(&mut self, group: u32, index: u64, _term: u64, data: bytes::Bytes) -> Result<(), String> {
-        self.snapshots.borrow_mut().push((group, index, data.len()));
-        Ok(())
+    /// Recorded once "durable", `snapshot_slowness` after it was asked for.
+    fn save_snapshot(&mut self, group: u32, index: u64, _term: u64, data: bytes::Bytes) -> Durable {
+        let snapshots = Rc::clone(&self.snapshots);
+        let latency = *self.snapshot_slowness.borrow();
+        Box::pin(async move {
+            glommio::timer::sleep(latency).await;
+            snapshots.borrow_mut().push((group, index, data.len()));
+            Ok(())
+        })
     }
 
     async fn compact(&mut self, _group: u32, index: u64, _term: u64) -> Result<bool, String> {
@@ -71,7 +79,7 @@ impl LogStore for RecordingLog {
     }
 }
 
-fn single_voter_runtime(log: RecordingLog) -> ShardRuntime<RecordingLog> {
+fn single_voter_runtime(log: RecordingLog, snapshot_every: u64) -> ShardRuntime<RecordingLog> {
     let mut cfg = Config::new(1, 1);
     cfg.election_ticks = 3;
     cfg.heartbeat_ticks = 1;
@@ -85,7 +93,7 @@ fn single_voter_runtime(log: RecordingLog) -> ShardRuntime<RecordingLog> {
             tick: Duration::from_millis(1),
             request_queue: 1024,
             expiry_check: Duration::from_millis(5),
-            snapshot_every: 0,
+            snapshot_every,
             compaction_tail: 0,
             ..RuntimeConfig::new(1, Duration::from_millis(1))
         },
@@ -102,16 +110,25 @@ fn single_voter_runtime(log: RecordingLog) -> ShardRuntime<RecordingLog> {
 }
 
 /// Runs `test` on its own executor against a single-voter runtime (with its log and a
-/// handle), then shuts the runtime down and waits for it to end.
+/// handle) that takes no snapshots, then shuts the runtime down and waits for it to end.
 fn on_single_voter<F, Fut>(test: F)
 where
     F: FnOnce(RecordingLog, ShardHandle) -> Fut + 'static,
     Fut: std::future::Future<Output = ()>,
 {
+    on_single_voter_snapshotting(0, test)
+}
+
+/// [`on_single_voter`] with a snapshot every `snapshot_every` applied entries.
+fn on_single_voter_snapshotting<F, Fut>(snapshot_every: u64, test: F)
+where
+    F: FnOnce(RecordingLog, ShardHandle) -> Fut + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
     let ex = LocalExecutorBuilder::default().io_memory(1 << 20).make().unwrap();
-    ex.run(async {
+    ex.run(async move {
         let log = RecordingLog::default();
-        let runtime = single_voter_runtime(log.clone());
+        let runtime = single_voter_runtime(log.clone(), snapshot_every);
         let handle = runtime.handle();
         let task = glommio::spawn_local(runtime.run());
         test(log, handle.clone()).await;
@@ -240,6 +257,38 @@ fn a_slow_disk_does_not_hold_reads_or_ticks_while_a_write_is_on_its_way() {
         let Output::Term(t) = enter.await.unwrap().result.unwrap() else { panic!("Enter answers a term") };
         assert_eq!(names(&t), vec!["a".to_string()]);
         assert!(log.persisted.borrow().len() >= 3, "the Enter is durable before it is answered");
+    });
+}
+
+#[test]
+fn a_slow_snapshot_save_does_not_hold_the_loop_and_the_log_is_compacted_only_behind_it() {
+    on_single_voter_snapshotting(8, |log, handle| async move {
+        // A snapshot takes 2 s to become durable.
+        *log.snapshot_slowness.borrow_mut() = Duration::from_secs(2);
+        let session_id = open_session_with_election(&handle).await;
+        // Well past 8 applied entries: a snapshot save starts, and every command is
+        // answered while it is still on its way.
+        for seq in 2..14 {
+            let op = if seq % 2 == 0 { ElectionOp::Enter } else { ElectionOp::Withdraw };
+            let cmd = command::election(0, session_id, seq, PrimitiveRef::Name("e".into()), op, "a");
+            handle.propose(1, cmd).await.unwrap().result.unwrap();
+        }
+        assert!(log.snapshots.borrow().is_empty(), "the commands waited for the snapshot save");
+        assert!(log.persisted.borrow().contains_key(&1), "the log was compacted before its snapshot was durable");
+        // Once durable, the log is compacted behind it (and not before: checked above).
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while log.snapshots.borrow().is_empty() || log.persisted.borrow().contains_key(&1) {
+            assert!(std::time::Instant::now() < deadline, "the snapshot was not saved and compacted behind within 10 s");
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        let (group, index, _) = log.snapshots.borrow()[0];
+        assert_eq!(group, 1);
+        assert!(index >= 8, "the snapshot covers the entries applied when it was due (index {index})");
+        assert!(log.persisted.borrow().keys().all(|i| *i > index), "entries up to the snapshot are compacted");
+        // The group goes on serving with the snapshot in place ("a" withdrew last).
+        let cmd = command::election(0, session_id, 14, PrimitiveRef::Name("e".into()), ElectionOp::Enter, "b");
+        let Output::Term(t) = handle.propose(1, cmd).await.unwrap().result.unwrap() else { panic!("Enter answers a term") };
+        assert_eq!(names(&t), vec!["b".to_string()]);
     });
 }
 

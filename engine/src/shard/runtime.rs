@@ -32,7 +32,7 @@ use crate::sm::{self, Command};
 use super::error::ShardError;
 use super::peer::Forwarded;
 use super::peer_requests::settle_membership_waiters;
-use super::replica::{Committed, ReadTerm, Replica, Reply, TermQuery, Watcher};
+use super::replica::{Committed, ReadTerm, Replica, Reply, SnapshotCapture, TermQuery, Watcher};
 use super::stall::{Phase, RoundTimer};
 
 /// What one group asks the log to make durable in one round.
@@ -44,18 +44,20 @@ pub struct GroupWrite {
     pub entries: Vec<Entry>,
 }
 
-/// Resolves once a round's writes are durable (or the log failed).
+/// Resolves once a round's writes (or a snapshot) are durable, or storage failed.
 pub type Durable = Pin<Box<dyn Future<Output = Result<(), String>>>>;
 
 /// Durable storage as the runtime sees it: one `submit` per round, whose future resolves
 /// when every write of the round is durable (rounds become durable in submission order, and
 /// the runtime goes on working while they are on their way); snapshots saved durably before
-/// the log drops what they cover.
+/// the log drops what they cover (also while the runtime goes on working).
 pub trait LogStore {
     /// Enqueues the round's writes, after every earlier round's.
     fn submit(&mut self, writes: Vec<GroupWrite>) -> Result<Durable, String>;
-    /// Stores a group's snapshot at (`index`, `term`) durably, replacing older ones.
-    fn save_snapshot(&mut self, group: u32, index: u64, term: u64, data: Bytes) -> impl Future<Output = Result<(), String>>;
+    /// Stores a group's snapshot at (`index`, `term`) durably, replacing older ones; the
+    /// future (which borrows nothing, so the runtime runs it as a task of its own) resolves
+    /// once the snapshot is durable. Saves of different groups may run at once.
+    fn save_snapshot(&mut self, group: u32, index: u64, term: u64, data: Bytes) -> Durable;
     /// Drops the group's entries up to `index` (covered by a durable snapshot) and gives
     /// back disk space where it can, possibly in the background. Returns true when disk
     /// space was given back since the previous call.
@@ -294,6 +296,17 @@ pub struct ShardRuntime<L: LogStore> {
     in_flight: VecDeque<InFlightWrite>,
     /// Snapshots from leaders, installed once every earlier write is durable.
     installs: Vec<(u32, Snapshot)>,
+    /// Snapshots this shard took, on their way to disk (at most one per group); the log
+    /// is compacted behind each once it is durable.
+    pub(super) snapshot_saves: BTreeMap<u32, SnapshotSave>,
+}
+
+/// A snapshot of a group being saved by a task of its own.
+pub(super) struct SnapshotSave {
+    pub(super) capture: SnapshotCapture,
+    /// The group had a snapshot before this one (which this one replaces).
+    pub(super) had_snapshot: bool,
+    pub(super) task: glommio::task::JoinHandle<Result<(), String>>,
 }
 
 /// A round's writes on their way to disk, and what waits for them: per group, the
@@ -349,6 +362,7 @@ impl<L: LogStore> ShardRuntime<L> {
             removals: Vec::new(),
             in_flight: VecDeque::new(),
             installs: Vec::new(),
+            snapshot_saves: BTreeMap::new(),
         }
     }
 
@@ -429,6 +443,7 @@ impl<L: LogStore> ShardRuntime<L> {
             if stop {
                 self.shutdown().await;
                 self.drain_in_flight().await?;
+                self.abandon_snapshot_saves().await;
                 return self.log.close().await.map_err(ShardError::Storage);
             }
             round.lap(Phase::Requests);

@@ -91,8 +91,9 @@ impl LogStore for ShardStorage {
         }))
     }
 
-    async fn save_snapshot(&mut self, group: u32, index: u64, term: u64, data: Bytes) -> Result<(), String> {
-        self.snapshots.save(group, index, term, &data).await.map(|_| ()).map_err(|e| e.to_string())
+    fn save_snapshot(&mut self, group: u32, index: u64, term: u64, data: Bytes) -> Durable {
+        let snapshots = self.snapshots.clone();
+        Box::pin(async move { snapshots.save(group, index, term, &data).await.map(|_| ()).map_err(|e| e.to_string()) })
     }
 
     /// Enqueues the compaction marker and starts a reclaim of old segments in a task of its

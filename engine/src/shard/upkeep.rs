@@ -1,13 +1,14 @@
-//! The shard runtime's storage upkeep: snapshots taken every N applied entries and the
-//! log compacted behind them, snapshots from the leader installed, and replicas that left
-//! removed with their data.
+//! The shard runtime's storage upkeep: snapshots taken every N applied entries (saved by
+//! tasks of their own while the loop goes on) and the log compacted behind them, snapshots
+//! from the leader installed, and replicas that left removed with their data.
+
+use futures_lite::future;
 
 use crate::raft::{Role, Snapshot};
 use crate::sm;
 
 use super::error::ShardError;
-use super::replica::Replica;
-use super::runtime::{LogStore, ShardEvent, ShardRuntime};
+use super::runtime::{LogStore, ShardEvent, ShardRuntime, SnapshotSave};
 
 impl<L: LogStore> ShardRuntime<L> {
     /// Removes the replicas whose removal was asked for, deleting their data.
@@ -20,6 +21,11 @@ impl<L: LogStore> ShardRuntime<L> {
             replica.fail_all(ShardError::UnknownGroup(group));
             for (_, waiter) in self.membership_waiters.remove(&group).unwrap_or_default() {
                 waiter(Err(ShardError::UnknownGroup(group)));
+            }
+            // The group's snapshot directory is deleted below: a save still writing into it
+            // ends first (its outcome no longer matters).
+            if let Some(save) = self.snapshot_saves.remove(&group) {
+                let _ = save.task.await;
             }
             self.durable_votes.remove(&group);
             self.last_expiry_barrier.remove(&group);
@@ -35,30 +41,71 @@ impl<L: LogStore> ShardRuntime<L> {
         Ok(())
     }
 
-    /// Snapshots every group that applied `snapshot_every` entries since its last snapshot,
-    /// then compacts its log: the snapshot is durable before anything it covers is dropped.
+    /// Starts a snapshot of every group that applied `snapshot_every` entries since its last
+    /// one and has none on its way to disk; settles the saves that have become durable since
+    /// the last round, compacting each group's log behind its snapshot (a snapshot is
+    /// durable before anything it covers is dropped).
     pub(super) async fn snapshot_due_groups(&mut self) -> Result<(), ShardError> {
+        self.settle_snapshot_saves().await?;
         if self.cfg.snapshot_every == 0 {
             return Ok(());
         }
-        let due: Vec<u32> = self.replicas.iter().filter(|(_, r)| r.snapshot_due(self.cfg.snapshot_every)).map(|(g, _)| *g).collect();
+        let due: Vec<u32> = self
+            .replicas
+            .iter()
+            .filter(|(g, r)| !self.snapshot_saves.contains_key(g) && r.snapshot_due(self.cfg.snapshot_every))
+            .map(|(g, _)| *g)
+            .collect();
         for group in due {
-            let Some(capture) = self.replicas.get(&group).and_then(Replica::capture_snapshot) else {
-                continue;
-            };
-            let storage_error = |e: String| ShardError::Storage(format!("group {group}: {e}"));
-            let had_snapshot = self.replicas.get(&group).is_some_and(|r| r.last_snapshot() > 0);
-            self.log.save_snapshot(group, capture.index, capture.term, capture.data.clone()).await.map_err(storage_error)?;
-            if let Some(replica) = self.replicas.get_mut(&group) {
-                replica.snapshot_saved(&capture, self.cfg.compaction_tail)?;
-            }
-            (self.events)(group, &ShardEvent::SnapshotCreated { index: capture.index });
-            if had_snapshot {
-                (self.events)(group, &ShardEvent::SnapshotCompacted { index: capture.index });
-            }
-            self.compact_log(group, capture.index, capture.term).await?;
+            let Some(replica) = self.replicas.get(&group) else { continue };
+            let Some(capture) = replica.capture_snapshot() else { continue };
+            let had_snapshot = replica.last_snapshot() > 0;
+            let save = self.log.save_snapshot(group, capture.index, capture.term, capture.data.clone());
+            let task = glommio::spawn_local(save).detach();
+            self.snapshot_saves.insert(group, SnapshotSave { capture, had_snapshot, task });
         }
         Ok(())
+    }
+
+    /// Settles the snapshot saves that have ended, without waiting for the others.
+    async fn settle_snapshot_saves(&mut self) -> Result<(), ShardError> {
+        let groups: Vec<u32> = self.snapshot_saves.keys().copied().collect();
+        for group in groups {
+            let Some(save) = self.snapshot_saves.get_mut(&group) else { continue };
+            let Some(outcome) = future::poll_once(&mut save.task).await else { continue };
+            let save = self.snapshot_saves.remove(&group).expect("polled above");
+            let outcome = outcome.unwrap_or_else(|| Err("the snapshot save task was cancelled".into()));
+            self.snapshot_saved(group, save, outcome).await?;
+        }
+        Ok(())
+    }
+
+    /// A snapshot this shard took is durable: Raft gets it and the log is compacted behind
+    /// it, unless the group left this shard or installed a newer snapshot meanwhile.
+    async fn snapshot_saved(&mut self, group: u32, save: SnapshotSave, outcome: Result<(), String>) -> Result<(), ShardError> {
+        let SnapshotSave { capture, had_snapshot, .. } = save;
+        outcome.map_err(|e| ShardError::Storage(format!("group {group}: saving snapshot {}: {e}", capture.index)))?;
+        let Some(replica) = self.replicas.get_mut(&group) else { return Ok(()) };
+        if capture.index <= replica.last_snapshot() {
+            return Ok(());
+        }
+        replica.snapshot_saved(&capture, self.cfg.compaction_tail)?;
+        (self.events)(group, &ShardEvent::SnapshotCreated { index: capture.index });
+        if had_snapshot {
+            (self.events)(group, &ShardEvent::SnapshotCompacted { index: capture.index });
+        }
+        self.compact_log(group, capture.index, capture.term).await
+    }
+
+    /// Stopping: lets every snapshot save end (so no file is left half written) without
+    /// compacting behind it; the next start recovers from the newest snapshot and skips the
+    /// log entries it covers.
+    pub(super) async fn abandon_snapshot_saves(&mut self) {
+        for (group, save) in std::mem::take(&mut self.snapshot_saves) {
+            if let Some(Err(e)) = save.task.await {
+                tracing::warn!(group, index = save.capture.index, error = %e, "a snapshot save failed while stopping");
+            }
+        }
     }
 
     pub(super) async fn compact_log(&mut self, group: u32, index: u64, term: u64) -> Result<(), ShardError> {
@@ -86,6 +133,11 @@ impl<L: LogStore> ShardRuntime<L> {
             }
         };
         let data = if witness { super::storage::encode_witness_envelope(&snapshot.membership) } else { snapshot.data.clone() };
+        // A snapshot of our own still on its way is older than the leader's: let it end
+        // first, so it cannot land after this one.
+        if let Some(save) = self.snapshot_saves.remove(&group) {
+            let _ = save.task.await;
+        }
         self.log
             .save_snapshot(group, snapshot.index, snapshot.term, data)
             .await
