@@ -34,14 +34,7 @@ fn name() -> impl Strategy<Value = String> {
 }
 
 fn op() -> impl Strategy<Value = ElectionOp> {
-    prop::sample::select(vec![
-        ElectionOp::Enter,
-        ElectionOp::Withdraw,
-        ElectionOp::Anoint,
-        ElectionOp::Promote,
-        ElectionOp::Demote,
-        ElectionOp::Evict,
-    ])
+    prop::sample::select(ElectionOp::ALL.to_vec())
 }
 
 /// One log entry's payload.

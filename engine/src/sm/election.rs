@@ -33,6 +33,12 @@ pub enum ElectionOp {
     Evict,
 }
 
+impl ElectionOp {
+    /// Every operation, in api.md's order.
+    pub const ALL: [ElectionOp; 6] =
+        [ElectionOp::Enter, ElectionOp::Withdraw, ElectionOp::Anoint, ElectionOp::Promote, ElectionOp::Demote, ElectionOp::Evict];
+}
+
 /// A candidate of an election and the session it is bound to. Names are shared
 /// (`Arc<str>`), so handing out the state copies no strings.
 #[derive(Clone, Debug, PartialEq, Eq)]

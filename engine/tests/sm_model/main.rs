@@ -45,14 +45,7 @@ enum Action {
 }
 
 fn action() -> impl Strategy<Value = Action> {
-    let op = prop::sample::select(vec![
-        ElectionOp::Enter,
-        ElectionOp::Withdraw,
-        ElectionOp::Anoint,
-        ElectionOp::Promote,
-        ElectionOp::Demote,
-        ElectionOp::Evict,
-    ]);
+    let op = prop::sample::select(ElectionOp::ALL.to_vec());
     prop_oneof![
         2 => prop::sample::select(vec![300u64, 1_000, 5_000]).prop_map(|timeout_ms| Action::Open { timeout_ms }),
         3 => (any::<usize>(), 0u64..3).prop_map(|(session, ack_lag)| Action::KeepAlive { session, ack_lag }),
