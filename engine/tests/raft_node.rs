@@ -2,115 +2,17 @@
 //! contracts the shard runtime relies on (durability before apply, reads, membership,
 //! witnesses, transfer) and the refusal of malformed input.
 
-use std::collections::BTreeMap;
+mod raft_support;
 
 use bytes::Bytes;
 use conclave_engine::raft::{
     entry_kind_from_u8, entry_kind_to_u8, Config, Entry, EntryKind, HardState, Membership, Message, MessageType, RaftError, RaftEvent,
-    RaftNode, RaftRole, ReadState, Recovered, Role,
+    RaftNode, RaftRole, Recovered, Role,
 };
+use conclave_proto::conclave::raft::v1::SnapshotMeta;
+use raft_support::{node, node_with, Cluster};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-
-fn node(id: u64, membership: &Membership) -> RaftNode {
-    node_with(Config::new(id, 7), membership)
-}
-
-fn node_with(cfg: Config, membership: &Membership) -> RaftNode {
-    let id = cfg.id;
-    RaftNode::new(cfg, membership.clone(), ChaCha8Rng::seed_from_u64(id)).expect("valid")
-}
-
-/// Nodes by id, lossless instant network, instant persistence; records what each applied.
-struct Cluster {
-    nodes: BTreeMap<u64, RaftNode>,
-    applied: BTreeMap<u64, Vec<Entry>>,
-    events: BTreeMap<u64, Vec<RaftEvent>>,
-    reads: BTreeMap<u64, Vec<u64>>,
-    /// Snapshot data each node installed.
-    installed: BTreeMap<u64, Vec<Bytes>>,
-}
-
-impl Cluster {
-    fn new(membership: Membership) -> Self {
-        let nodes: BTreeMap<u64, RaftNode> = membership.members().map(|(id, _)| (id, node(id, &membership))).collect();
-        Cluster { nodes, applied: BTreeMap::new(), events: BTreeMap::new(), reads: BTreeMap::new(), installed: BTreeMap::new() }
-    }
-
-    fn settle(&mut self) {
-        loop {
-            let mut mail: Vec<Message> = Vec::new();
-            for (id, raft) in &mut self.nodes {
-                while raft.has_ready() {
-                    let ready = raft.ready();
-                    let ack = ready.persist_ack();
-                    mail.extend(ready.messages);
-                    mail.extend(ready.persisted_messages);
-                    self.applied.entry(*id).or_default().extend(ready.committed_entries);
-                    self.events.entry(*id).or_default().extend(ready.events);
-                    self.reads.entry(*id).or_default().extend(ready.read_states.iter().map(|r| r.index));
-                    if let Some((index, term)) = ack {
-                        raft.persisted(index, term);
-                    }
-                    if let Some(snapshot) = ready.snapshot {
-                        self.installed.entry(*id).or_default().push(snapshot.data.clone());
-                        raft.snapshot_installed(snapshot.index);
-                    }
-                }
-            }
-            if mail.is_empty() {
-                return;
-            }
-            for msg in mail {
-                if let Some(raft) = self.nodes.get_mut(&msg.to) {
-                    raft.step(msg).expect("valid message");
-                }
-            }
-        }
-    }
-
-    /// Delivers `mail` and every message it causes (without persisting anything new) until
-    /// none is left; returns the read states node `watch` released meanwhile.
-    fn deliver_until_quiet(&mut self, mut mail: Vec<Message>, watch: u64) -> Vec<ReadState> {
-        let mut released = Vec::new();
-        while !mail.is_empty() {
-            let mut next = Vec::new();
-            for msg in mail {
-                let raft = self.nodes.get_mut(&msg.to).unwrap();
-                raft.step(msg).unwrap();
-                let ready = raft.ready();
-                if raft.id() == watch {
-                    released.extend(ready.read_states);
-                }
-                next.extend(ready.messages);
-                next.extend(ready.persisted_messages);
-            }
-            mail = next;
-        }
-        released
-    }
-
-    fn tick_until_leader(&mut self) -> u64 {
-        for _ in 0..200 {
-            for raft in self.nodes.values_mut() {
-                raft.tick();
-            }
-            self.settle();
-            if let Some(leader) = self.leader() {
-                return leader;
-            }
-        }
-        panic!("no leader after 200 ticks");
-    }
-
-    fn leader(&self) -> Option<u64> {
-        self.nodes.values().find(|r| r.role() == RaftRole::Leader).map(|r| r.id())
-    }
-
-    fn applied_payloads(&self, id: u64) -> Vec<Bytes> {
-        self.applied[&id].iter().filter(|e| e.kind == EntryKind::Normal as i32).map(|e| e.data.clone()).collect()
-    }
-}
 
 #[test]
 fn single_voter_applies_only_what_was_persisted() {
@@ -268,6 +170,170 @@ fn malformed_messages_are_refused_without_effect() {
     };
     assert!(matches!(raft.step(gap), Err(RaftError::InvalidMessage(_))));
     assert_eq!(raft.last_index(), 0);
+}
+
+/// A message of `msg_type` in `term` from node 2 to node 1 of group 7.
+fn from_peer(msg_type: MessageType, term: u64) -> Message {
+    Message { group_id: 7, from: 2, to: 1, term, msg_type: msg_type as i32, ..Message::default() }
+}
+
+/// A complete one-chunk snapshot at (`index`, `term`) of voters 1, 2, 3, sent in `sent_in`.
+fn snapshot_chunk(index: u64, term: u64, sent_in: u64) -> Message {
+    let membership = Membership::voters([1, 2, 3]).unwrap().to_proto();
+    Message {
+        snapshot: Some(SnapshotMeta { index, term, membership: Some(membership) }),
+        context: Bytes::from_static(b"state"),
+        snapshot_done: true,
+        ..from_peer(MessageType::Snapshot, sent_in)
+    }
+}
+
+fn entries(terms: &[u64]) -> Vec<Entry> {
+    terms.iter().zip(1..).map(|(&term, index)| Entry { index, term, kind: EntryKind::Normal as i32, data: Bytes::new() }).collect()
+}
+
+fn assert_invalid(result: Result<(), RaftError>) {
+    assert!(matches!(result, Err(RaftError::InvalidMessage(_))), "{result:?}");
+}
+
+/// Ticks, drains and persists `raft` alone until it asks for votes.
+fn tick_until_campaign(raft: &mut RaftNode) -> bool {
+    for _ in 0..100 {
+        raft.tick();
+        let ready = raft.ready();
+        if let Some((index, term)) = ready.persist_ack() {
+            raft.persisted(index, term);
+        }
+        if raft.role() != RaftRole::Follower {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn a_message_in_term_u64_max_is_refused() {
+    // Taking the term on, the node's next election overflowed computing term + 1.
+    let mut raft = node(1, &Membership::voters([1, 2, 3]).unwrap());
+    assert_invalid(raft.step(from_peer(MessageType::Heartbeat, u64::MAX)));
+    assert_eq!(raft.term(), 0);
+    assert!(tick_until_campaign(&mut raft));
+    assert_eq!(raft.role(), RaftRole::PreCandidate);
+}
+
+#[test]
+fn a_snapshot_at_index_u64_max_is_refused() {
+    // Installed, it left a log whose next index (last + 1) overflowed.
+    let mut raft = node(1, &Membership::voters([1, 2, 3]).unwrap());
+    assert_invalid(raft.step(snapshot_chunk(u64::MAX, 1, 1)));
+    assert!(raft.ready().snapshot.is_none());
+    assert_eq!((raft.term(), raft.last_index()), (0, 0));
+}
+
+#[test]
+fn a_snapshot_of_a_term_beyond_the_senders_is_refused() {
+    // Installed, it left a log ending in a term beyond the node's: the node could not
+    // restart from it (CorruptState) and, once leader, appended its no-op below that term.
+    let mut raft = node(1, &Membership::voters([1, 2, 3]).unwrap());
+    assert_invalid(raft.step(snapshot_chunk(5, 3, 2)));
+    assert_invalid(raft.step(snapshot_chunk(5, 0, 2)));
+    assert!(raft.ready().snapshot.is_none());
+    assert_eq!((raft.term(), raft.leader()), (0, 0), "the refused chunk changed nothing");
+}
+
+#[test]
+fn append_entries_of_a_term_beyond_the_senders_are_refused() {
+    // Appended, they put a term beyond the node's own in its log (same failures as above).
+    let mut raft = node(1, &Membership::voters([1, 2, 3]).unwrap());
+    let append = Message { entries: entries(&[1, 4]), ..from_peer(MessageType::Append, 2) };
+    assert_invalid(raft.step(append));
+    let after_future_entry = Message { index: 0, log_term: 3, entries: entries(&[3]), ..from_peer(MessageType::Append, 2) };
+    assert_invalid(raft.step(after_future_entry));
+    assert_eq!((raft.term(), raft.last_index()), (0, 0));
+}
+
+#[test]
+fn append_entries_whose_terms_fall_are_refused() {
+    // Appended, they left a log whose terms fall, which the node cannot restart from.
+    let mut raft = node(1, &Membership::voters([1, 2, 3]).unwrap());
+    for terms in [&[2, 1][..], &[0][..]] {
+        let append = Message { entries: entries(terms), ..from_peer(MessageType::Append, 2) };
+        assert_invalid(raft.step(append));
+    }
+    assert_eq!((raft.term(), raft.last_index()), (0, 0));
+}
+
+#[test]
+fn a_refused_message_leaves_term_role_and_leader_alone() {
+    // The content checks came after the term rules: a refused message had already raised
+    // the term and made the node a follower of its sender.
+    let mut raft = node(1, &Membership::voters([1, 2, 3]).unwrap());
+    assert!(tick_until_campaign(&mut raft));
+    let before = (raft.term(), raft.role(), raft.leader());
+    let unknown_kind =
+        Message { entries: vec![Entry { index: 1, term: 3, kind: 9, data: Bytes::new() }], ..from_peer(MessageType::Append, 3) };
+    assert_invalid(raft.step(unknown_kind));
+    assert_invalid(raft.step(from_peer(MessageType::Snapshot, 3)));
+    assert_eq!((raft.term(), raft.role(), raft.leader()), before);
+}
+
+#[test]
+fn a_second_leaders_heartbeat_leaves_a_quiet_leader_quiet() {
+    // It woke the leader before being refused.
+    let mut cfg = Config::new(1, 7);
+    cfg.quiesce = true;
+    let mut raft = node_with(cfg, &Membership::voters([1]).unwrap());
+    for _ in 0..40 {
+        raft.tick();
+        let ready = raft.ready();
+        if let Some((index, term)) = ready.persist_ack() {
+            raft.persisted(index, term);
+        }
+    }
+    assert!(raft.role() == RaftRole::Leader && raft.is_quiesced());
+    assert_invalid(raft.step(from_peer(MessageType::Heartbeat, raft.term())));
+    assert!(raft.is_quiesced());
+}
+
+#[test]
+fn messages_contradicting_a_committed_entry_are_refused_unless_stale() {
+    let mut raft = node(1, &Membership::voters([1, 2, 3]).unwrap());
+    raft.step(Message { entries: entries(&[1, 1]), commit: 2, ..from_peer(MessageType::Append, 1) }).unwrap();
+    let ready = raft.ready();
+    let (index, term) = ready.persist_ack().unwrap();
+    raft.persisted(index, term);
+    assert_eq!(raft.commit_index(), 2);
+    let overwrite = Message {
+        index: 1,
+        log_term: 1,
+        entries: vec![Entry { index: 2, term: 2, kind: 0, data: Bytes::new() }],
+        ..from_peer(MessageType::Append, 2)
+    };
+    assert_invalid(raft.step(overwrite.clone()));
+    assert_invalid(raft.step(snapshot_chunk(2, 2, 2)));
+    assert_eq!(raft.term(), 1, "refused before the term rules");
+    // From a leader of an earlier term, whose entries may have lost, it is only stale: the
+    // node answers with its newer term so that leader steps down.
+    raft.step(from_peer(MessageType::Heartbeat, 3)).unwrap();
+    raft.ready();
+    raft.step(overwrite).unwrap();
+    let answers = raft.ready().messages;
+    assert!(answers.iter().any(|m| m.msg_type == MessageType::AppendResponse as i32 && m.term == 3), "{answers:?}");
+    assert_eq!(raft.entry_term(2), Some(1));
+}
+
+#[test]
+fn a_replica_installing_a_snapshot_does_not_campaign() {
+    // It could win (votes from peers with stale logs), grow its log as leader and commit,
+    // then the caller's installation replaced that log: the commit index and the applied
+    // entries went back to the snapshot's.
+    let mut raft = node(1, &Membership::voters([1, 2, 3]).unwrap());
+    raft.step(snapshot_chunk(5, 1, 1)).unwrap();
+    let snapshot = raft.ready().snapshot.expect("a complete snapshot to install");
+    assert!(!tick_until_campaign(&mut raft), "no election while the snapshot is being installed");
+    raft.snapshot_installed(snapshot.index);
+    assert_eq!((raft.commit_index(), raft.last_index()), (5, 5));
+    assert!(tick_until_campaign(&mut raft), "installed, it campaigns again");
 }
 
 #[test]

@@ -465,9 +465,11 @@ impl RaftNode {
         self.randomized_election_ticks = self.rng.random_range(base..2 * base);
     }
 
-    /// Voters may campaign; observers, witnesses and removed replicas may not.
+    /// Voters may campaign; observers, witnesses and removed replicas may not, nor a voter
+    /// whose caller is installing a snapshot: the caller replaces the log and state machine
+    /// with it, so a log grown as leader meanwhile would be thrown away, with its commits.
     pub(super) fn can_campaign(&self) -> bool {
-        self.member_role() == Some(Role::Voter)
+        self.member_role() == Some(Role::Voter) && !self.is_installing()
     }
 
     pub(super) fn new_message(&self, to: u64, msg_type: MessageType) -> Message {

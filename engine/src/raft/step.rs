@@ -11,6 +11,12 @@ use super::ready::RaftRole;
 /// `context` of vote requests caused by a leadership transfer: they bypass the leader lease.
 pub(super) const TRANSFER_CONTEXT: &[u8] = b"transfer";
 
+/// The largest term, index, commit index or read round a peer may send. An honest group
+/// stays far below it (a billion elections or entries a second would take 146 years to
+/// get there), and refusing anything larger keeps the arithmetic on terms and indexes
+/// (`term + 1`, `last_index + 1`, `index + entry count`) clear of overflow.
+pub(super) const MAX_TERM_OR_INDEX: u64 = 1 << 62;
+
 impl RaftNode {
     /// Handles one message from a peer. Malformed or misaddressed messages are refused with
     /// an error and change nothing.
@@ -30,8 +36,14 @@ impl RaftNode {
             }
             Ok(t) => t,
         };
+        self.check_content(&msg, msg_type)?;
         if !self.accept_term(&msg, msg_type) {
             return Ok(());
+        }
+        let from_leader = matches!(msg_type, MessageType::Append | MessageType::Heartbeat | MessageType::Snapshot);
+        if from_leader && self.role == RaftRole::Leader {
+            // The term rules made us a follower of any leader of a later term.
+            return Err(RaftError::InvalidMessage(format!("two leaders in term {}: node {} and this node", self.term, msg.from)));
         }
         // Traffic wakes a quiet group, except the answers to the leader's last heartbeats and
         // acknowledgements, which are what quiet groups still exchange.
@@ -52,12 +64,6 @@ impl RaftNode {
             }
             MessageType::Append | MessageType::Heartbeat | MessageType::Snapshot => {
                 if self.role != RaftRole::Follower {
-                    if self.role == RaftRole::Leader {
-                        return Err(RaftError::InvalidMessage(format!(
-                            "two leaders in term {}: node {} and this node",
-                            self.term, msg.from
-                        )));
-                    }
                     let term = self.term;
                     self.become_follower(term, msg.from);
                 }
@@ -248,20 +254,82 @@ impl RaftNode {
         self.tally_votes();
     }
 
-    fn on_append(&mut self, msg: Message) -> Result<(), RaftError> {
-        if msg.index.checked_add(msg.entries.len() as u64).is_none() {
-            return Err(RaftError::InvalidMessage(format!("append index {} overflows", msg.index)));
-        }
-        for entry in &msg.entries {
-            match EntryKind::try_from(entry.kind) {
-                Ok(EntryKind::Membership) => {
-                    Membership::decode(&entry.data)
-                        .map_err(|e| RaftError::InvalidMessage(format!("membership entry {}: {e}", entry.index)))?;
+    /// Refuses, before anything changes, a message whose content no honest peer sends:
+    /// numbers beyond [`MAX_TERM_OR_INDEX`], an append whose entries do not follow its
+    /// previous entry or each other (in index and term, up to the sender's term), have an
+    /// unknown kind or an undecodable configuration, or contradict committed entries, and
+    /// a snapshot chunk whose metadata is missing, beyond the sender's term, without a
+    /// valid configuration, or contradicts a committed entry. (A leader of an earlier term
+    /// may hold entries that lost; its messages go on to the term rules, which answer it.)
+    fn check_content(&self, msg: &Message, msg_type: MessageType) -> Result<(), RaftError> {
+        check_numbers(msg)?;
+        let invalid = |why: String| Err(RaftError::InvalidMessage(why));
+        let contradicts_committed = |index: u64, term: u64| {
+            msg.term >= self.term && index <= self.log.committed() && self.log.term(index).is_some_and(|t| t != term)
+        };
+        match msg_type {
+            MessageType::Append => {
+                // A leader's log holds terms of its own term or earlier, never falling along the log.
+                if msg.log_term > msg.term {
+                    return invalid(format!("append after an entry of term {} sent in term {}", msg.log_term, msg.term));
                 }
-                Ok(_) => {}
-                Err(_) => return Err(RaftError::InvalidMessage(format!("entry {} has unknown kind {}", entry.index, entry.kind))),
+                let mut previous = (msg.index, msg.log_term);
+                for entry in &msg.entries {
+                    if entry.index != previous.0 + 1 {
+                        return invalid(format!("append entries are not contiguous after index {}", msg.index));
+                    }
+                    if entry.term == 0 || entry.term < previous.1 || entry.term > msg.term {
+                        return invalid(format!(
+                            "append entry {} has term {} after term {}, sent in term {}",
+                            entry.index, entry.term, previous.1, msg.term
+                        ));
+                    }
+                    previous = (entry.index, entry.term);
+                    match EntryKind::try_from(entry.kind) {
+                        Ok(EntryKind::Membership) => {
+                            Membership::decode(&entry.data)
+                                .map_err(|e| RaftError::InvalidMessage(format!("membership entry {}: {e}", entry.index)))?;
+                        }
+                        Ok(_) => {}
+                        Err(_) => return invalid(format!("entry {} has unknown kind {}", entry.index, entry.kind)),
+                    }
+                    if contradicts_committed(entry.index, entry.term) {
+                        return invalid(format!(
+                            "append entry {} of term {} contradicts the committed entry there (commit {})",
+                            entry.index,
+                            entry.term,
+                            self.log.committed()
+                        ));
+                    }
+                }
             }
+            MessageType::Snapshot => {
+                let Some(meta) = msg.snapshot.as_ref() else {
+                    return invalid("snapshot chunk without metadata".into());
+                };
+                // A leader's snapshot covers entries of its term or earlier, and only index 0 has term 0.
+                if meta.term > msg.term || (meta.term == 0) != (meta.index == 0) {
+                    return invalid(format!("snapshot at index {} term {} sent in term {}", meta.index, meta.term, msg.term));
+                }
+                let Some(membership) = meta.membership.as_ref() else {
+                    return invalid("snapshot metadata without membership".into());
+                };
+                Membership::from_proto(membership).map_err(|e| RaftError::InvalidMessage(format!("snapshot membership: {e}")))?;
+                if contradicts_committed(meta.index, meta.term) {
+                    return invalid(format!(
+                        "snapshot at index {} term {} contradicts the committed entry there (commit {})",
+                        meta.index,
+                        meta.term,
+                        self.log.committed()
+                    ));
+                }
+            }
+            _ => {}
         }
+        Ok(())
+    }
+
+    fn on_append(&mut self, msg: Message) -> Result<(), RaftError> {
         let mut reply = self.new_message(msg.from, MessageType::AppendResponse);
         if msg.index < self.log.committed() {
             reply.index = self.log.committed();
@@ -304,5 +372,28 @@ impl RaftNode {
         let mut reply = self.new_message(msg.from, MessageType::HeartbeatResponse);
         reply.read_seq = msg.read_seq;
         self.out_messages.push(reply);
+    }
+}
+
+/// Refuses a message carrying a term, index or counter beyond [`MAX_TERM_OR_INDEX`].
+fn check_numbers(msg: &Message) -> Result<(), RaftError> {
+    let meta = msg.snapshot.as_ref();
+    let fields = [
+        ("term", msg.term),
+        ("log_term", msg.log_term),
+        ("index", msg.index),
+        ("commit", msg.commit),
+        ("reject_hint", msg.reject_hint),
+        ("read_seq", msg.read_seq),
+        ("snapshot_offset", msg.snapshot_offset),
+        ("snapshot index", meta.map_or(0, |m| m.index)),
+        ("snapshot term", meta.map_or(0, |m| m.term)),
+    ];
+    let entries = msg.entries.iter().flat_map(|e| [("entry index", e.index), ("entry term", e.term)]);
+    match fields.into_iter().chain(entries).find(|(_, value)| *value > MAX_TERM_OR_INDEX) {
+        Some((name, value)) => {
+            Err(RaftError::InvalidMessage(format!("{name} {value} is beyond {MAX_TERM_OR_INDEX}, more than any group reaches")))
+        }
+        None => Ok(()),
     }
 }
