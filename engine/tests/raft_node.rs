@@ -500,3 +500,22 @@ fn entry_kinds_map_to_stable_bytes() {
     }
     assert_eq!(entry_kind_from_u8(3), None);
 }
+
+#[test]
+fn a_snapshot_the_caller_cannot_install_is_refused_to_the_leader_and_the_replica_goes_on() {
+    let mut raft = node(1, &Membership::voters([1, 2, 3]).unwrap());
+    raft.step(snapshot_chunk(5, 1, 1)).unwrap();
+    let snapshot = raft.ready().snapshot.expect("a complete snapshot to install");
+    // The caller's state machine cannot decode it.
+    raft.snapshot_install_failed(snapshot.index);
+    let refusals: Vec<Message> =
+        raft.ready().messages.into_iter().filter(|m| m.msg_type == MessageType::SnapshotResponse as i32).collect();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert!(refusals[0].reject && refusals[0].to == 2 && refusals[0].index == 5, "{refusals:?}");
+    assert_eq!((raft.commit_index(), raft.last_index()), (0, 0), "the log it had is kept");
+    // It takes part again: the leader's next snapshot is received, and its elections run.
+    raft.step(snapshot_chunk(5, 1, 1)).unwrap();
+    assert!(raft.ready().snapshot.is_some(), "a snapshot sent again is received again");
+    raft.snapshot_install_failed(5);
+    assert!(tick_until_campaign(&mut raft), "not wedged: it campaigns once the leader is silent");
+}

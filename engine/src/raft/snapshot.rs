@@ -91,6 +91,21 @@ impl RaftNode {
         self.out_messages.push(reply);
     }
 
+    /// The caller could not install the snapshot it got from `Ready::snapshot` (its data
+    /// did not decode): it is dropped, the leader is told (it starts over, from a probe),
+    /// and this node takes part in the group again with the log it had.
+    pub fn snapshot_install_failed(&mut self, index: u64) {
+        if self.installing.as_ref().is_none_or(|s| s.index != index) {
+            return;
+        }
+        self.installing = None;
+        let Some(incoming) = self.incoming.take() else { return };
+        let mut reply = self.new_message(incoming.from, MessageType::SnapshotResponse);
+        reply.index = index;
+        reply.reject = true;
+        self.out_messages.push(reply);
+    }
+
     /// True while a received snapshot waits for the caller to install it.
     pub(super) fn is_installing(&self) -> bool {
         self.installing.is_some()

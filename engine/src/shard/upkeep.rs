@@ -119,7 +119,8 @@ impl<L: LogStore> ShardRuntime<L> {
 
     /// Installs a snapshot the leader sent: stores it durably, drops the log it covers,
     /// restores the state machine from it (a witness keeps no state machine), then tells
-    /// Raft. A snapshot that does not decode is refused and logged; the leader sends again.
+    /// Raft. A snapshot that does not decode is refused and logged, and Raft is told so (the
+    /// replica goes on with its log and the leader starts over).
     pub(super) async fn install_snapshot(&mut self, group: u32, snapshot: Snapshot) -> Result<(), ShardError> {
         let me = self.cfg.node_id;
         let witness = snapshot.membership.role(me) == Some(Role::Witness);
@@ -129,6 +130,9 @@ impl<L: LogStore> ShardRuntime<L> {
             Ok(sm) => sm,
             Err(e) => {
                 tracing::error!(group, index = snapshot.index, error = %e, "refusing a snapshot from the leader");
+                if let Some(replica) = self.replicas.get_mut(&group) {
+                    replica.raft_mut().snapshot_install_failed(snapshot.index);
+                }
                 return Ok(());
             }
         };
