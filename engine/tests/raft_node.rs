@@ -94,6 +94,62 @@ fn a_follower_asks_the_leader_once_for_the_reads_that_arrived_together() {
 }
 
 #[test]
+fn a_restarted_follower_ignores_a_late_read_answer_meant_for_its_previous_incarnation() {
+    let membership = Membership::voters([1, 2, 3]).unwrap();
+    let mut cluster = Cluster::new(membership.clone());
+    let leader = cluster.tick_until_leader();
+    cluster.nodes.get_mut(&leader).unwrap().propose([Bytes::from_static(b"x")]).unwrap();
+    cluster.settle();
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    // The follower forwards a read; the leader confirms it and answers, but the answer is
+    // still on its way when the follower crashes.
+    let raft = cluster.nodes.get_mut(&follower).unwrap();
+    raft.read_index(Bytes::from_static(b"before the crash")).unwrap();
+    let mut mail = raft.ready().messages;
+    let mut late_answer = None;
+    while !mail.is_empty() {
+        let mut next = Vec::new();
+        for msg in mail {
+            if msg.msg_type == MessageType::ReadIndexResponse as i32 {
+                late_answer = Some(msg);
+                continue;
+            }
+            let raft = cluster.nodes.get_mut(&msg.to).unwrap();
+            raft.step(msg).unwrap();
+            next.extend(raft.ready().messages);
+        }
+        mail = next;
+    }
+    let late_answer = late_answer.expect("the leader answered the read");
+    let crashed = cluster.nodes.remove(&follower).unwrap();
+    let recovered = Recovered {
+        hard_state: crashed.hard_state(),
+        compacted_index: 0,
+        compacted_term: 0,
+        membership,
+        entries: crashed.entries().cloned().collect(),
+        applied: 0,
+    };
+    // Restarted with a fresh seed, as a real node seeds from the clock.
+    let restarted = RaftNode::restart(Config::new(follower, 7), recovered, ChaCha8Rng::seed_from_u64(follower + 100)).unwrap();
+    cluster.nodes.insert(follower, restarted);
+    // A write completes meanwhile; then the restarted follower forwards a read of its own.
+    let (written, _) = cluster.nodes.get_mut(&leader).unwrap().propose([Bytes::from_static(b"y")]).unwrap();
+    cluster.settle();
+    assert_eq!(cluster.nodes[&follower].leader(), leader);
+    let raft = cluster.nodes.get_mut(&follower).unwrap();
+    raft.read_index(Bytes::from_static(b"after the restart")).unwrap();
+    let request = raft.ready().messages;
+    assert!(late_answer.index < written, "the late answer predates the write");
+    raft.step(late_answer).unwrap();
+    let early = raft.ready().read_states;
+    assert!(early.is_empty(), "the read after the restart was served by an answer to a read before it: {early:?}");
+    let answered = cluster.deliver_until_quiet(request, follower);
+    assert_eq!(answered.len(), 1);
+    assert!(answered[0].index >= written, "the read observes the completed write");
+}
+
+#[test]
 fn commit_advances_within_one_drain_reach_each_follower_once() {
     let mut cluster = Cluster::new(Membership::voters([1, 2, 3]).unwrap());
     let leader_id = cluster.tick_until_leader();

@@ -97,6 +97,11 @@ impl RaftNode {
 
     /// Rebuilds a replica from what its durable storage holds. If it recovered a snapshot,
     /// hand its data back with [`RaftNode::snapshot_taken`] so it can serve lagging peers.
+    ///
+    /// Seed `rng` differently at every start (of [`RaftNode::new`] too), e.g. from the clock:
+    /// besides election timeouts it numbers the read batches a follower forwards to the
+    /// leader, and an incarnation that repeated an earlier one's numbers could take a late
+    /// answer meant for that one as its own, and serve a stale read.
     pub fn restart(cfg: Config, recovered: Recovered, rng: ChaCha8Rng) -> Result<Self, RaftError> {
         cfg.validate()?;
         let Recovered { hard_state, compacted_index, compacted_term, membership, entries, applied } = recovered;
@@ -121,6 +126,13 @@ impl RaftNode {
                 configs.push((entry.index, entry.term, Membership::decode(&entry.data)?));
             }
         }
+        // Follower read batches of this incarnation are numbered from a random start (see
+        // `ReadQueue`), drawn from a separate stream so the election timeouts stay as seeded.
+        let first_batch = {
+            let mut batch_rng = rng.clone();
+            batch_rng.set_stream(rng.get_stream().wrapping_add(1));
+            batch_rng.random::<u64>() >> 1
+        };
         let mut node = RaftNode {
             cfg,
             rng,
@@ -138,7 +150,7 @@ impl RaftNode {
             transferee: 0,
             transfer_elapsed: 0,
             commit_due: false,
-            reads: ReadQueue::default(),
+            reads: ReadQueue::new(first_batch),
             leader_ticks: 0,
             lease_revoked: false,
             startup_quiet: false,

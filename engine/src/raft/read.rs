@@ -39,6 +39,10 @@ pub(super) struct ReadQueue {
     round_due: bool,
     /// Follower: reads arrived since the last `ready()`, asked of the leader as one batch when
     /// the output is drained; and the batches asked, by number, until the leader answers.
+    /// Numbers continue from a random start drawn at each (re)start, so that an answer to a
+    /// batch of an earlier incarnation of this replica, still in flight, is not taken for
+    /// the answer to a batch of this one: its index may predate writes that completed
+    /// since, and serving a read at it would be stale.
     unsent: Vec<Bytes>,
     batches: BTreeMap<u64, Vec<Bytes>>,
     last_batch: u64,
@@ -50,6 +54,11 @@ pub(super) struct ReadQueue {
 const MAX_READ_BATCHES: usize = 1024;
 
 impl ReadQueue {
+    /// An empty queue whose follower read batches are numbered from `first_batch` on.
+    pub(super) fn new(first_batch: u64) -> Self {
+        ReadQueue { last_batch: first_batch, ..ReadQueue::default() }
+    }
+
     pub(super) fn has_ready(&self) -> bool {
         !self.ready.is_empty()
     }
