@@ -564,8 +564,7 @@ fn a_snapshot_the_caller_cannot_install_is_refused_to_the_leader_and_the_replica
     let snapshot = raft.ready().snapshot.expect("a complete snapshot to install");
     // The caller's state machine cannot decode it.
     raft.snapshot_install_failed(snapshot.index);
-    let refusals: Vec<Message> =
-        raft.ready().messages.into_iter().filter(|m| m.msg_type == MessageType::SnapshotResponse as i32).collect();
+    let refusals: Vec<Message> = raft.ready().messages.into_iter().filter(|m| m.msg_type == MessageType::SnapshotResponse as i32).collect();
     assert_eq!(refusals.len(), 1, "{refusals:?}");
     assert!(refusals[0].reject && refusals[0].to == 2 && refusals[0].index == 5, "{refusals:?}");
     assert_eq!((raft.commit_index(), raft.last_index()), (0, 0), "the log it had is kept");
@@ -574,4 +573,28 @@ fn a_snapshot_the_caller_cannot_install_is_refused_to_the_leader_and_the_replica
     assert!(raft.ready().snapshot.is_some(), "a snapshot sent again is received again");
     raft.snapshot_install_failed(5);
     assert!(tick_until_campaign(&mut raft), "not wedged: it campaigns once the leader is silent");
+}
+
+#[test]
+fn a_voter_demoted_by_an_uncommitted_change_campaigns_without_counting_its_own_vote() {
+    // Seed 21453 of raft_sim: a leader demoted itself, the change reached only it, a witness
+    // and an observer, and it crashed before the change committed. The other voters' logs
+    // were shorter, and no replica holding the change could stand, so the group never
+    // elected a leader again. A voter of the committed configuration now may.
+    let mut raft = node(1, &Membership::voters([1, 2, 3]).unwrap());
+    let demoted = Membership::new([(1, Role::Observer), (2, Role::Voter), (3, Role::Voter)]).unwrap();
+    let mut append = from_peer(MessageType::Append, 1);
+    append.entries = vec![Entry { index: 1, term: 1, kind: EntryKind::Membership as i32, data: demoted.encode() }];
+    raft.step(append).unwrap();
+    assert_eq!((raft.commit_index(), raft.last_index()), (0, 1), "the demotion is not committed");
+    assert!(tick_until_campaign(&mut raft), "a voter of the committed configuration campaigns");
+    assert_eq!(raft.role(), RaftRole::PreCandidate);
+    // Votes are counted by the latest configuration, where it is not a voter: its own does
+    // not count, so one of the two voters is not enough (seed 11842 of a first version of
+    // this rule elected a leader without a committed entry that way).
+    let granted = |from: u64| Message { from, reject: false, ..from_peer(MessageType::PreVoteResponse, 2) };
+    raft.step(granted(2)).unwrap();
+    assert_eq!(raft.role(), RaftRole::PreCandidate, "its own pre-vote counted");
+    raft.step(granted(3)).unwrap();
+    assert_eq!(raft.role(), RaftRole::Candidate, "both voters of the latest configuration granted");
 }

@@ -480,8 +480,24 @@ impl RaftNode {
     /// Voters may campaign; observers, witnesses and removed replicas may not, nor a voter
     /// whose caller is installing a snapshot: the caller replaces the log and state machine
     /// with it, so a log grown as leader meanwhile would be thrown away, with its commits.
+    ///
+    /// A voter of the committed configuration that a later, uncommitted one demotes or
+    /// removes (a leader that changed its own role, then lost office before the change
+    /// committed) may campaign too, its votes counted by the latest configuration as
+    /// always: its log may be the only one long enough to win, and without it the group
+    /// could be left with no candidate at all. Elected, it leads until the change commits,
+    /// then steps down, as the leader that proposed the change would have.
     pub(super) fn can_campaign(&self) -> bool {
-        self.member_role() == Some(Role::Voter) && !self.is_installing()
+        if self.is_installing() {
+            return false;
+        }
+        if self.member_role() == Some(Role::Voter) {
+            return true;
+        }
+        let committed = self.log.committed();
+        let committed_config = self.configs.iter().rev().find(|(index, _, _)| *index <= committed).map(|(_, _, m)| m);
+        let latest_index = self.configs.last().map_or(0, |c| c.0);
+        latest_index > committed && committed_config.is_some_and(|m| m.role(self.cfg.id) == Some(Role::Voter))
     }
 
     pub(super) fn new_message(&self, to: u64, msg_type: MessageType) -> Message {

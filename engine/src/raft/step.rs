@@ -193,10 +193,13 @@ impl RaftNode {
         self.tally_votes();
     }
 
+    /// Counts the answers of the latest configuration's voting members only: a candidate
+    /// that is not one of them (see `can_campaign`) does not count its own vote.
     pub(super) fn tally_votes(&mut self) {
-        let granted = self.votes.values().filter(|g| **g).count();
-        let rejected = self.votes.values().filter(|g| !**g).count();
         let membership = self.membership();
+        let votes_of_voters = || self.votes.iter().filter(|(id, _)| membership.role(**id).is_some_and(|r| r.votes()));
+        let granted = votes_of_voters().filter(|(_, g)| **g).count();
+        let rejected = votes_of_voters().filter(|(_, g)| !**g).count();
         if membership.is_quorum(granted) {
             if self.role == RaftRole::PreCandidate {
                 self.campaign(false);
