@@ -169,7 +169,9 @@ impl GroupControl {
             self.peers.set_address(m.node_id, &m.host, m.port).map_err(Status::invalid_argument)?;
         }
         self.registry.borrow_mut().add(GroupRecord::new(spec, joined)).map_err(Status::internal)?;
-        let rng = ChaCha8Rng::seed_from_u64(self.seed ^ u64::from(group));
+        // Seeded anew at every start (Raft asks for it: a replica started again for a group
+        // this process hosted before must not number its requests as the earlier one did).
+        let rng = ChaCha8Rng::seed_from_u64(self.seed ^ u64::from(group) ^ rand::random::<u64>());
         let raft = RaftNode::new(raft_config(&self.config, group), membership, rng)
             .map_err(|e| Status::invalid_argument(format!("group {group}: {e}")))?;
         let replica = Box::new(Replica::new(raft, StateMachine::new()));
