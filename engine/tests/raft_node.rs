@@ -464,6 +464,70 @@ fn witnesses_vote_but_hold_no_payloads_and_apply_nothing() {
     assert!(cluster.nodes.get_mut(&3).unwrap().read_index(Bytes::new()).is_err());
 }
 
+/// A witness holds entries without payloads. Once the entry removing it is in its log it
+/// is no witness of the configuration in effect, yet what it holds is still stripped: the
+/// entries committed meanwhile must not be handed over as if whole. (Found while
+/// analysing simulation seed 211 of whole-node membership changes, where a joining witness
+/// applied stripped entries; the simulation itself rarely reaches this case, since it
+/// deletes a removed replica as soon as its removal commits.)
+#[test]
+fn a_removed_witness_applies_none_of_its_stripped_entries() {
+    let mut witness = node(1, &Membership::new([(1, Role::Witness), (2, Role::Voter), (3, Role::Voter)]).unwrap());
+    let stripped = Entry { index: 1, term: 1, kind: EntryKind::Normal as i32, data: Bytes::new() };
+    let removal = Membership::voters([2, 3]).unwrap();
+    let removal = Entry { index: 2, term: 1, kind: EntryKind::Membership as i32, data: removal.encode() };
+    witness.step(Message { entries: vec![stripped, removal], commit: 2, ..from_peer(MessageType::Append, 1) }).unwrap();
+    let ready = witness.ready();
+    assert_eq!(witness.member_role(), None);
+    assert!(ready.committed_entries.is_empty(), "{:?}", ready.committed_entries);
+    if let Some((index, term)) = ready.persist_ack() {
+        witness.persisted(index, term);
+    }
+    assert!(witness.ready().committed_entries.is_empty());
+    assert!(!witness.has_ready(), "nothing to apply is nothing ready");
+}
+
+/// A node id that left a group and joins again as a witness starts an empty replica, which
+/// learns from the log the configurations of its predecessor (here: an observer). Under
+/// those it applies what they cover, so the leader must send those entries whole: only
+/// entries after the configuration that made it a witness go without payloads (simulation
+/// seed 998 of whole-node membership changes).
+#[test]
+fn a_node_that_rejoins_as_a_witness_applies_only_whole_entries() {
+    let voters = Membership::voters([1, 2, 3]).unwrap();
+    let mut cluster = Cluster::new(voters.clone());
+    let one_at_a_time = |id| {
+        let mut cfg = Config::new(id, 7);
+        cfg.max_entries_per_message = 1;
+        cfg.max_inflight_messages = 1;
+        cfg
+    };
+    for id in [1, 2, 3] {
+        cluster.nodes.insert(id, node_with(one_at_a_time(id), &voters));
+    }
+    let leader = cluster.tick_until_leader();
+    let with_observer = Membership::new([(1, Role::Voter), (2, Role::Voter), (3, Role::Voter), (4, Role::Observer)]).unwrap();
+    cluster.nodes.get_mut(&leader).unwrap().propose_membership_change(with_observer).unwrap();
+    cluster.settle();
+    cluster.nodes.get_mut(&leader).unwrap().propose([Bytes::from_static(b"one"), Bytes::from_static(b"two")]).unwrap();
+    cluster.settle();
+    cluster.nodes.get_mut(&leader).unwrap().propose_membership_change(voters).unwrap();
+    cluster.settle();
+    // Node 4 comes back as a witness, with an empty replica.
+    cluster.nodes.insert(4, node_with(one_at_a_time(4), &Membership::default()));
+    let with_witness = Membership::new([(1, Role::Voter), (2, Role::Voter), (3, Role::Voter), (4, Role::Witness)]).unwrap();
+    cluster.nodes.get_mut(&leader).unwrap().propose_membership_change(with_witness.clone()).unwrap();
+    for _ in 0..10 {
+        for raft in cluster.nodes.values_mut() {
+            raft.tick();
+        }
+        cluster.settle();
+    }
+    assert_eq!(cluster.nodes[&4].membership(), &with_witness);
+    assert_eq!(cluster.nodes[&4].applied_index(), cluster.nodes[&leader].commit_index());
+    assert_eq!(cluster.applied_payloads(4), [Bytes::from_static(b"one"), Bytes::from_static(b"two")]);
+}
+
 #[test]
 fn leadership_transfer_hands_over_to_the_target() {
     let mut cluster = Cluster::new(Membership::voters([1, 2, 3]).unwrap());

@@ -431,7 +431,7 @@ impl RaftNode {
             || !self.out_events.is_empty()
             || self.hard_state() != self.last_hard_state
             || self.log.has_unstable()
-            || self.log.committed().min(self.log.persisted()) > self.log.applied()
+            || (self.applies() && self.log.committed().min(self.log.persisted()) > self.log.applied())
             || self.reads.has_ready()
             || self.reads.output_due()
             || self.commit_due
@@ -451,7 +451,7 @@ impl RaftNode {
             None
         };
         let witness = self.member_role() == Some(Role::Witness);
-        let committed = self.log.take_committed(u64::MAX);
+        let committed = if self.applies() { self.log.take_committed(u64::MAX) } else { Vec::new() };
         for entry in &committed {
             if entry.kind == EntryKind::Membership as i32 {
                 self.out_events.push(RaftEvent::MembershipCommitted { index: entry.index });
@@ -470,6 +470,15 @@ impl RaftNode {
     }
 
     // ----- shared helpers -----
+
+    /// Committed entries are handed to the caller (or, on a witness, skipped) only while
+    /// this replica is a member of the configuration in effect. One that no longer is (its
+    /// removal is in its log) may have been a witness holding entries without payloads; one
+    /// that is not yet (the entry adding it has not reached it) does not know its role.
+    /// Either waits: the entries are applied once it is a member again, or never.
+    fn applies(&self) -> bool {
+        self.member_role().is_some()
+    }
 
     pub(super) fn reset_election_timer(&mut self) {
         self.election_elapsed = 0;

@@ -112,7 +112,10 @@ impl ReadQueue {
 
 impl RaftNode {
     /// Asks for a linearizable read. A [`ReadState`] with this `context` comes out of `ready()`
-    /// once confirmed; serve the read when the applied index reaches its `index`.
+    /// once confirmed; serve the read when the state machine has applied its `index`. (Not
+    /// when [`RaftNode::applied_index`] has: a replica may learn only later that it is a
+    /// witness, e.g. one rejoining under a node id that was a voter, and a witness's applied
+    /// index moves on without a state machine.)
     pub fn read_index(&mut self, context: Bytes) -> Result<(), RaftError> {
         self.wake();
         if self.member_role() == Some(Role::Witness) {

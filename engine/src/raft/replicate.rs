@@ -69,7 +69,7 @@ impl RaftNode {
 
     /// Sends `to` the next append if flow control allows. Returns true if one was sent.
     pub(super) fn send_append(&mut self, to: u64) -> bool {
-        let witness = self.membership().role(to) == Some(Role::Witness);
+        let witness_since = self.witness_since(to);
         let Some(progress) = self.progress.get(&to) else { return false };
         if progress.state == ReplicationState::Snapshot {
             return self.send_snapshot_chunk(to);
@@ -88,9 +88,9 @@ impl RaftNode {
         } else {
             Vec::new()
         };
-        if witness {
+        if let Some(since) = witness_since {
             for entry in &mut entries {
-                if entry.kind != EntryKind::Membership as i32 {
+                if entry.index > since && entry.kind != EntryKind::Membership as i32 {
                     entry.data = Bytes::new();
                 }
             }
@@ -105,6 +105,22 @@ impl RaftNode {
         self.out_messages.push(msg);
         self.progress.get_mut(&to).expect("checked above").sent(last, bytes);
         true
+    }
+
+    /// If `peer` is a witness: the index of the configuration that made it one (or of the
+    /// base configuration, if it has been one since). Entries after it are sent without
+    /// payloads. Entries before it are sent whole: a replica that joins as a witness, or
+    /// rejoins as one under a node id that was a voter or observer before, holds older
+    /// configurations that name it a voter or observer, and applies the entries they cover.
+    fn witness_since(&self, peer: u64) -> Option<u64> {
+        let mut since = None;
+        for (index, _, membership) in self.configs.iter().rev() {
+            if membership.role(peer) != Some(Role::Witness) {
+                break;
+            }
+            since = Some(*index);
+        }
+        since
     }
 
     /// Sends appends to `to` while there is something to send and the window allows.
