@@ -37,6 +37,9 @@ fn simulation_upholds_safety_liveness_and_linearizability() {
                 totals.snapshots_taken += report.snapshots_taken;
                 totals.snapshots_installed += report.snapshots_installed;
                 totals.quiesced_ticks += report.quiesced_ticks;
+                totals.members_added += report.members_added;
+                totals.members_removed += report.members_removed;
+                totals.replicas_discarded += report.replicas_discarded;
             }
             Err(violation) => {
                 panic!("seed {seed} violated a property: {}\noptions: {opts:?}\nreplay: {}", violation.0, replay_command(seed))
@@ -48,5 +51,8 @@ fn simulation_upholds_safety_liveness_and_linearizability() {
     if seeds.len() >= 100 {
         assert!(totals.snapshots_installed > 0, "no run streamed a snapshot to a lagging follower");
         assert!(totals.quiesced_ticks > 0, "no group ever went quiet");
+        if SimOptions::for_seed(0).whole_nodes {
+            assert!(totals.members_added > 0 && totals.replicas_discarded > 0, "no run added a new replica or deleted a removed one");
+        }
     }
 }

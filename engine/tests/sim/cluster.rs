@@ -5,9 +5,7 @@
 //! leadership transfers, client traffic), then healing, then the liveness and
 //! linearizability verdicts.
 
-use std::collections::VecDeque;
-
-use conclave_engine::raft::{open_batch, Config, HardState, Membership, Outbox, RaftEvent, RaftNode, RaftRole, Recovered, Role};
+use conclave_engine::raft::{open_batch, Config, EntryKind, Membership, Outbox, RaftEvent, RaftNode, RaftRole, Recovered, Role};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -38,6 +36,11 @@ pub struct SimReport {
     pub snapshots_installed: u64,
     /// Replica-ticks skipped because the replica was quiesced.
     pub quiesced_ticks: u64,
+    /// Accepted proposals that add a non-member (as a new, empty replica) or remove a member.
+    pub members_added: u64,
+    pub members_removed: u64,
+    /// Replicas deleted after their removal committed.
+    pub replicas_discarded: u64,
 }
 
 struct SimNode {
@@ -46,6 +49,8 @@ struct SimNode {
     last_heard: Vec<u64>,
     up: bool,
     incarnation: u64,
+    /// Replica starts so far (restarts and joins): each start seeds its RNG afresh.
+    replica_starts: u64,
     replicas: Vec<Replica>,
     outbox: Outbox,
 }
@@ -61,6 +66,11 @@ struct Sim {
     initial: Vec<Membership>,
     checkers: Vec<GroupChecker>,
     clients: Vec<GroupClients>,
+    /// Per group: removals proposed, as (node, index, term) of their membership entry. The
+    /// first replica to apply that entry makes the harness delete the removed replica.
+    pending_removals: Vec<Vec<(u64, u64, u64)>>,
+    /// Replicas (node index, group) to delete once the current pump ends.
+    discards: Vec<(usize, usize)>,
     report: SimReport,
 }
 
@@ -116,23 +126,17 @@ impl Sim {
             nodes: Vec::new(),
             checkers: (0..opts.groups).map(GroupChecker::new).collect(),
             clients: (0..opts.groups).map(|_| GroupClients::default()).collect(),
+            pending_removals: (0..opts.groups).map(|_| Vec::new()).collect(),
+            discards: Vec::new(),
             initial,
             report: SimReport::default(),
             opts,
         };
         for id in 1..=sim.opts.nodes {
-            let replicas = (0..sim.opts.groups)
-                .map(|_| Replica {
-                    raft: None,
-                    durable_hard_state: HardState::default(),
-                    durable_snapshot: None,
-                    durable_entries: Vec::new(),
-                    writes: VecDeque::new(),
-                    register: 0,
-                })
-                .collect();
+            let replicas =
+                sim.initial.iter().map(|m| Replica::empty(m.role(id).is_some(), m.role(id) == Some(Role::Witness), m.clone())).collect();
             let last_heard = vec![0; sim.opts.nodes as usize];
-            sim.nodes.push(SimNode { id, last_heard, up: false, incarnation: 0, replicas, outbox: Outbox::new(id) });
+            sim.nodes.push(SimNode { id, last_heard, up: false, incarnation: 0, replica_starts: 0, replicas, outbox: Outbox::new(id) });
             sim.start_node(id as usize - 1)?;
         }
         Ok(sim)
@@ -153,37 +157,60 @@ impl Sim {
 
     /// Starts (or restarts) node `n` from what its disks hold.
     fn start_node(&mut self, n: usize) -> Result<(), Violation> {
-        let id = self.nodes[n].id;
         self.nodes[n].incarnation += 1;
-        let incarnation = self.nodes[n].incarnation;
         for g in 0..self.opts.groups as usize {
-            let cfg = self.config(id, g as u32);
-            let replica = &mut self.nodes[n].replicas[g];
-            let snapshot = replica.durable_snapshot.clone();
-            let recovered = Recovered {
-                hard_state: replica.durable_hard_state,
-                compacted_index: snapshot.as_ref().map_or(0, |s| s.index),
-                compacted_term: snapshot.as_ref().map_or(0, |s| s.term),
-                membership: snapshot.as_ref().map_or_else(|| self.initial[g].clone(), |s| s.membership.clone()),
-                entries: replica.durable_entries.clone(),
-                applied: snapshot.as_ref().map_or(0, |s| s.index),
-            };
-            let rng_seed = self.seed ^ (id << 40) ^ ((g as u64) << 24) ^ incarnation;
-            let mut raft = RaftNode::restart(cfg, recovered, ChaCha8Rng::seed_from_u64(rng_seed))
-                .map_err(|e| Violation(format!("node {id} group {g} failed to restart: {e}")))?;
-            replica.register = 0;
-            if let Some(snapshot) = snapshot {
-                replica.register = decode_register(&snapshot.data)?;
-                raft.snapshot_taken(snapshot.index, snapshot.data)
-                    .map_err(|e| Violation(format!("node {id} group {g}: recovered snapshot refused: {e}")))?;
+            if self.nodes[n].replicas[g].hosted {
+                self.start_replica(n, g)?;
             }
-            replica.raft = Some(raft);
         }
         self.nodes[n].up = true;
         for g in 0..self.opts.groups as usize {
             self.pump(n, g)?;
         }
         Ok(())
+    }
+
+    /// Starts node `n`'s replica of group `g` from what its disk holds (nothing, for a
+    /// replica that just joined), with a fresh RNG seed, as a server does at every start.
+    fn start_replica(&mut self, n: usize, g: usize) -> Result<(), Violation> {
+        let id = self.nodes[n].id;
+        self.nodes[n].replica_starts += 1;
+        let starts = self.nodes[n].replica_starts;
+        let cfg = self.config(id, g as u32);
+        let replica = &mut self.nodes[n].replicas[g];
+        let snapshot = replica.durable_snapshot.clone();
+        let recovered = Recovered {
+            hard_state: replica.durable_hard_state,
+            compacted_index: snapshot.as_ref().map_or(0, |s| s.index),
+            compacted_term: snapshot.as_ref().map_or(0, |s| s.term),
+            membership: snapshot.as_ref().map_or_else(|| replica.bootstrap.clone(), |s| s.membership.clone()),
+            entries: replica.durable_entries.clone(),
+            applied: snapshot.as_ref().map_or(0, |s| s.index),
+        };
+        let rng_seed = self.seed ^ (id << 40) ^ ((g as u64) << 24) ^ starts;
+        let mut raft = RaftNode::restart(cfg, recovered, ChaCha8Rng::seed_from_u64(rng_seed))
+            .map_err(|e| Violation(format!("node {id} group {g} failed to restart: {e}")))?;
+        replica.register = 0;
+        replica.register_applied = snapshot.as_ref().map_or(0, |s| s.index);
+        if let Some(snapshot) = snapshot {
+            replica.register = decode_register(&snapshot.data)?;
+            raft.snapshot_taken(snapshot.index, snapshot.data)
+                .map_err(|e| Violation(format!("node {id} group {g}: recovered snapshot refused: {e}")))?;
+        }
+        replica.raft = Some(raft);
+        Ok(())
+    }
+
+    /// Deletes node `n`'s replica of group `g` with its storage, as a server does once the
+    /// replica's removal committed: whatever it had in flight to its clients is abandoned.
+    fn discard_replica(&mut self, n: usize, g: usize) {
+        let replica = &mut self.nodes[n].replicas[g];
+        if !replica.hosted {
+            return;
+        }
+        *replica = Replica::empty(false, false, Membership::default());
+        self.clients[g].node_crashed(self.nodes[n].id);
+        self.report.replicas_discarded += 1;
     }
 
     fn crash_node(&mut self, n: usize) {
@@ -213,9 +240,18 @@ impl Sim {
         Ok(())
     }
 
-    /// Drains the Ready of replica (n, g) until it has nothing more, checking as it goes.
+    /// Drains the Ready of replica (n, g) until it has nothing more, checking as it goes,
+    /// then deletes the replicas whose removal was seen committed meanwhile.
     fn pump(&mut self, n: usize, g: usize) -> Result<(), Violation> {
-        let Sim { nodes, checkers, clients, rng, now, opts, report, initial, .. } = self;
+        let drained = self.drain_ready(n, g);
+        for (n, g) in std::mem::take(&mut self.discards) {
+            self.discard_replica(n, g);
+        }
+        drained
+    }
+
+    fn drain_ready(&mut self, n: usize, g: usize) -> Result<(), Violation> {
+        let Sim { nodes, checkers, clients, rng, now, opts, report, initial, pending_removals, discards, .. } = self;
         let node = &mut nodes[n];
         let id = node.id;
         let replica = &mut node.replicas[g];
@@ -235,7 +271,7 @@ impl Sim {
             }
             if let Some(first) = ready.entries.first() {
                 let prev_term = raft.entry_term(first.index - 1).unwrap_or(0);
-                let witness = raft.member_role() == Some(Role::Witness);
+                let witness = replica.witness;
                 checkers[g].on_appended(id, &ready.entries, prev_term, witness)?;
             }
             let ack = ready.persist_ack();
@@ -253,16 +289,28 @@ impl Sim {
                 });
             }
             for entry in &ready.committed_entries {
+                let first_apply = entry.index > checkers[g].committed_len();
                 checkers[g].on_applied(id, entry)?;
+                if first_apply && entry.kind == EntryKind::Membership as i32 {
+                    // A removal committed: its replica goes (once this pump ends). A removal
+                    // whose entry lost its index never takes effect.
+                    pending_removals[g].retain(|&(node, index, term)| {
+                        if index == entry.index && term == entry.term {
+                            discards.push((node as usize - 1, g));
+                        }
+                        index > entry.index
+                    });
+                }
                 if let Some(value) = decode_write(entry) {
                     replica.register = value;
                 }
+                replica.register_applied = entry.index;
                 clients[g].applied(id, entry, *now);
             }
             for read in &ready.read_states {
                 clients[g].read_confirmed(id, &read.context, read.index);
             }
-            clients[g].serve_reads(id, raft.applied_index(), replica.register, *now);
+            clients[g].serve_reads(id, replica.register_applied, replica.register, *now);
             let applied = raft.applied_index();
             let snapshot_due = opts.snapshot_interval > 0
                 && !ready.committed_entries.is_empty()
@@ -332,6 +380,7 @@ impl Sim {
             if let Some(snapshot) = write.install {
                 let index = snapshot.index;
                 replica.register = decode_register(&snapshot.data)?;
+                replica.register_applied = index;
                 self.report.snapshots_installed += 1;
                 replica.durable_entries.clear();
                 replica.durable_snapshot = Some(snapshot);
@@ -467,24 +516,75 @@ impl Sim {
         Ok(())
     }
 
-    /// The leader of a random group promotes an observer or demotes a voter (keeping two).
+    /// The leader of a random group promotes an observer or demotes a voter (keeping two);
+    /// with `whole_nodes` it may also remove a member outright or add a non-member.
     fn change_membership(&mut self) -> Result<(), Violation> {
         let g = self.rng.random_range(0..self.opts.groups as usize);
         let Some(n) = self.leader_of(g) else { return Ok(()) };
-        let target = self.rng.random_range(1..=self.opts.nodes);
+        let mut target = self.rng.random_range(1..=self.opts.nodes);
         let raft = self.nodes[n].replicas[g].raft.as_mut().expect("leader is up");
         let current = raft.membership().clone();
+        if self.opts.whole_nodes && self.rng.random_bool(0.5) {
+            // Half the time, a node outside the group if there is one: it joins.
+            let outside: Vec<u64> = (1..=self.opts.nodes).filter(|id| current.role(*id).is_none() && self.may_join(*id, g)).collect();
+            if !outside.is_empty() {
+                target = outside[self.rng.random_range(0..outside.len())];
+            }
+        }
         let voters = current.members().filter(|(_, r)| *r == Role::Voter).count();
-        let next_role = match current.role(target) {
-            Some(Role::Voter) if voters > 2 => Role::Observer,
-            Some(Role::Observer) => Role::Voter,
-            _ => return Ok(()),
+        let next_role = if self.opts.whole_nodes {
+            let remove = self.rng.random_bool(0.5);
+            match current.role(target) {
+                Some(Role::Voter) if voters > 2 => (!remove).then_some(Role::Observer),
+                Some(Role::Observer) => (!remove).then_some(Role::Voter),
+                Some(Role::Witness) => None,
+                Some(Role::Voter) => return Ok(()),
+                None if !self.may_join(target, g) => return Ok(()),
+                None => Some(match self.rng.random_range(0..10) {
+                    0..=5 => Role::Observer,
+                    9 if self.opts.witnesses => Role::Witness,
+                    _ => Role::Voter,
+                }),
+            }
+        } else {
+            match current.role(target) {
+                Some(Role::Voter) if voters > 2 => Some(Role::Observer),
+                Some(Role::Observer) => Some(Role::Voter),
+                _ => return Ok(()),
+            }
         };
-        let next = Membership::new(current.members().map(|(id, role)| if id == target { (id, next_role) } else { (id, role) }))
-            .map_err(|e| Violation(format!("simulation built a bad membership: {e}")))?;
+        let next = current.members().filter(|(id, _)| *id != target).chain(next_role.map(|role| (target, role)));
+        let next = Membership::new(next).map_err(|e| Violation(format!("simulation built a bad membership: {e}")))?;
+        let raft = self.nodes[n].replicas[g].raft.as_mut().expect("leader is up");
         // Refusals (a change still pending, no entry of the term committed) are expected.
-        let _ = raft.propose_membership_change(next);
+        let Ok(index) = raft.propose_membership_change(next) else { return self.pump(n, g) };
+        let term = raft.term();
+        if next_role.is_none() {
+            self.report.members_removed += 1;
+            self.pending_removals[g].push((target, index, term));
+        } else if current.role(target).is_none() {
+            // A join: the node starts an empty replica from the group as it stood (any
+            // replica it still holds is stale: a removal that committed, or a join that
+            // failed), before the leader's first append can reach it.
+            let t = target as usize - 1;
+            self.discard_replica(t, g);
+            self.pending_removals[g].retain(|(node, _, _)| *node != target);
+            self.report.members_added += 1;
+            self.nodes[t].replicas[g] = Replica::empty(true, next_role == Some(Role::Witness), current);
+            if self.nodes[t].up {
+                self.start_replica(t, g)?;
+                self.pump(t, g)?;
+            }
+        }
         self.pump(n, g)
+    }
+
+    /// May `node` join group `g` now? Not while messages of a replica it held are still in
+    /// flight (unless `eager_rejoin`): a server's Join comes after its Leave completed, over
+    /// the same ordered connection as those messages, so they arrive first. The Raft core
+    /// would take a late acknowledgement of the deleted replica for the new one's.
+    fn may_join(&self, node: u64, g: usize) -> bool {
+        self.opts.eager_rejoin || !self.net.carries(node, g as u32)
     }
 
     fn client_traffic(&mut self) -> Result<(), Violation> {
@@ -530,10 +630,17 @@ impl Sim {
                     n + 1
                 )));
             }
-            for node in &self.nodes {
-                let raft = node.replicas[g].raft.as_ref().expect("all nodes are up after healing");
-                let applies = matches!(raft.member_role(), Some(Role::Voter | Role::Observer));
-                if applies && raft.applied_index() < commit {
+            // The leader's configuration is committed (its whole log is): its members that
+            // apply must have applied everything; removed and orphaned replicas do not count.
+            for (member, role) in leader.membership().members() {
+                if !matches!(role, Role::Voter | Role::Observer) {
+                    continue;
+                }
+                let replica = &self.nodes[member as usize - 1].replicas[g];
+                let Some(raft) = replica.raft.as_ref() else {
+                    return Err(Violation(format!("group {g}: member {member} of the committed configuration hosts no live replica")));
+                };
+                if raft.applied_index() < commit {
                     return Ok(false);
                 }
             }

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use conclave_engine::raft::{Entry, HardState, Message, RaftNode, Snapshot};
+use conclave_engine::raft::{Entry, HardState, Membership, Message, RaftNode, Snapshot};
 
 use super::checker::Violation;
 
@@ -19,8 +19,17 @@ pub struct DiskWrite {
     pub install: Option<Snapshot>,
 }
 
-/// One replica: the live Raft node (None while its node is down) and its durable state.
+/// One replica: the live Raft node (None while its node is down, or while the node hosts
+/// no replica of the group) and its durable state.
 pub struct Replica {
+    /// The node hosts a replica of the group (it was a member, or is joining).
+    pub hosted: bool,
+    /// The configuration the replica started from, for restarts without a snapshot: the
+    /// initial one, or the group as it stood when the replica joined it.
+    pub bootstrap: Membership,
+    /// The replica is a witness (from the start, or it joined as one): the leader sends it
+    /// entries without payloads, before it may know its own role.
+    pub witness: bool,
     pub raft: Option<RaftNode>,
     pub durable_hard_state: HardState,
     /// The durable snapshot (None: none yet, the log starts at index 1).
@@ -29,9 +38,28 @@ pub struct Replica {
     pub durable_entries: Vec<Entry>,
     pub writes: VecDeque<DiskWrite>,
     pub register: u64,
+    /// The index the register reflects: what the state machine applied (a witness's Raft
+    /// applied index moves on without it). Reads are served by it, as a server does.
+    pub register_applied: u64,
 }
 
 impl Replica {
+    /// A replica with empty storage (not started), or no replica at all (`hosted` false).
+    pub fn empty(hosted: bool, witness: bool, bootstrap: Membership) -> Self {
+        Replica {
+            hosted,
+            bootstrap,
+            witness,
+            raft: None,
+            durable_hard_state: HardState::default(),
+            durable_snapshot: None,
+            durable_entries: Vec::new(),
+            writes: VecDeque::new(),
+            register: 0,
+            register_applied: 0,
+        }
+    }
+
     pub fn durable_base(&self) -> u64 {
         snapshot_index(&self.durable_snapshot)
     }

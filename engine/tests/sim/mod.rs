@@ -40,6 +40,17 @@ pub struct SimOptions {
     pub client_op: f64,
     /// Node 3 of odd groups is a witness (when there are at least 3 nodes).
     pub witnesses: bool,
+    /// Membership changes also remove members outright (the harness then deletes the
+    /// removed replica, as a server does once its Leave committed) and add non-members as
+    /// brand-new replicas with empty storage, which the leader brings up to date by entries
+    /// or snapshot (a server's Join). In five-node clusters node 4 starts outside groups
+    /// 1 and up. On unless `CONCLAVE_SIM_WHOLE_NODES=0`.
+    pub whole_nodes: bool,
+    /// A node may rejoin a group while messages of its deleted replica are still in flight
+    /// (off by default: a server's Join follows its Leave over the same ordered connection,
+    /// and the Raft core cannot tell such late messages from the new replica's; see
+    /// README). `CONCLAVE_SIM_EAGER_REJOIN=1` turns it on.
+    pub eager_rejoin: bool,
     /// Maximum entries per append (small values exercise partial acknowledgements).
     pub max_entries_per_message: usize,
     /// Applied entries between state-machine snapshots (0: never snapshot), and how many
@@ -79,6 +90,8 @@ impl SimOptions {
             transfer: rng.random_range(0.0..0.02),
             client_op: 0.5,
             witnesses: rng.random_bool(0.3),
+            whole_nodes: whole_nodes_from_env(),
+            eager_rejoin: std::env::var("CONCLAVE_SIM_EAGER_REJOIN").is_ok_and(|v| v == "1"),
             max_entries_per_message: if rng.random_bool(0.5) { 1 } else { 64 },
             snapshot_interval: if rng.random_bool(0.3) { 0 } else { rng.random_range(3..=30) },
             snapshot_tail: rng.random_range(0..=5),
@@ -89,11 +102,22 @@ impl SimOptions {
     }
 }
 
+/// `CONCLAVE_SIM_WHOLE_NODES=0` turns off whole-node membership changes (on by default).
+fn whole_nodes_from_env() -> bool {
+    match std::env::var("CONCLAVE_SIM_WHOLE_NODES") {
+        Ok(text) => text != "0",
+        Err(_) => true,
+    }
+}
+
 impl SimOptions {
-    /// Every node is a member; node 3 of odd groups is a witness when witnesses are on, and
-    /// node 5 of group 0 starts as an observer in five-node clusters.
+    /// Every node is a member (except node 4 of groups 1 and up in five-node clusters with
+    /// `whole_nodes`: a node the group may add later); node 3 of odd groups is a witness
+    /// when witnesses are on, and node 5 of group 0 starts as an observer in five-node
+    /// clusters.
     pub fn initial_membership(&self, group: u32) -> Membership {
-        let members = (1..=self.nodes).map(|id| {
+        let outside = |id: u64| self.whole_nodes && self.nodes == 5 && id == 4 && group >= 1;
+        let members = (1..=self.nodes).filter(|id| !outside(*id)).map(|id| {
             let role = if self.witnesses && id == 3 && group % 2 == 1 {
                 Role::Witness
             } else if self.nodes == 5 && id == 5 && group == 0 {

@@ -74,6 +74,11 @@ impl Network {
         self.dropped += (before - self.in_flight.len()) as u64;
     }
 
+    /// True if a batch `from` sent carries a message of group `group` that has not arrived.
+    pub fn carries(&self, from: u64, group: u32) -> bool {
+        self.in_flight.values().any(|batch| batch.from == from && batch.messages.iter().any(|m| m.group_id == group))
+    }
+
     pub fn block(&mut self, from: u64, to: u64) {
         self.blocked.insert((from, to));
     }
