@@ -662,3 +662,59 @@ fn a_voter_demoted_by_an_uncommitted_change_campaigns_without_counting_its_own_v
     raft.step(granted(3)).unwrap();
     assert_eq!(raft.role(), RaftRole::Candidate, "both voters of the latest configuration granted");
 }
+
+/// Like `Cluster::settle`, but every message to or from node `cut` is lost.
+fn settle_without(cluster: &mut Cluster, cut: u64) {
+    loop {
+        let mut mail: Vec<Message> = Vec::new();
+        for raft in cluster.nodes.values_mut() {
+            while raft.has_ready() {
+                let ready = raft.ready();
+                let ack = ready.persist_ack();
+                mail.extend(ready.messages);
+                mail.extend(ready.persisted_messages);
+                if let Some((index, term)) = ack {
+                    raft.persisted(index, term);
+                }
+            }
+        }
+        mail.retain(|m| m.to != cut && m.from != cut);
+        if mail.is_empty() {
+            return;
+        }
+        for msg in mail {
+            cluster.nodes.get_mut(&msg.to).unwrap().step(msg).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_leader_that_demoted_itself_hands_over_only_to_a_voter_holding_its_whole_log() {
+    // Seed 26582 of raft_sim: a leader demoted itself to observer; the change committed on
+    // the witnesses alone, and the leader stepped down at once. The witnesses held entries
+    // that the remaining voter lacked, so they refused its campaigns, and the only replica
+    // that could have led was no voter any more: the group never had a leader again.
+    let members = [(1, Role::Voter), (2, Role::Voter), (3, Role::Witness), (4, Role::Witness)];
+    let mut cluster = Cluster::new(Membership::new(members).unwrap());
+    let leader = cluster.tick_until_leader();
+    let other = if leader == 1 { 2 } else { 1 };
+    let demoted = Membership::new([(leader, Role::Observer), (other, Role::Voter), (3, Role::Witness), (4, Role::Witness)]).unwrap();
+    let index = cluster.nodes.get_mut(&leader).unwrap().propose_membership_change(demoted).unwrap();
+    // The other voter hears nothing: the witnesses alone commit the demotion.
+    settle_without(&mut cluster, other);
+    let raft = cluster.nodes.get_mut(&leader).unwrap();
+    assert!(raft.commit_index() >= index, "the witnesses committed the demotion");
+    assert!(cluster.nodes[&other].last_index() < index, "the other voter lacks it");
+    let raft = cluster.nodes.get_mut(&leader).unwrap();
+    assert_eq!(raft.role(), RaftRole::Leader, "no voter holds its whole log yet: it leads on");
+    assert!(matches!(raft.propose([Bytes::from_static(b"more")]), Err(RaftError::Transfer(_))), "it takes no proposals");
+    // The other voter is reachable again: it catches up, and leadership goes to it.
+    for _ in 0..4 {
+        for raft in cluster.nodes.values_mut() {
+            raft.tick();
+        }
+        cluster.settle();
+    }
+    assert_eq!(cluster.leader(), Some(other), "the caught-up voter leads");
+    assert_eq!(cluster.nodes[&leader].role(), RaftRole::Follower);
+}

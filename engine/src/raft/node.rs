@@ -354,7 +354,17 @@ impl RaftNode {
         if self.transferee != 0 {
             return Err(RaftError::Transfer(format!("leadership is moving to node {}; propose there", self.transferee)));
         }
+        if self.is_leaving() {
+            return Err(RaftError::Transfer("this leader is no voter of the committed configuration; it hands over to a voter".into()));
+        }
         Ok(())
+    }
+
+    /// Leader: the committed configuration (the latest one) no longer has it as a voter.
+    /// It leads on only until a voter holds its whole log (see `maybe_hand_over`).
+    pub(super) fn is_leaving(&self) -> bool {
+        let latest_index = self.configs.last().map_or(0, |c| c.0);
+        self.role == RaftRole::Leader && self.member_role() != Some(Role::Voter) && latest_index <= self.log.committed()
     }
 
     /// Entries up to (`index`, `term`) are durable. Stale acknowledgements are ignored.

@@ -162,6 +162,9 @@ impl RaftNode {
         let caught_up = progress.match_index == last;
         if advanced {
             self.maybe_commit();
+            if self.role != RaftRole::Leader || self.maybe_hand_over() {
+                return;
+            }
         }
         if self.transferee == msg.from && caught_up {
             self.send_timeout_now(msg.from);
@@ -182,6 +185,9 @@ impl RaftNode {
             progress.unpause_on_heartbeat(self.cfg.max_inflight_messages, self.cfg.max_inflight_bytes);
         }
         self.advance_reads();
+        if self.maybe_hand_over() {
+            return;
+        }
         if lagging {
             self.send_append(msg.from);
         }
@@ -212,15 +218,34 @@ impl RaftNode {
         }
         self.log.commit_to(quorum_index);
         self.start_waiting_reads();
-        let latest_config_index = self.configs.last().map_or(0, |c| c.0);
-        let still_voter = self.membership().role(id) == Some(Role::Voter);
-        if !still_voter && latest_config_index <= self.log.committed() {
-            // The committed configuration no longer has us as a voter: hand over.
-            let term = self.term;
-            self.become_follower(term, 0);
+        if self.maybe_hand_over() {
             return;
         }
         self.commit_due = true;
+    }
+
+    /// A leader that the committed configuration no longer has as a voter (it demoted or
+    /// removed itself) hands over once a voter holds its whole log: it tells that voter to
+    /// campaign and steps down. Stepping down earlier could leave entries that only
+    /// witnesses hold (they vote but never lead) beyond every voter's log: the witnesses
+    /// would refuse every voter's campaign, and the group would have no leader for good
+    /// (sim seed 26582). Meanwhile it takes no proposals (see `check_can_propose`), so the
+    /// log it waits on stops growing. Returns true if it stepped down.
+    pub(super) fn maybe_hand_over(&mut self) -> bool {
+        if !self.is_leaving() {
+            return false;
+        }
+        let last = self.log.last_index();
+        let progress = &self.progress;
+        let caught_up = self
+            .membership()
+            .members()
+            .find(|(peer, role)| *role == Role::Voter && progress.get(peer).is_some_and(|p| p.match_index == last));
+        let Some((voter, _)) = caught_up else { return false };
+        self.send_timeout_now(voter);
+        let term = self.term;
+        self.become_follower(term, 0);
+        true
     }
 
     /// Tells every follower the commit index that moved since the last drain, once: an
