@@ -363,8 +363,12 @@ impl RaftNode {
     /// Leader: the committed configuration (the latest one) no longer has it as a voter.
     /// It leads on only until a voter holds its whole log (see `maybe_hand_over`).
     pub(super) fn is_leaving(&self) -> bool {
-        let latest_index = self.configs.last().map_or(0, |c| c.0);
-        self.role == RaftRole::Leader && self.member_role() != Some(Role::Voter) && latest_index <= self.log.committed()
+        self.role == RaftRole::Leader && self.member_role() != Some(Role::Voter) && self.latest_config_index() <= self.log.committed()
+    }
+
+    /// The index of the entry of the latest configuration (of the base one: its index).
+    pub(super) fn latest_config_index(&self) -> u64 {
+        self.configs.last().map_or(0, |c| c.0)
     }
 
     /// Entries up to (`index`, `term`) are durable. Stale acknowledgements are ignored.
@@ -379,7 +383,7 @@ impl RaftNode {
     pub fn propose_membership_change(&mut self, next: Membership) -> Result<u64, RaftError> {
         self.check_can_propose()?;
         self.wake();
-        let pending = self.configs.last().map_or(0, |c| c.0);
+        let pending = self.latest_config_index();
         if pending > self.log.committed() {
             return Err(RaftError::MembershipChange(format!("the change at index {pending} has not committed yet")));
         }
@@ -514,9 +518,7 @@ impl RaftNode {
             return true;
         }
         let committed = self.log.committed();
-        let committed_config = self.configs.iter().rev().find(|(index, _, _)| *index <= committed).map(|(_, _, m)| m);
-        let latest_index = self.configs.last().map_or(0, |c| c.0);
-        latest_index > committed && committed_config.is_some_and(|m| m.role(self.cfg.id) == Some(Role::Voter))
+        self.latest_config_index() > committed && self.membership_at(committed).role(self.cfg.id) == Some(Role::Voter)
     }
 
     pub(super) fn new_message(&self, to: u64, msg_type: MessageType) -> Message {
@@ -574,7 +576,7 @@ impl RaftNode {
             keep += 1;
         }
         self.configs.truncate(keep);
-        let last_known = self.configs.last().map_or(0, |c| c.0);
+        let last_known = self.latest_config_index();
         let rolled_back = self.configs.len() < before;
         for entry in new {
             if entry.kind == EntryKind::Membership as i32 && entry.index > last_known && self.log.term(entry.index) == Some(entry.term) {

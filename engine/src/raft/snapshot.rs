@@ -57,7 +57,7 @@ impl RaftNode {
         let Some(term) = self.log.term(index) else {
             return Err(RaftError::CorruptState(format!("snapshot index {index} is already compacted")));
         };
-        let membership = self.membership_at(index);
+        let membership = self.membership_at(index).clone();
         self.snapshot = Some(Snapshot { index, term, membership, data });
         Ok(())
     }
@@ -67,8 +67,9 @@ impl RaftNode {
         self.snapshot.as_ref()
     }
 
-    fn membership_at(&self, index: u64) -> Membership {
-        self.configs.iter().rev().find(|(at, _, _)| *at <= index).map(|(_, _, m)| m.clone()).unwrap_or_else(|| self.configs[0].2.clone())
+    /// The configuration in effect at `index` (the base one for an index before it).
+    pub(super) fn membership_at(&self, index: u64) -> &Membership {
+        self.configs.iter().rev().find(|(at, _, _)| *at <= index).map_or(&self.configs[0].2, |(_, _, m)| m)
     }
 
     /// The caller durably installed the snapshot it got from `Ready::snapshot` (and dropped

@@ -267,8 +267,12 @@ impl RaftNode {
     fn check_content(&self, msg: &Message, msg_type: MessageType) -> Result<(), RaftError> {
         check_numbers(msg)?;
         let invalid = |why: String| Err(RaftError::InvalidMessage(why));
-        let contradicts_committed = |index: u64, term: u64| {
-            msg.term >= self.term && index <= self.log.committed() && self.log.term(index).is_some_and(|t| t != term)
+        let committed = self.log.committed();
+        let check_committed = |what: &str, index: u64, term: u64| {
+            if msg.term >= self.term && index <= committed && self.log.term(index).is_some_and(|t| t != term) {
+                return invalid(format!("{what} at index {index} term {term} contradicts the committed entry there (commit {committed})"));
+            }
+            Ok(())
         };
         match msg_type {
             MessageType::Append => {
@@ -296,14 +300,7 @@ impl RaftNode {
                         Ok(_) => {}
                         Err(_) => return invalid(format!("entry {} has unknown kind {}", entry.index, entry.kind)),
                     }
-                    if contradicts_committed(entry.index, entry.term) {
-                        return invalid(format!(
-                            "append entry {} of term {} contradicts the committed entry there (commit {})",
-                            entry.index,
-                            entry.term,
-                            self.log.committed()
-                        ));
-                    }
+                    check_committed("append entry", entry.index, entry.term)?;
                 }
             }
             MessageType::Snapshot => {
@@ -318,14 +315,7 @@ impl RaftNode {
                     return invalid("snapshot metadata without membership".into());
                 };
                 Membership::from_proto(membership).map_err(|e| RaftError::InvalidMessage(format!("snapshot membership: {e}")))?;
-                if contradicts_committed(meta.index, meta.term) {
-                    return invalid(format!(
-                        "snapshot at index {} term {} contradicts the committed entry there (commit {})",
-                        meta.index,
-                        meta.term,
-                        self.log.committed()
-                    ));
-                }
+                check_committed("snapshot", meta.index, meta.term)?;
             }
             _ => {}
         }

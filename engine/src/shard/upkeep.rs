@@ -23,10 +23,8 @@ impl<L: LogStore> ShardRuntime<L> {
                 waiter(Err(ShardError::UnknownGroup(group)));
             }
             // The group's snapshot directory is deleted below: a save still writing into it
-            // ends first (its outcome no longer matters).
-            if let Some(save) = self.snapshot_saves.remove(&group) {
-                let _ = save.task.await;
-            }
+            // ends first.
+            self.forget_snapshot_save(group).await;
             self.durable_votes.remove(&group);
             self.last_expiry_barrier.remove(&group);
             self.last_rebalance.remove(&group);
@@ -97,6 +95,14 @@ impl<L: LogStore> ShardRuntime<L> {
         self.compact_log(group, capture.index, capture.term).await
     }
 
+    /// Lets the group's snapshot save on its way, if any, end, and forgets it: its outcome
+    /// no longer matters (the group is removed, or a newer snapshot replaces it).
+    async fn forget_snapshot_save(&mut self, group: u32) {
+        if let Some(save) = self.snapshot_saves.remove(&group) {
+            let _ = save.task.await;
+        }
+    }
+
     /// Stopping: lets every snapshot save end (so no file is left half written) without
     /// compacting behind it; the next start recovers from the newest snapshot and skips the
     /// log entries it covers.
@@ -139,9 +145,7 @@ impl<L: LogStore> ShardRuntime<L> {
         let data = if witness { super::storage::encode_witness_envelope(&snapshot.membership) } else { snapshot.data.clone() };
         // A snapshot of our own still on its way is older than the leader's: let it end
         // first, so it cannot land after this one.
-        if let Some(save) = self.snapshot_saves.remove(&group) {
-            let _ = save.task.await;
-        }
+        self.forget_snapshot_save(group).await;
         self.log
             .save_snapshot(group, snapshot.index, snapshot.term, data)
             .await

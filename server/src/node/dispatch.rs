@@ -361,29 +361,29 @@ impl Dispatch {
         key
     }
 
-    /// Drains the mesh receivers until they close, handling every message. `on_leader`
-    /// runs after every change of the leader table or of the partitions this node left.
+    /// Drains the mesh receivers until they close, handling every message.
+    /// `on_table_change` runs after every change of the leader table or of the partitions
+    /// this node left that another shard reports, and after [`Dispatch::broadcast_hosting`].
     pub fn serve_mesh(
         self: &Rc<Self>,
         mut receivers: Receivers<MeshMessage>,
         on_connection: Rc<dyn Fn(AcceptedTcpStream)>,
-        on_leader: Rc<dyn Fn()>,
+        on_table_change: Rc<dyn Fn()>,
     ) {
-        *self.on_table_change.borrow_mut() = Some(Rc::clone(&on_leader));
+        *self.on_table_change.borrow_mut() = Some(on_table_change);
         for (_, mut stream) in receivers.streams() {
             let dispatch = Rc::clone(self);
             let on_connection = Rc::clone(&on_connection);
-            let on_leader = Rc::clone(&on_leader);
             glommio::spawn_local(async move {
                 while let Some(msg) = stream.next().await {
-                    dispatch.handle(msg, &*on_connection, &*on_leader);
+                    dispatch.handle(msg, &*on_connection);
                 }
             })
             .detach();
         }
     }
 
-    fn handle(self: &Rc<Self>, msg: MeshMessage, on_connection: &dyn Fn(AcceptedTcpStream), on_leader: &dyn Fn()) {
+    fn handle(self: &Rc<Self>, msg: MeshMessage, on_connection: &dyn Fn(AcceptedTcpStream)) {
         match msg {
             MeshMessage::Connection(stream) => on_connection(stream),
             MeshMessage::Call { from, call, group, op } => self.serve_call(from, call, group, op),
@@ -431,11 +431,11 @@ impl Dispatch {
             }
             MeshMessage::Leader { group, term, leader } => {
                 self.record_leader(group, term, leader);
-                on_leader();
+                self.table_changed();
             }
             MeshMessage::Hosting { group, hosted } => {
                 self.record_hosting(group, hosted);
-                on_leader();
+                self.table_changed();
             }
             MeshMessage::Event(event) => self.report(event),
         }
@@ -454,6 +454,10 @@ impl Dispatch {
         for to in (0..self.shards).filter(|s| *s != self.shard) {
             self.outbound.send(to, MeshMessage::Hosting { group, hosted });
         }
+        self.table_changed();
+    }
+
+    fn table_changed(&self) {
         let on_change = self.on_table_change.borrow().clone();
         if let Some(on_change) = on_change {
             on_change();

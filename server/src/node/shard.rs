@@ -213,8 +213,7 @@ async fn serve(
         let server = server.clone();
         Rc::new(move |stream| server.serve_connection(stream.bind_to_executor()))
     };
-    let on_leader: Rc<dyn Fn()> = update_health.clone();
-    dispatch.serve_mesh(receivers, on_connection, on_leader);
+    dispatch.serve_mesh(receivers, on_connection, update_health.clone());
     for group in left_partitions {
         dispatch.broadcast_hosting(group, false);
     }
