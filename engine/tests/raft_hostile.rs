@@ -626,6 +626,7 @@ struct MsgSpec {
     snapshot_offset: Num,
     snapshot_done: bool,
     quiesce: bool,
+    commit_only: bool,
     entries: Vec<EntrySpec>,
     /// One field replaced by a value no honest peer sends.
     extreme: Option<(Field, Num)>,
@@ -646,12 +647,13 @@ fn msg_spec() -> impl Strategy<Value = MsgSpec> {
     let header = (sender(), prop::bool::weighted(0.97), prop::bool::weighted(0.97), msg_type, term_num());
     let log = (prev_term(), num(), num(), prop::collection::vec(entry_spec(), 0..4));
     let extreme = prop_oneof![6 => Just(None), 1 => (field(), extreme()).prop_map(Some)];
-    let rest = (any::<bool>(), num(), num(), context, snapshot, offset, any::<bool>(), prop::bool::weighted(0.2));
+    let rest =
+        (any::<bool>(), num(), num(), context, snapshot, offset, any::<bool>(), (prop::bool::weighted(0.2), prop::bool::weighted(0.2)));
     (header, log, rest, extreme).prop_map(
         |(
             (from, to_self, right_group, msg_type, term),
             (log_term, index, commit, entries),
-            (reject, reject_hint, read_seq, context, snapshot, snapshot_offset, snapshot_done, quiesce),
+            (reject, reject_hint, read_seq, context, snapshot, snapshot_offset, snapshot_done, (quiesce, commit_only)),
             extreme,
         )| MsgSpec {
             from,
@@ -670,6 +672,7 @@ fn msg_spec() -> impl Strategy<Value = MsgSpec> {
             snapshot_offset,
             snapshot_done,
             quiesce,
+            commit_only,
             entries,
             extreme,
         },
@@ -717,6 +720,7 @@ impl MsgSpec {
             snapshot_offset: self.snapshot_offset.at(here),
             snapshot_done: self.snapshot_done,
             quiesce: self.quiesce,
+            commit_only: self.commit_only,
         };
         if let Some((field, value)) = self.extreme {
             let value = value.at(here);

@@ -57,6 +57,9 @@ pub struct RaftNode {
     /// Leader: the commit index moved since the last drain; followers learn it when the
     /// output is drained (see `send_due_commit`).
     pub(super) commit_due: bool,
+    /// Leader: entries were proposed since the last drain; `ready()` sends them to every
+    /// follower at once, so one round's proposals cost one append per follower.
+    pub(super) append_due: bool,
     pub(super) reads: ReadQueue,
     /// Ticks counted while leader (lease reads measure heartbeat ages with it).
     pub(super) leader_ticks: u64,
@@ -150,6 +153,7 @@ impl RaftNode {
             transferee: 0,
             transfer_elapsed: 0,
             commit_due: false,
+            append_due: false,
             reads: ReadQueue::new(first_batch),
             leader_ticks: 0,
             lease_revoked: false,
@@ -330,7 +334,8 @@ impl RaftNode {
             return Err(RaftError::ProposalQueueFull);
         }
         self.log.append_new(entries);
-        self.broadcast_append();
+        // Sent from `ready()`: every proposal of this round leaves in one append per follower.
+        self.append_due = true;
         Ok((first, next - 1))
     }
 
@@ -449,6 +454,7 @@ impl RaftNode {
             || self.reads.has_ready()
             || self.reads.output_due()
             || self.commit_due
+            || self.append_due
             || self.out_snapshot.is_some()
     }
 
@@ -456,6 +462,7 @@ impl RaftNode {
     pub fn ready(&mut self) -> Ready {
         self.send_read_batch();
         self.send_due_read_round();
+        self.send_due_appends();
         self.send_due_commit();
         let hard_state = self.hard_state();
         let hard_state = if hard_state != self.last_hard_state {

@@ -123,6 +123,23 @@ impl RaftNode {
         since
     }
 
+    /// Sends the entries proposed since the last drain: to each follower, as many appends
+    /// as its window allows (one, for a round's worth of proposals).
+    pub(super) fn send_due_appends(&mut self) {
+        if !std::mem::take(&mut self.append_due) || self.role != RaftRole::Leader {
+            return;
+        }
+        let peers: Vec<u64> = self.progress.keys().copied().collect();
+        for peer in peers {
+            let Some(progress) = self.progress.get(&peer) else { continue };
+            if progress.state == ReplicationState::Replicate {
+                self.send_pipelined(peer);
+            } else {
+                self.send_append(peer);
+            }
+        }
+    }
+
     /// Sends appends to `to` while there is something to send and the window allows.
     fn send_pipelined(&mut self, to: u64) {
         let last = self.log.last_index();
@@ -265,9 +282,34 @@ impl RaftNode {
             match queued {
                 Some(append) => append.commit = committed,
                 None => {
-                    self.send_append(peer);
+                    self.send_commit_notice(peer);
                 }
             }
         }
+    }
+
+    /// Tells `peer` the commit index. A follower in sync (replicating, nothing left to
+    /// send) gets an append marked `commit_only`, which it answers only to refuse: the
+    /// leader learns nothing from a success. Any other follower gets an ordinary append
+    /// (a probe, or the entries it still lacks).
+    fn send_commit_notice(&mut self, peer: u64) {
+        let in_sync =
+            self.progress.get(&peer).is_some_and(|p| p.state == ReplicationState::Replicate && p.next_index > self.log.last_index());
+        if !in_sync {
+            self.send_append(peer);
+            return;
+        }
+        let Some(progress) = self.progress.get(&peer) else { return };
+        let prev_index = progress.next_index - 1;
+        let Some(prev_term) = self.log.term(prev_index) else {
+            self.send_append(peer);
+            return;
+        };
+        let mut msg = self.new_message(peer, MessageType::Append);
+        msg.index = prev_index;
+        msg.log_term = prev_term;
+        msg.commit = self.log.committed();
+        msg.commit_only = true;
+        self.out_messages.push(msg);
     }
 }

@@ -324,9 +324,13 @@ impl RaftNode {
 
     fn on_append(&mut self, msg: Message) -> Result<(), RaftError> {
         let mut reply = self.new_message(msg.from, MessageType::AppendResponse);
+        // A commit notice to a follower the leader knows in sync: answered only by a refusal.
+        let quiet_on_success = msg.commit_only && msg.entries.is_empty();
         if msg.index < self.log.committed() {
-            reply.index = self.log.committed();
-            self.out_persisted_messages.push(reply);
+            if !quiet_on_success {
+                reply.index = self.log.committed();
+                self.out_persisted_messages.push(reply);
+            }
             return Ok(());
         }
         let new_entries = msg.entries.clone();
@@ -335,6 +339,9 @@ impl RaftNode {
                 self.sync_configs(&new_entries)?;
                 self.log.commit_to(msg.commit.min(last_match));
                 reply.index = last_match;
+                if quiet_on_success {
+                    return Ok(());
+                }
                 if self.cfg.deliberate_bugs.ack_before_persist {
                     self.out_messages.push(reply);
                 } else {

@@ -3,7 +3,9 @@
 //! owns all of them and the shard's log, and serves [`Request`]s sent through a
 //! [`ShardHandle`]. Nothing here knows about gRPC; peers and events are callbacks.
 
+mod counters;
 mod error;
+pub mod loopback;
 mod peer;
 mod peer_requests;
 mod replica;
@@ -12,6 +14,7 @@ mod stall;
 mod storage;
 mod upkeep;
 
+pub use counters::{CounterValues, ShardCounters};
 pub use error::ShardError;
 pub use replica::{Committed, ReadTerm, Replica, Reply, SnapshotCapture, TermQuery, Watcher, MAX_HELD_READS};
 pub use runtime::{

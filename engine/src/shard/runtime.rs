@@ -29,6 +29,7 @@ use conclave_proto::conclave::peer::v1::peer_message::Body;
 use crate::raft::{HardState, Membership, Outbox, RaftEvent, RaftRole, Role, Snapshot};
 use crate::sm::{self, Command};
 
+use super::counters::ShardCounters;
 use super::error::ShardError;
 use super::peer::Forwarded;
 use super::peer_requests::settle_membership_waiters;
@@ -188,6 +189,12 @@ pub enum Request {
         from: u64,
         message: PeerMessage,
     },
+    /// Every message of one frame from the same shard of peer node `from`, in order (the
+    /// transport queues frames here directly).
+    PeerFrame {
+        from: u64,
+        messages: Vec<PeerMessage>,
+    },
     /// Starts hosting a replica (bootstrapped, joining, or recovered later than start-up).
     AddReplica {
         group: u32,
@@ -233,6 +240,11 @@ pub struct ShardHandle {
 }
 
 impl ShardHandle {
+    /// The request queue itself, for a transport that queues peer frames directly.
+    pub fn sender(&self) -> Rc<LocalSender<Request>> {
+        Rc::clone(&self.sender)
+    }
+
     /// Queues a request, waiting while the queue is full.
     pub async fn send(&self, request: Request) -> Result<(), ShardError> {
         self.sender.send(request).await.map_err(|_| ShardError::ShuttingDown)
@@ -299,6 +311,8 @@ pub struct ShardRuntime<L: LogStore> {
     /// Snapshots this shard took, on their way to disk (at most one per group); the log
     /// is compacted behind each once it is durable.
     pub(super) snapshot_saves: BTreeMap<u32, SnapshotSave>,
+    /// What this runtime did, counted (see [`ShardCounters`]).
+    pub(super) counters: Rc<ShardCounters>,
 }
 
 /// A snapshot of a group being saved by a task of its own.
@@ -363,7 +377,13 @@ impl<L: LogStore> ShardRuntime<L> {
             in_flight: VecDeque::new(),
             installs: Vec::new(),
             snapshot_saves: BTreeMap::new(),
+            counters: Rc::default(),
         }
+    }
+
+    /// The runtime's counters, readable by anything on this shard while it runs.
+    pub fn counters(&self) -> Rc<ShardCounters> {
+        Rc::clone(&self.counters)
     }
 
     pub fn handle(&self) -> ShardHandle {
@@ -405,12 +425,19 @@ impl<L: LogStore> ShardRuntime<L> {
             (self.events)(group, &ShardEvent::MemberReady { membership: replica.raft().membership().clone() });
         }
         self.process_ready().await?;
+        // One timer for the loop's whole life, moved to each next tick (not one per wake).
+        let mut tick_timer = glommio::timer::Timer::new(self.cfg.tick);
+        ShardCounters::add(&self.counters.timers_armed, 1);
+        let mut timer_at = next_tick;
         loop {
-            let wait = next_tick.saturating_duration_since(Instant::now());
+            if timer_at != next_tick {
+                tick_timer.reset(next_tick.saturating_duration_since(Instant::now()));
+                timer_at = next_tick;
+            }
             let receiver = &self.receiver;
             let request = async { Wake::Request(receiver.recv().await) };
             let timer = async {
-                glommio::timer::sleep(wait).await;
+                (&mut tick_timer).await;
                 Wake::Tick
             };
             let woke = match self.in_flight.front_mut() {
@@ -421,6 +448,7 @@ impl<L: LogStore> ShardRuntime<L> {
                 None => future::or(request, timer).await,
             };
             let mut round = RoundTimer::start(self.cfg.stall_warn);
+            ShardCounters::add(&self.counters.rounds, 1);
             let late = Instant::now().saturating_duration_since(next_tick);
             if !self.cfg.stall_warn.is_zero() && late >= self.cfg.stall_warn {
                 self.credit_pause(late);
@@ -472,6 +500,7 @@ impl<L: LogStore> ShardRuntime<L> {
             Request::Propose { group, mut command, reply } => match self.replicas.get_mut(&group) {
                 Some(replica) if replica.is_leader() => {
                     command.timestamp_ms = (self.clock)();
+                    ShardCounters::add(&self.counters.proposals, 1);
                     replica.propose(&command, reply);
                 }
                 Some(replica) if replica.is_witness() => reply(Err(ShardError::Unavailable(format!(
@@ -497,6 +526,11 @@ impl<L: LogStore> ShardRuntime<L> {
                 }
             }
             Request::Peer { from, message } => self.step_peer(from, message),
+            Request::PeerFrame { from, messages } => {
+                for message in messages {
+                    self.step_peer(from, message);
+                }
+            }
             Request::AddReplica { group, replica, reply } => {
                 if self.replicas.contains_key(&group) {
                     reply(Err(ShardError::Invalid(format!("group {group} already has a replica on this node"))));
@@ -533,6 +567,8 @@ impl<L: LogStore> ShardRuntime<L> {
     fn tick(&mut self) {
         let now_ms = (self.clock)();
         self.ticks += 1;
+        ShardCounters::add(&self.counters.ticks, 1);
+        ShardCounters::add(&self.counters.replica_ticks, self.replicas.len() as u64);
         self.forwarded.expire(self.cfg.forward_timeout, self.cfg.membership_timeout);
         for (&group, replica) in self.replicas.iter_mut() {
             replica.tick();
@@ -624,6 +660,8 @@ impl<L: LogStore> ShardRuntime<L> {
             }
             self.flush_outbox();
             if !writes.is_empty() {
+                ShardCounters::add(&self.counters.log_writes, 1);
+                ShardCounters::add(&self.counters.group_writes, writes.len() as u64);
                 let durable = match self.log.submit(writes) {
                     Ok(durable) => durable,
                     Err(e) => return Err(self.log_failed(e)),
@@ -702,6 +740,10 @@ impl<L: LogStore> ShardRuntime<L> {
     pub(super) fn flush_outbox(&mut self) {
         for batch in self.outbox.drain() {
             let to = batch.to;
+            ShardCounters::add(&self.counters.batches_sent, 1);
+            for message in &batch.messages {
+                self.counters.count_message(message);
+            }
             (self.transport)(to, PeerMessage { body: Some(Body::Raft(batch)) });
         }
         for (to, message) in self.forwarded.take_outgoing() {
@@ -732,7 +774,11 @@ impl<L: LogStore> ShardRuntime<L> {
                 Request::AddReplica { reply, .. } | Request::RemoveReplica { reply, .. } => reply(Err(ShardError::ShuttingDown)),
                 Request::ChangeMembership { reply, .. } => reply(Err(ShardError::ShuttingDown)),
                 Request::HandOffLeadership { reply } => reply(0),
-                Request::Unwatch { .. } | Request::Peer { .. } | Request::PeerDown { .. } | Request::Shutdown => {}
+                Request::Unwatch { .. }
+                | Request::Peer { .. }
+                | Request::PeerFrame { .. }
+                | Request::PeerDown { .. }
+                | Request::Shutdown => {}
             }
         }
     }

@@ -60,6 +60,7 @@ impl<L: LogStore> ShardRuntime<L> {
             let had_snapshot = replica.last_snapshot() > 0;
             let save = self.log.save_snapshot(group, capture.index, capture.term, capture.data.clone());
             let task = glommio::spawn_local(save).detach();
+            super::counters::ShardCounters::add(&self.counters.tasks_spawned, 1);
             self.snapshot_saves.insert(group, SnapshotSave { capture, had_snapshot, task });
         }
         Ok(())

@@ -1,0 +1,178 @@
+//! The work one command costs, pinned: three shard runtimes on real io_uring storage over
+//! the in-memory network of `shard::loopback`, counting log writes and Raft messages per
+//! node. A change that puts per-command work back (an append per proposal, an answered
+//! commit notice, a second log write) fails here rather than in a benchmark.
+//!
+//! Ticks are slow (100 ms, heartbeats every 10 ticks) so that no heartbeat falls inside the
+//! few milliseconds a command takes; heartbeats are not counted in any case.
+
+use std::future::Future;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use conclave_engine::shard::loopback::{LoopbackCluster, LoopbackOptions};
+use conclave_engine::shard::{CounterValues, Request, ShardHandle};
+use conclave_engine::sm::{command, Command};
+use futures_lite::future;
+use glommio::channels::local_channel;
+use glommio::LocalExecutorBuilder;
+
+const GROUP: u32 = 1;
+const DEADLINE: Duration = Duration::from_secs(20);
+
+fn run<F: Future<Output = ()> + 'static>(test: F) {
+    let ex = LocalExecutorBuilder::default().io_memory(4 << 20).make().unwrap();
+    ex.run(test);
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+fn options() -> LoopbackOptions {
+    LoopbackOptions { tick: Duration::from_millis(100), election_ticks: 10, heartbeat_ticks: 9, ..LoopbackOptions::default() }
+}
+
+/// Polls `cond` every millisecond until it holds; panics after the deadline.
+async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "{what}: not within {DEADLINE:?}");
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A command that needs no session: a leader barrier stamped with `now`.
+fn barrier() -> Command {
+    command::leader_barrier(now_ms())
+}
+
+/// Starts the cluster and waits until group 1 has a leader every node knows, and the
+/// leader's first barrier is committed everywhere (its commit notices sent).
+async fn settled_cluster(dir: &std::path::Path) -> (LoopbackCluster, u64) {
+    let cluster = LoopbackCluster::start(&options(), dir).await.unwrap();
+    let mut leader = 0;
+    eventually("a leader every node knows", || {
+        leader = cluster.leader(GROUP).unwrap_or(0);
+        leader != 0 && cluster.all_know(GROUP, leader)
+    })
+    .await;
+    cluster.handle(leader).propose(GROUP, barrier()).await.unwrap();
+    (cluster, leader)
+}
+
+fn values(cluster: &LoopbackCluster) -> Vec<(u64, CounterValues)> {
+    cluster.node_ids().into_iter().map(|n| (n, cluster.counters(n).snapshot())).collect()
+}
+
+/// Waits until the leader has told both followers the commit index of what it proposed
+/// since `before`, and each follower has run a round after receiving it.
+async fn commit_notices_delivered(cluster: &LoopbackCluster, leader: u64, before: &[(u64, CounterValues)], notices: u64) {
+    eventually("the commit notices", || cluster.counters(leader).snapshot().since(&of(before, leader)).commit_notices >= notices).await;
+    let rounds: Vec<(u64, u64)> = cluster.node_ids().into_iter().map(|n| (n, cluster.counters(n).rounds.get())).collect();
+    eventually("a round on every node after the notices", || rounds.iter().all(|(n, r)| cluster.counters(*n).rounds.get() > *r)).await;
+    // Let a follower's answer, were there one, reach the leader's counters.
+    glommio::timer::sleep(Duration::from_millis(20)).await;
+}
+
+fn of(values: &[(u64, CounterValues)], node: u64) -> CounterValues {
+    values.iter().find(|(n, _)| *n == node).map(|(_, v)| *v).unwrap()
+}
+
+#[test]
+fn a_lone_command_costs_each_node_one_log_write_and_the_leader_one_append_per_follower() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (cluster, leader) = settled_cluster(dir.path()).await;
+        let followers: Vec<u64> = cluster.node_ids().into_iter().filter(|n| *n != leader).collect();
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        let before = values(&cluster);
+        let wire_before = cluster.wire();
+
+        let committed = cluster.handle(leader).propose(GROUP, barrier()).await.unwrap();
+        assert!(committed.index > 0);
+        commit_notices_delivered(&cluster, leader, &before, 2).await;
+
+        let wire = cluster.wire();
+        let leader_work = cluster.counters(leader).snapshot().since(&of(&before, leader));
+        assert_eq!(leader_work.log_writes, 1, "leader log writes for one command: {leader_work:?}");
+        assert_eq!(leader_work.appends_with_entries, 2, "one append per follower: {leader_work:?}");
+        assert_eq!(leader_work.commit_notices, 2, "one commit notice per follower: {leader_work:?}");
+        assert_eq!(leader_work.empty_appends, 0, "no probe or commit-only round trip: {leader_work:?}");
+        assert_eq!(leader_work.append_responses, 0, "{leader_work:?}");
+        for follower in &followers {
+            let work = cluster.counters(*follower).snapshot().since(&of(&before, *follower));
+            assert_eq!(work.log_writes, 1, "node {follower} log writes: {work:?}");
+            assert_eq!(work.append_responses, 1, "node {follower} answers the append, not the commit notice: {work:?}");
+            assert_eq!(work.appends_with_entries + work.commit_notices + work.empty_appends, 0, "{work:?}");
+            let answers = wire.count(*follower, leader, "append_response") - wire_before.count(*follower, leader, "append_response");
+            assert_eq!(answers, 1, "answers from node {follower} on the wire");
+        }
+        cluster.stop().await.unwrap();
+    });
+}
+
+/// Queues `n` proposals to `handle` without yielding in between, so the runtime finds them
+/// all in one round; returns once each is answered.
+async fn propose_in_one_round(handle: &ShardHandle, n: usize) {
+    let (tx, rx) = local_channel::new_bounded(n);
+    let tx = std::rc::Rc::new(tx);
+    for _ in 0..n {
+        let tx = std::rc::Rc::clone(&tx);
+        let reply = Box::new(move |r| {
+            let _ = tx.try_send(r);
+        });
+        let send = handle.send(Request::Propose { group: GROUP, command: barrier(), reply });
+        // The queue has room: the send completes at its first poll, without yielding.
+        future::poll_once(send).await.expect("queued without waiting").unwrap();
+    }
+    for _ in 0..n {
+        rx.recv().await.expect("answered").unwrap();
+    }
+}
+
+#[test]
+fn sixty_four_proposals_of_one_round_cost_one_append_per_follower() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (cluster, leader) = settled_cluster(dir.path()).await;
+        let followers: Vec<u64> = cluster.node_ids().into_iter().filter(|n| *n != leader).collect();
+        glommio::timer::sleep(Duration::from_millis(20)).await;
+        let before = values(&cluster);
+        let wire_before = cluster.wire();
+
+        propose_in_one_round(&cluster.handle(leader), 64).await;
+        commit_notices_delivered(&cluster, leader, &before, 2).await;
+
+        let leader_work = cluster.counters(leader).snapshot().since(&of(&before, leader));
+        assert_eq!(leader_work.proposals, 64);
+        assert_eq!(leader_work.log_writes, 1, "the round's 64 entries in one write: {leader_work:?}");
+        assert_eq!(leader_work.appends_with_entries, 2, "one append per follower for the round: {leader_work:?}");
+        assert_eq!(leader_work.commit_notices, 2, "{leader_work:?}");
+        let wire = cluster.wire();
+        for follower in &followers {
+            let entries = wire.entries[&(leader, *follower)] - wire_before.entries.get(&(leader, *follower)).copied().unwrap_or(0);
+            assert_eq!(entries, 64, "entries sent to node {follower}");
+            let work = cluster.counters(*follower).snapshot().since(&of(&before, *follower));
+            assert_eq!(work.log_writes, 1, "node {follower}: {work:?}");
+            assert_eq!(work.append_responses, 1, "node {follower}: {work:?}");
+        }
+        cluster.stop().await.unwrap();
+    });
+}
+
+#[test]
+fn the_shard_loop_arms_one_timer_for_its_whole_life() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let (cluster, leader) = settled_cluster(dir.path()).await;
+        for _ in 0..20 {
+            cluster.handle(leader).propose(GROUP, barrier()).await.unwrap();
+        }
+        for node in cluster.node_ids() {
+            let counters = cluster.counters(node).snapshot();
+            assert!(counters.rounds > 20, "node {node} ran rounds: {counters:?}");
+            assert_eq!(counters.timers_armed, 1, "node {node}: {counters:?}");
+        }
+        cluster.stop().await.unwrap();
+    });
+}
