@@ -91,9 +91,33 @@ impl PeerListener {
     /// Serves connections in background tasks, delivering received frames to `inbound`.
     /// Dropping the returned handle closes the listener and every connection it accepted.
     pub fn spawn<M: Message + Default + 'static>(self, inbound: LocalSender<Inbound<M>>) -> ListenerHandle {
+        self.spawn_into(Rc::new(inbound), |frame| frame)
+    }
+
+    /// Like [`PeerListener::spawn`], but each frame is turned into the receiver's own item
+    /// by `wrap` (in the connection's reader task) and queued straight on `receiver`'s
+    /// channel: a shard runtime takes peer frames with no task of its own in between.
+    pub fn spawn_into<M, T>(self, receiver: Rc<LocalSender<T>>, wrap: impl Fn(Inbound<M>) -> T + 'static) -> ListenerHandle
+    where
+        M: Message + Default + 'static,
+        T: 'static,
+    {
         let connections = Rc::new(RefCell::new(Connections::default()));
-        let accept = glommio::spawn_local(accept_loop(self, Rc::new(inbound), connections.clone())).detach();
+        let inbound = Rc::new(Deliver { receiver, wrap: Box::new(wrap) });
+        let accept = glommio::spawn_local(accept_loop(self, inbound, connections.clone())).detach();
         ListenerHandle { accept: Some(accept), connections }
+    }
+}
+
+/// Where a listener's readers put the frames they decode.
+struct Deliver<M, T> {
+    receiver: Rc<LocalSender<T>>,
+    wrap: Box<dyn Fn(Inbound<M>) -> T>,
+}
+
+impl<M, T> Deliver<M, T> {
+    async fn send(&self, frame: Inbound<M>) -> Result<(), ()> {
+        self.receiver.send((self.wrap)(frame)).await.map_err(|_| ())
     }
 }
 
@@ -139,9 +163,9 @@ impl Drop for ListenerHandle {
     }
 }
 
-async fn accept_loop<M: Message + Default + 'static>(
+async fn accept_loop<M: Message + Default + 'static, T: 'static>(
     listener: PeerListener,
-    inbound: Rc<LocalSender<Inbound<M>>>,
+    inbound: Rc<Deliver<M, T>>,
     connections: Rc<RefCell<Connections>>,
 ) {
     let config = Rc::new(listener.config);
@@ -170,7 +194,7 @@ async fn accept_loop<M: Message + Default + 'static>(
     }
 }
 
-async fn serve_connection<M: Message + Default>(mut stream: TcpStream, config: Rc<ListenerConfig>, inbound: Rc<LocalSender<Inbound<M>>>) {
+async fn serve_connection<M: Message + Default, T>(mut stream: TcpStream, config: Rc<ListenerConfig>, inbound: Rc<Deliver<M, T>>) {
     let address = match stream.peer_addr() {
         Ok(address) => address,
         Err(e) => {
@@ -202,11 +226,11 @@ async fn serve_connection<M: Message + Default>(mut stream: TcpStream, config: R
 }
 
 /// Delivers frames until the connection ends; returns why it ended.
-async fn read_frames<M: Message + Default>(
+async fn read_frames<M: Message + Default, T>(
     stream: &mut TcpStream,
     config: &ListenerConfig,
     from: RemotePeer,
-    inbound: &LocalSender<Inbound<M>>,
+    inbound: &Deliver<M, T>,
 ) -> String {
     let mut decoder = FrameDecoder::new(config.limits);
     loop {

@@ -14,18 +14,14 @@ use conclave_proto::conclave::peer::v1::{peer_message::Body, PeerMessage};
 use conclave_wire::{
     EventSink, Inbound, Lane, ListenerConfig, ListenerHandle, LocalIdentity, PeerConfig, PeerListener, PeerSet, SendError,
 };
-use glommio::channels::local_channel;
 
 use crate::config::Config;
 use crate::routing::shard_port;
 
-/// Frames queued from the listener to the runtime before the readers wait.
-const INBOUND_QUEUE: usize = 1024;
-
 /// One shard's connections to the same shard of every other node.
 pub struct PeerNet {
     shard: u32,
-    peers: RefCell<PeerSet<PeerMessage>>,
+    peers: Rc<RefCell<PeerSet<PeerMessage>>>,
     _listener: ListenerHandle,
 }
 
@@ -41,39 +37,32 @@ impl PeerNet {
         let address = SocketAddr::new(own.ip(), port);
         let listener = PeerListener::bind(address, ListenerConfig::new(local.clone()))
             .map_err(|e| format!("cannot listen for peers on {address} (shard {shard}): {e}"))?;
-        let (inbound_tx, inbound_rx) = local_channel::new_bounded::<Inbound<PeerMessage>>(INBOUND_QUEUE);
-        let listener = listener.spawn(inbound_tx);
         // Raft retransmits and forwarded requests fail on a broken connection, so nothing
         // queued for a node that is down is worth delivering late.
         let peers = PeerSet::new(events, move |node, address| PeerConfig {
             discard_while_down: true,
             ..PeerConfig::new(local.clone(), node, address)
         });
-        let net = Rc::new(PeerNet { shard, peers: RefCell::new(peers), _listener: listener });
+        let peers = Rc::new(RefCell::new(peers));
+        let heard_from = Rc::downgrade(&peers);
+        // Each connection's reader queues its frames on the runtime's own request queue.
+        let listener = listener.spawn_into(runtime.sender(), move |frame: Inbound<PeerMessage>| {
+            let from = frame.from.node_id;
+            // A node heard from is up: a connection to it waiting out its backoff (it was
+            // down, perhaps for long) dials now rather than up to seconds later.
+            if let Some(peers) = heard_from.upgrade() {
+                if let Some(peer) = peers.borrow().get(from) {
+                    peer.redial_now();
+                }
+            }
+            Request::PeerFrame { from, messages: frame.messages }
+        });
+        let net = Rc::new(PeerNet { shard, peers, _listener: listener });
         for (&id, addr) in &config.peers {
             if id != me {
                 net.set_address(u64::from(id), &addr.ip().to_string(), addr.port())?;
             }
         }
-        let inbound_net = Rc::downgrade(&net);
-        glommio::spawn_local(async move {
-            while let Some(frame) = inbound_rx.recv().await {
-                let from = frame.from.node_id;
-                // A node heard from is up: a connection to it waiting out its backoff (it
-                // was down, perhaps for long) dials now rather than up to seconds later.
-                if let Some(net) = inbound_net.upgrade() {
-                    if let Some(peer) = net.peers.borrow().get(from) {
-                        peer.redial_now();
-                    }
-                }
-                for message in frame.messages {
-                    if runtime.send(Request::Peer { from, message }).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        })
-        .detach();
         Ok(net)
     }
 
