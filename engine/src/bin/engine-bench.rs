@@ -1,0 +1,192 @@
+//! The engine alone: three nodes' shard runtimes in one glommio executor (one core), each
+//! on its own real io_uring log, talking through the in-memory network of
+//! `shard::loopback` — no gRPC, no TCP. Closed-loop proposers (each with its own client
+//! session) keep Enter/Withdraw commands in flight at every group's leader; the report
+//! gives committed commands per second, the process's CPU per command (user + system,
+//! from `getrusage`, so it includes the proposers and the in-memory network) and each
+//! node's counts per command (log writes, Raft messages, rounds).
+//!
+//! Usage: `engine-bench [--dir DIR] [--groups G] [--proposers-per-group P] [--seconds S]
+//! [--tick-ms T]`.
+
+use std::cell::Cell;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use conclave_engine::shard::loopback::{LoopbackCluster, LoopbackOptions};
+use conclave_engine::shard::{CounterValues, ShardError, ShardHandle};
+use conclave_engine::sm::{command, ElectionOp, Output, PrimitiveRef};
+use glommio::{LocalExecutorBuilder, Placement};
+
+struct Args {
+    dir: PathBuf,
+    groups: u32,
+    proposers: u32,
+    seconds: f64,
+    tick_ms: u64,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut args = Args { dir: std::env::temp_dir().join("conclave-engine-bench"), groups: 4, proposers: 64, seconds: 10.0, tick_ms: 10 };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--dir" => args.dir = PathBuf::from(value()?),
+            "--groups" => args.groups = value()?.parse().map_err(|e| format!("--groups: {e}"))?,
+            "--proposers-per-group" => args.proposers = value()?.parse().map_err(|e| format!("--proposers-per-group: {e}"))?,
+            "--seconds" => args.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
+            "--tick-ms" => args.tick_ms = value()?.parse().map_err(|e| format!("--tick-ms: {e}"))?,
+            "--help" | "-h" => {
+                return Err("usage: engine-bench [--dir DIR] [--groups G] [--proposers-per-group P] [--seconds S] [--tick-ms T]".into())
+            }
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if args.groups == 0 || args.proposers == 0 || args.seconds <= 0.0 || args.tick_ms == 0 {
+        return Err("--groups, --proposers-per-group, --seconds and --tick-ms must be positive".into());
+    }
+    Ok(args)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Process CPU time (user + system) so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
+/// Waits until every group has a leader all nodes know.
+async fn wait_for_leaders(cluster: &LoopbackCluster, groups: u32) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        let led = (1..=groups).all(|g| cluster.leader(g).is_some_and(|l| cluster.all_know(g, l)));
+        if led {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(30) {
+            return Err("groups did not elect leaders within 30 s".into());
+        }
+        glommio::timer::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// One closed-loop proposer: opens a session at its group's leader, then alternates Enter
+/// and Withdraw of its own candidate until `stop`, counting committed commands.
+async fn proposer(
+    leader: ShardHandle,
+    group: u32,
+    id: u32,
+    stop: Rc<Cell<bool>>,
+    committed: Rc<Cell<u64>>,
+    failed: Rc<Cell<u64>>,
+) -> Result<(), ShardError> {
+    let opened = leader.propose(group, command::open_session(now_ms(), 600_000)).await?;
+    let Ok(Output::SessionOpened { session_id }) = opened.result else {
+        return Err(ShardError::Invalid(format!("open session: {:?}", opened.result)));
+    };
+    let election = format!("election-{}", id % 8);
+    let candidate = format!("candidate-{group}-{id}");
+    let mut seq = 0;
+    while !stop.get() {
+        seq += 1;
+        let op = if seq % 2 == 1 { ElectionOp::Enter } else { ElectionOp::Withdraw };
+        let cmd = command::election(now_ms(), session_id, seq, PrimitiveRef::Name(election.clone()), op, &candidate);
+        match leader.propose(group, cmd).await {
+            Ok(c) if c.result.is_ok() => committed.set(committed.get() + 1),
+            _ => failed.set(failed.get() + 1),
+        }
+    }
+    Ok(())
+}
+
+async fn bench(args: Args) -> Result<(), String> {
+    let _ = std::fs::remove_dir_all(&args.dir);
+    let opts = LoopbackOptions { groups: args.groups, tick: Duration::from_millis(args.tick_ms), ..LoopbackOptions::default() };
+    let cluster = LoopbackCluster::start(&opts, &args.dir).await?;
+    wait_for_leaders(&cluster, args.groups).await?;
+    let stop = Rc::new(Cell::new(false));
+    let committed = Rc::new(Cell::new(0u64));
+    let failed = Rc::new(Cell::new(0u64));
+    let mut tasks = Vec::new();
+    for group in 1..=args.groups {
+        let leader = cluster.leader(group).ok_or("a group lost its leader")?;
+        for id in 0..args.proposers {
+            let task = proposer(cluster.handle(leader), group, id, stop.clone(), committed.clone(), failed.clone());
+            tasks.push(glommio::spawn_local(task).detach());
+        }
+    }
+    // Warm up, then measure a window.
+    glommio::timer::sleep(Duration::from_secs(1)).await;
+    let nodes = cluster.node_ids();
+    let counters_before: Vec<CounterValues> = nodes.iter().map(|n| cluster.counters(*n).snapshot()).collect();
+    let (commands_before, cpu_before, start) = (committed.get(), cpu_time(), Instant::now());
+    glommio::timer::sleep(Duration::from_secs_f64(args.seconds)).await;
+    let (commands, cpu, elapsed) = (committed.get() - commands_before, cpu_time() - cpu_before, start.elapsed());
+    let counters: Vec<CounterValues> =
+        nodes.iter().zip(&counters_before).map(|(n, before)| cluster.counters(*n).snapshot().since(before)).collect();
+    stop.set(true);
+    for task in tasks {
+        if let Some(Err(e)) = task.await {
+            eprintln!("a proposer ended with {e}");
+        }
+    }
+    cluster.stop().await.map_err(|e| e.to_string())?;
+    let per_command = |n: u64| n as f64 / commands.max(1) as f64;
+    let total = counters.iter().fold(CounterValues::default(), |acc, v| acc.plus(v));
+    let other = total.messages() - total.appends_with_entries - total.commit_notices - total.append_responses;
+    println!(
+        "engine-bench: 3 nodes on one core, {} groups x {} proposers, {:.1} s measured",
+        args.groups,
+        args.proposers,
+        elapsed.as_secs_f64()
+    );
+    println!("committed commands/s: {:.0}", commands as f64 / elapsed.as_secs_f64());
+    println!("replica writes/s (commands x 3): {:.0}", 3.0 * commands as f64 / elapsed.as_secs_f64());
+    println!(
+        "process CPU per command: {:.2} us ({:.0}% of one core)",
+        cpu.as_secs_f64() * 1e6 / commands.max(1) as f64,
+        100.0 * cpu.as_secs_f64() / elapsed.as_secs_f64()
+    );
+    println!("failed commands: {}", failed.get());
+    println!(
+        "per command, all nodes: log writes {:.4}, appends {:.4}, commit notices {:.4}, append responses {:.4}, other messages {:.4}, peer batches {:.4}, loop rounds {:.4}",
+        per_command(total.log_writes),
+        per_command(total.appends_with_entries),
+        per_command(total.commit_notices),
+        per_command(total.append_responses),
+        per_command(other),
+        per_command(total.batches_sent),
+        per_command(total.rounds),
+    );
+    Ok(())
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let executor = LocalExecutorBuilder::new(Placement::Fixed(0)).io_memory(8 << 20).name("engine-bench").make();
+    let result = match executor {
+        Ok(executor) => executor.run(bench(args)),
+        Err(e) => Err(format!("cannot start the executor: {e}")),
+    };
+    if let Err(e) = result {
+        eprintln!("engine-bench: {e}");
+        std::process::exit(1);
+    }
+}
