@@ -135,6 +135,18 @@ pub fn decode(payload: &[u8]) -> Result<Command, SmError> {
     Command::decode(payload).map_err(|e| SmError::MalformedCommand { reason: e.to_string() })
 }
 
+/// The (session, sequence number) of a sequenced command's log payload (CreatePrimitive,
+/// ClosePrimitive, an election command), or None for any other payload.
+pub fn sequenced_by(payload: &[u8]) -> Option<(SessionId, u64)> {
+    use pb::command::Operation as Op;
+    match decode(payload).ok()?.operation? {
+        Op::CreatePrimitive(c) => Some((c.session_id, c.sequence_num)),
+        Op::ClosePrimitive(c) => Some((c.session_id, c.sequence_num)),
+        Op::Election(e) => Some((e.session_id, e.sequence_num)),
+        _ => None,
+    }
+}
+
 /// A checked command, borrowing its strings from the decoded [`Command`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Operation<'a> {
