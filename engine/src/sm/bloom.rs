@@ -259,7 +259,8 @@ mod tests {
 
     #[test]
     fn malformed_filters_are_refused_with_a_reason() {
-        let cases: &[(&str, fn(&BloomError) -> bool)] = &[
+        type Expected = fn(&BloomError) -> bool;
+        let cases: &[(&str, Expected)] = &[
             ("", |e| matches!(e, BloomError::Json(_))),
             ("null", |e| matches!(e, BloomError::Json(_))),
             ("[1,2]", |e| matches!(e, BloomError::Json(_))),
@@ -292,7 +293,7 @@ mod tests {
         assert!(filter.contains_sequence(12345), "every position set");
         filter.words = vec![u64::MAX - 1];
         let h = base_hashes(&sequence_key(7));
-        let hits_bit_zero = (0..MAX_TESTED_HASHES).any(|i| location(&h, i) % 64 == 0);
+        let hits_bit_zero = (0..MAX_TESTED_HASHES).any(|i| location(&h, i).is_multiple_of(64));
         assert_eq!(filter.contains_sequence(7), !hits_bit_zero);
     }
 }
