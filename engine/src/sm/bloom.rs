@@ -26,9 +26,10 @@ use std::fmt;
 use base64::engine::general_purpose::URL_SAFE;
 use base64::Engine;
 
-/// The largest bitset accepted, in bits (1 MiB of words). The driver sizes its filter at
-/// about 6.2 bits per open command.
-pub const MAX_FILTER_BITS: u64 = 1 << 23;
+/// The largest bitset accepted, in bits (128 KiB of words; a session keeps its latest
+/// filter). The driver sizes its filter at about 6.2 bits per open command, so this holds
+/// over 160,000 of them, more than a session may leave unacknowledged.
+pub const MAX_FILTER_BITS: u64 = 1 << 20;
 /// The most hash positions one membership test examines (the driver uses 5).
 pub const MAX_TESTED_HASHES: u64 = 64;
 
