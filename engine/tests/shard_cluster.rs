@@ -494,7 +494,7 @@ async fn propose(handle: &ShardHandle, cmd: &Command) -> Committed {
 }
 
 fn query(name: &str, min_index: u64) -> TermQuery {
-    TermQuery { session_id: None, primitive: PrimitiveRef::Name(name.into()), min_index }
+    TermQuery { session_id: None, primitive: PrimitiveRef::Name(name.into()), min_index, sequence_num: 0 }
 }
 
 /// A linearizable read through `handle`, retried while the group has no leader.

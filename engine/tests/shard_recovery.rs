@@ -69,7 +69,10 @@ async fn propose(handle: &ShardHandle, cmd: Command) -> Output {
 
 async fn term(handle: &ShardHandle, name: &str) -> ElectionTerm {
     for _ in 0..2_000 {
-        match handle.read(1, TermQuery { session_id: None, primitive: PrimitiveRef::Name(name.into()), min_index: 0 }).await {
+        match handle
+            .read(1, TermQuery { session_id: None, primitive: PrimitiveRef::Name(name.into()), min_index: 0, sequence_num: 0 })
+            .await
+        {
             Ok(r) => return r.result.expect("election exists"),
             Err(ShardError::NotLeader { .. }) => glommio::timer::sleep(Duration::from_millis(1)).await,
             Err(e) => panic!("unexpected {e}"),

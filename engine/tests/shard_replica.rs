@@ -54,7 +54,7 @@ fn propose(replica: &mut Replica, cmd: Command) -> Output {
 fn read(replica: &mut Replica, min_index: u64) -> Result<ReadTerm, ShardError> {
     let out: Rc<RefCell<Option<Result<ReadTerm, ShardError>>>> = Rc::default();
     let sink = out.clone();
-    let query = TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index };
+    let query = TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index, sequence_num: 0 };
     replica.read(query, Box::new(move |r| *sink.borrow_mut() = Some(r)));
     settle(replica);
     let result = out.borrow_mut().take().expect("answered once settled");
@@ -70,7 +70,7 @@ fn unwatch_removes_a_watcher_of_a_quiet_election() {
     let seen = Rc::new(RefCell::new(Vec::new()));
     for key in [7, 8] {
         let seen = seen.clone();
-        let query = TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index: 0 };
+        let query = TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index: 0, sequence_num: 0 };
         replica.watch(
             query,
             key,
@@ -106,7 +106,7 @@ fn reads_wait_for_their_index_and_held_reads_are_bounded() {
 
     // A read for an index not reached yet waits for it (a follower may lag the client).
     let answered: Rc<RefCell<Vec<Result<ReadTerm, ShardError>>>> = Rc::default();
-    let query = |min_index| TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index };
+    let query = |min_index| TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index, sequence_num: 0 };
     let sink = answered.clone();
     replica.read(query(last + 2), Box::new(move |r| sink.borrow_mut().push(r)));
     settle(&mut replica);
@@ -150,4 +150,38 @@ fn a_saved_snapshot_compacts_the_in_memory_log() {
     // The group keeps serving after compaction.
     let cmd = command::election(1, session_id, 21, PrimitiveRef::Name("e1".into()), ElectionOp::Enter, "a");
     assert!(matches!(propose(&mut replica, cmd), Output::Term(_)));
+}
+
+/// Starts a driver query of election `e` in `session` with `sequence_num`, without settling.
+fn start_session_read(replica: &mut Replica, session_id: u64, sequence_num: u64) -> Rc<RefCell<Option<Result<ReadTerm, ShardError>>>> {
+    let out: Rc<RefCell<Option<Result<ReadTerm, ShardError>>>> = Rc::default();
+    let sink = out.clone();
+    let query = TermQuery { session_id: Some(session_id), primitive: PrimitiveRef::Name("e".into()), min_index: 0, sequence_num };
+    replica.read(query, Box::new(move |r| *sink.borrow_mut() = Some(r)));
+    out
+}
+
+#[test]
+fn a_query_waits_for_the_commands_of_its_session_numbered_below_it() {
+    let mut replica = leader();
+    let Output::SessionOpened { session_id } = propose(&mut replica, command::open_session(1, 60_000)) else { panic!() };
+    propose(&mut replica, command::create_primitive(1, session_id, 1, "e"));
+    let candidates =
+        |replica: &Replica| replica.state_machine().query_term(None, &PrimitiveRef::Name("e".into())).unwrap().candidates.len();
+    // (the command's sequence number, the query's, whether the query sees the command): a
+    // query numbered 0 or not above the command does not wait for it.
+    for (command_seq, query_seq, waits) in [(2, 3, true), (4, 4, false), (5, 0, false), (6, 9, true)] {
+        let before = candidates(&replica);
+        // The command is in the log but not durable, so not applied, when the query's read
+        // index is confirmed in the same step.
+        let enter =
+            command::election(1, session_id, command_seq, PrimitiveRef::Name("e".into()), ElectionOp::Enter, &format!("c{command_seq}"));
+        replica.propose(&enter, Box::new(|r| assert!(r.is_ok())));
+        let read = start_session_read(&mut replica, session_id, query_seq);
+        settle(&mut replica);
+        let read = read.borrow_mut().take().expect("answered").expect("read");
+        let seen = read.result.expect("the election exists").candidates.len();
+        assert_eq!(seen, if waits { before + 1 } else { before }, "query #{query_seq} after command #{command_seq}");
+        assert_eq!(candidates(&replica), before + 1, "the command applied");
+    }
 }

@@ -168,7 +168,7 @@ async fn watch_election_e(handle: &ShardHandle, watcher: Watcher) -> ReadTerm {
         .send(Request::Watch {
             group: 1,
             key: 1,
-            query: TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index: 0 },
+            query: TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index: 0, sequence_num: 0 },
             first: Box::new(move |r| {
                 let _ = first_tx.try_send(r);
             }),
@@ -206,10 +206,15 @@ fn single_voter_group_serves_commands_reads_and_watches() {
         let Output::Term(t) = propose_when_led(&handle, enter(3, "b")).await else { panic!() };
         assert_eq!(names(&t), vec!["a".to_string(), "b".to_string()]);
 
-        let read = handle.read(1, TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index: 0 }).await.unwrap();
+        let read = handle
+            .read(1, TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index: 0, sequence_num: 0 })
+            .await
+            .unwrap();
         assert_eq!(names(&read.result.unwrap()), vec!["a".to_string(), "b".to_string()]);
-        let missing =
-            handle.read(1, TermQuery { session_id: None, primitive: PrimitiveRef::Name("nope".into()), min_index: 0 }).await.unwrap();
+        let missing = handle
+            .read(1, TermQuery { session_id: None, primitive: PrimitiveRef::Name("nope".into()), min_index: 0, sequence_num: 0 })
+            .await
+            .unwrap();
         assert!(missing.result.is_err());
 
         // Closing the session removes its candidates in one change.
@@ -222,7 +227,10 @@ fn single_voter_group_serves_commands_reads_and_watches() {
         assert!(*log.rounds.borrow() >= 1);
 
         assert_eq!(
-            handle.read(9, TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index: 0 }).await.unwrap_err(),
+            handle
+                .read(9, TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index: 0, sequence_num: 0 })
+                .await
+                .unwrap_err(),
             ShardError::UnknownGroup(9)
         );
         handle.send(Request::Shutdown).await.unwrap();
@@ -250,7 +258,10 @@ fn a_slow_disk_does_not_hold_reads_or_ticks_while_a_write_is_on_its_way() {
         glommio::timer::sleep(Duration::from_millis(20)).await;
         // The loop still serves while the Enter is on its way to disk: a read is answered
         // (from what is committed, so without the Enter), and the Enter is not.
-        let read = handle.read(1, TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index: 0 }).await.unwrap();
+        let read = handle
+            .read(1, TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index: 0, sequence_num: 0 })
+            .await
+            .unwrap();
         assert!(!*answered.borrow(), "the read waited for the slow write");
         assert_eq!(read.result.unwrap().candidates.len(), 0, "the read saw an entry that is not durable");
         // The Enter is answered once durable, and only then visible.

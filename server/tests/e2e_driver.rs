@@ -2,11 +2,15 @@
 //! `atomix.multiraft.election.v1.LeaderElection`) against a real `conclave serve` process
 //! through a tonic client: explicit sessions, primitives by id, sequence numbers and
 //! exactly-once retries, released outputs, `max_received_index`, Watch, state-machine errors
-//! in the response headers, and session expiry.
+//! in the response headers, and session expiry. KeepAlives carry real Bloom filters of the
+//! open commands, built as the Atomix driver builds them (`BloomFilter::with_estimates(open,
+//! 0.05)`, the encoder `engine/tests/sm_bloom.rs` checks byte for byte against Go's
+//! library); a scripted Atomix-style session keeps exactly-once across them.
 mod support;
 
 use std::time::{Duration, Instant};
 
+use conclave_engine::sm::bloom::BloomFilter;
 use conclave_server::routing::partition_of;
 use mr::operation_response_headers::Status as AtomixStatus;
 use support::client::atomix::multiraft::election::v1 as el;
@@ -98,15 +102,31 @@ impl Driver {
         Some(command_headers(self.partition, self.session_id, primitive_id, sequence_num))
     }
 
+    /// KeepAlive through `acknowledged` with no command open.
     async fn keep_alive(&mut self, acknowledged: u64) -> Result<u64, tonic::Status> {
+        self.keep_alive_open(acknowledged, &[]).await
+    }
+
+    /// KeepAlive through `last_input` while the commands `open` are still open, with the
+    /// filter the Atomix driver would send.
+    async fn keep_alive_open(&mut self, last_input: u64, open: &[u64]) -> Result<u64, tonic::Status> {
+        let mut filter = BloomFilter::with_estimates(open.len() as u64, 0.05);
+        for &sequence_num in open {
+            filter.add_sequence(sequence_num);
+        }
+        self.keep_alive_raw(last_input, filter.to_json().into_bytes()).await
+    }
+
+    async fn keep_alive_raw(&mut self, last_input: u64, input_filter: Vec<u8>) -> Result<u64, tonic::Status> {
         let response = self
             .partitions
             .keep_alive(bounded(mr::KeepAliveRequest {
                 headers: Some(mr::PartitionRequestHeaders { partition_id: self.partition }),
                 input: Some(mr::KeepAliveInput {
                     session_id: self.session_id,
-                    last_input_sequence_num: acknowledged,
-                    ..Default::default()
+                    last_input_sequence_num: last_input,
+                    input_filter,
+                    last_output_sequence_nums: Default::default(),
                 }),
             }))
             .await?;
@@ -199,9 +219,16 @@ impl Driver {
 }
 
 async fn next_watched(stream: &mut tonic::Streaming<el::WatchResponse>) -> DriverView {
+    next_watched_at(stream).await.1
+}
+
+/// The next Watch message: the log index in its headers and the term.
+async fn next_watched_at(stream: &mut tonic::Streaming<el::WatchResponse>) -> (u64, DriverView) {
     let message =
         tokio::time::timeout(CALL_TIMEOUT, stream.message()).await.expect("a watch message in time").expect("watch").expect("watch ended");
-    driver_view(message.output.expect("watch output").term)
+    let operation = message.headers.and_then(|h| h.operation).expect("operation headers");
+    let index = operation.session.and_then(|p| p.session).and_then(|s| s.partition).expect("partition headers").index;
+    (index, driver_view(message.output.expect("watch output").term))
 }
 
 #[tokio::test]
@@ -353,7 +380,9 @@ async fn queries_wait_for_max_received_index_and_watch_streams_changes() {
     let mut watch = driver.elections.clone();
     let request = el::WatchRequest { headers: Some(query_headers(4, driver.session_id, primitive, 0)), input: Some(el::WatchInput {}) };
     let mut stream = watch.watch(bounded(request)).await.expect("watch").into_inner();
-    assert_eq!(next_watched(&mut stream).await, dv(1, "a", &[]), "the current state first");
+    let (first_index, first) = next_watched_at(&mut stream).await;
+    assert_eq!(first, dv(1, "a", &[]), "the current state first");
+    assert!(first_index >= entered.index, "the first state is read at or after the change: {first_index} < {}", entered.index);
 
     // A query for an index the partition has not reached waits until it gets there.
     let mut waiting = driver.clone();
@@ -372,8 +401,10 @@ async fn queries_wait_for_max_received_index_and_watch_streams_changes() {
     for waiting in [&["b"][..], &["b", "c"], &["b", "c", "d"]] {
         assert_eq!(next_watched(&mut stream).await, dv(1, "a", waiting), "every change, in order");
     }
-    assert_eq!(driver.ok(primitive, 6, Op::Withdraw, "a").await, dv(2, "b", &["c", "d"]));
-    assert_eq!(next_watched(&mut stream).await, dv(2, "b", &["c", "d"]));
+    let withdrawn = driver.command(primitive, 6, Op::Withdraw, "a").await;
+    assert_eq!(withdrawn.term, Some(dv(2, "b", &["c", "d"])));
+    let (index, changed) = next_watched_at(&mut stream).await;
+    assert_eq!((index, changed), (withdrawn.index, dv(2, "b", &["c", "d"])), "a change carries the log index of its entry");
 
     // An index that never comes: the call's deadline ends the wait.
     let mut request = tonic::Request::new(driver.get_term_request(primitive, last + 1_000_000));
@@ -455,4 +486,73 @@ async fn client_api_names_route_to_the_partition_of_the_documented_hash() {
         let (_, _, term) = driver.get_term(primitive, 0).await;
         assert_eq!(term, Some(dv(1, &format!("leader-{i}"), &[])), "{name} lives in partition {partition}");
     }
+}
+
+/// An Atomix-style driver session, scripted: commands in flight across keep-alives whose
+/// filters list the open ones, a query taking a sequence number of its own, a retry after a
+/// keep-alive passed it (the cached result, not SequenceFromThePast), a delayed command that
+/// still runs, a malformed filter that changes nothing, released retries refused, and close.
+/// Every command applies exactly once.
+#[tokio::test]
+async fn a_scripted_driver_session_keeps_exactly_once_across_keep_alives() {
+    let mut dir = TestDir::new();
+    let node = Node::start(&mut dir, &NodeOptions::default()).await;
+    let channel = node.connect().await;
+    let mut driver = Driver::open(&channel, 2, Duration::from_secs(30)).await;
+    let mut other = Driver::open(&channel, 2, Duration::from_secs(30)).await;
+    let (_, primitive) = driver.create_primitive(1, "scripted").await;
+    other.create_primitive(1, "scripted").await;
+    let request = el::WatchRequest { headers: Some(query_headers(2, other.session_id, primitive, 0)), input: Some(el::WatchInput {}) };
+    let mut stream = other.elections.clone().watch(bounded(request)).await.expect("watch").into_inner();
+    assert_eq!(next_watched(&mut stream).await, dv(0, "", &[]));
+
+    // #2 completes; #3 is applied but its answer is lost, so the client keeps it open; #4 is
+    // a query (the driver numbers queries and commands from one counter); #5 is in flight.
+    assert_eq!(driver.ok(primitive, 2, Op::Enter, "a").await, dv(1, "a", &[]));
+    let three = driver.command(primitive, 3, Op::Enter, "b").await;
+    assert_eq!(three.term, Some(dv(1, "a", &["b"])));
+    let mut query = driver.get_term_request(primitive, three.index);
+    query.headers.as_mut().expect("headers").sequence_num = 4;
+    let term = driver.elections.get_term(bounded(query)).await.expect("GetTerm").into_inner().output.and_then(|o| o.term);
+    assert_eq!(driver_view(term), dv(1, "a", &["b"]), "a query numbered after #3 sees it");
+    for change in [dv(1, "a", &[]), dv(1, "a", &["b"])] {
+        assert_eq!(next_watched(&mut stream).await, change);
+    }
+
+    // The driver's keep-alive: everything through #5 issued, #3 and #5 still open.
+    driver.keep_alive_open(5, &[3, 5]).await.expect("KeepAlive with #3 and #5 open");
+    assert_eq!(driver.ok(primitive, 3, Op::Enter, "b").await, dv(1, "a", &["b"]), "the retry of #3 gets its cached result");
+    assert_eq!(driver.ok(primitive, 5, Op::Enter, "c").await, dv(1, "a", &["b", "c"]), "the delayed #5 runs");
+    assert_eq!(next_watched(&mut stream).await, dv(1, "a", &["b", "c"]));
+    assert_eq!(driver.ok(primitive, 5, Op::Enter, "c").await, dv(1, "a", &["b", "c"]), "and is cached");
+    let released = driver.command(primitive, 2, Op::Withdraw, "a").await;
+    assert_eq!((released.status, released.term.is_none()), (AtomixStatus::Invalid, true), "{released:?}");
+    assert!(released.message.contains("released"), "{released:?}");
+
+    // A filter that does not decode is refused and changes nothing: #5 is still cached.
+    for bad in [&b""[..], b"{}", b"{\"m\":0,\"k\":3,\"b\":\"AAAAAAAAAAA=\"}", b"{\"m\":8,\"k\":3,\"b\":\"AAAA\"}"] {
+        let status = driver.keep_alive_raw(9, bad.to_vec()).await.expect_err("a malformed filter");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("input_filter"), "{status:?}");
+    }
+    let retry = driver.command(primitive, 5, Op::Enter, "c").await;
+    assert_eq!((retry.status, retry.term), (AtomixStatus::Ok, Some(dv(1, "a", &["b", "c"]))), "still cached");
+
+    // The next keep-alive has #6 open and ends #3 and #5: their retries are refused.
+    driver.keep_alive_open(6, &[6]).await.expect("KeepAlive with #6 open");
+    for sequence_num in [3, 5] {
+        let refused = driver.command(primitive, sequence_num, Op::Withdraw, "a").await;
+        assert_eq!(refused.status, AtomixStatus::Invalid, "#{sequence_num}: {refused:?}");
+    }
+    let six = driver.command(primitive, 6, Op::Withdraw, "a").await;
+    assert_eq!(six.term, Some(dv(2, "b", &["c"])));
+    let (index, change) = next_watched_at(&mut stream).await;
+    assert_eq!((index, change), (six.index, dv(2, "b", &["c"])), "the watch names the change's log index");
+    assert_eq!(driver.ok(primitive, 6, Op::Withdraw, "a").await, dv(2, "b", &["c"]), "#6 is open: cached");
+
+    // Closing the session removes its candidates in one change; nothing ran twice.
+    driver.close().await.expect("CloseSession");
+    assert_eq!(next_watched(&mut stream).await, dv(2, "", &[]));
+    assert_eq!(other.get_term(primitive, 0).await.2, Some(dv(2, "", &[])), "two leader changes: #2 and #6");
+    assert_eq!(driver.keep_alive(6).await.expect_err("closed").code(), Code::NotFound);
 }

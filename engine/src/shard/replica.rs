@@ -51,6 +51,12 @@ pub struct TermQuery {
     pub primitive: PrimitiveRef,
     /// The read must observe at least this index (the driver's `max_received_index`).
     pub min_index: u64,
+    /// Driver queries (`QueryRequestHeaders.sequence_num`, 0: none): the read also waits
+    /// until every command of `session_id` numbered below this that is in this replica's
+    /// log when the read index is confirmed is applied. The Atomix driver numbers queries
+    /// and commands from one counter, so the numbers below are not all commands: only
+    /// those in the log are waited for.
+    pub sequence_num: u64,
 }
 
 /// Receives every change of one election, in order. Returns false to unsubscribe (e.g. the
@@ -361,7 +367,7 @@ impl Replica {
                 continue;
             };
             if let Some((_, read)) = self.confirming.remove(&id) {
-                let min = state.index.max(read.query.min_index);
+                let min = state.index.max(read.query.min_index).max(self.session_commands_before(&read.query));
                 if let Some(read) = self.applying.submit(self.sm.last_applied(), min, read) {
                     self.answer(read);
                 }
@@ -370,6 +376,24 @@ impl Replica {
         for read in self.applying.release(self.sm.last_applied()) {
             self.answer(read);
         }
+    }
+
+    /// The index of the last entry not yet applied that carries a command of the query's
+    /// session numbered below its `sequence_num` (0: none).
+    fn session_commands_before(&self, query: &TermQuery) -> u64 {
+        let (Some(session_id), true) = (query.session_id, query.sequence_num > 1) else {
+            return 0;
+        };
+        let applied = self.sm.last_applied();
+        self.raft
+            .entries()
+            .filter(|e| e.index > applied && e.kind == EntryKind::Normal as i32)
+            .filter(|e| {
+                sm::command::sequenced_by(&e.data).is_some_and(|(session, sequence)| session == session_id && sequence < query.sequence_num)
+            })
+            .map(|e| e.index)
+            .max()
+            .unwrap_or(0)
     }
 
     fn answer(&mut self, read: PendingRead) {

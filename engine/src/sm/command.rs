@@ -13,6 +13,7 @@ use prost::Message;
 use conclave_proto::conclave::sm::v1 as pb;
 pub use conclave_proto::conclave::sm::v1::Command;
 
+use super::bloom::BloomFilter;
 use super::election::ElectionOp;
 use super::error::{validate_name, NameField, SmError};
 use super::registry::PrimitiveId;
@@ -43,9 +44,30 @@ pub fn open_session(timestamp_ms: u64, timeout_ms: u64) -> Command {
     with_operation(timestamp_ms, pb::command::Operation::OpenSession(pb::OpenSession { timeout_ms }))
 }
 
-/// Keeps `session_id` alive and releases its outputs up to `last_input_sequence_num`.
+/// Keeps `session_id` alive and releases all its outputs up to `last_input_sequence_num`
+/// (the client API's own sessions).
 pub fn keep_alive(timestamp_ms: u64, session_id: SessionId, last_input_sequence_num: u64) -> Command {
-    with_operation(timestamp_ms, pb::command::Operation::KeepAlive(pb::KeepAlive { session_id, last_input_sequence_num }))
+    with_operation(
+        timestamp_ms,
+        pb::command::Operation::KeepAlive(pb::KeepAlive { session_id, last_input_sequence_num, open_inputs: None }),
+    )
+}
+
+/// The Atomix driver's KeepAlive: keeps `session_id` alive and releases its outputs up to
+/// `last_input_sequence_num` that `open_inputs` (the commands the client still has open)
+/// does not contain.
+pub fn driver_keep_alive(timestamp_ms: u64, session_id: SessionId, last_input_sequence_num: u64, open_inputs: &BloomFilter) -> Command {
+    let open_inputs =
+        pb::BloomFilter { m: open_inputs.m(), k: open_inputs.k(), bits: open_inputs.bits(), words: open_inputs.words().to_vec() };
+    with_operation(
+        timestamp_ms,
+        pb::command::Operation::KeepAlive(pb::KeepAlive { session_id, last_input_sequence_num, open_inputs: Some(open_inputs) }),
+    )
+}
+
+/// Rebuilds a filter carried in a log entry or snapshot, checking its parts.
+pub(crate) fn decode_filter(filter: &pb::BloomFilter) -> Result<BloomFilter, super::bloom::BloomError> {
+    BloomFilter::from_parts(filter.m, filter.k, filter.bits, filter.words.clone())
 }
 
 /// Closes `session_id`, removing its candidates from every election.
@@ -113,12 +135,24 @@ pub fn decode(payload: &[u8]) -> Result<Command, SmError> {
     Command::decode(payload).map_err(|e| SmError::MalformedCommand { reason: e.to_string() })
 }
 
+/// The (session, sequence number) of a sequenced command's log payload (CreatePrimitive,
+/// ClosePrimitive, an election command), or None for any other payload.
+pub fn sequenced_by(payload: &[u8]) -> Option<(SessionId, u64)> {
+    use pb::command::Operation as Op;
+    match decode(payload).ok()?.operation? {
+        Op::CreatePrimitive(c) => Some((c.session_id, c.sequence_num)),
+        Op::ClosePrimitive(c) => Some((c.session_id, c.sequence_num)),
+        Op::Election(e) => Some((e.session_id, e.sequence_num)),
+        _ => None,
+    }
+}
+
 /// A checked command, borrowing its strings from the decoded [`Command`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Operation<'a> {
     LeaderBarrier { paused_ms: u64 },
     OpenSession { timeout_ms: u64 },
-    KeepAlive { session_id: SessionId, last_input_sequence_num: u64 },
+    KeepAlive { session_id: SessionId, last_input_sequence_num: u64, open_inputs: Option<BloomFilter> },
     CloseSession { session_id: SessionId },
     CreatePrimitive { session_id: SessionId, sequence_num: u64, name: &'a str },
     ClosePrimitive { session_id: SessionId, sequence_num: u64, primitive_id: PrimitiveId },
@@ -145,7 +179,13 @@ pub(crate) fn check(command: &Command) -> Result<Operation<'_>, SmError> {
             }
             Operation::OpenSession { timeout_ms: open.timeout_ms }
         }
-        Op::KeepAlive(k) => Operation::KeepAlive { session_id: k.session_id, last_input_sequence_num: k.last_input_sequence_num },
+        Op::KeepAlive(k) => {
+            let open_inputs = match &k.open_inputs {
+                Some(filter) => Some(decode_filter(filter).map_err(|e| SmError::MalformedCommand { reason: e.to_string() })?),
+                None => None,
+            };
+            Operation::KeepAlive { session_id: k.session_id, last_input_sequence_num: k.last_input_sequence_num, open_inputs }
+        }
         Op::CloseSession(c) => Operation::CloseSession { session_id: c.session_id },
         Op::CreatePrimitive(c) => {
             validate_name(NameField::Election, &c.name)?;

@@ -92,6 +92,10 @@ pub enum SmError {
     /// The sequence number is at or below what the client already acknowledged with
     /// KeepAlive, so its output was released and the command cannot be answered again.
     SequenceFromThePast { session_id: u64, sequence_num: u64, released_through: u64 },
+    /// The sequence number is at or below the latest driver KeepAlive's
+    /// `last_input_sequence_num` and its filter of open commands does not contain it: the
+    /// client had ended the command (its output, if any, was released).
+    SequenceEnded { session_id: u64, sequence_num: u64, keep_alive_through: u64 },
     /// No primitive has this id.
     UnknownPrimitive { primitive_id: u64 },
     /// No election of this name was ever created.
@@ -116,7 +120,8 @@ impl SmError {
             | SmError::EmptyName { .. }
             | SmError::NameTooLong { .. }
             | SmError::ZeroSessionTimeout
-            | SmError::SequenceFromThePast { .. } => ErrorKind::Invalid,
+            | SmError::SequenceFromThePast { .. }
+            | SmError::SequenceEnded { .. } => ErrorKind::Invalid,
             SmError::UnknownSession { .. } | SmError::UnknownPrimitive { .. } | SmError::ElectionNotFound { .. } => ErrorKind::NotFound,
             SmError::EntryAlreadyApplied { .. } => ErrorKind::Internal,
             SmError::TooManySessions
@@ -158,6 +163,11 @@ impl fmt::Display for SmError {
                      sequence number above {released_through}"
                 )
             }
+            SmError::SequenceEnded { session_id, sequence_num, keep_alive_through } => write!(
+                f,
+                "sequence number {sequence_num} of session {session_id} was released: the KeepAlive through \
+                 {keep_alive_through} did not list it among the open commands; send a new command with a new sequence number"
+            ),
             SmError::UnknownPrimitive { primitive_id } => write!(
                 f,
                 "primitive {primitive_id} does not exist; create it with CreatePrimitive first"

@@ -126,8 +126,8 @@ impl StateMachine {
                 self.sessions.open(index, timeout_ms, now_ms);
                 (Ok(Output::SessionOpened { session_id: index }), false)
             }
-            Operation::KeepAlive { session_id, last_input_sequence_num } => {
-                let result = self.sessions.keep_alive(session_id, last_input_sequence_num, now_ms);
+            Operation::KeepAlive { session_id, last_input_sequence_num, open_inputs } => {
+                let result = self.sessions.keep_alive(session_id, last_input_sequence_num, open_inputs.as_ref(), now_ms);
                 (result.map(|()| Output::KeptAlive), false)
             }
             Operation::CloseSession { session_id } => match self.sessions.remove(session_id) {

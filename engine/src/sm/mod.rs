@@ -23,6 +23,7 @@
 //! every election in one change. Sequenced commands (CreatePrimitive, ClosePrimitive,
 //! election commands) run exactly once per (session, sequence number).
 
+pub mod bloom;
 pub mod command;
 mod election;
 mod error;

@@ -6,9 +6,22 @@
 //! [`SessionTable::refresh_all`]), and a pause barrier credits every session with the time
 //! its leader was held up ([`SessionTable::credit_pause`]). Each session remembers the output of every sequenced
 //! command until a KeepAlive acknowledges it, so a retry is answered without applying twice.
+//!
+//! Two kinds of KeepAlive release outputs:
+//! - the client API's own sessions send none but `last_input_sequence_num`: every output up to
+//!   it is released, and a command at or below it is refused from then on;
+//! - the Atomix driver sends a Bloom filter of the commands it still has open: an output up to
+//!   `last_input_sequence_num` is released only when the filter does not contain its
+//!   sequence number, as the Atomix server does. A contained one stays cached (a retry gets
+//!   it), and an uncached command the filter contains still runs (it was delayed). The
+//!   session keeps the latest such filter, so a command that filter says the client ended is
+//!   refused instead of run: the Atomix server would run it anew, breaking exactly-once for
+//!   a released retry. Each election command has a single output, kept while its command is
+//!   open, so the driver's `last_output_sequence_nums` has nothing further to acknowledge.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use super::bloom::BloomFilter;
 use super::election::ElectionTerm;
 use super::error::SmError;
 
@@ -50,6 +63,9 @@ pub struct Session {
     /// Every sequence number at or below this was acknowledged and its output released.
     pub(crate) released_sequence_num: u64,
     pub(crate) outputs: BTreeMap<u64, CachedOutput>,
+    /// The latest driver KeepAlive: its `last_input_sequence_num` and the filter of the
+    /// commands the client still had open.
+    pub(crate) open_inputs: Option<(u64, BloomFilter)>,
 }
 
 impl Session {
@@ -70,6 +86,10 @@ impl Session {
     /// The cached outputs not yet acknowledged, by sequence number.
     pub fn cached_outputs(&self) -> &BTreeMap<u64, CachedOutput> {
         &self.outputs
+    }
+    /// The latest driver KeepAlive's `last_input_sequence_num` and filter of open commands.
+    pub fn open_inputs(&self) -> Option<&(u64, BloomFilter)> {
+        self.open_inputs.as_ref()
     }
     /// The clock value past which this session is expired.
     pub fn deadline_ms(&self) -> u64 {
@@ -124,17 +144,41 @@ impl SessionTable {
 
     pub(crate) fn open(&mut self, id: SessionId, timeout_ms: u64, now_ms: u64) {
         debug_assert!(timeout_ms > 0);
-        self.insert(Session { id, timeout_ms, last_alive_ms: now_ms, released_sequence_num: 0, outputs: BTreeMap::new() });
+        self.insert(Session {
+            id,
+            timeout_ms,
+            last_alive_ms: now_ms,
+            released_sequence_num: 0,
+            outputs: BTreeMap::new(),
+            open_inputs: None,
+        });
     }
 
-    /// Refreshes a session and releases outputs up to `acknowledged`.
-    pub(crate) fn keep_alive(&mut self, id: SessionId, acknowledged: u64, now_ms: u64) -> Result<(), SmError> {
+    /// Refreshes a session and releases outputs up to `acknowledged`: all of them without
+    /// `open_inputs`, else those the filter does not contain.
+    pub(crate) fn keep_alive(
+        &mut self,
+        id: SessionId,
+        acknowledged: u64,
+        open_inputs: Option<&BloomFilter>,
+        now_ms: u64,
+    ) -> Result<(), SmError> {
         let session = self.by_id.get_mut(&id).ok_or(SmError::UnknownSession { session_id: id })?;
         self.deadlines.remove(&(session.deadline_ms(), id));
         session.last_alive_ms = session.last_alive_ms.max(now_ms);
-        if acknowledged > session.released_sequence_num {
-            session.released_sequence_num = acknowledged;
-            session.outputs.retain(|&sequence_num, _| sequence_num > acknowledged);
+        match open_inputs {
+            None if acknowledged > session.released_sequence_num => {
+                session.released_sequence_num = acknowledged;
+                session.outputs.retain(|&sequence_num, _| sequence_num > acknowledged);
+            }
+            None => {}
+            Some(filter) => {
+                session.outputs.retain(|&sequence_num, _| sequence_num > acknowledged || filter.contains_sequence(sequence_num));
+                // Keep-alives may be applied out of order: the one that saw furthest stays.
+                if session.open_inputs.as_ref().is_none_or(|(through, _)| acknowledged >= *through) {
+                    session.open_inputs = Some((acknowledged, filter.clone()));
+                }
+            }
         }
         self.deadlines.insert((session.deadline_ms(), id));
         Ok(())
@@ -191,6 +235,11 @@ impl SessionTable {
         if sequence_num <= session.released_sequence_num {
             return Err(SmError::SequenceFromThePast { session_id: id, sequence_num, released_through: session.released_sequence_num });
         }
+        if let Some((through, filter)) = &session.open_inputs {
+            if sequence_num <= *through && !filter.contains_sequence(sequence_num) {
+                return Err(SmError::SequenceEnded { session_id: id, sequence_num, keep_alive_through: *through });
+            }
+        }
         Ok(Sequencing::Fresh)
     }
 
@@ -199,7 +248,6 @@ impl SessionTable {
         let session = self.by_id.get_mut(&id);
         debug_assert!(session.is_some(), "remember for a missing session");
         if let Some(session) = session {
-            debug_assert!(sequence_num > session.released_sequence_num);
             session.outputs.insert(sequence_num, output);
         }
     }

@@ -17,8 +17,10 @@ use super::machine::StateMachine;
 use super::registry::Primitive;
 use super::session::{CachedOutput, Session};
 
-/// The snapshot format this code writes and reads.
-pub const SNAPSHOT_VERSION: u32 = 1;
+/// The snapshot format this code writes. Version 2 added each session's latest driver
+/// KeepAlive filter; version 1 (without) is still read.
+pub const SNAPSHOT_VERSION: u32 = 2;
+const OLDEST_READABLE_VERSION: u32 = 1;
 
 impl StateMachine {
     /// Encodes the whole state. Equal states give equal bytes.
@@ -38,7 +40,7 @@ impl StateMachine {
     /// the one that wrote them.
     pub fn restore(bytes: &[u8]) -> Result<StateMachine, SnapshotError> {
         let snapshot = pb::Snapshot::decode(bytes).map_err(|e| SnapshotError::Decode { reason: e.to_string() })?;
-        if snapshot.version != SNAPSHOT_VERSION {
+        if !(OLDEST_READABLE_VERSION..=SNAPSHOT_VERSION).contains(&snapshot.version) {
             return Err(SnapshotError::UnsupportedVersion { found: snapshot.version, supported: SNAPSHOT_VERSION });
         }
         let mut machine = StateMachine {
@@ -91,6 +93,13 @@ fn encode_session(session: &Session) -> pb::SessionState {
             .iter()
             .map(|(&sequence_num, output)| pb::CachedOutput { sequence_num, output: Some(encode_output(output)) })
             .collect(),
+        open_inputs_through: session.open_inputs.as_ref().map_or(0, |(through, _)| *through),
+        open_inputs: session.open_inputs.as_ref().map(|(_, filter)| pb::BloomFilter {
+            m: filter.m(),
+            k: filter.k(),
+            bits: filter.bits(),
+            words: filter.words().to_vec(),
+        }),
     }
 }
 
@@ -140,12 +149,23 @@ fn decode_session(state: &pb::SessionState, last_applied: u64) -> Result<Session
         let output = decode_output(cached, id)?;
         outputs.insert(cached.sequence_num, output);
     }
+    let open_inputs = match &state.open_inputs {
+        Some(filter) => match super::command::decode_filter(filter) {
+            Ok(filter) => Some((state.open_inputs_through, filter)),
+            Err(error) => return inconsistent(format!("session {id}: keep-alive filter: {error}")),
+        },
+        None if state.open_inputs_through != 0 => {
+            return inconsistent(format!("session {id}: keep-alive through {} without its filter", state.open_inputs_through))
+        }
+        None => None,
+    };
     Ok(Session {
         id,
         timeout_ms: state.timeout_ms,
         last_alive_ms: state.last_alive_ms,
         released_sequence_num: state.released_sequence_num,
         outputs,
+        open_inputs,
     })
 }
 

@@ -45,8 +45,8 @@ pub enum MeshMessage {
     Call { from: usize, call: u64, group: u32, op: CallOp },
     /// The answer to a call (for a watch: its first state).
     Reply { call: u64, result: CallResult },
-    /// A later change seen by a watch call.
-    WatchEvent { call: u64, term: ElectionTerm },
+    /// A later change seen by a watch call, with the log index of the entry that made it.
+    WatchEvent { call: u64, index: u64, term: ElectionTerm },
     /// The watching side is gone: stop sending events of this call.
     CancelWatch { from: usize, call: u64 },
     /// A group's leader as its owning shard last saw it.
@@ -87,8 +87,10 @@ pub enum CallResult {
     Control(Result<(), Status>),
 }
 
-/// Receives a watch's later changes; returns false to stop watching.
-pub type WatchCallback = Box<dyn FnMut(ElectionTerm) -> bool>;
+/// Receives a watch's states with the log index each was read or changed at (the first
+/// state at its read index, then every change at its entry's index); returns false to stop
+/// watching.
+pub type WatchCallback = Box<dyn FnMut(u64, ElectionTerm) -> bool>;
 
 /// Names a running watch, to end it when its client has gone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -316,12 +318,12 @@ impl Dispatch {
             let on_first = Rc::clone(&on_change);
             // Called in the same step that subscribes the watcher: no change can come first.
             let first: Box<dyn FnOnce(Result<ReadTerm, ShardError>)> = Box::new(move |r| {
-                if let Ok(ReadTerm { result: Ok(term), .. }) = &r {
-                    (on_first.borrow_mut())(term.clone());
+                if let Ok(ReadTerm { index, result: Ok(term) }) = &r {
+                    (on_first.borrow_mut())(*index, term.clone());
                 }
                 let _ = tx.try_send(CallResult::Read(r));
             });
-            let watcher = Box::new(move |n: &Notification| (on_change.borrow_mut())(n.term.clone()));
+            let watcher = Box::new(move |n: &Notification| (on_change.borrow_mut())(n.index, n.term.clone()));
             self.local.send(Request::Watch { group, key, query, first, watcher }).await?;
         } else {
             let call = self.start_call(PendingCall::Watch { owner, first: Some(tx), on_change });
@@ -395,8 +397,8 @@ impl Dispatch {
                     }
                     Some(PendingCall::Watch { owner, first, mut on_change }) => {
                         let started = match &result {
-                            CallResult::Read(Ok(ReadTerm { result: Ok(term), .. })) => {
-                                on_change(term.clone());
+                            CallResult::Read(Ok(ReadTerm { index, result: Ok(term) })) => {
+                                on_change(*index, term.clone());
                                 true
                             }
                             _ => false,
@@ -412,9 +414,9 @@ impl Dispatch {
                     None => {}
                 }
             }
-            MeshMessage::WatchEvent { call, term } => {
+            MeshMessage::WatchEvent { call, index, term } => {
                 let (keep, owner) = match self.calls.borrow_mut().get_mut(&call) {
-                    Some(PendingCall::Watch { owner, on_change, .. }) => (on_change(term), Some(*owner)),
+                    Some(PendingCall::Watch { owner, on_change, .. }) => (on_change(index, term), Some(*owner)),
                     _ => (false, None),
                 };
                 if !keep {
@@ -538,7 +540,7 @@ impl Dispatch {
                     });
                     let outbound = dispatch.outbound.clone();
                     let watcher = Box::new(move |n: &Notification| {
-                        outbound.send(from, MeshMessage::WatchEvent { call, term: n.term.clone() });
+                        outbound.send(from, MeshMessage::WatchEvent { call, index: n.index, term: n.term.clone() });
                         true
                     });
                     if let Err(e) = dispatch.local.send(Request::Watch { group, key, query, first, watcher }).await {

@@ -167,7 +167,7 @@ impl ClientApi {
     async fn get_term(&self, id: &Option<PrimitiveIdProto>) -> Result<ElectionTerm, Status> {
         let name = election_name(id)?;
         let partition = partition_of(name, self.partitions);
-        let query = TermQuery { session_id: None, primitive: PrimitiveRef::Name(name.to_owned()), min_index: 0 };
+        let query = TermQuery { session_id: None, primitive: PrimitiveRef::Name(name.to_owned()), min_index: 0, sequence_num: 0 };
         let read = self.dispatch.read(partition, query).await.map_err(|e| from_shard(&e))?;
         read.result.map_err(|e| from_sm(&e))
     }
@@ -176,9 +176,9 @@ impl ClientApi {
     async fn watch(&self, req: pb::WatchRequest, sink: StreamSink) -> Result<(), Status> {
         let name = election_name(&req.id)?;
         let partition = partition_of(name, self.partitions);
-        let query = TermQuery { session_id: None, primitive: PrimitiveRef::Name(name.to_owned()), min_index: 0 };
+        let query = TermQuery { session_id: None, primitive: PrimitiveRef::Name(name.to_owned()), min_index: 0, sequence_num: 0 };
         let to_client = sink.clone();
-        let on_change = Box::new(move |term: ElectionTerm| {
+        let on_change = Box::new(move |_index: u64, term: ElectionTerm| {
             to_client.try_send_message(&pb::WatchResponse { term: Some(term.to_runtime_term()) }).is_ok()
         });
         let (read, handle) = self.dispatch.watch(partition, query, on_change).await.map_err(|e| from_shard(&e))?;

@@ -7,10 +7,20 @@
 //! Atomix status in `OperationResponseHeaders` (`status`, `message`), as the driver expects;
 //! a request the node cannot run at all (no leader, overload, unknown partition, deadline) is
 //! a gRPC error status.
+//!
+//! KeepAlive follows the Atomix driver: `input_filter` is the JSON of a Go
+//! `bits-and-blooms/bloom/v3` filter of the commands the client still has open
+//! ([`conclave_engine::sm::bloom`]); one that does not decode is refused with
+//! INVALID_ARGUMENT before anything is proposed. `last_output_sequence_nums` acknowledges
+//! streamed outputs of open commands; every command here has a single output, kept while
+//! its command is open, so the map changes nothing. Watch responses carry the log index of
+//! the change (the first state: the index it was read at), and a query's `sequence_num`
+//! makes it wait for the session's commands numbered below it that are in the log.
 
 use std::rc::Rc;
 
 use conclave_engine::shard::{Committed, TermQuery};
+use conclave_engine::sm::bloom::BloomFilter;
 use conclave_engine::sm::{command, ElectionOp, ElectionTerm, Output, PrimitiveRef, SmError};
 use conclave_proto::atomix::multiraft::election::v1 as el;
 use conclave_proto::atomix::multiraft::v1 as mr;
@@ -109,7 +119,10 @@ impl DriverApi {
             async move {
                 let partition = api.check_partition(req.headers.map_or(0, |h| h.partition_id))?;
                 let input = req.input.unwrap_or_default();
-                let c = api.propose(partition, command::keep_alive(0, input.session_id, input.last_input_sequence_num)).await?;
+                let open_inputs = BloomFilter::from_json(&input.input_filter)
+                    .map_err(|e| Status::invalid_argument(format!("KeepAlive of session {}: input_filter: {e}", input.session_id)))?;
+                let keep_alive = command::driver_keep_alive(0, input.session_id, input.last_input_sequence_num, &open_inputs);
+                let c = api.propose(partition, keep_alive).await?;
                 c.result.map_err(|e| super::status::from_sm(&e))?;
                 Ok(mr::KeepAliveResponse { headers: Some(partition_header(c.index)), output: Some(mr::KeepAliveOutput {}) })
             }
@@ -212,9 +225,9 @@ impl DriverApi {
                 async move {
                     let (partition, query) = api.query(req.headers.as_ref())?;
                     let to_client = sink.clone();
-                    let on_change = Box::new(move |term: ElectionTerm| {
+                    let on_change = Box::new(move |index: u64, term: ElectionTerm| {
                         let response = el::WatchResponse {
-                            headers: Some(mr::QueryResponseHeaders { operation: Some(operation_headers(0, None)) }),
+                            headers: Some(mr::QueryResponseHeaders { operation: Some(operation_headers(index, None)) }),
                             output: Some(el::WatchOutput { term: Some(term.to_multiraft_term()) }),
                         };
                         to_client.try_send_message(&response).is_ok()
@@ -245,6 +258,7 @@ impl DriverApi {
             session_id: Some(session.map_or(0, |s| s.session_id)),
             primitive: PrimitiveRef::Id(primitive.map_or(0, |p| p.primitive_id)),
             min_index: headers.max_received_index,
+            sequence_num: headers.sequence_num,
         };
         Ok((partition, query))
     }
