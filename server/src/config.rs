@@ -55,6 +55,8 @@ pub struct Cli {
     pub log_format: crate::logging::LogFormat,
 }
 
+// Parsed once at startup: the size difference of the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
     /// Run a node. With no flags: a single-node cluster on embedded defaults.
