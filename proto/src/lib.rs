@@ -2,8 +2,8 @@
 //!
 //! Owns every wire contract of the project:
 //! - the public Atomix APIs of `shared/spec/api.md` (`atomix.runtime.*`, `atomix.multiraft.*`)
-//!   and the standard `grpc.health.v1`, whose names and field numbers existing clients depend
-//!   on (pinned by `tests/contract.rs`);
+//!   and the standard `grpc.health.v1` and `grpc.reflection.v1`/`v1alpha`, whose names and
+//!   field numbers existing clients depend on (pinned by `tests/contract.rs`);
 //! - the project's internal messages under `conclave.*` (state-machine commands and snapshots,
 //!   Raft messages, peer envelopes), which only Conclave nodes speak.
 //!

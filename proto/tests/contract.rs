@@ -109,6 +109,22 @@ atomix.multiraft.v1.ConnectionFailedEvent: info=1:.atomix.multiraft.v1.Connectio
 atomix.multiraft.v1.ConnectionInfo: address=1:string snapshot=2:bool
 grpc.health.v1.HealthCheckRequest: service=1:string
 grpc.health.v1.HealthCheckResponse: status=1:.grpc.health.v1.HealthCheckResponse.ServingStatus
+grpc.reflection.v1.ServerReflectionRequest: host=1:string file_by_filename=3:string file_containing_symbol=4:string file_containing_extension=5:.grpc.reflection.v1.ExtensionRequest all_extension_numbers_of_type=6:string list_services=7:string
+grpc.reflection.v1.ExtensionRequest: containing_type=1:string extension_number=2:int32
+grpc.reflection.v1.ServerReflectionResponse: valid_host=1:string original_request=2:.grpc.reflection.v1.ServerReflectionRequest file_descriptor_response=4:.grpc.reflection.v1.FileDescriptorResponse all_extension_numbers_response=5:.grpc.reflection.v1.ExtensionNumberResponse list_services_response=6:.grpc.reflection.v1.ListServiceResponse error_response=7:.grpc.reflection.v1.ErrorResponse
+grpc.reflection.v1.FileDescriptorResponse: file_descriptor_proto=1:*bytes
+grpc.reflection.v1.ExtensionNumberResponse: base_type_name=1:string extension_number=2:*int32
+grpc.reflection.v1.ListServiceResponse: service=1:*.grpc.reflection.v1.ServiceResponse
+grpc.reflection.v1.ServiceResponse: name=1:string
+grpc.reflection.v1.ErrorResponse: error_code=1:int32 error_message=2:string
+grpc.reflection.v1alpha.ServerReflectionRequest: host=1:string file_by_filename=3:string file_containing_symbol=4:string file_containing_extension=5:.grpc.reflection.v1alpha.ExtensionRequest all_extension_numbers_of_type=6:string list_services=7:string
+grpc.reflection.v1alpha.ExtensionRequest: containing_type=1:string extension_number=2:int32
+grpc.reflection.v1alpha.ServerReflectionResponse: valid_host=1:string original_request=2:.grpc.reflection.v1alpha.ServerReflectionRequest file_descriptor_response=4:.grpc.reflection.v1alpha.FileDescriptorResponse all_extension_numbers_response=5:.grpc.reflection.v1alpha.ExtensionNumberResponse list_services_response=6:.grpc.reflection.v1alpha.ListServiceResponse error_response=7:.grpc.reflection.v1alpha.ErrorResponse
+grpc.reflection.v1alpha.FileDescriptorResponse: file_descriptor_proto=1:*bytes
+grpc.reflection.v1alpha.ExtensionNumberResponse: base_type_name=1:string extension_number=2:*int32
+grpc.reflection.v1alpha.ListServiceResponse: service=1:*.grpc.reflection.v1alpha.ServiceResponse
+grpc.reflection.v1alpha.ServiceResponse: name=1:string
+grpc.reflection.v1alpha.ErrorResponse: error_code=1:int32 error_message=2:string
 "#;
 
 /// `enum-name: VALUE=number ...`
@@ -127,6 +143,8 @@ atomix.multiraft.v1.Session: CreatePrimitive(CreatePrimitiveRequest)->CreatePrim
 atomix.multiraft.v1.Node: Bootstrap(BootstrapRequest)->BootstrapResponse Join(JoinRequest)->JoinResponse Leave(LeaveRequest)->LeaveResponse Watch(WatchRequest)->stream:Event
 atomix.multiraft.election.v1.LeaderElection: Enter(EnterRequest)->EnterResponse Withdraw(WithdrawRequest)->WithdrawResponse Anoint(AnointRequest)->AnointResponse Promote(PromoteRequest)->PromoteResponse Demote(DemoteRequest)->DemoteResponse Evict(EvictRequest)->EvictResponse GetTerm(GetTermRequest)->GetTermResponse Watch(WatchRequest)->stream:WatchResponse
 grpc.health.v1.Health: Check(HealthCheckRequest)->HealthCheckResponse Watch(HealthCheckRequest)->stream:HealthCheckResponse
+grpc.reflection.v1.ServerReflection: ServerReflectionInfo(ServerReflectionRequest)->stream:ServerReflectionResponse
+grpc.reflection.v1alpha.ServerReflection: ServerReflectionInfo(ServerReflectionRequest)->stream:ServerReflectionResponse
 "#;
 
 /// The driver election API: each operation's request/response wrapping (headers = 1,
@@ -364,5 +382,29 @@ fn hand_encoded_messages_decode_into_the_generated_types() {
             assert_eq!((e.group_id, e.term, e.leader), (2, 3, 4));
         }
         other => panic!("decoded the wrong event: {other:?}"),
+    }
+}
+
+#[test]
+fn server_reflection_info_streams_both_ways_and_its_requests_ask_one_question() {
+    let fds = FileDescriptorSet::decode(conclave_proto::FILE_DESCRIPTOR_SET).expect("the embedded descriptor set decodes");
+    for package in ["grpc.reflection.v1", "grpc.reflection.v1alpha"] {
+        let file = fds.file.iter().find(|f| f.package() == package).unwrap_or_else(|| panic!("{package} is compiled"));
+        let method = &file.service[0].method[0];
+        assert_eq!(
+            (method.name(), method.client_streaming(), method.server_streaming()),
+            ("ServerReflectionInfo", true, true),
+            "{package}"
+        );
+        let d = descriptors();
+        for (message, oneof, first_field) in
+            [("ServerReflectionRequest", "message_request", 3), ("ServerReflectionResponse", "message_response", 4)]
+        {
+            let msg = &d.messages[&format!("{package}.{message}")];
+            assert_eq!(msg.oneof_decl.iter().map(|o| o.name()).collect::<Vec<_>>(), [oneof], "{package}.{message}");
+            for f in &msg.field {
+                assert_eq!(f.oneof_index.is_some(), f.number() >= first_field, "{package}.{message}.{} oneof membership", f.name());
+            }
+        }
     }
 }

@@ -49,12 +49,21 @@ pub const DEFAULT_IO_MEMORY_BYTES: usize = 2 << 20;
 pub struct Cli {
     #[command(subcommand)]
     pub command: CliCommand,
+    /// Format of the log lines on stderr: `text` (coloured only on a terminal) or `json`
+    /// (one object per line).
+    #[arg(long, global = true, value_enum, default_value_t = crate::logging::LogFormat::Text)]
+    pub log_format: crate::logging::LogFormat,
 }
 
+// Parsed once at startup: the size difference of the variants costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
     /// Run a node. With no flags: a single-node cluster on embedded defaults.
     Serve(ServeArgs),
+    /// The command-line client (elect, leader, watch, ..., node ...).
+    #[command(flatten)]
+    Client(crate::cli::ClientCommand),
 }
 
 /// Flags of `conclave serve`; each overrides the same key of the `--config` file.
@@ -364,7 +373,7 @@ mod tests {
     fn resolve(args: &[&str]) -> Result<Config, ConfigError> {
         let mut argv = vec!["conclave", "serve"];
         argv.extend_from_slice(args);
-        let CliCommand::Serve(serve) = Cli::try_parse_from(argv).expect("flags parse").command;
+        let CliCommand::Serve(serve) = Cli::try_parse_from(argv).expect("flags parse").command else { panic!("not serve") };
         Config::resolve(serve, 2)
     }
 

@@ -1,7 +1,8 @@
 //! Protocol-level tests of the gRPC edge with a raw HTTP/2 client (`h2`), for what a
 //! well-behaved gRPC client never sends: trailers-only shapes, percent-encoded messages,
 //! content-type / method / encoding / timeout validation, compressed flags, request
-//! message counts, DATA-frame coalescing, keepalive and idle timeouts; plus the listener
+//! message counts, DATA-frame coalescing, keepalive and idle timeouts, bidirectional streams
+//! (every request message answered; a stream ending inside a message); plus the listener
 //! guard against silent port sharing and the data-directory lock.
 mod grpc_support;
 
@@ -13,7 +14,7 @@ use conclave_proto::atomix::runtime::election::v1::{GetTermRequest, WatchRequest
 use conclave_proto::atomix::runtime::v1::PrimitiveId;
 use conclave_server::grpc::{Code, ServerConfig, Status};
 use conclave_server::net::{bind_exclusive, DataDirLock, LockError};
-use grpc_support::{test_config, Event, TestServer, GET_TERM, WATCH};
+use grpc_support::{test_config, Event, TestServer, CHAT, GET_TERM, WATCH};
 use http::{HeaderMap, Method, Request, StatusCode};
 use prost::Message as _;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -149,6 +150,52 @@ async fn requests_that_are_not_plain_grpc_are_refused_precisely() {
     let response = raw_call(addr, Method::POST, GET_TERM, timed, get_term_body("sleep:2000")).await;
     assert_eq!(response.status().code(), Code::DeadlineExceeded);
     assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+/// The messages of a response's DATA frames.
+fn messages_of(response: &RawResponse) -> Vec<Bytes> {
+    let mut all = BytesMut::new();
+    for frame in &response.data_frames {
+        all.extend_from_slice(frame);
+    }
+    let mut all = all.freeze();
+    let mut messages = Vec::new();
+    while !all.is_empty() {
+        assert!(all.len() >= 5 && all[0] == 0, "a framed message");
+        let len = u32::from_be_bytes([all[1], all[2], all[3], all[4]]) as usize;
+        messages.push(all.slice(5..5 + len));
+        all = all.slice(5 + len..);
+    }
+    messages
+}
+
+#[tokio::test]
+async fn bidirectional_streams_answer_every_message_and_refuse_a_cut_one() {
+    let server = TestServer::start();
+    let mut body = BytesMut::new();
+    for message in [&b"one"[..], b"", b"three"] {
+        body.extend_from_slice(&framed(message, 0));
+    }
+    let response = raw_call(server.addr, Method::POST, CHAT, GRPC, body.freeze()).await;
+    assert_eq!(response.status(), Status::ok());
+    assert_eq!(messages_of(&response), [&b"one"[..], b"", b"three"]);
+    // No message at all is a valid stream too.
+    let response = raw_call(server.addr, Method::POST, CHAT, GRPC, Bytes::new()).await;
+    assert_eq!((response.status(), messages_of(&response).len()), (Status::ok(), 0));
+
+    // A stream ending inside its second message: the first is answered, then INTERNAL.
+    let mut body = BytesMut::new();
+    body.extend_from_slice(&framed(b"whole", 0));
+    body.extend_from_slice(&framed(b"cut short", 0)[..8]);
+    let response = raw_call(server.addr, Method::POST, CHAT, GRPC, body.freeze()).await;
+    assert_eq!(response.status().code(), Code::Internal);
+    assert!(response.status().message().contains("inside a message"), "{:?}", response.status());
+    // An oversized or compressed message ends the stream with its status.
+    let oversized = framed(&vec![7u8; (64 << 10) + 1], 0);
+    let response = raw_call(server.addr, Method::POST, CHAT, GRPC, oversized).await;
+    assert_eq!(response.status().code(), Code::ResourceExhausted);
+    let response = raw_call(server.addr, Method::POST, CHAT, GRPC, framed(b"zipped", 1)).await;
+    assert_eq!(response.status().code(), Code::Unimplemented);
 }
 
 #[tokio::test]

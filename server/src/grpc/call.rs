@@ -1,7 +1,8 @@
 //! Serving one HTTP/2 stream as a gRPC call: request validation (method, content-type,
-//! encoding, path, `grpc-timeout`), reading the single request message, running the
-//! handler under the deadline, and writing the response (trailers-only on errors; for
-//! server streams, queue draining under HTTP/2 flow control with coalesced DATA chunks).
+//! encoding, path, `grpc-timeout`), reading the single request message (or handing the
+//! request stream to a bidirectional handler), running the handler under the deadline, and
+//! writing the response (trailers-only on errors; for server and bidirectional streams,
+//! queue draining under HTTP/2 flow control with coalesced DATA chunks).
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::rc::Rc;
@@ -15,6 +16,7 @@ use h2::{RecvStream, SendStream};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
 use super::framing::{frame_message, parse_grpc_timeout, MessageDecoder};
+use super::requests::RequestStream;
 use super::router::{CallContext, ConnectionInfo, LocalBoxFuture, Route, Router};
 use super::server::ServerConfig;
 use super::signal::{Fired, Signal};
@@ -33,7 +35,7 @@ pub(crate) struct CallEnv {
 
 /// Serves one request stream to completion. Never panics on client input.
 pub(crate) async fn serve_call(request: Request<RecvStream>, mut respond: SendResponse<Bytes>, env: Rc<CallEnv>) {
-    let (parts, mut body) = request.into_parts();
+    let (parts, body) = request.into_parts();
     if let Err((http_status, status)) = check_request_shape(&parts.method, &parts.headers) {
         send_trailers_only(&mut respond, http_status, &status);
         return;
@@ -60,43 +62,65 @@ pub(crate) async fn serve_call(request: Request<RecvStream>, mut respond: SendRe
     let mut deadline_timer = deadline.map(|(timeout, _)| (timeout, Timer::new(timeout)));
     let ctx = CallContext::new(Rc::clone(&path), deadline.map(|(_, at)| at), Rc::new(parts.headers), Rc::clone(&env.connection));
     let max_recv = env.config.max_recv_message_len;
-    let request = race_call(read_request(&mut body, max_recv), &mut deadline_timer, &mut respond, &env).await;
-    drop(body);
-    let request = match request {
-        CallOutcome::Done(Ok(request)) => request,
-        CallOutcome::Done(Err(status)) | CallOutcome::Deadline(status) => {
-            send_trailers_only(&mut respond, StatusCode::OK, &status);
-            return;
-        }
-        CallOutcome::ClientGone => return,
-    };
-    match route {
+    let (handler_future, sink) = match route {
         Route::Unary(handler) => {
+            let Some(request) = read_single_request(body, &mut deadline_timer, &mut respond, &env).await else {
+                return;
+            };
             let outcome = race_call(handler(request, ctx), &mut deadline_timer, &mut respond, &env).await;
             match outcome {
                 CallOutcome::Done(Ok(response)) => send_unary(&mut respond, response, &env),
                 CallOutcome::Done(Err(status)) | CallOutcome::Deadline(status) => send_trailers_only(&mut respond, StatusCode::OK, &status),
                 CallOutcome::ClientGone => {}
             }
+            return;
         }
         Route::ServerStreaming(handler, limits) => {
-            let sink = StreamSink::new(limits, env.config.max_send_message_len);
-            let handler_future = handler(request, ctx, sink.clone());
-            let mut writer = StreamWriter {
-                respond,
-                send: None,
-                pending: None,
-                final_status: None,
-                handler: Some(handler_future),
-                sink,
-                shutdown: env.shutdown.fired(),
-                connection_closed: env.connection.closed(),
-                deadline: deadline_timer,
-                target_chunk_len: env.config.target_chunk_len,
+            let Some(request) = read_single_request(body, &mut deadline_timer, &mut respond, &env).await else {
+                return;
             };
-            poll_fn(|cx| writer.poll_drive(cx)).await;
-            writer.sink.end();
+            let sink = StreamSink::new(limits, env.config.max_send_message_len);
+            (handler(request, ctx, sink.clone()), sink)
         }
+        Route::BidiStreaming(handler, limits) => {
+            // The handler reads the request messages itself, while responses flow.
+            let sink = StreamSink::new(limits, env.config.max_send_message_len);
+            (handler(RequestStream::new(body, max_recv), ctx, sink.clone()), sink)
+        }
+    };
+    let mut writer = StreamWriter {
+        respond,
+        send: None,
+        pending: None,
+        final_status: None,
+        handler: Some(handler_future),
+        sink,
+        shutdown: env.shutdown.fired(),
+        connection_closed: env.connection.closed(),
+        deadline: deadline_timer,
+        target_chunk_len: env.config.target_chunk_len,
+    };
+    poll_fn(|cx| writer.poll_drive(cx)).await;
+    writer.sink.end();
+}
+
+/// Reads the one request message of a unary or server-streaming call (under the call's
+/// deadline). On failure the call is answered here and `None` returned.
+async fn read_single_request(
+    mut body: RecvStream,
+    deadline_timer: &mut Option<(std::time::Duration, Timer)>,
+    respond: &mut SendResponse<Bytes>,
+    env: &CallEnv,
+) -> Option<Bytes> {
+    let request = race_call(read_request(&mut body, env.config.max_recv_message_len), deadline_timer, respond, env).await;
+    drop(body);
+    match request {
+        CallOutcome::Done(Ok(request)) => Some(request),
+        CallOutcome::Done(Err(status)) | CallOutcome::Deadline(status) => {
+            send_trailers_only(respond, StatusCode::OK, &status);
+            None
+        }
+        CallOutcome::ClientGone => None,
     }
 }
 

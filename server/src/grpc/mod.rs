@@ -1,8 +1,8 @@
 //! The gRPC edge: a gRPC server on HTTP/2 (`h2`) over glommio TCP streams, with no tokio
 //! runtime. It owns framing, status trailers, deadlines, routing of
-//! `/package.Service/Method` paths to handlers, server streaming with bounded queues and
-//! coalesced DATA frames, keepalive and idle timeouts, connection observers, graceful
-//! shutdown, and the standard health service.
+//! `/package.Service/Method` paths to handlers, server and bidirectional streaming with
+//! bounded queues and coalesced DATA frames, keepalive and idle timeouts, connection
+//! observers, graceful shutdown, and the standard health and server reflection services.
 //!
 //! Everything is shard-local (`Rc`, `!Send` futures): each shard builds a [`Router`],
 //! wraps it in a [`GrpcServer`] and either serves a listener or connections handed to it.
@@ -23,6 +23,8 @@ mod connection;
 pub mod framing;
 mod health;
 mod io;
+mod reflection;
+mod requests;
 mod router;
 mod server;
 mod signal;
@@ -31,7 +33,9 @@ mod stream;
 
 pub use health::{HealthService, CHECK_PATH as HEALTH_CHECK_PATH, WATCH_PATH as HEALTH_WATCH_PATH};
 pub use io::GlommioIo;
-pub use router::{CallContext, ConnectionInfo, LocalBoxFuture, Route, Router, StreamingHandler, UnaryHandler};
+pub use reflection::{ReflectionService, REFLECTION_V1ALPHA_PATH, REFLECTION_V1_PATH};
+pub use requests::RequestStream;
+pub use router::{BidiStreamingHandler, CallContext, ConnectionInfo, LocalBoxFuture, Route, Router, StreamingHandler, UnaryHandler};
 pub use server::{ConnectionObserver, GrpcServer, ServerConfig};
 pub use signal::{Fired, Signal};
 pub use status::{Code, Status};

@@ -1,5 +1,5 @@
-//! Routing from `/package.Service/Method` paths to handlers, and the per-call context a
-//! handler receives. Handlers are shard-local closures (`!Send`), so each shard builds its
+//! Routing from `/package.Service/Method` paths to handlers (unary, server-streaming and
+//! bidirectional-streaming), and the per-call context a handler receives. Handlers are shard-local closures (`!Send`), so each shard builds its
 //! own [`Router`].
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -11,6 +11,7 @@ use bytes::Bytes;
 use futures_lite::future::FutureExt as _;
 use http::HeaderMap;
 
+use super::requests::RequestStream;
 use super::signal::{Fired, Signal};
 use super::status::Status;
 use super::stream::{StreamLimits, StreamSink};
@@ -25,6 +26,12 @@ pub type UnaryHandler = Rc<dyn Fn(Bytes, CallContext) -> LocalBoxFuture<Result<B
 /// returned status once the handler returns and every queued message is written.
 pub type StreamingHandler = Rc<dyn Fn(Bytes, CallContext, StreamSink) -> LocalBoxFuture<Result<(), Status>>>;
 
+/// A bidirectional-streaming handler: reads the client's messages from the
+/// [`RequestStream`] as it needs them and pushes responses into the sink; the call ends
+/// with the returned status once the handler returns and every queued message is written.
+/// Also serves client-streaming methods (a handler that pushes one response).
+pub type BidiStreamingHandler = Rc<dyn Fn(RequestStream, CallContext, StreamSink) -> LocalBoxFuture<Result<(), Status>>>;
+
 /// A registered method.
 #[derive(Clone)]
 pub enum Route {
@@ -32,6 +39,8 @@ pub enum Route {
     Unary(UnaryHandler),
     /// One request, a stream of responses bounded by the given limits.
     ServerStreaming(StreamingHandler, StreamLimits),
+    /// A stream of requests and a stream of responses bounded by the given limits.
+    BidiStreaming(BidiStreamingHandler, StreamLimits),
 }
 
 /// A connection as handlers and connection observers see it.
@@ -211,6 +220,16 @@ impl Router {
         })
     }
 
+    /// Registers a bidirectional-streaming handler with response queue `limits`.
+    pub fn bidi_streaming<F, Fut>(&mut self, path: &str, limits: StreamLimits, handler: F) -> &mut Router
+    where
+        F: Fn(RequestStream, CallContext, StreamSink) -> Fut + 'static,
+        Fut: Future<Output = Result<(), Status>> + 'static,
+    {
+        let handler: BidiStreamingHandler = Rc::new(move |requests, ctx, sink| handler(requests, ctx, sink).boxed_local());
+        self.add(path, Route::BidiStreaming(handler, limits))
+    }
+
     /// The route for `path`, or the `UNIMPLEMENTED` status naming what is missing.
     pub fn resolve(&self, path: &str) -> Result<&Route, Status> {
         if let Some(route) = self.routes.get(path) {
@@ -228,6 +247,11 @@ impl Router {
     /// Every registered path, sorted.
     pub fn paths(&self) -> impl Iterator<Item = &str> {
         self.routes.keys().map(String::as_str)
+    }
+
+    /// Every service with at least one registered method (`package.Service`), sorted.
+    pub fn services(&self) -> impl Iterator<Item = &str> {
+        self.services.iter().map(String::as_str)
     }
 }
 

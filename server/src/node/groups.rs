@@ -258,7 +258,7 @@ mod tests {
 
     fn config(peers: &str, replication: &str) -> Config {
         let argv = ["conclave", "serve", "--node-id", "1", "--peers", peers, "--replication", replication];
-        let CliCommand::Serve(args) = Cli::try_parse_from(argv).expect("flags parse").command;
+        let CliCommand::Serve(args) = Cli::try_parse_from(argv).expect("flags parse").command else { panic!("not serve") };
         Config::resolve(args, 2).expect("valid configuration")
     }
 

@@ -21,7 +21,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::Config;
-use crate::grpc::{GrpcServer, HealthService, Router, ServerConfig, ServingStatus};
+use crate::grpc::{GrpcServer, HealthService, ReflectionService, Router, ServerConfig, ServingStatus};
 use crate::net::ExclusiveListener;
 use crate::routing::{groups_of_shard, shard_of};
 use crate::service::node::NodeApi;
@@ -207,6 +207,7 @@ async fn serve(
     health.register(&mut router);
     Rc::new(ClientApi { dispatch: Rc::clone(&dispatch), sessions: Rc::clone(&sessions), partitions }).register(&mut router);
     Rc::new(DriverApi { dispatch: Rc::clone(&dispatch), partitions }).register(&mut router);
+    ReflectionService::register(&mut router)?;
     let server = GrpcServer::with_observer(router, ServerConfig::default(), Some(Rc::new(SessionObserver(Rc::clone(&sessions)))));
 
     let on_connection: Rc<dyn Fn(glommio::net::AcceptedTcpStream)> = {
@@ -234,14 +235,15 @@ async fn serve(
     let admin_server = if let Some((client, admin)) = listeners {
         let client = client.into_glommio();
         glommio::spawn_local(accept_loop(client, server.clone(), Rc::clone(&dispatch))).detach();
-        // The admin listener serves the operator's view of the node: health and the Node
-        // control API.
+        // The admin listener serves the operator's view of the node: health, the Node
+        // control API and reflection.
         let mut admin_router = Router::new();
         health.register(&mut admin_router);
         if let Some(events) = &node_events {
             let control = Rc::new(NodeControlRouter { dispatch: Rc::clone(&dispatch) });
             Rc::new(NodeApi::new(control, Rc::clone(&events.hub))).register(&mut admin_router);
         }
+        ReflectionService::register(&mut admin_router)?;
         let admin_server = GrpcServer::new(admin_router, ServerConfig::default());
         let serving = admin_server.clone();
         let admin = admin.into_glommio();

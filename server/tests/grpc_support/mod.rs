@@ -8,7 +8,8 @@
 //! bytes. Watch: `count:<n>` → n terms sent with backpressure, then OK; `flood:<size>` → one
 //! message of `size` bytes every millisecond, never waiting (overflow ends the stream);
 //! `fail:<code>` → that status before any message; `hold` → the current term, then waits
-//! for the connection to close and records it.
+//! for the connection to close and records it. `/test.Echo/Chat` is a bidirectional stream
+//! answering each request message with the same bytes as it is read.
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -36,6 +37,7 @@ pub mod client {
 
 pub const GET_TERM: &str = "/atomix.runtime.election.v1.LeaderElection/GetTerm";
 pub const WATCH: &str = "/atomix.runtime.election.v1.LeaderElection/Watch";
+pub const CHAT: &str = "/test.Echo/Chat";
 
 /// Locked I/O memory per test executor (`ulimit -l` is 8 MiB on these machines).
 pub const TEST_IO_MEMORY: usize = 512 << 10;
@@ -223,6 +225,12 @@ fn test_router(events: Arc<Mutex<Vec<Event>>>) -> Router {
     router.server_streaming_message(WATCH, WATCH_LIMITS, move |request: WatchRequest, ctx, sink| {
         let events = Arc::clone(&events);
         watch(name_of(&request.id), ctx, sink, events)
+    });
+    router.bidi_streaming(CHAT, WATCH_LIMITS, |mut requests, _ctx, sink| async move {
+        while let Some(message) = requests.message().await? {
+            sink.send(message).await.map_err(|error| Status::internal(error.to_string()))?;
+        }
+        Ok(())
     });
     router
 }

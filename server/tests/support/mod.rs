@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 
 pub mod cluster;
+pub mod python;
 
 pub mod client {
     #![allow(clippy::all)]
