@@ -97,10 +97,14 @@ async fn proposer(
     };
     let election = format!("election-{}", id % 8);
     let candidate = format!("candidate-{group}-{id}");
-    let mut seq = 0;
+    let created = leader.propose(group, command::create_primitive(now_ms(), session_id, 1, &election)).await?;
+    if let Err(e) = created.result {
+        return Err(ShardError::Invalid(format!("create {election}: {e}")));
+    }
+    let mut seq = 1;
     while !stop.get() {
         seq += 1;
-        let op = if seq % 2 == 1 { ElectionOp::Enter } else { ElectionOp::Withdraw };
+        let op = if seq % 2 == 0 { ElectionOp::Enter } else { ElectionOp::Withdraw };
         let cmd = command::election(now_ms(), session_id, seq, PrimitiveRef::Name(election.clone()), op, &candidate);
         match leader.propose(group, cmd).await {
             Ok(c) if c.result.is_ok() => committed.set(committed.get() + 1),

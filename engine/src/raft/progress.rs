@@ -31,6 +31,9 @@ pub struct Progress {
     pub recent_active: bool,
     /// Highest ReadIndex round the peer confirmed in this term.
     pub read_ack_seq: u64,
+    /// `match_index` when the peer last answered a heartbeat: a lagging peer whose match
+    /// did not move over a whole heartbeat interval may have lost an append.
+    pub match_at_heartbeat: u64,
     /// In `Snapshot`: index of the snapshot being sent and bytes the peer confirmed.
     pub snapshot_index: u64,
     pub snapshot_offset: u64,
@@ -47,6 +50,7 @@ impl Progress {
             inflight_bytes: 0,
             recent_active: false,
             read_ack_seq: 0,
+            match_at_heartbeat: 0,
             snapshot_index: 0,
             snapshot_offset: 0,
         }

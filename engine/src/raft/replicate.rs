@@ -197,7 +197,12 @@ impl RaftNode {
         progress.recent_active = true;
         // A round we never started cannot be confirmed.
         progress.read_ack_seq = progress.read_ack_seq.max(msg.read_seq.min(self.reads.last_seq()));
-        let lagging = progress.match_index < last;
+        // A peer behind the leader gets an append: it may have lost one (a gap makes it
+        // refuse, which re-probes). Not while its appends are being answered, though: its
+        // match moved since the last heartbeat, so they are merely in flight.
+        let stalled = progress.match_index == progress.match_at_heartbeat;
+        progress.match_at_heartbeat = progress.match_index;
+        let lagging = progress.match_index < last && (stalled || progress.state != ReplicationState::Replicate);
         if lagging {
             progress.unpause_on_heartbeat(self.cfg.max_inflight_messages, self.cfg.max_inflight_bytes);
         }
