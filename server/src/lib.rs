@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod grpc;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod routing;

@@ -16,9 +16,9 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 
 use super::framing::{frame_message, parse_grpc_timeout, MessageDecoder};
 use super::router::{CallContext, ConnectionInfo, LocalBoxFuture, Route, Router};
-use super::server::ServerConfig;
+use super::server::{CallObserver, ServerConfig};
 use super::signal::{Fired, Signal};
-use super::status::Status;
+use super::status::{Code, Status};
 use super::stream::{OverflowPolicy, StreamLimits, StreamSink};
 
 const GRPC_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("application/grpc");
@@ -29,6 +29,25 @@ pub(crate) struct CallEnv {
     pub config: Rc<ServerConfig>,
     pub connection: Rc<ConnectionInfo>,
     pub shutdown: Signal,
+    pub call_observer: Option<Rc<dyn CallObserver>>,
+}
+
+/// Reports a routed call to the server's [`CallObserver`] when dropped, with the code set
+/// last (`CANCELLED` unless the call reached an answer).
+struct CallRecord {
+    observer: Option<Rc<dyn CallObserver>>,
+    path: Rc<str>,
+    streaming: bool,
+    started: Instant,
+    code: Code,
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        if let Some(observer) = &self.observer {
+            observer.call_finished(&self.path, self.streaming, self.code, self.started.elapsed());
+        }
+    }
 }
 
 /// Serves one request stream to completion. Never panics on client input.
@@ -46,12 +65,20 @@ pub(crate) async fn serve_call(request: Request<RecvStream>, mut respond: SendRe
             return;
         }
     };
+    let mut record = CallRecord {
+        observer: env.call_observer.clone(),
+        path: Rc::clone(&path),
+        streaming: matches!(route, Route::ServerStreaming(..)),
+        started: Instant::now(),
+        code: Code::Cancelled,
+    };
     let deadline = match parts.headers.get("grpc-timeout") {
         None => None,
         Some(value) => match parse_grpc_timeout(value.as_bytes()) {
             // A timeout too far away to represent (thousands of years) means no deadline.
             Ok(timeout) => Instant::now().checked_add(timeout).map(|at| (timeout, at)),
             Err(status) => {
+                record.code = status.code();
                 send_trailers_only(&mut respond, StatusCode::OK, &status);
                 return;
             }
@@ -65,6 +92,7 @@ pub(crate) async fn serve_call(request: Request<RecvStream>, mut respond: SendRe
     let request = match request {
         CallOutcome::Done(Ok(request)) => request,
         CallOutcome::Done(Err(status)) | CallOutcome::Deadline(status) => {
+            record.code = status.code();
             send_trailers_only(&mut respond, StatusCode::OK, &status);
             return;
         }
@@ -74,8 +102,11 @@ pub(crate) async fn serve_call(request: Request<RecvStream>, mut respond: SendRe
         Route::Unary(handler) => {
             let outcome = race_call(handler(request, ctx), &mut deadline_timer, &mut respond, &env).await;
             match outcome {
-                CallOutcome::Done(Ok(response)) => send_unary(&mut respond, response, &env),
-                CallOutcome::Done(Err(status)) | CallOutcome::Deadline(status) => send_trailers_only(&mut respond, StatusCode::OK, &status),
+                CallOutcome::Done(Ok(response)) => record.code = send_unary(&mut respond, response, &env),
+                CallOutcome::Done(Err(status)) | CallOutcome::Deadline(status) => {
+                    record.code = status.code();
+                    send_trailers_only(&mut respond, StatusCode::OK, &status)
+                }
                 CallOutcome::ClientGone => {}
             }
         }
@@ -96,6 +127,7 @@ pub(crate) async fn serve_call(request: Request<RecvStream>, mut respond: SendRe
             };
             poll_fn(|cx| writer.poll_drive(cx)).await;
             writer.sink.end();
+            record.code = writer.final_status.as_ref().map_or(Code::Cancelled, Status::code);
         }
     }
 }
@@ -216,7 +248,8 @@ fn send_trailers_only(respond: &mut SendResponse<Bytes>, http_status: StatusCode
     }
 }
 
-fn send_unary(respond: &mut SendResponse<Bytes>, response: Bytes, env: &CallEnv) {
+/// Sends a unary response; returns the status code the call ended with.
+fn send_unary(respond: &mut SendResponse<Bytes>, response: Bytes, env: &CallEnv) -> Code {
     let max = env.config.max_send_message_len;
     if response.len() > max {
         let status = Status::resource_exhausted(format!(
@@ -224,7 +257,7 @@ fn send_unary(respond: &mut SendResponse<Bytes>, response: Bytes, env: &CallEnv)
             response.len()
         ));
         send_trailers_only(respond, StatusCode::OK, &status);
-        return;
+        return status.code();
     }
     let sent = respond.send_response(response_headers(StatusCode::OK), false).and_then(|mut stream| {
         stream.send_data(frame_message(&response), false)?;
@@ -234,7 +267,9 @@ fn send_unary(respond: &mut SendResponse<Bytes>, response: Bytes, env: &CallEnv)
     });
     if let Err(error) = sent {
         tracing::debug!(%error, "could not send a unary response");
+        return Code::Cancelled;
     }
+    Code::Ok
 }
 
 /// The state of a server-streaming call's response.

@@ -32,7 +32,7 @@ mod stream;
 pub use health::{HealthService, CHECK_PATH as HEALTH_CHECK_PATH, WATCH_PATH as HEALTH_WATCH_PATH};
 pub use io::GlommioIo;
 pub use router::{CallContext, ConnectionInfo, LocalBoxFuture, Route, Router, StreamingHandler, UnaryHandler};
-pub use server::{ConnectionObserver, GrpcServer, ServerConfig};
+pub use server::{CallObserver, ConnectionObserver, GrpcServer, ServerConfig};
 pub use signal::{Fired, Signal};
 pub use status::{Code, Status};
 pub use stream::{OverflowPolicy, SendError, StreamLimits, StreamSink};

@@ -19,6 +19,8 @@ use glommio::channels::local_channel;
 use crate::config::Config;
 use crate::routing::shard_port;
 
+use super::peer_rtt::RttProbe;
+
 /// Frames queued from the listener to the runtime before the readers wait.
 const INBOUND_QUEUE: usize = 1024;
 
@@ -27,6 +29,8 @@ pub struct PeerNet {
     shard: u32,
     peers: RefCell<PeerSet<PeerMessage>>,
     _listener: ListenerHandle,
+    /// Heartbeat round trips to each peer (metrics).
+    pub rtt: RttProbe,
 }
 
 impl PeerNet {
@@ -49,7 +53,7 @@ impl PeerNet {
             discard_while_down: true,
             ..PeerConfig::new(local.clone(), node, address)
         });
-        let net = Rc::new(PeerNet { shard, peers: RefCell::new(peers), _listener: listener });
+        let net = Rc::new(PeerNet { shard, peers: RefCell::new(peers), _listener: listener, rtt: RttProbe::default() });
         for (&id, addr) in &config.peers {
             if id != me {
                 net.set_address(u64::from(id), &addr.ip().to_string(), addr.port())?;
@@ -65,6 +69,7 @@ impl PeerNet {
                     if let Some(peer) = net.peers.borrow().get(from) {
                         peer.redial_now();
                     }
+                    frame.messages.iter().for_each(|message| net.rtt.on_receive(from, message));
                 }
                 for message in frame.messages {
                     if runtime.send(Request::Peer { from, message }).await.is_err() {
@@ -96,6 +101,7 @@ impl PeerNet {
             tracing::debug!(to, "no connection to node; dropping a peer message");
             return;
         };
+        self.rtt.on_send(to, &message);
         let (ordinary, bulk) = split_snapshots(message);
         for (lane, message) in [(Lane::Ordinary, ordinary), (Lane::Bulk, bulk)] {
             let Some(message) = message else { continue };
@@ -108,6 +114,14 @@ impl PeerNet {
                 }
             }
         }
+    }
+}
+
+/// Every peer's counters on this shard: (node, counters).
+impl PeerNet {
+    pub fn stats(&self) -> Vec<(u64, conclave_wire::PeerStats)> {
+        let peers = self.peers.borrow();
+        peers.node_ids().filter_map(|node| peers.get(node).map(|peer| (node, peer.sender().stats()))).collect()
     }
 }
 
