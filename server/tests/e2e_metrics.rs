@@ -250,6 +250,32 @@ async fn probes_follow_a_three_node_cluster_losing_nodes() {
         assert_eq!(ready.0, 200, "node {id} ready: {}", ready.1);
     }
 
+    // Peers: every shard of node 2 is connected to nodes 1 and 3, and heartbeat round trips
+    // are measured (bounded wait: heartbeats flow every few ticks while groups are active).
+    let metrics = addr(&cluster, 2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let scrape = tokio::task::spawn_blocking(move || scrape(metrics)).await.unwrap();
+        let connected = |to: &str| scrape.sum("conclave_network_active_peers", &[("local", "2"), ("remote", to)]);
+        let rtts = |to: &str| scrape.sum("conclave_network_peer_round_trip_time_seconds_count", &[("to", to)]);
+        let shards = f64::from(cluster.options.shards);
+        if connected("1") == shards && connected("3") == shards && rtts("1") > 0.0 && rtts("3") > 0.0 {
+            assert!(scrape.sum("conclave_network_peer_sent_bytes_total", &[("to", "1")]) > 0.0);
+            assert_eq!(scrape.sum("conclave_server_has_leader", &[]), f64::from(cluster.options.partitions));
+            assert!(scrape.sum("conclave_server_is_leader", &[]) < f64::from(cluster.options.partitions), "leaderships are spread");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "peers connected {} / {}, round trips {} / {}",
+            connected("1"),
+            connected("3"),
+            rtts("1"),
+            rtts("3")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
     // Node 1 dies: the survivors elect leaders for its partitions and stay (or become
     // again) ready; they stay live throughout.
     cluster.kill9(1);

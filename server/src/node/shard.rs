@@ -164,7 +164,9 @@ async fn serve(
         glommio::spawn_local(async move {
             while let Some(event) = connection_rx.recv().await {
                 let failed = matches!(event.kind, conclave_wire::ConnectionEventKind::Failed { .. });
-                dispatch.counters.peer_connection(event.remote_node_id, !failed);
+                if !event.snapshot {
+                    dispatch.counters.peer_connection(event.remote_node_id, !failed);
+                }
                 if failed {
                     let _ = runtime.send(Request::PeerDown { node: event.remote_node_id }).await;
                 }
