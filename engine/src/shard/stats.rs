@@ -189,6 +189,6 @@ mod tests {
         assert_eq!(buckets.iter().find(|(bound, _)| *bound == 0.0064).unwrap().1, 1, "5 ms");
         assert_eq!(*buckets.last().unwrap(), (f64::MAX, 1), "10 s is past every finite bound");
         assert_eq!(buckets.iter().map(|(_, n)| n).sum::<u64>(), a.count);
-        assert!((a.sum_seconds - 10.0052).abs() < 1e-9);
+        assert!((a.sum_seconds - 10.005_15).abs() < 1e-9, "{}", a.sum_seconds);
     }
 }
