@@ -6,8 +6,9 @@
 # process these functions started is stopped. Everything listens on 127.0.0.1 only.
 #
 # Ports (outside Linux's ephemeral range, 32768+): Conclave node n (1-based) serves clients
-# on 25600+10n, its admin API on 25601+10n, and peers on 25700+10n (+ shard index, so up to
-# 10 shards per node); etcd member m serves clients on 22279+100m, peers on 22280+100m.
+# on 25600+10n, its admin API on 25601+10n, metrics and probes on 25602+10n (builds that have
+# `--metrics-listen`), and peers on 25700+10n (+ shard index, so up to 10 shards per node);
+# etcd member m serves clients on 22279+100m, peers on 22280+100m.
 
 PIDS=()                 # every process started, for stop_all
 CONCLAVE_NODE_PIDS=()   # index n: the running process of Conclave node n
@@ -19,6 +20,15 @@ ETCD_MEMBER_PIDS=()
 conclave_client_port() { echo $((25600 + 10 * $1)); }
 conclave_admin_port() { echo $((25601 + 10 * $1)); }
 conclave_peer_port() { echo $((25700 + 10 * $1)); }
+conclave_metrics_port() { echo $((25602 + 10 * $1)); }
+
+# `--metrics-listen` for node $1 when $CONCLAVE has that flag (older builds, e.g. the A side
+# of run-ab.sh, do not; every node would otherwise bind the same default port).
+conclave_metrics_args() {
+    if "$CONCLAVE" serve --help 2>/dev/null | grep -q -- --metrics-listen; then
+        echo "--metrics-listen 127.0.0.1:$(conclave_metrics_port "$1")"
+    fi
+}
 
 # Comma-separated client (or admin) endpoints of the nodes, optionally without node $1.
 conclave_endpoints() {
@@ -63,7 +73,7 @@ conclave_node_launch() {
     local log="$WORK/conclave-$n.start$CONCLAVE_STARTS.log"
     "$CONCLAVE" serve --node-id "$n" --peers "$(IFS=,; echo "${peers[*]}")" \
         --listen "127.0.0.1:$(conclave_client_port "$n")" \
-        --admin-listen "127.0.0.1:$(conclave_admin_port "$n")" \
+        --admin-listen "127.0.0.1:$(conclave_admin_port "$n")" $(conclave_metrics_args "$n") \
         --data-dir "$WORK/conclave-$n" "${CONCLAVE_NODE_ARGS[@]}" >"$log" 2>&1 &
     local pid=$!
     PIDS+=("$pid")

@@ -15,6 +15,9 @@ use std::time::Duration;
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5678";
 /// Default Node control API address (loopback only).
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:5679";
+/// Default metrics and probes (HTTP) address (loopback only); below the client port, clear
+/// of the peer ports (the peer port plus each shard index).
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:5677";
 /// Default peer (node-to-node) address of a single-node deployment.
 pub const DEFAULT_PEER_LISTEN: &str = "127.0.0.1:5680";
 /// Default number of partitions (Raft groups) of a cluster.
@@ -83,6 +86,10 @@ pub struct ServeArgs {
     /// Node control API address; loopback by default [default: 127.0.0.1:5679].
     #[arg(long, value_name = "HOST:PORT")]
     pub admin_listen: Option<SocketAddr>,
+    /// Metrics (`/metrics`, Prometheus) and probes (`/livez`, `/readyz`) over plain HTTP;
+    /// `off` or port 0 disables it [default: 127.0.0.1:5677].
+    #[arg(long, value_name = "HOST:PORT|off")]
+    pub metrics_listen: Option<String>,
     /// Number of partitions (Raft groups) of the cluster [default: 16].
     #[arg(long, value_name = "P")]
     pub partitions: Option<u32>,
@@ -152,6 +159,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// The metrics and probes listener (`None`: off).
+    pub metrics_listen: Option<SocketAddr>,
     pub partitions: u32,
     pub shards: u32,
     pub node_id: u32,
@@ -191,6 +200,15 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError(msg.into()))
 }
 
+/// Parses `--metrics-listen`: `HOST:PORT`, or `off` / port 0 for no listener.
+pub fn parse_metrics_listen(text: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    if text.trim().eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let addr: SocketAddr = text.trim().parse().map_err(|_| ConfigError(format!("--metrics-listen: `{text}` is not HOST:PORT or off")))?;
+    Ok((addr.port() != 0).then_some(addr))
+}
+
 /// Parses `1=HOST:PORT,2=HOST:PORT,...`.
 pub fn parse_peers(text: &str) -> Result<BTreeMap<u32, SocketAddr>, ConfigError> {
     let mut peers = BTreeMap::new();
@@ -221,6 +239,7 @@ impl ServeArgs {
             data_dir: self.data_dir.or(file.data_dir),
             listen: self.listen.or(file.listen),
             admin_listen: self.admin_listen.or(file.admin_listen),
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
             partitions: self.partitions.or(file.partitions),
             shards: self.shards.or(file.shards),
             node_id: self.node_id.or(file.node_id),
@@ -302,6 +321,15 @@ impl Config {
         if peers[&node_id] == listen || peers[&node_id] == admin_listen {
             return err(format!("the peer address {} of node {node_id} must differ from --listen and --admin-listen", peers[&node_id]));
         }
+        let metrics_listen = parse_metrics_listen(args.metrics_listen.as_deref().unwrap_or(DEFAULT_METRICS_LISTEN))?;
+        if let Some(metrics) = metrics_listen {
+            let peer = peers[&node_id];
+            let in_peer_ports =
+                metrics.ip() == peer.ip() && (peer.port()..peer.port().saturating_add(shards as u16)).contains(&metrics.port());
+            if metrics == listen || metrics == admin_listen || in_peer_ports {
+                return err(format!("--metrics-listen {metrics} must differ from --listen, --admin-listen and the peer ports"));
+            }
+        }
         let tick_ms = args.tick_ms.unwrap_or(DEFAULT_TICK_MS);
         if tick_ms == 0 || tick_ms > 10_000 {
             return err(format!("--tick-ms {tick_ms} must be between 1 and 10000"));
@@ -345,6 +373,7 @@ impl Config {
             data_dir: args.data_dir.unwrap_or_else(|| PathBuf::from("data")),
             listen,
             admin_listen,
+            metrics_listen,
             partitions,
             shards,
             node_id,
@@ -387,6 +416,9 @@ mod tests {
         assert_eq!((c.partitions, c.shards, c.node_id, c.replication), (DEFAULT_PARTITIONS, 2, 1, 1));
         assert_eq!(c.peers.len(), 1);
         assert!(c.log_dsync, "O_DSYNC by default");
+        assert_eq!(c.metrics_listen.map(|a| a.to_string()).as_deref(), Some(DEFAULT_METRICS_LISTEN));
+        assert_eq!(resolve(&["--metrics-listen", "off"]).unwrap().metrics_listen, None);
+        assert_eq!(resolve(&["--metrics-listen", "127.0.0.1:0"]).unwrap().metrics_listen, None);
         assert!(!resolve(&["--log-sync", "fdatasync"]).unwrap().log_dsync);
     }
 
@@ -426,6 +458,9 @@ mod tests {
             (&["--segment-bytes", "1000"], "--segment-bytes"),
             (&["--snapshot-every", "0"], "--snapshot-every"),
             (&["--spin-before-park-us", "20000"], "--spin-before-park-us"),
+            (&["--metrics-listen", "nowhere"], "--metrics-listen"),
+            (&["--metrics-listen", "127.0.0.1:5679"], "--metrics-listen"),
+            (&["--metrics-listen", "127.0.0.1:5681"], "--metrics-listen"),
         ];
         for (args, needle) in cases {
             let e = resolve(args).unwrap_err();

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod grpc;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod node;
 pub mod routing;

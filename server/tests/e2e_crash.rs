@@ -254,7 +254,7 @@ async fn a_second_process_on_the_same_data_dir_or_port_is_refused() {
     let node = Node::start(&mut dir, &options).await;
 
     let other_dir = TestDir::new();
-    let (listen, admin) = (node.ports.listen.to_string(), node.ports.admin.to_string());
+    let (listen, admin, metrics) = (node.ports.listen.to_string(), node.ports.admin.to_string(), node.ports.metrics.to_string());
     let cases = [
         ("the same data directory", Ports::fresh(), dir.data_dir(), vec!["data directory", "in use"]),
         (
@@ -268,6 +268,12 @@ async fn a_second_process_on_the_same_data_dir_or_port_is_refused() {
             Ports { admin: node.ports.admin, ..Ports::fresh() },
             other_dir.data_dir(),
             vec!["admin API", &admin, "in use"],
+        ),
+        (
+            "the same metrics port",
+            Ports { metrics: node.ports.metrics, ..Ports::fresh() },
+            other_dir.data_dir(),
+            vec!["metrics listener", &metrics, "in use"],
         ),
     ];
     for (what, ports, data_dir, needles) in cases {
@@ -290,10 +296,11 @@ async fn a_toml_file_configures_the_node_and_flags_override_it() {
     let ports = Ports::fresh();
     let file = dir.path().join("conclave.toml");
     let toml = format!(
-        "data-dir = {:?}\nlisten = \"{}\"\nadmin-listen = \"{}\"\npeers = \"1={}\"\nshards = 2\npartitions = 8\nio-memory-bytes = 524288\n",
+        "data-dir = {:?}\nlisten = \"{}\"\nadmin-listen = \"{}\"\nmetrics-listen = \"{}\"\npeers = \"1={}\"\nshards = 2\npartitions = 8\nio-memory-bytes = 524288\n",
         dir.data_dir().display().to_string(),
         ports.listen,
         ports.admin,
+        ports.metrics,
         ports.peer
     );
     std::fs::write(&file, toml).expect("write the config file");

@@ -11,6 +11,7 @@ mod peer_requests;
 mod replica;
 mod runtime;
 mod stall;
+mod stats;
 mod storage;
 mod upkeep;
 
@@ -20,4 +21,5 @@ pub use replica::{Committed, ReadTerm, Replica, Reply, SnapshotCapture, TermQuer
 pub use runtime::{
     Clock, Durable, EventSink, GroupWrite, LogStore, Request, RuntimeConfig, ShardEvent, ShardHandle, ShardRuntime, Transport,
 };
+pub use stats::{DurationHistogram, GroupStats, RuntimeStats, StorageStats, DURATION_BUCKETS};
 pub use storage::{load_snapshot, recover_replica, LoadedSnapshot, ShardStorage, SNAPSHOT_FORMAT_VERSION};

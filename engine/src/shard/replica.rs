@@ -505,6 +505,11 @@ impl Replica {
         }
     }
 
+    /// Proposals appended here (as leader) still waiting for their entry to apply.
+    pub fn pending_proposals(&self) -> usize {
+        self.proposals.len()
+    }
+
     /// The number of registered watchers (for metrics and tests).
     pub fn watcher_count(&self) -> usize {
         self.watchers.values().map(Vec::len).sum()

@@ -35,6 +35,7 @@ use super::peer::Forwarded;
 use super::peer_requests::settle_membership_waiters;
 use super::replica::{Committed, ReadTerm, Replica, Reply, SnapshotCapture, TermQuery, Watcher};
 use super::stall::{Phase, RoundTimer};
+use super::stats::RuntimeStats;
 
 /// What one group asks the log to make durable in one round.
 #[derive(Debug)]
@@ -228,6 +229,10 @@ pub enum Request {
     /// answered, so they fail now (outcome unknown) rather than at their timeout.
     PeerDown {
         node: u64,
+    },
+    /// Answers with the shard's groups as they are now (for the node's metrics).
+    Stats {
+        reply: Reply<RuntimeStats>,
     },
     /// Stop after answering everything in flight with [`ShardError::ShuttingDown`].
     Shutdown,
@@ -547,6 +552,7 @@ impl<L: LogStore> ShardRuntime<L> {
             Request::ChangeMembership { group, node, role, via, reply } => self.change_membership(group, node, role, via, reply),
             Request::HandOffLeadership { reply } => reply(self.hand_off_leadership()),
             Request::PeerDown { node } => self.forwarded.fail_node(node),
+            Request::Stats { reply } => reply(self.stats()),
             Request::Shutdown => return true,
         }
         false
@@ -774,6 +780,7 @@ impl<L: LogStore> ShardRuntime<L> {
                 Request::AddReplica { reply, .. } | Request::RemoveReplica { reply, .. } => reply(Err(ShardError::ShuttingDown)),
                 Request::ChangeMembership { reply, .. } => reply(Err(ShardError::ShuttingDown)),
                 Request::HandOffLeadership { reply } => reply(0),
+                Request::Stats { reply } => reply(self.stats()),
                 Request::Unwatch { .. }
                 | Request::Peer { .. }
                 | Request::PeerFrame { .. }

@@ -4,6 +4,7 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use conclave_proto::conclave::raft::v1::Entry as RaftEntry;
@@ -17,6 +18,7 @@ use crate::sm::StateMachine;
 
 use super::replica::Replica;
 use super::runtime::{Durable, GroupWrite, LogStore};
+use super::stats::StorageStats;
 
 /// The version of the `conclave.shard.v1.GroupSnapshot` envelope this build writes and reads.
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
@@ -27,6 +29,8 @@ pub struct ShardStorage {
     pub snapshots: SnapshotStore,
     /// The reclaim running in the background, if any (see [`LogStore::compact`]).
     reclaim: Option<BackgroundReclaim>,
+    /// Durations of flushes and snapshot saves, read by the node's metrics.
+    stats: Rc<StorageStats>,
 }
 
 /// A [`Log::reclaim`] running as a task of its own; `done` is set when it has ended.
@@ -37,7 +41,13 @@ struct BackgroundReclaim {
 
 impl ShardStorage {
     pub fn new(log: Log, snapshots: SnapshotStore) -> Self {
-        ShardStorage { log, snapshots, reclaim: None }
+        ShardStorage { log, snapshots, reclaim: None, stats: Rc::default() }
+    }
+
+    /// The timings of this storage's flushes and snapshot saves (shared: they keep counting
+    /// after the storage moved into the runtime).
+    pub fn stats(&self) -> Rc<StorageStats> {
+        Rc::clone(&self.stats)
     }
 
     /// The outcome of the background reclaim if it has ended: whether it gave back disk
@@ -83,9 +93,14 @@ impl LogStore for ShardStorage {
             last = last.max(Some(ticket));
         }
         let durable = last.map(|ticket| log.durability(ticket));
+        let (stats, started) = (Rc::clone(&self.stats), Instant::now());
         Ok(Box::pin(async move {
             match durable {
-                Some(durable) => durable.await.map_err(|e| e.to_string()),
+                Some(durable) => {
+                    let result = durable.await.map_err(|e| e.to_string());
+                    stats.record_flush(started.elapsed(), result.is_ok());
+                    result
+                }
                 None => Ok(()),
             }
         }))
@@ -93,7 +108,12 @@ impl LogStore for ShardStorage {
 
     fn save_snapshot(&mut self, group: u32, index: u64, term: u64, data: Bytes) -> Durable {
         let snapshots = self.snapshots.clone();
-        Box::pin(async move { snapshots.save(group, index, term, &data).await.map(|_| ()).map_err(|e| e.to_string()) })
+        let (stats, started) = (Rc::clone(&self.stats), Instant::now());
+        Box::pin(async move {
+            let result = snapshots.save(group, index, term, &data).await.map(|_| ()).map_err(|e| e.to_string());
+            stats.record_snapshot_save(started.elapsed(), result.is_ok());
+            result
+        })
     }
 
     /// Enqueues the compaction marker and starts a reclaim of old segments in a task of its

@@ -18,9 +18,9 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use super::framing::{frame_message, parse_grpc_timeout, MessageDecoder};
 use super::requests::RequestStream;
 use super::router::{CallContext, ConnectionInfo, LocalBoxFuture, Route, Router};
-use super::server::ServerConfig;
+use super::server::{CallObserver, ServerConfig};
 use super::signal::{Fired, Signal};
-use super::status::Status;
+use super::status::{Code, Status};
 use super::stream::{OverflowPolicy, StreamLimits, StreamSink};
 
 const GRPC_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("application/grpc");
@@ -31,6 +31,25 @@ pub(crate) struct CallEnv {
     pub config: Rc<ServerConfig>,
     pub connection: Rc<ConnectionInfo>,
     pub shutdown: Signal,
+    pub call_observer: Option<Rc<dyn CallObserver>>,
+}
+
+/// Reports a routed call to the server's [`CallObserver`] when dropped, with the code set
+/// last (`CANCELLED` unless the call reached an answer).
+struct CallRecord {
+    observer: Option<Rc<dyn CallObserver>>,
+    path: Rc<str>,
+    streaming: bool,
+    started: Instant,
+    code: Code,
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        if let Some(observer) = &self.observer {
+            observer.call_finished(&self.path, self.streaming, self.code, self.started.elapsed());
+        }
+    }
 }
 
 /// Serves one request stream to completion. Never panics on client input.
@@ -48,12 +67,20 @@ pub(crate) async fn serve_call(request: Request<RecvStream>, mut respond: SendRe
             return;
         }
     };
+    let mut record = CallRecord {
+        observer: env.call_observer.clone(),
+        path: Rc::clone(&path),
+        streaming: !matches!(route, Route::Unary(..)),
+        started: Instant::now(),
+        code: Code::Cancelled,
+    };
     let deadline = match parts.headers.get("grpc-timeout") {
         None => None,
         Some(value) => match parse_grpc_timeout(value.as_bytes()) {
             // A timeout too far away to represent (thousands of years) means no deadline.
             Ok(timeout) => Instant::now().checked_add(timeout).map(|at| (timeout, at)),
             Err(status) => {
+                record.code = status.code();
                 send_trailers_only(&mut respond, StatusCode::OK, &status);
                 return;
             }
@@ -64,20 +91,31 @@ pub(crate) async fn serve_call(request: Request<RecvStream>, mut respond: SendRe
     let max_recv = env.config.max_recv_message_len;
     let (handler_future, sink) = match route {
         Route::Unary(handler) => {
-            let Some(request) = read_single_request(body, &mut deadline_timer, &mut respond, &env).await else {
-                return;
+            let request = match read_single_request(body, &mut deadline_timer, &mut respond, &env).await {
+                Ok(request) => request,
+                Err(code) => {
+                    record.code = code;
+                    return;
+                }
             };
             let outcome = race_call(handler(request, ctx), &mut deadline_timer, &mut respond, &env).await;
             match outcome {
-                CallOutcome::Done(Ok(response)) => send_unary(&mut respond, response, &env),
-                CallOutcome::Done(Err(status)) | CallOutcome::Deadline(status) => send_trailers_only(&mut respond, StatusCode::OK, &status),
+                CallOutcome::Done(Ok(response)) => record.code = send_unary(&mut respond, response, &env),
+                CallOutcome::Done(Err(status)) | CallOutcome::Deadline(status) => {
+                    record.code = status.code();
+                    send_trailers_only(&mut respond, StatusCode::OK, &status)
+                }
                 CallOutcome::ClientGone => {}
             }
             return;
         }
         Route::ServerStreaming(handler, limits) => {
-            let Some(request) = read_single_request(body, &mut deadline_timer, &mut respond, &env).await else {
-                return;
+            let request = match read_single_request(body, &mut deadline_timer, &mut respond, &env).await {
+                Ok(request) => request,
+                Err(code) => {
+                    record.code = code;
+                    return;
+                }
             };
             let sink = StreamSink::new(limits, env.config.max_send_message_len);
             (handler(request, ctx, sink.clone()), sink)
@@ -102,25 +140,27 @@ pub(crate) async fn serve_call(request: Request<RecvStream>, mut respond: SendRe
     };
     poll_fn(|cx| writer.poll_drive(cx)).await;
     writer.sink.end();
+    record.code = writer.final_status.as_ref().map_or(Code::Cancelled, Status::code);
 }
 
 /// Reads the one request message of a unary or server-streaming call (under the call's
-/// deadline). On failure the call is answered here and `None` returned.
+/// deadline). On failure the call is answered here and its code returned (`CANCELLED`
+/// when the client left).
 async fn read_single_request(
     mut body: RecvStream,
     deadline_timer: &mut Option<(std::time::Duration, Timer)>,
     respond: &mut SendResponse<Bytes>,
     env: &CallEnv,
-) -> Option<Bytes> {
+) -> Result<Bytes, Code> {
     let request = race_call(read_request(&mut body, env.config.max_recv_message_len), deadline_timer, respond, env).await;
     drop(body);
     match request {
-        CallOutcome::Done(Ok(request)) => Some(request),
+        CallOutcome::Done(Ok(request)) => Ok(request),
         CallOutcome::Done(Err(status)) | CallOutcome::Deadline(status) => {
             send_trailers_only(respond, StatusCode::OK, &status);
-            None
+            Err(status.code())
         }
-        CallOutcome::ClientGone => None,
+        CallOutcome::ClientGone => Err(Code::Cancelled),
     }
 }
 
@@ -240,7 +280,8 @@ fn send_trailers_only(respond: &mut SendResponse<Bytes>, http_status: StatusCode
     }
 }
 
-fn send_unary(respond: &mut SendResponse<Bytes>, response: Bytes, env: &CallEnv) {
+/// Sends a unary response; returns the status code the call ended with.
+fn send_unary(respond: &mut SendResponse<Bytes>, response: Bytes, env: &CallEnv) -> Code {
     let max = env.config.max_send_message_len;
     if response.len() > max {
         let status = Status::resource_exhausted(format!(
@@ -248,7 +289,7 @@ fn send_unary(respond: &mut SendResponse<Bytes>, response: Bytes, env: &CallEnv)
             response.len()
         ));
         send_trailers_only(respond, StatusCode::OK, &status);
-        return;
+        return status.code();
     }
     let sent = respond.send_response(response_headers(StatusCode::OK), false).and_then(|mut stream| {
         stream.send_data(frame_message(&response), false)?;
@@ -258,7 +299,9 @@ fn send_unary(respond: &mut SendResponse<Bytes>, response: Bytes, env: &CallEnv)
     });
     if let Err(error) = sent {
         tracing::debug!(%error, "could not send a unary response");
+        return Code::Cancelled;
     }
+    Code::Ok
 }
 
 /// The state of a server-streaming call's response.

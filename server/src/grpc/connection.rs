@@ -104,6 +104,7 @@ async fn drive(server: &ServerShared, mut connection: H2Connection, info: &Rc<Co
         config: Rc::clone(&server.config),
         connection: Rc::clone(info),
         shutdown: server.shutdown.clone(),
+        call_observer: server.call_observer.borrow().clone(),
     });
     let mut keepalive = match (config.keepalive_interval, connection.ping_pong()) {
         (Some(interval), Some(ping_pong)) => {

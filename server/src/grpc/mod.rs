@@ -36,7 +36,7 @@ pub use io::GlommioIo;
 pub use reflection::{ReflectionService, REFLECTION_V1ALPHA_PATH, REFLECTION_V1_PATH};
 pub use requests::RequestStream;
 pub use router::{BidiStreamingHandler, CallContext, ConnectionInfo, LocalBoxFuture, Route, Router, StreamingHandler, UnaryHandler};
-pub use server::{ConnectionObserver, GrpcServer, ServerConfig};
+pub use server::{CallObserver, ConnectionObserver, GrpcServer, ServerConfig};
 pub use signal::{Fired, Signal};
 pub use status::{Code, Status};
 pub use stream::{OverflowPolicy, SendError, StreamLimits, StreamSink};

@@ -1,6 +1,6 @@
 //! The shard-local gRPC server: configuration, the accept loop, connection tracking,
 //! connection observers, and graceful shutdown.
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -11,6 +11,7 @@ use glommio::timer::Timer;
 use super::connection;
 use super::router::{ConnectionInfo, Router};
 use super::signal::Signal;
+use super::status::Code;
 
 /// Knobs of the gRPC edge; see tuning.md, section "gRPC edge", for guidance.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -113,10 +114,18 @@ pub trait ConnectionObserver {
     }
 }
 
+/// Hears how every routed call ended (for metrics): its full method path, whether it was
+/// a server stream, its status code (`CANCELLED` when the client went away first) and how
+/// long it took from its headers to its end.
+pub trait CallObserver {
+    fn call_finished(&self, method: &str, streaming: bool, code: Code, elapsed: Duration);
+}
+
 pub(crate) struct ServerShared {
     pub router: Rc<Router>,
     pub config: Rc<ServerConfig>,
     pub observer: Option<Rc<dyn ConnectionObserver>>,
+    pub call_observer: RefCell<Option<Rc<dyn CallObserver>>>,
     pub shutdown: Signal,
     open_connections: Cell<usize>,
     drained: Signal,
@@ -174,11 +183,17 @@ impl GrpcServer {
                 router: Rc::new(router),
                 config: Rc::new(config),
                 observer,
+                call_observer: RefCell::new(None),
                 shutdown: Signal::new(),
                 open_connections: Cell::new(0),
                 drained: Signal::new(),
             }),
         }
+    }
+
+    /// Reports every routed call of connections opened from now on to `observer`.
+    pub fn set_call_observer(&self, observer: Rc<dyn CallObserver>) {
+        *self.shared.call_observer.borrow_mut() = Some(observer);
     }
 
     /// Accepts connections on `listener` (which this call owns and closes) until

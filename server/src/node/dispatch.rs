@@ -26,7 +26,8 @@ use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalSender};
 use glommio::net::AcceptedTcpStream;
 
-use crate::grpc::Status;
+use crate::grpc::{LocalBoxFuture, Status};
+use crate::metrics::{ShardCounters, ShardSnapshot};
 use crate::routing::shard_of;
 use crate::service::node_control::GroupSpec;
 
@@ -72,6 +73,8 @@ pub enum CallOp {
     Read(TermQuery),
     Watch(TermQuery),
     Control(ControlOp),
+    /// The shard's metrics (the group is ignored).
+    Metrics,
 }
 
 /// A Node API operation, run by the shard that owns the group.
@@ -85,6 +88,7 @@ pub enum CallResult {
     Committed(Result<Committed, ShardError>),
     Read(Result<ReadTerm, ShardError>),
     Control(Result<(), Status>),
+    Metrics(Box<ShardSnapshot>),
 }
 
 /// Receives a watch's states with the log index each was read or changed at (the first
@@ -144,7 +148,13 @@ pub struct Dispatch {
     control: RefCell<Option<Rc<GroupControl>>>,
     /// Shard 0: where other shards' events go.
     on_event: RefCell<Option<EventHandler>>,
+    /// This shard's counters (metrics), and what snapshots all of its metrics.
+    pub counters: Rc<ShardCounters>,
+    metrics_source: RefCell<Option<MetricsSource>>,
 }
+
+/// Takes a snapshot of this shard's metrics.
+pub type MetricsSource = Rc<dyn Fn() -> LocalBoxFuture<ShardSnapshot>>;
 
 impl Dispatch {
     /// Joins the mesh: starts one drain task per destination and returns the dispatch
@@ -183,12 +193,39 @@ impl Dispatch {
             on_table_change: RefCell::new(None),
             control: RefCell::new(None),
             on_event: RefCell::new(None),
+            counters: Rc::default(),
+            metrics_source: RefCell::new(None),
         })
     }
 
     /// Sets what runs this shard's Node API operations.
     pub fn set_control(&self, control: Rc<GroupControl>) {
         *self.control.borrow_mut() = Some(control);
+    }
+
+    /// Sets what takes this shard's metrics snapshots.
+    pub fn set_metrics_source(&self, source: MetricsSource) {
+        *self.metrics_source.borrow_mut() = Some(source);
+    }
+
+    /// The metrics of shard `shard` (`None` while it is starting or shutting down).
+    pub async fn shard_metrics(&self, shard: usize) -> Option<ShardSnapshot> {
+        if shard == self.shard {
+            return self.local_metrics().await;
+        }
+        let (tx, rx) = local_channel::new_bounded(1);
+        let call = self.start_call(PendingCall::Once(tx));
+        let _guard = CallGuard { dispatch: self, call };
+        self.outbound.send(shard, MeshMessage::Call { from: self.shard, call, group: 0, op: CallOp::Metrics });
+        match rx.recv().await {
+            Some(CallResult::Metrics(snapshot)) => Some(*snapshot),
+            _ => None,
+        }
+    }
+
+    async fn local_metrics(&self) -> Option<ShardSnapshot> {
+        let source = self.metrics_source.borrow().clone()?;
+        Some(source().await)
     }
 
     /// Shard 0: sets what receives every shard's events.
@@ -254,7 +291,11 @@ impl Dispatch {
             match &result {
                 Err(ShardError::NotLeader { .. }) if retry.again().await => {}
                 Err(ShardError::LeadershipLost) if resendable && retry.again().await => {}
-                _ => return result,
+                Err(_) => {
+                    self.counters.proposal_failed();
+                    return result;
+                }
+                Ok(_) => return result,
             }
         }
     }
@@ -443,6 +484,11 @@ impl Dispatch {
         }
     }
 
+    /// Whether this node left client partition `group` through the Node API.
+    pub fn has_left(&self, group: u32) -> bool {
+        self.left.borrow().contains(&group)
+    }
+
     /// Whether this node serves client partition `group`: it hosts a replica and knows
     /// a leader for it.
     pub fn serves(&self, group: u32) -> bool {
@@ -526,6 +572,10 @@ impl Dispatch {
                 CallOp::Propose(command) => CallResult::Committed(dispatch.local.propose(group, command).await),
                 CallOp::Read(query) => CallResult::Read(dispatch.local.read(group, query).await),
                 CallOp::Control(op) => CallResult::Control(dispatch.run_control(op).await),
+                CallOp::Metrics => match dispatch.local_metrics().await {
+                    Some(snapshot) => CallResult::Metrics(Box::new(snapshot)),
+                    None => CallResult::Control(Err(Status::unavailable("the shard is still starting"))),
+                },
                 CallOp::Watch(query) => {
                     let key = dispatch.new_watch_key();
                     dispatch.served_watches.borrow_mut().insert((from, call), (group, key));
@@ -565,12 +615,14 @@ pub struct WatchGuard {
 
 impl WatchGuard {
     pub fn new(dispatch: Rc<Dispatch>, handle: WatchHandle) -> WatchGuard {
+        dispatch.counters.watch_started();
         WatchGuard { dispatch, handle }
     }
 }
 
 impl Drop for WatchGuard {
     fn drop(&mut self) {
+        self.dispatch.counters.watch_ended();
         self.dispatch.unwatch(self.handle);
     }
 }

@@ -11,6 +11,8 @@
 mod control;
 mod dispatch;
 mod groups;
+mod observe;
+mod peer_rtt;
 mod peers;
 mod registry;
 mod shard;
@@ -38,6 +40,10 @@ pub fn run(config: Config) -> Result<(), String> {
     let lock = DataDirLock::acquire(&config.data_dir).map_err(|e| e.to_string())?;
     let client_listener = bind_exclusive(config.listen).map_err(|e| format!("client API: {e}"))?;
     let admin_listener = bind_exclusive(config.admin_listen).map_err(|e| format!("admin API: {e}"))?;
+    let mut metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(bind_exclusive(addr).map_err(|e| format!("metrics listener: {e}"))?),
+        None => None,
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -58,6 +64,9 @@ pub fn run(config: Config) -> Result<(), String> {
         config.data_dir.display()
     );
     println!("conclave: clients on {}, admin on {}", config.listen, config.admin_listen);
+    if let Some(metrics) = config.metrics_listen {
+        println!("conclave: metrics and probes on http://{metrics}/metrics, /livez, /readyz");
+    }
     let mut listeners = Some((client_listener, admin_listener));
     let mut handles = Vec::new();
     for index in 0..config.shards as usize {
@@ -66,6 +75,7 @@ pub fn run(config: Config) -> Result<(), String> {
             config: config.clone(),
             mesh: mesh.clone(),
             listeners: if index == 0 { listeners.take() } else { None },
+            metrics_listener: if index == 0 { metrics_listener.take() } else { None },
             stop: Arc::clone(&stop),
         };
         let handle = LocalExecutorBuilder::new(placement)

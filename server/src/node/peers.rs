@@ -18,11 +18,15 @@ use conclave_wire::{
 use crate::config::Config;
 use crate::routing::shard_port;
 
+use super::peer_rtt::RttProbe;
+
 /// One shard's connections to the same shard of every other node.
 pub struct PeerNet {
     shard: u32,
     peers: Rc<RefCell<PeerSet<PeerMessage>>>,
     _listener: ListenerHandle,
+    /// Heartbeat round trips to each peer (metrics).
+    pub rtt: Rc<RttProbe>,
 }
 
 impl PeerNet {
@@ -45,6 +49,8 @@ impl PeerNet {
         });
         let peers = Rc::new(RefCell::new(peers));
         let heard_from = Rc::downgrade(&peers);
+        let rtt = Rc::new(RttProbe::default());
+        let rtt_of_frames = Rc::clone(&rtt);
         // Each connection's reader queues its frames on the runtime's own request queue.
         let listener = listener.spawn_into(runtime.sender(), move |frame: Inbound<PeerMessage>| {
             let from = frame.from.node_id;
@@ -55,9 +61,10 @@ impl PeerNet {
                     peer.redial_now();
                 }
             }
+            frame.messages.iter().for_each(|message| rtt_of_frames.on_receive(from, message));
             Request::PeerFrame { from, messages: frame.messages }
         });
-        let net = Rc::new(PeerNet { shard, peers, _listener: listener });
+        let net = Rc::new(PeerNet { shard, peers, _listener: listener, rtt });
         for (&id, addr) in &config.peers {
             if id != me {
                 net.set_address(u64::from(id), &addr.ip().to_string(), addr.port())?;
@@ -85,6 +92,7 @@ impl PeerNet {
             tracing::debug!(to, "no connection to node; dropping a peer message");
             return;
         };
+        self.rtt.on_send(to, &message);
         let (ordinary, bulk) = split_snapshots(message);
         for (lane, message) in [(Lane::Ordinary, ordinary), (Lane::Bulk, bulk)] {
             let Some(message) = message else { continue };
@@ -97,6 +105,14 @@ impl PeerNet {
                 }
             }
         }
+    }
+}
+
+/// Every peer's counters on this shard: (node, counters).
+impl PeerNet {
+    pub fn stats(&self) -> Vec<(u64, conclave_wire::PeerStats)> {
+        let peers = self.peers.borrow();
+        peers.node_ids().filter_map(|node| peers.get(node).map(|peer| (node, peer.sender().stats()))).collect()
     }
 }
 

@@ -22,6 +22,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::Config;
 use crate::grpc::{GrpcServer, HealthService, ReflectionService, Router, ServerConfig, ServingStatus};
+use crate::metrics::ShardCallObserver;
 use crate::net::ExclusiveListener;
 use crate::routing::{groups_of_shard, shard_of};
 use crate::service::node::NodeApi;
@@ -30,6 +31,7 @@ use crate::service::{ClientApi, ClientSessions, DriverApi, SessionObserver};
 use super::control::{NodeControlRouter, NodeEvents};
 use super::dispatch::{Dispatch, MeshMessage, NodeEvent};
 use super::groups::{self, GroupControl};
+use super::observe::{self, ShardSources};
 use super::peers::PeerNet;
 use super::registry::Registry;
 
@@ -42,6 +44,8 @@ pub struct ShardContext {
     pub mesh: MeshBuilder<MeshMessage, Full>,
     /// The client and admin listeners, given to shard 0 only.
     pub listeners: Option<(ExclusiveListener, ExclusiveListener)>,
+    /// The metrics and probes listener, given to shard 0 only (when configured).
+    pub metrics_listener: Option<ExclusiveListener>,
     pub stop: Arc<AtomicBool>,
 }
 
@@ -62,7 +66,7 @@ const SERVICES: [&str; 5] = [
 ];
 
 pub async fn run(ctx: ShardContext) -> Result<(), String> {
-    let result = serve(ctx.config.clone(), ctx.mesh, ctx.listeners, Arc::clone(&ctx.stop)).await;
+    let result = serve(ctx.config.clone(), ctx.mesh, ctx.listeners, ctx.metrics_listener, Arc::clone(&ctx.stop)).await;
     // One shard failing stops the node: the others see the flag and stop cleanly.
     ctx.stop.store(true, Ordering::SeqCst);
     result
@@ -72,6 +76,7 @@ async fn serve(
     config: Config,
     mesh: MeshBuilder<MeshMessage, Full>,
     listeners: Option<(ExclusiveListener, ExclusiveListener)>,
+    metrics_listener: Option<ExclusiveListener>,
     stop: Arc<AtomicBool>,
 ) -> Result<(), String> {
     let (senders, receivers) = mesh.join().await.map_err(|e| format!("cannot join the shard mesh: {e}"))?;
@@ -113,6 +118,8 @@ async fn serve(
         })
     };
     let tick = config.tick;
+    let storage = ShardStorage::new(log, snapshots);
+    let storage_stats = storage.stats();
     let runtime = ShardRuntime::new(
         RuntimeConfig {
             snapshot_every: config.snapshot_every,
@@ -121,7 +128,7 @@ async fn serve(
             ..RuntimeConfig::new(node_id, tick)
         },
         replicas,
-        ShardStorage::new(log, snapshots),
+        storage,
         transport,
         Box::new(move |group, event| {
             let _ = event_tx.try_send((group, event.clone()));
@@ -149,13 +156,18 @@ async fn serve(
         }),
     )?;
     *peer_net.borrow_mut() = Some(Rc::clone(&net));
+    let metrics_peers = Rc::clone(&net);
     {
         // A failed connection also fails the requests forwarded over it at once.
         let dispatch = Rc::clone(&dispatch);
         let runtime = handle.clone();
         glommio::spawn_local(async move {
             while let Some(event) = connection_rx.recv().await {
-                if matches!(event.kind, conclave_wire::ConnectionEventKind::Failed { .. }) {
+                let failed = matches!(event.kind, conclave_wire::ConnectionEventKind::Failed { .. });
+                if !event.snapshot {
+                    dispatch.counters.peer_connection(event.remote_node_id, !failed);
+                }
+                if failed {
                     let _ = runtime.send(Request::PeerDown { node: event.remote_node_id }).await;
                 }
                 dispatch.report(NodeEvent::Connection(event));
@@ -193,6 +205,7 @@ async fn serve(
         glommio::spawn_local(async move {
             while let Some((group, event)) = event_rx.recv().await {
                 if let ShardEvent::Raft(RaftEvent::LeaderChanged { term, leader }) = event {
+                    dispatch.counters.leader_seen(group, leader);
                     dispatch.broadcast_leader(group, term, leader);
                     update_health();
                 }
@@ -209,6 +222,19 @@ async fn serve(
     Rc::new(DriverApi { dispatch: Rc::clone(&dispatch), partitions }).register(&mut router);
     ReflectionService::register(&mut router)?;
     let server = GrpcServer::with_observer(router, ServerConfig::default(), Some(Rc::new(SessionObserver(Rc::clone(&sessions)))));
+    let call_observer = Rc::new(ShardCallObserver(Rc::clone(&dispatch.counters)));
+    server.set_call_observer(call_observer.clone());
+    dispatch.set_metrics_source(
+        ShardSources {
+            shard,
+            runtime: handle.clone(),
+            storage: storage_stats,
+            counters: Rc::clone(&dispatch.counters),
+            sessions: Rc::clone(&sessions),
+            peers: metrics_peers,
+        }
+        .into_source(),
+    );
 
     let on_connection: Rc<dyn Fn(glommio::net::AcceptedTcpStream)> = {
         let server = server.clone();
@@ -245,6 +271,11 @@ async fn serve(
         }
         ReflectionService::register(&mut admin_router)?;
         let admin_server = GrpcServer::new(admin_router, ServerConfig::default());
+        admin_server.set_call_observer(call_observer);
+        if let Some(metrics) = metrics_listener {
+            let handler = observe::handler(Rc::clone(&dispatch), node_id, partitions);
+            glommio::spawn_local(crate::metrics::http::serve(metrics.into_glommio(), handler)).detach();
+        }
         let serving = admin_server.clone();
         let admin = admin.into_glommio();
         glommio::spawn_local(async move { serving.serve(admin).await }).detach();

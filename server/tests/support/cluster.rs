@@ -119,8 +119,12 @@ impl Cluster {
             let members = (1..=options.nodes)
                 .map(|id| {
                     let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
-                    let ports =
-                        Ports { listen: at(reserve_ports(1)), admin: at(reserve_ports(1)), peer: at(reserve_ports(options.shards as u16)) };
+                    let ports = Ports {
+                        listen: at(reserve_ports(1)),
+                        admin: at(reserve_ports(1)),
+                        peer: at(reserve_ports(options.shards as u16)),
+                        metrics: at(reserve_ports(1)),
+                    };
                     Member { id, ports, dir: TestDir::new(), node: None }
                 })
                 .collect();
@@ -182,6 +186,8 @@ impl Cluster {
             &m.ports.listen.to_string(),
             "--admin-listen",
             &m.ports.admin.to_string(),
+            "--metrics-listen",
+            &m.ports.metrics.to_string(),
             "--data-dir",
             &m.dir.data_dir().display().to_string(),
             "--tick-ms",

@@ -86,19 +86,21 @@ impl TestDir {
     }
 }
 
-/// Addresses of one server: the client API, the admin API and its peer address.
+/// Addresses of one server: the client API, the admin API, its peer address and its
+/// metrics listener.
 #[derive(Clone, Copy, Debug)]
 pub struct Ports {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     pub peer: SocketAddr,
+    pub metrics: SocketAddr,
 }
 
 impl Ports {
     pub fn fresh() -> Ports {
         let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
         // Shard s listens for peers on the peer port + s: reserve room for four shards.
-        Ports { listen: at(free_port()), admin: at(free_port()), peer: at(cluster::reserve_ports(4)) }
+        Ports { listen: at(free_port()), admin: at(free_port()), peer: at(cluster::reserve_ports(4)), metrics: at(free_port()) }
     }
 }
 
@@ -120,6 +122,8 @@ pub fn serve_args(options: &NodeOptions, ports: &Ports, data_dir: &Path) -> Vec<
         &ports.listen.to_string(),
         "--admin-listen",
         &ports.admin.to_string(),
+        "--metrics-listen",
+        &ports.metrics.to_string(),
         "--peers",
         &format!("1={}", ports.peer),
         "--shards",

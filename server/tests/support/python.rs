@@ -1,5 +1,6 @@
 //! The Python environment of the tests that drive the server with non-Rust tools
-//! (`python_client.rs`: grpcio; `e2e_reflection.rs`: grpcurl): a virtual environment under
+//! (`python_client.rs`: grpcio; `e2e_reflection.rs`: grpcurl; `e2e_metrics.rs`: the
+//! `prometheus-client` parsers): a virtual environment under
 //! `target/` holding the pinned packages of `server/tests/python/requirements.txt`, created
 //! (or brought up to date with requirements.txt) on first use, so a machine needs only
 //! Python 3 with `venv` and pip.
@@ -50,7 +51,7 @@ fn venv() -> PathBuf {
         "installing the Python gRPC packages",
     );
     run_checked(
-        Command::new(&python).args(["-c", "import grpc, grpc_tools.protoc, grpc_health.v1.health_pb2"]),
+        Command::new(&python).args(["-c", "import grpc, grpc_tools.protoc, grpc_health.v1.health_pb2, prometheus_client.parser"]),
         "importing the installed Python gRPC packages",
     );
     run_checked(Command::new(venv.join("bin").join("grpcurl")).arg("-version"), "running the installed grpcurl");

@@ -1,0 +1,215 @@
+//! The node's metrics in the OpenMetrics text format (which Prometheus scrapes), encoded by
+//! `prometheus-client` from one [`NodeMetrics`]: a collector registered in a fresh registry
+//! (prefix `conclave_`) for each scrape. Names and units follow etcd's where a counterpart
+//! exists (`etcd_server_has_leader` → `conclave_server_has_leader`, ...); every metric is
+//! listed in the README.
+
+use std::fmt::Write;
+
+use conclave_engine::raft::RaftRole;
+use conclave_engine::shard::DurationHistogram;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::grpc::Code;
+
+use super::NodeMetrics;
+
+/// The `Content-Type` of [`encode`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A label set of a metric family.
+type Labels = Vec<(&'static str, String)>;
+
+/// Encodes `metrics` as OpenMetrics text.
+pub fn encode(metrics: NodeMetrics) -> String {
+    let mut registry = Registry::with_prefix("conclave");
+    registry.register_collector(Box::new(NodeCollector(metrics)));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("writing to a String cannot fail");
+    text
+}
+
+#[derive(Debug)]
+struct NodeCollector(NodeMetrics);
+
+impl Collector for NodeCollector {
+    fn encode(&self, mut out: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let m = &self.0;
+        let e = &mut out;
+        let groups = &m.runtime.groups;
+        let by_group = |value: fn(&conclave_engine::shard::GroupStats) -> u64| {
+            groups.iter().map(move |g| (vec![("partition", g.group.to_string())], value(g))).collect::<Vec<_>>()
+        };
+        gauges(
+            e,
+            "server_has_leader",
+            "Whether this node's replica of the partition knows a leader (1) or not (0).",
+            by_group(|g| u64::from(g.leader != 0)),
+        )?;
+        gauges(
+            e,
+            "server_is_leader",
+            "Whether this node leads the partition (1) or not (0).",
+            by_group(|g| u64::from(g.role == RaftRole::Leader)),
+        )?;
+        gauges(e, "server_term", "The Raft term of this node's replica of the partition.", by_group(|g| g.term))?;
+        counter(e, "server_leader_changes_seen", "Changes to a new known leader seen by this node's replicas.", m.leader_changes)?;
+        counter(
+            e,
+            "server_proposals_committed",
+            "Raft entries committed: the sum of the commit indexes of this node's replicas.",
+            groups.iter().map(|g| g.commit_index).sum(),
+        )?;
+        counter(
+            e,
+            "server_proposals_applied",
+            "Raft entries applied: the sum of the applied indexes of this node's state machines.",
+            groups.iter().map(|g| g.applied_index).sum(),
+        )?;
+        gauge(
+            e,
+            "server_proposals_pending",
+            "Proposals waiting to apply: appended by this node as leader, or forwarded to a leader elsewhere.",
+            groups.iter().map(|g| g.pending_proposals).sum::<u64>() + m.runtime.forwarded_pending,
+        )?;
+        counter(
+            e,
+            "server_proposals_failed",
+            "Client proposals that ended in an error after retries through leader changes.",
+            m.proposals_failed,
+        )?;
+        histogram(
+            e,
+            "disk_wal_fsync_duration_seconds",
+            "Durable log writes (one per round of the shard loop): from submission until durable (O_DSYNC write, or write + fdatasync).",
+            &m.flush,
+        )?;
+        histogram(e, "disk_snapshot_save_duration_seconds", "Snapshot saves: from start until the snapshot is durable.", &m.snapshot_save)?;
+        counter(e, "disk_write_failures", "Log writes or snapshot saves that failed (the shard stops serving).", m.storage_failures)?;
+        let peers = |value: fn(&super::PeerSnapshot) -> u64| {
+            m.peers.values().map(move |p| (vec![("to", p.node.to_string())], value(p))).collect::<Vec<_>>()
+        };
+        let histograms: Vec<(Labels, &DurationHistogram)> = m.peers.values().map(|p| (vec![("to", p.node.to_string())], &p.rtt)).collect();
+        histograms_family(
+            e,
+            "network_peer_round_trip_time_seconds",
+            "Round trips of Raft heartbeats to each peer (heartbeat sent until its response arrived).",
+            &histograms,
+        )?;
+        counters(e, "network_peer_sent_failures", "Messages to each peer lost in a failed write.", peers(|p| p.sent_failures))?;
+        counters(
+            e,
+            "network_peer_connection_failures",
+            "Failed connection attempts or broken connections to each peer.",
+            peers(|p| p.connection_failures),
+        )?;
+        counters(e, "network_peer_sent_bytes", "Bytes written to each peer.", peers(|p| p.bytes_sent))?;
+        let active: Vec<(Labels, u64)> =
+            m.peers.values().map(|p| (vec![("local", m.node_id.to_string()), ("remote", p.node.to_string())], p.connected)).collect();
+        gauges(e, "network_active_peers", "Connections to each peer that are up (one per shard when healthy).", active)?;
+        let mut handled: Vec<(Labels, u64)> = Vec::new();
+        let mut latency: Vec<(Labels, &DurationHistogram)> = Vec::new();
+        for method in m.grpc.values() {
+            let labels = vec![
+                ("grpc_type", method.grpc_type().to_owned()),
+                ("grpc_service", method.service.clone()),
+                ("grpc_method", method.method.clone()),
+            ];
+            for code in Code::ALL {
+                let calls = method.codes[code as usize];
+                if calls > 0 {
+                    let mut with_code = labels.clone();
+                    with_code.push(("grpc_code", code.name().to_owned()));
+                    handled.push((with_code, calls));
+                }
+            }
+            latency.push((labels, &method.latency));
+        }
+        counters(e, "grpc_server_handled", "gRPC calls completed, by service, method and status code.", handled)?;
+        histograms_family(
+            e,
+            "grpc_server_handling_seconds",
+            "gRPC call latency (a stream's whole life), by service and method.",
+            &latency,
+        )?;
+        gauge(e, "client_sessions_open", "Client sessions of the connections this node serves.", m.client_sessions)?;
+        gauge(e, "watch_streams", "Watch streams open on this node.", m.watch_streams)?;
+        gauge(e, "sessions", "Sessions in the state machines of the partitions this node hosts.", groups.iter().map(|g| g.sessions).sum())?;
+        gauge(
+            e,
+            "elections",
+            "Elections in the state machines of the partitions this node hosts.",
+            groups.iter().map(|g| g.elections).sum(),
+        )?;
+        gauge(
+            e,
+            "election_candidates",
+            "Candidates of every election of the partitions this node hosts.",
+            groups.iter().map(|g| g.candidates).sum(),
+        )?;
+        counter(
+            e,
+            "election_term_changes",
+            "Leader handovers of elections (the sum of their term numbers) in the partitions this node hosts.",
+            groups.iter().map(|g| g.election_term_changes).sum(),
+        )?;
+        let shards: Vec<(Labels, u64)> = m.shards_up.iter().map(|(s, up)| (vec![("shard", s.to_string())], u64::from(*up))).collect();
+        gauges(e, "shard_up", "Whether the shard and its runtime answered this scrape (1) or not (0).", shards)
+    }
+}
+
+fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
+    e.encode_descriptor(name, help, None, MetricType::Counter)?.encode_counter::<NoLabelSet, _, u64>(&value, None)
+}
+
+fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> std::fmt::Result {
+    e.encode_descriptor(name, help, None, MetricType::Gauge)?.encode_gauge(&value)
+}
+
+fn counters(e: &mut DescriptorEncoder, name: &str, help: &str, rows: Vec<(Labels, u64)>) -> std::fmt::Result {
+    let mut metric = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in &rows {
+        metric.encode_family(labels)?.encode_counter::<NoLabelSet, _, u64>(value, None)?;
+    }
+    Ok(())
+}
+
+fn gauges(e: &mut DescriptorEncoder, name: &str, help: &str, rows: Vec<(Labels, u64)>) -> std::fmt::Result {
+    let mut metric = e.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in &rows {
+        metric.encode_family(labels)?.encode_gauge(value)?;
+    }
+    Ok(())
+}
+
+fn histogram(e: &mut DescriptorEncoder, name: &str, help: &str, h: &DurationHistogram) -> std::fmt::Result {
+    e.encode_descriptor(name, help, None, MetricType::Histogram)?.encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &h.buckets(), None)
+}
+
+fn histograms_family<L: EncodeLabelSet>(
+    e: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(L, &DurationHistogram)],
+) -> std::fmt::Result {
+    let mut metric = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, h) in rows {
+        metric.encode_family(labels)?.encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &h.buckets(), None)?;
+    }
+    Ok(())
+}
+
+/// A plain-text body for the probes: one line per problem, or `ok`.
+pub fn probe_body(problems: &[String]) -> String {
+    let mut body = String::new();
+    if problems.is_empty() {
+        body.push_str("ok\n");
+    }
+    for problem in problems {
+        let _ = writeln!(body, "{problem}");
+    }
+    body
+}

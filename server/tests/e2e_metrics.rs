@@ -1,0 +1,301 @@
+//! The metrics listener (`--metrics-listen`) of real `conclave serve` processes:
+//!
+//! - `/metrics` parsed by the Python `prometheus_client` package's parsers (OpenMetrics and
+//!   classic text), with values that move under a load of `Enter` calls made with tonic;
+//! - the HTTP layer's answers to bad requests (404, 405, 400, 431) and keep-alive;
+//! - `/livez` and `/readyz` on a 3-node cluster as nodes are killed: the survivors stay
+//!   ready after failover, a node left without quorum is live but not ready.
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::client::atomix::runtime::election::v1 as rt;
+use support::cluster::{create, Cluster, ClusterOptions, Election};
+use support::python::python_with_grpc;
+use support::{bounded, id, Node, NodeOptions, TestDir};
+
+/// One parsed sample: (name, labels) → value.
+type Samples = BTreeMap<(String, BTreeMap<String, String>), f64>;
+
+/// A scrape as the Python parsers saw it.
+struct Scrape {
+    content_type: String,
+    families: BTreeMap<String, String>,
+    samples: Samples,
+}
+
+impl Scrape {
+    /// The sum of every sample named `name` whose labels include `labels`.
+    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.samples
+            .iter()
+            .filter(|((n, l), _)| n == name && labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    fn count(&self, name: &str) -> usize {
+        self.samples.keys().filter(|(n, _)| n == name).count()
+    }
+}
+
+/// Scrapes `addr`'s `/metrics` with the Python parsers (both must accept it).
+fn scrape(addr: SocketAddr) -> Scrape {
+    let python = python_with_grpc();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/scrape_metrics.py");
+    let output = Command::new(python).arg(script).arg(addr.to_string()).output().expect("run scrape_metrics.py");
+    assert!(
+        output.status.success(),
+        "the prometheus_client parsers refused the exposition:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("the script prints JSON");
+    let families =
+        json["families"].as_object().expect("families").iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned())).collect();
+    let mut samples = Samples::new();
+    for sample in json["samples"].as_array().expect("samples") {
+        let name = sample[0].as_str().expect("name").to_owned();
+        let labels = sample[1].as_object().expect("labels").iter().map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned())).collect();
+        samples.insert((name, labels), sample[2].as_f64().expect("value"));
+    }
+    assert!(json["classic_samples"].as_u64().unwrap() > 0, "the classic text parser read samples too");
+    Scrape { content_type: json["content_type"].as_str().unwrap_or_default().to_owned(), families, samples }
+}
+
+/// Sends `request` (raw bytes) on a fresh connection and reads until the server closes it.
+fn raw_http(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect to the metrics listener");
+    stream.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    stream.write_all(request).expect("send");
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// `GET path` with `Connection: close`: (status code, body).
+fn get(addr: SocketAddr, path: &str) -> Result<(u16, String), std::io::Error> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    let status = answer.split(' ').nth(1).and_then(|code| code.parse().ok()).unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_move_under_load() {
+    let mut dir = TestDir::new();
+    let options = NodeOptions::default();
+    let node = Node::start(&mut dir, &options).await;
+    let metrics = node.ports.metrics;
+    // The node reports leaders as it starts; wait (bounded) until every partition shows one.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let before = loop {
+        let scrape = tokio::task::spawn_blocking(move || scrape(metrics)).await.unwrap();
+        if scrape.sum("conclave_server_has_leader", &[]) as u32 == options.partitions || Instant::now() > deadline {
+            break scrape;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(before.content_type.starts_with("application/openmetrics-text"), "{}", before.content_type);
+    for (family, kind) in [
+        ("conclave_server_has_leader", "gauge"),
+        ("conclave_server_is_leader", "gauge"),
+        ("conclave_server_leader_changes_seen", "counter"),
+        ("conclave_server_proposals_committed", "counter"),
+        ("conclave_server_proposals_applied", "counter"),
+        ("conclave_server_proposals_pending", "gauge"),
+        ("conclave_server_proposals_failed", "counter"),
+        ("conclave_disk_wal_fsync_duration_seconds", "histogram"),
+        ("conclave_disk_snapshot_save_duration_seconds", "histogram"),
+        ("conclave_network_peer_round_trip_time_seconds", "histogram"),
+        ("conclave_network_peer_sent_failures", "counter"),
+        ("conclave_network_active_peers", "gauge"),
+        ("conclave_grpc_server_handled", "counter"),
+        ("conclave_grpc_server_handling_seconds", "histogram"),
+        ("conclave_client_sessions_open", "gauge"),
+        ("conclave_elections", "gauge"),
+        ("conclave_election_candidates", "gauge"),
+        ("conclave_watch_streams", "gauge"),
+        ("conclave_election_term_changes", "counter"),
+        ("conclave_shard_up", "gauge"),
+    ] {
+        assert_eq!(before.families.get(family).map(String::as_str), Some(kind), "family {family}");
+    }
+    // A single node leads every partition.
+    assert_eq!(before.count("conclave_server_has_leader"), options.partitions as usize);
+    assert_eq!(before.sum("conclave_server_is_leader", &[]) as u32, options.partitions);
+    assert!(before.sum("conclave_server_leader_changes_seen_total", &[]) >= f64::from(options.partitions));
+    assert_eq!(before.sum("conclave_shard_up", &[]) as u32, options.shards);
+
+    // Load: candidates enter elections spread over the partitions, and one watch stays open.
+    const ENTERS: usize = 40;
+    let channel = node.connect().await;
+    let mut client = Election::new(channel.clone());
+    for i in 0..8 {
+        create(&channel, &format!("metrics-{i}")).await;
+    }
+    let mut watch = client.watch(bounded(rt::WatchRequest { id: id("metrics-0") })).await.expect("watch");
+    for i in 0..ENTERS {
+        let request = rt::EnterRequest { id: id(&format!("metrics-{}", i % 8)), candidate: format!("c{i}") };
+        client.enter(bounded(request)).await.expect("enter");
+    }
+    let first = tokio::time::timeout(Duration::from_secs(5), watch.get_mut().message()).await;
+    assert!(matches!(first, Ok(Ok(Some(_)))), "the watch streams the election: {first:?}");
+    let during = tokio::task::spawn_blocking(move || scrape(metrics)).await.unwrap();
+
+    let enter_ok = [("grpc_service", "atomix.runtime.election.v1.LeaderElection"), ("grpc_method", "Enter"), ("grpc_code", "OK")];
+    let handled = |s: &Scrape| s.sum("conclave_grpc_server_handled_total", &enter_ok);
+    assert!(handled(&during) - handled(&before) >= ENTERS as f64, "Enter calls counted: {} then {}", handled(&before), handled(&during));
+    let latency = [("grpc_method", "Enter"), ("grpc_type", "unary")];
+    assert!(during.sum("conclave_grpc_server_handling_seconds_count", &latency) >= ENTERS as f64);
+    assert!(during.sum("conclave_grpc_server_handling_seconds_bucket", &[("grpc_method", "Enter"), ("le", "+Inf")]) >= ENTERS as f64);
+    for name in [
+        "conclave_server_proposals_committed_total",
+        "conclave_server_proposals_applied_total",
+        "conclave_disk_wal_fsync_duration_seconds_count",
+    ] {
+        assert!(during.sum(name, &[]) >= before.sum(name, &[]) + ENTERS as f64, "{name} moved by the load");
+    }
+    // Histogram buckets are cumulative and end with the count.
+    let mut bounds: Vec<(f64, f64)> = during
+        .samples
+        .iter()
+        .filter(|((n, _), _)| n == "conclave_disk_wal_fsync_duration_seconds_bucket")
+        .map(|((_, labels), v)| (labels["le"].parse::<f64>().unwrap_or(f64::INFINITY), *v))
+        .collect();
+    bounds.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let buckets: Vec<f64> = bounds.into_iter().map(|(_, count)| count).collect();
+    assert!(buckets.windows(2).all(|w| w[0] <= w[1]), "cumulative buckets: {buckets:?}");
+    assert_eq!(buckets.last().copied(), Some(during.sum("conclave_disk_wal_fsync_duration_seconds_count", &[])));
+    assert_eq!(during.sum("conclave_elections", &[]), 8.0, "eight elections were entered");
+    assert_eq!(during.sum("conclave_election_candidates", &[]), ENTERS as f64);
+    assert!(during.sum("conclave_election_term_changes_total", &[]) >= 8.0, "each election got its first leader");
+    assert!(during.sum("conclave_client_sessions_open", &[]) >= 1.0, "the client's session is open");
+    assert!(during.sum("conclave_sessions", &[]) >= 1.0);
+    assert_eq!(during.sum("conclave_watch_streams", &[]), 1.0, "the watch stream is counted");
+
+    // The client leaves: its watch and sessions end and the gauges come down (bounded wait).
+    drop(watch);
+    drop(client);
+    drop(channel);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let after = tokio::task::spawn_blocking(move || scrape(metrics)).await.unwrap();
+        let (watches, sessions) = (after.sum("conclave_watch_streams", &[]), after.sum("conclave_client_sessions_open", &[]));
+        if watches == 0.0 && sessions == 0.0 {
+            assert_eq!(after.sum("conclave_election_candidates", &[]), 0.0, "the candidacies ended with the session");
+            break;
+        }
+        assert!(Instant::now() < deadline, "watch streams {watches} and sessions {sessions} did not come down");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_listener_refuses_bad_requests_and_keeps_connections_alive() {
+    let mut dir = TestDir::new();
+    let node = Node::start(&mut dir, &NodeOptions::default()).await;
+    let addr = node.ports.metrics;
+    tokio::task::spawn_blocking(move || {
+        let (status, body) = get(addr, "/nowhere").unwrap();
+        assert_eq!(status, 404, "{body}");
+        assert!(body.contains("/metrics"), "{body}");
+        assert!(raw_http(addr, b"POST /metrics HTTP/1.1\r\nContent-Length: 0\r\n\r\n").starts_with("HTTP/1.1 405 "));
+        assert!(raw_http(addr, b"GET /metrics HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello").starts_with("HTTP/1.1 400 "));
+        assert!(raw_http(addr, b"\x16\x03\x01 garbage\r\n\r\n").starts_with("HTTP/1.1 400 "));
+        let huge = format!("GET /metrics HTTP/1.1\r\nX-Padding: {}\r\n\r\n", "a".repeat(16 << 10));
+        assert!(raw_http(addr, huge.as_bytes()).starts_with("HTTP/1.1 431 "));
+        // A request that never ends is cut off after the read timeout (5 s).
+        let started = Instant::now();
+        assert!(raw_http(addr, b"GET /metrics HTTP/1.1\r\n").starts_with("HTTP/1.1 408 "));
+        assert!(started.elapsed() < Duration::from_secs(12));
+        // Two requests on one connection (HTTP/1.1 keep-alive), then HEAD with close.
+        let answer = raw_http(addr, b"GET /livez HTTP/1.1\r\n\r\nHEAD /metrics?x=1 HTTP/1.1\r\nConnection: close\r\n\r\n");
+        assert_eq!(answer.matches("HTTP/1.1 200 OK").count(), 2, "{answer}");
+        assert!(answer.ends_with("\r\n\r\n"), "HEAD has no body: {answer}");
+    })
+    .await
+    .unwrap();
+}
+
+/// Polls `GET path` until it answers `want` (bounded); returns the last answer.
+async fn wait_status(addr: SocketAddr, path: &'static str, want: u16, within: Duration) -> (u16, String) {
+    let deadline = Instant::now() + within;
+    loop {
+        let answer = tokio::task::spawn_blocking(move || get(addr, path)).await.unwrap();
+        let answer = answer.unwrap_or_else(|e| (0, e.to_string()));
+        if answer.0 == want || Instant::now() > deadline {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_follow_a_three_node_cluster_losing_nodes() {
+    let mut cluster = Cluster::start(ClusterOptions::default()).await;
+    let addr = |cluster: &Cluster, id: u32| cluster.member(id).ports.metrics;
+    for id in cluster.ids() {
+        assert_eq!(wait_status(addr(&cluster, id), "/livez", 200, Duration::from_secs(10)).await, (200, "ok\n".to_owned()));
+        let ready = wait_status(addr(&cluster, id), "/readyz", 200, Duration::from_secs(20)).await;
+        assert_eq!(ready.0, 200, "node {id} ready: {}", ready.1);
+    }
+
+    // Peers: every shard of node 2 is connected to nodes 1 and 3, and heartbeat round trips
+    // are measured (bounded wait: heartbeats flow every few ticks while groups are active).
+    let metrics = addr(&cluster, 2);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let scrape = tokio::task::spawn_blocking(move || scrape(metrics)).await.unwrap();
+        let connected = |to: &str| scrape.sum("conclave_network_active_peers", &[("local", "2"), ("remote", to)]);
+        let rtts = |to: &str| scrape.sum("conclave_network_peer_round_trip_time_seconds_count", &[("to", to)]);
+        let shards = f64::from(cluster.options.shards);
+        if connected("1") == shards && connected("3") == shards && rtts("1") > 0.0 && rtts("3") > 0.0 {
+            assert!(scrape.sum("conclave_network_peer_sent_bytes_total", &[("to", "1")]) > 0.0);
+            assert_eq!(scrape.sum("conclave_server_has_leader", &[]), f64::from(cluster.options.partitions));
+            assert!(scrape.sum("conclave_server_is_leader", &[]) < f64::from(cluster.options.partitions), "leaderships are spread");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "peers connected {} / {}, round trips {} / {}",
+            connected("1"),
+            connected("3"),
+            rtts("1"),
+            rtts("3")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Node 1 dies: the survivors elect leaders for its partitions and stay (or become
+    // again) ready; they stay live throughout.
+    cluster.kill9(1);
+    assert!(get(addr(&cluster, 1), "/livez").is_err(), "a killed node answers nothing");
+    for id in [2, 3] {
+        let ready = wait_status(addr(&cluster, id), "/readyz", 200, Duration::from_secs(20)).await;
+        assert_eq!(ready.0, 200, "node {id} ready after failover: {}\n{}", ready.1, cluster.logs());
+        assert_eq!(wait_status(addr(&cluster, id), "/livez", 200, Duration::from_secs(5)).await.0, 200);
+    }
+
+    // Node 2 dies too: node 3 has no quorum, so no partition can have a leader or serve a
+    // linearizable read; it is not ready, but it is live.
+    cluster.kill9(2);
+    let (status, body) = wait_status(addr(&cluster, 3), "/readyz", 503, Duration::from_secs(30)).await;
+    assert_eq!(status, 503, "node 3 without quorum is not ready: {body}");
+    assert!(body.contains("partition"), "the body names what is missing: {body}");
+    assert_eq!(wait_status(addr(&cluster, 3), "/livez", 200, Duration::from_secs(5)).await, (200, "ok\n".to_owned()));
+
+    // Node 2 returns: quorum again, node 3 is ready again.
+    cluster.restart(2).await;
+    let ready = wait_status(addr(&cluster, 3), "/readyz", 200, Duration::from_secs(30)).await;
+    assert_eq!(ready.0, 200, "node 3 ready once quorum is back: {}", ready.1);
+}
