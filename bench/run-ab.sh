@@ -23,14 +23,15 @@ source "$HERE/cluster.sh"
 begin_run ab
 echo "A: $A"$'\n'"B: $B" | tee "$OUT/binaries.txt"
 
-workload() { # TAG WORKLOAD
-    local endpoints
+workload() { # TAG WORKLOAD (each run reports the nodes' CPU per operation)
+    local endpoints pids
     endpoints=$(conclave_endpoints)
+    pids=$(IFS=,; echo "${CONCLAVE_NODE_PIDS[*]}")
     case $2 in
-        churn-64) bench_run "$1-churn-64" churn --endpoints "$endpoints" -c 64 -e 1000 -d "$DURATION" ;;
-        read-64) bench_run "$1-read-64" read --endpoints "$endpoints" -c 64 -e 1000 -d "$DURATION" ;;
-        enter-1) bench_run "$1-enter-1" churn --endpoints "$endpoints" -c 1 -e 1000 -d "$DURATION" ;;
-        watch) bench_run "$1-watch" watch --endpoints "$endpoints" -e 8 -w 4 -d "$DURATION" ;;
+        churn-64) bench_run "$1-churn-64" churn --endpoints "$endpoints" -c 64 -e 1000 -d "$DURATION" --server-pids "$pids" ;;
+        read-64) bench_run "$1-read-64" read --endpoints "$endpoints" -c 64 -e 1000 -d "$DURATION" --server-pids "$pids" ;;
+        enter-1) bench_run "$1-enter-1" churn --endpoints "$endpoints" -c 1 -e 1000 -d "$DURATION" --server-pids "$pids" ;;
+        watch) bench_run "$1-watch" watch --endpoints "$endpoints" -e 8 -w 4 -d "$DURATION" --server-pids "$pids" ;;
         *) echo "unknown workload $2" >&2; exit 2 ;;
     esac
 }

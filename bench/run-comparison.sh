@@ -9,7 +9,9 @@
 # over every node's client endpoint; Conclave then etcd for each workload, so the two
 # compare under the same machine load), then kills a node of each system KILLS times
 # (Conclave: the nodes in turn, restarted after each kill; etcd: its current leader) and
-# measures failover. Writes one JSON + SVG + text per run into OUT, with the exact command
+# measures failover. Every load run reports the servers' CPU per operation (user + system
+# time of every node or member from /proc/PID/stat over the measured phase, beside ops/s and
+# latency). Writes one JSON + SVG + text per run into OUT, with the exact command
 # and the load average in each text, and stops everything it started on exit (trap),
 # whatever happens.
 #
@@ -86,12 +88,18 @@ selected() { # NAME: whether ONLY lets this run through
 bench_floor floor-start
 
 # --- the same workloads against both ------------------------------------------------------
+server_pids() { # TARGET: the system's server processes, comma-separated
+    local IFS=,
+    if [[ $1 == conclave ]]; then echo "${CONCLAVE_NODE_PIDS[*]}"; else echo "${ETCD_MEMBER_PIDS[*]}"; fi
+}
+# Each run reports its system's server CPU over the measured phase, per operation
+# (--server-pids: /proc/PID/stat of every node or member).
 run() { # NAME TARGET ENDPOINTS WORKLOAD ARGS...
     local name=$1 target=$2 endpoints=$3 workload=$4
     shift 4
     selected "$name" || return 0
     bench_run "$name" "$workload" --target "$target" --endpoints "$endpoints" \
-        --duration "$DURATION" "$@"
+        --duration "$DURATION" --server-pids "$(server_pids "$target")" "$@"
 }
 both() { # NAME WORKLOAD ARGS...: the run against Conclave, then against etcd
     local name=$1

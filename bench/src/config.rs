@@ -91,6 +91,9 @@ pub struct BenchConfig {
     /// Failover only: kill a cluster node instead of cutting client connections (see
     /// [`crate::kill`]).
     pub kill: Option<NodeKill>,
+    /// Server processes (on this machine) whose CPU time over the measured phase the report
+    /// gives, in total and per operation.
+    pub server_pids: Vec<i32>,
 }
 
 impl BenchConfig {
@@ -113,6 +116,7 @@ impl BenchConfig {
             progress: false,
             json: None,
             kill: None,
+            server_pids: Vec::new(),
         }
     }
 

@@ -621,7 +621,7 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
     }
     notes.extend(kill_notes(&config, &kill, &survivors, &outcomes, &leaders));
 
-    Report::finish(&config, elapsed, recorder.finish(), notes)
+    Report::finish(&config, elapsed, recorder.finish(), notes, None)
 }
 
 fn millis(d: Duration) -> String {

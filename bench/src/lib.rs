@@ -22,6 +22,7 @@ pub mod kill;
 pub mod node_events;
 pub mod report;
 pub mod schedule;
+pub mod server_cpu;
 pub mod stats;
 pub mod subscribers;
 pub mod svg;

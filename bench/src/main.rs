@@ -82,6 +82,10 @@ struct RunArgs {
     /// No progress line on stderr.
     #[arg(long, short = 'q')]
     quiet: bool,
+    /// Server process ids (comma-separated) whose CPU time over the measured phase the
+    /// report gives per operation (from /proc/PID/stat).
+    #[arg(long, value_delimiter = ',')]
+    server_pids: Vec<i32>,
     #[command(flatten)]
     kill: KillArgs,
 }
@@ -200,6 +204,7 @@ fn config_of(workload: Workload, args: RunArgs) -> Result<BenchConfig, String> {
         progress: !args.quiet,
         json: args.json,
         kill: args.kill.node_kill(),
+        server_pids: args.server_pids,
     };
     config.validate()?;
     Ok(config)

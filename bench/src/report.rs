@@ -102,6 +102,10 @@ pub struct Report {
     pub error_messages: BTreeMap<String, u64>,
     /// Facts a reader needs to interpret the numbers.
     pub notes: Vec<String>,
+    /// CPU seconds the server processes (`server_pids`) used over the measured phase.
+    pub server_cpu_sec: Option<f64>,
+    /// `server_cpu_sec` per successful operation, in microseconds.
+    pub server_cpu_us_per_op: Option<f64>,
 }
 
 impl Report {
@@ -112,16 +116,21 @@ impl Report {
         elapsed: Duration,
         recorded: crate::stats::Recorded,
         notes: Vec<String>,
+        server_cpu_sec: Option<f64>,
     ) -> Result<Report, crate::error::BenchError> {
         let crate::stats::Recorded { ops, timeline, error_messages } = recorded;
-        let report = Report {
+        let mut report = Report {
             config: config.clone(),
             elapsed_sec: elapsed.as_secs_f64(),
             ops: ops.iter().map(|(op, stats)| (op.clone(), stats.summary(elapsed))).collect(),
             timeline,
             error_messages,
             notes,
+            server_cpu_sec,
+            server_cpu_us_per_op: None,
         };
+        let total = report.total_ops();
+        report.server_cpu_us_per_op = server_cpu_sec.filter(|_| total > 0).map(|cpu| cpu * 1e6 / total as f64);
         if let Some(path) = &config.json {
             report.write(path).map_err(|e| crate::error::BenchError::Io(format!("writing {}: {e}", path.display())))?;
         }
@@ -148,6 +157,12 @@ impl Report {
             out.push_str(&format!(
                 "{:<18} {:>10.0} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10.1} {:>10} {:>8}\n",
                 op, s.ops_per_sec, s.p50_us, s.p90_us, s.p99_us, s.p999_us, s.max_us, s.count, s.errors
+            ));
+        }
+        if let (Some(cpu), Some(per_op)) = (self.server_cpu_sec, self.server_cpu_us_per_op) {
+            out.push_str(&format!(
+                "server CPU: {cpu:.3} s over the measured phase ({:.2} cores), {per_op:.1} us per operation\n",
+                cpu / self.elapsed_sec.max(1e-9)
             ));
         }
         out
@@ -196,6 +211,8 @@ pub(crate) mod tests {
             timeline: vec![window(500), window(500)],
             error_messages: BTreeMap::from([("enter: UNAVAILABLE".to_string(), 3)]),
             notes: vec!["a note".into()],
+            server_cpu_sec: None,
+            server_cpu_us_per_op: None,
         }
     }
 

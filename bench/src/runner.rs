@@ -205,6 +205,7 @@ pub async fn run_async(config: BenchConfig) -> Result<Report, BenchError> {
     barrier.ready.wait().await;
     ctx.recorder.reset();
     let start = Instant::now();
+    let server_cpu = crate::server_cpu::CpuWindow::start(&config.server_pids);
     ctx.pacer.begin_at(start);
     barrier.go.wait().await;
     let ticker = {
@@ -231,6 +232,7 @@ pub async fn run_async(config: BenchConfig) -> Result<Report, BenchError> {
         }
     }
     let elapsed = start.elapsed();
+    let server_cpu_sec = server_cpu.seconds();
     ticker.abort();
     let _ = ticker.await;
     if let Some(e) = setup_failure {
@@ -241,5 +243,5 @@ pub async fn run_async(config: BenchConfig) -> Result<Report, BenchError> {
         eprintln!("{}", progress_line(elapsed.as_secs() as usize + 1, &last_window));
     }
     drop(holders);
-    Report::finish(&config, elapsed, ctx.recorder.finish(), notes_of(&config, &counters))
+    Report::finish(&config, elapsed, ctx.recorder.finish(), notes_of(&config, &counters), server_cpu_sec)
 }

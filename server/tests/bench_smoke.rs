@@ -37,10 +37,19 @@ fn bench_workloads_run_against_a_real_server() {
     let node = runtime.block_on(Node::start(&mut dir, &NodeOptions::default()));
     let out = tempfile::tempdir().expect("output dir");
 
-    let churn =
-        BenchConfig { concurrency: 8, elections: 50, duration: Duration::from_secs(2), ..BenchConfig::new(node.url(), Workload::Churn) };
+    let churn = BenchConfig {
+        concurrency: 8,
+        elections: 50,
+        duration: Duration::from_secs(2),
+        server_pids: vec![node.pid()],
+        ..BenchConfig::new(node.url(), Workload::Churn)
+    };
     let report = run_checked(&node, out.path(), churn);
     assert!(count(&report, "enter") > 0 && count(&report, "withdraw") > 0, "{}", report.table());
+    // The server's CPU over the measured phase, per operation, from /proc/PID/stat.
+    let per_op = report.server_cpu_us_per_op.unwrap_or_else(|| panic!("no server CPU figure: {}", report.table()));
+    assert!(per_op > 0.0 && per_op < 1e6, "server CPU per operation {per_op} us");
+    assert!(report.table().contains("server CPU"), "{}", report.table());
 
     let read =
         BenchConfig { concurrency: 8, elections: 50, duration: Duration::from_secs(2), ..BenchConfig::new(node.url(), Workload::Read) };

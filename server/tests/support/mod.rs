@@ -212,6 +212,11 @@ impl Node {
         Node { child: Some(child), ports, data_dir, log }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().expect("running").id() as i32
+    }
+
     pub fn url(&self) -> String {
         format!("http://{}", self.ports.listen)
     }
