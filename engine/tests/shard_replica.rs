@@ -151,3 +151,15 @@ fn a_saved_snapshot_compacts_the_in_memory_log() {
     let cmd = command::election(1, session_id, 21, PrimitiveRef::Name("e1".into()), ElectionOp::Enter, "a");
     assert!(matches!(propose(&mut replica, cmd), Output::Term(_)));
 }
+
+/// A replica whose state machine is ahead of what its Raft node applied is a wiring error of
+/// the caller (recovery hands both the same snapshot): debug builds refuse to build it.
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "the state machine applied 1 but Raft applied only 0")]
+fn a_state_machine_ahead_of_raft_is_refused() {
+    let raft = RaftNode::new(Config::new(1, 1), Membership::voters([1]).unwrap(), ChaCha8Rng::seed_from_u64(3)).unwrap();
+    let mut sm = StateMachine::new();
+    sm.apply(1, 1, &command::open_session(1_000, 10_000));
+    let _ = Replica::new(raft, sm);
+}

@@ -111,7 +111,14 @@ pub struct SnapshotCapture {
 impl Replica {
     /// A replica of a Raft node and the state machine that reflects its applied index.
     pub fn new(raft: RaftNode, sm: StateMachine) -> Replica {
-        debug_assert!(sm.last_applied() <= raft.commit_index().max(sm.last_applied()));
+        // The state machine reflects at most what Raft handed out for applying (a witness's
+        // applies nothing, so it may lag behind).
+        debug_assert!(
+            sm.last_applied() <= raft.applied_index(),
+            "the state machine applied {} but Raft applied only {}",
+            sm.last_applied(),
+            raft.applied_index()
+        );
         Replica {
             last_snapshot: sm.last_applied(),
             raft,
