@@ -6,6 +6,10 @@
 //! [`Replica::take_ready`], persists and sends what that asks, then hands the durable part
 //! back through [`Replica::apply_ready`]. Every reply is delivered exactly once: with the
 //! applied result, or with a [`ShardError`] when the outcome is known not to come.
+//!
+//! A Raft node that halts on a broken invariant stops this replica: everything waiting
+//! fails with [`ShardError::Unavailable`] naming the invariant, every later request is
+//! refused the same way, and the shard's other groups serve on.
 
 use std::collections::BTreeMap;
 
@@ -97,6 +101,8 @@ pub struct Replica {
     /// The node this group's leadership belongs on when it is healthy (balance across
     /// nodes); the leader hands over to it once it has caught up.
     preferred_leader: Option<u64>,
+    /// The Raft node halted (see `RaftNode::halted`) and everything waiting was failed.
+    halted: bool,
 }
 
 /// A snapshot captured from a replica, ready to be stored.
@@ -132,6 +138,7 @@ impl Replica {
             watcher_elections: BTreeMap::new(),
             barrier_due: false,
             preferred_leader: None,
+            halted: false,
         }
     }
 
@@ -274,6 +281,19 @@ impl Replica {
     /// leader owes a barrier; one that lost leadership fails the reads it cannot confirm.
     pub fn take_ready(&mut self) -> Ready {
         let ready = self.raft.ready();
+        if let Some(why) = self.raft.halted() {
+            if !self.halted {
+                // The Raft node stopped on a broken invariant: nothing it holds is answered
+                // any more, and every later request is refused by the node itself.
+                self.halted = true;
+                let group = self.raft.group_id();
+                tracing::error!(group, "this node stops serving group {group}: {why}");
+                self.fail_all(ShardError::Unavailable(format!(
+                    "group {group} stopped on this node (a Raft invariant broke: {why}); use another node, or restart this one"
+                )));
+            }
+            return ready;
+        }
         for event in &ready.events {
             match event {
                 RaftEvent::RoleChanged { role, .. } if *role == RaftRole::Leader => self.barrier_due = true,
@@ -527,5 +547,54 @@ impl ShardError {
             }
             other => ShardError::Unavailable(format!("group {group}: {other}")),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::raft::{Config, Membership};
+
+    fn settle(replica: &mut Replica) {
+        for _ in 0..20 {
+            let mut ready = replica.take_ready();
+            replica.apply_committed(&mut ready);
+            if let Some((index, term)) = ready.persist_ack() {
+                replica.raft_mut().persisted(index, term);
+            }
+        }
+    }
+
+    #[test]
+    fn a_halted_raft_node_stops_the_replica_without_panicking() {
+        let mut cfg = Config::new(1, 1);
+        cfg.election_ticks = 3;
+        cfg.heartbeat_ticks = 1;
+        let raft = RaftNode::new(cfg, Membership::voters([1]).unwrap(), ChaCha8Rng::seed_from_u64(5)).unwrap();
+        let mut replica = Replica::new(raft, StateMachine::new());
+        for _ in 0..20 {
+            replica.tick();
+            settle(&mut replica);
+        }
+        assert!(replica.is_leader());
+        let waiting: Rc<RefCell<Option<Result<Committed, ShardError>>>> = Rc::default();
+        let sink = Rc::clone(&waiting);
+        replica.propose(&sm::command::open_session(1, 10_000), Box::new(move |r| *sink.borrow_mut() = Some(r)));
+        replica.raft_mut().break_term_for_test();
+        settle(&mut replica);
+        let answer = waiting.borrow_mut().take().expect("the waiting proposal is answered");
+        assert!(matches!(&answer, Err(ShardError::Unavailable(why)) if why.contains("the term fell")), "{answer:?}");
+        let later: Rc<RefCell<Option<Result<Committed, ShardError>>>> = Rc::default();
+        let sink = Rc::clone(&later);
+        replica.propose(&sm::command::open_session(1, 10_000), Box::new(move |r| *sink.borrow_mut() = Some(r)));
+        let refused = later.borrow_mut().take().expect("refused at once");
+        assert!(matches!(&refused, Err(ShardError::Unavailable(why)) if why.contains("stopped")), "{refused:?}");
+        assert!(!replica.has_ready(), "a halted replica has nothing for the runtime");
     }
 }
