@@ -9,7 +9,7 @@
 //! - a client that disconnects loses its leadership at once, and the clients of a node that
 //!   dies lose theirs after the session timeout, as watchers on the other nodes see;
 //! - the Node API: Bootstrap, Leave then Join a member, add an observer and a witness, with
-//!   the events Watch reports for each step;
+//!   the events Watch reports for each step; a Join that failed can be tried again;
 //! - a graceful stop hands the node's leaderships over before it exits.
 //!
 //! Every process is killed when its test ends, passing or failing (the [`Cluster`] guard),
@@ -809,6 +809,41 @@ async fn bootstrap(cluster: &Cluster, w: &mut BTreeMap<u32, NodeEvents>, group: 
     let agreed = agreed_leader(w, members, group, members).await;
     println!("Bootstrap of group {group} on nodes {members:?}: node {} leads term {}", agreed.1, agreed.0);
     agreed
+}
+
+/// A Join whose membership change fails (no member hosts the group yet, so no leader can
+/// add the node) removes the replica it started and its record: once the group exists, the
+/// very same Join succeeds. (It used to be refused with ALREADY_EXISTS for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_whose_change_failed_can_be_retried() {
+    let options = ClusterOptions::default();
+    let cluster = Cluster::start(options.clone()).await;
+    let group = options.partitions + 1;
+    let members = [(1, Role::Member), (2, Role::Member), (3, Role::Member)];
+    let join = mr::JoinRequest { group: Some(cluster.group_config(group, &members)) };
+    // Longer than the Join's own 20 s bound on its membership change.
+    let patient = |request: mr::JoinRequest| {
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(Duration::from_secs(40));
+        request
+    };
+    let mut node3 = NodeApi::new(cluster.connect_admin(3).await);
+    let started = Instant::now();
+    let failed = node3.join(patient(join.clone())).await.expect_err("no leader can add node 3 to a group nobody hosts");
+    println!("the first Join failed after {} ms: {failed:?}", ms(started.elapsed()));
+    assert_eq!(failed.code(), Code::Unavailable, "{failed:?}");
+    assert!(failed.message().contains("can be retried"), "{failed:?}");
+
+    let existing = cluster.group_config(group, &members[..2]);
+    for node in [1, 2] {
+        NodeApi::new(cluster.connect_admin(node).await)
+            .bootstrap(bounded(mr::BootstrapRequest { group: Some(existing.clone()) }))
+            .await
+            .unwrap_or_else(|s| panic!("Bootstrap group {group} on node {node}: {s:?}"));
+    }
+    node3.join(patient(join)).await.unwrap_or_else(|s| panic!("the same Join, once the group exists: {s:?}"));
+    let left = node3.leave(bounded(mr::LeaveRequest { group_id: group })).await;
+    assert!(left.is_ok(), "node 3 is a member that can leave again: {left:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
