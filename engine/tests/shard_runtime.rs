@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use conclave_engine::raft::{Config, Membership, RaftNode};
 use conclave_engine::shard::{
-    Durable, GroupWrite, LogStore, ReadTerm, Replica, Request, RuntimeConfig, ShardError, ShardHandle, ShardRuntime, TermQuery, Watcher,
+    Durable, GroupWrite, LogStore, ReadTerm, Replica, Request, RuntimeConfig, ShardError, ShardHandle, ShardRuntime, TermQuery, WatchEvent,
+    Watcher,
 };
 use conclave_engine::sm::{command, ElectionOp, Output, PrimitiveRef, StateMachine};
 use glommio::LocalExecutorBuilder;
@@ -193,8 +194,10 @@ fn single_voter_group_serves_commands_reads_and_watches() {
         let seen_by_watcher = seen.clone();
         let first = watch_election_e(
             &handle,
-            Box::new(move |n| {
-                seen_by_watcher.borrow_mut().push(n.term.clone());
+            Box::new(move |event| {
+                if let WatchEvent::Changed(n) = event {
+                    seen_by_watcher.borrow_mut().push(n.term.clone());
+                }
                 true
             }),
         )

@@ -9,7 +9,8 @@
 //! - a client that disconnects loses its leadership at once, and the clients of a node that
 //!   dies lose theirs after the session timeout, as watchers on the other nodes see;
 //! - the Node API: Bootstrap, Leave then Join a member, add an observer and a witness, with
-//!   the events Watch reports for each step; a Join that failed can be tried again;
+//!   the events Watch reports for each step; a Join that failed can be tried again; watches
+//!   served by a node that leaves the partition end UNAVAILABLE;
 //! - a graceful stop hands the node's leaderships over before it exits.
 //!
 //! Every process is killed when its test ends, passing or failing (the [`Cluster`] guard),
@@ -844,6 +845,64 @@ async fn a_join_whose_change_failed_can_be_retried() {
     node3.join(patient(join)).await.unwrap_or_else(|s| panic!("the same Join, once the group exists: {s:?}"));
     let left = node3.leave(bounded(mr::LeaveRequest { group_id: group })).await;
     assert!(left.is_ok(), "node 3 is a member that can leave again: {left:?}");
+}
+
+/// A Watch served by a node that leaves the election's partition ends UNAVAILABLE with a
+/// message, whether the partition lives on the stream's shard or another one, instead of
+/// going silent for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_end_unavailable_when_their_node_leaves_the_partition() {
+    let options = ClusterOptions::default();
+    let cluster = Cluster::start(options.clone()).await;
+    let names = spread_names("leaving", 1, options.partitions);
+    let channel = cluster.connect(3).await;
+    for name in &names {
+        create(&channel, name).await;
+    }
+    // Two connections: node 3 spreads them over its two shards, so each partition is
+    // watched from its own shard and from the other one.
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let channel = cluster.connect(3).await;
+        for name in &names {
+            let mut stream = watch(&channel, name).await;
+            next_view(&mut stream, name, EVENT_TIMEOUT).await;
+            streams.push((name.clone(), stream));
+        }
+    }
+    let left = partition_of(&names[0], options.partitions);
+    NodeApi::new(cluster.connect_admin(3).await)
+        .leave(bounded(mr::LeaveRequest { group_id: left }))
+        .await
+        .unwrap_or_else(|s| panic!("Leave partition {left} on node 3: {s:?}"));
+    for (name, stream) in streams.iter_mut().filter(|(name, _)| partition_of(name, options.partitions) == left) {
+        let end = tokio::time::timeout(EVENT_TIMEOUT, stream.message()).await.unwrap_or_else(|_| panic!("{name}: the watch went silent"));
+        let status = end.expect_err("the watch ends with an error");
+        assert_eq!(status.code(), Code::Unavailable, "{name}: {status:?}");
+        assert!(status.message().contains("watch again"), "{name}: {status:?}");
+    }
+}
+
+/// A Watch opened while its partition has no leader waits for one, as GetTerm does,
+/// instead of failing at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_opened_without_a_leader_waits_for_one() {
+    let options = ClusterOptions::default();
+    let mut cluster = Cluster::start(options.clone()).await;
+    let name = "leaderless";
+    create(&cluster.connect(3).await, name).await;
+    let channel = cluster.connect(3).await;
+    // Two of three voters down: no partition has a leader until one comes back.
+    cluster.kill9(1);
+    cluster.kill9(2);
+    let opened = Instant::now();
+    let watching = tokio::spawn(async move {
+        let mut stream = watch(&channel, name).await;
+        next_view(&mut stream, name, EVENT_TIMEOUT).await
+    });
+    cluster.spawn(1);
+    let (at, _) = watching.await.expect("the watch waits for a leader, then gives the current state");
+    println!("the watch opened without a leader got its first state after {} ms", ms(at - opened));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

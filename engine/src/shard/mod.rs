@@ -13,7 +13,7 @@ mod storage;
 mod upkeep;
 
 pub use error::ShardError;
-pub use replica::{Committed, ReadTerm, Replica, Reply, SnapshotCapture, TermQuery, Watcher, MAX_HELD_READS};
+pub use replica::{Committed, ReadTerm, Replica, Reply, SnapshotCapture, TermQuery, WatchEvent, Watcher, MAX_HELD_READS};
 pub use runtime::{
     Clock, Durable, EventSink, GroupWrite, LogStore, Request, RuntimeConfig, ShardEvent, ShardHandle, ShardRuntime, Transport,
 };
