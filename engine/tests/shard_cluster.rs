@@ -476,6 +476,17 @@ async fn eventually(what: &str, limit: Duration, mut cond: impl FnMut() -> bool)
     }
 }
 
+/// Checks `cond` every 2 ms for `window`: it must hold at every check (a property that must
+/// not break while time passes, not a wait for something to happen).
+async fn holds_throughout(what: &str, window: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < window {
+        assert!(cond(), "{what}: broke after {:?}", start.elapsed());
+        sleep_ms(2).await;
+    }
+    assert!(cond(), "{what}: broke at the end of {window:?}");
+}
+
 fn retryable(e: &ShardError) -> bool {
     matches!(e, ShardError::NotLeader { .. } | ShardError::LeadershipLost)
 }
@@ -665,6 +676,7 @@ fn a_cut_off_leader_fails_forwarded_proposals_in_time_and_loses_nothing_acknowle
         // follower's transport reports the connection down: its proposal fails at once; the
         // other's fails at the forward timeout.
         let forwarded_before = c.net.sent("proposal", f, old);
+        let forwarded_before_o = c.net.sent("proposal", o, old);
         let (cmd, down_seq) = client.enter("e", "forwarded-connection-down");
         let o_handle = c.handle(o);
         let on_o = glommio::spawn_local(async move { o_handle.propose(GROUP, cmd).await });
@@ -674,7 +686,10 @@ fn a_cut_off_leader_fails_forwarded_proposals_in_time_and_loses_nothing_acknowle
             let f_handle = c.handle(f);
             async move { f_handle.propose(GROUP, cmd).await }
         });
-        sleep_ms(5).await;
+        eventually("both proposals to be forwarded to the old leader", DEADLINE, || {
+            c.net.sent("proposal", o, old) > forwarded_before_o && c.net.sent("proposal", f, old) > forwarded_before
+        })
+        .await;
         c.handle(o).send(Request::PeerDown { node: old }).await.unwrap();
         let down_outcome = within("a proposal forwarded over a failed connection", Duration::from_secs(2), on_o).await;
         let down_took = started.elapsed();
@@ -1141,8 +1156,11 @@ fn rebalancing_moves_leadership_to_the_preferred_node() {
             let (cmd, _) = client.enter("e", &format!("c{k}"));
             propose(&c.handle(first), &cmd).await;
         }
-        sleep_ms(100).await;
-        assert_eq!(c.leader_among(&[1, 2, 3]).map(|(n, _)| n), Some(first), "no move to a cut-off node");
+        // Five rebalancing periods (of 20 ticks): the leader stays while node 3 is cut off.
+        holds_throughout("no move to a cut-off node", Duration::from_millis(100), || {
+            c.leader_among(&[1, 2, 3]).map(|(n, _)| n) == Some(first)
+        })
+        .await;
 
         c.net.heal(3);
         let started = Instant::now();
@@ -1154,7 +1172,8 @@ fn rebalancing_moves_leadership_to_the_preferred_node() {
             events3.iter().any(|e| matches!(e, ShardEvent::Raft(RaftEvent::RoleChanged { role: RaftRole::Candidate, .. }))),
             "it campaigned (on the transfer)"
         );
-        // It stays there (or comes back there), and serves.
+        // It stays there (or comes back there) after fifteen rebalancing periods (an
+        // observation window, not a wait for an event), and serves.
         sleep_ms(300).await;
         let later = c.leader_among(&[1, 2, 3]);
         assert_eq!(later.map(|(n, _)| n), Some(3), "leadership stays on the preferred node");
@@ -1194,8 +1213,13 @@ fn read_after_a_membership_change_completes() {
             *done_by_reader.borrow_mut() = Some(r);
         })
         .detach();
-        sleep_ms(2_000).await;
-        let answered_in_time = done.borrow().is_some();
+        let answered_in_time = before(Duration::from_secs(2), async {
+            while done.borrow().is_none() {
+                sleep_ms(2).await;
+            }
+        })
+        .await
+        .is_some();
         if !answered_in_time {
             // The next command releases it: it was waiting for the applied index.
             let barrier = propose(&c.handle(leader), &command::leader_barrier(0)).await;

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use conclave_engine::raft::{Config, Membership, RaftNode, RaftRole};
-use conclave_engine::shard::{Committed, ReadTerm, Replica, ShardError, TermQuery, MAX_HELD_READS};
+use conclave_engine::shard::{Committed, ReadTerm, Replica, ShardError, TermQuery, WatchEvent, MAX_HELD_READS};
 use conclave_engine::sm::{command, Command, ElectionOp, Output, PrimitiveRef, StateMachine};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -75,8 +75,10 @@ fn unwatch_removes_a_watcher_of_a_quiet_election() {
             query,
             key,
             Box::new(|r| assert!(r.is_ok())),
-            Box::new(move |n| {
-                seen.borrow_mut().push((key, n.term.term));
+            Box::new(move |event| {
+                if let WatchEvent::Changed(n) = event {
+                    seen.borrow_mut().push((key, n.term.term));
+                }
                 true
             }),
         );
@@ -184,4 +186,82 @@ fn a_query_waits_for_the_commands_of_its_session_numbered_below_it() {
         assert_eq!(seen, if waits { before + 1 } else { before }, "query #{query_seq} after command #{command_seq}");
         assert_eq!(candidates(&replica), before + 1, "the command applied");
     }
+}
+
+/// A replica whose state machine is ahead of what its Raft node applied is a wiring error of
+/// the caller (recovery hands both the same snapshot): debug builds refuse to build it.
+#[test]
+#[cfg(debug_assertions)]
+#[should_panic(expected = "the state machine applied 1 but Raft applied only 0")]
+fn a_state_machine_ahead_of_raft_is_refused() {
+    let raft = RaftNode::new(Config::new(1, 1), Membership::voters([1]).unwrap(), ChaCha8Rng::seed_from_u64(3)).unwrap();
+    let mut sm = StateMachine::new();
+    sm.apply(1, 1, &command::open_session(1_000, 10_000));
+    let _ = Replica::new(raft, sm);
+}
+
+/// What each watcher of `elections` heard, by election: the candidates of every change, and
+/// the end of the watch as `["ended: <error>"]`.
+type Heard = Rc<RefCell<Vec<(String, Vec<String>)>>>;
+
+fn watch_all(replica: &mut Replica, elections: &[&str]) -> Heard {
+    let heard: Heard = Rc::default();
+    for (key, name) in elections.iter().enumerate() {
+        let (heard, name) = (heard.clone(), name.to_string());
+        let query = TermQuery { session_id: None, primitive: PrimitiveRef::Name(name.clone()), min_index: 0 };
+        replica.watch(
+            query,
+            key as u64,
+            Box::new(|r| assert!(r.unwrap().result.is_ok())),
+            Box::new(move |event| {
+                let what = match event {
+                    WatchEvent::Changed(n) => n.term.candidates.iter().map(|c| c.to_string()).collect(),
+                    WatchEvent::Ended(e) => vec![format!("ended: {e}")],
+                };
+                heard.borrow_mut().push((name.clone(), what));
+                true
+            }),
+        );
+    }
+    settle(replica);
+    heard
+}
+
+/// A replica with session 1's elections "e" and "f" (no candidates).
+fn with_two_elections() -> (Replica, u64) {
+    let mut replica = leader();
+    let Output::SessionOpened { session_id } = propose(&mut replica, command::open_session(1, 60_000)) else { panic!() };
+    propose(&mut replica, command::create_primitive(1, session_id, 1, "e"));
+    propose(&mut replica, command::create_primitive(1, session_id, 2, "f"));
+    (replica, session_id)
+}
+
+#[test]
+fn an_installed_snapshot_tells_only_the_watchers_of_elections_it_changed_once() {
+    let (mut replica, session_id) = with_two_elections();
+    let heard = watch_all(&mut replica, &["e", "f"]);
+    // A snapshot from the leader, two entries ahead: "a" and then "b" entered "e"; "f" as is.
+    let mut ahead = replica.state_machine().clone();
+    let (index, term) = (ahead.last_applied(), ahead.last_term());
+    for (i, who) in ["a", "b"].iter().enumerate() {
+        let enter = command::election(2, session_id, 3 + i as u64, PrimitiveRef::Name("e".into()), ElectionOp::Enter, who);
+        assert!(ahead.apply(index + 1 + i as u64, term, &enter).result.is_ok());
+    }
+    replica.install_snapshot(ahead, index + 2);
+    assert_eq!(
+        *heard.borrow(),
+        vec![("e".to_string(), vec!["a".to_string(), "b".to_string()])],
+        "one state for the skipped changes of e, nothing for the unchanged f"
+    );
+}
+
+#[test]
+fn failing_a_replica_ends_every_watch_with_the_reason() {
+    let (mut replica, _) = with_two_elections();
+    let heard = watch_all(&mut replica, &["e", "f"]);
+    replica.fail_all(ShardError::UnknownGroup(1));
+    let heard = heard.borrow();
+    assert_eq!(heard.len(), 2, "each watcher is told once: {heard:?}");
+    assert!(heard.iter().all(|(_, what)| what.len() == 1 && what[0].starts_with("ended: ") && what[0].contains('1')), "{heard:?}");
+    assert_eq!(replica.watcher_count(), 0);
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use conclave_engine::raft::{Config, Membership, RaftNode};
 use conclave_engine::shard::{
-    Durable, GroupWrite, LogStore, ReadTerm, Replica, Request, RuntimeConfig, ShardError, ShardHandle, ShardRuntime, TermQuery, Watcher,
+    Durable, GroupWrite, LogStore, ReadTerm, Replica, Request, RuntimeConfig, ShardError, ShardHandle, ShardRuntime, TermQuery, WatchEvent,
+    Watcher,
 };
 use conclave_engine::sm::{command, ElectionOp, Output, PrimitiveRef, StateMachine};
 use glommio::LocalExecutorBuilder;
@@ -21,6 +22,9 @@ use rand_chacha::ChaCha8Rng;
 #[derive(Clone, Default)]
 struct RecordingLog {
     persisted: Rc<RefCell<BTreeMap<u64, u64>>>,
+    /// Writes handed to the log (durable or not yet).
+    submitted: Rc<RefCell<usize>>,
+    /// Writes made durable.
     rounds: Rc<RefCell<usize>>,
     snapshots: Rc<RefCell<Vec<(u32, u64, usize)>>>,
     /// Extra time a write takes to become durable (on top of 200 µs).
@@ -34,6 +38,7 @@ struct RecordingLog {
 impl LogStore for RecordingLog {
     /// "Durable" 200 µs after submission: the writes are recorded only then.
     fn submit(&mut self, writes: Vec<GroupWrite>) -> Result<Durable, String> {
+        *self.submitted.borrow_mut() += 1;
         let log = self.clone();
         let latency = Duration::from_micros(200) + *self.slowness.borrow();
         Ok(Box::pin(async move {
@@ -189,8 +194,10 @@ fn single_voter_group_serves_commands_reads_and_watches() {
         let seen_by_watcher = seen.clone();
         let first = watch_election_e(
             &handle,
-            Box::new(move |n| {
-                seen_by_watcher.borrow_mut().push(n.term.clone());
+            Box::new(move |event| {
+                if let WatchEvent::Changed(n) = event {
+                    seen_by_watcher.borrow_mut().push(n.term.clone());
+                }
                 true
             }),
         )
@@ -245,6 +252,7 @@ fn a_slow_disk_does_not_hold_reads_or_ticks_while_a_write_is_on_its_way() {
 
         // Every write now takes 300 ms to become durable.
         *log.slowness.borrow_mut() = Duration::from_millis(300);
+        let submitted_before = *log.submitted.borrow();
         let answered = Rc::new(RefCell::new(false));
         let enter = {
             let (handle, answered) = (handle.clone(), answered.clone());
@@ -255,7 +263,7 @@ fn a_slow_disk_does_not_hold_reads_or_ticks_while_a_write_is_on_its_way() {
                 committed
             })
         };
-        glommio::timer::sleep(Duration::from_millis(20)).await;
+        wait_for("the Enter to be handed to the slow disk", || *log.submitted.borrow() > submitted_before).await;
         // The loop still serves while the Enter is on its way to disk: a read is answered
         // (from what is committed, so without the Enter), and the Enter is not.
         let read = handle
@@ -342,10 +350,12 @@ fn concurrent_proposals_share_durable_rounds() {
         // A lone proposal costs one durable round: the commit index that advances after it
         // is not synced on its own.
         for _ in 0..5 {
-            let before = *log.rounds.borrow();
+            let before = *log.submitted.borrow();
             handle.propose(1, command::leader_barrier(0)).await.unwrap();
-            glommio::timer::sleep(Duration::from_millis(3)).await;
-            assert_eq!(*log.rounds.borrow() - before, 1, "one proposal, one durable round");
+            // A read is handled in a later turn of the loop than the one that answered the
+            // proposal: by then any write of that turn's commit index was submitted.
+            handle.read(1, TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index: 0 }).await.unwrap();
+            assert_eq!(*log.submitted.borrow() - before, 1, "one proposal, one durable round");
         }
         let rounds_before = *log.rounds.borrow();
         let mut tasks = Vec::new();
@@ -366,6 +376,15 @@ fn concurrent_proposals_share_durable_rounds() {
         let rounds = *log.rounds.borrow() - rounds_before;
         assert!(rounds < 100, "200 concurrent proposals took {rounds} durable rounds: no group commit");
     });
+}
+
+/// Polls `condition` every millisecond until it holds; panics after 10 s.
+async fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(std::time::Instant::now() < deadline, "{what}: not within 10 s");
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// The candidates of a term as owned strings, leader first.

@@ -6,7 +6,7 @@
 //! or refused with an error, never panic; a snapshot that restores must itself behave: the
 //! machine applies further commands and snapshots again to something that restores.
 
-use conclave_engine::sm::{command, ElectionOp, PrimitiveRef, StateMachine};
+use conclave_engine::sm::{command, ElectionOp, Output, PrimitiveRef, SmError, StateMachine, SNAPSHOT_VERSION};
 use conclave_proto::conclave::sm::v1 as pb;
 use proptest::prelude::*;
 use prost::Message as _;
@@ -93,6 +93,12 @@ fn honest_prefix(sm: &mut StateMachine) -> u64 {
 
 /// Applies `payloads` after `index`, with a term that sometimes moves on, snapshotting and
 /// restoring at the end: the restored twin must snapshot to the same bytes.
+///
+/// Every entry consumes its index (replicas stay in step). An entry the machine refuses (an
+/// error that is not a remembered output) or answers as a retry from the session's cache
+/// changes nothing but the bookkeeping every entry does (index, clock, a new term's session
+/// refresh, expiries): the machine ends exactly where a barrier with that entry's timestamp
+/// would have left it, with the same notifications.
 fn apply_all(sm: &mut StateMachine, mut index: u64, payloads: &[Vec<u8>]) {
     let mut term = sm.last_term().max(1);
     for (i, payload) in payloads.iter().enumerate() {
@@ -100,13 +106,34 @@ fn apply_all(sm: &mut StateMachine, mut index: u64, payloads: &[Vec<u8>]) {
         if i % 7 == 6 {
             term = term.saturating_add(1);
         }
-        let _ = sm.apply_bytes(index, term, payload);
+        let before = sm.clone();
+        let applied = sm.apply_bytes(index, term, payload);
+        assert_eq!(sm.last_applied(), index.max(before.last_applied()), "entry {index} consumed its index");
+        if changes_only_bookkeeping(&applied.result, applied.retried) {
+            let timestamp_ms = command::decode(payload).map_or(0, |c| c.timestamp_ms);
+            let mut expected = before;
+            let barrier = expected.apply(index, term, &command::pause_barrier(timestamp_ms, 0));
+            assert_eq!(*sm, expected, "entry {index} ({:?}, retried: {}) changed the state", applied.result, applied.retried);
+            assert_eq!(applied.notifications, barrier.notifications, "entry {index}: only expiries notify");
+        }
         let _ = sm.query_term(Some(1), &PrimitiveRef::Name("e".into()));
         let _ = sm.query_term(None, &PrimitiveRef::Id(u64::MAX));
     }
     let bytes = sm.snapshot();
     let twin = StateMachine::restore(&bytes).expect("a snapshot the machine took restores");
     assert_eq!(twin.snapshot(), bytes, "the restored twin snapshots to the same bytes");
+}
+
+/// Whether an entry with this result may change only what every entry changes: refusals
+/// (errors the session does not remember as the command's output) and retries.
+fn changes_only_bookkeeping(result: &Result<Output, SmError>, retried: bool) -> bool {
+    match result {
+        _ if retried => true,
+        Ok(_) => false,
+        // Remembered outputs of a command that ran: a retry must get them again.
+        Err(SmError::UnknownPrimitive { .. } | SmError::ElectionNotFound { .. }) => false,
+        Err(_) => true,
+    }
 }
 
 fn output() -> impl Strategy<Value = Option<pb::cached_output::Output>> {
@@ -189,6 +216,45 @@ proptest! {
 
     #[test]
     fn random_snapshot_bytes_are_refused_without_panicking(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
-        let _ = StateMachine::restore(&bytes);
+        check_restore_of(&bytes);
+    }
+
+    #[test]
+    fn damaged_snapshots_are_refused_or_restore_exactly(
+        taken in prop::collection::vec(payload(), 0..20),
+        damage in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..4),
+        cut in prop::option::of(any::<prop::sample::Index>()),
+    ) {
+        let mut sm = StateMachine::new();
+        let index = honest_prefix(&mut sm);
+        apply_all(&mut sm, index, &taken);
+        let mut bytes = sm.snapshot().to_vec();
+        for (at, value) in damage {
+            let at = at.index(bytes.len());
+            bytes[at] ^= value;
+        }
+        if let Some(cut) = cut {
+            bytes.truncate(cut.index(bytes.len()));
+        }
+        check_restore_of(&bytes);
+    }
+}
+
+/// Restores `bytes`: bytes that are no `Snapshot` message or of another version must be
+/// refused with a message; bytes that restore give a machine whose own snapshot restores to
+/// the same machine (restore accepted only what it can reproduce).
+fn check_restore_of(bytes: &[u8]) {
+    let decoded = pb::Snapshot::decode(bytes);
+    match StateMachine::restore(bytes) {
+        Err(error) => assert!(!error.to_string().is_empty(), "a refusal says why"),
+        Ok(sm) => {
+            let decoded = decoded.expect("restore accepted bytes that are no Snapshot message");
+            assert_eq!(decoded.version, SNAPSHOT_VERSION, "restore accepted an unknown snapshot version");
+            assert_eq!(sm.last_applied(), decoded.last_applied_index, "the restored machine sits at the snapshot's index");
+            assert_eq!(sm.last_term(), decoded.last_term);
+            assert_eq!(sm.clock_ms(), decoded.clock_ms);
+            let again = StateMachine::restore(&sm.snapshot()).expect("the restored machine's snapshot restores");
+            assert_eq!(again, sm, "a restored machine snapshots to itself");
+        }
     }
 }

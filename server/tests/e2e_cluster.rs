@@ -9,7 +9,8 @@
 //! - a client that disconnects loses its leadership at once, and the clients of a node that
 //!   dies lose theirs after the session timeout, as watchers on the other nodes see;
 //! - the Node API: Bootstrap, Leave then Join a member, add an observer and a witness, with
-//!   the events Watch reports for each step;
+//!   the events Watch reports for each step; a Join that failed can be tried again; watches
+//!   served by a node that leaves the partition end UNAVAILABLE;
 //! - a graceful stop hands the node's leaderships over before it exits.
 //!
 //! Every process is killed when its test ends, passing or failing (the [`Cluster`] guard),
@@ -809,6 +810,99 @@ async fn bootstrap(cluster: &Cluster, w: &mut BTreeMap<u32, NodeEvents>, group: 
     let agreed = agreed_leader(w, members, group, members).await;
     println!("Bootstrap of group {group} on nodes {members:?}: node {} leads term {}", agreed.1, agreed.0);
     agreed
+}
+
+/// A Join whose membership change fails (no member hosts the group yet, so no leader can
+/// add the node) removes the replica it started and its record: once the group exists, the
+/// very same Join succeeds. (It used to be refused with ALREADY_EXISTS for good.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_whose_change_failed_can_be_retried() {
+    let options = ClusterOptions::default();
+    let cluster = Cluster::start(options.clone()).await;
+    let group = options.partitions + 1;
+    let members = [(1, Role::Member), (2, Role::Member), (3, Role::Member)];
+    let join = mr::JoinRequest { group: Some(cluster.group_config(group, &members)) };
+    // Longer than the Join's own 20 s bound on its membership change.
+    let patient = |request: mr::JoinRequest| {
+        let mut request = tonic::Request::new(request);
+        request.set_timeout(Duration::from_secs(40));
+        request
+    };
+    let mut node3 = NodeApi::new(cluster.connect_admin(3).await);
+    let started = Instant::now();
+    let failed = node3.join(patient(join.clone())).await.expect_err("no leader can add node 3 to a group nobody hosts");
+    println!("the first Join failed after {} ms: {failed:?}", ms(started.elapsed()));
+    assert_eq!(failed.code(), Code::Unavailable, "{failed:?}");
+    assert!(failed.message().contains("can be retried"), "{failed:?}");
+
+    let existing = cluster.group_config(group, &members[..2]);
+    for node in [1, 2] {
+        NodeApi::new(cluster.connect_admin(node).await)
+            .bootstrap(bounded(mr::BootstrapRequest { group: Some(existing.clone()) }))
+            .await
+            .unwrap_or_else(|s| panic!("Bootstrap group {group} on node {node}: {s:?}"));
+    }
+    node3.join(patient(join)).await.unwrap_or_else(|s| panic!("the same Join, once the group exists: {s:?}"));
+    let left = node3.leave(bounded(mr::LeaveRequest { group_id: group })).await;
+    assert!(left.is_ok(), "node 3 is a member that can leave again: {left:?}");
+}
+
+/// A Watch served by a node that leaves the election's partition ends UNAVAILABLE with a
+/// message, whether the partition lives on the stream's shard or another one, instead of
+/// going silent for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_end_unavailable_when_their_node_leaves_the_partition() {
+    let options = ClusterOptions::default();
+    let cluster = Cluster::start(options.clone()).await;
+    let names = spread_names("leaving", 1, options.partitions);
+    let channel = cluster.connect(3).await;
+    for name in &names {
+        create(&channel, name).await;
+    }
+    // Two connections: node 3 spreads them over its two shards, so each partition is
+    // watched from its own shard and from the other one.
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let channel = cluster.connect(3).await;
+        for name in &names {
+            let mut stream = watch(&channel, name).await;
+            next_view(&mut stream, name, EVENT_TIMEOUT).await;
+            streams.push((name.clone(), stream));
+        }
+    }
+    let left = partition_of(&names[0], options.partitions);
+    NodeApi::new(cluster.connect_admin(3).await)
+        .leave(bounded(mr::LeaveRequest { group_id: left }))
+        .await
+        .unwrap_or_else(|s| panic!("Leave partition {left} on node 3: {s:?}"));
+    for (name, stream) in streams.iter_mut().filter(|(name, _)| partition_of(name, options.partitions) == left) {
+        let end = tokio::time::timeout(EVENT_TIMEOUT, stream.message()).await.unwrap_or_else(|_| panic!("{name}: the watch went silent"));
+        let status = end.expect_err("the watch ends with an error");
+        assert_eq!(status.code(), Code::Unavailable, "{name}: {status:?}");
+        assert!(status.message().contains("watch again"), "{name}: {status:?}");
+    }
+}
+
+/// A Watch opened while its partition has no leader waits for one, as GetTerm does,
+/// instead of failing at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_opened_without_a_leader_waits_for_one() {
+    let options = ClusterOptions::default();
+    let mut cluster = Cluster::start(options.clone()).await;
+    let name = "leaderless";
+    create(&cluster.connect(3).await, name).await;
+    let channel = cluster.connect(3).await;
+    // Two of three voters down: no partition has a leader until one comes back.
+    cluster.kill9(1);
+    cluster.kill9(2);
+    let opened = Instant::now();
+    let watching = tokio::spawn(async move {
+        let mut stream = watch(&channel, name).await;
+        next_view(&mut stream, name, EVENT_TIMEOUT).await
+    });
+    cluster.spawn(1);
+    let (at, _) = watching.await.expect("the watch waits for a leader, then gives the current state");
+    println!("the watch opened without a leader got its first state after {} ms", ms(at - opened));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -247,6 +247,45 @@ async fn sigterm_stops_with_exit_0_and_a_restart_recovers() {
     }
 }
 
+/// A node restarted on the same ports right after its predecessor exited serves every
+/// time: 20 restarts right after kill -9, then 20 right after SIGTERM. (The predecessor's
+/// listening sockets can outlive it for a moment: a restart waits for them, saying so.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn immediate_restarts_after_kill_9_and_sigterm_all_serve() {
+    const RESTARTS: usize = 20;
+    // One shard and partition keep each start short; the node still listens for clients,
+    // admin and peers.
+    let options = NodeOptions { shards: 1, partitions: 1, ..NodeOptions::default() };
+    let mut dir = TestDir::new();
+    let mut node = Node::start(&mut dir, &options).await;
+    let ports = node.ports;
+    let args = serve_args(&options, &ports, &dir.data_dir());
+    let names = names("restart", 2, options.partitions);
+    create_all(&node.connect().await, &names).await;
+    let started = Instant::now();
+    let mut waited = 0;
+    for round in 0..2 * RESTARTS {
+        let how = if round < RESTARTS { "kill -9" } else { "SIGTERM" };
+        if round < RESTARTS {
+            node.kill9();
+        } else {
+            let status = node.terminate();
+            assert!(status.success(), "SIGTERM exits 0, got {status}:\n{}", node.output());
+        }
+        node = Node::start_with_args(&mut dir, ports, args.clone()).await;
+        let mut client = Election::new(node.connect().await);
+        for name in &names {
+            get_term(&mut client, name).await;
+        }
+        if node.output().contains("still in use") {
+            waited += 1;
+            eprintln!("restart {round} after {how} waited for its ports:\n{}", node.output());
+        }
+    }
+    eprintln!("{} restarts in {:?}; {waited} waited for a port", 2 * RESTARTS, started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(120), "restarts are quick: {:?}", started.elapsed());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_process_on_the_same_data_dir_or_port_is_refused() {
     let options = NodeOptions::default();

@@ -240,7 +240,7 @@ async fn graceful_shutdown_finishes_unary_calls_and_ends_streams() {
     held.message().await.expect("stream").expect("held term");
     let mut slow_client = client.clone();
     let slow = tokio::spawn(async move { slow_client.get_term(get_term("sleep:400")).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.wait_for_event(Duration::from_secs(3), |e| *e == Event::Sleeping(400)).await.expect("the slow call is in flight");
     server.begin_shutdown();
     let status = held.message().await.expect_err("stream ends on shutdown");
     assert_eq!(status.code(), Code::Unavailable);
@@ -259,7 +259,7 @@ async fn shutdown_grace_bounds_calls_that_do_not_finish() {
     let server = TestServer::start_with(config);
     let mut client = LeaderElectionClient::new(channel(&server).await);
     let stuck = tokio::spawn(async move { client.get_term(get_term("sleep:10000")).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.wait_for_event(Duration::from_secs(3), |e| *e == Event::Sleeping(10_000)).await.expect("the stuck call is in flight");
     let started = Instant::now();
     let drained_in = server.shutdown();
     assert!(drained_in < Duration::from_secs(2), "drained in {drained_in:?}");

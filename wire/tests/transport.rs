@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
@@ -271,10 +272,20 @@ fn a_full_queue_pushes_back_until_the_peer_drains_it() {
         let refused = peer.try_send(append(1, 4, Bytes::new()));
         assert!(matches!(refused, Err(SendError::Full(_))), "{refused:?}");
         let sender = peer.sender();
-        let blocked = glommio::spawn_local(async move { sender.send(append(1, 4, Bytes::new())).await });
-        glommio::timer::sleep(Duration::from_millis(50)).await;
-        assert_eq!(peer.queued(), 4, "send() did not wait for room");
+        let sent = Rc::new(Cell::new(false));
+        let blocked = glommio::spawn_local({
+            let sent = Rc::clone(&sent);
+            async move {
+                let result = sender.send(append(1, 4, Bytes::new())).await;
+                sent.set(true);
+                result
+            }
+        });
+        // Two refused connects take the peer through its backoff: time in which send() had
+        // every chance to return, had it not waited for room.
         wait_until(LIMIT, "refused connects to be reported", || events.count(false) >= 2).await;
+        assert!(!sent.get(), "send() did not wait for room");
+        assert_eq!(peer.queued(), 4, "send() did not wait for room");
         assert!(events.events().iter().all(|e| matches!(&e.kind, ConnectionEventKind::Failed { reason } if reason.contains("connect"))));
         let (_listener, _, rx) = listen(address);
         blocked.await.expect("queued once room was made");

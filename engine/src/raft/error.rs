@@ -19,6 +19,9 @@ pub enum RaftError {
     MembershipChange(String),
     /// A leadership transfer was refused; the text says why.
     Transfer(String),
+    /// The replica stopped when one of its invariants broke (see `RaftNode::halted`); it
+    /// takes no input until rebuilt from its durable state.
+    Halted(String),
 }
 
 impl fmt::Display for RaftError {
@@ -34,6 +37,7 @@ impl fmt::Display for RaftError {
             RaftError::CorruptState(why) => write!(f, "recovered raft state is corrupt: {why}"),
             RaftError::MembershipChange(why) => write!(f, "membership change refused: {why}"),
             RaftError::Transfer(why) => write!(f, "leadership transfer refused: {why}"),
+            RaftError::Halted(why) => write!(f, "this replica stopped (a Raft invariant broke: {why}); restart the node to rebuild it"),
         }
     }
 }

@@ -25,6 +25,7 @@
 mod batch;
 mod config;
 mod error;
+mod invariants;
 mod log;
 mod membership;
 mod node;

@@ -11,6 +11,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::config::Config;
 use super::error::RaftError;
+use super::invariants::Invariants;
 use super::log::RaftLog;
 use super::membership::{Membership, Role};
 use super::progress::Progress;
@@ -82,6 +83,8 @@ pub struct RaftNode {
     pub(super) out_events: Vec<RaftEvent>,
     pub(super) last_hard_state: HardState,
     pub(super) last_reported_leader: (u64, u64),
+    /// Always-on invariant checks; a violation halts the replica (see `invariants.rs`).
+    pub(super) invariants: Invariants,
 }
 
 impl RaftNode {
@@ -168,6 +171,7 @@ impl RaftNode {
             out_events: Vec::new(),
             last_hard_state: hard_state,
             last_reported_leader: (hard_state.term, 0),
+            invariants: Invariants::default(),
         };
         node.startup_quiet = node.cfg.lease_reads;
         node.reset_election_timer();
@@ -353,6 +357,7 @@ impl RaftNode {
     }
 
     pub(super) fn check_can_propose(&self) -> Result<(), RaftError> {
+        self.refuse_if_halted()?;
         if self.role != RaftRole::Leader {
             return Err(RaftError::NotLeader { leader: self.leader });
         }
@@ -445,6 +450,9 @@ impl RaftNode {
 
     /// True if `ready()` would return something.
     pub fn has_ready(&self) -> bool {
+        if self.halted().is_some() {
+            return false;
+        }
         !self.out_messages.is_empty()
             || !self.out_persisted_messages.is_empty()
             || !self.out_events.is_empty()
@@ -460,6 +468,9 @@ impl RaftNode {
 
     /// Drains everything accumulated since the last call.
     pub fn ready(&mut self) -> Ready {
+        if let Some(halted) = self.halted_ready() {
+            return halted;
+        }
         self.send_read_batch();
         self.send_due_read_round();
         self.send_due_appends();

@@ -117,6 +117,7 @@ impl RaftNode {
     /// witness, e.g. one rejoining under a node id that was a voter, and a witness's applied
     /// index moves on without a state machine.)
     pub fn read_index(&mut self, context: Bytes) -> Result<(), RaftError> {
+        self.refuse_if_halted()?;
         self.wake();
         if self.member_role() == Some(Role::Witness) {
             return Err(RaftError::InvalidConfig("a witness has no state machine to read".into()));

@@ -21,6 +21,7 @@ impl RaftNode {
     /// Handles one message from a peer. Malformed or misaddressed messages are refused with
     /// an error and change nothing.
     pub fn step(&mut self, msg: Message) -> Result<(), RaftError> {
+        self.refuse_if_halted()?;
         if msg.group_id != self.cfg.group_id || msg.to != self.cfg.id {
             return Err(RaftError::InvalidMessage(format!(
                 "message for group {} node {} delivered to group {} node {}",

@@ -17,7 +17,7 @@ mod upkeep;
 
 pub use counters::{CounterValues, ShardCounters};
 pub use error::ShardError;
-pub use replica::{Committed, ReadTerm, Replica, Reply, SnapshotCapture, TermQuery, Watcher, MAX_HELD_READS};
+pub use replica::{Committed, ReadTerm, Replica, Reply, SnapshotCapture, TermQuery, WatchEvent, Watcher, MAX_HELD_READS};
 pub use runtime::{
     Clock, Durable, EventSink, GroupWrite, LogStore, Request, RuntimeConfig, ShardEvent, ShardHandle, ShardRuntime, Transport,
 };

@@ -6,6 +6,10 @@
 //! [`Replica::take_ready`], persists and sends what that asks, then hands the durable part
 //! back through [`Replica::apply_ready`]. Every reply is delivered exactly once: with the
 //! applied result, or with a [`ShardError`] when the outcome is known not to come.
+//!
+//! A Raft node that halts on a broken invariant stops this replica: everything waiting
+//! fails with [`ShardError::Unavailable`] naming the invariant, every later request is
+//! refused the same way, and the shard's other groups serve on.
 
 use std::collections::BTreeMap;
 
@@ -59,9 +63,19 @@ pub struct TermQuery {
     pub sequence_num: u64,
 }
 
-/// Receives every change of one election, in order. Returns false to unsubscribe (e.g. the
-/// stream ended or overflowed).
-pub type Watcher = Box<dyn FnMut(&Notification) -> bool>;
+/// What a watcher hears.
+#[derive(Clone, Copy, Debug)]
+pub enum WatchEvent<'a> {
+    /// A change of the election, in log order.
+    Changed(&'a Notification),
+    /// The last call: this replica can no longer serve the watch (it was removed, stopped,
+    /// or no longer applies the log), and says why. The watcher is dropped afterwards.
+    Ended(&'a ShardError),
+}
+
+/// Receives every change of one election, in order, and the end of the watch if this side
+/// ends it. Returns false to unsubscribe (e.g. the stream ended or overflowed).
+pub type Watcher = Box<dyn FnMut(WatchEvent<'_>) -> bool>;
 
 /// What a read does once its index is applied.
 enum ReadAction {
@@ -103,6 +117,8 @@ pub struct Replica {
     /// The node this group's leadership belongs on when it is healthy (balance across
     /// nodes); the leader hands over to it once it has caught up.
     preferred_leader: Option<u64>,
+    /// The Raft node halted (see `RaftNode::halted`) and everything waiting was failed.
+    halted: bool,
 }
 
 /// A snapshot captured from a replica, ready to be stored.
@@ -117,7 +133,14 @@ pub struct SnapshotCapture {
 impl Replica {
     /// A replica of a Raft node and the state machine that reflects its applied index.
     pub fn new(raft: RaftNode, sm: StateMachine) -> Replica {
-        debug_assert!(sm.last_applied() <= raft.commit_index().max(sm.last_applied()));
+        // The state machine reflects at most what Raft handed out for applying (a witness's
+        // applies nothing, so it may lag behind).
+        debug_assert!(
+            sm.last_applied() <= raft.applied_index(),
+            "the state machine applied {} but Raft applied only {}",
+            sm.last_applied(),
+            raft.applied_index()
+        );
         Replica {
             last_snapshot: sm.last_applied(),
             raft,
@@ -131,6 +154,7 @@ impl Replica {
             watcher_elections: BTreeMap::new(),
             barrier_due: false,
             preferred_leader: None,
+            halted: false,
         }
     }
 
@@ -273,6 +297,19 @@ impl Replica {
     /// leader owes a barrier; one that lost leadership fails the reads it cannot confirm.
     pub fn take_ready(&mut self) -> Ready {
         let ready = self.raft.ready();
+        if let Some(why) = self.raft.halted() {
+            if !self.halted {
+                // The Raft node stopped on a broken invariant: nothing it holds is answered
+                // any more, and every later request is refused by the node itself.
+                self.halted = true;
+                let group = self.raft.group_id();
+                tracing::error!(group, "this node stops serving group {group}: {why}");
+                self.fail_all(ShardError::Unavailable(format!(
+                    "group {group} stopped on this node (a Raft invariant broke: {why}); use another node, or restart this one"
+                )));
+            }
+            return ready;
+        }
         for event in &ready.events {
             match event {
                 RaftEvent::RoleChanged { role, .. } if *role == RaftRole::Leader => self.barrier_due = true,
@@ -282,6 +319,17 @@ impl Replica {
                 }
                 // A follower's reads wait on the leader it asked; another one will not answer.
                 RaftEvent::LeaderChanged { .. } if !self.is_leader() => self.fail_confirming(),
+                // A replica that is no member any more, or a witness, applies nothing:
+                // its watchers would never hear another change.
+                RaftEvent::MembershipChanged { membership, .. }
+                    if !self.watchers.is_empty()
+                        && membership.role(self.raft.id()).is_none_or(|role| role == crate::raft::Role::Witness) =>
+                {
+                    let group = self.raft.group_id();
+                    self.end_watchers(&ShardError::Unavailable(format!(
+                        "this node's replica of group {group} no longer applies its log (it left the group or became a witness)"
+                    )));
+                }
                 _ => {}
             }
         }
@@ -420,7 +468,7 @@ impl Replica {
         if let Some(list) = self.watchers.get_mut(&notification.primitive_id) {
             let elections = &mut self.watcher_elections;
             list.retain_mut(|(key, w)| {
-                let keep = w(notification);
+                let keep = w(WatchEvent::Changed(notification));
                 if !keep {
                     elections.remove(key);
                 }
@@ -480,8 +528,8 @@ impl Replica {
 
     /// Replaces the state machine with one restored from a snapshot the leader sent (at
     /// `index`, already durable), before Raft is told it is installed. Proposals waiting
-    /// at or below `index` lose their place (their outcome is unknown); watchers are told
-    /// the new state of their elections.
+    /// at or below `index` lose their place (their outcome is unknown); watchers of an
+    /// election whose state the snapshot changed are told the new state, once.
     pub fn install_snapshot(&mut self, sm: StateMachine, index: u64) {
         while let Some((&waiting, _)) = self.proposals.first_key_value() {
             if waiting > index {
@@ -490,15 +538,20 @@ impl Replica {
             let (_, (_, reply)) = self.proposals.pop_first().expect("checked non-empty");
             reply(Err(ShardError::LeadershipLost));
         }
+        // The changes a watcher missed arrive as one: the election's state in the snapshot,
+        // if it differs from the state the watcher last heard.
+        let watched: Vec<(PrimitiveId, Option<ElectionTerm>)> =
+            self.watchers.keys().map(|&id| (id, self.sm.query_term(None, &PrimitiveRef::Id(id)).ok())).collect();
         self.sm = sm;
         self.last_snapshot = self.last_snapshot.max(index);
-        let watched: Vec<PrimitiveId> = self.watchers.keys().copied().collect();
-        for id in watched {
+        for (id, before) in watched {
             let name = self.sm.registry().get(id).map(|p| p.name.clone());
             let (Some(name), Ok(term)) = (name, self.sm.query_term(None, &PrimitiveRef::Id(id))) else {
                 continue;
             };
-            self.notify(&Notification { index, primitive_id: id, name, term });
+            if before.as_ref() != Some(&term) {
+                self.notify(&Notification { index, primitive_id: id, name, term });
+            }
         }
         for read in self.applying.release(self.sm.last_applied()) {
             self.answer(read);
@@ -515,7 +568,8 @@ impl Replica {
         self.watchers.values().map(Vec::len).sum()
     }
 
-    /// Fails every waiting request (the shard is stopping or the replica is removed).
+    /// Fails every waiting request and ends every watch (the shard is stopping, the replica
+    /// is removed or halted).
     pub fn fail_all(&mut self, error: ShardError) {
         for (_, (_, reply)) in std::mem::take(&mut self.proposals) {
             reply(Err(error.clone()));
@@ -526,7 +580,16 @@ impl Replica {
         for read in self.applying.drain() {
             fail_read(read, error.clone());
         }
-        self.watchers.clear();
+        self.end_watchers(&error);
+    }
+
+    /// Ends every watch, telling each watcher why.
+    fn end_watchers(&mut self, error: &ShardError) {
+        for (_, list) in std::mem::take(&mut self.watchers) {
+            for (_, mut watcher) in list {
+                watcher(WatchEvent::Ended(error));
+            }
+        }
         self.watcher_elections.clear();
     }
 }
@@ -551,3 +614,7 @@ impl ShardError {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "replica_tests.rs"]
+mod tests;

@@ -1,6 +1,9 @@
 //! An advisory `flock` on `DIR/LOCK` that keeps two processes from using one data
 //! directory. The holder writes its pid into the file so the refusal can name it. The
 //! lock dies with the process (even on `kill -9`), so a stale file never blocks a restart.
+//! The pid an earlier holder left behind tells a restart that this directory was in use
+//! until recently, so its listening ports may still be held for a moment (see
+//! [`super::bind_exclusive_after`]).
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
@@ -15,6 +18,7 @@ pub const LOCK_FILE_NAME: &str = "LOCK";
 pub struct DataDirLock {
     file: File,
     path: PathBuf,
+    previous_holder: Option<u32>,
 }
 
 /// Why the data directory could not be locked.
@@ -75,11 +79,20 @@ impl DataDirLock {
             }
             return Err(io_error(error));
         }
+        // Ours now, so whoever wrote the pid in it is no longer alive.
+        let mut contents = String::new();
+        let previous_holder = file.read_to_string(&mut contents).ok().and_then(|_| contents.trim().parse::<u32>().ok());
         file.set_len(0).map_err(io_error)?;
         file.seek(SeekFrom::Start(0)).map_err(io_error)?;
         writeln!(file, "{}", std::process::id()).map_err(io_error)?;
         file.sync_data().map_err(io_error)?;
-        Ok(DataDirLock { file, path })
+        Ok(DataDirLock { file, path, previous_holder })
+    }
+
+    /// The pid of the process that held this directory before us (it has exited: we hold
+    /// the lock), or None for a directory never locked before.
+    pub fn previous_holder(&self) -> Option<u32> {
+        self.previous_holder
     }
 
     /// Path of the lock file.

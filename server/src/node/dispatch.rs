@@ -17,16 +17,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use conclave_engine::shard::{Committed, ReadTerm, Request, ShardError, ShardEvent, ShardHandle, TermQuery};
-use conclave_engine::sm::{Command, ElectionTerm, Notification};
+use conclave_engine::shard::{Committed, ReadTerm, Request, ShardError, ShardEvent, ShardHandle, TermQuery, WatchEvent};
+use conclave_engine::sm::{Command, ElectionTerm};
 use conclave_proto::conclave::sm::v1::command::Operation;
 use conclave_wire::ConnectionEvent;
 use futures_lite::StreamExt;
 use glommio::channels::channel_mesh::{Receivers, Senders};
-use glommio::channels::local_channel::{self, LocalSender};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::AcceptedTcpStream;
 
-use crate::grpc::{LocalBoxFuture, Status};
+use crate::grpc::{LocalBoxFuture, Status, StreamSink};
 use crate::metrics::{ShardCounters, ShardSnapshot};
 use crate::routing::shard_of;
 use crate::service::node_control::GroupSpec;
@@ -50,6 +50,9 @@ pub enum MeshMessage {
     WatchEvent { call: u64, index: u64, term: ElectionTerm },
     /// The watching side is gone: stop sending events of this call.
     CancelWatch { from: usize, call: u64 },
+    /// The owning shard ended a watch call (its replica was removed, stopped or no longer
+    /// applies the log); it freed its side already.
+    WatchEnded { call: u64, error: ShardError },
     /// A group's leader as its owning shard last saw it.
     Leader { group: u32, term: u64, leader: u64 },
     /// Whether this node hosts a replica of a client partition (it may have left it).
@@ -107,7 +110,7 @@ pub enum WatchHandle {
 
 enum PendingCall {
     Once(LocalSender<CallResult>),
-    Watch { owner: usize, first: Option<LocalSender<CallResult>>, on_change: WatchCallback },
+    Watch { owner: usize, first: Option<LocalSender<CallResult>>, on_change: WatchCallback, ended: LocalSender<ShardError> },
 }
 
 /// Per-destination queues of mesh messages, each drained by its own task.
@@ -345,17 +348,40 @@ impl Dispatch {
     /// Watches an election: `on_change` gets its current state first, then every later
     /// change, in order, until it returns false. The returned result tells whether the
     /// watch started (an unknown election, say, is an `Ok` whose `result` is an error).
+    /// While the partition has no leader the watch waits for one, as reads do.
     ///
-    /// The returned [`WatchHandle`] ends the watch with [`Dispatch::unwatch`] once its
-    /// client has gone, so a quiet election does not keep dead watchers.
-    pub async fn watch(&self, group: u32, query: TermQuery, on_change: WatchCallback) -> Result<(ReadTerm, WatchHandle), ShardError> {
+    /// The returned [`WatchGuard`] ends the watch once dropped (its client has gone), so a
+    /// quiet election does not keep dead watchers, and tells when the serving side ended it.
+    pub async fn watch(
+        self: &Rc<Self>,
+        group: u32,
+        query: TermQuery,
+        on_change: WatchCallback,
+    ) -> Result<(ReadTerm, WatchGuard), ShardError> {
+        let on_change = Rc::new(RefCell::new(on_change));
+        let mut retry = Retry::new();
+        loop {
+            let result = self.watch_once(group, query.clone(), Rc::clone(&on_change)).await;
+            match &result {
+                Err(ShardError::NotLeader { .. } | ShardError::LeadershipLost) if retry.again().await => {}
+                _ => return result,
+            }
+        }
+    }
+
+    async fn watch_once(
+        self: &Rc<Self>,
+        group: u32,
+        query: TermQuery,
+        on_change: Rc<RefCell<WatchCallback>>,
+    ) -> Result<(ReadTerm, WatchGuard), ShardError> {
         let owner = self.owner(group);
         let (tx, rx) = local_channel::new_bounded(1);
+        let (ended_tx, ended) = local_channel::new_bounded(1);
         let handle;
         if owner == self.shard {
             let key = self.new_watch_key();
             handle = WatchHandle::Local { group, key };
-            let on_change = Rc::new(RefCell::new(on_change));
             let on_first = Rc::clone(&on_change);
             // Called in the same step that subscribes the watcher: no change can come first.
             let first: Box<dyn FnOnce(Result<ReadTerm, ShardError>)> = Box::new(move |r| {
@@ -364,15 +390,22 @@ impl Dispatch {
                 }
                 let _ = tx.try_send(CallResult::Read(r));
             });
-            let watcher = Box::new(move |n: &Notification| (on_change.borrow_mut())(n.index, n.term.clone()));
+            let watcher = Box::new(move |event: WatchEvent<'_>| match event {
+                WatchEvent::Changed(n) => (on_change.borrow_mut())(n.index, n.term.clone()),
+                WatchEvent::Ended(error) => {
+                    let _ = ended_tx.try_send(error.clone());
+                    false
+                }
+            });
             self.local.send(Request::Watch { group, key, query, first, watcher }).await?;
         } else {
-            let call = self.start_call(PendingCall::Watch { owner, first: Some(tx), on_change });
+            let on_change: WatchCallback = Box::new(move |index, term| (on_change.borrow_mut())(index, term));
+            let call = self.start_call(PendingCall::Watch { owner, first: Some(tx), on_change, ended: ended_tx });
             handle = WatchHandle::Remote { owner, call };
             self.outbound.send(owner, MeshMessage::Call { from: self.shard, call, group, op: CallOp::Watch(query) });
         }
         match rx.recv().await {
-            Some(CallResult::Read(result)) => result.map(|read| (read, handle)),
+            Some(CallResult::Read(result)) => result.map(|read| (read, WatchGuard::new(Rc::clone(self), handle, ended))),
             _ => Err(ShardError::ShuttingDown),
         }
     }
@@ -436,7 +469,7 @@ impl Dispatch {
                     Some(PendingCall::Once(tx)) => {
                         let _ = tx.try_send(result);
                     }
-                    Some(PendingCall::Watch { owner, first, mut on_change }) => {
+                    Some(PendingCall::Watch { owner, first, mut on_change, ended }) => {
                         let started = match &result {
                             CallResult::Read(Ok(ReadTerm { index, result: Ok(term) })) => {
                                 on_change(*index, term.clone());
@@ -449,7 +482,7 @@ impl Dispatch {
                             let _ = tx.try_send(result);
                         }
                         if !failed {
-                            calls.insert(call, PendingCall::Watch { owner, first: None, on_change });
+                            calls.insert(call, PendingCall::Watch { owner, first: None, on_change, ended });
                         }
                     }
                     None => {}
@@ -465,6 +498,11 @@ impl Dispatch {
                     if let Some(owner) = owner {
                         self.outbound.send(owner, MeshMessage::CancelWatch { from: self.shard, call });
                     }
+                }
+            }
+            MeshMessage::WatchEnded { call, error } => {
+                if let Some(PendingCall::Watch { ended, .. }) = self.calls.borrow_mut().remove(&call) {
+                    let _ = ended.try_send(error);
                 }
             }
             MeshMessage::CancelWatch { from, call } => {
@@ -588,10 +626,18 @@ impl Dispatch {
                         }
                         serving.outbound.send(from, MeshMessage::Reply { call, result: CallResult::Read(r) });
                     });
-                    let outbound = dispatch.outbound.clone();
-                    let watcher = Box::new(move |n: &Notification| {
-                        outbound.send(from, MeshMessage::WatchEvent { call, index: n.index, term: n.term.clone() });
-                        true
+                    let ending = Rc::clone(&dispatch);
+                    let watcher = Box::new(move |event: WatchEvent<'_>| match event {
+                        WatchEvent::Changed(n) => {
+                            ending.outbound.send(from, MeshMessage::WatchEvent { call, index: n.index, term: n.term.clone() });
+                            true
+                        }
+                        WatchEvent::Ended(error) => {
+                            // Freed here, and the watching shard ends its stream.
+                            ending.served_watches.borrow_mut().remove(&(from, call));
+                            ending.outbound.send(from, MeshMessage::WatchEnded { call, error: error.clone() });
+                            false
+                        }
                     });
                     if let Err(e) = dispatch.local.send(Request::Watch { group, key, query, first, watcher }).await {
                         dispatch.served_watches.borrow_mut().remove(&(from, call));
@@ -606,17 +652,38 @@ impl Dispatch {
     }
 }
 
-/// Ends a watch when dropped: hold it for as long as the watch's client is there (a
-/// handler future dropped by the gRPC layer drops it too).
+/// A running watch: ends it when dropped (hold it for as long as the watch's client is
+/// there; a handler future dropped by the gRPC layer drops it too), and hears when the
+/// serving side ends it.
 pub struct WatchGuard {
     dispatch: Rc<Dispatch>,
     handle: WatchHandle,
+    ended: LocalReceiver<ShardError>,
 }
 
 impl WatchGuard {
-    pub fn new(dispatch: Rc<Dispatch>, handle: WatchHandle) -> WatchGuard {
+    pub fn new(dispatch: Rc<Dispatch>, handle: WatchHandle, ended: LocalReceiver<ShardError>) -> WatchGuard {
         dispatch.counters.watch_started();
-        WatchGuard { dispatch, handle }
+        WatchGuard { dispatch, handle, ended }
+    }
+
+    /// Serves the watch until its client leaves (`Ok`) or this node can no longer serve it
+    /// (the replica was removed by Leave, stopped, or no longer applies the log): then the
+    /// stream ends UNAVAILABLE, saying why, so the client watches again elsewhere.
+    pub async fn until_closed(&self, sink: &StreamSink) -> Result<(), Status> {
+        let ended = futures_lite::future::or(
+            async {
+                sink.closed().await;
+                None
+            },
+            async { Some(self.ended.recv().await) },
+        )
+        .await;
+        match ended {
+            None => Ok(()),
+            Some(Some(error)) => Err(Status::unavailable(format!("the watch ended: {error}; watch again"))),
+            Some(None) => Err(Status::unavailable("the watch ended on this node; watch again")),
+        }
     }
 }
 

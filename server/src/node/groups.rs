@@ -122,7 +122,21 @@ impl GroupControl {
     }
 
     /// Starts a replica of an existing group and has its leader add this node.
-    pub async fn join(&self, spec: GroupSpec) -> Result<(), Status> {
+    ///
+    /// Runs to its end even when its caller stops waiting (a deadline): a Join whose
+    /// membership change fails removes the replica it started and its `groups.toml` record,
+    /// so the same Join can be tried again (meanwhile another try is refused as in
+    /// progress). A change whose outcome was unknown and that commits later is no obstacle:
+    /// the next Join finds the node already a member and just starts the replica.
+    pub async fn join(self: &Rc<Self>, spec: GroupSpec) -> Result<(), Status> {
+        let control = Rc::clone(self);
+        glommio::spawn_local(async move { control.join_to_the_end(spec).await })
+            .detach()
+            .await
+            .unwrap_or_else(|| Err(Status::unavailable("the node is shutting down")))
+    }
+
+    async fn join_to_the_end(&self, spec: GroupSpec) -> Result<(), Status> {
         let group = spec.group_id;
         let _busy = self.claim(group)?;
         let Some(me) = spec.members.iter().find(|m| m.node_id == self.me) else {
@@ -138,7 +152,14 @@ impl GroupControl {
         let membership = spec_membership(&spec, true, self.me)
             .map_err(|e| Status::invalid_argument(format!("{e} (a Join lists the group's current members besides this node)")))?;
         self.start(&spec, true, membership).await?;
-        self.change_membership(group, Some(role)).await.map(|_| ())
+        let Err(error) = self.change_membership(group, Some(role)).await else {
+            return Ok(());
+        };
+        let message = match self.remove_replica(group).await {
+            Ok(()) => format!("{}; the replica this Join started was removed again, so the Join can be retried", error.message()),
+            Err(e) => format!("{}; removing the replica this Join started failed too: {}", error.message(), e.message()),
+        };
+        Err(Status::new(error.code(), message))
     }
 
     /// Removes this node from the group, then deletes its replica and data.
@@ -148,6 +169,11 @@ impl GroupControl {
             return Err(Status::not_found(format!("group {group} has no replica on this node")));
         }
         self.change_membership(group, None).await?;
+        self.remove_replica(group).await
+    }
+
+    /// Deletes this node's replica of `group`, its data and its record.
+    async fn remove_replica(&self, group: u32) -> Result<(), Status> {
         let (tx, rx) = local_channel::new_bounded(1);
         let reply = Box::new(move |r| {
             let _ = tx.try_send(r);

@@ -2,10 +2,12 @@
 //! its log and its share of client connections; the shards joined by a channel mesh.
 //!
 //! Start-up order: lock the data directory, bind the listeners (exclusively: a second
-//! process on the same port or directory is refused with a clear message), then start the
+//! process on the same port or directory is refused with a clear message; ports that the
+//! directory's previous, exited process still holds are waited for), then start the
 //! shards. Shard 0 accepts client connections and spreads them over all shards; each shard
 //! serves the gRPC edge for its connections and runs its groups. SIGTERM or SIGINT starts a
-//! graceful stop: stop accepting, let in-flight calls finish (bounded), answer what is left,
+//! graceful stop: stop accepting (the client and admin ports are released at once, so a
+//! restart can bind them), let in-flight calls finish (bounded), answer what is left,
 //! and exit 0. Every acknowledged change is already durable in the log.
 
 mod control;
@@ -24,7 +26,8 @@ use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{CpuSet, LocalExecutorBuilder, Placement};
 
 use crate::config::Config;
-use crate::net::{bind_exclusive, DataDirLock};
+use crate::net::{bind_exclusive_after, wait_until_bindable, DataDirLock, RESTART_BIND_WAIT};
+use crate::routing::shard_port;
 
 pub use dispatch::{
     CallOp, CallResult, ControlOp, Dispatch, LeaderTable, MeshMessage, NodeEvent, Outbound, WatchCallback, WatchGuard, WatchHandle,
@@ -38,12 +41,25 @@ pub fn run(config: Config) -> Result<(), String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create the data directory {}: {e}", config.data_dir.display()))?;
     let lock = DataDirLock::acquire(&config.data_dir).map_err(|e| e.to_string())?;
-    let client_listener = bind_exclusive(config.listen).map_err(|e| format!("client API: {e}"))?;
-    let admin_listener = bind_exclusive(config.admin_listen).map_err(|e| format!("admin API: {e}"))?;
+    // A predecessor on this data directory may have exited a moment ago, its listening
+    // sockets not yet torn down: its addresses are waited for (see `crate::net`).
+    let predecessor = lock.previous_holder();
+    let client_listener = bind_exclusive_after(config.listen, predecessor, RESTART_BIND_WAIT).map_err(|e| format!("client API: {e}"))?;
+    let admin_listener =
+        bind_exclusive_after(config.admin_listen, predecessor, RESTART_BIND_WAIT).map_err(|e| format!("admin API: {e}"))?;
     let mut metrics_listener = match config.metrics_listen {
-        Some(addr) => Some(bind_exclusive(addr).map_err(|e| format!("metrics listener: {e}"))?),
+        Some(addr) => Some(bind_exclusive_after(addr, predecessor, RESTART_BIND_WAIT).map_err(|e| format!("metrics listener: {e}"))?),
         None => None,
     };
+    if let Some(own) = config.peers.get(&config.node_id) {
+        for shard in 0..config.shards {
+            if let Some(port) = shard_port(own.port(), shard) {
+                let address = std::net::SocketAddr::new(own.ip(), port);
+                wait_until_bindable(address, predecessor, RESTART_BIND_WAIT)
+                    .map_err(|e| format!("cannot listen for peers on {address} (shard {shard}): {e}"))?;
+            }
+        }
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {

@@ -23,7 +23,7 @@ use rand_chacha::ChaCha8Rng;
 use crate::config::Config;
 use crate::grpc::{GrpcServer, HealthService, ReflectionService, Router, ServerConfig, ServingStatus};
 use crate::metrics::ShardCallObserver;
-use crate::net::ExclusiveListener;
+use crate::net::{release_listener, ExclusiveListener};
 use crate::routing::{groups_of_shard, shard_of};
 use crate::service::node::NodeApi;
 use crate::service::{ClientApi, ClientSessions, DriverApi, SessionObserver};
@@ -258,7 +258,9 @@ async fn serve(
         .detach();
     }
 
+    let mut releases = Vec::new();
     let admin_server = if let Some((client, admin)) = listeners {
+        releases = [&client, &admin].into_iter().filter_map(|listener| listener.release_handle().ok()).collect();
         let client = client.into_glommio();
         glommio::spawn_local(accept_loop(client, server.clone(), Rc::clone(&dispatch))).detach();
         // The admin listener serves the operator's view of the node: health, the Node
@@ -306,6 +308,8 @@ async fn serve(
     if let Some(admin) = &admin_server {
         admin.shutdown();
     }
+    // The ports are free from here on, even while the executor still holds the sockets.
+    releases.into_iter().for_each(release_listener);
     if let Some(result) = runtime_ended {
         return result.map_err(|e| format!("shard {shard} stopped serving: {e}"));
     }

@@ -11,7 +11,7 @@ use conclave_proto::atomix::runtime::election::v1 as pb;
 use conclave_proto::atomix::runtime::v1::PrimitiveId as PrimitiveIdProto;
 
 use crate::grpc::{CallContext, OverflowPolicy, Router, Status, StreamLimits, StreamSink};
-use crate::node::{Dispatch, WatchGuard};
+use crate::node::Dispatch;
 use crate::routing::partition_of;
 
 use super::sessions::{ClientSessions, Sequenced};
@@ -181,10 +181,8 @@ impl ClientApi {
         let on_change = Box::new(move |_index: u64, term: ElectionTerm| {
             to_client.try_send_message(&pb::WatchResponse { term: Some(term.to_runtime_term()) }).is_ok()
         });
-        let (read, handle) = self.dispatch.watch(partition, query, on_change).await.map_err(|e| from_shard(&e))?;
-        let _watching = WatchGuard::new(Rc::clone(&self.dispatch), handle);
+        let (read, watching) = self.dispatch.watch(partition, query, on_change).await.map_err(|e| from_shard(&e))?;
         read.result.map_err(|e| from_sm(&e))?;
-        sink.closed().await;
-        Ok(())
+        watching.until_closed(&sink).await
     }
 }

@@ -27,7 +27,7 @@ use conclave_proto::atomix::multiraft::v1 as mr;
 use mr::operation_response_headers::Status as AtomixStatus;
 
 use crate::grpc::{Router, Status, StreamSink};
-use crate::node::{Dispatch, WatchGuard};
+use crate::node::Dispatch;
 
 use super::client::WATCH_LIMITS;
 use super::status::from_shard;
@@ -232,8 +232,7 @@ impl DriverApi {
                         };
                         to_client.try_send_message(&response).is_ok()
                     });
-                    let (read, handle) = api.dispatch.watch(partition, query, on_change).await.map_err(|e| from_shard(&e))?;
-                    let _watching = WatchGuard::new(Rc::clone(&api.dispatch), handle);
+                    let (read, watching) = api.dispatch.watch(partition, query, on_change).await.map_err(|e| from_shard(&e))?;
                     if let Err(e) = &read.result {
                         let response = el::WatchResponse {
                             headers: Some(mr::QueryResponseHeaders { operation: Some(operation_headers(read.index, Some(e))) }),
@@ -242,8 +241,7 @@ impl DriverApi {
                         let _ = sink.try_send_message(&response);
                         return Ok(());
                     }
-                    sink.closed().await;
-                    Ok(())
+                    watching.until_closed(&sink).await
                 }
             },
         );

@@ -5,7 +5,7 @@
 //!
 //! GetTerm: `echo` → term 7 naming the connection; `fail:<code>` → that status with a
 //! non-ASCII message; `sleep:<ms>` → answers after sleeping; `big:<n>` → a leader name of n
-//! bytes. Watch: `count:<n>` → n terms sent with backpressure, then OK; `flood:<size>` → one
+//! bytes (a sleep is recorded as it begins). Watch: `count:<n>` → n terms sent with backpressure, then OK; `flood:<size>` → one
 //! message of `size` bytes every millisecond, never waiting (overflow ends the stream);
 //! `fail:<code>` → that status before any message; `hold` → the current term, then waits
 //! for the connection to close and records it. `/test.Echo/Chat` is a bidirectional stream
@@ -48,6 +48,8 @@ pub enum Event {
     Opened(u64),
     Closed(u64),
     HandlerSawClose(u64),
+    /// A `sleep:<ms>` GetTerm began its sleep.
+    Sleeping(u64),
     Drained,
 }
 
@@ -209,18 +211,23 @@ fn term(number: u64, leader: String) -> Term {
 
 fn test_router(events: Arc<Mutex<Vec<Event>>>) -> Router {
     let mut router = Router::new();
-    router.unary_message(GET_TERM, |request: GetTermRequest, ctx: CallContext| async move {
-        let name = name_of(&request.id);
-        if let Some(code) = parse_arg::<u32>(&name, "fail:") {
-            return Err(failure_for(code));
+    let sleep_events = Arc::clone(&events);
+    router.unary_message(GET_TERM, move |request: GetTermRequest, ctx: CallContext| {
+        let events = Arc::clone(&sleep_events);
+        async move {
+            let name = name_of(&request.id);
+            if let Some(code) = parse_arg::<u32>(&name, "fail:") {
+                return Err(failure_for(code));
+            }
+            if let Some(ms) = parse_arg::<u64>(&name, "sleep:") {
+                events.lock().expect("events").push(Event::Sleeping(ms));
+                Timer::new(Duration::from_millis(ms)).await;
+            }
+            if let Some(len) = parse_arg::<usize>(&name, "big:") {
+                return Ok(GetTermResponse { term: Some(term(1, "x".repeat(len))) });
+            }
+            Ok(GetTermResponse { term: Some(term(7, format!("connection-{}", ctx.connection().id()))) })
         }
-        if let Some(ms) = parse_arg::<u64>(&name, "sleep:") {
-            Timer::new(Duration::from_millis(ms)).await;
-        }
-        if let Some(len) = parse_arg::<usize>(&name, "big:") {
-            return Ok(GetTermResponse { term: Some(term(1, "x".repeat(len))) });
-        }
-        Ok(GetTermResponse { term: Some(term(7, format!("connection-{}", ctx.connection().id()))) })
     });
     router.server_streaming_message(WATCH, WATCH_LIMITS, move |request: WatchRequest, ctx, sink| {
         let events = Arc::clone(&events);
