@@ -4,10 +4,13 @@
 //! [`ShardHandle`]. Nothing here knows about gRPC; peers and events are callbacks.
 
 mod error;
+mod idle;
+mod liveness;
 mod peer;
 mod peer_requests;
 mod replica;
 mod runtime;
+mod schedule;
 mod stall;
 mod storage;
 mod upkeep;
