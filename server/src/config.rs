@@ -135,6 +135,14 @@ pub struct ServeArgs {
     /// [default: dsync].
     #[arg(long, value_name = "MODE")]
     pub log_sync: Option<String>,
+    /// Let idle partitions go quiet: once a partition's members hold its whole log, its
+    /// leader stops heartbeating and its replicas are not ticked, so idle partitions cost
+    /// (almost) nothing; any request or message wakes one, and a node that fails (its
+    /// connection drops, or its once-per-heartbeat ping stops for an election timeout)
+    /// wakes the partitions it led, so they elect again. `false` heartbeats every
+    /// partition all the time [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub quiesce: Option<bool>,
 }
 
 /// The validated configuration of one node.
@@ -164,6 +172,8 @@ pub struct Config {
     pub spin_before_park: Duration,
     /// Log segments are opened with O_DSYNC (`--log-sync dsync`).
     pub log_dsync: bool,
+    /// Idle groups go quiet (`--quiesce`).
+    pub quiesce: bool,
 }
 
 /// A configuration that cannot be used, with the key that carried the bad value.
@@ -229,6 +239,7 @@ impl ServeArgs {
             spin_before_park_us: self.spin_before_park_us.or(file.spin_before_park_us),
             compaction_tail: self.compaction_tail.or(file.compaction_tail),
             log_sync: self.log_sync.or(file.log_sync),
+            quiesce: self.quiesce.or(file.quiesce),
         }
     }
 }
@@ -351,6 +362,7 @@ impl Config {
             compaction_tail: args.compaction_tail.unwrap_or(DEFAULT_COMPACTION_TAIL),
             spin_before_park: Duration::from_micros(spin_us),
             log_dsync,
+            quiesce: args.quiesce.unwrap_or(true),
             cluster_id,
             rebalance: Duration::from_millis(args.rebalance_ms.unwrap_or(DEFAULT_REBALANCE_MS)),
         })
@@ -379,6 +391,8 @@ mod tests {
         assert_eq!(c.peers.len(), 1);
         assert!(c.log_dsync, "O_DSYNC by default");
         assert!(!resolve(&["--log-sync", "fdatasync"]).unwrap().log_dsync);
+        assert!(c.quiesce, "idle groups go quiet by default");
+        assert!(!resolve(&["--quiesce", "false"]).unwrap().quiesce);
     }
 
     #[test]
