@@ -3,9 +3,9 @@
 #   1. one node, --partitions $PARTITIONS: time to ready, to quiet, CPU over $WINDOW s, RSS;
 #      then a graceful restart on the same data: recovery time to ready, CPU, RSS;
 #   2. the same node with --quiesce false (every partition heartbeats and is ticked);
-#   3. one node, --partitions $BIG;
 #   4. three nodes, --partitions $PARTITIONS: CPU of each node over $WINDOW s;
-#   5. a baseline node with 16 partitions, for the RSS per idle partition.
+#   5. a baseline node with 16 partitions, for the RSS per idle partition;
+#   3. (last) one node, --partitions $BIG.
 # CPU is utime + stime of the process from /proc/PID/stat over the window, as % of one
 # core. Every server logs at `warn,conclave::activity=info`; "stalls" counts `shard loop
 # stalled` warnings, in all and in the measurement window (steady state). Every process
@@ -141,14 +141,6 @@ single busy "$PARTITIONS" --quiesce false
 measure busy
 stop_all
 
-if [[ "${SKIP_BIG:-0}" != 1 ]]; then
-    log "## 3. one node, $BIG partitions"
-    single big "$BIG"
-    measure big
-    rss_big=$(rss_kib "${PID[big]}")
-    stop_all
-fi
-
 log "## 4. three nodes, $PARTITIONS partitions"
 P3="1=127.0.0.1:27200,2=127.0.0.1:27300,3=127.0.0.1:27400"
 t0=$(date +%s%N)
@@ -166,7 +158,13 @@ measure base
 rss_base=$(rss_kib "${PID[base]}")
 stop_all
 log "  RSS per idle partition (one node, $PARTITIONS vs 16): $(((rss_many - rss_base) * 1024 / (PARTITIONS - 16))) bytes"
-if [[ -n "${rss_big:-}" ]]; then
+
+if [[ "${SKIP_BIG:-0}" != 1 ]]; then
+    log "## 3. one node, $BIG partitions (last: it takes longest)"
+    single big "$BIG"
+    measure big
+    rss_big=$(rss_kib "${PID[big]}")
+    stop_all
     log "  RSS per idle partition (one node, $BIG vs 16): $(((rss_big - rss_base) * 1024 / (BIG - 16))) bytes"
 fi
 log "done: $OUT"

@@ -8,8 +8,8 @@
 
 use conclave_engine::sm::{command, ElectionOp, PrimitiveRef, StateMachine};
 use conclave_proto::conclave::sm::v1 as pb;
-use prost::Message as _;
 use proptest::prelude::*;
+use prost::Message as _;
 
 /// Values where arithmetic and lookups go wrong: the edges and a few small ones.
 fn edgy() -> impl Strategy<Value = u64> {
@@ -46,9 +46,22 @@ fn payload() -> impl Strategy<Value = Vec<u8>> {
         (edgy(), edgy()).prop_map(|(t, s)| command::close_session(t, s)),
         (edgy(), edgy(), edgy(), name()).prop_map(|(t, s, seq, n)| command::create_primitive(t, s, seq, &n)),
         (edgy(), edgy(), edgy(), edgy()).prop_map(|(t, s, seq, p)| command::close_primitive(t, s, seq, p)),
-        (edgy(), edgy(), edgy(), edgy(), op(), name()).prop_map(|(t, s, seq, p, op, c)| command::election(t, s, seq, PrimitiveRef::Id(p), op, &c)),
-        (edgy(), edgy(), edgy(), name(), op(), name())
-            .prop_map(|(t, s, seq, n, op, c)| command::election(t, s, seq, PrimitiveRef::Name(n), op, &c)),
+        (edgy(), edgy(), edgy(), edgy(), op(), name()).prop_map(|(t, s, seq, p, op, c)| command::election(
+            t,
+            s,
+            seq,
+            PrimitiveRef::Id(p),
+            op,
+            &c
+        )),
+        (edgy(), edgy(), edgy(), name(), op(), name()).prop_map(|(t, s, seq, n, op, c)| command::election(
+            t,
+            s,
+            seq,
+            PrimitiveRef::Name(n),
+            op,
+            &c
+        )),
         edgy().prop_map(|t| pb::Command { timestamp_ms: t, operation: None }),
     ];
     prop_oneof![

@@ -562,13 +562,15 @@ impl<L: LogStore> ShardRuntime<L> {
     }
 
     /// The loop was held up for `paused` (its tick that late): no keep-alive reached the
-    /// state machines meanwhile, so each group led here proposes, ahead of everything that
-    /// queued up, a barrier crediting every session with that time.
+    /// state machines meanwhile, so each group led here that has sessions proposes, ahead
+    /// of everything that queued up, a barrier crediting every session with that time.
+    /// (Groups without sessions have nothing to credit: proposing in every group would wake
+    /// every quiet one, and with many groups cause the next stall.)
     fn credit_pause(&mut self, paused: Duration) {
         let now_ms = (self.clock)();
         let paused_ms = u64::try_from(paused.as_millis()).unwrap_or(u64::MAX);
         tracing::info!(node = self.cfg.node_id, paused_ms, "crediting sessions with a pause of the shard loop");
-        for (&group, replica) in self.replicas.iter_mut().filter(|(_, r)| r.is_leader()) {
+        for (&group, replica) in self.replicas.iter_mut().filter(|(_, r)| r.is_leader() && !r.state_machine().sessions().is_empty()) {
             self.schedule.touch(group);
             replica.propose(&sm::command::pause_barrier(now_ms, paused_ms), Box::new(|_| {}));
         }
