@@ -82,7 +82,7 @@ awake() {
 wait_quiet() {
     local name=$1 limit=$2 start=$SECONDS
     until [[ "$(awake "$name")" == 0 ]]; do
-        ((SECONDS - start < limit)) || { log "$name: still $(awake "$name") awake groups after ${limit}s"; return 0; }
+        ((SECONDS - start < limit)) || { log "  $name: still $(awake "$name") awake groups after ${limit}s"; return 1; }
         sleep 0.5
     done
 }
@@ -116,24 +116,25 @@ single() { # NAME PARTITIONS [flags]
     start "$name" 1 "1=127.0.0.1:27100" 27100 "$partitions" "$@"
     wait_for "$name" "ready: every partition" 900
     log "  $name: ready (every partition led) after $(ms_since "$t0") ms"
-    wait_quiet "$name" 120
-    log "  $name: quiet after $(ms_since "$t0") ms"
+    if wait_quiet "$name" 120; then log "  $name: quiet after $(ms_since "$t0") ms"; fi
 }
 
 log "## 1. one node, $PARTITIONS partitions"
 single one "$PARTITIONS"
 measure one
+rss_first=$(rss_kib "${PID[one]}")
 log "## 1b. graceful restart of that node on its data (recovery)"
 kill -TERM "${PID[one]}"
 wait "${PID[one]}" || true
 unset "PID[one]"
+rss_many=$rss_first
+mv "$OUT/one.log" "$OUT/one-first-start.log"
 t0=$(date +%s%N)
 start one 1 "1=127.0.0.1:27100" 27100 "$PARTITIONS"
 wait_for one "ready: every partition" 900
-log "  one: recovered and ready after $(ms_since "$t0") ms (stall warnings so far in the log: $(stalls one))"
-wait_quiet one 120
+log "  one: recovered and ready after $(ms_since "$t0") ms (stall warnings so far: $(stalls one))"
+if wait_quiet one 120; then log "  one: quiet after $(ms_since "$t0") ms"; fi
 measure one
-rss_many=$(rss_kib "${PID[one]}")
 stop_all
 
 log "## 2. one node, $PARTITIONS partitions, --quiesce false"
@@ -147,7 +148,7 @@ t0=$(date +%s%N)
 for id in 1 2 3; do start "node$id" "$id" "$P3" $((27100 + id * 100)) "$PARTITIONS"; done
 for id in 1 2 3; do wait_for "node$id" "ready: every partition" 900; done
 log "  every node ready after $(ms_since "$t0") ms"
-for id in 1 2 3; do wait_quiet "node$id" 180; done
+for id in 1 2 3; do wait_quiet "node$id" 180 || true; done
 log "  every node quiet after $(ms_since "$t0") ms"
 measure node1 node2 node3
 stop_all

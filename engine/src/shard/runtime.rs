@@ -497,6 +497,11 @@ impl<L: LogStore> ShardRuntime<L> {
             if let Some(report) = round.finish() {
                 report.log(self.cfg.node_id);
             }
+            // The next round may be due at once (a tick already late, requests queued): let
+            // the shard's other tasks (peer connections, events, gRPC) run first, or a
+            // loaded shard starves them, hears no peer and elects no leader (10,000 awake
+            // groups on a busy machine did just that).
+            future::yield_now().await;
         }
     }
 
