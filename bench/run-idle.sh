@@ -13,7 +13,9 @@
 #
 # Usage: bench/run-idle.sh [OUT]       (from the repository root)
 # Environment: CONCLAVE (default target/release/conclave), PARTITIONS (10000), BIG (100000),
-#   WINDOW (30), SHARDS (default: one per core), SKIP_BIG=1 skips step 3.
+#   WINDOW (30), SETTLE (seconds between quiet and the window, for rebalancing transfers
+#   to end; default 20), SHARDS (default: one per core), STEPS (default "1 2 4 5 3"; step 3
+#   needs 5 for its RSS per partition).
 set -euo pipefail
 
 OUT=${1:-bench-results/idle-$(date -u +%Y%m%dT%H%M%SZ)}
@@ -21,6 +23,9 @@ CONCLAVE=${CONCLAVE:-target/release/conclave}
 PARTITIONS=${PARTITIONS:-10000}
 BIG=${BIG:-100000}
 WINDOW=${WINDOW:-30}
+SETTLE=${SETTLE:-20}
+STEPS=" ${STEPS:-1 2 4 5 3} "
+step() { [[ "$STEPS" == *" $1 "* ]]; }
 SHARD_ARGS=()
 if [[ -n "${SHARDS:-}" ]]; then SHARD_ARGS=(--shards "$SHARDS"); fi
 HZ=$(getconf CLK_TCK)
@@ -116,9 +121,12 @@ single() { # NAME PARTITIONS [flags]
     start "$name" 1 "1=127.0.0.1:27100" 27100 "$partitions" "$@"
     wait_for "$name" "ready: every partition" 900
     log "  $name: ready (every partition led) after $(ms_since "$t0") ms"
+    if [[ " $* " == *" --quiesce false "* ]]; then return; fi
     if wait_quiet "$name" 120; then log "  $name: quiet after $(ms_since "$t0") ms"; fi
+    sleep "$SETTLE"
 }
 
+if step 1; then
 log "## 1. one node, $PARTITIONS partitions"
 single one "$PARTITIONS"
 measure one
@@ -134,14 +142,19 @@ start one 1 "1=127.0.0.1:27100" 27100 "$PARTITIONS"
 wait_for one "ready: every partition" 900
 log "  one: recovered and ready after $(ms_since "$t0") ms (stall warnings so far: $(stalls one))"
 if wait_quiet one 120; then log "  one: quiet after $(ms_since "$t0") ms"; fi
+sleep "$SETTLE"
 measure one
 stop_all
+fi
 
+if step 2; then
 log "## 2. one node, $PARTITIONS partitions, --quiesce false"
 single busy "$PARTITIONS" --quiesce false
 measure busy
 stop_all
+fi
 
+if step 4; then
 log "## 4. three nodes, $PARTITIONS partitions"
 P3="1=127.0.0.1:27200,2=127.0.0.1:27300,3=127.0.0.1:27400"
 t0=$(date +%s%N)
@@ -150,22 +163,30 @@ for id in 1 2 3; do wait_for "node$id" "ready: every partition" 900; done
 log "  every node ready after $(ms_since "$t0") ms"
 for id in 1 2 3; do wait_quiet "node$id" 180 || true; done
 log "  every node quiet after $(ms_since "$t0") ms"
+sleep "$SETTLE"
 measure node1 node2 node3
 stop_all
+fi
 
+if step 5; then
 log "## 5. baseline: one node, 16 partitions"
 single base 16
 measure base
 rss_base=$(rss_kib "${PID[base]}")
 stop_all
-log "  RSS per idle partition (one node, $PARTITIONS vs 16): $(((rss_many - rss_base) * 1024 / (PARTITIONS - 16))) bytes"
+if [[ -n "${rss_many:-}" ]]; then
+    log "  RSS per idle partition (one node, $PARTITIONS vs 16): $(((rss_many - rss_base) * 1024 / (PARTITIONS - 16))) bytes"
+fi
+fi
 
-if [[ "${SKIP_BIG:-0}" != 1 ]]; then
+if step 3; then
     log "## 3. one node, $BIG partitions (last: it takes longest)"
     single big "$BIG"
     measure big
     rss_big=$(rss_kib "${PID[big]}")
     stop_all
-    log "  RSS per idle partition (one node, $BIG vs 16): $(((rss_big - rss_base) * 1024 / (BIG - 16))) bytes"
+    if [[ -n "${rss_base:-}" ]]; then
+        log "  RSS per idle partition (one node, $BIG vs 16): $(((rss_big - rss_base) * 1024 / (BIG - 16))) bytes"
+    fi
 fi
 log "done: $OUT"

@@ -289,8 +289,8 @@ impl Config {
             }
         }
         let partitions = args.partitions.unwrap_or(DEFAULT_PARTITIONS);
-        if partitions == 0 || partitions > 65_536 {
-            return err(format!("--partitions {partitions} must be between 1 and 65536"));
+        if partitions == 0 || partitions > 1_000_000 {
+            return err(format!("--partitions {partitions} must be between 1 and 1000000"));
         }
         let shards = args.shards.unwrap_or(cores.max(1));
         if shards == 0 || shards > 1024 {
