@@ -104,7 +104,7 @@ impl<L: LogStore> ShardRuntime<L> {
     /// Every [`ACTIVITY_LOG_TICKS`] ticks, logs the shard's group counts if they changed:
     /// hosted, awake (ticked every tick), quiet, quiet with a timer, silent peers.
     pub(super) fn log_activity(&mut self) {
-        if self.ticks % ACTIVITY_LOG_TICKS != 0 {
+        if !self.ticks.is_multiple_of(ACTIVITY_LOG_TICKS) {
             return;
         }
         let groups = self.replicas.len();
