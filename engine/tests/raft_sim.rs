@@ -1,6 +1,9 @@
-//! Runs the deterministic Raft simulation over many seeds (1,000 by default).
-//! `CONCLAVE_SIM_SEEDS=N` runs N seeds (a soak); `CONCLAVE_SIM_SEED=S` replays seed S alone.
-//! Every failure prints its seed and the command that replays it.
+//! Runs the deterministic Raft simulation over many seeds (1,000 by default), twice: with
+//! each seed's own options (quiescence on for about half of them), and with quiescence on
+//! for every seed (seeds from [`QUIET_SEEDS_FROM`] on), as the server runs by default.
+//! `CONCLAVE_SIM_SEEDS=N` runs N seeds of each (a soak); `CONCLAVE_SIM_SEED=S` replays seed S
+//! alone (`CONCLAVE_SIM_QUIESCE=1` forces quiescence on, as the second run does). Every
+//! failure prints its seed and the command that replays it.
 
 mod sim;
 
@@ -13,16 +16,40 @@ fn env_u64(name: &str) -> Option<u64> {
     Some(text.parse().unwrap_or_else(|_| panic!("{name} must be an unsigned integer, got {text:?}")))
 }
 
+/// The first seed of the run with quiescence on for every seed (distinct from the first
+/// run's seeds).
+const QUIET_SEEDS_FROM: u64 = 1 << 32;
+
 #[test]
 fn simulation_upholds_safety_liveness_and_linearizability() {
+    let force_quiesce = std::env::var("CONCLAVE_SIM_QUIESCE").is_ok_and(|v| v == "1");
+    run_seeds(0, force_quiesce);
+}
+
+/// The server quiesces idle groups by default: every seed of this run does, with the same
+/// checkers and the liveness verdict after healing (quiet followers of a crashed leader
+/// elect once node-level liveness wakes them).
+#[test]
+fn simulation_with_quiescence_on_upholds_the_same_properties() {
+    if std::env::var("CONCLAVE_SIM_SEED").is_ok() {
+        return; // a replay runs in the other test
+    }
+    run_seeds(QUIET_SEEDS_FROM, true);
+}
+
+fn run_seeds(first: u64, force_quiesce: bool) {
     let seeds: Vec<u64> = match env_u64("CONCLAVE_SIM_SEED") {
         Some(seed) => vec![seed],
-        None => (0..env_u64("CONCLAVE_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect(),
+        None => (first..first + env_u64("CONCLAVE_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect(),
     };
     let started = std::time::Instant::now();
     let mut totals = sim::cluster::SimReport::default();
-    for &seed in &seeds {
+    let options = |seed: u64| {
         let opts = SimOptions::for_seed(seed);
+        SimOptions { quiesce: opts.quiesce || force_quiesce, ..opts }
+    };
+    for &seed in &seeds {
+        let opts = options(seed);
         match run_seed(seed, &opts) {
             Ok(report) => {
                 if seeds.len() == 1 {
@@ -42,11 +69,13 @@ fn simulation_upholds_safety_liveness_and_linearizability() {
                 totals.replicas_discarded += report.replicas_discarded;
             }
             Err(violation) => {
-                panic!("seed {seed} violated a property: {}\noptions: {opts:?}\nreplay: {}", violation.0, replay_command(seed))
+                let replay = replay_command(seed);
+                let replay = if force_quiesce { format!("CONCLAVE_SIM_QUIESCE=1 {replay}") } else { replay };
+                panic!("seed {seed} violated a property: {}\noptions: {opts:?}\nreplay: {replay}", violation.0)
             }
         }
     }
-    println!("{} seeds in {:?}: {totals:?}", seeds.len(), started.elapsed());
+    println!("{} seeds (quiescence forced: {force_quiesce}) in {:?}: {totals:?}", seeds.len(), started.elapsed());
     assert!(totals.committed_entries > 0 && totals.leaders_elected > 0, "the runs did nothing");
     if seeds.len() >= 100 {
         assert!(totals.snapshots_installed > 0, "no run streamed a snapshot to a lagging follower");

@@ -151,6 +151,14 @@ pub struct ServeArgs {
     /// [default: dsync].
     #[arg(long, value_name = "MODE")]
     pub log_sync: Option<String>,
+    /// Let idle partitions go quiet: once a partition's members hold its whole log, its
+    /// leader stops heartbeating and its replicas are not ticked, so idle partitions cost
+    /// (almost) nothing; any request or message wakes one, and a node that fails (its
+    /// connection drops, or its once-per-heartbeat ping stops for an election timeout)
+    /// wakes the partitions it led, so they elect again. `false` heartbeats every
+    /// partition all the time [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub quiesce: Option<bool>,
 }
 
 /// The validated configuration of one node.
@@ -182,6 +190,8 @@ pub struct Config {
     pub spin_before_park: Duration,
     /// Log segments are opened with O_DSYNC (`--log-sync dsync`).
     pub log_dsync: bool,
+    /// Idle groups go quiet (`--quiesce`).
+    pub quiesce: bool,
 }
 
 /// A configuration that cannot be used, with the key that carried the bad value.
@@ -257,6 +267,7 @@ impl ServeArgs {
             spin_before_park_us: self.spin_before_park_us.or(file.spin_before_park_us),
             compaction_tail: self.compaction_tail.or(file.compaction_tail),
             log_sync: self.log_sync.or(file.log_sync),
+            quiesce: self.quiesce.or(file.quiesce),
         }
     }
 }
@@ -306,8 +317,8 @@ impl Config {
             }
         }
         let partitions = args.partitions.unwrap_or(DEFAULT_PARTITIONS);
-        if partitions == 0 || partitions > 65_536 {
-            return err(format!("--partitions {partitions} must be between 1 and 65536"));
+        if partitions == 0 || partitions > 1_000_000 {
+            return err(format!("--partitions {partitions} must be between 1 and 1000000"));
         }
         let shards = args.shards.unwrap_or(cores.max(1));
         if shards == 0 || shards > 1024 {
@@ -389,6 +400,7 @@ impl Config {
             compaction_tail: args.compaction_tail.unwrap_or(DEFAULT_COMPACTION_TAIL),
             spin_before_park: Duration::from_micros(spin_us),
             log_dsync,
+            quiesce: args.quiesce.unwrap_or(true),
             cluster_id,
             rebalance: Duration::from_millis(args.rebalance_ms.unwrap_or(DEFAULT_REBALANCE_MS)),
         })
@@ -420,6 +432,8 @@ mod tests {
         assert_eq!(resolve(&["--metrics-listen", "off"]).unwrap().metrics_listen, None);
         assert_eq!(resolve(&["--metrics-listen", "127.0.0.1:0"]).unwrap().metrics_listen, None);
         assert!(!resolve(&["--log-sync", "fdatasync"]).unwrap().log_dsync);
+        assert!(c.quiesce, "idle groups go quiet by default");
+        assert!(!resolve(&["--quiesce", "false"]).unwrap().quiesce);
     }
 
     #[test]

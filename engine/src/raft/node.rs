@@ -255,6 +255,9 @@ impl RaftNode {
         }
         self.quiesced = false;
         if self.role == RaftRole::Leader {
+            // A quiet leader may not have been ticked (a caller skips quiet replicas): no
+            // earlier heartbeat round may vouch for a lease any more.
+            self.reads.forget_lease_rounds();
             self.heartbeat_elapsed = self.cfg.heartbeat_ticks;
             self.election_elapsed = 0;
             for progress in self.progress.values_mut() {

@@ -77,6 +77,11 @@ impl ReadQueue {
         self.batches.clear();
     }
 
+    /// Forgets the heartbeat rounds that lease reads count on (a new round is needed).
+    pub(super) fn forget_lease_rounds(&mut self) {
+        self.round_ticks.clear();
+    }
+
     /// True if reads wait for a heartbeat round or a batch request not sent yet.
     pub(super) fn output_due(&self) -> bool {
         self.round_due || !self.unsent.is_empty()

@@ -38,6 +38,11 @@ impl RaftNode {
             Ok(t) => t,
         };
         self.check_content(&msg, msg_type)?;
+        // A quiet replica drops a campaign inside its leader's lease (see `accept_term`), but
+        // wakes: a quiet leader then heartbeats a restarted member back into the group.
+        if matches!(msg_type, MessageType::PreVote | MessageType::Vote) {
+            self.wake();
+        }
         if !self.accept_term(&msg, msg_type) {
             return Ok(());
         }

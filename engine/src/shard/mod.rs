@@ -5,11 +5,14 @@
 
 mod counters;
 mod error;
+mod idle;
+mod liveness;
 pub mod loopback;
 mod peer;
 mod peer_requests;
 mod replica;
 mod runtime;
+mod schedule;
 mod stall;
 mod stats;
 mod storage;

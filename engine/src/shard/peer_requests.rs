@@ -224,6 +224,8 @@ impl<L: LogStore> ShardRuntime<L> {
             if !replica.is_leader() {
                 continue;
             }
+            // Stays awake while stopping, so a failed hand-off is tried again.
+            self.schedule.touch(group);
             if let Some(to) = replica.best_successor() {
                 match replica.raft_mut().transfer_leadership(to) {
                     Ok(()) => started += 1,

@@ -360,6 +360,13 @@ impl Replica {
         }
     }
 
+    /// True while the group needs every tick: its Raft replica is not quiesced, or a read
+    /// waits for its index to be confirmed (bounded in ticks). A quiet group is ticked only
+    /// when something wakes it.
+    pub fn needs_ticks(&self) -> bool {
+        !self.raft.is_quiesced() || !self.confirming.is_empty()
+    }
+
     /// True once after this replica became leader: the runtime then proposes
     /// `sm::command::leader_barrier(now)` so the state machine learns the new term's time.
     pub fn take_barrier_due(&mut self) -> bool {

@@ -12,6 +12,7 @@
 //! answers its caller when it applies that entry itself.
 
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -31,9 +32,11 @@ use crate::sm::{self, Command};
 
 use super::counters::ShardCounters;
 use super::error::ShardError;
+use super::liveness::Liveness;
 use super::peer::Forwarded;
 use super::peer_requests::settle_membership_waiters;
 use super::replica::{Committed, ReadTerm, Replica, Reply, SnapshotCapture, TermQuery, Watcher};
+use super::schedule::Schedule;
 use super::stall::{Phase, RoundTimer};
 use super::stats::RuntimeStats;
 
@@ -109,6 +112,8 @@ pub type Clock = Box<dyn Fn() -> u64>;
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
     pub node_id: u64,
+    /// This shard's index on its node (named in log lines).
+    pub shard: u32,
     /// Interval between Raft ticks.
     pub tick: Duration,
     /// Capacity of the request queue (backpressure beyond it).
@@ -132,6 +137,12 @@ pub struct RuntimeConfig {
     /// A round of the shard loop that holds it longer than this (or a tick that runs this
     /// late) is logged at `warn` with its phases; zero logs none.
     pub stall_warn: Duration,
+    /// The peer nodes this shard pings (one empty batch per `liveness_ping_ticks`, however
+    /// many groups they share) and watches: one silent for `liveness_silence_ticks` has the
+    /// quiet groups it leads woken here. Empty (or 0 ticks): no pings.
+    pub liveness_peers: Vec<u64>,
+    pub liveness_ping_ticks: u64,
+    pub liveness_silence_ticks: u64,
 }
 
 impl RuntimeConfig {
@@ -139,6 +150,7 @@ impl RuntimeConfig {
     pub fn new(node_id: u64, tick: Duration) -> RuntimeConfig {
         RuntimeConfig {
             node_id,
+            shard: 0,
             tick,
             request_queue: 8192,
             expiry_check: Duration::from_millis(100),
@@ -148,6 +160,9 @@ impl RuntimeConfig {
             membership_timeout: Duration::from_secs(10),
             rebalance_ticks: 0,
             stall_warn: Duration::from_millis(100),
+            liveness_peers: Vec::new(),
+            liveness_ping_ticks: 0,
+            liveness_silence_ticks: 0,
         }
     }
 }
@@ -286,7 +301,7 @@ pub struct ShardRuntime<L: LogStore> {
     pub(super) replicas: BTreeMap<u32, Replica>,
     pub(super) log: L,
     outbox: Outbox,
-    transport: Transport,
+    pub(super) transport: Transport,
     pub(super) events: EventSink,
     clock: Clock,
     receiver: LocalReceiver<Request>,
@@ -318,6 +333,14 @@ pub struct ShardRuntime<L: LogStore> {
     pub(super) snapshot_saves: BTreeMap<u32, SnapshotSave>,
     /// What this runtime did, counted (see [`ShardCounters`]).
     pub(super) counters: Rc<ShardCounters>,
+    /// Which groups are ticked, sleep on a timer, or were touched this round.
+    pub(super) schedule: Schedule,
+    /// Liveness of the peer nodes (coalesced pings).
+    pub(super) liveness: Liveness,
+    /// Groups that applied entries since they were last looked at for a snapshot.
+    pub(super) snapshot_candidates: BTreeSet<u32>,
+    /// (groups, awake, silent peers) as last logged.
+    pub(super) last_activity: (usize, usize, usize),
 }
 
 /// A snapshot of a group being saved by a task of its own.
@@ -360,7 +383,17 @@ impl<L: LogStore> ShardRuntime<L> {
                 (*g, (hs.term, hs.vote))
             })
             .collect();
+        let mut schedule = Schedule::default();
+        for &group in replicas.keys() {
+            schedule.touch(group);
+            schedule.wake(group);
+        }
+        let liveness = Liveness::new(&cfg.liveness_peers, cfg.liveness_ping_ticks, cfg.liveness_silence_ticks, 0);
         ShardRuntime {
+            schedule,
+            liveness,
+            snapshot_candidates: BTreeSet::new(),
+            last_activity: (0, 0, 0),
             durable_votes,
             outbox: Outbox::new(cfg.node_id),
             cfg,
@@ -414,6 +447,7 @@ impl<L: LogStore> ShardRuntime<L> {
     }
 
     pub(super) fn replica_mut(&mut self, group: u32) -> Option<&mut Replica> {
+        self.schedule.touch(group);
         self.replicas.get_mut(&group)
     }
 
@@ -496,11 +530,19 @@ impl<L: LogStore> ShardRuntime<L> {
             if let Some(report) = round.finish() {
                 report.log(self.cfg.node_id);
             }
+            // The next round may be due at once (a tick already late, requests queued): let
+            // the shard's other tasks (peer connections, events, gRPC) run first, or a
+            // loaded shard starves them, hears no peer and elects no leader (10,000 awake
+            // groups on a busy machine did just that).
+            future::yield_now().await;
         }
     }
 
     /// Handles one request; returns true for shutdown.
     fn handle_request(&mut self, request: Request) -> bool {
+        if let Some(group) = request.group() {
+            self.schedule.touch(group);
+        }
         match request {
             Request::Propose { group, mut command, reply } => match self.replicas.get_mut(&group) {
                 Some(replica) if replica.is_leader() => {
@@ -530,8 +572,12 @@ impl<L: LogStore> ShardRuntime<L> {
                     replica.unwatch(key);
                 }
             }
-            Request::Peer { from, message } => self.step_peer(from, message),
+            Request::Peer { from, message } => {
+                self.peer_heard(from);
+                self.step_peer(from, message)
+            }
             Request::PeerFrame { from, messages } => {
+                self.peer_heard(from);
                 for message in messages {
                     self.step_peer(from, message);
                 }
@@ -551,7 +597,10 @@ impl<L: LogStore> ShardRuntime<L> {
             Request::RemoveReplica { group, reply } => self.removals.push((group, reply)),
             Request::ChangeMembership { group, node, role, via, reply } => self.change_membership(group, node, role, via, reply),
             Request::HandOffLeadership { reply } => reply(self.hand_off_leadership()),
-            Request::PeerDown { node } => self.forwarded.fail_node(node),
+            Request::PeerDown { node } => {
+                self.forwarded.fail_node(node);
+                self.peer_down(node);
+            }
             Request::Stats { reply } => reply(self.stats()),
             Request::Shutdown => return true,
         }
@@ -559,13 +608,16 @@ impl<L: LogStore> ShardRuntime<L> {
     }
 
     /// The loop was held up for `paused` (its tick that late): no keep-alive reached the
-    /// state machines meanwhile, so each group led here proposes, ahead of everything that
-    /// queued up, a barrier crediting every session with that time.
+    /// state machines meanwhile, so each group led here that has sessions proposes, ahead
+    /// of everything that queued up, a barrier crediting every session with that time.
+    /// (Groups without sessions have nothing to credit: proposing in every group would wake
+    /// every quiet one, and with many groups cause the next stall.)
     fn credit_pause(&mut self, paused: Duration) {
         let now_ms = (self.clock)();
         let paused_ms = u64::try_from(paused.as_millis()).unwrap_or(u64::MAX);
         tracing::info!(node = self.cfg.node_id, paused_ms, "crediting sessions with a pause of the shard loop");
-        for replica in self.replicas.values_mut().filter(|r| r.is_leader()) {
+        for (&group, replica) in self.replicas.iter_mut().filter(|(_, r)| r.is_leader() && !r.state_machine().sessions().is_empty()) {
+            self.schedule.touch(group);
             replica.propose(&sm::command::pause_barrier(now_ms, paused_ms), Box::new(|_| {}));
         }
     }
@@ -574,9 +626,13 @@ impl<L: LogStore> ShardRuntime<L> {
         let now_ms = (self.clock)();
         self.ticks += 1;
         ShardCounters::add(&self.counters.ticks, 1);
-        ShardCounters::add(&self.counters.replica_ticks, self.replicas.len() as u64);
         self.forwarded.expire(self.cfg.forward_timeout, self.cfg.membership_timeout);
-        for (&group, replica) in self.replicas.iter_mut() {
+        self.tick_liveness();
+        // Only the groups with something due: quiet ones cost nothing (see `schedule.rs`).
+        for group in self.schedule.due(self.ticks) {
+            let Some(replica) = self.replicas.get_mut(&group) else { continue };
+            self.schedule.touch(group);
+            ShardCounters::add(&self.counters.replica_ticks, 1);
             replica.tick();
             if !replica.is_leader() {
                 continue;
@@ -598,11 +654,18 @@ impl<L: LogStore> ShardRuntime<L> {
                         .get(&group)
                         .is_some_and(|&(from, at)| from == to && self.ticks < at + HANDED_BACK_AFTER_PERIODS * self.cfg.rebalance_ticks)
                 };
-                if let Some(to) = replica.rebalance_target().filter(|to| !gave_it_away(*to)) {
-                    self.last_rebalance.insert(group, self.ticks);
-                    if let Err(e) = replica.raft_mut().transfer_leadership(to) {
-                        tracing::debug!(group, to, error = %e, "rebalancing transfer refused");
+                match replica.rebalance_target() {
+                    Some(to) if !gave_it_away(to) => {
+                        self.last_rebalance.insert(group, self.ticks);
+                        if let Err(e) = replica.raft_mut().transfer_leadership(to) {
+                            tracing::debug!(group, to, error = %e, "rebalancing transfer refused");
+                        }
                     }
+                    // Checked again a period later, not every tick.
+                    Some(_) => {
+                        self.last_rebalance.insert(group, self.ticks);
+                    }
+                    None => {}
                 }
             }
             // Session expiry is decided by applied timestamps: with no traffic, the leader
@@ -614,6 +677,7 @@ impl<L: LogStore> ShardRuntime<L> {
                 replica.propose(&sm::command::leader_barrier(now_ms), Box::new(|_| {}));
             }
         }
+        self.log_activity();
     }
 
     /// Drains Raft output until no replica has any: send, apply what is durable, submit the
@@ -625,7 +689,10 @@ impl<L: LogStore> ShardRuntime<L> {
             let mut acks = Vec::new();
             let mut waiting_messages = Vec::new();
             let now_ms = (self.clock)();
-            for (&group, replica) in self.replicas.iter_mut() {
+            // Only the groups touched since the last pass (see `schedule.rs`).
+            let touched = self.schedule.take_dirty();
+            for &group in &touched {
+                let Some(replica) = self.replicas.get_mut(&group) else { continue };
                 if !replica.has_ready() {
                     continue;
                 }
@@ -690,7 +757,10 @@ impl<L: LogStore> ShardRuntime<L> {
                     self.install_snapshot(group, snapshot).await?;
                 }
             }
-            if !self.replicas.values().any(Replica::has_ready) {
+            for group in touched {
+                self.reschedule(group);
+            }
+            if !self.schedule.has_dirty() {
                 return Ok(());
             }
         }
@@ -703,6 +773,7 @@ impl<L: LogStore> ShardRuntime<L> {
         }
         for (group, ack, persisted_messages) in acks {
             if let (Some((index, term)), Some(replica)) = (ack, self.replicas.get_mut(&group)) {
+                self.schedule.touch(group);
                 replica.raft_mut().persisted(index, term);
             }
             self.outbox.extend(persisted_messages);

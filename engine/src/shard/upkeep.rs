@@ -25,6 +25,8 @@ impl<L: LogStore> ShardRuntime<L> {
             // The group's snapshot directory is deleted below: a save still writing into it
             // ends first.
             self.forget_snapshot_save(group).await;
+            self.schedule.forget(group);
+            self.snapshot_candidates.remove(&group);
             self.durable_votes.remove(&group);
             self.last_expiry_barrier.remove(&group);
             self.last_rebalance.remove(&group);
@@ -48,12 +50,12 @@ impl<L: LogStore> ShardRuntime<L> {
         if self.cfg.snapshot_every == 0 {
             return Ok(());
         }
-        let due: Vec<u32> = self
-            .replicas
-            .iter()
-            .filter(|(g, r)| !self.snapshot_saves.contains_key(g) && r.snapshot_due(self.cfg.snapshot_every))
-            .map(|(g, _)| *g)
-            .collect();
+        // Only groups that applied entries since they were last looked at can be due.
+        let candidates = std::mem::take(&mut self.snapshot_candidates);
+        let due = candidates.into_iter().filter(|g| {
+            !self.snapshot_saves.contains_key(g) && self.replicas.get(g).is_some_and(|r| r.snapshot_due(self.cfg.snapshot_every))
+        });
+        let due: Vec<u32> = due.collect();
         for group in due {
             let Some(replica) = self.replicas.get(&group) else { continue };
             let Some(capture) = replica.capture_snapshot() else { continue };
@@ -85,6 +87,7 @@ impl<L: LogStore> ShardRuntime<L> {
         let SnapshotSave { capture, had_snapshot, .. } = save;
         outcome.map_err(|e| ShardError::Storage(format!("group {group}: saving snapshot {}: {e}", capture.index)))?;
         let Some(replica) = self.replicas.get_mut(&group) else { return Ok(()) };
+        self.schedule.touch(group);
         if capture.index <= replica.last_snapshot() {
             return Ok(());
         }
@@ -138,6 +141,7 @@ impl<L: LogStore> ShardRuntime<L> {
             Err(e) => {
                 tracing::error!(group, index = snapshot.index, error = %e, "refusing a snapshot from the leader");
                 if let Some(replica) = self.replicas.get_mut(&group) {
+                    self.schedule.touch(group);
                     replica.raft_mut().snapshot_install_failed(snapshot.index);
                 }
                 return Ok(());
@@ -152,6 +156,7 @@ impl<L: LogStore> ShardRuntime<L> {
             .await
             .map_err(|e| ShardError::Storage(format!("group {group}: {e}")))?;
         if let Some(replica) = self.replicas.get_mut(&group) {
+            self.schedule.touch(group);
             replica.install_snapshot(sm, snapshot.index);
             replica.raft_mut().snapshot_installed(snapshot.index);
         }

@@ -45,8 +45,10 @@ pub struct SimReport {
 
 struct SimNode {
     id: u64,
-    /// Failure detector: the tick each peer was last heard from (index = peer id - 1).
+    /// Failure detector: the tick each peer was last heard from, and whether it was
+    /// reported silent since (index = peer id - 1).
     last_heard: Vec<u64>,
+    silent: Vec<bool>,
     up: bool,
     incarnation: u64,
     /// Replica starts so far (restarts and joins): each start seeds its RNG afresh.
@@ -136,7 +138,17 @@ impl Sim {
             let replicas =
                 sim.initial.iter().map(|m| Replica::empty(m.role(id).is_some(), m.role(id) == Some(Role::Witness), m.clone())).collect();
             let last_heard = vec![0; sim.opts.nodes as usize];
-            sim.nodes.push(SimNode { id, last_heard, up: false, incarnation: 0, replica_starts: 0, replicas, outbox: Outbox::new(id) });
+            let silent = vec![false; sim.opts.nodes as usize];
+            sim.nodes.push(SimNode {
+                id,
+                last_heard,
+                silent,
+                up: false,
+                incarnation: 0,
+                replica_starts: 0,
+                replicas,
+                outbox: Outbox::new(id),
+            });
             sim.start_node(id as usize - 1)?;
         }
         Ok(sim)
@@ -158,6 +170,10 @@ impl Sim {
     /// Starts (or restarts) node `n` from what its disks hold.
     fn start_node(&mut self, n: usize) -> Result<(), Violation> {
         self.nodes[n].incarnation += 1;
+        // A starting server counts every peer as just heard from.
+        let tick = self.report.ticks;
+        self.nodes[n].last_heard.fill(tick);
+        self.nodes[n].silent.fill(false);
         for g in 0..self.opts.groups as usize {
             if self.nodes[n].replicas[g].hosted {
                 self.start_replica(n, g)?;
@@ -339,6 +355,7 @@ impl Sim {
                 continue;
             }
             self.nodes[n].last_heard[batch.from as usize - 1] = self.report.ticks;
+            self.nodes[n].silent[batch.from as usize - 1] = false;
             let messages = open_batch(batch.to, batch).map_err(|e| Violation(format!("node refused a batch: {e}")))?;
             for msg in messages {
                 let g = msg.group_id as usize;
@@ -403,9 +420,10 @@ impl Sim {
         }
     }
 
-    /// Node-level failure detection, as a transport gives it (pings, failed connections):
-    /// every node pings every peer each tick, and wakes its quiet groups whose leader's node
-    /// has been silent for an election timeout.
+    /// Node-level failure detection, as the server's shards do it (`shard/liveness.rs`):
+    /// every node pings every peer each tick (one empty batch for all groups), and when a
+    /// peer has been silent for an election timeout it wakes, once, its quiet groups whose
+    /// leader that peer is.
     fn detect_failures(&mut self) {
         const SILENCE_TICKS: u64 = 10;
         let tick = self.report.ticks;
@@ -421,11 +439,17 @@ impl Sim {
                 }
             }
             let node = &mut self.nodes[n];
-            for replica in &mut node.replicas {
-                let Some(raft) = replica.raft.as_mut() else { continue };
-                let leader = raft.leader();
-                if leader != 0 && leader != id && node.last_heard[leader as usize - 1] + SILENCE_TICKS < tick {
-                    raft.wake();
+            for peer in 1..=self.opts.nodes {
+                let p = peer as usize - 1;
+                if peer == id || node.silent[p] || node.last_heard[p] + SILENCE_TICKS >= tick {
+                    continue;
+                }
+                node.silent[p] = true;
+                for replica in &mut node.replicas {
+                    let Some(raft) = replica.raft.as_mut() else { continue };
+                    if raft.leader() == peer && raft.is_quiesced() {
+                        raft.wake();
+                    }
                 }
             }
         }
@@ -441,8 +465,12 @@ impl Sim {
             }
             for g in 0..self.opts.groups as usize {
                 if let Some(raft) = self.nodes[n].replicas[g].raft.as_mut() {
-                    self.report.quiesced_ticks += u64::from(raft.is_quiesced());
-                    raft.tick();
+                    // As the server's shard loop: a quiet replica is not ticked at all.
+                    if raft.is_quiesced() {
+                        self.report.quiesced_ticks += 1;
+                    } else {
+                        raft.tick();
+                    }
                 }
                 self.pump(n, g)?;
             }

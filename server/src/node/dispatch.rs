@@ -145,6 +145,10 @@ pub struct Dispatch {
     pub leaders: LeaderTable,
     /// Client partitions this node left through the Node API: it cannot serve them.
     left: RefCell<BTreeSet<u32>>,
+    /// The client partitions (1..=this), and how many of them [`Dispatch::serves`] now,
+    /// kept as the table changes so health is answered without a walk over partitions.
+    partitions: Cell<u32>,
+    served: Cell<u32>,
     /// Runs after the leader table or the set of left partitions changed (health).
     on_table_change: RefCell<Option<Rc<dyn Fn()>>>,
     /// This shard's Node API operations (set once the shard has started).
@@ -193,6 +197,8 @@ impl Dispatch {
             next_watch_key: Cell::new(1),
             leaders: Rc::new(RefCell::new(BTreeMap::new())),
             left: RefCell::new(BTreeSet::new()),
+            partitions: Cell::new(0),
+            served: Cell::new(0),
             on_table_change: RefCell::new(None),
             control: RefCell::new(None),
             on_event: RefCell::new(None),
@@ -533,6 +539,31 @@ impl Dispatch {
         !self.left.borrow().contains(&group) && self.leaders.borrow().get(&group).is_some_and(|(_, leader)| *leader != 0)
     }
 
+    /// Sets the number of client partitions (1..=`partitions`) that
+    /// [`Dispatch::serves_all`] counts.
+    pub fn set_partitions(&self, partitions: u32) {
+        self.partitions.set(partitions);
+        self.served.set((1..=partitions).filter(|g| self.serves(*g)).count() as u32);
+    }
+
+    /// Whether this node serves every client partition (see [`Dispatch::serves`]).
+    pub fn serves_all(&self) -> bool {
+        self.served.get() == self.partitions.get()
+    }
+
+    /// Runs `change` on the table of `group`, keeping the count of served partitions.
+    fn count_served(&self, group: u32, change: impl FnOnce()) {
+        let counted = group >= 1 && group <= self.partitions.get();
+        let before = counted && self.serves(group);
+        change();
+        let after = counted && self.serves(group);
+        match (before, after) {
+            (false, true) => self.served.set(self.served.get() + 1),
+            (true, false) => self.served.set(self.served.get() - 1),
+            _ => {}
+        }
+    }
+
     /// Records whether this node hosts client partition `group` (this shard owns it) and
     /// tells every other shard.
     pub fn broadcast_hosting(&self, group: u32, hosted: bool) {
@@ -551,12 +582,14 @@ impl Dispatch {
     }
 
     fn record_hosting(&self, group: u32, hosted: bool) {
-        let mut left = self.left.borrow_mut();
-        if hosted {
-            left.remove(&group);
-        } else {
-            left.insert(group);
-        }
+        self.count_served(group, || {
+            let mut left = self.left.borrow_mut();
+            if hosted {
+                left.remove(&group);
+            } else {
+                left.insert(group);
+            }
+        });
     }
 
     /// Runs a Node API operation of a group this shard owns; a client partition joined or
@@ -588,11 +621,13 @@ impl Dispatch {
 
     /// Records a leader report (ignoring reports older than what is known).
     pub fn record_leader(&self, group: u32, term: u64, leader: u64) {
-        let mut leaders = self.leaders.borrow_mut();
-        let entry = leaders.entry(group).or_insert((0, 0));
-        if term >= entry.0 {
-            *entry = (term, leader);
-        }
+        self.count_served(group, || {
+            let mut leaders = self.leaders.borrow_mut();
+            let entry = leaders.entry(group).or_insert((0, 0));
+            if term >= entry.0 {
+                *entry = (term, leader);
+            }
+        });
     }
 
     /// Reports a leader change of a group this shard owns to every other shard.

@@ -32,6 +32,7 @@ pub fn raft_config(config: &Config, group: u32) -> raft::Config {
     let mut cfg = raft::Config::new(u64::from(config.node_id), group);
     cfg.election_ticks = config.election_ticks;
     cfg.heartbeat_ticks = config.heartbeat_ticks;
+    cfg.quiesce = config.quiesce;
     cfg
 }
 

@@ -125,6 +125,12 @@ async fn serve(
             snapshot_every: config.snapshot_every,
             compaction_tail: config.compaction_tail,
             rebalance_ticks: (config.rebalance.as_millis() / tick.as_millis().max(1)) as u64,
+            // One ping per peer node per heartbeat interval; a peer silent for an election
+            // timeout wakes the quiet groups it leads.
+            shard: shard as u32,
+            liveness_peers: config.peers.keys().map(|id| u64::from(*id)).filter(|id| *id != node_id).collect(),
+            liveness_ping_ticks: u64::from(config.heartbeat_ticks),
+            liveness_silence_ticks: u64::from(config.election_ticks),
             ..RuntimeConfig::new(node_id, tick)
         },
         replicas,
@@ -139,6 +145,7 @@ async fn serve(
     let runtime_task = glommio::spawn_local(runtime.run());
 
     let dispatch = Dispatch::new(shard, shards, handle.clone(), senders);
+    dispatch.set_partitions(config.partitions);
     // Shard 0 gathers every shard's events for the Node API; set before the mesh is served.
     let node_events = (shard == 0).then(|| {
         let events = NodeEvents::new(node_id, &dispatch);
@@ -188,7 +195,7 @@ async fn serve(
         let announced = Rc::new(Cell::new(false));
         let listen = config.listen;
         Rc::new(move || {
-            let led = (1..=partitions).all(|g| dispatch.serves(g));
+            let led = dispatch.serves_all();
             let status = if led { ServingStatus::Serving } else { ServingStatus::NotServing };
             health.set_status("", status);
             for service in SERVICES {

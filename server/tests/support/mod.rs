@@ -202,8 +202,9 @@ impl Node {
         let child = Command::new(env!("CARGO_BIN_EXE_conclave"))
             .args(args)
             .current_dir(dir.path())
-            // CONCLAVE_E2E_LOG (e.g. `info`) raises the servers' log level when debugging.
-            .env("CONCLAVE_LOG", std::env::var("CONCLAVE_E2E_LOG").unwrap_or_else(|_| "warn".to_owned()))
+            // CONCLAVE_E2E_LOG (e.g. `info`) raises the servers' log level when debugging. The
+            // shards' `group activity` lines (quiet partitions) are always on: tests read them.
+            .env("CONCLAVE_LOG", std::env::var("CONCLAVE_E2E_LOG").unwrap_or_else(|_| "warn,conclave::activity=info".to_owned()))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)

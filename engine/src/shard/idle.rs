@@ -1,0 +1,131 @@
+//! What keeps an idle group cheap on a shard, on the runtime's side: after a group was
+//! touched it is either kept awake (ticked every tick) or put to sleep, on a timer when a
+//! quiet leader still has a check due (rebalancing, a session deadline); pings coalesced
+//! per peer node, and the quiet groups led by a node that went silent (or whose connection
+//! failed) woken so their followers elect again; a log line with the counts.
+
+use conclave_proto::conclave::peer::v1::{peer_message::Body, PeerMessage};
+
+use crate::raft::MessageBatch;
+
+use super::runtime::{LogStore, ShardRuntime};
+
+/// Ticks between two looks at whether the activity counts changed (then logged).
+const ACTIVITY_LOG_TICKS: u64 = 100;
+
+impl<L: LogStore> ShardRuntime<L> {
+    /// Decides again, after `group` was touched and its output drained, whether it is
+    /// ticked every tick or sleeps, and whether it may be due for a snapshot.
+    pub(super) fn reschedule(&mut self, group: u32) {
+        let Some(replica) = self.replicas.get(&group) else {
+            self.schedule.forget(group);
+            self.snapshot_candidates.remove(&group);
+            return;
+        };
+        if replica.has_ready() {
+            self.schedule.touch(group);
+        }
+        if self.cfg.snapshot_every > 0 && replica.snapshot_due(self.cfg.snapshot_every) {
+            self.snapshot_candidates.insert(group);
+        }
+        // A stopping node keeps trying to hand its leaderships on.
+        if replica.needs_ticks() || (self.handing_off && replica.is_leader()) {
+            self.schedule.wake(group);
+            return;
+        }
+        let due = if replica.is_leader() { self.quiet_leader_due(group) } else { None };
+        self.schedule.sleep(group, due);
+    }
+
+    /// The tick at which a quiet leader must be looked at again: its next rebalancing
+    /// check (when its preferred node is another voter) or the next session deadline of
+    /// its state machine (a barrier then lets the session expire).
+    fn quiet_leader_due(&self, group: u32) -> Option<u64> {
+        let replica = self.replicas.get(&group)?;
+        let mut due = None;
+        if self.cfg.rebalance_ticks > 0 && replica.rebalance_target().is_some() {
+            let last = self.last_rebalance.get(&group).copied().unwrap_or(0);
+            due = Some((last + self.cfg.rebalance_ticks).max(self.ticks + 1));
+        }
+        if let Some(deadline_ms) = replica.next_session_deadline_ms() {
+            let tick_ms = u64::try_from(self.cfg.tick.as_millis()).unwrap_or(u64::MAX).max(1);
+            let at = self.ticks + deadline_ms.saturating_sub(self.now_ms()) / tick_ms + 1;
+            due = Some(due.map_or(at, |d: u64| d.min(at)));
+        }
+        due
+    }
+
+    /// Once per tick: pings the peer nodes due one (one empty batch each, for all groups)
+    /// and wakes the quiet groups led by peers that just went silent.
+    pub(super) fn tick_liveness(&mut self) {
+        let (ping, silent) = self.liveness.tick(self.ticks);
+        let from = self.cfg.node_id;
+        for to in ping {
+            let batch = MessageBatch { from, to, messages: Vec::new() };
+            (self.transport)(to, PeerMessage { body: Some(Body::Raft(batch)) });
+        }
+        for node in silent {
+            let woken = self.wake_led_by(node);
+            tracing::info!(node = from, peer = node, woken, "peer node silent for an election timeout; woke the quiet groups it leads");
+        }
+    }
+
+    /// Something arrived from `node`.
+    pub(super) fn peer_heard(&mut self, node: u64) {
+        if self.liveness.heard(node, self.ticks) {
+            tracing::info!(node = self.cfg.node_id, peer = node, "peer node heard from again");
+        }
+    }
+
+    /// The connection to `node` failed: the quiet groups it leads wake now (once per
+    /// failure; a peer this shard does not watch wakes them every time).
+    pub(super) fn peer_down(&mut self, node: u64) {
+        let watched = self.cfg.liveness_peers.contains(&node);
+        if self.liveness.down(node) || !watched {
+            let woken = self.wake_led_by(node);
+            tracing::info!(node = self.cfg.node_id, peer = node, woken, "peer connection failed; woke the quiet groups it leads");
+        }
+    }
+
+    /// Wakes every quiet group whose known leader is `node`; returns how many. A walk over
+    /// the shard's groups, once per failure of a node.
+    fn wake_led_by(&mut self, node: u64) -> usize {
+        let mut woken = 0;
+        for (&group, replica) in self.replicas.iter_mut() {
+            if replica.raft().leader() == node && replica.raft().is_quiesced() {
+                replica.raft_mut().wake();
+                self.schedule.touch(group);
+                woken += 1;
+            }
+        }
+        woken
+    }
+
+    /// Every [`ACTIVITY_LOG_TICKS`] ticks, logs the shard's group counts if they changed:
+    /// hosted, awake (ticked every tick), quiet, quiet with a timer, silent peers.
+    pub(super) fn log_activity(&mut self) {
+        if !self.ticks.is_multiple_of(ACTIVITY_LOG_TICKS) {
+            return;
+        }
+        let groups = self.replicas.len();
+        let awake = self.schedule.awake_count();
+        let silent = self.liveness.silent_count();
+        if (groups, awake, silent) == self.last_activity {
+            return;
+        }
+        self.last_activity = (groups, awake, silent);
+        let quiet = groups.saturating_sub(awake);
+        let timers = self.schedule.timer_count();
+        tracing::info!(
+            target: "conclave::activity",
+            node = self.cfg.node_id,
+            shard = self.cfg.shard,
+            groups,
+            awake,
+            quiet,
+            timers,
+            silent_peers = silent,
+            "group activity"
+        );
+    }
+}

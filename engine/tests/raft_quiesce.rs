@@ -1,0 +1,108 @@
+//! Quiescence as the shard runtime drives it (a quiet replica is not ticked at all): a
+//! partitioned quiet leader serves no read it cannot confirm, lease reads included, and a
+//! quiet leader wakes to a restarted member's campaign so the member learns the leader.
+
+mod raft_support;
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use conclave_engine::raft::{Config, Membership, RaftNode, RaftRole, Recovered};
+use raft_support::{node_with, Cluster};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+fn quiet_config(id: u64, lease_reads: bool) -> Config {
+    let mut cfg = Config::new(id, 7);
+    cfg.quiesce = true;
+    cfg.lease_reads = lease_reads;
+    cfg
+}
+
+fn quiet_cluster(lease_reads: bool) -> Cluster {
+    let membership = Membership::voters([1, 2, 3]).unwrap();
+    let nodes: BTreeMap<u64, RaftNode> =
+        [1, 2, 3].into_iter().map(|id| (id, node_with(quiet_config(id, lease_reads), &membership))).collect();
+    Cluster { nodes, applied: BTreeMap::new(), events: BTreeMap::new(), reads: BTreeMap::new(), installed: BTreeMap::new() }
+}
+
+/// Ticks the replicas that are not quiet (as the runtime does) until all are quiet.
+fn tick_until_quiet(cluster: &mut Cluster) {
+    for _ in 0..200 {
+        if cluster.nodes.values().all(RaftNode::is_quiesced) {
+            return;
+        }
+        for raft in cluster.nodes.values_mut().filter(|r| !r.is_quiesced()) {
+            raft.tick();
+        }
+        cluster.settle();
+    }
+    panic!("the group did not go quiet in 200 ticks");
+}
+
+fn elect_write_and_go_quiet(lease_reads: bool) -> (Cluster, u64) {
+    let mut cluster = quiet_cluster(lease_reads);
+    let leader = cluster.tick_until_leader();
+    cluster.nodes.get_mut(&leader).unwrap().propose([Bytes::from_static(b"x")]).unwrap();
+    cluster.settle();
+    tick_until_quiet(&mut cluster);
+    (cluster, leader)
+}
+
+#[test]
+fn a_partitioned_quiet_leader_serves_no_read_it_cannot_confirm() {
+    for lease_reads in [false, true] {
+        let (mut cluster, leader) = elect_write_and_go_quiet(lease_reads);
+        // With lease reads, the leader confirmed a lease while it was awake.
+        let raft = cluster.nodes.get_mut(&leader).unwrap();
+        // Cut off: nothing it sends arrives. Time passes without ticks while it is quiet
+        // (the others may have elected a new leader meanwhile), then a read comes.
+        raft.read_index(Bytes::from_static(b"r")).unwrap();
+        assert!(!raft.is_quiesced(), "a read wakes the group");
+        for tick in 0..100 {
+            let ready = raft.ready();
+            assert!(ready.read_states.is_empty(), "lease_reads {lease_reads}: read served at tick {tick} without a quorum");
+            raft.tick();
+        }
+        assert_ne!(raft.role(), RaftRole::Leader, "lease_reads {lease_reads}: a leader that hears no quorum steps down");
+    }
+}
+
+#[test]
+fn a_quiet_leader_reachable_again_serves_reads_after_a_quorum_round() {
+    let (mut cluster, leader) = elect_write_and_go_quiet(false);
+    cluster.nodes.get_mut(&leader).unwrap().read_index(Bytes::from_static(b"r")).unwrap();
+    let before = cluster.reads.get(&leader).map_or(0, Vec::len);
+    cluster.settle();
+    assert_eq!(cluster.reads[&leader].len(), before + 1, "the heartbeat round confirmed the read");
+    tick_until_quiet(&mut cluster);
+}
+
+#[test]
+fn a_quiet_leader_wakes_to_a_restarted_members_campaign_and_the_member_learns_it() {
+    let (mut cluster, leader) = elect_write_and_go_quiet(false);
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let old = cluster.nodes.remove(&follower).unwrap();
+    let recovered = Recovered {
+        hard_state: old.hard_state(),
+        compacted_index: 0,
+        compacted_term: 0,
+        membership: Membership::voters([1, 2, 3]).unwrap(),
+        entries: old.entries().cloned().collect(),
+        applied: 0,
+    };
+    let restarted = RaftNode::restart(quiet_config(follower, false), recovered, ChaCha8Rng::seed_from_u64(99)).unwrap();
+    assert_eq!(restarted.leader(), 0);
+    cluster.nodes.insert(follower, restarted);
+    for _ in 0..200 {
+        if cluster.nodes[&follower].leader() == leader && cluster.nodes.values().all(RaftNode::is_quiesced) {
+            assert_eq!(cluster.leader(), Some(leader), "the quiet leader kept its office");
+            return;
+        }
+        for raft in cluster.nodes.values_mut().filter(|r| !r.is_quiesced()) {
+            raft.tick();
+        }
+        cluster.settle();
+    }
+    panic!("the restarted member never learned the quiet leader (leader {}, knows {})", leader, cluster.nodes[&follower].leader());
+}
