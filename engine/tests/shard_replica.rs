@@ -208,7 +208,7 @@ fn watch_all(replica: &mut Replica, elections: &[&str]) -> Heard {
     let heard: Heard = Rc::default();
     for (key, name) in elections.iter().enumerate() {
         let (heard, name) = (heard.clone(), name.to_string());
-        let query = TermQuery { session_id: None, primitive: PrimitiveRef::Name(name.clone()), min_index: 0 };
+        let query = TermQuery { session_id: None, primitive: PrimitiveRef::Name(name.clone()), min_index: 0, sequence_num: 0 };
         replica.watch(
             query,
             key as u64,

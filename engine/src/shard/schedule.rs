@@ -110,7 +110,12 @@ impl Request {
             | Request::AddReplica { group, .. }
             | Request::RemoveReplica { group, .. }
             | Request::ChangeMembership { group, .. } => Some(*group),
-            Request::Peer { .. } | Request::HandOffLeadership { .. } | Request::PeerDown { .. } | Request::Shutdown => None,
+            Request::Peer { .. }
+            | Request::PeerFrame { .. }
+            | Request::Stats { .. }
+            | Request::HandOffLeadership { .. }
+            | Request::PeerDown { .. }
+            | Request::Shutdown => None,
         }
     }
 }
