@@ -955,6 +955,13 @@ fn a_node_joins_as_observer_leaves_and_rejoins_as_a_voting_witness() {
             expected.push(who);
         }
 
+        // The observer must find the log compacted (snapshots are saved in the background,
+        // and the log compacted behind them once durable): wait for that before it joins.
+        eventually("the leader's log compacted behind its snapshot", DEADLINE, || {
+            c.events_of(leader).iter().any(|e| matches!(e, ShardEvent::LogCompacted { index } if *index > 0))
+        })
+        .await;
+
         // --- observer ---
         c.add_replica(4, joining_replica(4, &[1, 2, 3])).await.unwrap();
         assert!(c.events_of(4).iter().any(|e| matches!(e, ShardEvent::MemberReady { .. })));
