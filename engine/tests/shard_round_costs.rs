@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use conclave_engine::shard::loopback::{LoopbackCluster, LoopbackOptions};
+use conclave_engine::shard::loopback::{LoopbackCluster, LoopbackOptions, WireCounts};
 use conclave_engine::shard::{CounterValues, Request, ShardHandle};
 use conclave_engine::sm::{command, Command};
 use futures_lite::future;
@@ -74,6 +74,24 @@ async fn commit_notices_delivered(cluster: &LoopbackCluster, leader: u64, before
     glommio::timer::sleep(Duration::from_millis(20)).await;
 }
 
+/// A settled cluster and what it had counted before the measured commands.
+struct Baseline {
+    cluster: LoopbackCluster,
+    leader: u64,
+    followers: Vec<u64>,
+    before: Vec<(u64, CounterValues)>,
+    wire_before: WireCounts,
+}
+
+async fn baseline(dir: &std::path::Path) -> Baseline {
+    let (cluster, leader) = settled_cluster(dir).await;
+    let followers: Vec<u64> = cluster.node_ids().into_iter().filter(|n| *n != leader).collect();
+    glommio::timer::sleep(Duration::from_millis(20)).await;
+    let before = values(&cluster);
+    let wire_before = cluster.wire();
+    Baseline { cluster, leader, followers, before, wire_before }
+}
+
 fn of(values: &[(u64, CounterValues)], node: u64) -> CounterValues {
     values.iter().find(|(n, _)| *n == node).map(|(_, v)| *v).unwrap()
 }
@@ -82,11 +100,7 @@ fn of(values: &[(u64, CounterValues)], node: u64) -> CounterValues {
 fn a_lone_command_costs_each_node_one_log_write_and_the_leader_one_append_per_follower() {
     run(async {
         let dir = tempfile::tempdir().unwrap();
-        let (cluster, leader) = settled_cluster(dir.path()).await;
-        let followers: Vec<u64> = cluster.node_ids().into_iter().filter(|n| *n != leader).collect();
-        glommio::timer::sleep(Duration::from_millis(20)).await;
-        let before = values(&cluster);
-        let wire_before = cluster.wire();
+        let Baseline { cluster, leader, followers, before, wire_before } = baseline(dir.path()).await;
 
         let committed = cluster.handle(leader).propose(GROUP, barrier()).await.unwrap();
         assert!(committed.index > 0);
@@ -134,11 +148,7 @@ async fn propose_in_one_round(handle: &ShardHandle, n: usize) {
 fn sixty_four_proposals_of_one_round_cost_one_append_per_follower() {
     run(async {
         let dir = tempfile::tempdir().unwrap();
-        let (cluster, leader) = settled_cluster(dir.path()).await;
-        let followers: Vec<u64> = cluster.node_ids().into_iter().filter(|n| *n != leader).collect();
-        glommio::timer::sleep(Duration::from_millis(20)).await;
-        let before = values(&cluster);
-        let wire_before = cluster.wire();
+        let Baseline { cluster, leader, followers, before, wire_before } = baseline(dir.path()).await;
 
         propose_in_one_round(&cluster.handle(leader), 64).await;
         commit_notices_delivered(&cluster, leader, &before, 2).await;
