@@ -59,6 +59,40 @@ fn keep_alive_releases_outputs_and_older_sequence_numbers_are_from_the_past() {
 }
 
 #[test]
+fn a_keep_alive_batch_keeps_every_session_alive_and_names_the_unknown_ones() {
+    let mut leader = Leader::new();
+    let first = leader.open_session(1_000);
+    let second = leader.open_session(1_000);
+    let election = leader.create(first, 1, "e");
+    leader.term_after(first, 2, election, Enter, "a");
+    leader.term_after(second, 1, election, Enter, "b");
+    leader.now_ms += 900;
+    let batch = leader.apply(command::keep_alive_batch(leader.now_ms, &[(first, 1), (424_242, 0), (second, 0)]));
+    assert_eq!(batch.result, Ok(Output::KeptAliveBatch { unknown_sessions: vec![424_242] }));
+    let kept: Vec<u64> = leader.sm.sessions().get(first).unwrap().cached_outputs().keys().copied().collect();
+    assert_eq!(kept, [2], "the first session released its output 1 only");
+    assert_eq!(leader.sm.sessions().get(second).unwrap().cached_outputs().len(), 1);
+    // 900 ms later both would have expired without the batch (timeout 1,000 ms).
+    leader.now_ms += 900;
+    leader.apply(command::leader_barrier(leader.now_ms));
+    assert!(leader.sm.sessions().contains(first) && leader.sm.sessions().contains(second));
+    assert_eq!(leader.sm.registry().get(election).unwrap().election().to_term(), term(1, &["a", "b"]));
+}
+
+#[test]
+fn an_oversized_keep_alive_batch_is_refused_and_keeps_nobody_alive() {
+    let mut leader = Leader::new();
+    let session = leader.open_session(1_000);
+    let too_many = vec![(session, 0); command::MAX_KEEP_ALIVE_BATCH + 1];
+    leader.now_ms += 900;
+    let refused = leader.apply(command::keep_alive_batch(leader.now_ms, &too_many));
+    assert_eq!(refused.result.unwrap_err().kind(), ErrorKind::Invalid);
+    leader.now_ms += 200;
+    leader.apply(command::leader_barrier(leader.now_ms));
+    assert!(!leader.sm.sessions().contains(session), "the refused batch did not keep the session alive");
+}
+
+#[test]
 fn a_new_leader_does_not_expire_sessions_for_the_time_it_was_not_leading() {
     let mut leader = Leader::new();
     let session = leader.open_session(1_000);

@@ -299,3 +299,44 @@ async fn probes_follow_a_three_node_cluster_losing_nodes() {
     let ready = wait_status(addr(&cluster, 3), "/readyz", 200, Duration::from_secs(30)).await;
     assert_eq!(ready.0, 200, "node 3 ready once quorum is back: {}", ready.1);
 }
+
+/// Client sessions are kept alive by one log entry per partition per interval, not one per
+/// session: 12 connections, each with a session in the node's only partition, cost each
+/// shard one keep-alive entry per interval (the session timeout / 4), and every session
+/// outlives several timeouts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alives_cost_one_entry_per_partition_per_interval() {
+    const CONNECTIONS: usize = 12;
+    let mut dir = TestDir::new();
+    let options = NodeOptions { partitions: 1, ..NodeOptions::default() };
+    let interval = Duration::from_millis(options.session_timeout_ms / 4);
+    let node = Node::start(&mut dir, &options).await;
+    let metrics = node.ports.metrics;
+    let first = node.connect().await;
+    create(&first, "keepalive").await;
+    let mut clients = Vec::new();
+    for i in 0..CONNECTIONS {
+        let channel = if i == 0 { first.clone() } else { node.connect().await };
+        let mut client = Election::new(channel);
+        client.enter(bounded(rt::EnterRequest { id: id("keepalive"), candidate: format!("c{i}") })).await.expect("enter");
+        clients.push(client);
+    }
+    let entries = |s: &Scrape| s.sum("conclave_client_session_keepalive_entries_total", &[]);
+    let before = tokio::task::spawn_blocking(move || scrape(metrics)).await.unwrap();
+    assert_eq!(before.sum("conclave_client_sessions_open", &[]), CONNECTIONS as f64, "one session per connection");
+    let started = Instant::now();
+    // Three session timeouts: without keep-alives every session would have expired.
+    tokio::time::sleep(Duration::from_millis(3 * options.session_timeout_ms)).await;
+    let after = tokio::task::spawn_blocking(move || scrape(metrics)).await.unwrap();
+    let intervals = (started.elapsed().as_secs_f64() / interval.as_secs_f64()).ceil();
+    let sent = entries(&after) - entries(&before);
+    let most = f64::from(options.shards) * (intervals + 1.0);
+    assert!(sent >= intervals / 2.0, "keep-alives were sent: {sent} entries in {intervals} intervals");
+    assert!(
+        sent <= most,
+        "{sent} keep-alive entries for {CONNECTIONS} sessions in {intervals} intervals: at most {most} (one per shard and interval)"
+    );
+    let term = clients[0].get_term(bounded(rt::GetTermRequest { id: id("keepalive") })).await.expect("get term").into_inner();
+    assert_eq!(term.term.map(|t| t.candidates.len()), Some(CONNECTIONS), "every session stayed alive");
+    assert_eq!(after.sum("conclave_client_sessions_open", &[]), CONNECTIONS as f64);
+}

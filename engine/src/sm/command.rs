@@ -53,6 +53,20 @@ pub fn keep_alive(timestamp_ms: u64, session_id: SessionId, last_input_sequence_
     )
 }
 
+/// Keeps every session of `sessions` alive, each `(session_id, last_input_sequence_num)`
+/// releasing its outputs as [`keep_alive`] does, in one entry. At most
+/// [`MAX_KEEP_ALIVE_BATCH`] sessions: split longer lists.
+pub fn keep_alive_batch(timestamp_ms: u64, sessions: &[(SessionId, u64)]) -> Command {
+    let keep_alives = sessions
+        .iter()
+        .map(|&(session_id, last_input_sequence_num)| pb::KeepAlive { session_id, last_input_sequence_num, open_inputs: None })
+        .collect();
+    with_operation(timestamp_ms, pb::command::Operation::KeepAliveBatch(pb::KeepAliveBatch { keep_alives }))
+}
+
+/// The most sessions one [`keep_alive_batch`] entry may carry.
+pub const MAX_KEEP_ALIVE_BATCH: usize = 4096;
+
 /// The Atomix driver's KeepAlive: keeps `session_id` alive and releases its outputs up to
 /// `last_input_sequence_num` that `open_inputs` (the commands the client still has open)
 /// does not contain.
@@ -147,12 +161,14 @@ pub fn sequenced_by(payload: &[u8]) -> Option<(SessionId, u64)> {
     }
 }
 
-/// A checked command, borrowing its strings from the decoded [`Command`].
+/// A checked command, borrowing its strings from the decoded [`Command`]. A batch's
+/// keep-alives are `(session_id, last_input_sequence_num, open_inputs)`, in order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Operation<'a> {
     LeaderBarrier { paused_ms: u64 },
     OpenSession { timeout_ms: u64 },
     KeepAlive { session_id: SessionId, last_input_sequence_num: u64, open_inputs: Option<BloomFilter> },
+    KeepAliveBatch { keep_alives: Vec<(SessionId, u64, Option<BloomFilter>)> },
     CloseSession { session_id: SessionId },
     CreatePrimitive { session_id: SessionId, sequence_num: u64, name: &'a str },
     ClosePrimitive { session_id: SessionId, sequence_num: u64, primitive_id: PrimitiveId },
@@ -164,6 +180,14 @@ pub(crate) enum Operation<'a> {
 pub(crate) enum PrimitiveSelector<'a> {
     Id(PrimitiveId),
     Name(&'a str),
+}
+
+/// A keep-alive's filter of open commands, checked.
+fn check_filter(keep_alive: &pb::KeepAlive) -> Result<Option<BloomFilter>, SmError> {
+    match &keep_alive.open_inputs {
+        Some(filter) => Ok(Some(decode_filter(filter).map_err(|e| SmError::MalformedCommand { reason: e.to_string() })?)),
+        None => Ok(None),
+    }
 }
 
 /// Checks the shape and names of a command; no state is consulted.
@@ -180,11 +204,21 @@ pub(crate) fn check(command: &Command) -> Result<Operation<'_>, SmError> {
             Operation::OpenSession { timeout_ms: open.timeout_ms }
         }
         Op::KeepAlive(k) => {
-            let open_inputs = match &k.open_inputs {
-                Some(filter) => Some(decode_filter(filter).map_err(|e| SmError::MalformedCommand { reason: e.to_string() })?),
-                None => None,
-            };
+            let open_inputs = check_filter(k)?;
             Operation::KeepAlive { session_id: k.session_id, last_input_sequence_num: k.last_input_sequence_num, open_inputs }
+        }
+        Op::KeepAliveBatch(batch) => {
+            if batch.keep_alives.len() > MAX_KEEP_ALIVE_BATCH {
+                return Err(SmError::MalformedCommand {
+                    reason: format!("a keep-alive batch carries {} sessions, more than {MAX_KEEP_ALIVE_BATCH}", batch.keep_alives.len()),
+                });
+            }
+            let keep_alives = batch
+                .keep_alives
+                .iter()
+                .map(|k| Ok((k.session_id, k.last_input_sequence_num, check_filter(k)?)))
+                .collect::<Result<_, SmError>>()?;
+            Operation::KeepAliveBatch { keep_alives }
         }
         Op::CloseSession(c) => Operation::CloseSession { session_id: c.session_id },
         Op::CreatePrimitive(c) => {

@@ -130,6 +130,15 @@ impl StateMachine {
                 let result = self.sessions.keep_alive(session_id, last_input_sequence_num, open_inputs.as_ref(), now_ms);
                 (result.map(|()| Output::KeptAlive), false)
             }
+            Operation::KeepAliveBatch { keep_alives } => {
+                let unknown_sessions = keep_alives
+                    .iter()
+                    .filter_map(|(session_id, acknowledged, open_inputs)| {
+                        self.sessions.keep_alive(*session_id, *acknowledged, open_inputs.as_ref(), now_ms).err().map(|_| *session_id)
+                    })
+                    .collect();
+                (Ok(Output::KeptAliveBatch { unknown_sessions }), false)
+            }
             Operation::CloseSession { session_id } => match self.sessions.remove(session_id) {
                 Some(_) => {
                     self.end_sessions(&BTreeSet::from([session_id]), index, notifications);

@@ -54,6 +54,9 @@ pub enum Output {
     SessionOpened { session_id: SessionId },
     /// KeepAlive was applied.
     KeptAlive,
+    /// A KeepAliveBatch was applied: every session it names was kept alive but these,
+    /// which no longer exist (closed or expired).
+    KeptAliveBatch { unknown_sessions: Vec<SessionId> },
     /// CloseSession was applied.
     SessionClosed,
     /// CreatePrimitive: the election's id (the same for every create of that name).

@@ -31,15 +31,45 @@ const GARBAGE: &[u8] = &[0xff, 0xff, 0xff];
 
 #[derive(Clone, Debug)]
 enum Action {
-    Open { timeout_ms: u64 },
-    KeepAlive { session: usize, ack_lag: u64 },
-    Close { session: usize },
-    Create { session: usize, election: usize },
-    ClosePrimitive { session: usize, election: usize },
-    Elect { session: usize, election: usize, by_name: bool, op: ElectionOp, candidate: usize },
-    Retry { session: usize, back: usize },
-    Wait { ms: u64 },
-    StaleTimestamp { back_ms: u64 },
+    Open {
+        timeout_ms: u64,
+    },
+    KeepAlive {
+        session: usize,
+        ack_lag: u64,
+    },
+    /// One entry keeping several sessions alive (one may repeat, or be unknown).
+    KeepAliveBatch {
+        sessions: Vec<(usize, u64)>,
+    },
+    Close {
+        session: usize,
+    },
+    Create {
+        session: usize,
+        election: usize,
+    },
+    ClosePrimitive {
+        session: usize,
+        election: usize,
+    },
+    Elect {
+        session: usize,
+        election: usize,
+        by_name: bool,
+        op: ElectionOp,
+        candidate: usize,
+    },
+    Retry {
+        session: usize,
+        back: usize,
+    },
+    Wait {
+        ms: u64,
+    },
+    StaleTimestamp {
+        back_ms: u64,
+    },
     NewLeader,
     Garbage,
 }
@@ -49,6 +79,7 @@ fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
         2 => prop::sample::select(vec![300u64, 1_000, 5_000]).prop_map(|timeout_ms| Action::Open { timeout_ms }),
         3 => (any::<usize>(), 0u64..3).prop_map(|(session, ack_lag)| Action::KeepAlive { session, ack_lag }),
+        2 => prop::collection::vec((any::<usize>(), 0u64..3), 0..4).prop_map(|sessions| Action::KeepAliveBatch { sessions }),
         1 => any::<usize>().prop_map(|session| Action::Close { session }),
         2 => (any::<usize>(), any::<usize>()).prop_map(|(session, election)| Action::Create { session, election }),
         1 => (any::<usize>(), any::<usize>()).prop_map(|(session, election)| Action::ClosePrimitive { session, election }),
@@ -104,6 +135,16 @@ impl Driver {
                 let s = self.session(session);
                 let acked = self.next_seq.get(&s).copied().unwrap_or(1).saturating_sub(1 + ack_lag);
                 Some(command::keep_alive(now, s, acked))
+            }
+            Action::KeepAliveBatch { ref sessions } => {
+                let batch: Vec<(u64, u64)> = sessions
+                    .iter()
+                    .map(|&(session, ack_lag)| {
+                        let s = self.session(session);
+                        (s, self.next_seq.get(&s).copied().unwrap_or(1).saturating_sub(1 + ack_lag))
+                    })
+                    .collect();
+                Some(command::keep_alive_batch(now, &batch))
             }
             Action::Close { session } => Some(command::close_session(now, self.session(session))),
             Action::Create { session, election } => {

@@ -150,6 +150,19 @@ impl Model {
         Expected { result, retried, notifications: notes }
     }
 
+    /// Refreshes a client-API session and releases its outputs; false if it is unknown.
+    fn keep_alive(&mut self, k: &pb::KeepAlive, clock: u64) -> bool {
+        let Some(s) = self.sessions.get_mut(&k.session_id) else {
+            return false;
+        };
+        s.last_alive_ms = clock;
+        if k.last_input_sequence_num > s.released {
+            s.released = k.last_input_sequence_num;
+            s.outputs.retain(|&seq, _| seq > k.last_input_sequence_num);
+        }
+        true
+    }
+
     fn run(&mut self, index: u64, op: &pb::command::Operation, notes: &mut Vec<Notification>) -> (Result<Output, SmError>, bool) {
         use pb::command::Operation as Op;
         let clock = self.clock_ms;
@@ -160,17 +173,14 @@ impl Model {
                 self.sessions.insert(index, s);
                 (Ok(Output::SessionOpened { session_id: index }), false)
             }
-            Op::KeepAlive(k) => match self.sessions.get_mut(&k.session_id) {
-                None => (Err(SmError::UnknownSession { session_id: k.session_id }), false),
-                Some(s) => {
-                    s.last_alive_ms = clock;
-                    if k.last_input_sequence_num > s.released {
-                        s.released = k.last_input_sequence_num;
-                        s.outputs.retain(|&seq, _| seq > k.last_input_sequence_num);
-                    }
-                    (Ok(Output::KeptAlive), false)
-                }
+            Op::KeepAlive(k) => match self.keep_alive(k, clock) {
+                false => (Err(SmError::UnknownSession { session_id: k.session_id }), false),
+                true => (Ok(Output::KeptAlive), false),
             },
+            Op::KeepAliveBatch(batch) => {
+                let unknown_sessions = batch.keep_alives.iter().filter(|k| !self.keep_alive(k, clock)).map(|k| k.session_id).collect();
+                (Ok(Output::KeptAliveBatch { unknown_sessions }), false)
+            }
             Op::CloseSession(c) => {
                 if self.sessions.remove(&c.session_id).is_none() {
                     return (Err(SmError::UnknownSession { session_id: c.session_id }), false);

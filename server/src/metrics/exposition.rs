@@ -136,6 +136,12 @@ impl Collector for NodeCollector {
             &latency,
         )?;
         gauge(e, "client_sessions_open", "Client sessions of the connections this node serves.", m.client_sessions)?;
+        counter(
+            e,
+            "client_session_keepalive_entries",
+            "Log entries proposed to keep this node's client sessions alive: one per partition per interval, however many sessions.",
+            m.keep_alive_entries,
+        )?;
         gauge(e, "watch_streams", "Watch streams open on this node.", m.watch_streams)?;
         gauge(e, "sessions", "Sessions in the state machines of the partitions this node hosts.", groups.iter().map(|g| g.sessions).sum())?;
         gauge(

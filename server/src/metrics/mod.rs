@@ -28,6 +28,8 @@ pub struct ShardCounters {
     proposals_failed: Cell<u64>,
     /// Watch streams open on this shard.
     watch_streams: Cell<u64>,
+    /// Keep-alive entries proposed for this shard's client sessions.
+    keep_alive_entries: Cell<u64>,
     /// Whether this shard's connection to each peer node is up.
     peers_connected: RefCell<BTreeMap<u64, bool>>,
     pub grpc: GrpcCallStats,
@@ -45,6 +47,14 @@ impl ShardCounters {
 
     pub fn proposal_failed(&self) {
         self.proposals_failed.set(self.proposals_failed.get() + 1);
+    }
+
+    pub fn keep_alive_entry(&self) {
+        self.keep_alive_entries.set(self.keep_alive_entries.get() + 1);
+    }
+
+    pub fn keep_alive_entries(&self) -> u64 {
+        self.keep_alive_entries.get()
     }
 
     pub fn watch_started(&self) {
@@ -116,6 +126,8 @@ pub struct ShardSnapshot {
     pub watch_streams: u64,
     /// Client-API sessions of the connections this shard serves.
     pub client_sessions: u64,
+    /// Keep-alive entries proposed for them.
+    pub keep_alive_entries: u64,
     pub grpc: Vec<GrpcMethodStats>,
     pub peers: Vec<PeerSnapshot>,
 }
@@ -134,6 +146,7 @@ pub struct NodeMetrics {
     pub proposals_failed: u64,
     pub watch_streams: u64,
     pub client_sessions: u64,
+    pub keep_alive_entries: u64,
     pub grpc: BTreeMap<(String, String, bool), GrpcMethodStats>,
     pub peers: BTreeMap<u64, PeerSnapshot>,
 }
@@ -160,6 +173,7 @@ impl NodeMetrics {
             node.proposals_failed += snapshot.proposals_failed;
             node.watch_streams += snapshot.watch_streams;
             node.client_sessions += snapshot.client_sessions;
+            node.keep_alive_entries += snapshot.keep_alive_entries;
             for method in snapshot.grpc {
                 let key = (method.service.clone(), method.method.clone(), method.streaming);
                 match node.grpc.get_mut(&key) {

@@ -97,6 +97,7 @@ impl ShardSources {
             proposals_failed: self.counters.proposals_failed(),
             watch_streams: self.counters.watch_streams(),
             client_sessions: self.sessions.open_sessions() as u64,
+            keep_alive_entries: self.counters.keep_alive_entries(),
             grpc: self.counters.grpc.snapshot(),
             peers,
         }

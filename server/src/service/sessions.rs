@@ -12,6 +12,7 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 
+use conclave_engine::shard::Committed;
 use conclave_engine::sm::{command, Output, PrimitiveId, SessionId};
 
 use crate::grpc::{ConnectionInfo, ConnectionObserver, Signal, Status};
@@ -162,30 +163,33 @@ impl ClientSessions {
         }
     }
 
-    /// Proposes a keep-alive for every open session, all partitions at once.
+    /// Keeps every open session alive: one entry per partition (per
+    /// [`command::MAX_KEEP_ALIVE_BATCH`] sessions) carrying the keep-alives of every session
+    /// this shard holds there, all partitions at once.
     pub async fn keep_alive_all(&self) {
-        let sessions: Vec<(u32, SessionId, u64)> = self
-            .connections
-            .borrow()
-            .values()
-            .flat_map(|slots| slots.iter())
-            .filter_map(|(partition, slot)| match slot {
-                Slot::Open(s) => Some((*partition, s.id, s.acknowledged())),
-                Slot::Opening(_) => None,
-            })
-            .collect();
-        let tasks: Vec<_> = sessions
-            .into_iter()
-            .map(|(partition, id, acked)| {
+        let mut by_partition: BTreeMap<u32, Vec<(SessionId, u64)>> = BTreeMap::new();
+        for (partition, slot) in self.connections.borrow().values().flat_map(|slots| slots.iter()) {
+            if let Slot::Open(s) = slot {
+                by_partition.entry(*partition).or_default().push((s.id, s.acknowledged()));
+            }
+        }
+        let mut tasks = Vec::new();
+        for (partition, sessions) in by_partition {
+            for batch in sessions.chunks(command::MAX_KEEP_ALIVE_BATCH) {
                 let dispatch = Rc::clone(&self.dispatch);
-                glommio::spawn_local(async move {
-                    let result = dispatch.propose(partition, command::keep_alive(0, id, acked)).await;
-                    if let Err(e) = result {
-                        tracing::debug!(partition, session_id = id, error = %e, "keep-alive failed");
+                let entry = command::keep_alive_batch(0, batch);
+                dispatch.counters.keep_alive_entry();
+                tasks.push(glommio::spawn_local(async move {
+                    match dispatch.propose(partition, entry).await {
+                        Ok(Committed { result: Ok(Output::KeptAliveBatch { unknown_sessions }), .. }) if !unknown_sessions.is_empty() => {
+                            tracing::debug!(partition, ?unknown_sessions, "keep-alive found sessions gone (closed or expired)");
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::debug!(partition, error = %e, "keep-alive failed"),
                     }
-                })
-            })
-            .collect();
+                }));
+            }
+        }
         for task in tasks {
             task.await;
         }
