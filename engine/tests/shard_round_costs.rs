@@ -186,3 +186,23 @@ fn the_shard_loop_arms_one_timer_for_its_whole_life() {
         cluster.stop().await.unwrap();
     });
 }
+
+#[test]
+fn a_command_forwarded_by_a_follower_is_answered_with_the_leaders_result() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let Baseline { cluster, leader, followers, before, .. } = baseline(dir.path()).await;
+        let follower = followers[0];
+
+        let committed = cluster.handle(follower).propose(GROUP, barrier()).await.unwrap();
+        assert_eq!(committed.result, Ok(conclave_engine::sm::Output::Barrier));
+        let work = cluster.counters(follower).snapshot().since(&of(&before, follower));
+        assert_eq!(work.forwarded_answered_by_leader, 1, "answered with the leader's result, not its own apply: {work:?}");
+        // The leader placed it once, at the index the follower answered with.
+        let by_leader = cluster.handle(leader).propose(GROUP, barrier()).await.unwrap();
+        assert_eq!(by_leader.index, committed.index + 1);
+        let leader_work = cluster.counters(leader).snapshot().since(&of(&before, leader));
+        assert_eq!(leader_work.proposals, 2, "{leader_work:?}");
+        cluster.stop().await.unwrap();
+    });
+}

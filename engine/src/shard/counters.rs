@@ -67,6 +67,9 @@ counters! {
     tasks_spawned,
     /// Proposals handed to a leader replica on this shard (local or forwarded).
     proposals,
+    /// Proposals this shard forwarded to a leader elsewhere and answered with the result
+    /// the leader sent, before applying the entry here.
+    forwarded_answered_by_leader,
     /// `MessageBatch`es sent to peers (one per peer per flush with anything for it).
     batches_sent,
     /// Appends carrying entries.

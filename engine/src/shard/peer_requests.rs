@@ -2,12 +2,18 @@
 //! requests crossing to a group's leader — proposals forwarded by followers for their
 //! clients, and membership changes — with the leader's answers coming back.
 
+use std::cell::Cell;
+use std::rc::Rc;
+
 use conclave_proto::conclave::peer::v1::peer_message::Body;
-use conclave_proto::conclave::peer::v1::{ForwardedProposal, MembershipOutcome, MembershipRequest, PeerMessage, ProposalOutcome};
+use conclave_proto::conclave::peer::v1::{
+    ForwardedProposal, MembershipOutcome, MembershipRequest, PeerMessage, ProposalApplied, ProposalOutcome,
+};
 
 use crate::raft::{open_batch, Membership, MessageType, RaftEvent, RaftRole, Role};
 use crate::sm::{self, Command};
 
+use super::counters::ShardCounters;
 use super::error::ShardError;
 use super::peer::{refusal, refusal_error, role_from_proto, role_to_proto};
 use super::replica::{Committed, Reply};
@@ -46,6 +52,7 @@ impl<L: LogStore> ShardRuntime<L> {
             }
             Some(Body::Proposal(proposal)) => self.serve_forwarded_proposal(from, proposal),
             Some(Body::ProposalOutcome(outcome)) => self.proposal_outcome(outcome),
+            Some(Body::ProposalApplied(applied)) => self.proposal_applied(applied),
             Some(Body::MembershipRequest(request)) => self.serve_membership_request(from, request),
             Some(Body::MembershipOutcome(outcome)) => {
                 let group = outcome.group_id;
@@ -72,10 +79,22 @@ impl<L: LogStore> ShardRuntime<L> {
         self.forwarded.send(leader, Body::Proposal(proposal));
     }
 
-    /// Leader: proposes a follower's command and tells it where the entry went.
+    /// Leader: proposes a follower's command, tells it where the entry went, and once the
+    /// entry is applied here, its result (when it succeeded).
     fn serve_forwarded_proposal(&mut self, from: u64, proposal: ForwardedProposal) {
         let group = proposal.group_id;
+        let request_id = proposal.request_id;
         let now_ms = self.now_ms();
+        let outgoing = self.forwarded.outgoing();
+        // The term the entry was appended in, known once it is (the follower matches it).
+        let appended_term = Rc::new(Cell::new(0));
+        let term = Rc::clone(&appended_term);
+        let applied: Reply<Result<Committed, ShardError>> = Box::new(move |result| {
+            let Ok(Committed { index, result: Ok(output) }) = result else { return };
+            let output = Some(sm::output::encode(&output));
+            let applied = ProposalApplied { group_id: group, request_id, index, term: term.get(), output };
+            outgoing.borrow_mut().push((from, PeerMessage { body: Some(Body::ProposalApplied(applied)) }));
+        });
         let appended = match self.replica_mut(group) {
             None => Err(ShardError::UnknownGroup(group)),
             Some(replica) if !replica.is_leader() => Err(ShardError::NotLeader { group, leader: replica.raft().leader() }),
@@ -83,19 +102,34 @@ impl<L: LogStore> ShardRuntime<L> {
                 Err(e) => Err(ShardError::Invalid(format!("a forwarded command does not decode: {e}"))),
                 Ok(mut command) => {
                     command.timestamp_ms = now_ms;
-                    replica.propose_untracked(&command)
+                    replica.propose_for_peer(&command, applied)
                 }
             },
         };
-        let mut outcome = ProposalOutcome { group_id: group, request_id: proposal.request_id, ..Default::default() };
+        let mut outcome = ProposalOutcome { group_id: group, request_id, ..Default::default() };
         match appended {
             Ok((index, term)) => {
+                ShardCounters::add(&self.counters.proposals, 1);
+                appended_term.set(term);
                 outcome.index = index;
                 outcome.term = term;
             }
             Err(e) => outcome.refusal = Some(refusal(&e)),
         }
         self.forwarded.send(from, Body::ProposalOutcome(outcome));
+    }
+
+    /// Follower: the leader applied a forwarded proposal; answer its client with the
+    /// leader's result unless this node answered already.
+    fn proposal_applied(&mut self, applied: ProposalApplied) {
+        let Some(output) = applied.output.as_ref().and_then(sm::output::decode) else {
+            return;
+        };
+        let answered =
+            self.replica_mut(applied.group_id).is_some_and(|replica| replica.answer_from_leader(applied.index, applied.term, output));
+        if answered {
+            ShardCounters::add(&self.counters.forwarded_answered_by_leader, 1);
+        }
     }
 
     /// Follower: the leader placed (or refused) a forwarded proposal.

@@ -215,13 +215,35 @@ impl Replica {
         }
     }
 
-    /// Proposes a command for another node's client, which learns the result by applying
-    /// the entry itself. Returns the (index, term) the command was appended at.
-    pub fn propose_untracked(&mut self, command: &Command) -> Result<(u64, u64), ShardError> {
+    /// Proposes a command for another node's client: returns the (index, term) it was
+    /// appended at, and `reply` gets its result once applied here (to tell that node; it
+    /// also learns the result by applying the entry itself). On an error `reply` is
+    /// dropped unanswered.
+    pub fn propose_for_peer(&mut self, command: &Command, reply: Reply<Result<Committed, ShardError>>) -> Result<(u64, u64), ShardError> {
         match self.raft.propose([sm::command::encode(command)]) {
-            Ok((_, last)) => Ok((last, self.raft.term())),
+            Ok((_, last)) => {
+                let term = self.raft.term();
+                if let Some((_, stale)) = self.proposals.insert(last, (term, reply)) {
+                    stale(Err(ShardError::LeadershipLost));
+                }
+                Ok((last, term))
+            }
             Err(e) => Err(ShardError::from_raft(self.raft.group_id(), e)),
         }
+    }
+
+    /// The leader applied the entry at (`index`, `term`), which this node tracks for its
+    /// client, with `output`: answers the client now. False when nothing here waits for
+    /// that entry (answered already by applying it, or another entry took the index).
+    pub fn answer_from_leader(&mut self, index: u64, term: u64, output: sm::Output) -> bool {
+        if !self.proposals.get(&index).is_some_and(|(tracked, _)| *tracked == term) {
+            return false;
+        }
+        let Some((_, reply)) = self.proposals.remove(&index) else {
+            return false;
+        };
+        reply(Ok(Committed { index, result: Ok(output) }));
+        true
     }
 
     /// Waits for the entry a leader appended at (`index`, `term`) for this node's client:

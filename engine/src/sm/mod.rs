@@ -28,6 +28,7 @@ pub mod command;
 mod election;
 mod error;
 mod machine;
+pub mod output;
 mod query;
 mod registry;
 mod session;
