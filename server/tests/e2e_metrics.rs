@@ -127,6 +127,11 @@ async fn metrics_parse_and_move_under_load() {
         ("conclave_watch_streams", "gauge"),
         ("conclave_election_term_changes", "counter"),
         ("conclave_shard_up", "gauge"),
+        ("conclave_shard_loop_rounds", "counter"),
+        ("conclave_shard_log_writes", "counter"),
+        ("conclave_shard_proposals", "counter"),
+        ("conclave_raft_messages_sent", "counter"),
+        ("conclave_client_session_keepalive_entries", "counter"),
     ] {
         assert_eq!(before.families.get(family).map(String::as_str), Some(kind), "family {family}");
     }
@@ -162,8 +167,12 @@ async fn metrics_parse_and_move_under_load() {
         "conclave_server_proposals_committed_total",
         "conclave_server_proposals_applied_total",
         "conclave_disk_wal_fsync_duration_seconds_count",
+        "conclave_shard_proposals_total",
     ] {
         assert!(during.sum(name, &[]) >= before.sum(name, &[]) + ENTERS as f64, "{name} moved by the load");
+    }
+    for name in ["conclave_shard_loop_rounds_total", "conclave_shard_log_writes_total"] {
+        assert!(during.sum(name, &[]) > before.sum(name, &[]), "{name} moved by the load");
     }
     // Histogram buckets are cumulative and end with the count.
     let mut bounds: Vec<(f64, f64)> = during

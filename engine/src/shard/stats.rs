@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use crate::raft::RaftRole;
 
+use super::counters::CounterValues;
 use super::runtime::{LogStore, ShardRuntime};
 
 /// Upper bounds (seconds) of the duration histograms: 100 µs doubling up to ~3.3 s, which
@@ -128,6 +129,8 @@ pub struct RuntimeStats {
     pub groups: Vec<GroupStats>,
     /// Proposals forwarded to leaders on other nodes and not answered yet.
     pub forwarded_pending: u64,
+    /// The runtime's work counters (totals since it started).
+    pub work: CounterValues,
 }
 
 impl<L: LogStore> ShardRuntime<L> {
@@ -165,7 +168,7 @@ impl<L: LogStore> ShardRuntime<L> {
                 }
             })
             .collect();
-        RuntimeStats { groups, forwarded_pending: self.forwarded.pending() }
+        RuntimeStats { groups, forwarded_pending: self.forwarded.pending(), work: self.counters.snapshot() }
     }
 }
 

@@ -135,6 +135,39 @@ impl Collector for NodeCollector {
             "gRPC call latency (a stream's whole life), by service and method.",
             &latency,
         )?;
+        let work = &m.runtime.work;
+        for (name, help, value) in [
+            ("shard_loop_rounds", "Turns of the shard loops (each handles everything that arrived since the last).", work.rounds),
+            ("shard_loop_ticks", "Raft ticks the shard loops ran.", work.ticks),
+            ("shard_replica_ticks", "Ticks handed to a partition's replica (only awake partitions are ticked).", work.replica_ticks),
+            (
+                "shard_log_writes",
+                "Durable log writes (one per loop round with anything to persist, for every partition in it).",
+                work.log_writes,
+            ),
+            ("shard_timers_armed", "Timers the shard loops armed.", work.timers_armed),
+            ("shard_tasks_spawned", "Tasks the shard runtimes spawned (snapshot saves).", work.tasks_spawned),
+            ("shard_proposals", "Proposals handed to a leader replica on this node (local or forwarded).", work.proposals),
+            (
+                "shard_forwarded_answered_by_leader",
+                "Commands forwarded to a leader elsewhere and answered with the result it sent.",
+                work.forwarded_answered_by_leader,
+            ),
+            ("shard_peer_batches_sent", "Raft message batches sent to peers (one per peer per loop round at most).", work.batches_sent),
+        ] {
+            counter(e, name, help, value)?;
+        }
+        let messages = [
+            ("append", work.appends_with_entries),
+            ("commit_notice", work.commit_notices),
+            ("empty_append", work.empty_appends),
+            ("append_response", work.append_responses),
+            ("heartbeat", work.heartbeats),
+            ("heartbeat_response", work.heartbeat_responses),
+            ("other", work.other_messages),
+        ];
+        let messages = messages.into_iter().map(|(kind, n)| (vec![("type", kind.to_owned())], n)).collect();
+        counters(e, "raft_messages_sent", "Raft messages sent to peers, by type.", messages)?;
         gauge(e, "client_sessions_open", "Client sessions of the connections this node serves.", m.client_sessions)?;
         counter(
             e,

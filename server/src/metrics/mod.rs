@@ -165,6 +165,7 @@ impl NodeMetrics {
             if let Some(runtime) = snapshot.runtime {
                 node.runtime.groups.extend(runtime.groups);
                 node.runtime.forwarded_pending += runtime.forwarded_pending;
+                node.runtime.work = node.runtime.work.plus(&runtime.work);
             }
             node.flush.merge(&snapshot.flush);
             node.snapshot_save.merge(&snapshot.snapshot_save);
