@@ -42,7 +42,7 @@ use support::{bounded, id, Node, NodeOptions, TestDir};
 /// Cases (each a batch of up to [`MAX_CONNECTIONS`] connections run at once) per round;
 /// a run is a warm-up round of a quarter of that, then one round (or rounds until
 /// `CONCLAVE_FUZZ_SECS` passed).
-const DEFAULT_CASES: u32 = 40;
+const DEFAULT_CASES: u32 = 120;
 const MAX_CONNECTIONS: usize = 6;
 /// Resident memory the server may gain over the whole run, beyond what it held after the
 /// warm-up round (state the fuzzed calls legitimately create — elections, sessions — is
@@ -273,6 +273,13 @@ fn the_client_listener_survives_fuzzed_connections() {
             assert!(unrouted.is_empty(), "listed methods answered UNIMPLEMENTED: {unrouted:?}");
         }
         rss_after_warmup.get_or_insert_with(|| rss_kib(pid));
+        println!(
+            "fuzz_edge: round {round} done at {:.1?}: {} cases so far, RSS {} KiB, {} sockets",
+            started.elapsed(),
+            cases_run.get(),
+            rss_kib(pid),
+            open_sockets(pid)
+        );
         round += 1;
         if round >= 2 && knobs.soak.is_none_or(|soak| started.elapsed() >= soak) {
             break;
