@@ -88,7 +88,6 @@ pub(crate) async fn serve_call(request: Request<RecvStream>, mut respond: SendRe
     };
     let mut deadline_timer = deadline.map(|(timeout, _)| (timeout, Timer::new(timeout)));
     let ctx = CallContext::new(Rc::clone(&path), deadline.map(|(_, at)| at), Rc::new(parts.headers), Rc::clone(&env.connection));
-    let max_recv = env.config.max_recv_message_len;
     let (handler_future, sink) = match route {
         Route::Unary(handler) => {
             let request = match read_single_request(body, &mut deadline_timer, &mut respond, &env).await {
@@ -123,7 +122,7 @@ pub(crate) async fn serve_call(request: Request<RecvStream>, mut respond: SendRe
         Route::BidiStreaming(handler, limits) => {
             // The handler reads the request messages itself, while responses flow.
             let sink = StreamSink::new(limits, env.config.max_send_message_len);
-            (handler(RequestStream::new(body, max_recv), ctx, sink.clone()), sink)
+            (handler(RequestStream::new(body, recv_decoder(&env)), ctx, sink.clone()), sink)
         }
     };
     let mut writer = StreamWriter {
@@ -152,7 +151,7 @@ async fn read_single_request(
     respond: &mut SendResponse<Bytes>,
     env: &CallEnv,
 ) -> Result<Bytes, Code> {
-    let request = race_call(read_request(&mut body, env.config.max_recv_message_len), deadline_timer, respond, env).await;
+    let request = race_call(read_request(&mut body, recv_decoder(env)), deadline_timer, respond, env).await;
     drop(body);
     match request {
         CallOutcome::Done(Ok(request)) => Ok(request),
@@ -244,9 +243,13 @@ fn poll_deadline(deadline: &mut Option<(std::time::Duration, Timer)>, cx: &mut C
         .then(|| Status::deadline_exceeded(format!("the call's deadline of {timeout:?} (grpc-timeout) passed")))
 }
 
+/// A decoder of the call's request messages, charged to its connection's budget.
+fn recv_decoder(env: &CallEnv) -> MessageDecoder {
+    MessageDecoder::with_budget(env.config.max_recv_message_len, env.connection.recv_budget(env.config.max_recv_buffered_per_connection))
+}
+
 /// Reads the body of a unary or server-streaming call: exactly one message.
-async fn read_request(body: &mut RecvStream, max_message_len: usize) -> Result<Bytes, Status> {
-    let mut decoder = MessageDecoder::new(max_message_len);
+async fn read_request(body: &mut RecvStream, mut decoder: MessageDecoder) -> Result<Bytes, Status> {
     while let Some(chunk) = body.data().await {
         let chunk = chunk.map_err(|error| Status::cancelled(format!("the request stream failed before its end: {error}")))?;
         // Returning the window right away is safe: the decoder refuses oversized messages.

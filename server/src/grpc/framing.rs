@@ -1,5 +1,8 @@
 //! gRPC message framing (the 5-byte length prefix: a compressed flag and a big-endian u32
-//! length) and the `grpc-timeout` header format.
+//! length), the per-connection budget of unfinished request bytes, and the `grpc-timeout`
+//! header format.
+use std::cell::Cell;
+use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
@@ -25,25 +28,72 @@ pub fn frame_message(message: &[u8]) -> Bytes {
     out.freeze()
 }
 
+/// The request bytes the decoders of one connection's calls hold (messages not yet
+/// complete), against a limit. The server returns flow-control window as it buffers, so
+/// without it a client could make one connection hold `max_concurrent_streams` unfinished
+/// messages of `max_recv_message_len` bytes each (4 GiB with the defaults).
+#[derive(Debug)]
+pub struct RecvBudget {
+    limit: usize,
+    held: Cell<usize>,
+}
+
+impl RecvBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> RecvBudget {
+        RecvBudget { limit, held: Cell::new(0) }
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.held.get()
+    }
+}
+
 /// Reassembles length-prefixed messages from DATA frames as they arrive, refusing
 /// compressed or oversized messages before buffering their bodies.
 #[derive(Debug)]
 pub struct MessageDecoder {
     buffer: BytesMut,
     max_message_len: usize,
+    /// Charged with every buffered byte (`buffer.len()`) while this decoder holds it.
+    budget: Option<Rc<RecvBudget>>,
 }
 
 impl MessageDecoder {
     /// A decoder that rejects messages longer than `max_message_len` bytes.
     pub fn new(max_message_len: usize) -> MessageDecoder {
-        MessageDecoder { buffer: BytesMut::new(), max_message_len }
+        MessageDecoder { buffer: BytesMut::new(), max_message_len, budget: None }
+    }
+
+    /// A decoder that also charges what it buffers to `budget`, shared by the calls of a
+    /// connection, and fails when the budget is exceeded.
+    pub fn with_budget(max_message_len: usize, budget: Rc<RecvBudget>) -> MessageDecoder {
+        MessageDecoder { buffer: BytesMut::new(), max_message_len, budget: Some(budget) }
     }
 
     /// Adds received bytes. Fails as soon as a prefix announces a compressed message or a
-    /// length over the limit, so an oversized body is never buffered.
+    /// length over the limit, so an oversized body is never buffered, and when the
+    /// connection's unfinished request messages would hold more than its budget.
     pub fn push(&mut self, chunk: &[u8]) -> Result<(), Status> {
+        if let Some(budget) = &self.budget {
+            if budget.held.get() + chunk.len() > budget.limit {
+                return Err(Status::resource_exhausted(format!(
+                    "this connection's calls hold more than {} bytes of unfinished request messages; \
+                     finish or cancel some calls, or spread them over connections",
+                    budget.limit
+                )));
+            }
+            budget.held.set(budget.held.get() + chunk.len());
+        }
         self.buffer.extend_from_slice(chunk);
         self.check_prefix()
+    }
+
+    fn release(&self, len: usize) {
+        if let Some(budget) = &self.budget {
+            budget.held.set(budget.held.get() - len);
+        }
     }
 
     fn check_prefix(&self) -> Result<(), Status> {
@@ -82,6 +132,7 @@ impl MessageDecoder {
         }
         self.buffer.advance(PREFIX_LEN);
         let message = self.buffer.split_to(len).freeze();
+        self.release(PREFIX_LEN + len);
         // Later messages (if any) still need their prefix checked on the next call.
         Ok(Some(message))
     }
@@ -89,6 +140,12 @@ impl MessageDecoder {
     /// Bytes received but not yet returned as a message.
     pub fn buffered_len(&self) -> usize {
         self.buffer.len()
+    }
+}
+
+impl Drop for MessageDecoder {
+    fn drop(&mut self) {
+        self.release(self.buffer.len());
     }
 }
 
@@ -153,6 +210,22 @@ mod tests {
         let mut decoder = MessageDecoder::new(4);
         let err = decoder.push(&[9, 0, 0, 0, 1, 7]).expect_err("bad flag");
         assert_eq!(err.code(), Code::Internal);
+    }
+
+    #[test]
+    fn decoders_of_a_connection_share_its_budget() {
+        let budget = Rc::new(RecvBudget::new(16));
+        let mut first = MessageDecoder::with_budget(64, Rc::clone(&budget));
+        first.push(&[0, 0, 0, 0, 20, 1, 2, 3, 4, 5]).expect("10 of 16 bytes");
+        let mut second = MessageDecoder::with_budget(64, Rc::clone(&budget));
+        second.push(&[0, 0, 0, 0, 1, 9]).expect("16 of 16 bytes");
+        assert_eq!(second.next_message().expect("ok").as_deref(), Some(&[9u8][..]));
+        assert_eq!(budget.held(), 10, "a complete message is no longer charged");
+        let err = first.push(&[0; 7]).expect_err("over the budget");
+        assert_eq!(err.code(), Code::ResourceExhausted);
+        drop(first);
+        assert_eq!(budget.held(), 0, "a dropped decoder releases what it held");
+        second.push(&[0; 16]).expect("room again");
     }
 
     #[test]

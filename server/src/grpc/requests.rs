@@ -18,8 +18,8 @@ pub struct RequestStream {
 }
 
 impl RequestStream {
-    pub(crate) fn new(body: RecvStream, max_message_len: usize) -> RequestStream {
-        RequestStream { body, decoder: MessageDecoder::new(max_message_len), ended: false }
+    pub(crate) fn new(body: RecvStream, decoder: MessageDecoder) -> RequestStream {
+        RequestStream { body, decoder, ended: false }
     }
 
     /// The next request message, or `None` once the client has closed its side of the

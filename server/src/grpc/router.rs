@@ -1,6 +1,7 @@
 //! Routing from `/package.Service/Method` paths to handlers (unary, server-streaming and
 //! bidirectional-streaming), and the per-call context a handler receives. Handlers are shard-local closures (`!Send`), so each shard builds its
 //! own [`Router`].
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use bytes::Bytes;
 use futures_lite::future::FutureExt as _;
 use http::HeaderMap;
 
+use super::framing::RecvBudget;
 use super::requests::RequestStream;
 use super::signal::{Fired, Signal};
 use super::status::Status;
@@ -49,11 +51,19 @@ pub struct ConnectionInfo {
     id: u64,
     peer: Option<SocketAddr>,
     closed: Signal,
+    /// Unfinished request bytes of the connection's calls, made by its first call.
+    recv_budget: OnceCell<Rc<RecvBudget>>,
 }
 
 impl ConnectionInfo {
     pub(crate) fn new(id: u64, peer: Option<SocketAddr>) -> ConnectionInfo {
-        ConnectionInfo { id, peer, closed: Signal::new() }
+        ConnectionInfo { id, peer, closed: Signal::new(), recv_budget: OnceCell::new() }
+    }
+
+    /// The budget of unfinished request bytes shared by the connection's calls (of
+    /// `limit` bytes: the server's `max_recv_buffered_per_connection`).
+    pub(crate) fn recv_budget(&self, limit: usize) -> Rc<RecvBudget> {
+        Rc::clone(self.recv_budget.get_or_init(|| Rc::new(RecvBudget::new(limit))))
     }
 
     /// Process-wide unique id of the connection (never reused while the process runs).

@@ -20,6 +20,10 @@ pub struct ServerConfig {
     pub max_recv_message_len: usize,
     /// Largest response message sent; larger ones end the call with `RESOURCE_EXHAUSTED`.
     pub max_send_message_len: usize,
+    /// Most bytes of unfinished request messages the calls of one connection may hold;
+    /// the call whose bytes would pass it ends with `RESOURCE_EXHAUSTED`. At least one
+    /// message of `max_recv_message_len` (plus its 5-byte prefix).
+    pub max_recv_buffered_per_connection: usize,
     /// Size a server stream aims for when coalescing queued messages into one DATA write.
     pub target_chunk_len: usize,
     /// HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: calls in flight per connection.
@@ -54,6 +58,7 @@ impl Default for ServerConfig {
         ServerConfig {
             max_recv_message_len: 4 << 20,
             max_send_message_len: 4 << 20,
+            max_recv_buffered_per_connection: 16 << 20,
             target_chunk_len: 16 << 10,
             max_concurrent_streams: 1024,
             initial_stream_window: 1 << 20,
@@ -79,6 +84,9 @@ impl ServerConfig {
         let max_message = u32::MAX as usize;
         if self.max_recv_message_len > max_message || self.max_send_message_len > max_message {
             return Err(format!("gRPC messages are at most {max_message} bytes"));
+        }
+        if self.max_recv_buffered_per_connection < self.max_recv_message_len + super::framing::PREFIX_LEN {
+            return Err("max_recv_buffered_per_connection must hold one message of max_recv_message_len".into());
         }
         if self.target_chunk_len == 0 {
             return Err("target_chunk_len must be positive".into());

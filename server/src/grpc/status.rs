@@ -1,6 +1,7 @@
 //! gRPC status codes and the `Status` a handler returns, plus their encoding into the
 //! `grpc-status` / `grpc-message` trailers (messages percent-encoded as the gRPC HTTP/2
 //! protocol requires).
+use std::borrow::Cow;
 use std::fmt;
 
 use http::{HeaderMap, HeaderValue};
@@ -103,6 +104,24 @@ pub struct Status {
     message: String,
 }
 
+/// Longest `grpc-message` text sent, in bytes before percent-encoding. Messages may quote
+/// client input (an unknown path, a header value), and gRPC clients refuse response
+/// metadata over 8 KiB (gRPC C-core's default, used by Python grpcio among others), so a
+/// longer message is cut at a character boundary and says how much was cut.
+pub const MAX_SENT_MESSAGE_BYTES: usize = 1024;
+
+/// `message`, cut to [`MAX_SENT_MESSAGE_BYTES`] (plus a note of the cut) when longer.
+fn bounded_message(message: &str) -> Cow<'_, str> {
+    if message.len() <= MAX_SENT_MESSAGE_BYTES {
+        return Cow::Borrowed(message);
+    }
+    let mut end = MAX_SENT_MESSAGE_BYTES;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    Cow::Owned(format!("{}... ({} more bytes cut)", &message[..end], message.len() - end))
+}
+
 /// Bytes the gRPC protocol requires to be percent-encoded in `grpc-message`: everything
 /// outside printable ASCII (0x20..=0x7E), plus `%` itself. Non-ASCII is always encoded.
 const GRPC_MESSAGE_ESCAPES: &AsciiSet = &CONTROLS.add(b'%');
@@ -175,11 +194,11 @@ impl Status {
     }
 
     /// Writes `grpc-status` and (when the message is not empty) the percent-encoded
-    /// `grpc-message` into `headers`.
+    /// `grpc-message` into `headers`, the message cut to [`MAX_SENT_MESSAGE_BYTES`].
     pub fn write_to(&self, headers: &mut HeaderMap) {
         headers.insert("grpc-status", self.code.header_value());
         if !self.message.is_empty() {
-            let encoded = utf8_percent_encode(&self.message, GRPC_MESSAGE_ESCAPES).to_string();
+            let encoded = utf8_percent_encode(&bounded_message(&self.message), GRPC_MESSAGE_ESCAPES).to_string();
             let value =
                 HeaderValue::from_str(&encoded).unwrap_or_else(|_| unreachable!("percent-encoding leaves only visible ASCII: {encoded:?}"));
             headers.insert("grpc-message", value);
@@ -230,6 +249,23 @@ mod tests {
         let raw = headers["grpc-message"].to_str().expect("ascii");
         assert_eq!(raw, "election %C2%ABx%C2%BB 100%25 gone%0Anext line");
         assert_eq!(Status::read_from(&headers), Some(status));
+    }
+
+    #[test]
+    fn long_messages_are_cut_at_a_character_boundary() {
+        // Two-byte characters across the limit: the cut may not split one.
+        let long = format!("x{}", "é".repeat(MAX_SENT_MESSAGE_BYTES));
+        let mut headers = HeaderMap::new();
+        Status::unimplemented(long.clone()).write_to(&mut headers);
+        let sent = Status::read_from(&headers).expect("status").message().to_owned();
+        let kept = sent.split("... (").next().expect("kept part");
+        assert!(long.starts_with(kept) && kept.len() <= MAX_SENT_MESSAGE_BYTES && kept.len() >= MAX_SENT_MESSAGE_BYTES - 1, "{sent}");
+        assert!(sent.ends_with(&format!("({} more bytes cut)", long.len() - kept.len())), "{sent}");
+        assert!(headers["grpc-message"].len() < 4 << 10, "percent-encoded, the message stays well under 8 KiB");
+        let short = Status::not_found("exactly as given");
+        let mut headers = HeaderMap::new();
+        short.write_to(&mut headers);
+        assert_eq!(Status::read_from(&headers), Some(short));
     }
 
     #[test]
