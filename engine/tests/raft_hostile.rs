@@ -530,7 +530,7 @@ fn sender() -> impl Strategy<Value = Sender> {
 
 /// Configurations a peer may send: valid ones, an empty one, and undecodable ones.
 fn membership_proto(which: u8) -> pb::Membership {
-    let member = |node_id: u64, role: i32| pb::Member { node_id, role };
+    let member = |node_id: u64, role: i32| pb::Member { node_id, role, incarnation: 0 };
     let members = match which {
         0 => vec![member(1, 0), member(2, 0), member(3, 0), member(4, 1)],
         1 => vec![member(1, 0), member(2, 0), member(3, 0)],

@@ -53,6 +53,8 @@ struct SimNode {
     incarnation: u64,
     /// Replica starts so far (restarts and joins): each start seeds its RNG afresh.
     replica_starts: u64,
+    /// Replicas started to join a group so far: each gets the next number as incarnation.
+    joins: u64,
     replicas: Vec<Replica>,
     outbox: Outbox,
 }
@@ -146,6 +148,7 @@ impl Sim {
                 up: false,
                 incarnation: 0,
                 replica_starts: 0,
+                joins: 0,
                 replicas,
                 outbox: Outbox::new(id),
             });
@@ -192,8 +195,9 @@ impl Sim {
         let id = self.nodes[n].id;
         self.nodes[n].replica_starts += 1;
         let starts = self.nodes[n].replica_starts;
-        let cfg = self.config(id, g as u32);
+        let mut cfg = self.config(id, g as u32);
         let replica = &mut self.nodes[n].replicas[g];
+        cfg.incarnation = replica.incarnation;
         let snapshot = replica.durable_snapshot.clone();
         let recovered = Recovered {
             hard_state: replica.durable_hard_state,
@@ -581,8 +585,13 @@ impl Sim {
                 _ => return Ok(()),
             }
         };
+        let joining = next_role.is_some() && current.role(target).is_none();
+        // A joining node starts a new replica: the next incarnation of its node.
+        let incarnation = if joining { self.nodes[target as usize - 1].joins + 1 } else { 0 };
         let next = current.members().filter(|(id, _)| *id != target).chain(next_role.map(|role| (target, role)));
-        let next = Membership::new(next).map_err(|e| Violation(format!("simulation built a bad membership: {e}")))?;
+        let next = Membership::new(next)
+            .and_then(|next| if joining { next.with_incarnation(target, incarnation) } else { Ok(next) })
+            .map_err(|e| Violation(format!("simulation built a bad membership: {e}")))?;
         let raft = self.nodes[n].replicas[g].raft.as_mut().expect("leader is up");
         // Refusals (a change still pending, no entry of the term committed) are expected.
         let Ok(index) = raft.propose_membership_change(next) else { return self.pump(n, g) };
@@ -598,7 +607,9 @@ impl Sim {
             self.discard_replica(t, g);
             self.pending_removals[g].retain(|(node, _, _)| *node != target);
             self.report.members_added += 1;
+            self.nodes[t].joins += 1;
             self.nodes[t].replicas[g] = Replica::empty(true, next_role == Some(Role::Witness), current);
+            self.nodes[t].replicas[g].incarnation = incarnation;
             if self.nodes[t].up {
                 self.start_replica(t, g)?;
                 self.pump(t, g)?;
