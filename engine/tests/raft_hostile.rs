@@ -721,6 +721,10 @@ impl MsgSpec {
             snapshot_done: self.snapshot_done,
             quiesce: self.quiesce,
             commit_only: self.commit_only,
+            // The replicas under test are of the initial configuration (incarnation 0); other
+            // incarnations are dropped before any of the content is looked at.
+            from_incarnation: 0,
+            to_incarnation: 0,
         };
         if let Some((field, value)) = self.extreme {
             let value = value.at(here);
