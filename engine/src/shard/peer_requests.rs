@@ -8,6 +8,7 @@ use conclave_proto::conclave::peer::v1::{ForwardedProposal, MembershipOutcome, M
 use crate::raft::{open_batch, Membership, MessageType, RaftEvent, RaftRole, Role};
 use crate::sm::{self, Command};
 
+use super::counters::ShardCounters;
 use super::error::ShardError;
 use super::peer::{refusal, refusal_error, role_from_proto, role_to_proto};
 use super::replica::{Committed, Reply};
@@ -34,13 +35,22 @@ impl<L: LogStore> ShardRuntime<L> {
                     if msg.msg_type == MessageType::TimeoutNow as i32 {
                         self.note_handed_by(group, from);
                     }
-                    match self.replica_mut(group) {
+                    let dropped = match self.replica_mut(group) {
                         Some(replica) => {
+                            let drops = replica.raft().incarnation_drops();
                             if let Err(e) = replica.raft_mut().step(msg) {
                                 tracing::debug!(group, from, error = %e, "Raft message refused");
                             }
+                            replica.raft().incarnation_drops() - drops
                         }
-                        None => tracing::debug!(group, from, "message for a group this shard does not host"),
+                        None => {
+                            tracing::debug!(group, from, "message for a group this shard does not host");
+                            0
+                        }
+                    };
+                    if dropped > 0 {
+                        tracing::debug!(group, from, "dropped a Raft message of another replica incarnation");
+                        ShardCounters::add(&self.counters.incarnation_drops, dropped);
                     }
                 }
             }

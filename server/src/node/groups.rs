@@ -129,7 +129,8 @@ impl GroupControl {
     /// membership change fails removes the replica it started and its `groups.toml` record,
     /// so the same Join can be tried again (meanwhile another try is refused as in
     /// progress). A change whose outcome was unknown and that commits later is no obstacle:
-    /// the next Join finds the node already a member and just starts the replica.
+    /// the next Join starts a replica of a new incarnation, and the leader, finding the node
+    /// a member with the earlier one, removes that first and then adds the new one.
     pub async fn join(self: &Rc<Self>, spec: GroupSpec) -> Result<(), Status> {
         let control = Rc::clone(self);
         glommio::spawn_local(async move { control.join_to_the_end(spec).await })
