@@ -198,16 +198,6 @@ impl RaftNode {
     pub fn group_id(&self) -> u32 {
         self.cfg.group_id
     }
-    /// Which replica of this node this is (see [`Config::incarnation`]).
-    pub fn incarnation(&self) -> u64 {
-        self.cfg.incarnation
-    }
-    /// Messages dropped so far because of incarnations: addressed to another replica of this
-    /// node, or answers from a replica of a member other than the one the configuration holds
-    /// (late messages of a replica that left the group before its node joined again).
-    pub fn incarnation_drops(&self) -> u64 {
-        self.incarnation_drops
-    }
     pub fn role(&self) -> RaftRole {
         self.role
     }
@@ -577,17 +567,6 @@ impl RaftNode {
             from_incarnation: self.cfg.incarnation,
             to_incarnation: self.incarnation_of(to),
             ..Message::default()
-        }
-    }
-
-    /// The incarnation of node `to`'s replica that a message to it is meant for: the sender
-    /// of the message being answered, the leader this replica follows, or else the member
-    /// of the configuration in effect.
-    fn incarnation_of(&self, to: u64) -> u64 {
-        match (self.answering, self.leader_incarnation) {
-            (Some((node, incarnation)), _) if node == to => incarnation,
-            (_, (leader, incarnation)) if leader == to && leader == self.leader => incarnation,
-            _ => self.membership().incarnation(to),
         }
     }
 

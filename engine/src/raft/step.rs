@@ -136,22 +136,6 @@ impl RaftNode {
         }
     }
 
-    /// Is `msg` traffic of another replica incarnation? Addressed to an incarnation of this
-    /// node other than this replica, or an answer (acknowledgement, vote, snapshot progress)
-    /// from a member's replica other than the one this replica's configuration holds: such
-    /// an answer speaks for a replica whose state is gone. Requests from a sender the
-    /// configuration lists with another incarnation are taken: the sender may know a newer
-    /// configuration (a leader whose replica joined after this one's configuration).
-    fn of_another_incarnation(&self, msg: &Message, msg_type: MessageType) -> bool {
-        use MessageType::*;
-        if msg.to_incarnation != self.cfg.incarnation {
-            return true;
-        }
-        let answer = matches!(msg_type, AppendResponse | HeartbeatResponse | SnapshotResponse | VoteResponse | PreVoteResponse);
-        let membership = self.membership();
-        answer && membership.role(msg.from).is_some() && membership.incarnation(msg.from) != msg.from_incarnation
-    }
-
     /// Applies the term rules. Returns false if the message must be dropped.
     fn accept_term(&mut self, msg: &Message, msg_type: MessageType) -> bool {
         use MessageType::*;
