@@ -25,7 +25,7 @@ const QUIET_SEEDS_FROM: u64 = 1 << 32;
 
 /// The first seed of the run with eager rejoins, and its default number of seeds.
 const EAGER_SEEDS_FROM: u64 = 2 << 32;
-const EAGER_REJOIN_SEEDS: u64 = 300;
+const EAGER_REJOIN_SEEDS: u64 = 1_000;
 
 #[test]
 fn simulation_upholds_safety_liveness_and_linearizability() {
