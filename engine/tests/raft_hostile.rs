@@ -530,7 +530,7 @@ fn sender() -> impl Strategy<Value = Sender> {
 
 /// Configurations a peer may send: valid ones, an empty one, and undecodable ones.
 fn membership_proto(which: u8) -> pb::Membership {
-    let member = |node_id: u64, role: i32| pb::Member { node_id, role };
+    let member = |node_id: u64, role: i32| pb::Member { node_id, role, incarnation: 0 };
     let members = match which {
         0 => vec![member(1, 0), member(2, 0), member(3, 0), member(4, 1)],
         1 => vec![member(1, 0), member(2, 0), member(3, 0)],
@@ -721,6 +721,10 @@ impl MsgSpec {
             snapshot_done: self.snapshot_done,
             quiesce: self.quiesce,
             commit_only: self.commit_only,
+            // The replicas under test are of the initial configuration (incarnation 0); other
+            // incarnations are dropped before any of the content is looked at.
+            from_incarnation: 0,
+            to_incarnation: 0,
         };
         if let Some((field, value)) = self.extreme {
             let value = value.at(here);

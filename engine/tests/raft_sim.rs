@@ -1,9 +1,12 @@
 //! Runs the deterministic Raft simulation over many seeds (1,000 by default), twice: with
 //! each seed's own options (quiescence on for about half of them), and with quiescence on
-//! for every seed (seeds from [`QUIET_SEEDS_FROM`] on), as the server runs by default.
+//! for every seed (seeds from [`QUIET_SEEDS_FROM`] on), as the server runs by default; then
+//! [`EAGER_REJOIN_SEEDS`] seeds (from [`EAGER_SEEDS_FROM`] on) with eager rejoins: removed
+//! nodes join again at once, while their deleted replicas' messages are still in flight.
 //! `CONCLAVE_SIM_SEEDS=N` runs N seeds of each (a soak); `CONCLAVE_SIM_SEED=S` replays seed S
-//! alone (`CONCLAVE_SIM_QUIESCE=1` forces quiescence on, as the second run does). Every
-//! failure prints its seed and the command that replays it.
+//! alone (`CONCLAVE_SIM_QUIESCE=1` forces quiescence on, as the second run does;
+//! `CONCLAVE_SIM_EAGER_REJOIN=1` eager rejoins, as the third does). Every failure prints its
+//! seed and the command that replays it.
 
 mod sim;
 
@@ -19,6 +22,10 @@ fn env_u64(name: &str) -> Option<u64> {
 /// The first seed of the run with quiescence on for every seed (distinct from the first
 /// run's seeds).
 const QUIET_SEEDS_FROM: u64 = 1 << 32;
+
+/// The first seed of the run with eager rejoins, and its default number of seeds.
+const EAGER_SEEDS_FROM: u64 = 2 << 32;
+const EAGER_REJOIN_SEEDS: u64 = 1_000;
 
 #[test]
 fn simulation_upholds_safety_liveness_and_linearizability() {
@@ -37,16 +44,31 @@ fn simulation_with_quiescence_on_upholds_the_same_properties() {
     run_seeds(QUIET_SEEDS_FROM, true);
 }
 
+/// Nodes whose removal committed join again at once, with new replicas, while messages of
+/// their deleted replicas are still on the wire: replica incarnations keep those late
+/// messages from being taken for the new replicas' (README, "Replica incarnations").
+#[test]
+fn simulation_with_eager_rejoins_upholds_the_same_properties() {
+    if std::env::var("CONCLAVE_SIM_SEED").is_ok() {
+        return; // a replay runs in the first test (with CONCLAVE_SIM_EAGER_REJOIN=1)
+    }
+    run_seeds_with(EAGER_SEEDS_FROM, EAGER_REJOIN_SEEDS, false, true);
+}
+
 fn run_seeds(first: u64, force_quiesce: bool) {
+    run_seeds_with(first, DEFAULT_SEEDS, force_quiesce, false)
+}
+
+fn run_seeds_with(first: u64, default_count: u64, force_quiesce: bool, force_eager_rejoin: bool) {
     let seeds: Vec<u64> = match env_u64("CONCLAVE_SIM_SEED") {
         Some(seed) => vec![seed],
-        None => (first..first + env_u64("CONCLAVE_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect(),
+        None => (first..first + env_u64("CONCLAVE_SIM_SEEDS").unwrap_or(default_count)).collect(),
     };
     let started = std::time::Instant::now();
     let mut totals = sim::cluster::SimReport::default();
     let options = |seed: u64| {
         let opts = SimOptions::for_seed(seed);
-        SimOptions { quiesce: opts.quiesce || force_quiesce, ..opts }
+        SimOptions { quiesce: opts.quiesce || force_quiesce, eager_rejoin: opts.eager_rejoin || force_eager_rejoin, ..opts }
     };
     for &seed in &seeds {
         let opts = options(seed);
@@ -67,21 +89,32 @@ fn run_seeds(first: u64, force_quiesce: bool) {
                 totals.members_added += report.members_added;
                 totals.members_removed += report.members_removed;
                 totals.replicas_discarded += report.replicas_discarded;
+                totals.eager_rejoins += report.eager_rejoins;
+                totals.incarnation_drops += report.incarnation_drops;
             }
             Err(violation) => {
                 let replay = replay_command(seed);
                 let replay = if force_quiesce { format!("CONCLAVE_SIM_QUIESCE=1 {replay}") } else { replay };
+                let replay = if force_eager_rejoin { format!("CONCLAVE_SIM_EAGER_REJOIN=1 {replay}") } else { replay };
                 panic!("seed {seed} violated a property: {}\noptions: {opts:?}\nreplay: {replay}", violation.0)
             }
         }
     }
-    println!("{} seeds (quiescence forced: {force_quiesce}) in {:?}: {totals:?}", seeds.len(), started.elapsed());
+    println!(
+        "{} seeds (quiescence forced: {force_quiesce}, eager rejoins: {force_eager_rejoin}) in {:?}: {totals:?}",
+        seeds.len(),
+        started.elapsed()
+    );
     assert!(totals.committed_entries > 0 && totals.leaders_elected > 0, "the runs did nothing");
     if seeds.len() >= 100 {
         assert!(totals.snapshots_installed > 0, "no run streamed a snapshot to a lagging follower");
         assert!(totals.quiesced_ticks > 0, "no group ever went quiet");
         if SimOptions::for_seed(0).whole_nodes {
             assert!(totals.members_added > 0 && totals.replicas_discarded > 0, "no run added a new replica or deleted a removed one");
+        }
+        if force_eager_rejoin {
+            assert!(totals.eager_rejoins > 0, "no removed node joined again at once");
+            assert!(totals.incarnation_drops > 0, "no late message of a deleted replica reached its successor's group");
         }
     }
 }

@@ -5,7 +5,8 @@
 //! in the response headers, and session expiry. KeepAlives carry real Bloom filters of the
 //! open commands, built as the Atomix driver builds them (`BloomFilter::with_estimates(open,
 //! 0.05)`, the encoder `engine/tests/sm_bloom.rs` checks byte for byte against Go's
-//! library); a scripted Atomix-style session keeps exactly-once across them.
+//! library); a scripted Atomix-style session keeps exactly-once across keep-alives whose
+//! filters are the bytes Go's library itself wrote (`engine/tests/fixtures/bloom/`).
 mod support;
 
 use std::time::{Duration, Instant};
@@ -488,6 +489,19 @@ async fn client_api_names_route_to_the_partition_of_the_documented_hash() {
     }
 }
 
+/// The `input_filter` the Atomix driver's Go library (`bits-and-blooms/bloom/v3`) wrote for
+/// the fixture `name` of `engine/tests/fixtures/bloom/bloom.jsonl` (see its README).
+fn go_filter(name: &str) -> Vec<u8> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../engine/tests/fixtures/bloom/bloom.jsonl");
+    let text = std::fs::read_to_string(path).expect("the Go Bloom filter fixtures");
+    let fixture = text
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).expect("a fixture line is JSON"))
+        .find(|fixture| fixture["name"] == name)
+        .unwrap_or_else(|| panic!("no fixture {name:?} in {path}"));
+    fixture["filter"].as_str().expect("the filter's JSON").as_bytes().to_vec()
+}
+
 /// An Atomix-style driver session, scripted: commands in flight across keep-alives whose
 /// filters list the open ones, a query taking a sequence number of its own, a retry after a
 /// keep-alive passed it (the cached result, not SequenceFromThePast), a delayed command that
@@ -520,7 +534,8 @@ async fn a_scripted_driver_session_keeps_exactly_once_across_keep_alives() {
     }
 
     // The driver's keep-alive: everything through #5 issued, #3 and #5 still open.
-    driver.keep_alive_open(5, &[3, 5]).await.expect("KeepAlive with #3 and #5 open");
+    // Its filters are the very bytes the driver's Go library wrote for these open sets.
+    driver.keep_alive_raw(5, go_filter("driver session open 3,5")).await.expect("KeepAlive with #3 and #5 open");
     assert_eq!(driver.ok(primitive, 3, Op::Enter, "b").await, dv(1, "a", &["b"]), "the retry of #3 gets its cached result");
     assert_eq!(driver.ok(primitive, 5, Op::Enter, "c").await, dv(1, "a", &["b", "c"]), "the delayed #5 runs");
     assert_eq!(next_watched(&mut stream).await, dv(1, "a", &["b", "c"]));
@@ -539,7 +554,7 @@ async fn a_scripted_driver_session_keeps_exactly_once_across_keep_alives() {
     assert_eq!((retry.status, retry.term), (AtomixStatus::Ok, Some(dv(1, "a", &["b", "c"]))), "still cached");
 
     // The next keep-alive has #6 open and ends #3 and #5: their retries are refused.
-    driver.keep_alive_open(6, &[6]).await.expect("KeepAlive with #6 open");
+    driver.keep_alive_raw(6, go_filter("driver session open 6")).await.expect("KeepAlive with #6 open");
     for sequence_num in [3, 5] {
         let refused = driver.command(primitive, sequence_num, Op::Withdraw, "a").await;
         assert_eq!(refused.status, AtomixStatus::Invalid, "#{sequence_num}: {refused:?}");

@@ -23,6 +23,12 @@ pub struct Config {
     pub id: u64,
     /// The group this replica belongs to.
     pub group_id: u32,
+    /// Which replica of this node this is (see [`super::Membership::incarnation`]): 0 for a
+    /// replica of the group's initial configuration; for a replica started to join the group,
+    /// a value the node never used for this group before (the caller picks it, persists it
+    /// with the replica, and asks the leader to add exactly this incarnation). Messages to
+    /// another incarnation of this node are dropped.
+    pub incarnation: u64,
     /// Minimum election timeout; the actual one is drawn from `[election_ticks, 2 * election_ticks)`.
     pub election_ticks: u32,
     /// Interval between a leader's heartbeats. Must be smaller than `election_ticks`.
@@ -64,6 +70,7 @@ impl Config {
         Config {
             id,
             group_id,
+            incarnation: 0,
             election_ticks: 10,
             heartbeat_ticks: 2,
             pre_vote: true,

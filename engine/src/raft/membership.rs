@@ -1,5 +1,6 @@
 //! Group configurations: which replicas vote (voters and witnesses), which only learn
-//! (observers), quorum arithmetic, and the one-change-at-a-time rule for membership changes.
+//! (observers), which incarnation of each node's replica is the member, quorum arithmetic,
+//! and the one-change-at-a-time rule for membership changes.
 
 use std::collections::BTreeMap;
 
@@ -27,10 +28,13 @@ impl Role {
     }
 }
 
-/// A complete configuration: node id to role, ordered by node id.
+/// A complete configuration: node id to role, ordered by node id, and the incarnation of
+/// each member's replica (see [`Membership::incarnation`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Membership {
     members: BTreeMap<u64, Role>,
+    /// Nonzero incarnations only (absent: 0, a replica of the initial configuration).
+    incarnations: BTreeMap<u64, u64>,
 }
 
 impl Membership {
@@ -45,7 +49,43 @@ impl Membership {
                 return Err(RaftError::MembershipChange(format!("node {id} is listed twice")));
             }
         }
-        Ok(Membership { members: map })
+        Ok(Membership { members: map, incarnations: BTreeMap::new() })
+    }
+
+    /// This configuration with member `id`'s replica marked as incarnation `incarnation`.
+    pub fn with_incarnation(mut self, id: u64, incarnation: u64) -> Result<Self, RaftError> {
+        if !self.members.contains_key(&id) {
+            return Err(RaftError::MembershipChange(format!("node {id} is no member, so it has no incarnation")));
+        }
+        if incarnation == 0 {
+            self.incarnations.remove(&id);
+        } else {
+            self.incarnations.insert(id, incarnation);
+        }
+        Ok(self)
+    }
+
+    /// Which replica of node `id` is the member: the incarnation the node chose when it
+    /// started the replica that joined, 0 for a replica of the initial configuration (or
+    /// one added before incarnations existed), and 0 for a node that is no member.
+    pub fn incarnation(&self, id: u64) -> u64 {
+        self.incarnations.get(&id).copied().unwrap_or(0)
+    }
+
+    /// `next` with the incarnations of the members it shares with `self` taken from `self`:
+    /// a member keeps its replica across role changes; only members `next` adds keep the
+    /// incarnation `next` gives them.
+    pub fn keeping_incarnations_of(&self, next: Membership) -> Membership {
+        let mut next = next;
+        for id in self.members.keys() {
+            if next.members.contains_key(id) {
+                match self.incarnations.get(id) {
+                    Some(incarnation) => next.incarnations.insert(*id, *incarnation),
+                    None => next.incarnations.remove(id),
+                };
+            }
+        }
+        next
     }
 
     /// A configuration of voters only.
@@ -100,6 +140,15 @@ impl Membership {
         if distinct > 1 {
             return Err(RaftError::MembershipChange(format!("{distinct} voting members change at once; change one at a time")));
         }
+        for id in next.members.keys() {
+            if self.members.contains_key(id) && self.incarnation(*id) != next.incarnation(*id) {
+                return Err(RaftError::MembershipChange(format!(
+                    "node {id} would change its replica (incarnation {} to {}) while staying a member; remove it first",
+                    self.incarnation(*id),
+                    next.incarnation(*id)
+                )));
+            }
+        }
         if !next.members.values().any(|r| *r == Role::Voter) {
             return Err(RaftError::MembershipChange("the group would have no voter".into()));
         }
@@ -128,6 +177,7 @@ impl Membership {
                         Role::Observer => pb::MemberRole::Observer,
                         Role::Witness => pb::MemberRole::Witness,
                     } as i32,
+                    incarnation: self.incarnation(*id),
                 })
                 .collect(),
         }
@@ -144,7 +194,11 @@ impl Membership {
             };
             pairs.push((member.node_id, role));
         }
-        Self::new(pairs)
+        let mut membership = Self::new(pairs)?;
+        for member in proto.members.iter().filter(|m| m.incarnation != 0) {
+            membership.incarnations.insert(member.node_id, member.incarnation);
+        }
+        Ok(membership)
     }
 
     /// Encodes as the `data` of a membership entry.

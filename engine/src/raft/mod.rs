@@ -25,6 +25,7 @@
 mod batch;
 mod config;
 mod error;
+mod incarnation;
 mod invariants;
 mod log;
 mod membership;

@@ -85,6 +85,15 @@ pub struct RaftNode {
     pub(super) last_reported_leader: (u64, u64),
     /// Always-on invariant checks; a violation halts the replica (see `invariants.rs`).
     pub(super) invariants: Invariants,
+    /// While a message is stepped: its sender and the sender's incarnation, which every
+    /// message to that sender carries as `to_incarnation` (answers reach the replica asked).
+    pub(super) answering: Option<(u64, u64)>,
+    /// The leader this replica follows and its incarnation, from its messages (a follower
+    /// whose configuration lags may not list the leader's current replica yet).
+    pub(super) leader_incarnation: (u64, u64),
+    /// Messages dropped because they were addressed to another incarnation of this node, or
+    /// were answers from an incarnation of a member that its configuration does not hold.
+    pub(super) incarnation_drops: u64,
 }
 
 impl RaftNode {
@@ -172,6 +181,9 @@ impl RaftNode {
             last_hard_state: hard_state,
             last_reported_leader: (hard_state.term, 0),
             invariants: Invariants::default(),
+            answering: None,
+            leader_incarnation: (0, 0),
+            incarnation_drops: 0,
         };
         node.startup_quiet = node.cfg.lease_reads;
         node.reset_election_timer();
@@ -392,7 +404,9 @@ impl RaftNode {
     }
 
     /// Proposes the complete configuration `next`, which must differ from the one in effect
-    /// by at most one voting member. Returns the index of the membership entry.
+    /// by at most one voting member. Returns the index of the membership entry. Members that
+    /// stay keep their incarnation; a member `next` adds gets the incarnation `next` gives it
+    /// (the one the joining node's replica was started with).
     pub fn propose_membership_change(&mut self, next: Membership) -> Result<u64, RaftError> {
         self.check_can_propose()?;
         self.wake();
@@ -403,6 +417,7 @@ impl RaftNode {
         if self.log.term(self.log.committed()) != Some(self.term) {
             return Err(RaftError::MembershipChange("the leader has not committed an entry of its term yet".into()));
         }
+        let next = self.membership().keeping_incarnations_of(next);
         self.membership().check_single_change(&next)?;
         let index = self.log.last_index() + 1;
         let entry = Entry { index, term: self.term, kind: EntryKind::Membership as i32, data: next.encode() };
@@ -543,7 +558,16 @@ impl RaftNode {
     }
 
     pub(super) fn new_message(&self, to: u64, msg_type: MessageType) -> Message {
-        Message { group_id: self.cfg.group_id, from: self.cfg.id, to, term: self.term, msg_type: msg_type as i32, ..Message::default() }
+        Message {
+            group_id: self.cfg.group_id,
+            from: self.cfg.id,
+            to,
+            term: self.term,
+            msg_type: msg_type as i32,
+            from_incarnation: self.cfg.incarnation,
+            to_incarnation: self.incarnation_of(to),
+            ..Message::default()
+        }
     }
 
     pub(super) fn set_leader(&mut self, leader: u64) {
@@ -618,12 +642,14 @@ impl RaftNode {
         if self.role != RaftRole::Leader {
             return;
         }
-        let members: Vec<u64> = self.membership().members().map(|(id, _)| id).collect();
+        let membership = self.membership();
+        let members: Vec<(u64, u64)> = membership.members().map(|(id, _)| (id, membership.incarnation(id))).collect();
         let next = self.log.last_index() + 1;
-        self.progress.retain(|id, _| members.contains(id));
-        for id in members {
+        // A member whose replica changed (another incarnation) starts from scratch.
+        self.progress.retain(|id, p| members.contains(&(*id, p.incarnation)));
+        for (id, incarnation) in members {
             if id != self.cfg.id {
-                self.progress.entry(id).or_insert_with(|| Progress::new(next));
+                self.progress.entry(id).or_insert_with(|| Progress::for_incarnation(next, incarnation));
             }
         }
     }

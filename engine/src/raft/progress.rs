@@ -37,6 +37,8 @@ pub struct Progress {
     /// In `Snapshot`: index of the snapshot being sent and bytes the peer confirmed.
     pub snapshot_index: u64,
     pub snapshot_offset: u64,
+    /// The incarnation of the peer's replica this progress tracks.
+    pub incarnation: u64,
 }
 
 impl Progress {
@@ -53,7 +55,13 @@ impl Progress {
             match_at_heartbeat: 0,
             snapshot_index: 0,
             snapshot_offset: 0,
+            incarnation: 0,
         }
+    }
+
+    /// Progress of the peer replica `incarnation`, sending from `next_index`.
+    pub fn for_incarnation(next_index: u64, incarnation: u64) -> Self {
+        Progress { incarnation, ..Progress::new(next_index) }
     }
 
     /// True if no more appends may be sent now.

@@ -23,8 +23,10 @@ impl RaftNode {
         self.transferee = 0;
         self.lease_revoked = false;
         let next = self.log.last_index() + 1;
-        let peers: Vec<u64> = self.membership().members().map(|(peer, _)| peer).filter(|peer| *peer != id).collect();
-        self.progress = peers.into_iter().map(|peer| (peer, Progress::new(next))).collect();
+        let membership = self.membership();
+        let peers: Vec<(u64, u64)> =
+            membership.members().map(|(peer, _)| (peer, membership.incarnation(peer))).filter(|(peer, _)| *peer != id).collect();
+        self.progress = peers.into_iter().map(|(peer, incarnation)| (peer, Progress::for_incarnation(next, incarnation))).collect();
         let noop = Entry { index: next, term: self.term, kind: EntryKind::LeaderNoop as i32, data: Bytes::new() };
         self.log.append_new([noop]);
         self.maybe_commit();

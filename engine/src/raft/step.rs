@@ -19,8 +19,18 @@ pub(super) const MAX_TERM_OR_INDEX: u64 = 1 << 62;
 
 impl RaftNode {
     /// Handles one message from a peer. Malformed or misaddressed messages are refused with
-    /// an error and change nothing.
+    /// an error and change nothing. A message of another incarnation (one addressed to
+    /// another replica of this node, or an answer from a replica of a member other than the
+    /// one the configuration holds: late traffic of a replica that left before its node
+    /// joined again) is dropped and counted (see [`RaftNode::incarnation_drops`]).
     pub fn step(&mut self, msg: Message) -> Result<(), RaftError> {
+        self.answering = Some((msg.from, msg.from_incarnation));
+        let result = self.step_answering(msg);
+        self.answering = None;
+        result
+    }
+
+    fn step_answering(&mut self, msg: Message) -> Result<(), RaftError> {
         self.refuse_if_halted()?;
         if msg.group_id != self.cfg.group_id || msg.to != self.cfg.id {
             return Err(RaftError::InvalidMessage(format!(
@@ -38,6 +48,10 @@ impl RaftNode {
             Ok(t) => t,
         };
         self.check_content(&msg, msg_type)?;
+        if self.of_another_incarnation(&msg, msg_type) {
+            self.incarnation_drops += 1;
+            return Ok(());
+        }
         // A quiet replica drops a campaign inside its leader's lease (see `accept_term`), but
         // wakes: a quiet leader then heartbeats a restarted member back into the group.
         if matches!(msg_type, MessageType::PreVote | MessageType::Vote) {
@@ -77,6 +91,7 @@ impl RaftNode {
                 if self.leader != msg.from {
                     self.set_leader(msg.from);
                 }
+                self.leader_incarnation = (msg.from, msg.from_incarnation);
                 match msg_type {
                     MessageType::Snapshot => self.on_snapshot_chunk(msg),
                     // A snapshot waits for installation: the old log must not move meanwhile.

@@ -83,6 +83,9 @@ counters! {
     heartbeat_responses,
     /// Every other Raft message (votes, reads, snapshots, transfers).
     other_messages,
+    /// Raft messages received and dropped as traffic of another replica incarnation (late
+    /// messages of a replica deleted before its node joined the group again).
+    incarnation_drops,
 }
 
 impl ShardCounters {

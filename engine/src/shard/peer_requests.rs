@@ -40,13 +40,22 @@ impl<L: LogStore> ShardRuntime<L> {
                     if msg.msg_type == MessageType::TimeoutNow as i32 {
                         self.note_handed_by(group, from);
                     }
-                    match self.replica_mut(group) {
+                    let dropped = match self.replica_mut(group) {
                         Some(replica) => {
+                            let drops = replica.raft().incarnation_drops();
                             if let Err(e) = replica.raft_mut().step(msg) {
                                 tracing::debug!(group, from, error = %e, "Raft message refused");
                             }
+                            replica.raft().incarnation_drops() - drops
                         }
-                        None => tracing::debug!(group, from, "message for a group this shard does not host"),
+                        None => {
+                            tracing::debug!(group, from, "message for a group this shard does not host");
+                            0
+                        }
+                    };
+                    if dropped > 0 {
+                        tracing::debug!(group, from, "dropped a Raft message of another replica incarnation");
+                        ShardCounters::add(&self.counters.incarnation_drops, dropped);
                     }
                 }
             }
@@ -150,13 +159,16 @@ impl<L: LogStore> ShardRuntime<L> {
 
     /// Sets `node`'s role in `group` (`None` removes it): proposed here when this replica
     /// leads, forwarded to the leader otherwise.
-    pub(super) fn change_membership(&mut self, group: u32, node: u64, role: Option<Role>, via: u64, reply: Reply<Result<u64, ShardError>>) {
+    pub(super) fn change_membership(&mut self, change: MembershipChange, via: u64, reply: Reply<Result<u64, ShardError>>) {
+        let MembershipChange { group, node, role, incarnation } = change;
         let me = self.node_id();
         let attempt = self.next_membership_attempt();
         let Some(replica) = self.replica_mut(group) else {
             reply(Err(ShardError::UnknownGroup(group)));
             return;
         };
+        // A node asking for itself adds the replica it started; a forwarded request names one.
+        let incarnation = incarnation.unwrap_or(if node == me { replica.raft().incarnation() } else { 0 });
         if !replica.is_leader() {
             let mut leader = replica.raft().leader();
             if leader == 0 || leader == me {
@@ -183,11 +195,35 @@ impl<L: LogStore> ShardRuntime<L> {
                 node_id: node,
                 role: role_to_proto(role.unwrap_or(Role::Voter)) as i32,
                 remove: role.is_none(),
+                incarnation,
             };
             self.forwarded.send(leader, Body::MembershipRequest(request));
             return;
         }
         let current = replica.raft().membership().clone();
+        if role.is_some() && current.role(node).is_some() && current.incarnation(node) != incarnation {
+            // The node started another replica (it left and joins again, or retries a Join
+            // whose change committed late): the member's replica goes first, then the caller
+            // retries and the new one is added.
+            let old = current.incarnation(node);
+            let next = Membership::new(current.members().filter(|(id, _)| *id != node)).map(|m| current.keeping_incarnations_of(m));
+            let proposed = next.map_err(|e| ShardError::Invalid(format!("group {group}: {e}")));
+            let proposed =
+                proposed.and_then(|next| replica.raft_mut().propose_membership_change(next).map_err(|e| ShardError::from_raft(group, e)));
+            return match proposed {
+                Ok(index) => {
+                    let retry: Reply<Result<u64, ShardError>> = Box::new(move |result| {
+                        reply(result.and_then(|_| {
+                            Err(ShardError::Unavailable(format!(
+                                "group {group}: node {node}'s earlier replica (incarnation {old}) was removed first; retry to add incarnation {incarnation}"
+                            )))
+                        }))
+                    });
+                    self.membership_waiters.entry(group).or_default().push((index, retry));
+                }
+                Err(e) => reply(Err(e)),
+            };
+        }
         if current.role(node) == role {
             reply(Ok(0));
             return;
@@ -210,7 +246,11 @@ impl<L: LogStore> ShardRuntime<L> {
             };
         }
         let next = current.members().filter(|(id, _)| *id != node).chain(role.map(|r| (node, r)));
-        let next = match Membership::new(next) {
+        let next = Membership::new(next).and_then(|next| match role {
+            Some(_) if current.role(node).is_none() => next.with_incarnation(node, incarnation),
+            _ => Ok(next),
+        });
+        let next = match next {
             Ok(next) => next,
             Err(e) => return reply(Err(ShardError::Invalid(format!("group {group}: {e}")))),
         };
@@ -247,7 +287,8 @@ impl<L: LogStore> ShardRuntime<L> {
             let leader = self.replica_mut(group).map_or(0, |r| r.raft().leader());
             return reply(Err(ShardError::NotLeader { group, leader }));
         }
-        self.change_membership(group, request.node_id, role, 0, reply);
+        let change = MembershipChange { group, node: request.node_id, role, incarnation: Some(request.incarnation) };
+        self.change_membership(change, 0, reply);
     }
 
     /// Starts handing every group this shard leads to its most caught-up other voter.
@@ -269,6 +310,16 @@ impl<L: LogStore> ShardRuntime<L> {
         }
         started
     }
+}
+
+/// A membership change asked of a group: `node`'s new role (`None`: removed), and when it
+/// is added, the incarnation of its replica (`None`: this node's own replica when `node`
+/// is this node, else 0).
+pub(super) struct MembershipChange {
+    pub group: u32,
+    pub node: u64,
+    pub role: Option<Role>,
+    pub incarnation: Option<u64>,
 }
 
 /// Answers the membership changes a leader is waiting on as the group's Raft events say

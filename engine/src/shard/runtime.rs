@@ -34,7 +34,7 @@ use super::counters::ShardCounters;
 use super::error::ShardError;
 use super::liveness::Liveness;
 use super::peer::Forwarded;
-use super::peer_requests::settle_membership_waiters;
+use super::peer_requests::{settle_membership_waiters, MembershipChange};
 use super::replica::{Committed, ReadTerm, Replica, Reply, SnapshotCapture, TermQuery, Watcher};
 use super::schedule::Schedule;
 use super::stall::{Phase, RoundTimer};
@@ -595,7 +595,10 @@ impl<L: LogStore> ShardRuntime<L> {
                 }
             }
             Request::RemoveReplica { group, reply } => self.removals.push((group, reply)),
-            Request::ChangeMembership { group, node, role, via, reply } => self.change_membership(group, node, role, via, reply),
+            Request::ChangeMembership { group, node, role, via, reply } => {
+                let change = MembershipChange { group, node, role, incarnation: None };
+                self.change_membership(change, via, reply)
+            }
             Request::HandOffLeadership { reply } => reply(self.hand_off_leadership()),
             Request::PeerDown { node } => {
                 self.forwarded.fail_node(node);

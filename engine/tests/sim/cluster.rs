@@ -41,6 +41,10 @@ pub struct SimReport {
     pub members_removed: u64,
     /// Replicas deleted after their removal committed.
     pub replicas_discarded: u64,
+    /// With eager rejoins: nodes added back right after their removal committed.
+    pub eager_rejoins: u64,
+    /// Messages replicas dropped as traffic of another replica incarnation.
+    pub incarnation_drops: u64,
 }
 
 struct SimNode {
@@ -53,6 +57,8 @@ struct SimNode {
     incarnation: u64,
     /// Replica starts so far (restarts and joins): each start seeds its RNG afresh.
     replica_starts: u64,
+    /// Replicas started to join a group so far: each gets the next number as incarnation.
+    joins: u64,
     replicas: Vec<Replica>,
     outbox: Outbox,
 }
@@ -73,6 +79,10 @@ struct Sim {
     pending_removals: Vec<Vec<(u64, u64, u64)>>,
     /// Replicas (node index, group) to delete once the current pump ends.
     discards: Vec<(usize, usize)>,
+    /// With `eager_rejoin`: (group, node, tick) of replicas deleted after their removal
+    /// committed, for the group's leader to add the node back at once, while the deleted
+    /// replica's messages may still be in flight.
+    rejoins: Vec<(usize, u64, u64)>,
     report: SimReport,
 }
 
@@ -111,6 +121,8 @@ pub fn run_seed(seed: u64, opts: &SimOptions) -> Result<SimReport, Violation> {
         )));
     }
     sim.check_histories()?;
+    let live = sim.nodes.iter().flat_map(|node| node.replicas.iter()).filter_map(|replica| replica.raft.as_ref());
+    sim.report.incarnation_drops += live.map(|raft| raft.incarnation_drops()).sum::<u64>();
     sim.report.batches_delivered = sim.net.delivered;
     sim.report.committed_entries = sim.checkers.iter().map(GroupChecker::committed_len).sum();
     Ok(sim.report)
@@ -130,6 +142,7 @@ impl Sim {
             clients: (0..opts.groups).map(|_| GroupClients::default()).collect(),
             pending_removals: (0..opts.groups).map(|_| Vec::new()).collect(),
             discards: Vec::new(),
+            rejoins: Vec::new(),
             initial,
             report: SimReport::default(),
             opts,
@@ -146,6 +159,7 @@ impl Sim {
                 up: false,
                 incarnation: 0,
                 replica_starts: 0,
+                joins: 0,
                 replicas,
                 outbox: Outbox::new(id),
             });
@@ -192,8 +206,9 @@ impl Sim {
         let id = self.nodes[n].id;
         self.nodes[n].replica_starts += 1;
         let starts = self.nodes[n].replica_starts;
-        let cfg = self.config(id, g as u32);
+        let mut cfg = self.config(id, g as u32);
         let replica = &mut self.nodes[n].replicas[g];
+        cfg.incarnation = replica.incarnation;
         let snapshot = replica.durable_snapshot.clone();
         let recovered = Recovered {
             hard_state: replica.durable_hard_state,
@@ -224,6 +239,7 @@ impl Sim {
         if !replica.hosted {
             return;
         }
+        self.report.incarnation_drops += replica.raft.as_ref().map_or(0, |r| r.incarnation_drops());
         *replica = Replica::empty(false, false, Membership::default());
         self.clients[g].node_crashed(self.nodes[n].id);
         self.report.replicas_discarded += 1;
@@ -234,6 +250,7 @@ impl Sim {
         node.up = false;
         node.outbox.drain();
         for replica in &mut node.replicas {
+            self.report.incarnation_drops += replica.raft.as_ref().map_or(0, |r| r.incarnation_drops());
             replica.raft = None;
             replica.writes.clear();
         }
@@ -262,6 +279,9 @@ impl Sim {
         let drained = self.drain_ready(n, g);
         for (n, g) in std::mem::take(&mut self.discards) {
             self.discard_replica(n, g);
+            if self.opts.eager_rejoin {
+                self.rejoins.push((g, self.nodes[n].id, self.report.ticks));
+            }
         }
         drained
     }
@@ -531,6 +551,7 @@ impl Sim {
         if self.rng.random_bool(self.opts.membership_change) {
             self.change_membership()?;
         }
+        self.rejoin_eagerly()?;
         if self.rng.random_bool(self.opts.transfer) {
             let g = self.rng.random_range(0..self.opts.groups as usize);
             if let Some(n) = self.leader_of(g) {
@@ -559,6 +580,32 @@ impl Sim {
                 target = outside[self.rng.random_range(0..outside.len())];
             }
         }
+        self.change_member(g, n, target).map(drop)
+    }
+
+    /// With `eager_rejoin`: the leader of a group whose member was just removed and deleted
+    /// adds the node back as soon as it can (a new replica, while its predecessor's messages
+    /// may still be on the wire). Tried for up to 20 ticks.
+    fn rejoin_eagerly(&mut self) -> Result<(), Violation> {
+        let tick = self.report.ticks;
+        self.rejoins.retain(|&(_, _, since)| since + 20 >= tick);
+        let Some(&(g, node, _)) = self.rejoins.first() else { return Ok(()) };
+        let Some(n) = self.leader_of(g) else { return Ok(()) };
+        let member = self.nodes[n].replicas[g].raft.as_ref().is_some_and(|r| r.membership().role(node).is_some());
+        if member {
+            self.rejoins.remove(0);
+        } else if self.change_member(g, n, node)? {
+            self.rejoins.remove(0);
+            self.report.eager_rejoins += 1;
+        }
+        Ok(())
+    }
+
+    /// Leader `n` of group `g` changes `target`'s role, removes it, or adds it (see
+    /// `change_membership`). Returns whether a change was proposed.
+    fn change_member(&mut self, g: usize, n: usize, target: u64) -> Result<bool, Violation> {
+        let raft = self.nodes[n].replicas[g].raft.as_mut().expect("leader is up");
+        let current = raft.membership().clone();
         let voters = current.members().filter(|(_, r)| *r == Role::Voter).count();
         let next_role = if self.opts.whole_nodes {
             let remove = self.rng.random_bool(0.5);
@@ -566,8 +613,8 @@ impl Sim {
                 Some(Role::Voter) if voters > 2 => (!remove).then_some(Role::Observer),
                 Some(Role::Observer) => (!remove).then_some(Role::Voter),
                 Some(Role::Witness) => None,
-                Some(Role::Voter) => return Ok(()),
-                None if !self.may_join(target, g) => return Ok(()),
+                Some(Role::Voter) => return Ok(false),
+                None if !self.may_join(target, g) => return Ok(false),
                 None => Some(match self.rng.random_range(0..10) {
                     0..=5 => Role::Observer,
                     9 if self.opts.witnesses => Role::Witness,
@@ -578,14 +625,19 @@ impl Sim {
             match current.role(target) {
                 Some(Role::Voter) if voters > 2 => Some(Role::Observer),
                 Some(Role::Observer) => Some(Role::Voter),
-                _ => return Ok(()),
+                _ => return Ok(false),
             }
         };
+        let joining = next_role.is_some() && current.role(target).is_none();
+        // A joining node starts a new replica: the next incarnation of its node.
+        let incarnation = if joining { self.nodes[target as usize - 1].joins + 1 } else { 0 };
         let next = current.members().filter(|(id, _)| *id != target).chain(next_role.map(|role| (target, role)));
-        let next = Membership::new(next).map_err(|e| Violation(format!("simulation built a bad membership: {e}")))?;
+        let next = Membership::new(next)
+            .and_then(|next| if joining { next.with_incarnation(target, incarnation) } else { Ok(next) })
+            .map_err(|e| Violation(format!("simulation built a bad membership: {e}")))?;
         let raft = self.nodes[n].replicas[g].raft.as_mut().expect("leader is up");
         // Refusals (a change still pending, no entry of the term committed) are expected.
-        let Ok(index) = raft.propose_membership_change(next) else { return self.pump(n, g) };
+        let Ok(index) = raft.propose_membership_change(next) else { return self.pump(n, g).map(|()| false) };
         let term = raft.term();
         if next_role.is_none() {
             self.report.members_removed += 1;
@@ -598,19 +650,22 @@ impl Sim {
             self.discard_replica(t, g);
             self.pending_removals[g].retain(|(node, _, _)| *node != target);
             self.report.members_added += 1;
+            self.nodes[t].joins += 1;
             self.nodes[t].replicas[g] = Replica::empty(true, next_role == Some(Role::Witness), current);
+            self.nodes[t].replicas[g].incarnation = incarnation;
             if self.nodes[t].up {
                 self.start_replica(t, g)?;
                 self.pump(t, g)?;
             }
         }
-        self.pump(n, g)
+        self.pump(n, g).map(|()| true)
     }
 
     /// May `node` join group `g` now? Not while messages of a replica it held are still in
     /// flight (unless `eager_rejoin`): a server's Join comes after its Leave completed, over
-    /// the same ordered connection as those messages, so they arrive first. The Raft core
-    /// would take a late acknowledgement of the deleted replica for the new one's.
+    /// the same ordered connection as those messages, so they arrive first. With
+    /// `eager_rejoin` replica incarnations must tell the deleted replica's late messages
+    /// from the new one's.
     fn may_join(&self, node: u64, g: usize) -> bool {
         self.opts.eager_rejoin || !self.net.carries(node, g as u32)
     }

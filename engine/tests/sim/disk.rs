@@ -30,6 +30,9 @@ pub struct Replica {
     /// The replica is a witness (from the start, or it joined as one): the leader sends it
     /// entries without payloads, before it may know its own role.
     pub witness: bool,
+    /// Which replica of its node this is (0: one of the initial configuration), kept with
+    /// its storage as a server keeps it in `groups.toml`.
+    pub incarnation: u64,
     pub raft: Option<RaftNode>,
     pub durable_hard_state: HardState,
     /// The durable snapshot (None: none yet, the log starts at index 1).
@@ -50,6 +53,7 @@ impl Replica {
             hosted,
             bootstrap,
             witness,
+            incarnation: 0,
             raft: None,
             durable_hard_state: HardState::default(),
             durable_snapshot: None,

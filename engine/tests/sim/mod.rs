@@ -46,10 +46,11 @@ pub struct SimOptions {
     /// or snapshot (a server's Join). In five-node clusters node 4 starts outside groups
     /// 1 and up. On unless `CONCLAVE_SIM_WHOLE_NODES=0`.
     pub whole_nodes: bool,
-    /// A node may rejoin a group while messages of its deleted replica are still in flight
-    /// (off by default: a server's Join follows its Leave over the same ordered connection,
-    /// and the Raft core cannot tell such late messages from the new replica's; see
-    /// README). `CONCLAVE_SIM_EAGER_REJOIN=1` turns it on.
+    /// A node may rejoin a group while messages of its deleted replica are still in flight,
+    /// and a node whose removal committed is added back at once (off by default: a server's
+    /// Join follows its Leave over the same ordered connection). Replica incarnations keep
+    /// such late messages from being taken for the new replica's (see README).
+    /// `CONCLAVE_SIM_EAGER_REJOIN=1` turns it on.
     pub eager_rejoin: bool,
     /// Maximum entries per append (small values exercise partial acknowledgements).
     pub max_entries_per_message: usize,

@@ -27,9 +27,10 @@ use super::registry::{GroupRecord, Registry};
 /// How long Join and Leave keep retrying their membership change through leader changes.
 const MEMBERSHIP_DEADLINE: Duration = Duration::from_secs(20);
 
-/// The Raft settings of this node's replica of `group`.
-pub fn raft_config(config: &Config, group: u32) -> raft::Config {
+/// The Raft settings of this node's replica `incarnation` of `group`.
+pub fn raft_config(config: &Config, group: u32, incarnation: u64) -> raft::Config {
     let mut cfg = raft::Config::new(u64::from(config.node_id), group);
+    cfg.incarnation = incarnation;
     cfg.election_ticks = config.election_ticks;
     cfg.heartbeat_ticks = config.heartbeat_ticks;
     cfg.quiesce = config.quiesce;
@@ -128,7 +129,8 @@ impl GroupControl {
     /// membership change fails removes the replica it started and its `groups.toml` record,
     /// so the same Join can be tried again (meanwhile another try is refused as in
     /// progress). A change whose outcome was unknown and that commits later is no obstacle:
-    /// the next Join finds the node already a member and just starts the replica.
+    /// the next Join starts a replica of a new incarnation, and the leader, finding the node
+    /// a member with the earlier one, removes that first and then adds the new one.
     pub async fn join(self: &Rc<Self>, spec: GroupSpec) -> Result<(), Status> {
         let control = Rc::clone(self);
         glommio::spawn_local(async move { control.join_to_the_end(spec).await })
@@ -195,11 +197,15 @@ impl GroupControl {
         for m in spec.members.iter().filter(|m| m.node_id != self.me) {
             self.peers.set_address(m.node_id, &m.host, m.port).map_err(Status::invalid_argument)?;
         }
-        self.registry.borrow_mut().add(GroupRecord::new(spec, joined)).map_err(Status::internal)?;
+        // A joining replica is a new incarnation of this node in the group: a random one, so
+        // the group never takes it for a replica this node held before (and left).
+        let incarnation = if joined { rand::random::<u64>().max(1) } else { 0 };
+        let record = GroupRecord { incarnation, ..GroupRecord::new(spec, joined) };
+        self.registry.borrow_mut().add(record).map_err(Status::internal)?;
         // Seeded anew at every start (Raft asks for it: a replica started again for a group
         // this process hosted before must not number its requests as the earlier one did).
         let rng = ChaCha8Rng::seed_from_u64(self.seed ^ u64::from(group) ^ rand::random::<u64>());
-        let raft = RaftNode::new(raft_config(&self.config, group), membership, rng)
+        let raft = RaftNode::new(raft_config(&self.config, group, incarnation), membership, rng)
             .map_err(|e| Status::invalid_argument(format!("group {group}: {e}")))?;
         let replica = Box::new(Replica::new(raft, StateMachine::new()));
         let (tx, rx) = local_channel::new_bounded(1);

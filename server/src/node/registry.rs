@@ -34,6 +34,16 @@ pub struct GroupRecord {
     /// knew of then, itself excluded); false for one bootstrapped with `members`.
     pub joined: bool,
     pub members: Vec<MemberRecord>,
+    /// The incarnation of a joined replica (see `raft::Config::incarnation`): chosen at the
+    /// Join, so that the group tells it from a replica this node held before. Absent (0) for
+    /// a bootstrapped replica, and in files written before incarnations existed, which read
+    /// as they did (their joined replicas were added with incarnation 0).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub incarnation: u64,
+}
+
+fn is_zero(value: &u64) -> bool {
+    *value == 0
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -63,7 +73,7 @@ impl GroupRecord {
                 .to_string(),
             })
             .collect();
-        GroupRecord { id: spec.group_id, joined, members }
+        GroupRecord { id: spec.group_id, joined, members, incarnation: 0 }
     }
 
     /// The group as a spec, or why the record is unreadable.
@@ -179,14 +189,31 @@ mod tests {
         assert_eq!(reloaded.get(100).unwrap().spec().unwrap(), spec(100));
         assert!(reloaded.has_left(3));
         let mut registry = reloaded;
-        registry.add(GroupRecord::new(&spec(3), true)).unwrap();
+        registry.add(GroupRecord { incarnation: 77, ..GroupRecord::new(&spec(3), true) }).unwrap();
         registry.remove(100, false).unwrap();
         let reloaded = Registry::load(&dir).unwrap();
         assert!(!reloaded.has_left(3));
         assert!(reloaded.get(100).is_none());
         assert!(reloaded.get(3).unwrap().joined);
+        assert_eq!(reloaded.get(3).unwrap().incarnation, 77, "a joined replica's incarnation survives a restart");
         std::fs::write(dir.join(FILE_NAME), "group = 5").unwrap();
         assert!(Registry::load(&dir).is_err(), "a damaged registry is reported, not ignored");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A `groups.toml` written before incarnations existed reads as it did: its replicas
+    /// are incarnation 0, as the configurations of their groups hold them.
+    #[test]
+    fn a_registry_written_before_incarnations_reads_with_incarnation_zero() {
+        let dir = std::env::temp_dir().join(format!("conclave-registry-old-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let old = "left = [2]\n\n[[group]]\nid = 9\njoined = true\n\n[[group.members]]\nnode_id = 1\nhost = \"127.0.0.1\"\nport = 7000\nrole = \"member\"\n";
+        std::fs::write(dir.join(FILE_NAME), old).unwrap();
+        let registry = Registry::load(&dir).unwrap();
+        let record = registry.get(9).unwrap();
+        assert!(record.joined);
+        assert_eq!(record.incarnation, 0);
+        assert!(registry.has_left(2));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

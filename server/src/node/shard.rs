@@ -100,7 +100,9 @@ async fn serve(
     for (group, membership, preferred) in hosted_groups(&config, shard as u32, &registry)? {
         let rng = ChaCha8Rng::seed_from_u64(seed ^ u64::from(group));
         let snapshot = load_snapshot(&snapshots, group).await?;
-        let mut replica = recover_replica(groups::raft_config(&config, group), membership, snapshot, recovery.groups.get(&group), rng)?;
+        let incarnation = registry.get(group).map_or(0, |record| record.incarnation);
+        let cfg = groups::raft_config(&config, group, incarnation);
+        let mut replica = recover_replica(cfg, membership, snapshot, recovery.groups.get(&group), rng)?;
         replica.set_preferred_leader(preferred);
         replicas.insert(group, replica);
     }
