@@ -846,8 +846,15 @@ fn a_lagging_follower_catches_up_through_a_snapshot_and_keeps_it_across_a_restar
                 expected.entry(name.clone()).or_default().push(who);
             }
         }
-        // The two connected nodes snapshotted and compacted well past the lagging one.
+        // The two connected nodes snapshotted and compacted well past the lagging one (a
+        // command forwarded by `other` is answered with the leader's result, before
+        // `other` applied it: wait for its snapshots).
         for node in [leader, other] {
+            let compacted_past = |events: &[ShardEvent]| {
+                events.iter().any(|e| matches!(e, ShardEvent::SnapshotCompacted { .. }))
+                    && events.iter().any(|e| matches!(e, ShardEvent::LogCompacted { index } if *index > early.index + 10))
+            };
+            eventually("the connected nodes compacted", Duration::from_secs(20), || compacted_past(&c.events_since(cut_at, node))).await;
             let events = c.events_since(cut_at, node);
             let snapshots: Vec<u64> =
                 events.iter().filter_map(|e| if let ShardEvent::SnapshotCreated { index } = e { Some(*index) } else { None }).collect();
