@@ -354,7 +354,10 @@ fn concurrent_proposals_share_durable_rounds() {
             handle.propose(1, command::leader_barrier(0)).await.unwrap();
             // A read is handled in a later turn of the loop than the one that answered the
             // proposal: by then any write of that turn's commit index was submitted.
-            handle.read(1, TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index: 0, sequence_num: 0 }).await.unwrap();
+            handle
+                .read(1, TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index: 0, sequence_num: 0 })
+                .await
+                .unwrap();
             assert_eq!(*log.submitted.borrow() - before, 1, "one proposal, one durable round");
         }
         let rounds_before = *log.rounds.borrow();
