@@ -205,13 +205,13 @@ mod tests {
         let timeout = Duration::from_secs(1);
         let https = Endpoints::parse(&["https://127.0.0.1:1".to_owned()], "x:1", timeout).expect("valid");
         assert_eq!(https.name(0), "127.0.0.1:1");
-        let error = https.with_tls(&TlsFiles::default()).err().expect("https without --cacert");
+        let error = https.with_tls(&TlsFiles::default()).expect_err("https without --cacert");
         assert!(error.message.contains("--cacert"), "{}", error.message);
         let mixed = Endpoints::parse(&["http://127.0.0.1:1".to_owned()], "x:1", timeout).expect("valid");
         let files = TlsFiles { cacert: Some(PathBuf::from("/nonexistent/ca.pem")), ..TlsFiles::default() };
-        assert!(mixed.with_tls(&files).err().expect("http with --cacert").message.contains("http://"));
+        assert!(mixed.with_tls(&files).expect_err("http with --cacert").message.contains("http://"));
         let bare = Endpoints::parse(&["127.0.0.1:1".to_owned()], "x:1", timeout).expect("valid");
-        let error = bare.with_tls(&files).err().expect("unreadable --cacert");
+        let error = bare.with_tls(&files).expect_err("unreadable --cacert");
         assert!(error.message.contains("/nonexistent/ca.pem"), "{}", error.message);
         let plain = Endpoints::parse(&["127.0.0.1:1".to_owned()], "x:1", timeout).expect("valid");
         assert!(plain.with_tls(&TlsFiles::default()).expect("no TLS asked").tls.is_none());
