@@ -22,7 +22,7 @@ impl ElectionClient {
     /// A new connection to `endpoint` (one of `config.endpoints`).
     pub async fn connect_to(config: &BenchConfig, endpoint: &str) -> Result<ElectionClient, BenchError> {
         match config.target {
-            Target::Conclave => Ok(ElectionClient::Conclave(ConclaveClient::connect(endpoint, config.request_timeout).await?)),
+            Target::Conclave => Ok(ElectionClient::Conclave(ConclaveClient::connect(endpoint, config).await?)),
             Target::Etcd => Ok(ElectionClient::Etcd(EtcdClient::connect(endpoint, config.request_timeout, config.lease_ttl_secs).await?)),
         }
     }

@@ -1,12 +1,13 @@
 //! A Conclave client connection: one tonic channel over one TCP connection of its own (so
 //! one client-API session per partition on the server), built by a connector that keeps a
 //! duplicate of the socket so the connection can be cut at a known instant (failover).
+//! `https://` endpoints are spoken to over TLS with the run's [`crate::config::BenchTls`].
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint, Uri};
 
+use crate::config::BenchConfig;
 use crate::error::BenchError;
 
 pub mod pb {
@@ -57,13 +58,19 @@ fn term_of(op: &'static str, term: Option<Term>) -> Result<Term, BenchError> {
 }
 
 impl ConclaveClient {
-    /// Opens a new connection to `endpoint` (`http://host:port`).
-    pub async fn connect(endpoint: &str, request_timeout: Duration) -> Result<ConclaveClient, BenchError> {
+    /// Opens a new connection to `endpoint` (`http://host:port`, or `https://host:port`
+    /// with the TLS of `config`), each request bounded by `config.request_timeout`.
+    pub async fn connect(endpoint: &str, config: &BenchConfig) -> Result<ConclaveClient, BenchError> {
+        let request_timeout = config.request_timeout;
         let connect_error = |message: String| BenchError::Connect { endpoint: endpoint.to_string(), message };
-        let channel_endpoint = Endpoint::from_shared(endpoint.to_string())
+        let mut channel_endpoint = Endpoint::from_shared(endpoint.to_string())
             .map_err(|e| connect_error(e.to_string()))?
             .timeout(request_timeout)
             .connect_timeout(request_timeout);
+        if endpoint.starts_with("https://") {
+            let tls = config.tls.as_ref().ok_or_else(|| connect_error("https:// endpoints need --cacert".into()))?;
+            channel_endpoint = channel_endpoint.tls_config(tls.client_config.clone()).map_err(|e| connect_error(format!("{e:?}")))?;
+        }
         let socket = SocketHandle::default();
         let slot = socket.clone();
         let connector = tower::service_fn(move |uri: Uri| {

@@ -94,6 +94,36 @@ pub struct BenchConfig {
     /// Server processes (on this machine) whose CPU time over the measured phase the report
     /// gives, in total and per operation.
     pub server_pids: Vec<i32>,
+    /// TLS of `https://` endpoints (Conclave only).
+    pub tls: Option<BenchTls>,
+}
+
+/// TLS towards Conclave: the CA that the servers' certificates chain to and, for servers
+/// with `--client-cert-auth`, a client certificate (`--cacert`, `--cert`, `--key`).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct BenchTls {
+    pub cacert: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    #[serde(skip)]
+    pub client_config: tonic::transport::ClientTlsConfig,
+}
+
+impl BenchTls {
+    /// Reads the PEM files.
+    pub fn load(cacert: PathBuf, cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<BenchTls, String> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let read = |flag: &str, path: &PathBuf| std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()));
+        let mut client_config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read("--cacert", &cacert)?));
+        match (&cert, &key) {
+            (Some(cert), Some(key)) => {
+                client_config = client_config.identity(Identity::from_pem(read("--cert", cert)?, read("--key", key)?))
+            }
+            (None, None) => {}
+            _ => return Err("--cert and --key go together".into()),
+        }
+        Ok(BenchTls { cacert, cert, key, client_config })
+    }
 }
 
 impl BenchConfig {
@@ -117,6 +147,7 @@ impl BenchConfig {
             json: None,
             kill: None,
             server_pids: Vec::new(),
+            tls: None,
         }
     }
 

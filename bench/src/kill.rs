@@ -376,10 +376,9 @@ struct Candidacy {
 }
 
 async fn prepare_candidacy(config: &BenchConfig, kill: &NodeKill, survivors: &[String], election: usize) -> Result<Candidacy, BenchError> {
-    let timeout = config.request_timeout;
     let name = format!("{}-c{election}", config.name_prefix);
-    let mut leader = ConclaveClient::connect(&kill.endpoint, timeout).await?;
-    let mut next = ConclaveClient::connect(&survivors[election % survivors.len()], timeout).await?;
+    let mut leader = ConclaveClient::connect(&kill.endpoint, config).await?;
+    let mut next = ConclaveClient::connect(&survivors[election % survivors.len()], config).await?;
     leader.create(&name).await?;
     let state = leader.enter(&name, "a").await?;
     if state.leader != "a" {
@@ -387,7 +386,7 @@ async fn prepare_candidacy(config: &BenchConfig, kill: &NodeKill, survivors: &[S
     }
     next.enter(&name, NEXT_CANDIDATE).await?;
     let first = election * config.watchers + 1;
-    let watchers = Watchers::start_on(&name, config.watchers, timeout, |w| survivors[(first + w) % survivors.len()].clone()).await?;
+    let watchers = Watchers::start_on(&name, config.watchers, config, |w| survivors[(first + w) % survivors.len()].clone()).await?;
     Ok(Candidacy { name, _candidates: [leader, next], watchers })
 }
 

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use conclave_bench::config::BenchTls;
 use conclave_bench::{floor, BenchConfig, LoadMode, Target, Workload};
 
 #[derive(Parser)]
@@ -86,6 +87,16 @@ struct RunArgs {
     /// report gives per operation (from /proc/PID/stat).
     #[arg(long, value_delimiter = ',')]
     server_pids: Vec<i32>,
+    /// PEM CA certificate that the servers' certificates chain to; endpoints given without
+    /// a scheme are then `https://` (Conclave only).
+    #[arg(long, value_name = "FILE")]
+    cacert: Option<PathBuf>,
+    /// PEM client certificate, for servers started with `--client-cert-auth`.
+    #[arg(long, value_name = "FILE", requires = "key", requires = "cacert")]
+    cert: Option<PathBuf>,
+    /// PEM private key of `--cert`.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
     #[command(flatten)]
     kill: KillArgs,
 }
@@ -167,10 +178,15 @@ struct FloorArgs {
 }
 
 fn endpoint_url(endpoint: &str) -> String {
+    endpoint_url_with(endpoint, "http")
+}
+
+/// `endpoint` with `scheme` when it names none.
+fn endpoint_url_with(endpoint: &str, scheme: &str) -> String {
     if endpoint.contains("://") {
         endpoint.to_string()
     } else {
-        format!("http://{endpoint}")
+        format!("{scheme}://{endpoint}")
     }
 }
 
@@ -179,7 +195,12 @@ fn config_of(workload: Workload, args: RunArgs) -> Result<BenchConfig, String> {
         return Err("--duration is a number of seconds, at least 0".into());
     }
     let unix_secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let endpoints: Vec<String> = args.endpoints.iter().filter(|e| !e.is_empty()).map(|e| endpoint_url(e)).collect();
+    let scheme = if args.cacert.is_some() { "https" } else { "http" };
+    let endpoints: Vec<String> = args.endpoints.iter().filter(|e| !e.is_empty()).map(|e| endpoint_url_with(e, scheme)).collect();
+    let tls = match args.cacert {
+        Some(cacert) => Some(BenchTls::load(cacert, args.cert, args.key)?),
+        None => None,
+    };
     let target = match args.target {
         TargetArg::Conclave => Target::Conclave,
         TargetArg::Etcd => Target::Etcd,
@@ -205,6 +226,7 @@ fn config_of(workload: Workload, args: RunArgs) -> Result<BenchConfig, String> {
         json: args.json,
         kill: args.kill.node_kill(),
         server_pids: args.server_pids,
+        tls,
     };
     config.validate()?;
     Ok(config)

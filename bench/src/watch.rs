@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::conclave::{ConclaveClient, Term};
+use crate::config::BenchConfig;
 use crate::error::BenchError;
 use crate::schedule::Slot;
 use crate::subscribers::Subscribers;
@@ -22,8 +23,7 @@ impl Watchers {
     /// Starts `count` watchers of `name`, each on its own connection (spread over the
     /// endpoints from `first_caller` on), and waits for each one's first state.
     pub async fn start(ctx: &RunContext, name: &str, count: usize, first_caller: usize) -> Result<Watchers, BenchError> {
-        Watchers::start_on(name, count, ctx.config.request_timeout, |watcher| ctx.config.endpoint_of(first_caller + watcher).to_string())
-            .await
+        Watchers::start_on(name, count, &ctx.config, |watcher| ctx.config.endpoint_of(first_caller + watcher).to_string()).await
     }
 
     /// Starts `count` watchers of `name`, watcher `w` connected to `endpoint_of(w)`, and
@@ -31,12 +31,12 @@ impl Watchers {
     pub async fn start_on(
         name: &str,
         count: usize,
-        timeout: Duration,
+        config: &BenchConfig,
         endpoint_of: impl Fn(usize) -> String,
     ) -> Result<Watchers, BenchError> {
         let mut subscribers = Subscribers::new("watchers");
         for watcher in 0..count {
-            let mut client = ConclaveClient::connect(&endpoint_of(watcher), timeout).await?;
+            let mut client = ConclaveClient::connect(&endpoint_of(watcher), config).await?;
             let mut stream = client.watch(name).await?;
             subscribers.spawn(|feed| async move {
                 let _connection = client;
@@ -48,7 +48,10 @@ impl Watchers {
             });
         }
         let mut watchers = Watchers { subscribers };
-        watchers.wait_for(|_| true, timeout).await.map_err(|e| BenchError::Setup(format!("first watch state of {name}: {e}")))?;
+        watchers
+            .wait_for(|_| true, config.request_timeout)
+            .await
+            .map_err(|e| BenchError::Setup(format!("first watch state of {name}: {e}")))?;
         Ok(watchers)
     }
 
@@ -77,8 +80,8 @@ fn record_notifications(ctx: &RunContext, op: &'static str, from: Instant, seen:
 
 /// Two candidates of one election on their own connections, the first one leading.
 async fn two_candidates(ctx: &RunContext, name: &str, first_caller: usize) -> Result<[ConclaveClient; 2], BenchError> {
-    let mut first = ConclaveClient::connect(ctx.config.endpoint_of(first_caller), ctx.config.request_timeout).await?;
-    let mut second = ConclaveClient::connect(ctx.config.endpoint_of(first_caller + 1), ctx.config.request_timeout).await?;
+    let mut first = ConclaveClient::connect(ctx.config.endpoint_of(first_caller), &ctx.config).await?;
+    let mut second = ConclaveClient::connect(ctx.config.endpoint_of(first_caller + 1), &ctx.config).await?;
     let state = first.enter(name, "a").await?;
     if state.leader != "a" {
         return Err(BenchError::Setup(format!("election {name} already has leader {:?}: use a fresh --name-prefix", state.leader)));
@@ -151,7 +154,7 @@ pub async fn failover_driver(ctx: Arc<RunContext>, prepared: WatchedElection) ->
         }
         // The cut candidate comes back on a new connection, last in line.
         reconnects += 1;
-        let mut rejoined = ConclaveClient::connect(ctx.config.endpoint_of(election * per_election + reconnects), timeout).await?;
+        let mut rejoined = ConclaveClient::connect(ctx.config.endpoint_of(election * per_election + reconnects), &ctx.config).await?;
         let again = leader.1;
         let sent = Instant::now();
         let result = rejoined.enter(name, again).await;

@@ -159,6 +159,22 @@ pub struct ServeArgs {
     /// partition all the time [default: true].
     #[arg(long, value_name = "BOOL")]
     pub quiesce: Option<bool>,
+    /// PEM certificate (chain) of the client and admin listeners: they speak TLS (ALPN
+    /// `h2`) when set. Re-read on SIGHUP and when it changes on disk.
+    #[arg(long, value_name = "FILE")]
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `--cert-file`.
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificate(s) that client certificates must chain to. Once set, the admin
+    /// listener requires a client certificate; the client listener too with
+    /// `--client-cert-auth`.
+    #[arg(long, value_name = "FILE")]
+    pub trusted_ca_file: Option<PathBuf>,
+    /// Require and verify a client certificate (chaining to `--trusted-ca-file`) on the
+    /// client listener [default: false].
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    pub client_cert_auth: Option<bool>,
 }
 
 /// The validated configuration of one node.
@@ -192,6 +208,45 @@ pub struct Config {
     pub log_dsync: bool,
     /// Idle groups go quiet (`--quiesce`).
     pub quiesce: bool,
+    /// TLS of the client and admin listeners (`None`: plaintext).
+    pub edge_tls: Option<EdgeTlsFiles>,
+}
+
+/// The files of the client and admin listeners' TLS (`--cert-file`, `--key-file`,
+/// `--trusted-ca-file`, `--client-cert-auth`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EdgeTlsFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// CA of client certificates; when set, the admin listener requires them.
+    pub trusted_ca_file: Option<PathBuf>,
+    /// The client listener requires client certificates too.
+    pub client_cert_auth: bool,
+}
+
+/// Checks the edge TLS flags together: a key needs a certificate and the other way round,
+/// client certificates need a CA, a CA needs a server certificate.
+fn resolve_edge_tls(args: &ServeArgs) -> Result<Option<EdgeTlsFiles>, ConfigError> {
+    let client_cert_auth = args.client_cert_auth.unwrap_or(false);
+    match (&args.cert_file, &args.key_file) {
+        (Some(cert_file), Some(key_file)) => {
+            if client_cert_auth && args.trusted_ca_file.is_none() {
+                return err("--client-cert-auth needs --trusted-ca-file (the CA that client certificates must chain to)");
+            }
+            Ok(Some(EdgeTlsFiles {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+                trusted_ca_file: args.trusted_ca_file.clone(),
+                client_cert_auth,
+            }))
+        }
+        (Some(_), None) => err("--cert-file needs --key-file"),
+        (None, Some(_)) => err("--key-file needs --cert-file"),
+        (None, None) if args.trusted_ca_file.is_some() || client_cert_auth => {
+            err("--trusted-ca-file and --client-cert-auth need --cert-file and --key-file (the listeners' own certificate)")
+        }
+        (None, None) => Ok(None),
+    }
 }
 
 /// A configuration that cannot be used, with the key that carried the bad value.
@@ -268,6 +323,10 @@ impl ServeArgs {
             compaction_tail: self.compaction_tail.or(file.compaction_tail),
             log_sync: self.log_sync.or(file.log_sync),
             quiesce: self.quiesce.or(file.quiesce),
+            cert_file: self.cert_file.or(file.cert_file),
+            key_file: self.key_file.or(file.key_file),
+            trusted_ca_file: self.trusted_ca_file.or(file.trusted_ca_file),
+            client_cert_auth: self.client_cert_auth.or(file.client_cert_auth),
         }
     }
 }
@@ -380,6 +439,7 @@ impl Config {
             "dsync" => true,
             other => return err(format!("--log-sync {other}: expected fdatasync or dsync")),
         };
+        let edge_tls = resolve_edge_tls(&args)?;
         Ok(Config {
             data_dir: args.data_dir.unwrap_or_else(|| PathBuf::from("data")),
             listen,
@@ -401,6 +461,7 @@ impl Config {
             spin_before_park: Duration::from_micros(spin_us),
             log_dsync,
             quiesce: args.quiesce.unwrap_or(true),
+            edge_tls,
             cluster_id,
             rebalance: Duration::from_millis(args.rebalance_ms.unwrap_or(DEFAULT_REBALANCE_MS)),
         })
@@ -480,6 +541,32 @@ mod tests {
             let e = resolve(args).unwrap_err();
             assert!(e.0.contains(needle), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn edge_tls_flags_are_checked_together() {
+        assert_eq!(resolve(&[]).unwrap().edge_tls, None);
+        let c = resolve(&["--cert-file", "c.pem", "--key-file", "k.pem", "--trusted-ca-file", "ca.pem", "--client-cert-auth"]).unwrap();
+        let tls = c.edge_tls.expect("TLS configured");
+        assert_eq!((tls.cert_file, tls.key_file), (PathBuf::from("c.pem"), PathBuf::from("k.pem")));
+        assert_eq!((tls.trusted_ca_file, tls.client_cert_auth), (Some(PathBuf::from("ca.pem")), true));
+        let c = resolve(&["--cert-file", "c.pem", "--key-file", "k.pem"]).unwrap();
+        assert_eq!(c.edge_tls.map(|t| (t.trusted_ca_file, t.client_cert_auth)), Some((None, false)));
+        let e = resolve(&["--cert-file", "c.pem", "--key-file", "k.pem", "--client-cert-auth"]).unwrap_err();
+        assert!(e.0.contains("--trusted-ca-file"), "{e}");
+        let e = resolve(&["--trusted-ca-file", "ca.pem"]).unwrap_err();
+        assert!(e.0.contains("--cert-file"), "{e}");
+    }
+
+    #[test]
+    fn edge_tls_keys_come_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("conclave.toml");
+        std::fs::write(&path, "cert-file = \"c.pem\"\nkey-file = \"k.pem\"\ntrusted-ca-file = \"ca.pem\"\nclient-cert-auth = true\n")
+            .unwrap();
+        let tls = resolve(&["--config", path.to_str().unwrap()]).unwrap().edge_tls.expect("TLS configured");
+        assert!(tls.client_cert_auth);
+        assert_eq!(tls.trusted_ca_file, Some(PathBuf::from("ca.pem")));
     }
 
     #[test]

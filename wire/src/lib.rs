@@ -50,6 +50,7 @@ pub mod listener;
 pub mod peer;
 pub mod peers;
 pub mod queue;
+pub mod tls;
 
 pub use backoff::{Backoff, BackoffConfig};
 pub use codec::{encode_frame, framed_len, Frame, FrameBuilder, FrameDecoder, Messages, PushError, ReadError};

@@ -14,12 +14,13 @@ mod output;
 mod rpc;
 mod signals;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
 pub use election::Operation;
-pub use endpoints::Endpoints;
+pub use endpoints::{Endpoints, TlsFiles};
 pub use error::CliError;
 pub use output::Printer;
 
@@ -80,6 +81,17 @@ pub struct Connection {
     /// Deadline of each call, in milliseconds.
     #[arg(long, value_name = "MS", default_value_t = 5_000)]
     pub timeout_ms: u64,
+    /// PEM CA certificate that the servers' certificates must chain to; the endpoints are
+    /// then spoken to over TLS (as `https://` endpoints are).
+    #[arg(long, value_name = "FILE")]
+    pub cacert: Option<PathBuf>,
+    /// PEM client certificate presented to servers that require one (`--client-cert-auth`,
+    /// and the admin API once the server has `--trusted-ca-file`).
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// PEM private key of `--cert`.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -122,7 +134,8 @@ pub struct LeaveArgs {
 
 impl Connection {
     fn endpoints(&self, default: &str) -> Result<Endpoints, CliError> {
-        Endpoints::parse(&self.endpoints, default, Duration::from_millis(self.timeout_ms.max(1)))
+        let tls = TlsFiles { cacert: self.cacert.clone(), cert: self.cert.clone(), key: self.key.clone() };
+        Endpoints::parse(&self.endpoints, default, Duration::from_millis(self.timeout_ms.max(1)))?.with_tls(&tls)
     }
 
     fn printer(&self) -> Printer {

@@ -1,5 +1,6 @@
-//! One client connection: the HTTP/2 handshake, accepting request streams and spawning a
-//! task per call, keepalive pings and idle timeouts on glommio timers, and graceful
+//! One client connection: the TLS handshake on TLS listeners (see [`super::tls`]), the
+//! HTTP/2 handshake (both within `handshake_timeout`), accepting request streams and
+//! spawning a task per call, keepalive pings and idle timeouts on glommio timers, and graceful
 //! shutdown (GOAWAY, then a bounded wait for in-flight calls).
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
@@ -36,9 +37,32 @@ pub(crate) async fn serve_connection(server: Rc<ServerShared>, stream: TcpStream
     if let Some(observer) = &server.observer {
         observer.connection_opened(&info);
     }
-    match handshake(&server, stream).await {
-        Some(connection) => drive(&server, connection, &info).await,
-        None => tracing::debug!(connection = id, "HTTP/2 handshake did not complete"),
+    let mut timer = Timer::new(server.config.handshake_timeout);
+    let tls = server.tls.borrow().clone();
+    let io = match tls {
+        None => Some(GlommioIo::new(stream)),
+        Some(tls) => match bounded(&server, &mut timer, super::tls::accept(&tls, stream, info.peer_addr(), id)).await {
+            Bounded::Done(accepted) => accepted.map(GlommioIo::tls),
+            Bounded::TimedOut => {
+                tracing::warn!(
+                    listener = tls.listener,
+                    peer = ?info.peer_addr(),
+                    connection = id,
+                    "refusing a connection: its TLS handshake did not complete within {:?}",
+                    server.config.handshake_timeout
+                );
+                None
+            }
+            Bounded::ShuttingDown => None,
+        },
+    };
+    if let Some(io) = io {
+        let handshake = h2_builder(&server.config).handshake::<_, Bytes>(io);
+        match bounded(&server, &mut timer, handshake).await {
+            Bounded::Done(Ok(connection)) => drive(&server, connection, &info).await,
+            Bounded::Done(Err(error)) => tracing::debug!(connection = id, %error, "HTTP/2 handshake failed"),
+            Bounded::TimedOut | Bounded::ShuttingDown => tracing::debug!(connection = id, "HTTP/2 handshake did not complete"),
+        }
     }
     info.mark_closed();
     if let Some(observer) = &server.observer {
@@ -60,17 +84,26 @@ fn h2_builder(config: &ServerConfig) -> h2::server::Builder {
     builder
 }
 
-async fn handshake(server: &ServerShared, stream: TcpStream) -> Option<H2Connection> {
-    let handshake = h2_builder(&server.config).handshake::<_, Bytes>(GlommioIo::new(stream));
-    let mut handshake = std::pin::pin!(handshake);
-    let mut timer = Timer::new(server.config.handshake_timeout);
+/// How a handshake step bounded by the handshake timer ended.
+enum Bounded<T> {
+    Done(T),
+    TimedOut,
+    ShuttingDown,
+}
+
+/// Runs `step` until it completes, `timer` fires or the server shuts down.
+async fn bounded<T>(server: &ServerShared, timer: &mut Timer, step: impl Future<Output = T>) -> Bounded<T> {
+    let mut step = std::pin::pin!(step);
     let mut shutdown = server.shutdown.fired();
     poll_fn(|cx| {
-        if let Poll::Ready(result) = handshake.as_mut().poll(cx) {
-            return Poll::Ready(result.map_err(|error| tracing::debug!(%error, "handshake failed")).ok());
+        if let Poll::Ready(result) = step.as_mut().poll(cx) {
+            return Poll::Ready(Bounded::Done(result));
         }
-        if Pin::new(&mut timer).poll(cx).is_ready() || shutdown.poll_fired(cx).is_ready() {
-            return Poll::Ready(None);
+        if Pin::new(&mut *timer).poll(cx).is_ready() {
+            return Poll::Ready(Bounded::TimedOut);
+        }
+        if shutdown.poll_fired(cx).is_ready() {
+            return Poll::Ready(Bounded::ShuttingDown);
         }
         Poll::Pending
     })

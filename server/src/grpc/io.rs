@@ -1,22 +1,41 @@
 //! Adapter that lets `h2` (written against tokio's I/O traits) drive a glommio TCP stream,
-//! with no tokio runtime involved.
+//! plain or inside a TLS session (futures-rustls), with no tokio runtime involved.
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures_lite::io::{AsyncRead as _, AsyncWrite as _};
+use conclave_wire::tls::futures_rustls::server::TlsStream;
+use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
-/// A glommio `TcpStream` seen through `tokio::io::{AsyncRead, AsyncWrite}`.
+/// A glommio `TcpStream`, or a TLS session on one, seen through
+/// `tokio::io::{AsyncRead, AsyncWrite}`.
 #[derive(Debug)]
 pub struct GlommioIo {
-    stream: TcpStream,
+    transport: Transport,
+}
+
+#[derive(Debug)]
+enum Transport {
+    Plain(TcpStream),
+    // Boxed: a TLS session's buffers are large next to a bare stream.
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
 impl GlommioIo {
-    /// Wraps `stream`.
+    /// Wraps a plaintext `stream`.
     pub fn new(stream: TcpStream) -> GlommioIo {
-        GlommioIo { stream }
+        GlommioIo { transport: Transport::Plain(stream) }
+    }
+
+    /// Wraps a TLS session whose handshake has completed.
+    pub fn tls(stream: TlsStream<TcpStream>) -> GlommioIo {
+        GlommioIo { transport: Transport::Tls(Box::new(stream)) }
+    }
+
+    /// Whether the connection is a TLS session.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.transport, Transport::Tls(_))
     }
 }
 
@@ -29,10 +48,41 @@ fn not_connected_is_end<T>(result: io::Result<T>, end: T) -> io::Result<T> {
     }
 }
 
+impl Transport {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Transport::Plain(stream) => Pin::new(stream).poll_read(cx, buf),
+            Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+        }
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self {
+            Transport::Plain(stream) => Pin::new(stream).poll_write(cx, buf),
+            Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Transport::Plain(stream) => Pin::new(stream).poll_flush(cx),
+            Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(cx),
+        }
+    }
+
+    /// For TLS: sends close_notify, then closes the stream.
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Transport::Plain(stream) => Pin::new(stream).poll_close(cx),
+            Transport::Tls(stream) => Pin::new(stream.as_mut()).poll_close(cx),
+        }
+    }
+}
+
 impl tokio::io::AsyncRead for GlommioIo {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<io::Result<()>> {
         let unfilled = buf.initialize_unfilled();
-        match Pin::new(&mut self.stream).poll_read(cx, unfilled) {
+        match self.transport.poll_read(cx, unfilled) {
             Poll::Ready(result) => {
                 let read = not_connected_is_end(result, 0)?;
                 buf.advance(read);
@@ -45,14 +95,14 @@ impl tokio::io::AsyncRead for GlommioIo {
 
 impl tokio::io::AsyncWrite for GlommioIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        self.transport.poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx).map(|result| not_connected_is_end(result, ()))
+        self.transport.poll_flush(cx).map(|result| not_connected_is_end(result, ()))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_close(cx).map(|result| not_connected_is_end(result, ()))
+        self.transport.poll_close(cx).map(|result| not_connected_is_end(result, ()))
     }
 }

@@ -2,7 +2,8 @@
 //! runtime. It owns framing, status trailers, deadlines, routing of
 //! `/package.Service/Method` paths to handlers, server and bidirectional streaming with
 //! bounded queues and coalesced DATA frames, keepalive and idle timeouts, connection
-//! observers, graceful shutdown, and the standard health and server reflection services.
+//! observers, graceful shutdown, TLS and mutual TLS (futures-rustls on the glommio stream,
+//! ALPN `h2`), and the standard health and server reflection services.
 //!
 //! Everything is shard-local (`Rc`, `!Send` futures): each shard builds a [`Router`],
 //! wraps it in a [`GrpcServer`] and either serves a listener or connections handed to it.
@@ -30,6 +31,7 @@ mod server;
 mod signal;
 mod status;
 mod stream;
+mod tls;
 
 pub use health::{HealthService, CHECK_PATH as HEALTH_CHECK_PATH, WATCH_PATH as HEALTH_WATCH_PATH};
 pub use io::GlommioIo;
@@ -40,6 +42,7 @@ pub use server::{CallObserver, ConnectionObserver, GrpcServer, ServerConfig};
 pub use signal::{Fired, Signal};
 pub use status::{Code, Status};
 pub use stream::{OverflowPolicy, SendError, StreamLimits, StreamSink};
+pub use tls::ListenerTls;
 
 /// The health statuses of `grpc.health.v1`.
 pub use conclave_proto::grpc::health::v1::health_check_response::ServingStatus;

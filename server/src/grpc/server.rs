@@ -12,6 +12,7 @@ use super::connection;
 use super::router::{ConnectionInfo, Router};
 use super::signal::Signal;
 use super::status::Code;
+use super::tls::ListenerTls;
 
 /// Knobs of the gRPC edge; see tuning.md, section "gRPC edge", for guidance.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,6 +135,8 @@ pub(crate) struct ServerShared {
     pub config: Rc<ServerConfig>,
     pub observer: Option<Rc<dyn ConnectionObserver>>,
     pub call_observer: RefCell<Option<Rc<dyn CallObserver>>>,
+    /// TLS of the connections served from now on (`None`: plaintext).
+    pub tls: RefCell<Option<ListenerTls>>,
     pub shutdown: Signal,
     open_connections: Cell<usize>,
     drained: Signal,
@@ -192,6 +195,7 @@ impl GrpcServer {
                 config: Rc::new(config),
                 observer,
                 call_observer: RefCell::new(None),
+                tls: RefCell::new(None),
                 shutdown: Signal::new(),
                 open_connections: Cell::new(0),
                 drained: Signal::new(),
@@ -202,6 +206,12 @@ impl GrpcServer {
     /// Reports every routed call of connections opened from now on to `observer`.
     pub fn set_call_observer(&self, observer: Rc<dyn CallObserver>) {
         *self.shared.call_observer.borrow_mut() = Some(observer);
+    }
+
+    /// Serves connections accepted from now on over TLS (a handshake with the current
+    /// configuration of `tls`, within `handshake_timeout`, before HTTP/2).
+    pub fn set_tls(&self, tls: ListenerTls) {
+        *self.shared.tls.borrow_mut() = Some(tls);
     }
 
     /// Accepts connections on `listener` (which this call owns and closes) until

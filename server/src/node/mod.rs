@@ -12,6 +12,7 @@
 
 mod control;
 mod dispatch;
+mod edge_tls;
 mod groups;
 mod observe;
 mod peer_rtt;
@@ -61,6 +62,10 @@ pub fn run(config: Config) -> Result<(), String> {
         }
     }
 
+    let edge_tls = match &config.edge_tls {
+        Some(files) => Some(edge_tls::EdgeTls::start(files)?),
+        None => None,
+    };
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop))
@@ -79,7 +84,12 @@ pub fn run(config: Config) -> Result<(), String> {
         config.partitions,
         config.data_dir.display()
     );
-    println!("conclave: clients on {}, admin on {}", config.listen, config.admin_listen);
+    match &config.edge_tls {
+        Some(files) => {
+            println!("conclave: clients on {}, admin on {} ({})", config.listen, config.admin_listen, edge_tls::EdgeTls::describe(files))
+        }
+        None => println!("conclave: clients on {}, admin on {}", config.listen, config.admin_listen),
+    }
     if let Some(metrics) = config.metrics_listen {
         println!("conclave: metrics and probes on http://{metrics}/metrics, /livez, /readyz");
     }
@@ -92,6 +102,7 @@ pub fn run(config: Config) -> Result<(), String> {
             mesh: mesh.clone(),
             listeners: if index == 0 { listeners.take() } else { None },
             metrics_listener: if index == 0 { metrics_listener.take() } else { None },
+            edge_tls: edge_tls.clone(),
             stop: Arc::clone(&stop),
         };
         let handle = LocalExecutorBuilder::new(placement)

@@ -30,6 +30,7 @@ use crate::service::{ClientApi, ClientSessions, DriverApi, SessionObserver};
 
 use super::control::{NodeControlRouter, NodeEvents};
 use super::dispatch::{Dispatch, MeshMessage, NodeEvent};
+use super::edge_tls::EdgeTls;
 use super::groups::{self, GroupControl};
 use super::observe::{self, ShardSources};
 use super::peers::PeerNet;
@@ -46,6 +47,8 @@ pub struct ShardContext {
     pub listeners: Option<(ExclusiveListener, ExclusiveListener)>,
     /// The metrics and probes listener, given to shard 0 only (when configured).
     pub metrics_listener: Option<ExclusiveListener>,
+    /// TLS of the client and admin listeners (`None`: plaintext).
+    pub edge_tls: Option<EdgeTls>,
     pub stop: Arc<AtomicBool>,
 }
 
@@ -66,7 +69,7 @@ const SERVICES: [&str; 5] = [
 ];
 
 pub async fn run(ctx: ShardContext) -> Result<(), String> {
-    let result = serve(ctx.config.clone(), ctx.mesh, ctx.listeners, ctx.metrics_listener, Arc::clone(&ctx.stop)).await;
+    let result = serve(ctx.config.clone(), ctx.mesh, ctx.listeners, ctx.metrics_listener, ctx.edge_tls, Arc::clone(&ctx.stop)).await;
     // One shard failing stops the node: the others see the flag and stop cleanly.
     ctx.stop.store(true, Ordering::SeqCst);
     result
@@ -77,6 +80,7 @@ async fn serve(
     mesh: MeshBuilder<MeshMessage, Full>,
     listeners: Option<(ExclusiveListener, ExclusiveListener)>,
     metrics_listener: Option<ExclusiveListener>,
+    edge_tls: Option<EdgeTls>,
     stop: Arc<AtomicBool>,
 ) -> Result<(), String> {
     let (senders, receivers) = mesh.join().await.map_err(|e| format!("cannot join the shard mesh: {e}"))?;
@@ -233,6 +237,9 @@ async fn serve(
     let server = GrpcServer::with_observer(router, ServerConfig::default(), Some(Rc::new(SessionObserver(Rc::clone(&sessions)))));
     let call_observer = Rc::new(ShardCallObserver(Rc::clone(&dispatch.counters)));
     server.set_call_observer(call_observer.clone());
+    if let Some(tls) = &edge_tls {
+        server.set_tls(tls.client.clone());
+    }
     dispatch.set_metrics_source(
         ShardSources {
             shard,
@@ -283,6 +290,9 @@ async fn serve(
         ReflectionService::register(&mut admin_router)?;
         let admin_server = GrpcServer::new(admin_router, ServerConfig::default());
         admin_server.set_call_observer(call_observer);
+        if let Some(tls) = &edge_tls {
+            admin_server.set_tls(tls.admin.clone());
+        }
         if let Some(metrics) = metrics_listener {
             let handler = observe::handler(Rc::clone(&dispatch), node_id, partitions);
             glommio::spawn_local(crate::metrics::http::serve(metrics.into_glommio(), handler)).detach();

@@ -1,13 +1,16 @@
 """An election scenario against a running `conclave serve`, through Python grpcio: the
 proof that a standard, non-Rust gRPC client works unchanged.
 
-Usage: election_scenario.py HOST:PORT
+Usage: election_scenario.py HOST:PORT [--cacert CA.pem [--cert CLIENT.pem --key CLIENT.key]]
+With --cacert the channels are TLS (the server's certificate must chain to CA.pem); with
+--cert/--key too they present a client certificate (mutual TLS).
 Generates the client stubs from proto/ into a temporary directory (grpc_tools.protoc),
 then: creates an election, two clients (two channels = two connections = two sessions)
 enter, a watcher sees every change in order, the leader's client disconnects and the
 watcher sees the next leader with a higher term, errors carry the documented codes.
 Prints '<n> passed, 0 failed' on success and exits non-zero on the first failure.
 """
+import argparse
 import os
 import sys
 import tempfile
@@ -54,8 +57,34 @@ def check(cond, what):
     checks += 1
 
 
+def channel_factory(args):
+    """A function making a new channel to the target: plaintext, TLS or mutual TLS."""
+    # A local subchannel pool per channel: each client gets its own TCP connection, so its
+    # own session (grpcio otherwise shares one connection between channels to one target).
+    own_connection = [("grpc.use_local_subchannel_pool", 1)]
+    if args.cacert is None:
+        return lambda: grpc.insecure_channel(args.target, options=own_connection)
+
+    def read(path):
+        with open(path, "rb") as f:
+            return f.read()
+
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=read(args.cacert),
+        private_key=read(args.key) if args.key else None,
+        certificate_chain=read(args.cert) if args.cert else None,
+    )
+    return lambda: grpc.secure_channel(args.target, credentials, options=own_connection)
+
+
 def main():
-    target = sys.argv[1]
+    parser = argparse.ArgumentParser()
+    parser.add_argument("target")
+    parser.add_argument("--cacert")
+    parser.add_argument("--cert")
+    parser.add_argument("--key")
+    args = parser.parse_args()
+    new_channel = channel_factory(args)
     generate_stubs()
     from atomix.runtime.v1 import primitive_pb2
     from atomix.runtime.election.v1 import election_pb2 as pb
@@ -64,12 +93,9 @@ def main():
 
     name = "py-election"
     eid = primitive_pb2.PrimitiveID(name=name)
-    # A local subchannel pool per channel: each client gets its own TCP connection, so its
-    # own session (grpcio otherwise shares one connection between channels to one target).
-    own_connection = [("grpc.use_local_subchannel_pool", 1)]
-    alice_ch = grpc.insecure_channel(target, options=own_connection)
-    bob_ch = grpc.insecure_channel(target, options=own_connection)
-    watch_ch = grpc.insecure_channel(target, options=own_connection)
+    alice_ch = new_channel()
+    bob_ch = new_channel()
+    watch_ch = new_channel()
     alice = rpc.LeaderElectionStub(alice_ch)
     bob = rpc.LeaderElectionStub(bob_ch)
     admin = rpc.LeaderElectionsStub(alice_ch)

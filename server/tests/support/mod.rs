@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 pub mod cluster;
 pub mod python;
@@ -110,6 +110,8 @@ pub struct Node {
     pub ports: Ports,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// TLS towards the client listener (a server started with `--cert-file`).
+    pub client_tls: Option<ClientTlsConfig>,
 }
 
 /// The arguments of `conclave serve` for these options, ports and data directory.
@@ -194,6 +196,15 @@ impl Node {
         node
     }
 
+    /// Like [`Node::start_with_args`] for a server whose client listener speaks TLS: it is
+    /// reached (readiness included) with `client_tls`.
+    pub async fn start_tls(dir: &mut TestDir, ports: Ports, args: Vec<String>, client_tls: ClientTlsConfig) -> Node {
+        let mut node = Node::spawn(dir, ports, args);
+        node.client_tls = Some(client_tls);
+        node.ready().await.unwrap_or_else(|output| panic!("{output}"));
+        node
+    }
+
     fn spawn(dir: &mut TestDir, ports: Ports, args: Vec<String>) -> Node {
         let data_dir = dir.data_dir();
         let log = dir.next_log();
@@ -210,7 +221,7 @@ impl Node {
             .stderr(err)
             .spawn()
             .expect("spawn conclave");
-        Node { child: Some(child), ports, data_dir, log }
+        Node { child: Some(child), ports, data_dir, log, client_tls: None }
     }
 
     /// The server's process id.
@@ -219,7 +230,17 @@ impl Node {
     }
 
     pub fn url(&self) -> String {
-        format!("http://{}", self.ports.listen)
+        let scheme = if self.client_tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.ports.listen)
+    }
+
+    /// The client listener's endpoint, with the node's client TLS when it has one.
+    fn endpoint(&self) -> Endpoint {
+        let endpoint = Endpoint::from_shared(self.url()).expect("url");
+        match &self.client_tls {
+            Some(tls) => endpoint.tls_config(tls.clone()).expect("client TLS configuration"),
+            None => endpoint,
+        }
     }
 
     /// Everything the server printed so far.
@@ -249,7 +270,7 @@ impl Node {
 
     /// Whether health `Check("")` answers SERVING now.
     pub async fn is_serving(&self) -> bool {
-        let Ok(channel) = Endpoint::from_shared(self.url()).expect("url").connect_timeout(Duration::from_secs(1)).connect().await else {
+        let Ok(channel) = self.endpoint().connect_timeout(Duration::from_secs(1)).connect().await else {
             return false;
         };
         let mut health = HealthClient::new(channel);
@@ -260,8 +281,7 @@ impl Node {
 
     /// A new client connection (its own TCP connection, so its own sessions).
     pub async fn connect(&self) -> Channel {
-        Endpoint::from_shared(self.url())
-            .expect("url")
+        self.endpoint()
             .connect_timeout(Duration::from_secs(5))
             .connect()
             .await
