@@ -851,7 +851,9 @@ fn a_lagging_follower_catches_up_through_a_snapshot_and_keeps_it_across_a_restar
         // `other` applied it: wait for its snapshots).
         for node in [leader, other] {
             let compacted_past = |events: &[ShardEvent]| {
-                events.iter().any(|e| matches!(e, ShardEvent::SnapshotCompacted { .. }))
+                let snapshots = events.iter().filter(|e| matches!(e, ShardEvent::SnapshotCreated { .. })).count();
+                snapshots >= 3
+                    && events.iter().any(|e| matches!(e, ShardEvent::SnapshotCompacted { .. }))
                     && events.iter().any(|e| matches!(e, ShardEvent::LogCompacted { index } if *index > early.index + 10))
             };
             eventually("the connected nodes compacted", Duration::from_secs(20), || compacted_past(&c.events_since(cut_at, node))).await;
