@@ -185,18 +185,22 @@ async fn accept_loop<M: Message + Default + 'static, T: 'static>(
                 continue;
             }
         };
-        let mut registry = connections.borrow_mut();
-        registry.prune();
-        let id = registry.next_id;
-        registry.next_id += 1;
+        let id = {
+            let mut registry = connections.borrow_mut();
+            registry.prune();
+            registry.next_id += 1;
+            registry.next_id - 1
+        };
         let task = serve_connection(stream, config.clone(), inbound.clone());
         let on_exit = connections.clone();
+        // glommio may run a new task at once, inside `spawn_local`, to its end (a refusal
+        // decided without waiting): no borrow of the registry may be held across the spawn.
         let handle = glommio::spawn_local(async move {
             task.await;
             on_exit.borrow_mut().finished.push(id);
         })
         .detach();
-        registry.running.insert(id, handle);
+        connections.borrow_mut().running.insert(id, handle);
     }
 }
 

@@ -309,3 +309,36 @@ fn rotated_certificates_apply_to_new_connections_without_a_restart() {
         assert_eq!(node1.dialer.generation(), 2, "the dialer re-read its files");
     });
 }
+
+#[test]
+fn connections_refused_before_the_listener_first_polls_them_are_cleaned_up() {
+    // Bytes already waiting when the listener accepts let it refuse the connection without
+    // ever waiting (glommio may run such a task to its end inside spawn).
+    let root = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("peer CA");
+    let listener_tls = NodeFiles::new(root.path(), "n2", &ca, &ca.issue(&["127.0.0.1"])).load();
+    run_shard(LIMIT, async move {
+        let mut config = ListenerConfig::new(identity(CLUSTER, 2, 0));
+        config.tls = Some(ListenerTls { config: listener_tls.acceptor.clone(), expected_host: expected_hosts() });
+        let listener = PeerListener::bind("127.0.0.1:0".parse().unwrap(), config).expect("bind");
+        let address = listener.local_addr().expect("address");
+        let mut early: Vec<std::net::TcpStream> = (0..4)
+            .map(|_| {
+                let mut stream = std::net::TcpStream::connect(address).expect("connect");
+                stream.write_all(b"CNCW plaintext before the listener serves").expect("write");
+                stream
+            })
+            .collect();
+        let (tx, _rx) = local_channel::new_bounded::<Inbound<RaftMessage>>(4);
+        let serving = listener.spawn(tx);
+        wait_until(LIMIT, "the early connections to be refused", || serving.open_connections() == 0).await;
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        assert_eq!(serving.open_connections(), 0);
+        for stream in &mut early {
+            stream.set_read_timeout(Some(LIMIT)).unwrap();
+            let mut rest = Vec::new();
+            let read = std::io::Read::read_to_end(stream, &mut rest);
+            assert!(matches!(read, Ok(0)) || read.is_err(), "connection left open: {read:?}");
+        }
+    });
+}
