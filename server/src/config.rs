@@ -159,6 +159,17 @@ pub struct ServeArgs {
     /// partition all the time [default: true].
     #[arg(long, value_name = "BOOL")]
     pub quiesce: Option<bool>,
+    /// Peer TLS: the PEM certificate chain this node presents to its peers. Peer TLS is
+    /// mutual and all-or-nothing: set it with --peer-key-file and --peer-trusted-ca-file.
+    /// The certificate must name (SAN IP or DNS) this node's --peers address.
+    #[arg(long, value_name = "FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Peer TLS: the PEM private key of --peer-cert-file.
+    #[arg(long, value_name = "FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// Peer TLS: the PEM CA bundle that every peer's certificate must chain to.
+    #[arg(long, value_name = "FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
 }
 
 /// The validated configuration of one node.
@@ -192,6 +203,39 @@ pub struct Config {
     pub log_dsync: bool,
     /// Idle groups go quiet (`--quiesce`).
     pub quiesce: bool,
+    /// Mutual TLS between peers (`--peer-cert-file` and friends; `None`: plaintext).
+    pub peer_tls: Option<PeerTlsFiles>,
+}
+
+/// The files of peer TLS (all three are needed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerTlsFiles {
+    /// This node's certificate chain (`--peer-cert-file`).
+    pub cert: PathBuf,
+    /// Its private key (`--peer-key-file`).
+    pub key: PathBuf,
+    /// The peer CA bundle (`--peer-trusted-ca-file`).
+    pub trusted_ca: PathBuf,
+}
+
+/// Peer TLS from its three flags: all set, or none.
+fn peer_tls_files(args: &ServeArgs) -> Result<Option<PeerTlsFiles>, ConfigError> {
+    let flags = [
+        ("--peer-cert-file", &args.peer_cert_file),
+        ("--peer-key-file", &args.peer_key_file),
+        ("--peer-trusted-ca-file", &args.peer_trusted_ca_file),
+    ];
+    match (&args.peer_cert_file, &args.peer_key_file, &args.peer_trusted_ca_file) {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(PeerTlsFiles { cert: cert.clone(), key: key.clone(), trusted_ca: ca.clone() })),
+        _ => {
+            let missing: Vec<&str> = flags.iter().filter(|(_, value)| value.is_none()).map(|(flag, _)| *flag).collect();
+            err(format!(
+                "peer TLS is mutual and needs all of --peer-cert-file, --peer-key-file and --peer-trusted-ca-file; missing: {}",
+                missing.join(", ")
+            ))
+        }
+    }
 }
 
 /// A configuration that cannot be used, with the key that carried the bad value.
@@ -268,6 +312,9 @@ impl ServeArgs {
             compaction_tail: self.compaction_tail.or(file.compaction_tail),
             log_sync: self.log_sync.or(file.log_sync),
             quiesce: self.quiesce.or(file.quiesce),
+            peer_cert_file: self.peer_cert_file.or(file.peer_cert_file),
+            peer_key_file: self.peer_key_file.or(file.peer_key_file),
+            peer_trusted_ca_file: self.peer_trusted_ca_file.or(file.peer_trusted_ca_file),
         }
     }
 }
@@ -380,7 +427,9 @@ impl Config {
             "dsync" => true,
             other => return err(format!("--log-sync {other}: expected fdatasync or dsync")),
         };
+        let peer_tls = peer_tls_files(&args)?;
         Ok(Config {
+            peer_tls,
             data_dir: args.data_dir.unwrap_or_else(|| PathBuf::from("data")),
             listen,
             admin_listen,
@@ -480,6 +529,18 @@ mod tests {
             let e = resolve(args).unwrap_err();
             assert!(e.0.contains(needle), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn peer_tls_takes_all_three_files_or_none() {
+        assert_eq!(resolve(&[]).unwrap().peer_tls, None);
+        let all = ["--peer-cert-file", "n.crt", "--peer-key-file", "n.key", "--peer-trusted-ca-file", "ca.crt"];
+        let files = resolve(&all).unwrap().peer_tls.expect("peer TLS on");
+        assert_eq!((files.cert, files.key, files.trusted_ca), ("n.crt".into(), "n.key".into(), "ca.crt".into()));
+        let e = resolve(&all[..4]).unwrap_err();
+        assert!(e.0.contains("missing: --peer-trusted-ca-file"), "{e}");
+        let e = resolve(&all[4..]).unwrap_err();
+        assert!(e.0.contains("missing: --peer-cert-file, --peer-key-file"), "{e}");
     }
 
     #[test]
