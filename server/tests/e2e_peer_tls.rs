@@ -211,6 +211,9 @@ async fn a_peer_tls_cluster_serves_and_refuses_impostors_and_plaintext_peers() {
     drop((misnamed_node, foreign_node));
 }
 
+/// One step of a rotation: its name and what it does to node n's files.
+type RotationStep<'a> = (&'a str, Box<dyn Fn(u32, &PeerFiles) + 'a>);
+
 fn sighup(node: &Node) {
     // SAFETY: the pid is the test's own running child process.
     assert_eq!(unsafe { libc::kill(node.pid(), libc::SIGHUP) }, 0, "kill(SIGHUP) failed");
@@ -235,7 +238,7 @@ async fn peer_certificates_rotate_to_a_new_ca_with_sighup_and_no_restart() {
     sighup(cluster.node(1));
 
     let both = format!("{}{}", old_ca.pem(), new_ca.pem());
-    let steps: [(&str, Box<dyn Fn(u32, &PeerFiles)>); 3] = [
+    let steps: [RotationStep; 3] = [
         ("trust both CAs", Box::new(|_, f: &PeerFiles| f.trust(&both))),
         ("present certificates of the new CA", Box::new(|id, f: &PeerFiles| f.present(&new_ca.issue(&[&node_ip(id)])))),
         ("trust only the new CA", Box::new(|_, f: &PeerFiles| f.trust(&new_ca.pem()))),
