@@ -22,6 +22,15 @@ use support::{bounded, expect, free_port, id, Node, Ports, TestDir};
 /// Bound of every wait for a log line or for the cluster to serve again.
 const WAIT: Duration = Duration::from_secs(30);
 
+/// The two tests run one after the other: two clusters starting at once on a loaded
+/// two-core machine made cluster starts time out. Each test has its own runtime, so a test
+/// holding the guard across awaits only keeps the other test's thread waiting, as meant.
+static ONE_CLUSTER_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_cluster_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_CLUSTER_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// One node's peer TLS files, replaced atomically (write aside, rename) as a rotation should.
 struct PeerFiles {
     dir: PathBuf,
@@ -164,7 +173,9 @@ async fn elects_through(cluster: &Cluster, through: u32, readers: &[u32], prefix
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
 async fn a_peer_tls_cluster_serves_and_refuses_impostors_and_plaintext_peers() {
+    let _serial = one_cluster_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let ca = TestCa::new("cluster peer CA");
     let (options, _files) = tls_cluster(root.path(), &ca);
@@ -220,7 +231,9 @@ fn sighup(node: &Node) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::await_holding_lock)]
 async fn peer_certificates_rotate_to_a_new_ca_with_sighup_and_no_restart() {
+    let _serial = one_cluster_at_a_time();
     let root = tempfile::tempdir().unwrap();
     let old_ca = TestCa::new("old peer CA");
     let new_ca = TestCa::new("new peer CA");
