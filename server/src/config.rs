@@ -175,6 +175,17 @@ pub struct ServeArgs {
     /// client listener [default: false].
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub client_cert_auth: Option<bool>,
+    /// Peer TLS: the PEM certificate chain this node presents to its peers. Peer TLS is
+    /// mutual and all-or-nothing: set it with --peer-key-file and --peer-trusted-ca-file.
+    /// The certificate must name (SAN IP or DNS) this node's --peers address.
+    #[arg(long, value_name = "FILE")]
+    pub peer_cert_file: Option<PathBuf>,
+    /// Peer TLS: the PEM private key of --peer-cert-file.
+    #[arg(long, value_name = "FILE")]
+    pub peer_key_file: Option<PathBuf>,
+    /// Peer TLS: the PEM CA bundle that every peer's certificate must chain to.
+    #[arg(long, value_name = "FILE")]
+    pub peer_trusted_ca_file: Option<PathBuf>,
 }
 
 /// The validated configuration of one node.
@@ -210,6 +221,8 @@ pub struct Config {
     pub quiesce: bool,
     /// TLS of the client and admin listeners (`None`: plaintext).
     pub edge_tls: Option<EdgeTlsFiles>,
+    /// Mutual TLS between peers (`--peer-cert-file` and friends; `None`: plaintext).
+    pub peer_tls: Option<PeerTlsFiles>,
 }
 
 /// The files of the client and admin listeners' TLS (`--cert-file`, `--key-file`,
@@ -246,6 +259,37 @@ fn resolve_edge_tls(args: &ServeArgs) -> Result<Option<EdgeTlsFiles>, ConfigErro
             err("--trusted-ca-file and --client-cert-auth need --cert-file and --key-file (the listeners' own certificate)")
         }
         (None, None) => Ok(None),
+    }
+}
+
+/// The files of peer TLS (all three are needed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerTlsFiles {
+    /// This node's certificate chain (`--peer-cert-file`).
+    pub cert: PathBuf,
+    /// Its private key (`--peer-key-file`).
+    pub key: PathBuf,
+    /// The peer CA bundle (`--peer-trusted-ca-file`).
+    pub trusted_ca: PathBuf,
+}
+
+/// Peer TLS from its three flags: all set, or none.
+fn peer_tls_files(args: &ServeArgs) -> Result<Option<PeerTlsFiles>, ConfigError> {
+    let flags = [
+        ("--peer-cert-file", &args.peer_cert_file),
+        ("--peer-key-file", &args.peer_key_file),
+        ("--peer-trusted-ca-file", &args.peer_trusted_ca_file),
+    ];
+    match (&args.peer_cert_file, &args.peer_key_file, &args.peer_trusted_ca_file) {
+        (None, None, None) => Ok(None),
+        (Some(cert), Some(key), Some(ca)) => Ok(Some(PeerTlsFiles { cert: cert.clone(), key: key.clone(), trusted_ca: ca.clone() })),
+        _ => {
+            let missing: Vec<&str> = flags.iter().filter(|(_, value)| value.is_none()).map(|(flag, _)| *flag).collect();
+            err(format!(
+                "peer TLS is mutual and needs all of --peer-cert-file, --peer-key-file and --peer-trusted-ca-file; missing: {}",
+                missing.join(", ")
+            ))
+        }
     }
 }
 
@@ -327,6 +371,9 @@ impl ServeArgs {
             key_file: self.key_file.or(file.key_file),
             trusted_ca_file: self.trusted_ca_file.or(file.trusted_ca_file),
             client_cert_auth: self.client_cert_auth.or(file.client_cert_auth),
+            peer_cert_file: self.peer_cert_file.or(file.peer_cert_file),
+            peer_key_file: self.peer_key_file.or(file.peer_key_file),
+            peer_trusted_ca_file: self.peer_trusted_ca_file.or(file.peer_trusted_ca_file),
         }
     }
 }
@@ -440,7 +487,9 @@ impl Config {
             other => return err(format!("--log-sync {other}: expected fdatasync or dsync")),
         };
         let edge_tls = resolve_edge_tls(&args)?;
+        let peer_tls = peer_tls_files(&args)?;
         Ok(Config {
+            peer_tls,
             data_dir: args.data_dir.unwrap_or_else(|| PathBuf::from("data")),
             listen,
             admin_listen,
@@ -567,6 +616,18 @@ mod tests {
         let tls = resolve(&["--config", path.to_str().unwrap()]).unwrap().edge_tls.expect("TLS configured");
         assert!(tls.client_cert_auth);
         assert_eq!(tls.trusted_ca_file, Some(PathBuf::from("ca.pem")));
+    }
+
+    #[test]
+    fn peer_tls_takes_all_three_files_or_none() {
+        assert_eq!(resolve(&[]).unwrap().peer_tls, None);
+        let all = ["--peer-cert-file", "n.crt", "--peer-key-file", "n.key", "--peer-trusted-ca-file", "ca.crt"];
+        let files = resolve(&all).unwrap().peer_tls.expect("peer TLS on");
+        assert_eq!((files.cert, files.key, files.trusted_ca), ("n.crt".into(), "n.key".into(), "ca.crt".into()));
+        let e = resolve(&all[..4]).unwrap_err();
+        assert!(e.0.contains("missing: --peer-trusted-ca-file"), "{e}");
+        let e = resolve(&all[4..]).unwrap_err();
+        assert!(e.0.contains("missing: --peer-cert-file, --peer-key-file"), "{e}");
     }
 
     #[test]

@@ -58,6 +58,8 @@ pub enum HandshakeError {
     RefusedByPeer(String),
     /// The other side did not complete the handshake in time.
     TimedOut,
+    /// The TLS handshake failed, or the peer's certificate was refused; says which problem.
+    Tls(String),
 }
 
 impl From<std::io::Error> for HandshakeError {
@@ -81,6 +83,7 @@ impl std::fmt::Display for HandshakeError {
             HandshakeError::Refused(why) => write!(f, "handshake refused: {why}"),
             HandshakeError::RefusedByPeer(why) => write!(f, "peer refused the handshake: {why}"),
             HandshakeError::TimedOut => write!(f, "handshake timed out"),
+            HandshakeError::Tls(why) => write!(f, "TLS: {why}"),
         }
     }
 }
@@ -119,7 +122,9 @@ async fn write_message<S: AsyncWrite + Unpin, M: Message>(stream: &mut S, messag
         // Only a cluster id of kilobytes gets here: a configuration error, reported as such.
         std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("handshake too large (is the cluster id sane?): {e}"))
     })?;
-    stream.write_all(&buffer).await
+    stream.write_all(&buffer).await?;
+    // A TLS stream may hold the record back until flushed (a no-op on a plain socket).
+    stream.flush().await
 }
 
 async fn read_message<S: AsyncRead + Unpin, M: Message + Default>(stream: &mut S) -> Result<M, HandshakeError> {
@@ -173,13 +178,15 @@ pub(crate) async fn dial<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// The acceptor's half: read the dialer's handshake, answer it, and return who it is.
+/// `verify` adds a check of the claimed identity (over TLS: that the certificate names it).
 pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     local: &LocalIdentity,
     address: SocketAddr,
+    verify: &dyn Fn(&Handshake) -> Result<(), String>,
 ) -> Result<RemotePeer, HandshakeError> {
     let hello: Handshake = read_message(stream).await?;
-    let verdict = check_handshake(local, &hello);
+    let verdict = check_handshake(local, &hello).and_then(|()| verify(&hello));
     let reply = HandshakeReply {
         accepted: verdict.is_ok(),
         reason: verdict.as_ref().err().cloned().unwrap_or_default(),

@@ -13,6 +13,8 @@
 //! - [`PeerSet`]: every outbound [`Peer`] of a shard, keyed by node id.
 //! - [`PeerListener`]: the inbound side; delivers [`Inbound`] batches to a glommio channel.
 //! - [`ConnectionEvent`]: established / failed, for the Node API's Watch.
+//! - [`tls`]: TLS material loaded from files and reloaded as they change (shared with the
+//!   server's client and admin listeners); [`PeerTls`]: mutual TLS between peers.
 //!
 //! Wiring one shard (inside its glommio executor), with the server's own envelope type `M`:
 //!
@@ -48,6 +50,7 @@ pub mod frame;
 pub mod handshake;
 pub mod listener;
 pub mod peer;
+pub mod peer_tls;
 pub mod peers;
 pub mod queue;
 pub mod tls;
@@ -59,5 +62,6 @@ pub use frame::{FrameError, FrameFlags, FrameHeader, FrameLimits, FRAME_MAGIC, F
 pub use handshake::{check_handshake, HandshakeError, LocalIdentity, RemotePeer};
 pub use listener::{bind_exclusive, Inbound, ListenerConfig, ListenerHandle, PeerListener};
 pub use peer::{Peer, PeerConfig, PeerSender, PeerStats};
+pub use peer_tls::{ExpectedHost, ListenerTls, PeerTls, PEER_ALPN};
 pub use peers::{MakePeerConfig, PeerSet};
 pub use queue::{Lane, LaneLimits, SendError};

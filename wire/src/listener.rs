@@ -5,7 +5,9 @@
 //! so a port already in use is an `AddrInUse` error at bind time. Each accepted connection
 //! runs the handshake, then reads frames and hands every frame's messages, decoded in place
 //! from the receive buffer, to the shard through a bounded channel. A full channel stops the
-//! reader, which pushes back on the sender through TCP.
+//! reader, which pushes back on the sender through TCP. With [`ListenerConfig::tls`] set,
+//! every connection is mutual TLS (see [`crate::peer_tls`]); without it, a dialer that
+//! starts a TLS handshake is told apart from garbage in the log line that refuses it.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -14,7 +16,7 @@ use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::time::Duration;
 
-use futures_lite::FutureExt;
+use futures_lite::{AsyncRead, FutureExt};
 use glommio::channels::local_channel::LocalSender;
 use glommio::net::{TcpListener, TcpStream};
 use glommio::task::JoinHandle;
@@ -24,6 +26,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::codec::FrameDecoder;
 use crate::frame::{FrameFlags, FrameLimits};
 use crate::handshake::{self, HandshakeError, LocalIdentity, RemotePeer};
+use crate::peer_tls::{self, ListenerTls};
+use crate::tls::first_byte_is_tls;
 
 /// The messages of one received frame.
 #[derive(Debug)]
@@ -47,12 +51,14 @@ pub struct ListenerConfig {
     pub handshake_timeout: Duration,
     /// Listen backlog.
     pub backlog: i32,
+    /// Mutual TLS on every connection (`None`: plaintext).
+    pub tls: Option<ListenerTls>,
 }
 
 impl ListenerConfig {
-    /// Defaults: 16 MiB frames, 2 s handshake timeout, backlog 128.
+    /// Defaults: 16 MiB frames, 2 s handshake timeout, backlog 128, plaintext.
     pub fn new(local: LocalIdentity) -> ListenerConfig {
-        ListenerConfig { local, limits: FrameLimits::default(), handshake_timeout: Duration::from_secs(2), backlog: 128 }
+        ListenerConfig { local, limits: FrameLimits::default(), handshake_timeout: Duration::from_secs(2), backlog: 128, tls: None }
     }
 }
 
@@ -179,18 +185,22 @@ async fn accept_loop<M: Message + Default + 'static, T: 'static>(
                 continue;
             }
         };
-        let mut registry = connections.borrow_mut();
-        registry.prune();
-        let id = registry.next_id;
-        registry.next_id += 1;
+        let id = {
+            let mut registry = connections.borrow_mut();
+            registry.prune();
+            registry.next_id += 1;
+            registry.next_id - 1
+        };
         let task = serve_connection(stream, config.clone(), inbound.clone());
         let on_exit = connections.clone();
+        // glommio may run a new task at once, inside `spawn_local`, to its end (a refusal
+        // decided without waiting): no borrow of the registry may be held across the spawn.
         let handle = glommio::spawn_local(async move {
             task.await;
             on_exit.borrow_mut().finished.push(id);
         })
         .detach();
-        registry.running.insert(id, handle);
+        connections.borrow_mut().running.insert(id, handle);
     }
 }
 
@@ -203,31 +213,63 @@ async fn serve_connection<M: Message + Default, T>(mut stream: TcpStream, config
         }
     };
     let _ = stream.set_nodelay(true);
-    let handshake = handshake::accept(&mut stream, &config.local, address);
+    match &config.tls {
+        None => {
+            let handshake = async {
+                if first_byte_is_tls(&stream).await? {
+                    return Err(HandshakeError::Malformed(
+                        "the peer started a TLS handshake, but peer TLS is not configured on this node".into(),
+                    ));
+                }
+                handshake::accept(&mut stream, &config.local, address, &|_| Ok(())).await
+            };
+            if let Some(from) = within_deadline(&config, address, handshake).await {
+                serve_frames(&mut stream, &config, from, &inbound).await;
+            }
+        }
+        Some(tls) => {
+            let handshake = peer_tls::accept(stream, tls, &config.local, address);
+            if let Some((from, mut stream)) = within_deadline(&config, address, handshake).await {
+                serve_frames(&mut stream, &config, from, &inbound).await;
+            }
+        }
+    }
+}
+
+/// Runs the handshake with the listener's deadline; logs and returns `None` on refusal.
+async fn within_deadline<R>(
+    config: &ListenerConfig,
+    address: SocketAddr,
+    handshake: impl std::future::Future<Output = Result<R, HandshakeError>>,
+) -> Option<R> {
     let deadline = async {
         glommio::timer::sleep(config.handshake_timeout).await;
         Err(HandshakeError::TimedOut)
     };
-    let from = match handshake.or(deadline).await {
-        Ok(from) => from,
+    match handshake.or(deadline).await {
+        Ok(established) => Some(established),
         Err(e) => {
-            tracing::warn!(
-                local_node = config.local.node_id,
-                shard = config.local.shard_id,
-                %address,
-                "refusing peer connection: {e}"
-            );
-            return;
+            tracing::warn!(local_node = config.local.node_id, shard = config.local.shard_id, %address, "refusing peer connection: {e}");
+            None
         }
-    };
+    }
+}
+
+async fn serve_frames<S: AsyncRead + Unpin, M: Message + Default, T>(
+    stream: &mut S,
+    config: &ListenerConfig,
+    from: RemotePeer,
+    inbound: &Deliver<M, T>,
+) {
+    let address = from.address;
     tracing::info!(peer = from.node_id, shard = from.shard_id, snapshot = from.snapshot, %address, "peer connection accepted");
-    let reason = read_frames(&mut stream, &config, from, &inbound).await;
+    let reason = read_frames(stream, config, from, inbound).await;
     tracing::warn!(peer = from.node_id, shard = from.shard_id, %address, %reason, "peer connection closed");
 }
 
 /// Delivers frames until the connection ends; returns why it ended.
-async fn read_frames<M: Message + Default, T>(
-    stream: &mut TcpStream,
+async fn read_frames<S: AsyncRead + Unpin, M: Message + Default, T>(
+    stream: &mut S,
     config: &ListenerConfig,
     from: RemotePeer,
     inbound: &Deliver<M, T>,

@@ -13,7 +13,7 @@ use std::task::{Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
 use glommio::net::TcpStream;
 use glommio::task::JoinHandle;
 use prost::Message;
@@ -22,7 +22,9 @@ use crate::backoff::{Backoff, BackoffConfig};
 use crate::event::{ConnectionEvent, ConnectionEventKind, EventSink};
 use crate::frame::FrameLimits;
 use crate::handshake::{self, HandshakeError, LocalIdentity};
+use crate::peer_tls;
 use crate::queue::{Lane, LaneLimits, SendError, SendQueue};
+use crate::tls::ReloadableClientConfig;
 
 /// Everything a [`Peer`] needs to know.
 #[derive(Clone, Debug)]
@@ -55,6 +57,9 @@ pub struct PeerConfig {
     /// For traffic that is retransmitted anyway (Raft), a backlog only delays what is
     /// current once the peer returns. Off by default.
     pub discard_while_down: bool,
+    /// Mutual TLS (see [`crate::peer_tls`]): the configuration presenting this node's
+    /// certificate and verifying that the acceptor's names the host dialed. `None`: plaintext.
+    pub tls: Option<ReloadableClientConfig>,
 }
 
 impl PeerConfig {
@@ -76,6 +81,7 @@ impl PeerConfig {
             connect_timeout: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(2),
             discard_while_down: false,
+            tls: None,
         }
     }
 }
@@ -248,7 +254,10 @@ async fn run<M: Message>(shared: Rc<Shared<M>>, config: PeerConfig, events: Even
                 shared.bump(|s| s.connections += 1);
                 tracing::info!(peer = config.remote_node_id, address = %config.address, "peer connection established");
                 emit(&events, &config, ConnectionEventKind::Established);
-                let reason = serve(&shared, &config, stream, &mut buffer).await;
+                let reason = match stream {
+                    Connection::Plain(stream) => serve(&shared, &config, stream, &mut buffer).await,
+                    Connection::Tls(stream) => serve(&shared, &config, *stream, &mut buffer).await,
+                };
                 set_discarding(true);
                 shared.bump(|s| s.failures += 1);
                 tracing::warn!(peer = config.remote_node_id, address = %config.address, %reason, "peer connection lost");
@@ -278,19 +287,37 @@ async fn run<M: Message>(shared: Rc<Shared<M>>, config: PeerConfig, events: Even
     }
 }
 
-async fn connect(config: &PeerConfig) -> Result<TcpStream, String> {
+/// An established outbound connection.
+enum Connection {
+    Plain(TcpStream),
+    Tls(Box<futures_rustls::client::TlsStream<TcpStream>>),
+}
+
+async fn connect(config: &PeerConfig) -> Result<Connection, String> {
     let mut stream = TcpStream::connect_timeout(config.address.as_str(), config.connect_timeout)
         .await
         .map_err(|e| format!("connect to {} failed: {e}", config.address))?;
     stream.set_nodelay(true).map_err(|e| format!("set TCP_NODELAY failed: {e}"))?;
-    let handshake = handshake::dial(&mut stream, &config.local, config.remote_node_id, config.snapshot_connection);
+    let local = &config.local;
+    let handshake = async {
+        match &config.tls {
+            None => {
+                handshake::dial(&mut stream, local, config.remote_node_id, config.snapshot_connection).await?;
+                Ok(Connection::Plain(stream))
+            }
+            Some(tls) => {
+                let stream = peer_tls::dial(stream, tls, &config.address, local, config.remote_node_id, config.snapshot_connection).await?;
+                Ok(Connection::Tls(Box::new(stream)))
+            }
+        }
+    };
     let deadline = async {
         glommio::timer::sleep(config.handshake_timeout).await;
         Err(HandshakeError::TimedOut)
     };
     match handshake.or(deadline).await {
-        Ok(()) => Ok(stream),
-        Err(e @ HandshakeError::RefusedByPeer(_)) => {
+        Ok(connection) => Ok(connection),
+        Err(e @ (HandshakeError::RefusedByPeer(_) | HandshakeError::Tls(_))) => {
             tracing::warn!(peer = config.remote_node_id, address = %config.address, "{e}");
             Err(e.to_string())
         }
@@ -299,7 +326,12 @@ async fn connect(config: &PeerConfig) -> Result<TcpStream, String> {
 }
 
 /// Runs an established connection until it fails; returns why.
-async fn serve<M: Message>(shared: &Shared<M>, config: &PeerConfig, stream: TcpStream, buffer: &mut BytesMut) -> String {
+async fn serve<M: Message, S: AsyncRead + AsyncWrite + Unpin>(
+    shared: &Shared<M>,
+    config: &PeerConfig,
+    stream: S,
+    buffer: &mut BytesMut,
+) -> String {
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     // The acceptor never sends after the handshake, so any read completion means trouble;
     // reading is how an idle connection learns that the other side went away.
@@ -320,7 +352,13 @@ async fn serve<M: Message>(shared: &Shared<M>, config: &PeerConfig, stream: TcpS
             if taken == 0 {
                 return "peer shut down".to_string();
             }
-            if let Err(e) = writer.write_all(buffer).await {
+            // Flushing matters over TLS, which may hold a record back; a plain socket's is a no-op.
+            if let Err(e) = async {
+                writer.write_all(buffer).await?;
+                writer.flush().await
+            }
+            .await
+            {
                 shared.bump(|s| s.messages_dropped += taken);
                 return format!("write failed: {e}");
             }

@@ -37,6 +37,20 @@ pub use dispatch::{
 /// Capacity of each shard-to-shard mesh channel.
 const MESH_CHANNEL_CAPACITY: usize = 4096;
 
+/// Loads peer TLS (when configured), checks that this node's certificate names its own
+/// `--peers` address (the other nodes would refuse it otherwise), and reloads the files on
+/// SIGHUP.
+fn load_peer_tls(config: &Config) -> Result<Option<conclave_wire::PeerTls>, String> {
+    let Some(files) = &config.peer_tls else { return Ok(None) };
+    let tls = conclave_wire::PeerTls::load(&files.cert, &files.key, &files.trusted_ca).map_err(|e| format!("peer TLS: {e}"))?;
+    let own = config.peers[&config.node_id].ip().to_string();
+    conclave_wire::PeerTls::check_own_certificate(&files.cert, &own)
+        .map_err(|e| format!("peer TLS: {e}, this node's address in --peers; the other nodes would refuse its connections"))?;
+    conclave_wire::tls::reload_on_sighup(tls.holders()).map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
+    println!("conclave: peers over mutual TLS (CA {}); SIGHUP re-reads the certificates", files.trusted_ca.display());
+    Ok(Some(tls))
+}
+
 /// Runs a node until it is told to stop. Returns an error a person can act on.
 pub fn run(config: Config) -> Result<(), String> {
     std::fs::create_dir_all(&config.data_dir)
@@ -66,6 +80,8 @@ pub fn run(config: Config) -> Result<(), String> {
         Some(files) => Some(edge_tls::EdgeTls::start(files)?),
         None => None,
     };
+    let peer_tls = load_peer_tls(&config)?;
+
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
         signal_hook::flag::register(signal, Arc::clone(&stop))
@@ -104,6 +120,7 @@ pub fn run(config: Config) -> Result<(), String> {
             metrics_listener: if index == 0 { metrics_listener.take() } else { None },
             edge_tls: edge_tls.clone(),
             stop: Arc::clone(&stop),
+            peer_tls: peer_tls.clone(),
         };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("conclave-shard-{index}"))

@@ -5,6 +5,7 @@
 //! behind them.
 
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
@@ -12,7 +13,8 @@ use conclave_engine::raft::MessageType;
 use conclave_engine::shard::{Request, ShardHandle};
 use conclave_proto::conclave::peer::v1::{peer_message::Body, PeerMessage};
 use conclave_wire::{
-    EventSink, Inbound, Lane, ListenerConfig, ListenerHandle, LocalIdentity, PeerConfig, PeerListener, PeerSet, SendError,
+    EventSink, Inbound, Lane, ListenerConfig, ListenerHandle, ListenerTls, LocalIdentity, PeerConfig, PeerListener, PeerSet, PeerTls,
+    SendError,
 };
 
 use crate::config::Config;
@@ -24,6 +26,8 @@ use super::peer_rtt::RttProbe;
 pub struct PeerNet {
     shard: u32,
     peers: Rc<RefCell<PeerSet<PeerMessage>>>,
+    /// Each other node's host: with peer TLS, its certificate must name it.
+    hosts: Rc<RefCell<BTreeMap<u64, String>>>,
     _listener: ListenerHandle,
     /// Heartbeat round trips to each peer (metrics).
     pub rtt: Rc<RttProbe>,
@@ -31,20 +35,38 @@ pub struct PeerNet {
 
 impl PeerNet {
     /// Binds this shard's peer port, starts delivering inbound messages to `runtime`, and
-    /// dials every other node of `--peers`. Connection events go to `events`.
-    pub fn start(config: &Config, shard: u32, runtime: ShardHandle, events: EventSink) -> Result<Rc<PeerNet>, String> {
+    /// dials every other node of `--peers`, over mutual TLS when `tls` is given. Connection
+    /// events go to `events`.
+    pub fn start(
+        config: &Config,
+        tls: Option<&PeerTls>,
+        shard: u32,
+        runtime: ShardHandle,
+        events: EventSink,
+    ) -> Result<Rc<PeerNet>, String> {
         let me = config.node_id;
         let local = LocalIdentity { cluster_id: config.cluster_id.clone(), node_id: u64::from(me), shard_id: shard };
         let own = config.peers[&me];
         let port =
             shard_port(own.port(), shard).ok_or_else(|| format!("shard {shard}: the peer port {} + {shard} is past 65535", own.port()))?;
         let address = SocketAddr::new(own.ip(), port);
-        let listener = PeerListener::bind(address, ListenerConfig::new(local.clone()))
+        let hosts = Rc::new(RefCell::new(BTreeMap::new()));
+        let known_hosts = Rc::clone(&hosts);
+        let listener_config = ListenerConfig {
+            tls: tls.map(|tls| ListenerTls {
+                config: tls.acceptor.clone(),
+                expected_host: Rc::new(move |node| known_hosts.borrow().get(&node).cloned()),
+            }),
+            ..ListenerConfig::new(local.clone())
+        };
+        let listener = PeerListener::bind(address, listener_config)
             .map_err(|e| format!("cannot listen for peers on {address} (shard {shard}): {e}"))?;
+        let dialer_tls = tls.map(|tls| tls.dialer.clone());
         // Raft retransmits and forwarded requests fail on a broken connection, so nothing
         // queued for a node that is down is worth delivering late.
         let peers = PeerSet::new(events, move |node, address| PeerConfig {
             discard_while_down: true,
+            tls: dialer_tls.clone(),
             ..PeerConfig::new(local.clone(), node, address)
         });
         let peers = Rc::new(RefCell::new(peers));
@@ -64,7 +86,7 @@ impl PeerNet {
             frame.messages.iter().for_each(|message| rtt_of_frames.on_receive(from, message));
             Request::PeerFrame { from, messages: frame.messages }
         });
-        let net = Rc::new(PeerNet { shard, peers, _listener: listener, rtt });
+        let net = Rc::new(PeerNet { shard, peers, hosts, _listener: listener, rtt });
         for (&id, addr) in &config.peers {
             if id != me {
                 net.set_address(u64::from(id), &addr.ip().to_string(), addr.port())?;
@@ -79,6 +101,7 @@ impl PeerNet {
         let port = shard_port(base_port, self.shard)
             .ok_or_else(|| format!("node {node}: peer port {base_port} + shard {} is past 65535", self.shard))?;
         let address = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+        self.hosts.borrow_mut().insert(node, host.to_string());
         self.peers.borrow_mut().set_address(node, &address);
         Ok(())
     }

@@ -50,6 +50,8 @@ pub struct ShardContext {
     /// TLS of the client and admin listeners (`None`: plaintext).
     pub edge_tls: Option<EdgeTls>,
     pub stop: Arc<AtomicBool>,
+    /// Peer TLS, loaded once for every shard (`None`: plaintext peers).
+    pub peer_tls: Option<conclave_wire::PeerTls>,
 }
 
 /// How often each shard looks at the stop flag set by the signal handler.
@@ -69,7 +71,8 @@ const SERVICES: [&str; 5] = [
 ];
 
 pub async fn run(ctx: ShardContext) -> Result<(), String> {
-    let result = serve(ctx.config.clone(), ctx.mesh, ctx.listeners, ctx.metrics_listener, ctx.edge_tls, Arc::clone(&ctx.stop)).await;
+    let result =
+        serve(ctx.config.clone(), ctx.mesh, ctx.listeners, ctx.metrics_listener, ctx.edge_tls, Arc::clone(&ctx.stop), ctx.peer_tls).await;
     // One shard failing stops the node: the others see the flag and stop cleanly.
     ctx.stop.store(true, Ordering::SeqCst);
     result
@@ -82,6 +85,7 @@ async fn serve(
     metrics_listener: Option<ExclusiveListener>,
     edge_tls: Option<EdgeTls>,
     stop: Arc<AtomicBool>,
+    peer_tls: Option<conclave_wire::PeerTls>,
 ) -> Result<(), String> {
     let (senders, receivers) = mesh.join().await.map_err(|e| format!("cannot join the shard mesh: {e}"))?;
     let shard = senders.peer_id();
@@ -162,6 +166,7 @@ async fn serve(
     let (connection_tx, connection_rx) = local_channel::new_unbounded::<ConnectionEvent>();
     let net = PeerNet::start(
         &config,
+        peer_tls.as_ref(),
         shard as u32,
         handle.clone(),
         Rc::new(move |event| {

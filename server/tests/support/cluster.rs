@@ -46,6 +46,11 @@ pub struct ClusterOptions {
     pub session_timeout_ms: u64,
     pub snapshot_every: Option<u64>,
     pub compaction_tail: Option<u64>,
+    /// Node n listens for peers on 127.0.0.n instead of 127.0.0.1 (so peer certificates can
+    /// name one node each).
+    pub peer_ip_per_node: bool,
+    /// Extra flags of node n (e.g. its peer TLS files).
+    pub node_args: BTreeMap<u32, Vec<String>>,
 }
 
 impl Default for ClusterOptions {
@@ -62,6 +67,8 @@ impl Default for ClusterOptions {
             session_timeout_ms: 3_000,
             snapshot_every: None,
             compaction_tail: None,
+            peer_ip_per_node: false,
+            node_args: BTreeMap::new(),
         }
     }
 }
@@ -119,10 +126,11 @@ impl Cluster {
             let members = (1..=options.nodes)
                 .map(|id| {
                     let at = |port| SocketAddr::from(([127, 0, 0, 1], port));
+                    let peer_ip = if options.peer_ip_per_node { [127, 0, 0, id as u8] } else { [127, 0, 0, 1] };
                     let ports = Ports {
                         listen: at(reserve_ports(1)),
                         admin: at(reserve_ports(1)),
-                        peer: at(reserve_ports(options.shards as u16)),
+                        peer: SocketAddr::from((peer_ip, reserve_ports(options.shards as u16))),
                         metrics: at(reserve_ports(1)),
                     };
                     Member { id, ports, dir: TestDir::new(), node: None }
@@ -209,6 +217,7 @@ impl Cluster {
         optional("--heartbeat-ticks", o.heartbeat_ticks.map(|v| v.to_string()));
         optional("--snapshot-every", o.snapshot_every.map(|v| v.to_string()));
         optional("--compaction-tail", o.compaction_tail.map(|v| v.to_string()));
+        args.extend(o.node_args.get(&id).into_iter().flatten().cloned());
         args
     }
 

@@ -205,7 +205,8 @@ impl Node {
         node
     }
 
-    fn spawn(dir: &mut TestDir, ports: Ports, args: Vec<String>) -> Node {
+    /// Spawns `conclave` with `args` without waiting for it to be ready.
+    pub fn spawn(dir: &mut TestDir, ports: Ports, args: Vec<String>) -> Node {
         let data_dir = dir.data_dir();
         let log = dir.next_log();
         let out = File::create(&log).expect("server log file");

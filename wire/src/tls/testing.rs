@@ -81,3 +81,9 @@ impl TestCert {
         (cert, key)
     }
 }
+
+/// The DER form of the first certificate in `pem`.
+pub fn cert_der(pem: &str) -> rustls::pki_types::CertificateDer<'static> {
+    use rustls::pki_types::pem::PemObject;
+    rustls::pki_types::CertificateDer::from_pem_slice(pem.as_bytes()).expect("a PEM certificate")
+}
