@@ -75,6 +75,17 @@ impl Liveness {
         (ping, silent)
     }
 
+    /// The first tick after `now` at which [`Liveness::tick`] pings a peer or reports one
+    /// silent (unless it is heard from before); `None` without pings.
+    pub(super) fn next_due(&self, now: u64) -> Option<u64> {
+        if self.ping_ticks == 0 {
+            return None;
+        }
+        let due =
+            self.peers.values().flat_map(|p| [Some(p.pinged + self.ping_ticks), (!p.silent).then_some(p.heard + self.silence_ticks + 1)]);
+        due.flatten().min().map(|tick| tick.max(now + 1))
+    }
+
     /// Peers currently reported silent.
     pub(super) fn silent_count(&self) -> usize {
         self.peers.values().filter(|p| p.silent).count()
@@ -98,6 +109,22 @@ mod tests {
         assert!(l.heard(3, 13));
         assert!(!l.heard(3, 14));
         assert_eq!(l.tick(19).1, vec![2]);
+    }
+
+    #[test]
+    fn the_next_due_tick_is_the_next_ping_or_silence() {
+        let mut l = Liveness::new(&[2, 3], 3, 10, 0);
+        assert_eq!(l.next_due(0), Some(3));
+        assert_eq!(l.tick(3), (vec![2, 3], vec![]));
+        assert_eq!(l.next_due(3), Some(6));
+        // Pings due long ago are due at the next tick.
+        assert_eq!(l.next_due(40), Some(41));
+        let mut quiet = Liveness::new(&[2], 100, 10, 0);
+        quiet.tick(100);
+        assert_eq!(quiet.next_due(100), Some(200));
+        quiet.heard(2, 150);
+        assert_eq!(quiet.next_due(150), Some(161));
+        assert_eq!(Liveness::new(&[2], 0, 10, 0).next_due(5), None);
     }
 
     #[test]
