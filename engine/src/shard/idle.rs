@@ -62,8 +62,11 @@ impl<L: LogStore> ShardRuntime<L> {
 
     /// Once per tick: pings the peer nodes due one (one empty batch each, for all groups)
     /// and wakes the quiet groups led by peers that just went silent.
-    pub(super) fn tick_liveness(&mut self) {
-        let (ping, silent) = self.liveness.tick(self.ticks);
+    /// With a `backlog` of requests left queued this round, no peer is reported silent: its
+    /// pings may be waiting in the queue (a loop starved of CPU would otherwise wake the
+    /// quiet groups of live peers, whose followers then elect for nothing).
+    pub(super) fn tick_liveness(&mut self, backlog: bool) {
+        let (ping, silent) = self.liveness.tick(self.ticks, !backlog);
         let from = self.cfg.node_id;
         for to in ping {
             let batch = MessageBatch { from, to, messages: Vec::new() };

@@ -538,7 +538,14 @@ impl<L: LogStore> ShardRuntime<L> {
             }
             // Take what else is queued (within the round's budget): it joins this round.
             let budget_end = Instant::now() + ROUND_REQUEST_BUDGET;
-            while Instant::now() < budget_end {
+            // Requests may still be queued when the budget ran out: what peers sent may be
+            // among them, so no peer counts as silent at this round's tick.
+            let mut backlog = false;
+            loop {
+                if Instant::now() >= budget_end {
+                    backlog = true;
+                    break;
+                }
                 let Some(Some(request)) = future::poll_once(self.receiver.recv()).await else { break };
                 stop |= self.handle_request(request);
             }
@@ -553,7 +560,7 @@ impl<L: LogStore> ShardRuntime<L> {
             if now >= next_tick {
                 round.tick_ran(now - next_tick);
                 next_tick = now + tick;
-                self.tick();
+                self.tick(backlog);
                 round.lap(Phase::Tick);
             }
             self.process_ready().await?;
@@ -657,12 +664,13 @@ impl<L: LogStore> ShardRuntime<L> {
         }
     }
 
-    fn tick(&mut self) {
+    /// One tick; `backlog`: requests were left queued this round (see `tick_liveness`).
+    fn tick(&mut self, backlog: bool) {
         let now_ms = (self.clock)();
         self.ticks += 1;
         ShardCounters::add(&self.counters.ticks, 1);
         self.forwarded.expire(self.cfg.forward_timeout, self.cfg.membership_timeout);
-        self.tick_liveness();
+        self.tick_liveness(backlog);
         // Only the groups with something due: quiet ones cost nothing (see `schedule.rs`).
         for group in self.schedule.due(self.ticks) {
             let Some(replica) = self.replicas.get_mut(&group) else { continue };
