@@ -679,11 +679,7 @@ impl<L: LogStore> ShardRuntime<L> {
             if replica.is_leader() {
                 self.tick_leader(group, now_ms);
             }
-            // `process_ready` visits the group only if the tick gave it output, or it may go
-            // quiet now (or its timer is spent): most ticks of an awake group change nothing.
-            if self.replicas.get(&group).is_some_and(|r| r.has_ready() || !r.needs_ticks()) {
-                self.schedule.touch(group);
-            }
+            self.schedule.touch(group);
         }
         self.log_activity();
     }
