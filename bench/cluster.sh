@@ -17,10 +17,13 @@ CONCLAVE_NODE_COUNT=0
 CONCLAVE_STARTS=0       # numbers the log files of successive starts
 ETCD_MEMBER_PIDS=()
 
-conclave_client_port() { echo $((25600 + 10 * $1)); }
-conclave_admin_port() { echo $((25601 + 10 * $1)); }
-conclave_peer_port() { echo $((25700 + 10 * $1)); }
-conclave_metrics_port() { echo $((25602 + 10 * $1)); }
+# CONCLAVE_PORT_BASE (default 25600) moves every Conclave port, e.g. when another run on
+# the same machine holds the default ones.
+PORT_BASE=${CONCLAVE_PORT_BASE:-25600}
+conclave_client_port() { echo $((PORT_BASE + 10 * $1)); }
+conclave_admin_port() { echo $((PORT_BASE + 1 + 10 * $1)); }
+conclave_peer_port() { echo $((PORT_BASE + 100 + 10 * $1)); }
+conclave_metrics_port() { echo $((PORT_BASE + 2 + 10 * $1)); }
 
 # `--metrics-listen` for node $1 when $CONCLAVE has that flag (older builds, e.g. the A side
 # of run-ab.sh, do not; every node would otherwise bind the same default port).

@@ -3,7 +3,11 @@
 #   1. one node, --partitions $PARTITIONS: time to ready, to quiet, CPU over $WINDOW s, RSS;
 #      then a graceful restart on the same data: recovery time to ready, CPU, RSS;
 #   2. the same node with --quiesce false (every partition heartbeats and is ticked);
-#   4. three nodes, --partitions $PARTITIONS: CPU of each node over $WINDOW s;
+#   4. three nodes, --partitions $PARTITIONS: CPU of each node over $WINDOW s; then kill -9
+#      of node 1 with every partition quiet: per partition it led, the time until another
+#      node reports leading it (`conclave-bench failover --probes 0`: nothing writes, so the
+#      partitions stay quiet; leader reports from the survivors' Node API); then node 1
+#      restarted on its data: time until it is ready again, and its CPU once quiet;
 #   5. a baseline node with 16 partitions, for the RSS per idle partition;
 #   3. (last) one node, --partitions $BIG.
 # CPU is utime + stime of the process from /proc/PID/stat over the window, as % of one
@@ -12,7 +16,8 @@
 # started here is stopped on exit.
 #
 # Usage: bench/run-idle.sh [OUT]       (from the repository root)
-# Environment: CONCLAVE (default target/release/conclave), PARTITIONS (10000), BIG (100000),
+# Environment: CONCLAVE (default target/release/conclave), BENCH (default
+#   target/release/conclave-bench, for step 4's kill), PARTITIONS (10000), BIG (100000),
 #   WINDOW (30), SETTLE (seconds between quiet and the window, for rebalancing transfers
 #   to end; default 20), SHARDS (default: one per core), STEPS (default "1 2 4 5 3"; step 3
 #   needs 5 for its RSS per partition).
@@ -20,6 +25,7 @@ set -euo pipefail
 
 OUT=${1:-bench-results/idle-$(date -u +%Y%m%dT%H%M%SZ)}
 CONCLAVE=${CONCLAVE:-target/release/conclave}
+BENCH=${BENCH:-target/release/conclave-bench}
 PARTITIONS=${PARTITIONS:-10000}
 BIG=${BIG:-100000}
 WINDOW=${WINDOW:-30}
@@ -60,7 +66,7 @@ start() {
     mkdir -p "$WORK/$name"
     CONCLAVE_LOG=warn,conclave::activity=info "$CONCLAVE" serve --node-id "$id" --peers "$peers" \
         --listen "127.0.0.1:$((base + 8))" --admin-listen "127.0.0.1:$((base + 9))" \
-        --data-dir "$WORK/$name/data" --partitions "$partitions" "${SHARD_ARGS[@]}" "$@" \
+        --metrics-listen 127.0.0.1:0 --data-dir "$WORK/$name/data" --partitions "$partitions" "${SHARD_ARGS[@]}" "$@" \
         >>"$OUT/$name.log" 2>&1 &
     PID[$name]=$!
 }
@@ -163,6 +169,29 @@ for id in 1 2 3; do wait_for "node$id" "ready: every partition" 900; done
 log "  every node ready after $(ms_since "$t0") ms"
 for id in 1 2 3; do wait_quiet "node$id" 180 || true; done
 log "  every node quiet after $(ms_since "$t0") ms"
+sleep "$SETTLE"
+measure node1 node2 node3
+log "## 4b. kill -9 of node1, every partition quiet"
+[[ -x "$BENCH" ]] || { echo "build it first: cargo build --release -p conclave-bench" >&2; exit 1; }
+kill_cmd=("$BENCH" failover --endpoints 127.0.0.1:27208,127.0.0.1:27308,127.0.0.1:27408
+    --kill-pid "${PID[node1]}" --kill-endpoint 127.0.0.1:27208 --kill-node-id 1
+    --admin-endpoints 127.0.0.1:27309,127.0.0.1:27409 --partitions "$PARTITIONS" --probes 0
+    --elections 1 --watchers 1 --session-timeout-ms 5000 --quiet --json "$OUT/kill.json")
+echo "\$ ${kill_cmd[*]}" >"$OUT/kill.txt"
+"${kill_cmd[@]}" >>"$OUT/kill.txt" 2>&1 || { log "  the kill run failed:"; tail -5 "$OUT/kill.txt" | tee -a "$OUT/summary.txt"; }
+kill -9 "${PID[node1]}" 2>/dev/null || true # (if the run failed before its kill)
+wait "${PID[node1]}" 2>/dev/null || true
+unset "PID[node1]"
+awk '$1 == "leader_recovery" {printf "  partitions node1 led, led again by another node after: median %.0f ms, p99 %.0f ms, max %.0f ms (%d groups, %d not led again within the bound)\n", $3 / 1000, $5 / 1000, $7 / 1000, $8, $9}' \
+    "$OUT/kill.txt" | tee -a "$OUT/summary.txt"
+log "## 4c. node1 restarted on its data (recovery with $PARTITIONS groups, peers running)"
+mv "$OUT/node1.log" "$OUT/node1-first-start.log"
+t0=$(date +%s%N)
+start node1 1 "$P3" 27200 "$PARTITIONS"
+wait_for node1 "ready: every partition" 900
+log "  node1: recovered and ready after $(ms_since "$t0") ms (stall warnings so far: $(stalls node1))"
+for id in 1 2 3; do wait_quiet "node$id" 180 || true; done
+log "  every node quiet $(ms_since "$t0") ms after the restart"
 sleep "$SETTLE"
 measure node1 node2 node3
 stop_all

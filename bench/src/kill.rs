@@ -79,6 +79,10 @@ pub struct NodeKill {
     pub admin_endpoints: Vec<String>,
     /// Partitions of the cluster: one probe per partition (etcd: this many probes).
     pub partitions: u32,
+    /// Probe only the first this many partitions (`None`: every one). With 0, nothing
+    /// writes: the partitions stay quiet, and the Node API's leader reports
+    /// (`leader_recovery`) are the measure.
+    pub probes: Option<u32>,
     /// The kill happens this long after the measured phase starts.
     pub kill_after: Duration,
     /// Bound of the wait for each probe's and group's recovery, from the kill.
@@ -105,6 +109,7 @@ impl NodeKill {
             node_id: None,
             admin_endpoints: Vec::new(),
             partitions: 16,
+            probes: None,
             kill_after: Duration::from_secs(2),
             recovery_timeout: Duration::from_secs(10),
             session_timeout: None,
@@ -121,8 +126,14 @@ impl NodeKill {
         if survivors(&config.endpoints, &self.endpoint).is_empty() {
             return Err("a node-kill run needs at least one surviving endpoint".into());
         }
-        if self.partitions == 0 || self.partitions > MAX_PARTITIONS {
-            return Err(format!("--partitions must be within 1..={MAX_PARTITIONS}"));
+        if self.partitions == 0 {
+            return Err("--partitions must be at least 1".into());
+        }
+        if self.probed() > MAX_PARTITIONS {
+            return Err(format!("at most {MAX_PARTITIONS} partitions can be probed: set --probes (or fewer --partitions)"));
+        }
+        if self.probes.is_some_and(|p| p > self.partitions) {
+            return Err("--probes must not exceed --partitions".into());
         }
         if let KillMethod::Pid(pid) = self.method {
             if pid <= 1 {
@@ -139,6 +150,11 @@ impl NodeKill {
             return Err("the recovery timeout must be positive".into());
         }
         Ok(())
+    }
+
+    /// The partitions probed (the first ones).
+    fn probed(&self) -> u32 {
+        self.probes.unwrap_or(self.partitions)
     }
 
     /// How long watchers wait for the next candidate after the kill.
@@ -453,9 +469,14 @@ pub async fn run(config: BenchConfig) -> Result<Report, BenchError> {
     let survivors = survivors(&config.endpoints, &kill.endpoint);
 
     // Setup, not measured: probes, candidacies, the survivors' leader reports.
-    let probes: Vec<(u32, String)> = match config.target {
-        Target::Conclave => probe_names(&config.name_prefix, kill.partitions).map_err(BenchError::Setup)?,
-        Target::Etcd => (1..=kill.partitions).map(|i| (i, format!("{}-p{i}", config.name_prefix))).collect(),
+    let probes: Vec<(u32, String)> = match (config.target, kill.probed()) {
+        (_, 0) => Vec::new(),
+        (Target::Conclave, probed) => {
+            let mut names = probe_names(&config.name_prefix, kill.partitions).map_err(BenchError::Setup)?;
+            names.truncate(probed as usize);
+            names
+        }
+        (Target::Etcd, probed) => (1..=probed).map(|i| (i, format!("{}-p{i}", config.name_prefix))).collect(),
     };
     let mut connecting = Vec::with_capacity(probes.len());
     for (i, (_, name)) in probes.iter().enumerate() {
@@ -771,6 +792,9 @@ mod tests {
         assert!(refused(NodeKill { endpoint: "http://127.0.0.1:9".into(), ..kill.clone() }));
         assert!(refused(NodeKill { method: KillMethod::Pid(1), ..kill.clone() }));
         assert!(refused(NodeKill { partitions: 0, ..kill.clone() }));
+        assert!(refused(NodeKill { partitions: 10_000, ..kill.clone() }));
+        assert!(!refused(NodeKill { partitions: 10_000, probes: Some(0), ..kill.clone() }));
+        assert!(refused(NodeKill { partitions: 8, probes: Some(9), ..kill.clone() }));
         assert!(refused(NodeKill { node_id: Some(1), ..kill.clone() }));
         assert!(!refused(NodeKill { node_id: Some(1), admin_endpoints: vec!["http://127.0.0.1:29".into()], ..kill.clone() }));
         let mut alone = config_with(kill.clone());

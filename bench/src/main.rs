@@ -122,6 +122,11 @@ struct KillArgs {
     /// Partitions of the cluster: one probe election per partition.
     #[arg(long, default_value_t = 16)]
     partitions: u32,
+    /// Probe only the first N partitions [default: every one, at most 4096]; 0 sends no
+    /// probe, so idle partitions stay quiet and the Node API's leader reports
+    /// (--admin-endpoints) are the measure.
+    #[arg(long, value_name = "N")]
+    probes: Option<u32>,
     /// When the node is killed, in milliseconds after the measured phase starts.
     #[arg(long, default_value_t = 2_000)]
     kill_after_ms: u64,
@@ -153,6 +158,7 @@ impl KillArgs {
             node_id: self.kill_node_id,
             admin_endpoints: self.admin_endpoints.iter().map(|e| endpoint_url(e)).collect(),
             partitions: self.partitions,
+            probes: self.probes,
             kill_after: Duration::from_millis(self.kill_after_ms),
             recovery_timeout: Duration::from_millis(self.recovery_timeout_ms),
             session_timeout: self.session_timeout_ms.map(Duration::from_millis),

@@ -2,7 +2,8 @@
 //! touched it is either kept awake (ticked every tick) or put to sleep, on a timer when a
 //! quiet leader still has a check due (rebalancing, a session deadline); pings coalesced
 //! per peer node, and the quiet groups led by a node that went silent (or whose connection
-//! failed) woken so their followers elect again; a log line with the counts.
+//! failed) woken so their followers elect again; a log line with the counts; and how long
+//! the loop may sleep past its ticks when no group is awake.
 
 use conclave_proto::conclave::peer::v1::{peer_message::Body, PeerMessage};
 
@@ -12,6 +13,10 @@ use super::runtime::{LogStore, ShardRuntime};
 
 /// Ticks between two looks at whether the activity counts changed (then logged).
 const ACTIVITY_LOG_TICKS: u64 = 100;
+
+/// The most ticks the loop sleeps through while nothing is due (a bound, so the tick count
+/// never falls far behind the clock and a missed wake-up cannot last).
+const MAX_IDLE_TICKS: u64 = 100;
 
 impl<L: LogStore> ShardRuntime<L> {
     /// Decides again, after `group` was touched and its output drained, whether it is
@@ -57,8 +62,11 @@ impl<L: LogStore> ShardRuntime<L> {
 
     /// Once per tick: pings the peer nodes due one (one empty batch each, for all groups)
     /// and wakes the quiet groups led by peers that just went silent.
-    pub(super) fn tick_liveness(&mut self) {
-        let (ping, silent) = self.liveness.tick(self.ticks);
+    /// With a `backlog` of requests left queued this round, no peer is reported silent: its
+    /// pings may be waiting in the queue (a loop starved of CPU would otherwise wake the
+    /// quiet groups of live peers, whose followers then elect for nothing).
+    pub(super) fn tick_liveness(&mut self, backlog: bool) {
+        let (ping, silent) = self.liveness.tick(self.ticks, !backlog);
         let from = self.cfg.node_id;
         for to in ping {
             let batch = MessageBatch { from, to, messages: Vec::new() };
@@ -101,15 +109,51 @@ impl<L: LogStore> ShardRuntime<L> {
         woken
     }
 
+    /// In how many ticks the loop must tick next: 1 while any group is awake (or a
+    /// snapshot save, a snapshot or a removal waits for a round); otherwise the first tick at which
+    /// something is due — a quiet group's timer, a ping or a peer's silence, a forwarded
+    /// request's expiry, a change of the activity counts to log — at most
+    /// [`MAX_IDLE_TICKS`]. Requests wake the loop whenever they arrive.
+    pub(super) fn ticks_until_due(&self) -> u64 {
+        if self.schedule.awake_count() > 0
+            || !self.snapshot_saves.is_empty()
+            || !self.snapshot_candidates.is_empty()
+            || !self.removals.is_empty()
+        {
+            return 1;
+        }
+        let mut due = self.ticks + MAX_IDLE_TICKS;
+        let mut at = |tick: Option<u64>| {
+            if let Some(tick) = tick {
+                due = due.min(tick);
+            }
+        };
+        at(self.schedule.next_timer());
+        at(self.liveness.next_due(self.ticks));
+        if self.activity() != self.last_activity {
+            at(Some(self.next_activity_check));
+        }
+        if let Some(expiry) = self.forwarded.next_expiry(self.cfg.forward_timeout, self.cfg.membership_timeout) {
+            let left = expiry.saturating_duration_since(std::time::Instant::now());
+            // Rounded down: the loop wakes at the last tick before the bound, then ticks on.
+            at(Some(self.ticks + (left.as_nanos() / self.cfg.tick.as_nanos().max(1)) as u64));
+        }
+        due.saturating_sub(self.ticks).max(1)
+    }
+
+    /// (groups, awake, silent peers) now.
+    fn activity(&self) -> (usize, usize, usize) {
+        (self.replicas.len(), self.schedule.awake_count(), self.liveness.silent_count())
+    }
+
     /// Every [`ACTIVITY_LOG_TICKS`] ticks, logs the shard's group counts if they changed:
     /// hosted, awake (ticked every tick), quiet, quiet with a timer, silent peers.
     pub(super) fn log_activity(&mut self) {
-        if !self.ticks.is_multiple_of(ACTIVITY_LOG_TICKS) {
+        if self.ticks < self.next_activity_check {
             return;
         }
-        let groups = self.replicas.len();
-        let awake = self.schedule.awake_count();
-        let silent = self.liveness.silent_count();
+        self.next_activity_check = self.ticks + ACTIVITY_LOG_TICKS;
+        let (groups, awake, silent) = self.activity();
         if (groups, awake, silent) == self.last_activity {
             return;
         }

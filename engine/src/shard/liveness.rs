@@ -55,8 +55,9 @@ impl Liveness {
         }
     }
 
-    /// At tick `now`: the peers to ping now, and the peers that just became silent.
-    pub(super) fn tick(&mut self, now: u64) -> (Vec<u64>, Vec<u64>) {
+    /// At tick `now`: the peers to ping now, and (when `report_silence`) the peers that
+    /// just became silent.
+    pub(super) fn tick(&mut self, now: u64, report_silence: bool) -> (Vec<u64>, Vec<u64>) {
         let mut ping = Vec::new();
         let mut silent = Vec::new();
         if self.ping_ticks == 0 {
@@ -67,12 +68,23 @@ impl Liveness {
                 peer.pinged = now;
                 ping.push(node);
             }
-            if !peer.silent && now > peer.heard + self.silence_ticks {
+            if report_silence && !peer.silent && now > peer.heard + self.silence_ticks {
                 peer.silent = true;
                 silent.push(node);
             }
         }
         (ping, silent)
+    }
+
+    /// The first tick after `now` at which [`Liveness::tick`] pings a peer or reports one
+    /// silent (unless it is heard from before); `None` without pings.
+    pub(super) fn next_due(&self, now: u64) -> Option<u64> {
+        if self.ping_ticks == 0 {
+            return None;
+        }
+        let due =
+            self.peers.values().flat_map(|p| [Some(p.pinged + self.ping_ticks), (!p.silent).then_some(p.heard + self.silence_ticks + 1)]);
+        due.flatten().min().map(|tick| tick.max(now + 1))
     }
 
     /// Peers currently reported silent.
@@ -88,16 +100,39 @@ mod tests {
     #[test]
     fn one_ping_per_peer_per_interval_and_silence_reported_once() {
         let mut l = Liveness::new(&[2, 3], 3, 10, 0);
-        assert_eq!(l.tick(3), (vec![2, 3], vec![]));
-        assert_eq!(l.tick(4), (vec![], vec![]));
-        assert_eq!(l.tick(6), (vec![2, 3], vec![]));
+        assert_eq!(l.tick(3, true), (vec![2, 3], vec![]));
+        assert_eq!(l.tick(4, true), (vec![], vec![]));
+        assert_eq!(l.tick(6, true), (vec![2, 3], vec![]));
         l.heard(2, 8);
-        assert_eq!(l.tick(11).1, vec![3]);
-        assert_eq!(l.tick(12).1, Vec::<u64>::new());
+        assert_eq!(l.tick(11, true).1, vec![3]);
+        assert_eq!(l.tick(12, true).1, Vec::<u64>::new());
         assert_eq!(l.silent_count(), 1);
         assert!(l.heard(3, 13));
         assert!(!l.heard(3, 14));
-        assert_eq!(l.tick(19).1, vec![2]);
+        assert_eq!(l.tick(19, true).1, vec![2]);
+    }
+
+    #[test]
+    fn the_next_due_tick_is_the_next_ping_or_silence() {
+        let mut l = Liveness::new(&[2, 3], 3, 10, 0);
+        assert_eq!(l.next_due(0), Some(3));
+        assert_eq!(l.tick(3, true), (vec![2, 3], vec![]));
+        assert_eq!(l.next_due(3), Some(6));
+        // Pings due long ago are due at the next tick.
+        assert_eq!(l.next_due(40), Some(41));
+        let mut quiet = Liveness::new(&[2], 100, 10, 0);
+        quiet.tick(100, true);
+        assert_eq!(quiet.next_due(100), Some(200));
+        quiet.heard(2, 150);
+        assert_eq!(quiet.next_due(150), Some(161));
+        assert_eq!(Liveness::new(&[2], 0, 10, 0).next_due(5), None);
+    }
+
+    #[test]
+    fn silence_is_not_reported_while_requests_wait() {
+        let mut l = Liveness::new(&[2], 3, 10, 0);
+        assert_eq!(l.tick(11, false).1, Vec::<u64>::new());
+        assert_eq!(l.tick(12, true).1, vec![2]);
     }
 
     #[test]
@@ -105,7 +140,7 @@ mod tests {
         let mut l = Liveness::new(&[2], 3, 10, 0);
         assert!(l.down(2));
         assert!(!l.down(2));
-        assert_eq!(l.tick(20).1, Vec::<u64>::new());
+        assert_eq!(l.tick(20, true).1, Vec::<u64>::new());
         assert!(l.heard(2, 21));
         assert!(!l.down(7));
     }
@@ -113,6 +148,6 @@ mod tests {
     #[test]
     fn without_pings_nothing_is_reported() {
         let mut l = Liveness::new(&[2], 0, 10, 0);
-        assert_eq!(l.tick(100), (vec![], vec![]));
+        assert_eq!(l.tick(100, true), (vec![], vec![]));
     }
 }

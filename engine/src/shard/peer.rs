@@ -157,6 +157,14 @@ impl Forwarded {
         }
     }
 
+    /// When [`Forwarded::expire`] with these bounds next fails a request, if any waits.
+    pub fn next_expiry(&self, proposal_timeout: Duration, membership_timeout: Duration) -> Option<Instant> {
+        // Request ids grow with time: the first waiter of each kind is its oldest.
+        let proposal = self.proposals.values().next().map(|w| w.since + proposal_timeout);
+        let membership = self.memberships.values().next().map(|w| w.since + membership_timeout);
+        proposal.into_iter().chain(membership).min()
+    }
+
     /// Fails everything waiting on node `node`, whose connection failed.
     pub fn fail_node(&mut self, node: u64) {
         for reply in take_where(&mut self.proposals, |w| w.node == node) {

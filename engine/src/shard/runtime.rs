@@ -174,6 +174,17 @@ const HANDED_BACK_AFTER_PERIODS: u64 = 10;
 /// While stopping, ticks between two attempts to hand a group on.
 const HAND_OFF_RETRY_TICKS: u64 = 10;
 
+/// The most time one round spends taking queued requests (peer frames may carry thousands
+/// of messages each); what is left waits for the next round, after the loop let the
+/// shard's other tasks run, so a flood (every group electing at once) cannot hold it.
+const ROUND_REQUEST_BUDGET: Duration = Duration::from_millis(10);
+
+/// Touched groups are drained of Raft output in chunks of this many (one log write each)
+/// until none is left or the round spent [`ROUND_READY_BUDGET`] on them; the others are
+/// carried to the next round (which then starts at once), taken in turn.
+const READY_CHUNK_GROUPS: usize = 256;
+const ROUND_READY_BUDGET: Duration = Duration::from_millis(20);
+
 /// A request to the shard runtime.
 pub enum Request {
     Propose {
@@ -339,8 +350,9 @@ pub struct ShardRuntime<L: LogStore> {
     pub(super) liveness: Liveness,
     /// Groups that applied entries since they were last looked at for a snapshot.
     pub(super) snapshot_candidates: BTreeSet<u32>,
-    /// (groups, awake, silent peers) as last logged.
+    /// (groups, awake, silent peers) as last logged, and the tick of the next look.
     pub(super) last_activity: (usize, usize, usize),
+    pub(super) next_activity_check: u64,
 }
 
 /// A snapshot of a group being saved by a task of its own.
@@ -363,6 +375,8 @@ enum Wake {
     Request(Option<Request>),
     Durable(Result<(), String>),
     Tick,
+    /// The previous round left touched groups for this one: no wait.
+    CarriedOver,
 }
 
 impl<L: LogStore> ShardRuntime<L> {
@@ -394,6 +408,7 @@ impl<L: LogStore> ShardRuntime<L> {
             liveness,
             snapshot_candidates: BTreeSet::new(),
             last_activity: (0, 0, 0),
+            next_activity_check: 0,
             durable_votes,
             outbox: Outbox::new(cfg.node_id),
             cfg,
@@ -458,37 +473,54 @@ impl<L: LogStore> ShardRuntime<L> {
     /// waits for them (Raft's acknowledgement, messages that need them durable) is released
     /// when they are.
     pub async fn run(mut self) -> Result<(), ShardError> {
-        let mut next_tick = Instant::now() + self.cfg.tick;
+        let tick = self.cfg.tick;
+        // The instant tick `self.ticks + 1` is due.
+        let mut next_tick = Instant::now() + tick;
         // Drive any output recovery left (e.g. entries to re-apply) before serving.
         for (&group, replica) in &self.replicas {
             (self.events)(group, &ShardEvent::MemberReady { membership: replica.raft().membership().clone() });
         }
         self.process_ready().await?;
-        // One timer for the loop's whole life, moved to each next tick (not one per wake).
-        let mut tick_timer = glommio::timer::Timer::new(self.cfg.tick);
+        // One timer for the loop's whole life, moved to each next wake-up (not one per wake).
+        let mut tick_timer = glommio::timer::Timer::new(tick);
         ShardCounters::add(&self.counters.timers_armed, 1);
         let mut timer_at = next_tick;
         loop {
-            if timer_at != next_tick {
-                tick_timer.reset(next_tick.saturating_duration_since(Instant::now()));
-                timer_at = next_tick;
+            // With no group awake the loop sleeps through the ticks at which nothing is due
+            // (see `ticks_until_due`); a request wakes it at once.
+            let wake_at = next_tick + tick * u32::try_from(self.ticks_until_due() - 1).unwrap_or(u32::MAX);
+            if timer_at != wake_at {
+                tick_timer.reset(wake_at.saturating_duration_since(Instant::now()));
+                timer_at = wake_at;
             }
-            let receiver = &self.receiver;
-            let request = async { Wake::Request(receiver.recv().await) };
-            let timer = async {
-                (&mut tick_timer).await;
-                Wake::Tick
-            };
-            let woke = match self.in_flight.front_mut() {
-                Some(write) => {
-                    let durable = async { Wake::Durable((&mut write.durable).await) };
-                    future::or(durable, future::or(request, timer)).await
+            let woke = if self.schedule.has_dirty() {
+                Wake::CarriedOver
+            } else {
+                let receiver = &self.receiver;
+                let request = async { Wake::Request(receiver.recv().await) };
+                let timer = async {
+                    (&mut tick_timer).await;
+                    Wake::Tick
+                };
+                match self.in_flight.front_mut() {
+                    Some(write) => {
+                        let durable = async { Wake::Durable((&mut write.durable).await) };
+                        future::or(durable, future::or(request, timer)).await
+                    }
+                    None => future::or(request, timer).await,
                 }
-                None => future::or(request, timer).await,
             };
+            let now = Instant::now();
+            // The ticks slept through count as elapsed, up to the planned wake-up (none when
+            // it was the next tick): a loop held up beyond it counts one tick for the hold-up,
+            // as when groups are awake (their Raft timers must not jump).
+            let slept = now.min(wake_at).saturating_duration_since(next_tick);
+            let skipped = u32::try_from(slept.as_nanos() / tick.as_nanos().max(1)).unwrap_or(u32::MAX);
+            self.ticks += u64::from(skipped);
+            next_tick += tick * skipped;
             let mut round = RoundTimer::start(self.cfg.stall_warn);
             ShardCounters::add(&self.counters.rounds, 1);
-            let late = Instant::now().saturating_duration_since(next_tick);
+            let late = now.saturating_duration_since(wake_at);
             if !self.cfg.stall_warn.is_zero() && late >= self.cfg.stall_warn {
                 self.credit_pause(late);
             }
@@ -501,10 +533,20 @@ impl<L: LogStore> ShardRuntime<L> {
                     self.write_done(write.acks, result)?;
                     self.settle_durable_writes().await?;
                 }
+                Wake::CarriedOver => self.settle_durable_writes().await?,
                 Wake::Tick => {}
             }
-            // Take everything else already queued: it joins this round.
-            while let Some(Some(request)) = future::poll_once(self.receiver.recv()).await {
+            // Take what else is queued (within the round's budget): it joins this round.
+            let budget_end = Instant::now() + ROUND_REQUEST_BUDGET;
+            // Requests may still be queued when the budget ran out: what peers sent may be
+            // among them, so no peer counts as silent at this round's tick.
+            let mut backlog = false;
+            loop {
+                if Instant::now() >= budget_end {
+                    backlog = true;
+                    break;
+                }
+                let Some(Some(request)) = future::poll_once(self.receiver.recv()).await else { break };
                 stop |= self.handle_request(request);
             }
             if stop {
@@ -517,8 +559,8 @@ impl<L: LogStore> ShardRuntime<L> {
             let now = Instant::now();
             if now >= next_tick {
                 round.tick_ran(now - next_tick);
-                next_tick = now + self.cfg.tick;
-                self.tick();
+                next_tick = now + tick;
+                self.tick(backlog);
                 round.lap(Phase::Tick);
             }
             self.process_ready().await?;
@@ -625,75 +667,85 @@ impl<L: LogStore> ShardRuntime<L> {
         }
     }
 
-    fn tick(&mut self) {
+    /// One tick; `backlog`: requests were left queued this round (see `tick_liveness`).
+    fn tick(&mut self, backlog: bool) {
         let now_ms = (self.clock)();
         self.ticks += 1;
         ShardCounters::add(&self.counters.ticks, 1);
         self.forwarded.expire(self.cfg.forward_timeout, self.cfg.membership_timeout);
-        self.tick_liveness();
+        self.tick_liveness(backlog);
         // Only the groups with something due: quiet ones cost nothing (see `schedule.rs`).
         for group in self.schedule.due(self.ticks) {
             let Some(replica) = self.replicas.get_mut(&group) else { continue };
-            self.schedule.touch(group);
             ShardCounters::add(&self.counters.replica_ticks, 1);
             replica.tick();
-            if !replica.is_leader() {
-                continue;
+            if replica.is_leader() {
+                self.tick_leader(group, now_ms);
             }
-            let last = self.last_rebalance.get(&group).copied().unwrap_or(0);
-            if self.handing_off {
-                // Stopping: a leadership that came back here is handed on again.
-                if self.ticks >= last + HAND_OFF_RETRY_TICKS {
-                    self.last_rebalance.insert(group, self.ticks);
-                    if let Some(to) = replica.best_successor() {
-                        if let Err(e) = replica.raft_mut().transfer_leadership(to) {
-                            tracing::debug!(group, to, error = %e, "hand-off refused");
-                        }
-                    }
-                }
-            } else if self.cfg.rebalance_ticks > 0 && self.ticks >= last + self.cfg.rebalance_ticks {
-                let gave_it_away = |to: u64| {
-                    self.handed_by
-                        .get(&group)
-                        .is_some_and(|&(from, at)| from == to && self.ticks < at + HANDED_BACK_AFTER_PERIODS * self.cfg.rebalance_ticks)
-                };
-                match replica.rebalance_target() {
-                    Some(to) if !gave_it_away(to) => {
-                        self.last_rebalance.insert(group, self.ticks);
-                        if let Err(e) = replica.raft_mut().transfer_leadership(to) {
-                            tracing::debug!(group, to, error = %e, "rebalancing transfer refused");
-                        }
-                    }
-                    // Checked again a period later, not every tick.
-                    Some(_) => {
-                        self.last_rebalance.insert(group, self.ticks);
-                    }
-                    None => {}
-                }
-            }
-            // Session expiry is decided by applied timestamps: with no traffic, the leader
-            // proposes a barrier once a session's deadline has passed so expiry happens.
-            let due = replica.next_session_deadline_ms().is_some_and(|d| d <= now_ms);
-            let last = self.last_expiry_barrier.get(&group);
-            if due && last.is_none_or(|t| t.elapsed() >= self.cfg.expiry_check) {
-                self.last_expiry_barrier.insert(group, Instant::now());
-                replica.propose(&sm::command::leader_barrier(now_ms), Box::new(|_| {}));
-            }
+            self.schedule.touch(group);
         }
         self.log_activity();
     }
 
-    /// Drains Raft output until no replica has any: send, apply what is durable, submit the
-    /// rest to the log in one write (acknowledged when it is durable, see `write_done`),
-    /// install snapshots from leaders once every earlier write is durable, repeat.
+    /// A leader's checks at each of its ticks: a stopping node hands it on, rebalancing
+    /// hands it to its preferred node, and a barrier lets sessions past their deadline expire.
+    fn tick_leader(&mut self, group: u32, now_ms: u64) {
+        let Some(replica) = self.replicas.get_mut(&group) else { return };
+        let last = self.last_rebalance.get(&group).copied().unwrap_or(0);
+        if self.handing_off {
+            // Stopping: a leadership that came back here is handed on again.
+            if self.ticks >= last + HAND_OFF_RETRY_TICKS {
+                self.last_rebalance.insert(group, self.ticks);
+                if let Some(to) = replica.best_successor() {
+                    if let Err(e) = replica.raft_mut().transfer_leadership(to) {
+                        tracing::debug!(group, to, error = %e, "hand-off refused");
+                    }
+                }
+            }
+        } else if self.cfg.rebalance_ticks > 0 && self.ticks >= last + self.cfg.rebalance_ticks {
+            let gave_it_away = |to: u64| {
+                self.handed_by
+                    .get(&group)
+                    .is_some_and(|&(from, at)| from == to && self.ticks < at + HANDED_BACK_AFTER_PERIODS * self.cfg.rebalance_ticks)
+            };
+            match replica.rebalance_target() {
+                Some(to) if !gave_it_away(to) => {
+                    self.last_rebalance.insert(group, self.ticks);
+                    if let Err(e) = replica.raft_mut().transfer_leadership(to) {
+                        tracing::debug!(group, to, error = %e, "rebalancing transfer refused");
+                    }
+                }
+                // Checked again a period later, not every tick.
+                Some(_) => {
+                    self.last_rebalance.insert(group, self.ticks);
+                }
+                None => {}
+            }
+        }
+        // Session expiry is decided by applied timestamps: with no traffic, the leader
+        // proposes a barrier once a session's deadline has passed so expiry happens.
+        let due = replica.next_session_deadline_ms().is_some_and(|d| d <= now_ms);
+        let last = self.last_expiry_barrier.get(&group);
+        if due && last.is_none_or(|t| t.elapsed() >= self.cfg.expiry_check) {
+            self.last_expiry_barrier.insert(group, Instant::now());
+            replica.propose(&sm::command::leader_barrier(now_ms), Box::new(|_| {}));
+        }
+    }
+
+    /// Drains Raft output until no replica has any, or the round's [`ROUND_READY_BUDGET`] is
+    /// spent (the groups left stay touched, for the next round), [`READY_CHUNK_GROUPS`]
+    /// touched groups at a time: send, apply what is durable, submit the rest to the log in
+    /// one write (acknowledged when it is durable, see `write_done`), install snapshots from
+    /// leaders once every earlier write is durable, repeat.
     pub(super) async fn process_ready(&mut self) -> Result<(), ShardError> {
+        let deadline = Instant::now() + ROUND_READY_BUDGET;
         loop {
             let mut writes = Vec::new();
             let mut acks = Vec::new();
             let mut waiting_messages = Vec::new();
             let now_ms = (self.clock)();
             // Only the groups touched since the last pass (see `schedule.rs`).
-            let touched = self.schedule.take_dirty();
+            let touched = self.schedule.take_dirty(READY_CHUNK_GROUPS);
             for &group in &touched {
                 let Some(replica) = self.replicas.get_mut(&group) else { continue };
                 if !replica.has_ready() {
@@ -763,7 +815,7 @@ impl<L: LogStore> ShardRuntime<L> {
             for group in touched {
                 self.reschedule(group);
             }
-            if !self.schedule.has_dirty() {
+            if !self.schedule.has_dirty() || Instant::now() >= deadline {
                 return Ok(());
             }
         }

@@ -23,6 +23,8 @@ pub(super) struct Schedule {
     timers: BTreeSet<(u64, u32)>,
     timer_of: BTreeMap<u32, u64>,
     dirty: BTreeSet<u32>,
+    /// Where the next partial take of the dirty set starts (see `take_dirty`).
+    dirty_cursor: u32,
 }
 
 impl Schedule {
@@ -31,9 +33,23 @@ impl Schedule {
         self.dirty.insert(group);
     }
 
-    /// Takes the groups touched since the last call, in group order.
-    pub(super) fn take_dirty(&mut self) -> BTreeSet<u32> {
-        std::mem::take(&mut self.dirty)
+    /// Takes at most `most` of the groups touched since they were last taken: all of them in
+    /// group order when they are that few; otherwise the next `most` in group order from
+    /// where the previous partial take ended, wrapping around (so every group is taken in
+    /// turn however many are touched again meanwhile).
+    pub(super) fn take_dirty(&mut self, most: usize) -> Vec<u32> {
+        if self.dirty.len() <= most {
+            self.dirty_cursor = 0;
+            return std::mem::take(&mut self.dirty).into_iter().collect();
+        }
+        let mut taken: Vec<u32> = self.dirty.range(self.dirty_cursor..).take(most).copied().collect();
+        let wrapped = most - taken.len();
+        taken.extend(self.dirty.range(..self.dirty_cursor).take(wrapped));
+        for group in &taken {
+            self.dirty.remove(group);
+        }
+        self.dirty_cursor = taken.last().map_or(0, |g| g.saturating_add(1));
+        taken
     }
 
     pub(super) fn has_dirty(&self) -> bool {
@@ -87,6 +103,11 @@ impl Schedule {
         due
     }
 
+    /// The tick of the earliest timer of a quiet group, if any.
+    pub(super) fn next_timer(&self) -> Option<u64> {
+        self.timers.first().map(|&(tick, _)| tick)
+    }
+
     /// Groups ticked every tick.
     pub(super) fn awake_count(&self) -> usize {
         self.awake.len()
@@ -137,11 +158,13 @@ mod tests {
         assert_eq!(s.due(6), vec![1]);
         s.sleep(1, Some(7));
         s.sleep(1, Some(9));
+        assert_eq!(s.next_timer(), Some(9));
         assert_eq!(s.due(8), Vec::<u32>::new());
         assert_eq!(s.timer_count(), 1);
         s.wake(1);
         assert_eq!((s.awake_count(), s.timer_count()), (1, 0));
         s.forget(1);
+        assert_eq!(s.next_timer(), None);
         assert_eq!(s.due(100), Vec::<u32>::new());
     }
 
@@ -152,7 +175,32 @@ mod tests {
         s.touch(3);
         s.touch(9);
         assert!(s.has_dirty());
-        assert_eq!(s.take_dirty().into_iter().collect::<Vec<_>>(), vec![3, 9]);
+        assert_eq!(s.take_dirty(10), vec![3, 9]);
+        assert!(!s.has_dirty());
+    }
+
+    #[test]
+    fn partial_takes_go_round_the_dirty_groups_in_turn() {
+        let mut s = Schedule::default();
+        for g in 1..=5 {
+            s.touch(g);
+        }
+        assert_eq!(s.take_dirty(2), vec![1, 2]);
+        // Groups touched again meanwhile wait for their turn.
+        s.touch(1);
+        s.touch(6);
+        assert_eq!(s.take_dirty(2), vec![3, 4]);
+        assert_eq!(s.take_dirty(2), vec![5, 6]);
+        assert_eq!(s.take_dirty(2), vec![1]);
+        for g in [2, 8, 9] {
+            s.touch(g);
+        }
+        assert_eq!(s.take_dirty(2), vec![2, 8]);
+        s.touch(3);
+        s.touch(4);
+        // From where the last partial take ended, then round to the start.
+        assert_eq!(s.take_dirty(2), vec![9, 3]);
+        assert_eq!(s.take_dirty(2), vec![4]);
         assert!(!s.has_dirty());
     }
 }

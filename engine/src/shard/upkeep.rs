@@ -10,6 +10,11 @@ use crate::sm;
 use super::error::ShardError;
 use super::runtime::{LogStore, ShardEvent, ShardRuntime, SnapshotSave};
 
+/// The most snapshots one round of the loop starts (each serializes a state machine); the
+/// groups also due wait for the next rounds, so many groups due at once (they applied
+/// entries at the same pace) do not hold the loop.
+const ROUND_SNAPSHOTS: usize = 64;
+
 impl<L: LogStore> ShardRuntime<L> {
     /// Removes the replicas whose removal was asked for, deleting their data.
     pub(super) async fn remove_pending(&mut self) -> Result<(), ShardError> {
@@ -41,10 +46,10 @@ impl<L: LogStore> ShardRuntime<L> {
         Ok(())
     }
 
-    /// Starts a snapshot of every group that applied `snapshot_every` entries since its last
-    /// one and has none on its way to disk; settles the saves that have become durable since
-    /// the last round, compacting each group's log behind its snapshot (a snapshot is
-    /// durable before anything it covers is dropped).
+    /// Starts a snapshot of every group (at most [`ROUND_SNAPSHOTS`] per round) that applied
+    /// `snapshot_every` entries since its last one and has none on its way to disk; settles
+    /// the saves that have become durable since the last round, compacting each group's log
+    /// behind its snapshot (a snapshot is durable before anything it covers is dropped).
     pub(super) async fn snapshot_due_groups(&mut self) -> Result<(), ShardError> {
         self.settle_snapshot_saves().await?;
         if self.cfg.snapshot_every == 0 {
@@ -55,7 +60,10 @@ impl<L: LogStore> ShardRuntime<L> {
         let due = candidates.into_iter().filter(|g| {
             !self.snapshot_saves.contains_key(g) && self.replicas.get(g).is_some_and(|r| r.snapshot_due(self.cfg.snapshot_every))
         });
-        let due: Vec<u32> = due.collect();
+        let mut due: Vec<u32> = due.collect();
+        if due.len() > ROUND_SNAPSHOTS {
+            self.snapshot_candidates.extend(due.split_off(ROUND_SNAPSHOTS));
+        }
         for group in due {
             let Some(replica) = self.replicas.get(&group) else { continue };
             let Some(capture) = replica.capture_snapshot() else { continue };

@@ -459,6 +459,8 @@ impl Dispatch {
             glommio::spawn_local(async move {
                 while let Some(msg) = stream.next().await {
                     dispatch.handle(msg, &*on_connection);
+                    // (Leader reports of thousands of groups may arrive at once.)
+                    glommio::yield_if_needed().await;
                 }
             })
             .detach();

@@ -19,9 +19,7 @@ mod peer_rtt;
 mod peers;
 mod registry;
 mod shard;
-
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+mod stop;
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{CpuSet, LocalExecutorBuilder, Placement};
@@ -82,11 +80,7 @@ pub fn run(config: Config) -> Result<(), String> {
     };
     let peer_tls = load_peer_tls(&config)?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
-            .map_err(|e| format!("cannot install the handler of signal {signal}: {e}"))?;
-    }
+    let (stop, mut shard_stops) = stop::NodeStop::install(config.shards as usize)?;
 
     // One shard per core, pinned, when there are enough cores; unpinned otherwise.
     let cpus: Vec<usize> = CpuSet::online().map(|set| set.into_iter().map(|c| c.cpu).collect()).unwrap_or_default();
@@ -111,7 +105,7 @@ pub fn run(config: Config) -> Result<(), String> {
     }
     let mut listeners = Some((client_listener, admin_listener));
     let mut handles = Vec::new();
-    for index in 0..config.shards as usize {
+    for (index, stopped) in shard_stops.drain(..).enumerate() {
         let placement = placement_of(index);
         let ctx = shard::ShardContext {
             config: config.clone(),
@@ -119,8 +113,9 @@ pub fn run(config: Config) -> Result<(), String> {
             listeners: if index == 0 { listeners.take() } else { None },
             metrics_listener: if index == 0 { metrics_listener.take() } else { None },
             edge_tls: edge_tls.clone(),
-            stop: Arc::clone(&stop),
             peer_tls: peer_tls.clone(),
+            stop: std::sync::Arc::clone(&stop),
+            stopped,
         };
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("conclave-shard-{index}"))

@@ -5,7 +5,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,6 +34,7 @@ use super::groups::{self, GroupControl};
 use super::observe::{self, ShardSources};
 use super::peers::PeerNet;
 use super::registry::Registry;
+use super::stop::{NodeStop, ShardStop};
 
 /// The longest a graceful stop waits for this shard's leaderships to move elsewhere.
 const HAND_OFF_WAIT: Duration = Duration::from_secs(3);
@@ -49,13 +49,13 @@ pub struct ShardContext {
     pub metrics_listener: Option<ExclusiveListener>,
     /// TLS of the client and admin listeners (`None`: plaintext).
     pub edge_tls: Option<EdgeTls>,
-    pub stop: Arc<AtomicBool>,
     /// Peer TLS, loaded once for every shard (`None`: plaintext peers).
     pub peer_tls: Option<conclave_wire::PeerTls>,
+    /// Tells every shard to stop (when this one fails).
+    pub stop: Arc<NodeStop>,
+    /// Ready once the node is told to stop.
+    pub stopped: ShardStop,
 }
-
-/// How often each shard looks at the stop flag set by the signal handler.
-const STOP_POLL: Duration = Duration::from_millis(20);
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -71,10 +71,9 @@ const SERVICES: [&str; 5] = [
 ];
 
 pub async fn run(ctx: ShardContext) -> Result<(), String> {
-    let result =
-        serve(ctx.config.clone(), ctx.mesh, ctx.listeners, ctx.metrics_listener, ctx.edge_tls, Arc::clone(&ctx.stop), ctx.peer_tls).await;
-    // One shard failing stops the node: the others see the flag and stop cleanly.
-    ctx.stop.store(true, Ordering::SeqCst);
+    let result = serve(ctx.config.clone(), ctx.mesh, ctx.listeners, ctx.metrics_listener, ctx.edge_tls, ctx.stopped, ctx.peer_tls).await;
+    // One shard failing stops the node: the others are told and stop cleanly.
+    ctx.stop.stop();
     result
 }
 
@@ -84,7 +83,7 @@ async fn serve(
     listeners: Option<(ExclusiveListener, ExclusiveListener)>,
     metrics_listener: Option<ExclusiveListener>,
     edge_tls: Option<EdgeTls>,
-    stop: Arc<AtomicBool>,
+    stopped: ShardStop,
     peer_tls: Option<conclave_wire::PeerTls>,
 ) -> Result<(), String> {
     let (senders, receivers) = mesh.join().await.map_err(|e| format!("cannot join the shard mesh: {e}"))?;
@@ -228,6 +227,9 @@ async fn serve(
                     update_health();
                 }
                 dispatch.report(NodeEvent::Group(group, event));
+                // Thousands of groups starting or electing at once queue thousands of events:
+                // the shard loop's turn comes between them.
+                glommio::yield_if_needed().await;
             }
         })
         .detach();
@@ -312,16 +314,13 @@ async fn serve(
     tracing::info!(shard, groups = ?hosted, "shard serving");
 
     let mut runtime_task = runtime_task;
-    let mut runtime_ended = None;
-    while !stop.load(Ordering::SeqCst) {
-        glommio::timer::sleep(STOP_POLL).await;
-        // A runtime that stops on its own hit a storage failure: stop the node rather than
-        // serve without durability.
-        if let Some(result) = futures_lite::future::poll_once(&mut runtime_task).await {
-            runtime_ended = Some(result);
-            break;
-        }
-    }
+    // Until the node is told to stop, or the runtime stops on its own: it hit a storage
+    // failure, and the node stops rather than serve without durability.
+    let runtime_ended = futures_lite::future::or(async { Some((&mut runtime_task).await) }, async {
+        stopped.stopped().await;
+        None
+    })
+    .await;
     // Graceful stop: hand this shard's leaderships to other members while still serving,
     // refuse new calls, let in-flight ones finish (the gRPC layer bounds the wait), then
     // answer whatever the runtime still holds and stop it.
