@@ -10,7 +10,8 @@
 //!   partition) and campaigns; the moment it does, the leader stops hearing anyone, so its
 //!   lease runs out on its own while the challenger asks the others for votes (a vote
 //!   granted inside the lease lets a new leader commit while the old one serves lease
-//!   reads);
+//!   reads); the old leader takes no writes meanwhile, so the challenger's log stays up to
+//!   date and only the lease refuses it;
 //! - **stall**: the leader's node stops for a while, its clock frozen; the others elect and
 //!   commit; when it resumes its clock jumps and clients read from it before it hears of
 //!   the new term (a lease trusted after it ran out in real time serves stale data).
@@ -41,6 +42,7 @@ enum Kind {
 #[derive(Clone, Copy, Debug)]
 struct Scenario {
     kind: Kind,
+    group: usize,
     /// Node indexes of the leader and (Challenger) the challenger.
     leader: usize,
     challenger: usize,
@@ -214,7 +216,7 @@ impl Sim {
             _ => leader,
         };
         let ends_at = tick + self.reads.rng.random_range(20..=45);
-        self.reads.scenario = Some(Scenario { kind, leader, challenger, ends_at, deafened: false });
+        self.reads.scenario = Some(Scenario { kind, group: g, leader, challenger, ends_at, deafened: false });
         self.reads.old_leader[g] = Some(leader);
         let (l, c) = (leader as u64 + 1, challenger as u64 + 1);
         match kind {
@@ -261,7 +263,10 @@ impl Sim {
                     (_, _, Some(newest)) if self.rng.random_bool(0.8) => newest,
                     _ => self.rng.random_range(0..self.nodes.len()),
                 };
-                if self.reads.is_stalled(n) {
+                // The challenger's log must stay as long as the leader's: the old leader
+                // takes no writes while it challenges (the newer leader does).
+                let challenged = self.reads.scenario.is_some_and(|s| s.kind == Kind::Challenger && s.group == g && s.leader == n);
+                if self.reads.is_stalled(n) || (write && challenged) {
                     continue;
                 }
                 let id = self.nodes[n].id;
