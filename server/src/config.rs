@@ -159,6 +159,15 @@ pub struct ServeArgs {
     /// partition all the time [default: true].
     #[arg(long, value_name = "BOOL")]
     pub quiesce: Option<bool>,
+    /// Let a partition's leader answer GetTerm from a lease: while a quorum acknowledged a
+    /// heartbeat round sent less than a lease ago (measured on the monotonic clock, shorter
+    /// than the election timeout by a margin for clock drift), no other leader can have
+    /// been elected, so the leader answers at once instead of confirming each read with a
+    /// heartbeat round (ReadIndex, still used when the lease is not valid). Followers
+    /// refuse votes while they hear from a live leader. `false` confirms every read with a
+    /// round [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub lease_reads: Option<bool>,
 }
 
 /// The validated configuration of one node.
@@ -192,6 +201,8 @@ pub struct Config {
     pub log_dsync: bool,
     /// Idle groups go quiet (`--quiesce`).
     pub quiesce: bool,
+    /// Leaders answer reads from a lease when it is valid (`--lease-reads`).
+    pub lease_reads: bool,
 }
 
 /// A configuration that cannot be used, with the key that carried the bad value.
@@ -268,6 +279,7 @@ impl ServeArgs {
             compaction_tail: self.compaction_tail.or(file.compaction_tail),
             log_sync: self.log_sync.or(file.log_sync),
             quiesce: self.quiesce.or(file.quiesce),
+            lease_reads: self.lease_reads.or(file.lease_reads),
         }
     }
 }
@@ -401,6 +413,7 @@ impl Config {
             spin_before_park: Duration::from_micros(spin_us),
             log_dsync,
             quiesce: args.quiesce.unwrap_or(true),
+            lease_reads: args.lease_reads.unwrap_or(true),
             cluster_id,
             rebalance: Duration::from_millis(args.rebalance_ms.unwrap_or(DEFAULT_REBALANCE_MS)),
         })
@@ -434,6 +447,8 @@ mod tests {
         assert!(!resolve(&["--log-sync", "fdatasync"]).unwrap().log_dsync);
         assert!(c.quiesce, "idle groups go quiet by default");
         assert!(!resolve(&["--quiesce", "false"]).unwrap().quiesce);
+        assert!(c.lease_reads, "leaders answer reads from a valid lease by default");
+        assert!(!resolve(&["--lease-reads", "false"]).unwrap().lease_reads);
     }
 
     #[test]
