@@ -140,6 +140,27 @@ fn a_lease_read_needs_no_round_while_the_lease_runs_on_the_clock() {
 }
 
 #[test]
+fn a_followers_read_is_answered_from_the_lease_and_by_a_round_once_it_ran_out() {
+    let (mut cluster, leader, now) = leader_with_lease();
+    let lease = raft_lease(&cluster.nodes[&leader]);
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    for (at, rounds) in [(now + lease / 2, 0), (now + lease, 1)] {
+        set_now(&mut cluster, at);
+        let raft = cluster.nodes.get_mut(&follower).unwrap();
+        raft.read_index(Bytes::from_static(b"via follower")).unwrap();
+        let ask = raft.ready().messages;
+        assert_eq!(ask.len(), 1, "one ReadIndex request to the leader");
+        let raft = cluster.nodes.get_mut(&leader).unwrap();
+        raft.step(ask.into_iter().next().unwrap()).unwrap();
+        let ready = raft.ready();
+        let heartbeats = ready.messages.iter().filter(|m| m.msg_type == MessageType::Heartbeat as i32).count();
+        assert_eq!(heartbeats.min(1), rounds, "a round only once the lease ran out (at {at})");
+        let released = cluster.deliver_until_quiet(ready.messages, follower);
+        assert_eq!(released.len(), 1, "the follower's read was answered");
+    }
+}
+
+#[test]
 fn a_stalled_leader_stops_serving_lease_reads_once_its_lease_ran_out_in_real_time() {
     let (mut cluster, leader, now) = leader_with_lease();
     let raft = cluster.nodes.get_mut(&leader).unwrap();

@@ -3,7 +3,9 @@
 //! reads to the leader. Rounds are numbered so one heartbeat acknowledgement confirms every
 //! earlier read at once, and the reads that arrive between two drains of the output share
 //! one round (sent as the output is drained); a follower asks the leader once per drain for
-//! all the reads that arrived since the last.
+//! all the reads that arrived since the last. With lease reads on, a leader holding a valid
+//! lease (see `lease_valid`) answers its own reads and followers' batches at once, without
+//! a round.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -160,6 +162,20 @@ impl RaftNode {
         if !self.reads.pending.is_empty() {
             self.reads.round_due = true;
         }
+    }
+
+    /// Leader: a follower's batch of reads. Under a valid lease it is answered at once
+    /// with the commit index (the lease vouches, at this moment, that no other leader can
+    /// have committed more); otherwise it waits for a heartbeat round, as local reads do.
+    pub(super) fn on_read_index_request(&mut self, msg: Message) {
+        if !self.lease_valid() {
+            self.leader_read(msg.context, msg.from);
+            return;
+        }
+        let mut reply = self.new_message(msg.from, MessageType::ReadIndexResponse);
+        reply.index = self.log.committed();
+        reply.context = msg.context;
+        self.out_messages.push(reply);
     }
 
     /// Asks the leader for the index of every read arrived since the last drain, in one

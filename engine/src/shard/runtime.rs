@@ -458,6 +458,11 @@ impl<L: LogStore> ShardRuntime<L> {
         (self.clock)()
     }
 
+    /// The monotonic clock's reading, in microseconds.
+    pub(super) fn now_micros(&self) -> u64 {
+        (self.monotonic)()
+    }
+
     /// Replaces the monotonic clock (by default the process's, from `Instant`), e.g. with
     /// a simulated one in tests.
     pub fn set_monotonic_clock(&mut self, clock: MonotonicClock) {
