@@ -284,6 +284,7 @@ fn features() -> impl Strategy<Value = Features> {
 fn config(id: u64, features: Features) -> Config {
     let mut cfg = Config::new(id, GROUP);
     cfg.lease_reads = features.lease_reads;
+    cfg.lease_micros = Config::safe_lease_micros(cfg.election_ticks, 10_000);
     cfg.quiesce = features.quiesce;
     if features.tight_flow {
         cfg.max_entries_per_message = 1;

@@ -553,6 +553,7 @@ fn lease_reads_skip_the_heartbeat_round_only_while_the_lease_holds() {
     for id in [1, 2, 3] {
         let mut cfg = Config::new(id, 7);
         cfg.lease_reads = true;
+        cfg.lease_micros = Config::safe_lease_micros(cfg.election_ticks, 10_000);
         cluster.nodes.insert(id, node_with(cfg, &membership));
     }
     let leader = cluster.tick_until_leader();

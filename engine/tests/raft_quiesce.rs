@@ -16,6 +16,7 @@ fn quiet_config(id: u64, lease_reads: bool) -> Config {
     let mut cfg = Config::new(id, 7);
     cfg.quiesce = true;
     cfg.lease_reads = lease_reads;
+    cfg.lease_micros = Config::safe_lease_micros(cfg.election_ticks, 10_000);
     cfg
 }
 

@@ -5,14 +5,25 @@
 //! nodes join again at once, while their deleted replicas' messages are still in flight.
 //! `CONCLAVE_SIM_SEEDS=N` runs N seeds of each (a soak); `CONCLAVE_SIM_SEED=S` replays seed S
 //! alone (`CONCLAVE_SIM_QUIESCE=1` forces quiescence on, as the second run does;
-//! `CONCLAVE_SIM_EAGER_REJOIN=1` eager rejoins, as the third does). Every failure prints its
-//! seed and the command that replays it.
+//! `CONCLAVE_SIM_EAGER_REJOIN=1` eager rejoins, as the third does). A fourth run, beside
+//! them, uses the read-safety profile (`sim/read_profile.rs`: drifting and stalling clocks,
+//! a nemesis around the leader, clients reading from the old leader) for [`READ_SEEDS`]
+//! seeds from [`READ_SEEDS_FROM`] on (`CONCLAVE_SIM_READS=1` replays one of its seeds).
+//! Every failure prints its seed and the command that replays it.
 
 mod sim;
 
+use sim::read_profile::READ_SEEDS_FROM;
 use sim::{replay_command, run_seed, SimOptions};
 
 const DEFAULT_SEEDS: u64 = 1_000;
+
+/// Seeds of the read-profile run (the CI budget that must catch each read-safety bug).
+const READ_SEEDS: u64 = 1_000;
+
+fn replaying_reads() -> bool {
+    std::env::var("CONCLAVE_SIM_READS").is_ok_and(|v| v == "1")
+}
 
 fn env_u64(name: &str) -> Option<u64> {
     let text = std::env::var(name).ok()?;
@@ -29,6 +40,9 @@ const EAGER_REJOIN_SEEDS: u64 = 1_000;
 
 #[test]
 fn simulation_upholds_safety_liveness_and_linearizability() {
+    if replaying_reads() {
+        return; // a replay of the read profile runs in its own test
+    }
     let force_quiesce = std::env::var("CONCLAVE_SIM_QUIESCE").is_ok_and(|v| v == "1");
     run_seeds(0, force_quiesce);
 }
@@ -53,6 +67,41 @@ fn simulation_with_eager_rejoins_upholds_the_same_properties() {
         return; // a replay runs in the first test (with CONCLAVE_SIM_EAGER_REJOIN=1)
     }
     run_seeds_with(EAGER_SEEDS_FROM, EAGER_REJOIN_SEEDS, false, true);
+}
+
+/// The read-safety profile: a ReadIndex answered without its quorum round, a vote granted
+/// inside a leader's lease, or a lease trusted after it ran out in real time each fail a
+/// seed of this run (see tuning.md, "Read safety in the simulation").
+#[test]
+fn simulation_aimed_at_reads_serves_only_linearizable_reads() {
+    if std::env::var("CONCLAVE_SIM_SEED").is_ok() && !replaying_reads() {
+        return; // a replay of another profile
+    }
+    let seeds: Vec<u64> = match env_u64("CONCLAVE_SIM_SEED") {
+        Some(seed) => vec![seed],
+        None => (READ_SEEDS_FROM..READ_SEEDS_FROM + env_u64("CONCLAVE_SIM_SEEDS").unwrap_or(READ_SEEDS)).collect(),
+    };
+    let started = std::time::Instant::now();
+    let (mut operations, mut leaders) = (0, 0);
+    for &seed in &seeds {
+        let opts = SimOptions::reads_for_seed(seed);
+        match run_seed(seed, &opts) {
+            Ok(report) => {
+                if seeds.len() == 1 {
+                    println!("seed {seed}: {opts:?}\n{report:?}");
+                }
+                operations += report.client_operations;
+                leaders += report.leaders_elected;
+            }
+            Err(violation) => panic!(
+                "seed {seed} (read profile) violated a property: {}\noptions: {opts:?}\nreplay: CONCLAVE_SIM_READS=1 {}",
+                violation.0,
+                replay_command(seed)
+            ),
+        }
+    }
+    println!("{} read-profile seeds in {:?}: {operations} client operations, {leaders} leaders elected", seeds.len(), started.elapsed());
+    assert!(operations > 0 && leaders > 0, "the runs did nothing");
 }
 
 fn run_seeds(first: u64, force_quiesce: bool) {

@@ -186,6 +186,15 @@ pub struct ServeArgs {
     /// Peer TLS: the PEM CA bundle that every peer's certificate must chain to.
     #[arg(long, value_name = "FILE")]
     pub peer_trusted_ca_file: Option<PathBuf>,
+    /// Let a partition's leader answer GetTerm from a lease: while a quorum acknowledged a
+    /// heartbeat round sent less than a lease ago (measured on the monotonic clock, shorter
+    /// than the election timeout by a margin for clock drift), no other leader can have
+    /// been elected, so the leader answers at once instead of confirming each read with a
+    /// heartbeat round (ReadIndex, still used when the lease is not valid). Followers
+    /// refuse votes while they hear from a live leader. `false` confirms every read with a
+    /// round [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub lease_reads: Option<bool>,
 }
 
 /// The validated configuration of one node.
@@ -219,6 +228,8 @@ pub struct Config {
     pub log_dsync: bool,
     /// Idle groups go quiet (`--quiesce`).
     pub quiesce: bool,
+    /// Leaders answer reads from a lease when it is valid (`--lease-reads`).
+    pub lease_reads: bool,
     /// TLS of the client and admin listeners (`None`: plaintext).
     pub edge_tls: Option<EdgeTlsFiles>,
     /// Mutual TLS between peers (`--peer-cert-file` and friends; `None`: plaintext).
@@ -374,6 +385,7 @@ impl ServeArgs {
             peer_cert_file: self.peer_cert_file.or(file.peer_cert_file),
             peer_key_file: self.peer_key_file.or(file.peer_key_file),
             peer_trusted_ca_file: self.peer_trusted_ca_file.or(file.peer_trusted_ca_file),
+            lease_reads: self.lease_reads.or(file.lease_reads),
         }
     }
 }
@@ -511,6 +523,7 @@ impl Config {
             log_dsync,
             quiesce: args.quiesce.unwrap_or(true),
             edge_tls,
+            lease_reads: args.lease_reads.unwrap_or(true),
             cluster_id,
             rebalance: Duration::from_millis(args.rebalance_ms.unwrap_or(DEFAULT_REBALANCE_MS)),
         })
@@ -544,6 +557,8 @@ mod tests {
         assert!(!resolve(&["--log-sync", "fdatasync"]).unwrap().log_dsync);
         assert!(c.quiesce, "idle groups go quiet by default");
         assert!(!resolve(&["--quiesce", "false"]).unwrap().quiesce);
+        assert!(c.lease_reads, "leaders answer reads from a valid lease by default");
+        assert!(!resolve(&["--lease-reads", "false"]).unwrap().lease_reads);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Configuration of one Raft group replica: timing in ticks, flow-control limits, optional
-//! features, and the fault-injection switches used only by the simulation's "teeth" tests.
+//! Configuration of one Raft group replica: timing in ticks (and the lease in the caller's
+//! monotonic clock), flow-control limits, optional features, and the fault-injection
+//! switches used only by the simulation's "teeth" tests.
 
 use super::error::RaftError;
 
@@ -16,7 +17,9 @@ pub struct DeliberateBugs {
     pub ack_before_persist: bool,
 }
 
-/// Settings of one replica. Time is measured in ticks of the caller's clock.
+/// Settings of one replica. Time is measured in ticks of the caller's clock, except the
+/// lease of lease reads, measured on the monotonic clock the caller feeds with
+/// [`super::RaftNode::set_now`].
 #[derive(Clone, Debug)]
 pub struct Config {
     /// This replica's node id (never 0).
@@ -38,11 +41,19 @@ pub struct Config {
     /// A leader steps down when it has not heard from a quorum within an election timeout;
     /// followers that heard from a leader recently ignore vote requests.
     pub check_quorum: bool,
-    /// Serve reads on the leader without a heartbeat round while it holds a lease (a quorum
-    /// acknowledged a heartbeat sent less than `election_ticks - 2` ticks ago). Off by
-    /// default: it is only safe while tick rates of all replicas agree within that margin.
-    /// Requires `check_quorum`.
+    /// Serve reads on the leader without a heartbeat round while it holds a lease: a quorum
+    /// acknowledged a heartbeat round *sent* less than `lease_micros` ago on the monotonic
+    /// clock (checked against the time of the read), and less than `election_ticks - 2`
+    /// leader ticks ago. Followers refuse votes for `election_ticks` of their ticks after
+    /// hearing from the leader, so no other leader can be elected meanwhile. Off by default.
+    /// Requires `check_quorum` and `lease_micros`; the caller must call `set_now` before
+    /// every input (a stale clock would let an expired lease be trusted).
     pub lease_reads: bool,
+    /// Length of a lease in the units of the caller's monotonic clock (microseconds for the
+    /// shard runtime). It must stay below the time followers refuse votes after hearing
+    /// from the leader, `(election_ticks - 1)` ticks, by a margin for clock drift: see
+    /// [`Config::safe_lease_micros`].
+    pub lease_micros: u64,
     /// Let idle groups go silent: once every member holds the whole committed log, the leader
     /// sends one last heartbeat marked `quiesce` and stops heartbeating; followers stop their
     /// election timers. Any message or proposal wakes the group. Off by default: the caller
@@ -76,6 +87,7 @@ impl Config {
             pre_vote: true,
             check_quorum: true,
             lease_reads: false,
+            lease_micros: 0,
             quiesce: false,
             max_entries_per_message: 256,
             max_bytes_per_message: 1 << 20,
@@ -84,6 +96,16 @@ impl Config {
             max_uncommitted_entries: 1 << 16,
             deliberate_bugs: DeliberateBugs::default(),
         }
+    }
+
+    /// The lease length for ticks of `tick_micros`: two ticks short of the election
+    /// timeout (a follower's first tick may come at once after it heard the leader, and a
+    /// heartbeat round is stamped when created, before it leaves), less 1/8 for the drift
+    /// between the replicas' clocks. Followers count ticks, which lag real time but never
+    /// run ahead of it, so they refuse votes at least `(election_ticks - 1) * tick_micros`
+    /// after hearing a round, longer than any lease that round confirmed.
+    pub fn safe_lease_micros(election_ticks: u32, tick_micros: u64) -> u64 {
+        u64::from(election_ticks.saturating_sub(2)).saturating_mul(tick_micros) / 8 * 7
     }
 
     /// Checks the settings are consistent.
@@ -100,6 +122,9 @@ impl Config {
         }
         if self.lease_reads && !self.check_quorum {
             return bad("lease_reads requires check_quorum");
+        }
+        if self.lease_reads && self.lease_micros == 0 {
+            return bad("lease_reads requires lease_micros (see Config::safe_lease_micros)");
         }
         if self.max_entries_per_message == 0 || self.max_inflight_messages == 0 {
             return bad("max_entries_per_message and max_inflight_messages must be at least 1");

@@ -62,8 +62,10 @@ pub struct RaftNode {
     /// follower at once, so one round's proposals cost one append per follower.
     pub(super) append_due: bool,
     pub(super) reads: ReadQueue,
-    /// Ticks counted while leader (lease reads measure heartbeat ages with it).
+    /// Ticks counted while leader (a lease is also bounded in ticks, see `lease_valid`).
     pub(super) leader_ticks: u64,
+    /// The caller's monotonic clock as last fed by `set_now` (lease reads measure with it).
+    pub(super) now: u64,
     /// Lease reads are off for the rest of this term (a TimeoutNow was sent).
     pub(super) lease_revoked: bool,
     /// Lease reads: after a restart, refuse votes for one election timeout, as if a leader
@@ -168,6 +170,7 @@ impl RaftNode {
             append_due: false,
             reads: ReadQueue::new(first_batch),
             leader_ticks: 0,
+            now: 0,
             lease_revoked: false,
             startup_quiet: false,
             quiesced: false,
@@ -278,6 +281,20 @@ impl RaftNode {
         } else {
             self.reset_election_timer();
         }
+    }
+
+    /// Feeds the caller's monotonic clock (any unit, microseconds in the shard runtime; the
+    /// unit of `Config::lease_micros`). A reading earlier than the last one is ignored. With
+    /// lease reads on, call it with a fresh reading before every input, `read_index` above
+    /// all: a lease is trusted only while this clock says it runs, and a heartbeat round is
+    /// stamped with it when created.
+    pub fn set_now(&mut self, now: u64) {
+        self.now = self.now.max(now);
+    }
+
+    /// The clock reading last fed by [`RaftNode::set_now`].
+    pub fn now(&self) -> u64 {
+        self.now
     }
 
     /// Advances logical time by one tick.

@@ -3,7 +3,9 @@
 //! reads to the leader. Rounds are numbered so one heartbeat acknowledgement confirms every
 //! earlier read at once, and the reads that arrive between two drains of the output share
 //! one round (sent as the output is drained); a follower asks the leader once per drain for
-//! all the reads that arrived since the last.
+//! all the reads that arrived since the last. With lease reads on, a leader holding a valid
+//! lease (see `lease_valid`) answers its own reads and followers' batches at once, without
+//! a round.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -32,8 +34,9 @@ pub(super) struct ReadQueue {
     waiting_commit: Vec<(Bytes, u64)>,
     pending: VecDeque<PendingRead>,
     ready: Vec<ReadState>,
-    /// Lease reads: (round, leader tick it was sent at) of recent heartbeat rounds.
-    round_ticks: VecDeque<(u64, u64)>,
+    /// Lease reads: recent heartbeat rounds, as (round, leader tick, monotonic clock)
+    /// when each was sent.
+    round_ticks: VecDeque<(u64, u64, u64)>,
     /// Reads arrived since the last `ready()`: one heartbeat round, sent as the output is
     /// drained, confirms them all (not one round per read).
     round_due: bool,
@@ -87,21 +90,21 @@ impl ReadQueue {
         self.round_due || !self.unsent.is_empty()
     }
 
-    /// Starts a new heartbeat round at leader tick `tick` (lease reads), forgetting rounds
-    /// older than `horizon` ticks.
-    pub(super) fn new_round(&mut self, tick: u64, horizon: u64) -> u64 {
+    /// Starts a new heartbeat round at leader tick `tick` and clock reading `now` (lease
+    /// reads), forgetting rounds older than `tick_horizon` ticks or `time_horizon`.
+    pub(super) fn new_round(&mut self, tick: u64, now: u64, tick_horizon: u64, time_horizon: u64) -> u64 {
         self.last_seq += 1;
-        self.round_ticks.push_back((self.last_seq, tick));
-        while self.round_ticks.front().is_some_and(|(_, t)| t + horizon < tick) {
+        self.round_ticks.push_back((self.last_seq, tick, now));
+        while self.round_ticks.front().is_some_and(|(_, t, at)| t + tick_horizon < tick || at.saturating_add(time_horizon) < now) {
             self.round_ticks.pop_front();
         }
         self.last_seq
     }
 
-    /// The leader tick at which the latest remembered round not after `seq` was sent (an
-    /// earlier round is a conservative stand-in).
-    fn round_tick(&self, seq: u64) -> Option<u64> {
-        self.round_ticks.iter().rev().find(|(s, _)| *s <= seq).map(|(_, t)| *t)
+    /// The leader tick and clock reading at which the latest remembered round not after
+    /// `seq` was sent (an earlier round is a conservative stand-in).
+    fn round_sent(&self, seq: u64) -> Option<(u64, u64)> {
+        self.round_ticks.iter().rev().find(|(s, _, _)| *s <= seq).map(|(_, t, at)| (*t, *at))
     }
 
     /// True if no read waits for confirmation.
@@ -161,6 +164,20 @@ impl RaftNode {
         }
     }
 
+    /// Leader: a follower's batch of reads. Under a valid lease it is answered at once
+    /// with the commit index (the lease vouches, at this moment, that no other leader can
+    /// have committed more); otherwise it waits for a heartbeat round, as local reads do.
+    pub(super) fn on_read_index_request(&mut self, msg: Message) {
+        if !self.lease_valid() {
+            self.leader_read(msg.context, msg.from);
+            return;
+        }
+        let mut reply = self.new_message(msg.from, MessageType::ReadIndexResponse);
+        reply.index = self.log.committed();
+        reply.context = msg.context;
+        self.out_messages.push(reply);
+    }
+
     /// Asks the leader for the index of every read arrived since the last drain, in one
     /// request (its context is the batch number). A node that became leader meanwhile
     /// serves them itself; with no leader they are dropped (their callers fail on the leader
@@ -200,7 +217,11 @@ impl RaftNode {
 
     /// Lease reads: true while a quorum acknowledged a heartbeat round sent recently enough
     /// that no other leader can have been elected since (followers refuse votes for an
-    /// election timeout after hearing from the leader).
+    /// election timeout after hearing from the leader). The lease starts when the round was
+    /// sent and is checked against the clock now: a leader whose loop stalled (its ticks
+    /// late) must not trust a lease that ran out in real time. It is also bounded in leader
+    /// ticks, which never run ahead of real time, so a caller's clock that stopped cannot
+    /// stretch it beyond what ticks allow.
     pub(super) fn lease_valid(&self) -> bool {
         if !self.cfg.lease_reads || self.lease_revoked || self.role != RaftRole::Leader {
             return false;
@@ -220,8 +241,8 @@ impl RaftNode {
                     }
                 },
             );
-        let Some(sent) = self.reads.round_tick(confirmed) else { return false };
-        self.leader_ticks - sent + 2 < u64::from(self.cfg.election_ticks)
+        let Some((sent_tick, sent_at)) = self.reads.round_sent(confirmed) else { return false };
+        self.now < sent_at.saturating_add(self.cfg.lease_micros) && self.leader_ticks - sent_tick + 2 < u64::from(self.cfg.election_ticks)
     }
 
     /// Called when the commit index moved: release reads that waited for the term's entry.

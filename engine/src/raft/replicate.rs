@@ -48,7 +48,7 @@ impl RaftNode {
     pub(super) fn broadcast_heartbeat(&mut self) {
         let committed = self.log.committed();
         let read_seq = if self.cfg.lease_reads {
-            self.reads.new_round(self.leader_ticks, u64::from(self.cfg.election_ticks))
+            self.reads.new_round(self.leader_ticks, self.now, u64::from(self.cfg.election_ticks), self.cfg.lease_micros)
         } else {
             self.reads.last_seq()
         };

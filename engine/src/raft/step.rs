@@ -122,7 +122,7 @@ impl RaftNode {
             }
             MessageType::ReadIndex => {
                 if self.role == RaftRole::Leader {
-                    self.leader_read(msg.context, msg.from);
+                    self.on_read_index_request(msg);
                 }
                 Ok(())
             }

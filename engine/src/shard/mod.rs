@@ -22,7 +22,8 @@ pub use counters::{CounterValues, ShardCounters};
 pub use error::ShardError;
 pub use replica::{Committed, ReadTerm, Replica, Reply, SnapshotCapture, TermQuery, WatchEvent, Watcher, MAX_HELD_READS};
 pub use runtime::{
-    Clock, Durable, EventSink, GroupWrite, LogStore, Request, RuntimeConfig, ShardEvent, ShardHandle, ShardRuntime, Transport,
+    Clock, Durable, EventSink, GroupWrite, LogStore, MonotonicClock, Request, RuntimeConfig, ShardEvent, ShardHandle, ShardRuntime,
+    Transport,
 };
 pub use stats::{DurationHistogram, GroupStats, RuntimeStats, StorageStats, DURATION_BUCKETS};
 pub use storage::{load_snapshot, recover_replica, LoadedSnapshot, ShardStorage, SNAPSHOT_FORMAT_VERSION};

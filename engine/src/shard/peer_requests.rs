@@ -35,6 +35,9 @@ impl<L: LogStore> ShardRuntime<L> {
                         return;
                     }
                 };
+                // A leader answers a follower's reads from its lease only while the clock
+                // says the lease runs.
+                let now_micros = self.now_micros();
                 for msg in messages {
                     let group = msg.group_id;
                     if msg.msg_type == MessageType::TimeoutNow as i32 {
@@ -42,6 +45,7 @@ impl<L: LogStore> ShardRuntime<L> {
                     }
                     let dropped = match self.replica_mut(group) {
                         Some(replica) => {
+                            replica.raft_mut().set_now(now_micros);
                             let drops = replica.raft().incarnation_drops();
                             if let Err(e) = replica.raft_mut().step(msg) {
                                 tracing::debug!(group, from, error = %e, "Raft message refused");

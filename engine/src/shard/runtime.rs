@@ -108,6 +108,16 @@ pub type EventSink = Box<dyn FnMut(u32, &ShardEvent)>;
 /// Wall-clock milliseconds since the Unix epoch; the leader stamps commands with it.
 pub type Clock = Box<dyn Fn() -> u64>;
 
+/// A monotonic clock in microseconds (any origin, never going back): Raft measures lease
+/// reads with it (`RaftNode::set_now`).
+pub type MonotonicClock = Box<dyn Fn() -> u64>;
+
+/// The process's monotonic clock, in microseconds since the runtime was built.
+fn instant_clock() -> MonotonicClock {
+    let origin = Instant::now();
+    Box::new(move || u64::try_from(origin.elapsed().as_micros()).unwrap_or(u64::MAX))
+}
+
 /// Settings of a shard runtime.
 #[derive(Clone, Debug)]
 pub struct RuntimeConfig {
@@ -315,6 +325,7 @@ pub struct ShardRuntime<L: LogStore> {
     pub(super) transport: Transport,
     pub(super) events: EventSink,
     clock: Clock,
+    monotonic: MonotonicClock,
     receiver: LocalReceiver<Request>,
     handle: ShardHandle,
     pub(super) last_expiry_barrier: BTreeMap<u32, Instant>,
@@ -417,6 +428,7 @@ impl<L: LogStore> ShardRuntime<L> {
             transport,
             events,
             clock,
+            monotonic: instant_clock(),
             receiver,
             handle,
             last_expiry_barrier: BTreeMap::new(),
@@ -459,6 +471,17 @@ impl<L: LogStore> ShardRuntime<L> {
 
     pub(super) fn now_ms(&self) -> u64 {
         (self.clock)()
+    }
+
+    /// The monotonic clock's reading, in microseconds.
+    pub(super) fn now_micros(&self) -> u64 {
+        (self.monotonic)()
+    }
+
+    /// Replaces the monotonic clock (by default the process's, from `Instant`), e.g. with
+    /// a simulated one in tests.
+    pub fn set_monotonic_clock(&mut self, clock: MonotonicClock) {
+        self.monotonic = clock;
     }
 
     pub(super) fn replica_mut(&mut self, group: u32) -> Option<&mut Replica> {
@@ -602,11 +625,18 @@ impl<L: LogStore> ShardRuntime<L> {
                 None => reply(Err(ShardError::UnknownGroup(group))),
             },
             Request::Read { group, query, reply } => match self.replicas.get_mut(&group) {
-                Some(replica) => replica.read(query, reply),
+                Some(replica) => {
+                    // A lease read is trusted only while the clock says the lease runs.
+                    replica.raft_mut().set_now((self.monotonic)());
+                    replica.read(query, reply)
+                }
                 None => reply(Err(ShardError::UnknownGroup(group))),
             },
             Request::Watch { group, key, query, first, watcher } => match self.replicas.get_mut(&group) {
-                Some(replica) => replica.watch(query, key, first, watcher),
+                Some(replica) => {
+                    replica.raft_mut().set_now((self.monotonic)());
+                    replica.watch(query, key, first, watcher)
+                }
                 None => first(Err(ShardError::UnknownGroup(group))),
             },
             Request::Unwatch { group, key } => {
@@ -670,6 +700,7 @@ impl<L: LogStore> ShardRuntime<L> {
     /// One tick; `backlog`: requests were left queued this round (see `tick_liveness`).
     fn tick(&mut self, backlog: bool) {
         let now_ms = (self.clock)();
+        let now_micros = (self.monotonic)();
         self.ticks += 1;
         ShardCounters::add(&self.counters.ticks, 1);
         self.forwarded.expire(self.cfg.forward_timeout, self.cfg.membership_timeout);
@@ -678,6 +709,7 @@ impl<L: LogStore> ShardRuntime<L> {
         for group in self.schedule.due(self.ticks) {
             let Some(replica) = self.replicas.get_mut(&group) else { continue };
             ShardCounters::add(&self.counters.replica_ticks, 1);
+            replica.raft_mut().set_now(now_micros);
             replica.tick();
             if replica.is_leader() {
                 self.tick_leader(group, now_ms);
@@ -744,6 +776,8 @@ impl<L: LogStore> ShardRuntime<L> {
             let mut acks = Vec::new();
             let mut waiting_messages = Vec::new();
             let now_ms = (self.clock)();
+            // Heartbeat rounds sent from `ready()` are stamped with it (lease reads).
+            let now_micros = (self.monotonic)();
             // Only the groups touched since the last pass (see `schedule.rs`).
             let touched = self.schedule.take_dirty(READY_CHUNK_GROUPS);
             for &group in &touched {
@@ -751,6 +785,7 @@ impl<L: LogStore> ShardRuntime<L> {
                 if !replica.has_ready() {
                     continue;
                 }
+                replica.raft_mut().set_now(now_micros);
                 let mut ready = replica.take_ready();
                 self.outbox.extend(ready.messages.drain(..));
                 replica.apply_committed(&mut ready);

@@ -31,6 +31,11 @@ pub struct GroupChecker {
     appended: BTreeMap<(u64, u64), (Option<u64>, u64)>,
     /// The committed log as established by applies: (term, digest) of index `i` at `i - 1`.
     committed: Vec<(u64, u64)>,
+    /// Per committed entry (same positions): the highest term any leader had been elected
+    /// in when it was first applied. The leader that committed it led a term no later, so
+    /// every leader of a later term must hold it; a leader elected late in an earlier term
+    /// (its votes delayed, e.g. held while its node stalled) need not.
+    committed_by: Vec<u64>,
     /// Some replica saw a configuration other than the initial one.
     pub membership_changed: bool,
 }
@@ -97,7 +102,7 @@ impl GroupChecker {
         }
         for (offset, (committed_term, _)) in self.committed.iter().enumerate() {
             let index = offset as u64 + 1;
-            if index <= compacted {
+            if index <= compacted || self.committed_by[offset] >= term {
                 // Covered by a snapshot, which only ever holds applied (committed) entries.
                 continue;
             }
@@ -161,6 +166,7 @@ impl GroupChecker {
             }
         } else if index == self.committed.len() + 1 {
             self.committed.push((entry.term, digest));
+            self.committed_by.push(self.leaders.keys().next_back().copied().unwrap_or(0));
         } else {
             return Err(Violation(format!(
                 "group {}: node {node} applied entry {} before anyone applied entry {}",

@@ -17,6 +17,7 @@ use super::network::{Network, NetworkFaults};
 use super::SimOptions;
 
 mod invariants;
+mod reads;
 
 /// Ticks of client traffic after the faults heal, before liveness is judged.
 const CLIENT_TICKS_AFTER_HEAL: u64 = 50;
@@ -83,6 +84,8 @@ struct Sim {
     /// committed, for the group's leader to add the node back at once, while the deleted
     /// replica's messages may still be in flight.
     rejoins: Vec<(usize, u64, u64)>,
+    /// Per-node clocks, stalls and the read nemesis (see `reads.rs`).
+    reads: reads::ReadNemesis,
     report: SimReport,
 }
 
@@ -143,6 +146,7 @@ impl Sim {
             pending_removals: (0..opts.groups).map(|_| Vec::new()).collect(),
             discards: Vec::new(),
             rejoins: Vec::new(),
+            reads: reads::ReadNemesis::new(seed, &opts),
             initial,
             report: SimReport::default(),
             opts,
@@ -177,6 +181,7 @@ impl Sim {
         cfg.max_inflight_bytes = 4096;
         cfg.deliberate_bugs = self.opts.bugs;
         cfg.lease_reads = self.opts.lease_reads;
+        cfg.lease_micros = Config::safe_lease_micros(cfg.election_ticks, reads::MICROS_PER_UNIT * self.opts.units_per_tick);
         cfg.quiesce = self.opts.quiesce;
         cfg
     }
@@ -246,6 +251,7 @@ impl Sim {
     }
 
     fn crash_node(&mut self, n: usize) {
+        self.reads.node_crashed(n);
         let node = &mut self.nodes[n];
         node.up = false;
         node.outbox.drain();
@@ -263,6 +269,7 @@ impl Sim {
     }
 
     fn heal_all(&mut self) -> Result<(), Violation> {
+        self.reads.heal();
         self.net.heal();
         self.faults = NetworkFaults::calm(self.opts.max_net_delay);
         for n in 0..self.nodes.len() {
@@ -369,23 +376,15 @@ impl Sim {
     /// One time unit: deliver due batches, complete due disk writes, send what was produced.
     fn advance_unit(&mut self) -> Result<(), Violation> {
         self.now += 1;
+        self.feed_clocks();
+        for batch in self.reads.take_released() {
+            self.deliver(batch)?;
+        }
         for batch in self.net.deliver_due(self.now) {
-            let n = batch.to as usize - 1;
-            if !self.nodes[n].up {
-                continue;
-            }
-            self.nodes[n].last_heard[batch.from as usize - 1] = self.report.ticks;
-            self.nodes[n].silent[batch.from as usize - 1] = false;
-            let messages = open_batch(batch.to, batch).map_err(|e| Violation(format!("node refused a batch: {e}")))?;
-            for msg in messages {
-                let g = msg.group_id as usize;
-                let Some(raft) = self.nodes[n].replicas[g].raft.as_mut() else { continue };
-                raft.step(msg).map_err(|e| Violation(format!("node {} group {g} refused a message: {e}", n + 1)))?;
-                self.pump(n, g)?;
-            }
+            self.deliver(batch)?;
         }
         for n in 0..self.nodes.len() {
-            if !self.nodes[n].up {
+            if !self.nodes[n].up || self.reads.is_stalled(n) {
                 continue;
             }
             for g in 0..self.opts.groups as usize {
@@ -393,8 +392,31 @@ impl Sim {
             }
         }
         self.flush();
+        self.read_nemesis_unit();
         self.check_acknowledged_durable()?;
         self.check_electable()
+    }
+
+    /// Hands `batch` to its node (a stalled node's batches wait for it to resume).
+    fn deliver(&mut self, batch: conclave_engine::raft::MessageBatch) -> Result<(), Violation> {
+        let n = batch.to as usize - 1;
+        if !self.nodes[n].up {
+            return Ok(());
+        }
+        if self.reads.is_stalled(n) {
+            self.reads.hold(batch);
+            return Ok(());
+        }
+        self.nodes[n].last_heard[batch.from as usize - 1] = self.report.ticks;
+        self.nodes[n].silent[batch.from as usize - 1] = false;
+        let messages = open_batch(batch.to, batch).map_err(|e| Violation(format!("node refused a batch: {e}")))?;
+        for msg in messages {
+            let g = msg.group_id as usize;
+            let Some(raft) = self.nodes[n].replicas[g].raft.as_mut() else { continue };
+            raft.step(msg).map_err(|e| Violation(format!("node {} group {g} refused a message: {e}", n + 1)))?;
+            self.pump(n, g)?;
+        }
+        Ok(())
     }
 
     fn complete_writes(&mut self, n: usize, g: usize) -> Result<(), Violation> {
@@ -448,7 +470,7 @@ impl Sim {
         const SILENCE_TICKS: u64 = 10;
         let tick = self.report.ticks;
         for n in 0..self.nodes.len() {
-            if !self.nodes[n].up {
+            if !self.nodes[n].up || self.reads.is_stalled(n) {
                 continue;
             }
             let id = self.nodes[n].id;
@@ -476,11 +498,12 @@ impl Sim {
     }
 
     fn tick_all(&mut self) -> Result<(), Violation> {
+        self.feed_clocks();
         if self.opts.quiesce {
             self.detect_failures();
         }
         for n in 0..self.nodes.len() {
-            if !self.nodes[n].up {
+            if !self.nodes[n].up || self.reads.is_stalled(n) {
                 continue;
             }
             for g in 0..self.opts.groups as usize {
@@ -503,6 +526,9 @@ impl Sim {
     }
 
     fn inject_faults(&mut self) -> Result<(), Violation> {
+        if self.opts.read_faults {
+            self.read_nemesis()?;
+        }
         let nodes = self.opts.nodes;
         if self.rng.random_bool(self.opts.crash) {
             let n = self.rng.random_range(0..nodes as usize);
@@ -671,6 +697,10 @@ impl Sim {
     }
 
     fn client_traffic(&mut self) -> Result<(), Violation> {
+        self.feed_clocks();
+        if self.opts.read_faults {
+            return self.read_profile_traffic();
+        }
         for g in 0..self.opts.groups as usize {
             if !self.rng.random_bool(self.opts.client_op) {
                 continue;

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod disk;
 pub mod linearizability;
 pub mod network;
+pub mod read_profile;
 
 use conclave_engine::raft::{DeliberateBugs, Membership, Role};
 
@@ -63,6 +64,9 @@ pub struct SimOptions {
     /// Idle groups quiesce; a node-level failure detector (pings between nodes) wakes
     /// groups whose leader's node went silent.
     pub quiesce: bool,
+    /// The read-safety profile (see `read_profile.rs`): per-node clocks that drift and
+    /// stall, and a nemesis aimed at reads around the leader. Off in `for_seed`.
+    pub read_faults: bool,
     pub bugs: DeliberateBugs,
 }
 
@@ -98,6 +102,7 @@ impl SimOptions {
             snapshot_tail: rng.random_range(0..=5),
             lease_reads: rng.random_bool(0.5),
             quiesce: rng.random_bool(0.5),
+            read_faults: false,
             bugs: DeliberateBugs::default(),
         }
     }
