@@ -1,6 +1,7 @@
-//! One client connection: the HTTP/2 handshake, accepting request streams and spawning a
-//! task per call, keepalive pings and idle timeouts on glommio timers, and graceful
-//! shutdown (GOAWAY, then a bounded wait for in-flight calls).
+//! One client connection: the HTTP/2 handshake, accepting request streams and serving
+//! them (unary calls in the connection's own [`CallTable`], polled by this task; server
+//! and bidirectional streams in a task each), keepalive pings and idle timeouts on glommio
+//! timers, and graceful shutdown (GOAWAY, then a bounded wait for in-flight calls).
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -16,10 +17,12 @@ use h2::server::{Connection, SendResponse};
 use h2::{Ping, PingPong, RecvStream};
 use http::Request;
 
-use super::call::{serve_call, CallEnv};
+use super::call::{is_streaming, serve_call, CallEnv};
+use super::calls::CallTable;
 use super::io::GlommioIo;
 use super::router::ConnectionInfo;
 use super::server::{ServerConfig, ServerShared};
+use crate::metrics::edge;
 
 /// Source of process-wide unique connection ids (shared by every shard).
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
@@ -36,11 +39,15 @@ pub(crate) async fn serve_connection(server: Rc<ServerShared>, stream: TcpStream
     if let Some(observer) = &server.observer {
         observer.connection_opened(&info);
     }
+    // Unary calls still in the table when the connection ends are dropped after it is
+    // marked closed, as their own tasks would have ended when they saw it close.
+    let mut calls = CallTable::new();
     match handshake(&server, stream).await {
-        Some(connection) => drive(&server, connection, &info).await,
+        Some(connection) => drive(&server, connection, &info, &mut calls).await,
         None => tracing::debug!(connection = id, "HTTP/2 handshake did not complete"),
     }
     info.mark_closed();
+    drop(calls);
     if let Some(observer) = &server.observer {
         observer.connection_closed(&info);
     }
@@ -97,7 +104,7 @@ struct Keepalive {
     awaiting_pong: bool,
 }
 
-async fn drive(server: &ServerShared, mut connection: H2Connection, info: &Rc<ConnectionInfo>) {
+async fn drive(server: &ServerShared, mut connection: H2Connection, info: &Rc<ConnectionInfo>, calls: &mut CallTable) {
     let config = &server.config;
     let env = Rc::new(CallEnv {
         router: Rc::clone(&server.router),
@@ -119,6 +126,9 @@ async fn drive(server: &ServerShared, mut connection: H2Connection, info: &Rc<Co
     let mut grace_timer: Option<Timer> = None;
     loop {
         let event = poll_fn(|cx| {
+            // The calls first: the responses they queue in h2 go out together when the
+            // connection is polled below.
+            calls.poll_calls(cx);
             if grace_timer.is_none() && shutdown.poll_fired(cx).is_ready() {
                 return Poll::Ready(Event::ShutdownRequested);
             }
@@ -127,11 +137,15 @@ async fn drive(server: &ServerShared, mut connection: H2Connection, info: &Rc<Co
                     return Poll::Ready(Event::GraceExpired);
                 }
             }
-            match connection.poll_accept(cx) {
-                Poll::Ready(Some(Ok((request, respond)))) => return Poll::Ready(Event::Call(Box::new((request, respond)))),
-                Poll::Ready(Some(Err(error))) => return Poll::Ready(Event::Failed(error)),
-                Poll::Ready(None) => return Poll::Ready(Event::Closed),
-                Poll::Pending => {}
+            if let Poll::Ready(event) = poll_accept(&mut connection, cx) {
+                return Poll::Ready(event);
+            }
+            // Calls the connection just woke (a request's body arrived, say) run now, and
+            // the answers of those that ended go out in this turn's flush.
+            if calls.poll_calls(cx) > 0 {
+                if let Poll::Ready(event) = poll_accept(&mut connection, cx) {
+                    return Poll::Ready(event);
+                }
             }
             if let Some(keepalive) = keepalive.as_mut() {
                 if keepalive.awaiting_pong && keepalive.ping_pong.poll_pong(cx).is_ready() {
@@ -152,7 +166,7 @@ async fn drive(server: &ServerShared, mut connection: H2Connection, info: &Rc<Co
         match event {
             Event::Call(call) => {
                 let (request, respond) = *call;
-                spawn_call(request, respond, &env, &active_calls, &last_activity);
+                start_call(request, respond, &env, calls, &active_calls, &last_activity);
             }
             Event::Closed => return,
             Event::Failed(error) => {
@@ -167,6 +181,7 @@ async fn drive(server: &ServerShared, mut connection: H2Connection, info: &Rc<Co
                 tracing::debug!(
                     connection = info.id(),
                     calls = active_calls.get(),
+                    unary = calls.len(),
                     "shutdown grace expired; closing the connection with calls in flight"
                 );
                 connection.abrupt_shutdown(h2::Reason::NO_ERROR);
@@ -215,21 +230,41 @@ async fn drive(server: &ServerShared, mut connection: H2Connection, info: &Rc<Co
     }
 }
 
-fn spawn_call(
+/// Drives the connection's I/O (reads frames, writes what the calls queued) and takes the
+/// next request stream, if one came.
+fn poll_accept(connection: &mut H2Connection, cx: &mut std::task::Context<'_>) -> Poll<Event> {
+    match connection.poll_accept(cx) {
+        Poll::Ready(Some(Ok((request, respond)))) => Poll::Ready(Event::Call(Box::new((request, respond)))),
+        Poll::Ready(Some(Err(error))) => Poll::Ready(Event::Failed(error)),
+        Poll::Ready(None) => Poll::Ready(Event::Closed),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// Serves a new request stream: a unary call (or one answered with an error at once) in
+/// the connection's call table, a stream in a task of its own.
+fn start_call(
     request: Request<RecvStream>,
     respond: SendResponse<Bytes>,
     env: &Rc<CallEnv>,
+    calls: &mut CallTable,
     active_calls: &Rc<Cell<usize>>,
     last_activity: &Rc<Cell<Instant>>,
 ) {
+    let streaming = is_streaming(&request, &env.router);
     let env = Rc::clone(env);
     let guard = ActiveCall { active_calls: Rc::clone(active_calls), last_activity: Rc::clone(last_activity) };
     active_calls.set(active_calls.get() + 1);
-    glommio::spawn_local(async move {
+    let call = async move {
         let _guard = guard;
         serve_call(request, respond, env).await;
-    })
-    .detach();
+    };
+    if streaming {
+        edge::count(|e| e.call_tasks_spawned += 1);
+        glommio::spawn_local(call).detach();
+    } else {
+        calls.push(call);
+    }
 }
 
 /// Counts a call in flight for the idle timeout; updates the activity time when it ends.

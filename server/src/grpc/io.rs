@@ -7,6 +7,8 @@ use std::task::{Context, Poll};
 use futures_lite::io::{AsyncRead as _, AsyncWrite as _};
 use glommio::net::TcpStream;
 
+use crate::metrics::edge;
+
 /// A glommio `TcpStream` seen through `tokio::io::{AsyncRead, AsyncWrite}`.
 #[derive(Debug)]
 pub struct GlommioIo {
@@ -45,7 +47,11 @@ impl tokio::io::AsyncRead for GlommioIo {
 
 impl tokio::io::AsyncWrite for GlommioIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = Pin::new(&mut self.stream).poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(_))) {
+            edge::count(|e| e.connection_writes += 1);
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

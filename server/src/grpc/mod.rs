@@ -19,6 +19,7 @@
 //! # }
 //! ```
 mod call;
+mod calls;
 mod connection;
 pub mod framing;
 mod health;

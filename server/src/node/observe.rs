@@ -99,6 +99,7 @@ impl ShardSources {
             client_sessions: self.sessions.open_sessions() as u64,
             grpc: self.counters.grpc.snapshot(),
             peers,
+            edge: crate::metrics::edge::snapshot(),
         }
     }
 }
