@@ -6,8 +6,9 @@ use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -124,43 +125,69 @@ async fn drive(server: &ServerShared, mut connection: H2Connection, info: &Rc<Co
     let mut idle_timer = config.idle_timeout.map(Timer::new);
     let mut shutdown = server.shutdown.fired();
     let mut grace_timer: Option<Timer> = None;
+    let mut turn_wakers: Option<TurnWakers> = None;
     loop {
         let event = poll_fn(|cx| {
-            // The calls first: the responses they queue in h2 go out together when the
-            // connection is polled below.
-            calls.poll_calls(cx);
-            if grace_timer.is_none() && shutdown.poll_fired(cx).is_ready() {
-                return Poll::Ready(Event::ShutdownRequested);
-            }
-            if let Some(timer) = grace_timer.as_mut() {
-                if Pin::new(timer).poll(cx).is_ready() {
-                    return Poll::Ready(Event::GraceExpired);
+            let turn = match turn_wakers.take() {
+                Some(turn) if turn.io.0.task.will_wake(cx.waker()) => turn,
+                _ => TurnWakers::new(cx.waker()),
+            };
+            turn.set_running(true);
+            let mut io_cx = Context::from_waker(&turn.io.1);
+            let mut drive_io = |connection: &mut H2Connection| {
+                turn.io.0.woken.store(false, Ordering::Relaxed);
+                poll_accept(connection, &mut io_cx)
+            };
+            let mut calls_cx = Context::from_waker(&turn.calls.1);
+            let mut run_calls = |calls: &mut CallTable| {
+                turn.calls.0.woken.store(false, Ordering::Relaxed);
+                calls.poll_calls(&mut calls_cx)
+            };
+            let event = (|| {
+                // The calls first: the responses they queue in h2 go out together when the
+                // connection is polled below.
+                run_calls(calls);
+                if grace_timer.is_none() && shutdown.poll_fired(cx).is_ready() {
+                    return Poll::Ready(Event::ShutdownRequested);
                 }
-            }
-            if let Poll::Ready(event) = poll_accept(&mut connection, cx) {
-                return Poll::Ready(event);
-            }
-            // Calls the connection just woke (a request's body arrived, say) run now, and
-            // the answers of those that ended go out in this turn's flush.
-            if calls.poll_calls(cx) > 0 {
-                if let Poll::Ready(event) = poll_accept(&mut connection, cx) {
+                if let Some(timer) = grace_timer.as_mut() {
+                    if Pin::new(timer).poll(cx).is_ready() {
+                        return Poll::Ready(Event::GraceExpired);
+                    }
+                }
+                if let Poll::Ready(event) = drive_io(&mut connection) {
                     return Poll::Ready(event);
                 }
-            }
-            if let Some(keepalive) = keepalive.as_mut() {
-                if keepalive.awaiting_pong && keepalive.ping_pong.poll_pong(cx).is_ready() {
-                    return Poll::Ready(Event::Pong);
+                // Calls the connection just woke (a request's body arrived, say) run now, and
+                // the answers of those that ended go out in this turn's flush.
+                if run_calls(calls) > 0 {
+                    if let Poll::Ready(event) = drive_io(&mut connection) {
+                        return Poll::Ready(event);
+                    }
                 }
-                if Pin::new(&mut keepalive.timer).poll(cx).is_ready() {
-                    return Poll::Ready(Event::KeepaliveDue);
+                if let Some(keepalive) = keepalive.as_mut() {
+                    if keepalive.awaiting_pong && keepalive.ping_pong.poll_pong(cx).is_ready() {
+                        return Poll::Ready(Event::Pong);
+                    }
+                    if Pin::new(&mut keepalive.timer).poll(cx).is_ready() {
+                        return Poll::Ready(Event::KeepaliveDue);
+                    }
                 }
-            }
-            if let Some(timer) = idle_timer.as_mut() {
-                if Pin::new(timer).poll(cx).is_ready() {
-                    return Poll::Ready(Event::IdleCheck);
+                if let Some(timer) = idle_timer.as_mut() {
+                    if Pin::new(timer).poll(cx).is_ready() {
+                        return Poll::Ready(Event::IdleCheck);
+                    }
                 }
+                Poll::Pending
+            })();
+            turn.set_running(false);
+            // A wake since the connection or the calls were last polled (not one this turn
+            // handled) schedules the task again.
+            if turn.io.0.woken.swap(false, Ordering::Relaxed) | turn.calls.0.woken.swap(false, Ordering::Relaxed) {
+                cx.waker().wake_by_ref();
             }
-            Poll::Pending
+            turn_wakers = Some(turn);
+            event
         })
         .await;
         match event {
@@ -230,9 +257,57 @@ async fn drive(server: &ServerShared, mut connection: H2Connection, info: &Rc<Co
     }
 }
 
+/// The wakers h2 and the call table hold for the connection's task. A call of this
+/// connection that sends its answer runs inside the connection's task, and h2 wakes the
+/// connection for it; a request body the connection reads wakes its call. Both are polled
+/// again in the same turn anyway, so a wake while the task runs is only noted, and passed
+/// on to the task when it came after the last poll of its side in the turn. Wakes from
+/// elsewhere (the socket, the shard runtime's replies, streams served by their own tasks)
+/// pass at once.
+struct TurnWakers {
+    io: (Arc<TurnWaker>, Waker),
+    calls: (Arc<TurnWaker>, Waker),
+}
+
+impl TurnWakers {
+    fn new(task: &Waker) -> TurnWakers {
+        let side = || {
+            let turn = Arc::new(TurnWaker { task: task.clone(), running: AtomicBool::new(false), woken: AtomicBool::new(false) });
+            let waker = Waker::from(Arc::clone(&turn));
+            (turn, waker)
+        };
+        TurnWakers { io: side(), calls: side() }
+    }
+
+    fn set_running(&self, running: bool) {
+        self.io.0.running.store(running, Ordering::Relaxed);
+        self.calls.0.running.store(running, Ordering::Relaxed);
+    }
+}
+
+struct TurnWaker {
+    task: Waker,
+    running: AtomicBool,
+    woken: AtomicBool,
+}
+
+impl Wake for TurnWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.running.load(Ordering::Relaxed) {
+            self.woken.store(true, Ordering::Relaxed);
+        } else {
+            self.task.wake_by_ref();
+        }
+    }
+}
+
 /// Drives the connection's I/O (reads frames, writes what the calls queued) and takes the
 /// next request stream, if one came.
-fn poll_accept(connection: &mut H2Connection, cx: &mut std::task::Context<'_>) -> Poll<Event> {
+fn poll_accept(connection: &mut H2Connection, cx: &mut Context<'_>) -> Poll<Event> {
     match connection.poll_accept(cx) {
         Poll::Ready(Some(Ok((request, respond)))) => Poll::Ready(Event::Call(Box::new((request, respond)))),
         Poll::Ready(Some(Err(error))) => Poll::Ready(Event::Failed(error)),
