@@ -11,3 +11,4 @@ pub mod net;
 pub mod node;
 pub mod routing;
 pub mod service;
+pub mod timer_queue;

@@ -8,6 +8,7 @@ mod error;
 mod idle;
 mod liveness;
 pub mod loopback;
+mod oneshot;
 mod peer;
 mod peer_requests;
 mod replica;
@@ -20,10 +21,11 @@ mod upkeep;
 
 pub use counters::{CounterValues, ShardCounters};
 pub use error::ShardError;
+pub use oneshot::{oneshot, OneshotReceiver, OneshotSender};
 pub use replica::{Committed, ReadTerm, Replica, Reply, SnapshotCapture, TermQuery, WatchEvent, Watcher, MAX_HELD_READS};
 pub use runtime::{
     Clock, Durable, EventSink, GroupWrite, LogStore, MonotonicClock, Request, RuntimeConfig, ShardEvent, ShardHandle, ShardRuntime,
-    Transport,
+    Transport, TrySendError,
 };
 pub use stats::{DurationHistogram, GroupStats, RuntimeStats, StorageStats, DURATION_BUCKETS};
 pub use storage::{load_snapshot, recover_replica, LoadedSnapshot, ShardStorage, SNAPSHOT_FORMAT_VERSION};

@@ -24,6 +24,7 @@ use conclave_proto::conclave::peer::v1::PeerMessage;
 use conclave_proto::conclave::raft::v1::{Entry, Message};
 use futures_lite::future;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::{GlommioError, ResourceType};
 
 use conclave_proto::conclave::peer::v1::peer_message::Body;
 
@@ -33,6 +34,7 @@ use crate::sm::{self, Command};
 use super::counters::ShardCounters;
 use super::error::ShardError;
 use super::liveness::Liveness;
+use super::oneshot::oneshot;
 use super::peer::Forwarded;
 use super::peer_requests::{settle_membership_waiters, MembershipChange};
 use super::replica::{Committed, ReadTerm, Replica, Reply, SnapshotCapture, TermQuery, Watcher};
@@ -291,24 +293,69 @@ impl ShardHandle {
         self.sender.send(request).await.map_err(|_| ShardError::ShuttingDown)
     }
 
+    /// Queues a request without waiting: gives it back when the queue is full or the
+    /// runtime has stopped.
+    pub fn try_send(&self, request: Request) -> Result<(), TrySendError> {
+        match self.sender.try_send(request) {
+            Ok(()) => Ok(()),
+            Err(GlommioError::WouldBlock(ResourceType::Channel(request))) => Err(TrySendError::Full(request)),
+            Err(GlommioError::Closed(ResourceType::Channel(request))) => Err(TrySendError::Closed(request)),
+            Err(error) => unreachable!("a local channel's try_send fails only full or closed: {error}"),
+        }
+    }
+
+    /// Queues a request, without waiting while the queue has room.
+    async fn queue(&self, request: Request) -> Result<(), ShardError> {
+        match self.try_send(request) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(request)) => self.send(request).await,
+            Err(TrySendError::Closed(_)) => Err(ShardError::ShuttingDown),
+        }
+    }
+
     /// Proposes a command to `group` and waits until it is applied.
     pub async fn propose(&self, group: u32, command: Command) -> Result<Committed, ShardError> {
-        let (tx, rx) = local_channel::new_bounded(1);
-        let reply: Reply<Result<Committed, ShardError>> = Box::new(move |r| {
-            let _ = tx.try_send(r);
-        });
-        self.send(Request::Propose { group, command, reply }).await?;
-        rx.recv().await.unwrap_or(Err(ShardError::ShuttingDown))
+        let (tx, rx) = oneshot();
+        let reply: Reply<Result<Committed, ShardError>> = Box::new(move |r| tx.send(r));
+        self.queue(Request::Propose { group, command, reply }).await?;
+        rx.await.unwrap_or(Err(ShardError::ShuttingDown))
     }
 
     /// Reads an election linearizably.
     pub async fn read(&self, group: u32, query: TermQuery) -> Result<ReadTerm, ShardError> {
-        let (tx, rx) = local_channel::new_bounded(1);
-        let reply: Reply<Result<ReadTerm, ShardError>> = Box::new(move |r| {
-            let _ = tx.try_send(r);
-        });
-        self.send(Request::Read { group, query, reply }).await?;
-        rx.recv().await.unwrap_or(Err(ShardError::ShuttingDown))
+        let (tx, rx) = oneshot();
+        let reply: Reply<Result<ReadTerm, ShardError>> = Box::new(move |r| tx.send(r));
+        self.queue(Request::Read { group, query, reply }).await?;
+        rx.await.unwrap_or(Err(ShardError::ShuttingDown))
+    }
+}
+
+/// Why [`ShardHandle::try_send`] gave a request back.
+pub enum TrySendError {
+    /// The runtime's queue is full: send it with [`ShardHandle::send`], which waits.
+    Full(Request),
+    /// The runtime has stopped.
+    Closed(Request),
+}
+
+impl Request {
+    /// Answers the request's reply, if it has one of a result, with `error` (a request
+    /// that could not be queued).
+    pub fn refuse(self, error: ShardError) {
+        match self {
+            Request::Propose { reply, .. } => reply(Err(error)),
+            Request::Read { reply, .. } => reply(Err(error)),
+            Request::Watch { first, .. } => first(Err(error)),
+            Request::AddReplica { reply, .. } | Request::RemoveReplica { reply, .. } => reply(Err(error)),
+            Request::ChangeMembership { reply, .. } => reply(Err(error)),
+            Request::HandOffLeadership { .. }
+            | Request::Stats { .. }
+            | Request::Unwatch { .. }
+            | Request::Peer { .. }
+            | Request::PeerFrame { .. }
+            | Request::PeerDown { .. }
+            | Request::Shutdown => {}
+        }
     }
 }
 

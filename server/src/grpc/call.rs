@@ -10,7 +10,6 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use glommio::timer::Timer;
 use h2::server::SendResponse;
 use h2::{RecvStream, SendStream};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
@@ -22,6 +21,7 @@ use super::server::{CallObserver, ServerConfig};
 use super::signal::{Fired, Signal};
 use super::status::{Code, Status};
 use super::stream::{OverflowPolicy, StreamLimits, StreamSink};
+use crate::timer_queue::{self, Sleep};
 
 const GRPC_CONTENT_TYPE: HeaderValue = HeaderValue::from_static("application/grpc");
 
@@ -50,6 +50,12 @@ impl Drop for CallRecord {
             observer.call_finished(&self.path, self.streaming, self.code, self.started.elapsed());
         }
     }
+}
+
+/// Whether `request` is for a server or bidirectional stream (served by a task of its
+/// own); unary calls and requests answered with an error at once are not.
+pub(crate) fn is_streaming(request: &Request<RecvStream>, router: &Router) -> bool {
+    matches!(router.resolve(request.uri().path()), Ok(Route::ServerStreaming(..) | Route::BidiStreaming(..)))
 }
 
 /// Serves one request stream to completion. Never panics on client input.
@@ -86,7 +92,8 @@ pub(crate) async fn serve_call(request: Request<RecvStream>, mut respond: SendRe
             }
         },
     };
-    let mut deadline_timer = deadline.map(|(timeout, _)| (timeout, Timer::new(timeout)));
+    // On the shard's timer queue: a call without `grpc-timeout` arms nothing.
+    let mut deadline_timer = deadline.map(|(timeout, at)| (timeout, timer_queue::sleep_until(at)));
     let ctx = CallContext::new(Rc::clone(&path), deadline.map(|(_, at)| at), Rc::new(parts.headers), Rc::clone(&env.connection));
     let (handler_future, sink) = match route {
         Route::Unary(handler) => {
@@ -147,7 +154,7 @@ pub(crate) async fn serve_call(request: Request<RecvStream>, mut respond: SendRe
 /// when the client left).
 async fn read_single_request(
     mut body: RecvStream,
-    deadline_timer: &mut Option<(std::time::Duration, Timer)>,
+    deadline_timer: &mut Option<(std::time::Duration, Sleep)>,
     respond: &mut SendResponse<Bytes>,
     env: &CallEnv,
 ) -> Result<Bytes, Code> {
@@ -211,7 +218,7 @@ enum CallOutcome<T> {
 /// or closes the connection.
 async fn race_call<T>(
     work: impl Future<Output = T>,
-    deadline: &mut Option<(std::time::Duration, Timer)>,
+    deadline: &mut Option<(std::time::Duration, Sleep)>,
     respond: &mut SendResponse<Bytes>,
     env: &CallEnv,
 ) -> CallOutcome<T> {
@@ -235,7 +242,7 @@ async fn race_call<T>(
     .await
 }
 
-fn poll_deadline(deadline: &mut Option<(std::time::Duration, Timer)>, cx: &mut Context<'_>) -> Option<Status> {
+fn poll_deadline(deadline: &mut Option<(std::time::Duration, Sleep)>, cx: &mut Context<'_>) -> Option<Status> {
     let (timeout, timer) = deadline.as_mut()?;
     Pin::new(timer)
         .poll(cx)
@@ -319,7 +326,7 @@ struct StreamWriter {
     sink: StreamSink,
     shutdown: Fired,
     connection_closed: Fired,
-    deadline: Option<(std::time::Duration, Timer)>,
+    deadline: Option<(std::time::Duration, Sleep)>,
     target_chunk_len: usize,
 }
 

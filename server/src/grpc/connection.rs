@@ -1,13 +1,15 @@
 //! One client connection: the TLS handshake on TLS listeners (see [`super::tls`]), the
 //! HTTP/2 handshake (both within `handshake_timeout`), accepting request streams and
-//! spawning a task per call, keepalive pings and idle timeouts on glommio timers, and graceful
-//! shutdown (GOAWAY, then a bounded wait for in-flight calls).
+//! serving them (unary calls in the connection's own [`CallTable`], polled by this task;
+//! server and bidirectional streams in a task each), keepalive pings and idle timeouts on
+//! glommio timers, and graceful shutdown (GOAWAY, then a bounded wait for in-flight calls).
 use std::cell::Cell;
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::Poll;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,10 +19,12 @@ use h2::server::{Connection, SendResponse};
 use h2::{Ping, PingPong, RecvStream};
 use http::Request;
 
-use super::call::{serve_call, CallEnv};
+use super::call::{is_streaming, serve_call, CallEnv};
+use super::calls::CallTable;
 use super::io::GlommioIo;
 use super::router::ConnectionInfo;
 use super::server::{ServerConfig, ServerShared};
+use crate::metrics::edge;
 
 /// Source of process-wide unique connection ids (shared by every shard).
 static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
@@ -37,6 +41,9 @@ pub(crate) async fn serve_connection(server: Rc<ServerShared>, stream: TcpStream
     if let Some(observer) = &server.observer {
         observer.connection_opened(&info);
     }
+    // Unary calls still in the table when the connection ends are dropped after it is
+    // marked closed, as their own tasks would have ended when they saw it close.
+    let mut calls = CallTable::new();
     let mut timer = Timer::new(server.config.handshake_timeout);
     let tls = server.tls.borrow().clone();
     let io = match tls {
@@ -59,12 +66,13 @@ pub(crate) async fn serve_connection(server: Rc<ServerShared>, stream: TcpStream
     if let Some(io) = io {
         let handshake = h2_builder(&server.config).handshake::<_, Bytes>(io);
         match bounded(&server, &mut timer, handshake).await {
-            Bounded::Done(Ok(connection)) => drive(&server, connection, &info).await,
+            Bounded::Done(Ok(connection)) => drive(&server, connection, &info, &mut calls).await,
             Bounded::Done(Err(error)) => tracing::debug!(connection = id, %error, "HTTP/2 handshake failed"),
             Bounded::TimedOut | Bounded::ShuttingDown => tracing::debug!(connection = id, "HTTP/2 handshake did not complete"),
         }
     }
     info.mark_closed();
+    drop(calls);
     if let Some(observer) = &server.observer {
         observer.connection_closed(&info);
     }
@@ -130,7 +138,7 @@ struct Keepalive {
     awaiting_pong: bool,
 }
 
-async fn drive(server: &ServerShared, mut connection: H2Connection, info: &Rc<ConnectionInfo>) {
+async fn drive(server: &ServerShared, mut connection: H2Connection, info: &Rc<ConnectionInfo>, calls: &mut CallTable) {
     let config = &server.config;
     let env = Rc::new(CallEnv {
         router: Rc::clone(&server.router),
@@ -150,42 +158,75 @@ async fn drive(server: &ServerShared, mut connection: H2Connection, info: &Rc<Co
     let mut idle_timer = config.idle_timeout.map(Timer::new);
     let mut shutdown = server.shutdown.fired();
     let mut grace_timer: Option<Timer> = None;
+    let mut turn_wakers: Option<TurnWakers> = None;
     loop {
         let event = poll_fn(|cx| {
-            if grace_timer.is_none() && shutdown.poll_fired(cx).is_ready() {
-                return Poll::Ready(Event::ShutdownRequested);
-            }
-            if let Some(timer) = grace_timer.as_mut() {
-                if Pin::new(timer).poll(cx).is_ready() {
-                    return Poll::Ready(Event::GraceExpired);
+            let turn = match turn_wakers.take() {
+                Some(turn) if turn.io.0.task.will_wake(cx.waker()) => turn,
+                _ => TurnWakers::new(cx.waker()),
+            };
+            turn.set_running(true);
+            let mut io_cx = Context::from_waker(&turn.io.1);
+            let mut drive_io = |connection: &mut H2Connection| {
+                turn.io.0.woken.store(false, Ordering::Relaxed);
+                poll_accept(connection, &mut io_cx)
+            };
+            let mut calls_cx = Context::from_waker(&turn.calls.1);
+            let mut run_calls = |calls: &mut CallTable| {
+                turn.calls.0.woken.store(false, Ordering::Relaxed);
+                calls.poll_calls(&mut calls_cx)
+            };
+            let event = (|| {
+                // The calls first: the responses they queue in h2 go out together when the
+                // connection is polled below.
+                run_calls(calls);
+                if grace_timer.is_none() && shutdown.poll_fired(cx).is_ready() {
+                    return Poll::Ready(Event::ShutdownRequested);
                 }
-            }
-            match connection.poll_accept(cx) {
-                Poll::Ready(Some(Ok((request, respond)))) => return Poll::Ready(Event::Call(Box::new((request, respond)))),
-                Poll::Ready(Some(Err(error))) => return Poll::Ready(Event::Failed(error)),
-                Poll::Ready(None) => return Poll::Ready(Event::Closed),
-                Poll::Pending => {}
-            }
-            if let Some(keepalive) = keepalive.as_mut() {
-                if keepalive.awaiting_pong && keepalive.ping_pong.poll_pong(cx).is_ready() {
-                    return Poll::Ready(Event::Pong);
+                if let Some(timer) = grace_timer.as_mut() {
+                    if Pin::new(timer).poll(cx).is_ready() {
+                        return Poll::Ready(Event::GraceExpired);
+                    }
                 }
-                if Pin::new(&mut keepalive.timer).poll(cx).is_ready() {
-                    return Poll::Ready(Event::KeepaliveDue);
+                if let Poll::Ready(event) = drive_io(&mut connection) {
+                    return Poll::Ready(event);
                 }
-            }
-            if let Some(timer) = idle_timer.as_mut() {
-                if Pin::new(timer).poll(cx).is_ready() {
-                    return Poll::Ready(Event::IdleCheck);
+                // Calls the connection just woke (a request's body arrived, say) run now, and
+                // the answers of those that ended go out in this turn's flush.
+                if run_calls(calls) > 0 {
+                    if let Poll::Ready(event) = drive_io(&mut connection) {
+                        return Poll::Ready(event);
+                    }
                 }
+                if let Some(keepalive) = keepalive.as_mut() {
+                    if keepalive.awaiting_pong && keepalive.ping_pong.poll_pong(cx).is_ready() {
+                        return Poll::Ready(Event::Pong);
+                    }
+                    if Pin::new(&mut keepalive.timer).poll(cx).is_ready() {
+                        return Poll::Ready(Event::KeepaliveDue);
+                    }
+                }
+                if let Some(timer) = idle_timer.as_mut() {
+                    if Pin::new(timer).poll(cx).is_ready() {
+                        return Poll::Ready(Event::IdleCheck);
+                    }
+                }
+                Poll::Pending
+            })();
+            turn.set_running(false);
+            // A wake since the connection or the calls were last polled (not one this turn
+            // handled) schedules the task again.
+            if turn.io.0.woken.swap(false, Ordering::Relaxed) | turn.calls.0.woken.swap(false, Ordering::Relaxed) {
+                cx.waker().wake_by_ref();
             }
-            Poll::Pending
+            turn_wakers = Some(turn);
+            event
         })
         .await;
         match event {
             Event::Call(call) => {
                 let (request, respond) = *call;
-                spawn_call(request, respond, &env, &active_calls, &last_activity);
+                start_call(request, respond, &env, calls, &active_calls, &last_activity);
             }
             Event::Closed => return,
             Event::Failed(error) => {
@@ -200,6 +241,7 @@ async fn drive(server: &ServerShared, mut connection: H2Connection, info: &Rc<Co
                 tracing::debug!(
                     connection = info.id(),
                     calls = active_calls.get(),
+                    unary = calls.len(),
                     "shutdown grace expired; closing the connection with calls in flight"
                 );
                 connection.abrupt_shutdown(h2::Reason::NO_ERROR);
@@ -248,21 +290,89 @@ async fn drive(server: &ServerShared, mut connection: H2Connection, info: &Rc<Co
     }
 }
 
-fn spawn_call(
+/// The wakers h2 and the call table hold for the connection's task. A call of this
+/// connection that sends its answer runs inside the connection's task, and h2 wakes the
+/// connection for it; a request body the connection reads wakes its call. Both are polled
+/// again in the same turn anyway, so a wake while the task runs is only noted, and passed
+/// on to the task when it came after the last poll of its side in the turn. Wakes from
+/// elsewhere (the socket, the shard runtime's replies, streams served by their own tasks)
+/// pass at once.
+struct TurnWakers {
+    io: (Arc<TurnWaker>, Waker),
+    calls: (Arc<TurnWaker>, Waker),
+}
+
+impl TurnWakers {
+    fn new(task: &Waker) -> TurnWakers {
+        let side = || {
+            let turn = Arc::new(TurnWaker { task: task.clone(), running: AtomicBool::new(false), woken: AtomicBool::new(false) });
+            let waker = Waker::from(Arc::clone(&turn));
+            (turn, waker)
+        };
+        TurnWakers { io: side(), calls: side() }
+    }
+
+    fn set_running(&self, running: bool) {
+        self.io.0.running.store(running, Ordering::Relaxed);
+        self.calls.0.running.store(running, Ordering::Relaxed);
+    }
+}
+
+struct TurnWaker {
+    task: Waker,
+    running: AtomicBool,
+    woken: AtomicBool,
+}
+
+impl Wake for TurnWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.running.load(Ordering::Relaxed) {
+            self.woken.store(true, Ordering::Relaxed);
+        } else {
+            self.task.wake_by_ref();
+        }
+    }
+}
+
+/// Drives the connection's I/O (reads frames, writes what the calls queued) and takes the
+/// next request stream, if one came.
+fn poll_accept(connection: &mut H2Connection, cx: &mut Context<'_>) -> Poll<Event> {
+    match connection.poll_accept(cx) {
+        Poll::Ready(Some(Ok((request, respond)))) => Poll::Ready(Event::Call(Box::new((request, respond)))),
+        Poll::Ready(Some(Err(error))) => Poll::Ready(Event::Failed(error)),
+        Poll::Ready(None) => Poll::Ready(Event::Closed),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+/// Serves a new request stream: a unary call (or one answered with an error at once) in
+/// the connection's call table, a stream in a task of its own.
+fn start_call(
     request: Request<RecvStream>,
     respond: SendResponse<Bytes>,
     env: &Rc<CallEnv>,
+    calls: &mut CallTable,
     active_calls: &Rc<Cell<usize>>,
     last_activity: &Rc<Cell<Instant>>,
 ) {
+    let streaming = is_streaming(&request, &env.router);
     let env = Rc::clone(env);
     let guard = ActiveCall { active_calls: Rc::clone(active_calls), last_activity: Rc::clone(last_activity) };
     active_calls.set(active_calls.get() + 1);
-    glommio::spawn_local(async move {
+    let call = async move {
         let _guard = guard;
         serve_call(request, respond, env).await;
-    })
-    .detach();
+    };
+    if streaming {
+        edge::count(|e| e.call_tasks_spawned += 1);
+        glommio::spawn_local(call).detach();
+    } else {
+        calls.push(call);
+    }
 }
 
 /// Counts a call in flight for the idle timeout; updates the activity time when it ends.

@@ -8,6 +8,8 @@ use conclave_wire::tls::futures_rustls::server::TlsStream;
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 
+use crate::metrics::edge;
+
 /// A glommio `TcpStream`, or a TLS session on one, seen through
 /// `tokio::io::{AsyncRead, AsyncWrite}`.
 #[derive(Debug)]
@@ -95,7 +97,11 @@ impl tokio::io::AsyncRead for GlommioIo {
 
 impl tokio::io::AsyncWrite for GlommioIo {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.transport.poll_write(cx, buf)
+        let written = self.transport.poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(_))) {
+            edge::count(|e| e.connection_writes += 1);
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

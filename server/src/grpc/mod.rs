@@ -20,6 +20,7 @@
 //! # }
 //! ```
 mod call;
+mod calls;
 mod connection;
 pub mod framing;
 mod health;

@@ -195,6 +195,39 @@ impl Collector for NodeCollector {
             "Leader handovers of elections (the sum of their term numbers) in the partitions this node hosts.",
             groups.iter().map(|g| g.election_term_changes).sum(),
         )?;
+        let edge = &m.edge;
+        counter(
+            e,
+            "edge_unary_calls_inline",
+            "Unary calls served in their connection's call table, without a task of their own.",
+            edge.unary_calls_inline,
+        )?;
+        counter(
+            e,
+            "edge_call_tasks_spawned",
+            "Tasks spawned for client calls (server and bidirectional streams).",
+            edge.call_tasks_spawned,
+        )?;
+        counter(
+            e,
+            "edge_mesh_calls_served",
+            "Proposals, reads, watches and Node API calls served for another shard of this node.",
+            edge.mesh_calls_served,
+        )?;
+        counter(
+            e,
+            "edge_mesh_call_tasks_spawned",
+            "Tasks spawned for proposals, reads and watches from another shard (the runtime's queue was full).",
+            edge.mesh_call_tasks_spawned,
+        )?;
+        counter(
+            e,
+            "edge_deadlines_queued",
+            "Call deadlines (grpc-timeout) and retry pauses put on the shards' timer queues.",
+            edge.deadlines_queued,
+        )?;
+        counter(e, "edge_timer_arms", "Times a shard's timer-queue timer was armed or moved earlier.", edge.timer_arms)?;
+        counter(e, "edge_connection_writes", "Writes to client connections.", edge.connection_writes)?;
         let shards: Vec<(Labels, u64)> = m.shards_up.iter().map(|(s, up)| (vec![("shard", s.to_string())], u64::from(*up))).collect();
         gauges(e, "shard_up", "Whether the shard and its runtime answered this scrape (1) or not (0).", shards)
     }

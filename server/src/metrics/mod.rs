@@ -7,6 +7,7 @@
 //! mesh, adds them up into a [`NodeMetrics`] and encodes them with `prometheus-client`
 //! ([`exposition`]); [`http`] is the small HTTP/1.1 server in front of it.
 
+pub mod edge;
 pub mod exposition;
 mod grpc;
 pub mod http;
@@ -16,6 +17,7 @@ use std::collections::BTreeMap;
 
 use conclave_engine::shard::{DurationHistogram, RuntimeStats};
 
+pub use edge::EdgeStats;
 pub use grpc::{GrpcCallStats, GrpcMethodStats, ShardCallObserver};
 
 /// What one shard counts as it runs (increments only; read at scrape time).
@@ -130,6 +132,8 @@ pub struct ShardSnapshot {
     pub keep_alive_entries: u64,
     pub grpc: Vec<GrpcMethodStats>,
     pub peers: Vec<PeerSnapshot>,
+    /// What this shard's gRPC edge and cross-shard dispatch cost ([`edge`]).
+    pub edge: EdgeStats,
 }
 
 /// The node's metrics: every shard's snapshot added up.
@@ -149,6 +153,7 @@ pub struct NodeMetrics {
     pub keep_alive_entries: u64,
     pub grpc: BTreeMap<(String, String, bool), GrpcMethodStats>,
     pub peers: BTreeMap<u64, PeerSnapshot>,
+    pub edge: EdgeStats,
 }
 
 impl NodeMetrics {
@@ -175,6 +180,7 @@ impl NodeMetrics {
             node.watch_streams += snapshot.watch_streams;
             node.client_sessions += snapshot.client_sessions;
             node.keep_alive_entries += snapshot.keep_alive_entries;
+            node.edge.merge(&snapshot.edge);
             for method in snapshot.grpc {
                 let key = (method.service.clone(), method.method.clone(), method.streaming);
                 match node.grpc.get_mut(&key) {

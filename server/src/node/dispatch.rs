@@ -17,7 +17,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use conclave_engine::shard::{Committed, ReadTerm, Request, ShardError, ShardEvent, ShardHandle, TermQuery, WatchEvent};
+use conclave_engine::shard::{
+    oneshot, Committed, OneshotSender, ReadTerm, Request, ShardError, ShardEvent, ShardHandle, TermQuery, TrySendError, WatchEvent,
+};
 use conclave_engine::sm::{Command, ElectionTerm};
 use conclave_proto::conclave::sm::v1::command::Operation;
 use conclave_wire::ConnectionEvent;
@@ -25,9 +27,10 @@ use futures_lite::StreamExt;
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::AcceptedTcpStream;
+use glommio::{GlommioError, ResourceType};
 
 use crate::grpc::{LocalBoxFuture, Status, StreamSink};
-use crate::metrics::{ShardCounters, ShardSnapshot};
+use crate::metrics::{edge, ShardCounters, ShardSnapshot};
 use crate::routing::shard_of;
 use crate::service::node_control::GroupSpec;
 
@@ -109,7 +112,7 @@ pub enum WatchHandle {
 }
 
 enum PendingCall {
-    Once(LocalSender<CallResult>),
+    Once(OneshotSender<CallResult>),
     Watch { owner: usize, first: Option<LocalSender<CallResult>>, on_change: WatchCallback, ended: LocalSender<ShardError> },
 }
 
@@ -222,11 +225,11 @@ impl Dispatch {
         if shard == self.shard {
             return self.local_metrics().await;
         }
-        let (tx, rx) = local_channel::new_bounded(1);
+        let (tx, rx) = oneshot();
         let call = self.start_call(PendingCall::Once(tx));
         let _guard = CallGuard { dispatch: self, call };
         self.outbound.send(shard, MeshMessage::Call { from: self.shard, call, group: 0, op: CallOp::Metrics });
-        match rx.recv().await {
+        match rx.await {
             Some(CallResult::Metrics(snapshot)) => Some(*snapshot),
             _ => None,
         }
@@ -260,11 +263,11 @@ impl Dispatch {
         if owner == self.shard {
             return self.run_control(op).await;
         }
-        let (tx, rx) = local_channel::new_bounded(1);
+        let (tx, rx) = oneshot();
         let call = self.start_call(PendingCall::Once(tx));
         let _guard = CallGuard { dispatch: self, call };
         self.outbound.send(owner, MeshMessage::Call { from: self.shard, call, group, op: CallOp::Control(op) });
-        match rx.recv().await {
+        match rx.await {
             Some(CallResult::Control(result)) => result,
             _ => Err(Status::unavailable("the node is shutting down")),
         }
@@ -314,11 +317,11 @@ impl Dispatch {
         if owner == self.shard {
             return self.local.propose(group, command).await;
         }
-        let (tx, rx) = local_channel::new_bounded(1);
+        let (tx, rx) = oneshot();
         let call = self.start_call(PendingCall::Once(tx));
         let _guard = CallGuard { dispatch: self, call };
         self.outbound.send(owner, MeshMessage::Call { from: self.shard, call, group, op: CallOp::Propose(command) });
-        match rx.recv().await {
+        match rx.await {
             Some(CallResult::Committed(result)) => result,
             _ => Err(ShardError::ShuttingDown),
         }
@@ -341,11 +344,11 @@ impl Dispatch {
         if owner == self.shard {
             return self.local.read(group, query).await;
         }
-        let (tx, rx) = local_channel::new_bounded(1);
+        let (tx, rx) = oneshot();
         let call = self.start_call(PendingCall::Once(tx));
         let _guard = CallGuard { dispatch: self, call };
         self.outbound.send(owner, MeshMessage::Call { from: self.shard, call, group, op: CallOp::Read(query) });
-        match rx.recv().await {
+        match rx.await {
             Some(CallResult::Read(result)) => result,
             _ => Err(ShardError::ShuttingDown),
         }
@@ -474,9 +477,7 @@ impl Dispatch {
             MeshMessage::Reply { call, result } => {
                 let mut calls = self.calls.borrow_mut();
                 match calls.remove(&call) {
-                    Some(PendingCall::Once(tx)) => {
-                        let _ = tx.try_send(result);
-                    }
+                    Some(PendingCall::Once(tx)) => tx.send(result),
                     Some(PendingCall::Watch { owner, first, mut on_change, ended }) => {
                         let started = match &result {
                             CallResult::Read(Ok(ReadTerm { index, result: Ok(term) })) => {
@@ -640,49 +641,88 @@ impl Dispatch {
         }
     }
 
+    /// Serves a call from shard `from`. Proposals, reads and watches go to the runtime's
+    /// queue with a reply that queues the answer on the mesh: no task per call (one is
+    /// spawned only when the queue is full, and for Node API operations and metrics).
     fn serve_call(self: &Rc<Self>, from: usize, call: u64, group: u32, op: CallOp) {
-        let dispatch = Rc::clone(self);
-        glommio::spawn_local(async move {
-            let result = match op {
-                CallOp::Propose(command) => CallResult::Committed(dispatch.local.propose(group, command).await),
-                CallOp::Read(query) => CallResult::Read(dispatch.local.read(group, query).await),
-                CallOp::Control(op) => CallResult::Control(dispatch.run_control(op).await),
-                CallOp::Metrics => match dispatch.local_metrics().await {
+        edge::count(|e| e.mesh_calls_served += 1);
+        let outbound = self.outbound.clone();
+        let request = match op {
+            CallOp::Propose(command) => Request::Propose {
+                group,
+                command,
+                reply: Box::new(move |r| outbound.send(from, MeshMessage::Reply { call, result: CallResult::Committed(r) })),
+            },
+            CallOp::Read(query) => Request::Read {
+                group,
+                query,
+                reply: Box::new(move |r| outbound.send(from, MeshMessage::Reply { call, result: CallResult::Read(r) })),
+            },
+            CallOp::Watch(query) => self.served_watch(from, call, group, query),
+            CallOp::Control(op) => {
+                self.spawn_served(from, call, async move |dispatch| CallResult::Control(dispatch.run_control(op).await));
+                return;
+            }
+            CallOp::Metrics => {
+                self.spawn_served(from, call, async move |dispatch| match dispatch.local_metrics().await {
                     Some(snapshot) => CallResult::Metrics(Box::new(snapshot)),
                     None => CallResult::Control(Err(Status::unavailable("the shard is still starting"))),
-                },
-                CallOp::Watch(query) => {
-                    let key = dispatch.new_watch_key();
-                    dispatch.served_watches.borrow_mut().insert((from, call), (group, key));
-                    // The first state is queued in the same step that subscribes the
-                    // watcher, so it leaves before any change.
-                    let serving = Rc::clone(&dispatch);
-                    let first: Box<dyn FnOnce(Result<ReadTerm, ShardError>)> = Box::new(move |r| {
-                        if !matches!(r, Ok(ReadTerm { result: Ok(_), .. })) {
-                            serving.served_watches.borrow_mut().remove(&(from, call));
-                        }
-                        serving.outbound.send(from, MeshMessage::Reply { call, result: CallResult::Read(r) });
-                    });
-                    let ending = Rc::clone(&dispatch);
-                    let watcher = Box::new(move |event: WatchEvent<'_>| match event {
-                        WatchEvent::Changed(n) => {
-                            ending.outbound.send(from, MeshMessage::WatchEvent { call, index: n.index, term: n.term.clone() });
-                            true
-                        }
-                        WatchEvent::Ended(error) => {
-                            // Freed here, and the watching shard ends its stream.
-                            ending.served_watches.borrow_mut().remove(&(from, call));
-                            ending.outbound.send(from, MeshMessage::WatchEnded { call, error: error.clone() });
-                            false
-                        }
-                    });
-                    if let Err(e) = dispatch.local.send(Request::Watch { group, key, query, first, watcher }).await {
-                        dispatch.served_watches.borrow_mut().remove(&(from, call));
-                        dispatch.outbound.send(from, MeshMessage::Reply { call, result: CallResult::Read(Err(e)) });
+                });
+                return;
+            }
+        };
+        match self.local.try_send(request) {
+            Ok(()) => {}
+            Err(TrySendError::Closed(request)) => request.refuse(ShardError::ShuttingDown),
+            Err(TrySendError::Full(request)) => {
+                edge::count(|e| e.mesh_call_tasks_spawned += 1);
+                let sender = self.local.sender();
+                glommio::spawn_local(async move {
+                    if let Err(GlommioError::Closed(ResourceType::Channel(request))) = sender.send(request).await {
+                        request.refuse(ShardError::ShuttingDown);
                     }
-                    return;
-                }
-            };
+                })
+                .detach();
+            }
+        }
+    }
+
+    /// The runtime request of a watch served for shard `from`: its first state and every
+    /// later change go back on the mesh.
+    fn served_watch(self: &Rc<Self>, from: usize, call: u64, group: u32, query: TermQuery) -> Request {
+        let key = self.new_watch_key();
+        self.served_watches.borrow_mut().insert((from, call), (group, key));
+        // The first state is queued in the same step that subscribes the watcher, so it
+        // leaves before any change.
+        let serving = Rc::clone(self);
+        let first: Box<dyn FnOnce(Result<ReadTerm, ShardError>)> = Box::new(move |r| {
+            if !matches!(r, Ok(ReadTerm { result: Ok(_), .. })) {
+                serving.served_watches.borrow_mut().remove(&(from, call));
+            }
+            serving.outbound.send(from, MeshMessage::Reply { call, result: CallResult::Read(r) });
+        });
+        let ending = Rc::clone(self);
+        let watcher = Box::new(move |event: WatchEvent<'_>| match event {
+            WatchEvent::Changed(n) => {
+                ending.outbound.send(from, MeshMessage::WatchEvent { call, index: n.index, term: n.term.clone() });
+                true
+            }
+            WatchEvent::Ended(error) => {
+                // Freed here, and the watching shard ends its stream.
+                ending.served_watches.borrow_mut().remove(&(from, call));
+                ending.outbound.send(from, MeshMessage::WatchEnded { call, error: error.clone() });
+                false
+            }
+        });
+        Request::Watch { group, key, query, first, watcher }
+    }
+
+    /// Serves a call from shard `from` that must wait on this shard (a Node API operation,
+    /// a metrics snapshot) in a task of its own (rare: not counted as a call's task).
+    fn spawn_served(self: &Rc<Self>, from: usize, call: u64, serve: impl AsyncFnOnce(Rc<Dispatch>) -> CallResult + 'static) {
+        let dispatch = Rc::clone(self);
+        glommio::spawn_local(async move {
+            let result = serve(Rc::clone(&dispatch)).await;
             dispatch.outbound.send(from, MeshMessage::Reply { call, result });
         })
         .detach();
@@ -759,7 +799,7 @@ impl Retry {
         if Instant::now() + self.pause > self.deadline {
             return false;
         }
-        glommio::timer::sleep(self.pause).await;
+        crate::timer_queue::sleep(self.pause).await;
         self.pause = (self.pause * 2).min(MAX_RETRY_PAUSE);
         true
     }

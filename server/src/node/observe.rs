@@ -100,6 +100,7 @@ impl ShardSources {
             keep_alive_entries: self.counters.keep_alive_entries(),
             grpc: self.counters.grpc.snapshot(),
             peers,
+            edge: crate::metrics::edge::snapshot(),
         }
     }
 }
