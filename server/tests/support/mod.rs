@@ -6,7 +6,7 @@
 #![allow(dead_code)]
 
 use std::fs::File;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -55,9 +55,11 @@ impl Default for NodeOptions {
     }
 }
 
-/// A port that was free a moment ago (bound to 127.0.0.1:0, then released).
+/// A port that was free a moment ago, never handed out before by this test process (the
+/// kernel's ephemeral `127.0.0.1:0` can give the same port twice in a row once released,
+/// which once made a node's `--listen` and `--admin-listen` the same).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local addr").port()
+    cluster::reserve_ports(1)
 }
 
 /// A data directory and the log files of every server started on it; removed on drop.
