@@ -84,8 +84,11 @@ async fn unary_calls_cost_no_task_and_no_timer_each() {
     println!("100 calls without grpc-timeout: {plain:?}");
     assert_eq!(plain["unary_calls_inline"], CALLS, "every unary call ran in the connection's call table");
     assert_eq!(plain["call_tasks_spawned"], 0, "no task per unary call");
-    // Half the calls are for partitions of the other shard (session keep-alives may add more).
-    assert!(plain["mesh_calls_served"] >= CALLS / 2, "calls crossed shards: {plain:?}");
+    // Half the names are in partitions of the other shard, and each name got at least
+    // CALLS / names calls (which half depends on the shard the connection landed on, so
+    // the crossing calls are 48 to 52 of the 100; session keep-alives may add more).
+    let least_crossing = CALLS / names.len() as u64 * (names.len() as u64 / 2);
+    assert!(plain["mesh_calls_served"] >= least_crossing, "calls crossed shards: {plain:?}");
     assert_eq!(plain["mesh_call_tasks_spawned"], 0, "the other shard spawned no task for them");
     assert_eq!(plain["deadlines_queued"], 0, "a call without grpc-timeout queues no deadline");
     assert_eq!(plain["timer_arms"], 0, "nor arms a timer");
