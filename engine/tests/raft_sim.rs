@@ -73,7 +73,10 @@ fn simulation_with_eager_rejoins_upholds_the_same_properties() {
 /// Eager-rejoin seed 5645 (issue 17), pinned: before replica incarnations the core took a
 /// deleted replica's late acknowledgements for its successor's and failed it; the eager run
 /// above covers other seeds, so this one is replayed on every run, as
-/// `CONCLAVE_SIM_EAGER_REJOIN=1 CONCLAVE_SIM_SEED=5645` does.
+/// `CONCLAVE_SIM_EAGER_REJOIN=1 CONCLAVE_SIM_SEED=5645` does. (The simulation has changed
+/// since: today the seed rejoins nodes eagerly but no late message reaches a successor, and
+/// it passes even with the drop of other incarnations' messages taken out of `step`: it pins
+/// the replay, and the eager run, which requires `incarnation_drops > 0`, exercises the drops.)
 #[test]
 fn eager_rejoin_seed_5645_upholds_the_same_properties() {
     if std::env::var("CONCLAVE_SIM_SEED").is_ok() {

@@ -84,7 +84,11 @@ fn catches_votes_for_stale_logs() {
 
 #[test]
 fn catches_old_term_commits_by_counting() {
-    assert_caught("commit_old_term_by_count", DeliberateBugs { commit_old_term_by_count: true, ..Default::default() }, Profile::FigureEight);
+    assert_caught(
+        "commit_old_term_by_count",
+        DeliberateBugs { commit_old_term_by_count: true, ..Default::default() },
+        Profile::FigureEight,
+    );
 }
 
 #[test]
