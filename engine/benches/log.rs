@@ -50,7 +50,7 @@ impl Rig {
             let executor = LocalExecutorBuilder::new(Placement::Unbound).io_memory(2 << 20).make().expect("executor");
             executor.run(async move {
                 settle_iopoll_probe(&path).await.unwrap();
-                let raw_file = prepare_segment(&path, 0, RAW_BYTES, true).await.unwrap();
+                let raw_file = prepare_segment(&path, 0, RAW_BYTES, true, false).await.unwrap();
                 let options = LogOptions { tail_cache_bytes: 8 << 20, ..LogOptions::default() };
                 let (log, _) = Log::open(path.join("log"), options).await.unwrap();
                 let payload = Bytes::from(vec![0xA5u8; ENTRY_PAYLOAD]);

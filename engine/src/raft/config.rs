@@ -15,6 +15,13 @@ pub struct DeliberateBugs {
     pub commit_old_term_by_count: bool,
     /// Acknowledge appended entries before they are persisted.
     pub ack_before_persist: bool,
+    /// Answer a ReadIndex read without waiting for a quorum to confirm its heartbeat round.
+    pub read_index_without_quorum: bool,
+    /// Grant (pre-)votes while still hearing a live leader, ignoring the lease it holds.
+    pub vote_inside_lease: bool,
+    /// Trust a lease by counting leader ticks alone, not the monotonic clock, so a leader
+    /// whose ticks lag (a stalled loop) trusts a lease that ran out in real time.
+    pub lease_in_ticks: bool,
 }
 
 /// Settings of one replica. Time is measured in ticks of the caller's clock, except the

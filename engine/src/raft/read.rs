@@ -242,7 +242,8 @@ impl RaftNode {
                 },
             );
         let Some((sent_tick, sent_at)) = self.reads.round_sent(confirmed) else { return false };
-        self.now < sent_at.saturating_add(self.cfg.lease_micros) && self.leader_ticks - sent_tick + 2 < u64::from(self.cfg.election_ticks)
+        let in_time = self.now < sent_at.saturating_add(self.cfg.lease_micros) || self.cfg.deliberate_bugs.lease_in_ticks;
+        in_time && self.leader_ticks - sent_tick + 2 < u64::from(self.cfg.election_ticks)
     }
 
     /// Called when the commit index moved: release reads that waited for the term's entry.
@@ -265,7 +266,7 @@ impl RaftNode {
                 .voting()
                 .filter(|member| *member == id || self.progress.get(member).is_some_and(|p| p.read_ack_seq >= seq))
                 .count();
-            if !self.membership().is_quorum(confirmed) {
+            if !self.membership().is_quorum(confirmed) && !self.cfg.deliberate_bugs.read_index_without_quorum {
                 break;
             }
             let read = self.reads.pending.pop_front().expect("front exists");

@@ -48,7 +48,8 @@ impl RaftNode {
     pub(super) fn broadcast_heartbeat(&mut self) {
         let committed = self.log.committed();
         let read_seq = if self.cfg.lease_reads {
-            self.reads.new_round(self.leader_ticks, self.now, u64::from(self.cfg.election_ticks), self.cfg.lease_micros)
+            let time_horizon = if self.cfg.deliberate_bugs.lease_in_ticks { u64::MAX } else { self.cfg.lease_micros };
+            self.reads.new_round(self.leader_ticks, self.now, u64::from(self.cfg.election_ticks), time_horizon)
         } else {
             self.reads.last_seq()
         };

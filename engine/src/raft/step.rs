@@ -148,7 +148,7 @@ impl RaftNode {
                 let forced = msg.context.as_ref() == TRANSFER_CONTEXT || msg.from == self.leader;
                 let in_lease =
                     self.cfg.check_quorum && (self.leader != 0 || self.startup_quiet) && self.election_elapsed < self.cfg.election_ticks;
-                if in_lease && !forced {
+                if in_lease && !forced && !self.cfg.deliberate_bugs.vote_inside_lease {
                     return false;
                 }
             }

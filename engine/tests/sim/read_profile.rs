@@ -11,7 +11,8 @@ use super::SimOptions;
 /// lease's margin (`Config::safe_lease_micros`: 1/8 of it and two ticks) covers it.
 pub const MAX_DRIFT_PPM: u64 = 20_000;
 
-/// The first seed of the read-profile run (distinct from the other runs' seeds).
+/// The first seed of the read-profile run (the eager-rejoin run of `raft_sim` starts at the
+/// same number, under other options).
 pub const READ_SEEDS_FROM: u64 = 2 << 32;
 
 impl SimOptions {

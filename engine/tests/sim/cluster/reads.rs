@@ -77,7 +77,7 @@ pub struct ReadNemesis {
 
 impl ReadNemesis {
     pub fn new(seed: u64, opts: &SimOptions) -> Self {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x0c10_c4_5eed);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x000c_10c4_5eed);
         let drift = MAX_DRIFT_PPM as i64;
         let clocks = (0..opts.nodes)
             .map(|_| {
