@@ -709,21 +709,27 @@ impl Sim {
                 Some(leader) if self.rng.random_bool(0.7) => leader,
                 _ => self.rng.random_range(0..self.nodes.len()),
             };
-            let id = self.nodes[n].id;
             let write = self.rng.random_bool(0.5);
-            let now = self.now;
-            let op_id = self.clients[g].next_op_id();
-            let Some(raft) = self.nodes[n].replicas[g].raft.as_mut() else { continue };
-            if write {
-                if let Ok((index, _)) = raft.propose([encode_write(op_id)]) {
-                    self.clients[g].write_proposed(op_id, id, index, now);
-                }
-            } else if raft.read_index(bytes::Bytes::copy_from_slice(&op_id.to_le_bytes())).is_ok() {
-                self.clients[g].read_requested(op_id, id, now);
-            }
-            self.pump(n, g)?;
+            self.client_op(n, g, write)?;
         }
         Ok(())
+    }
+
+    /// A client write (a proposal) or read (a ReadIndex) of group `g` sent to node `n`,
+    /// recorded for the linearizability check, then the node's output delivered.
+    fn client_op(&mut self, n: usize, g: usize, write: bool) -> Result<(), Violation> {
+        let id = self.nodes[n].id;
+        let now = self.now;
+        let op_id = self.clients[g].next_op_id();
+        let Some(raft) = self.nodes[n].replicas[g].raft.as_mut() else { return Ok(()) };
+        if write {
+            if let Ok((index, _)) = raft.propose([encode_write(op_id)]) {
+                self.clients[g].write_proposed(op_id, id, index, now);
+            }
+        } else if raft.read_index(bytes::Bytes::copy_from_slice(&op_id.to_le_bytes())).is_ok() {
+            self.clients[g].read_requested(op_id, id, now);
+        }
+        self.pump(n, g)
     }
 
     /// Every group has a leader whose term's entries are committed, and every replica

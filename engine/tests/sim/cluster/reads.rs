@@ -21,7 +21,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::super::checker::Violation;
-use super::super::client::encode_write;
 use super::super::read_profile::MAX_DRIFT_PPM;
 use super::super::SimOptions;
 use super::Sim;
@@ -269,18 +268,7 @@ impl Sim {
                 if self.reads.is_stalled(n) || (write && challenged) {
                     continue;
                 }
-                let id = self.nodes[n].id;
-                let now = self.now;
-                let op_id = self.clients[g].next_op_id();
-                let Some(raft) = self.nodes[n].replicas[g].raft.as_mut() else { continue };
-                if write {
-                    if let Ok((index, _)) = raft.propose([encode_write(op_id)]) {
-                        self.clients[g].write_proposed(op_id, id, index, now);
-                    }
-                } else if raft.read_index(bytes::Bytes::copy_from_slice(&op_id.to_le_bytes())).is_ok() {
-                    self.clients[g].read_requested(op_id, id, now);
-                }
-                self.pump(n, g)?;
+                self.client_op(n, g, write)?;
             }
         }
         Ok(())
