@@ -5,6 +5,7 @@
 
 mod counters;
 mod error;
+mod groups;
 mod idle;
 mod liveness;
 pub mod loopback;

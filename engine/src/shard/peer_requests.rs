@@ -17,7 +17,11 @@ use super::counters::ShardCounters;
 use super::error::ShardError;
 use super::peer::{refusal, refusal_error, role_from_proto, role_to_proto};
 use super::replica::{Committed, Reply};
-use super::runtime::{LogStore, MembershipWaiters, ShardRuntime};
+use super::runtime::{LogStore, ShardRuntime};
+
+/// Leader: a group's membership changes waiting for their entry to commit, each with the
+/// entry's index.
+pub(super) type MembershipWaiters = Vec<(u64, Reply<Result<u64, ShardError>>)>;
 
 impl<L: LogStore> ShardRuntime<L> {
     /// Handles one message from the same shard of node `from`.
@@ -223,7 +227,7 @@ impl<L: LogStore> ShardRuntime<L> {
                             )))
                         }))
                     });
-                    self.membership_waiters.entry(group).or_default().push((index, retry));
+                    self.membership_waiters(group).push((index, retry));
                 }
                 Err(e) => reply(Err(e)),
             };
@@ -259,7 +263,7 @@ impl<L: LogStore> ShardRuntime<L> {
             Err(e) => return reply(Err(ShardError::Invalid(format!("group {group}: {e}")))),
         };
         match replica.raft_mut().propose_membership_change(next) {
-            Ok(index) => self.membership_waiters.entry(group).or_default().push((index, reply)),
+            Ok(index) => self.membership_waiters(group).push((index, reply)),
             Err(e) => reply(Err(ShardError::from_raft(group, e))),
         }
     }
@@ -299,7 +303,7 @@ impl<L: LogStore> ShardRuntime<L> {
     pub(super) fn hand_off_leadership(&mut self) -> usize {
         self.handing_off = true;
         let mut started = 0;
-        for (&group, replica) in self.replicas.iter_mut() {
+        for (group, replica) in self.groups.replicas_mut() {
             if !replica.is_leader() {
                 continue;
             }
@@ -313,6 +317,11 @@ impl<L: LogStore> ShardRuntime<L> {
             }
         }
         started
+    }
+
+    /// The membership changes `group` (a hosted group) waits on.
+    fn membership_waiters(&mut self, group: u32) -> &mut MembershipWaiters {
+        &mut self.groups.get_mut(group).expect("a hosted group").membership_waiters
     }
 }
 
@@ -328,8 +337,7 @@ pub(super) struct MembershipChange {
 
 /// Answers the membership changes a leader is waiting on as the group's Raft events say
 /// how they went: committed, or lost with the leadership.
-pub(super) fn settle_membership_waiters(waiters: &mut MembershipWaiters, group: u32, event: &RaftEvent) {
-    let Some(list) = waiters.get_mut(&group) else { return };
+pub(super) fn settle_membership_waiters(list: &mut MembershipWaiters, event: &RaftEvent) {
     match event {
         RaftEvent::MembershipCommitted { index } => {
             let mut kept = Vec::new();
@@ -350,8 +358,5 @@ pub(super) fn settle_membership_waiters(waiters: &mut MembershipWaiters, group: 
             }
         }
         _ => {}
-    }
-    if list.is_empty() {
-        waiters.remove(&group);
     }
 }

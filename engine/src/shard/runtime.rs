@@ -12,7 +12,6 @@
 //! answers its caller when it applies that entry itself.
 
 use std::collections::BTreeMap;
-use std::collections::BTreeSet;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
@@ -33,11 +32,12 @@ use crate::sm::{self, Command};
 
 use super::counters::ShardCounters;
 use super::error::ShardError;
+use super::groups::Groups;
 use super::liveness::Liveness;
 use super::oneshot::oneshot;
 use super::peer::Forwarded;
 use super::peer_requests::{settle_membership_waiters, MembershipChange};
-use super::replica::{Committed, ReadTerm, Replica, Reply, SnapshotCapture, TermQuery, Watcher};
+use super::replica::{Committed, ReadTerm, Replica, Reply, TermQuery, Watcher};
 use super::schedule::Schedule;
 use super::stall::{Phase, RoundTimer};
 use super::stats::RuntimeStats;
@@ -359,14 +359,11 @@ impl Request {
     }
 }
 
-/// Leader: membership changes waiting for their entry to commit, by group, each with the
-/// entry's index.
-pub(super) type MembershipWaiters = BTreeMap<u32, Vec<(u64, Reply<Result<u64, ShardError>>)>>;
-
 /// The runtime of one shard. Build it, take handles, then `run` it in its own task.
 pub struct ShardRuntime<L: LogStore> {
     pub(super) cfg: RuntimeConfig,
-    pub(super) replicas: BTreeMap<u32, Replica>,
+    /// The hosted groups, each with all the runtime keeps about it.
+    pub(super) groups: Groups,
     pub(super) log: L,
     outbox: Outbox,
     pub(super) transport: Transport,
@@ -375,50 +372,27 @@ pub struct ShardRuntime<L: LogStore> {
     monotonic: MonotonicClock,
     receiver: LocalReceiver<Request>,
     handle: ShardHandle,
-    pub(super) last_expiry_barrier: BTreeMap<u32, Instant>,
-    /// The (term, vote) of each group's hard state as last handed to the log.
-    pub(super) durable_votes: BTreeMap<u32, (u64, u64)>,
     /// Requests forwarded to leaders on other nodes, and messages queued for peers.
     pub(super) forwarded: Forwarded,
-    /// Leader: membership changes waiting for their entry to commit, by group.
-    pub(super) membership_waiters: MembershipWaiters,
-    /// Ticks since start, and the tick of each group's last rebalancing transfer.
+    /// Ticks since start.
     pub(super) ticks: u64,
-    pub(super) last_rebalance: BTreeMap<u32, u64>,
     /// Set once a graceful stop handed leaderships over: no rebalancing back.
     pub(super) handing_off: bool,
-    /// The node that last handed each group's leadership here (TimeoutNow), and when: a
-    /// leader does not rebalance a group back to the node that just gave it away (it may
-    /// be stopping).
-    pub(super) handed_by: BTreeMap<u32, (u64, u64)>,
     /// Replicas to remove once the current round is done.
     pub(super) removals: Vec<(u32, Reply<Result<(), ShardError>>)>,
     /// Rounds submitted to the log and not yet durable, oldest first.
     in_flight: VecDeque<InFlightWrite>,
     /// Snapshots from leaders, installed once every earlier write is durable.
     installs: Vec<(u32, Snapshot)>,
-    /// Snapshots this shard took, on their way to disk (at most one per group); the log
-    /// is compacted behind each once it is durable.
-    pub(super) snapshot_saves: BTreeMap<u32, SnapshotSave>,
     /// What this runtime did, counted (see [`ShardCounters`]).
     pub(super) counters: Rc<ShardCounters>,
     /// Which groups are ticked, sleep on a timer, or were touched this round.
     pub(super) schedule: Schedule,
     /// Liveness of the peer nodes (coalesced pings).
     pub(super) liveness: Liveness,
-    /// Groups that applied entries since they were last looked at for a snapshot.
-    pub(super) snapshot_candidates: BTreeSet<u32>,
     /// (groups, awake, silent peers) as last logged, and the tick of the next look.
     pub(super) last_activity: (usize, usize, usize),
     pub(super) next_activity_check: u64,
-}
-
-/// A snapshot of a group being saved by a task of its own.
-pub(super) struct SnapshotSave {
-    pub(super) capture: SnapshotCapture,
-    /// The group had a snapshot before this one (which this one replaces).
-    pub(super) had_snapshot: bool,
-    pub(super) task: glommio::task::JoinHandle<Result<(), String>>,
 }
 
 /// A round's writes on their way to disk, and what waits for them: per group, the
@@ -448,13 +422,6 @@ impl<L: LogStore> ShardRuntime<L> {
     ) -> Self {
         let (sender, receiver) = local_channel::new_bounded(cfg.request_queue.max(1));
         let handle = ShardHandle { sender: Rc::new(sender) };
-        let durable_votes = replicas
-            .iter()
-            .map(|(g, r)| {
-                let hs = r.raft().hard_state();
-                (*g, (hs.term, hs.vote))
-            })
-            .collect();
         let mut schedule = Schedule::default();
         for &group in replicas.keys() {
             schedule.touch(group);
@@ -464,13 +431,11 @@ impl<L: LogStore> ShardRuntime<L> {
         ShardRuntime {
             schedule,
             liveness,
-            snapshot_candidates: BTreeSet::new(),
             last_activity: (0, 0, 0),
             next_activity_check: 0,
-            durable_votes,
             outbox: Outbox::new(cfg.node_id),
             cfg,
-            replicas,
+            groups: Groups::new(replicas),
             log,
             transport,
             events,
@@ -478,17 +443,12 @@ impl<L: LogStore> ShardRuntime<L> {
             monotonic: instant_clock(),
             receiver,
             handle,
-            last_expiry_barrier: BTreeMap::new(),
             forwarded: Forwarded::default(),
-            membership_waiters: BTreeMap::new(),
             ticks: 0,
-            last_rebalance: BTreeMap::new(),
             handing_off: false,
-            handed_by: BTreeMap::new(),
             removals: Vec::new(),
             in_flight: VecDeque::new(),
             installs: Vec::new(),
-            snapshot_saves: BTreeMap::new(),
             counters: Rc::default(),
         }
     }
@@ -509,7 +469,10 @@ impl<L: LogStore> ShardRuntime<L> {
 
     /// Notes that node `from` handed group `group`'s leadership to this node.
     pub(super) fn note_handed_by(&mut self, group: u32, from: u64) {
-        self.handed_by.insert(group, (from, self.ticks));
+        let ticks = self.ticks;
+        if let Some(slot) = self.groups.get_mut(group) {
+            slot.handed_by = Some((from, ticks));
+        }
     }
 
     pub(super) fn node_id(&self) -> u64 {
@@ -533,7 +496,7 @@ impl<L: LogStore> ShardRuntime<L> {
 
     pub(super) fn replica_mut(&mut self, group: u32) -> Option<&mut Replica> {
         self.schedule.touch(group);
-        self.replicas.get_mut(&group)
+        self.groups.replica_mut(group)
     }
 
     /// Runs until a [`Request::Shutdown`] or a storage failure. Returns the failure, if any.
@@ -547,7 +510,7 @@ impl<L: LogStore> ShardRuntime<L> {
         // The instant tick `self.ticks + 1` is due.
         let mut next_tick = Instant::now() + tick;
         // Drive any output recovery left (e.g. entries to re-apply) before serving.
-        for (&group, replica) in &self.replicas {
+        for (group, replica) in self.groups.replicas() {
             (self.events)(group, &ShardEvent::MemberReady { membership: replica.raft().membership().clone() });
         }
         self.process_ready().await?;
@@ -656,7 +619,7 @@ impl<L: LogStore> ShardRuntime<L> {
             self.schedule.touch(group);
         }
         match request {
-            Request::Propose { group, mut command, reply } => match self.replicas.get_mut(&group) {
+            Request::Propose { group, mut command, reply } => match self.groups.replica_mut(group) {
                 Some(replica) if replica.is_leader() => {
                     command.timestamp_ms = (self.clock)();
                     ShardCounters::add(&self.counters.proposals, 1);
@@ -671,7 +634,7 @@ impl<L: LogStore> ShardRuntime<L> {
                 }
                 None => reply(Err(ShardError::UnknownGroup(group))),
             },
-            Request::Read { group, query, reply } => match self.replicas.get_mut(&group) {
+            Request::Read { group, query, reply } => match self.groups.replica_mut(group) {
                 Some(replica) => {
                     // A lease read is trusted only while the clock says the lease runs.
                     replica.raft_mut().set_now((self.monotonic)());
@@ -679,7 +642,7 @@ impl<L: LogStore> ShardRuntime<L> {
                 }
                 None => reply(Err(ShardError::UnknownGroup(group))),
             },
-            Request::Watch { group, key, query, first, watcher } => match self.replicas.get_mut(&group) {
+            Request::Watch { group, key, query, first, watcher } => match self.groups.replica_mut(group) {
                 Some(replica) => {
                     replica.raft_mut().set_now((self.monotonic)());
                     replica.watch(query, key, first, watcher)
@@ -687,7 +650,7 @@ impl<L: LogStore> ShardRuntime<L> {
                 None => first(Err(ShardError::UnknownGroup(group))),
             },
             Request::Unwatch { group, key } => {
-                if let Some(replica) = self.replicas.get_mut(&group) {
+                if let Some(replica) = self.groups.replica_mut(group) {
                     replica.unwatch(key);
                 }
             }
@@ -702,13 +665,11 @@ impl<L: LogStore> ShardRuntime<L> {
                 }
             }
             Request::AddReplica { group, replica, reply } => {
-                if self.replicas.contains_key(&group) {
+                if self.groups.contains(group) {
                     reply(Err(ShardError::Invalid(format!("group {group} already has a replica on this node"))));
                 } else {
-                    let hs = replica.raft().hard_state();
-                    self.durable_votes.insert(group, (hs.term, hs.vote));
                     let membership = replica.raft().membership().clone();
-                    self.replicas.insert(group, *replica);
+                    self.groups.insert(group, *replica);
                     (self.events)(group, &ShardEvent::MemberReady { membership });
                     reply(Ok(()));
                 }
@@ -738,7 +699,7 @@ impl<L: LogStore> ShardRuntime<L> {
         let now_ms = (self.clock)();
         let paused_ms = u64::try_from(paused.as_millis()).unwrap_or(u64::MAX);
         tracing::info!(node = self.cfg.node_id, paused_ms, "crediting sessions with a pause of the shard loop");
-        for (&group, replica) in self.replicas.iter_mut().filter(|(_, r)| r.is_leader() && !r.state_machine().sessions().is_empty()) {
+        for (group, replica) in self.groups.replicas_mut().filter(|(_, r)| r.is_leader() && !r.state_machine().sessions().is_empty()) {
             self.schedule.touch(group);
             replica.propose(&sm::command::pause_barrier(now_ms, paused_ms), Box::new(|_| {}));
         }
@@ -754,7 +715,7 @@ impl<L: LogStore> ShardRuntime<L> {
         self.tick_liveness(backlog);
         // Only the groups with something due: quiet ones cost nothing (see `schedule.rs`).
         for group in self.schedule.due(self.ticks) {
-            let Some(replica) = self.replicas.get_mut(&group) else { continue };
+            let Some(replica) = self.groups.replica_mut(group) else { continue };
             ShardCounters::add(&self.counters.replica_ticks, 1);
             replica.raft_mut().set_now(now_micros);
             replica.tick();
@@ -769,34 +730,35 @@ impl<L: LogStore> ShardRuntime<L> {
     /// A leader's checks at each of its ticks: a stopping node hands it on, rebalancing
     /// hands it to its preferred node, and a barrier lets sessions past their deadline expire.
     fn tick_leader(&mut self, group: u32, now_ms: u64) {
-        let Some(replica) = self.replicas.get_mut(&group) else { return };
-        let last = self.last_rebalance.get(&group).copied().unwrap_or(0);
+        let ticks = self.ticks;
+        let Some(slot) = self.groups.get_mut(group) else { return };
+        let replica = &mut slot.replica;
+        let last = slot.last_rebalance;
         if self.handing_off {
             // Stopping: a leadership that came back here is handed on again.
-            if self.ticks >= last + HAND_OFF_RETRY_TICKS {
-                self.last_rebalance.insert(group, self.ticks);
+            if ticks >= last + HAND_OFF_RETRY_TICKS {
+                slot.last_rebalance = ticks;
                 if let Some(to) = replica.best_successor() {
                     if let Err(e) = replica.raft_mut().transfer_leadership(to) {
                         tracing::debug!(group, to, error = %e, "hand-off refused");
                     }
                 }
             }
-        } else if self.cfg.rebalance_ticks > 0 && self.ticks >= last + self.cfg.rebalance_ticks {
+        } else if self.cfg.rebalance_ticks > 0 && ticks >= last + self.cfg.rebalance_ticks {
+            let handed_by = slot.handed_by;
             let gave_it_away = |to: u64| {
-                self.handed_by
-                    .get(&group)
-                    .is_some_and(|&(from, at)| from == to && self.ticks < at + HANDED_BACK_AFTER_PERIODS * self.cfg.rebalance_ticks)
+                handed_by.is_some_and(|(from, at)| from == to && ticks < at + HANDED_BACK_AFTER_PERIODS * self.cfg.rebalance_ticks)
             };
             match replica.rebalance_target() {
                 Some(to) if !gave_it_away(to) => {
-                    self.last_rebalance.insert(group, self.ticks);
+                    slot.last_rebalance = ticks;
                     if let Err(e) = replica.raft_mut().transfer_leadership(to) {
                         tracing::debug!(group, to, error = %e, "rebalancing transfer refused");
                     }
                 }
                 // Checked again a period later, not every tick.
                 Some(_) => {
-                    self.last_rebalance.insert(group, self.ticks);
+                    slot.last_rebalance = ticks;
                 }
                 None => {}
             }
@@ -804,9 +766,9 @@ impl<L: LogStore> ShardRuntime<L> {
         // Session expiry is decided by applied timestamps: with no traffic, the leader
         // proposes a barrier once a session's deadline has passed so expiry happens.
         let due = replica.next_session_deadline_ms().is_some_and(|d| d <= now_ms);
-        let last = self.last_expiry_barrier.get(&group);
+        let last = slot.last_expiry_barrier;
         if due && last.is_none_or(|t| t.elapsed() >= self.cfg.expiry_check) {
-            self.last_expiry_barrier.insert(group, Instant::now());
+            slot.last_expiry_barrier = Some(Instant::now());
             replica.propose(&sm::command::leader_barrier(now_ms), Box::new(|_| {}));
         }
     }
@@ -828,7 +790,8 @@ impl<L: LogStore> ShardRuntime<L> {
             // Only the groups touched since the last pass (see `schedule.rs`).
             let touched = self.schedule.take_dirty(READY_CHUNK_GROUPS);
             for &group in &touched {
-                let Some(replica) = self.replicas.get_mut(&group) else { continue };
+                let Some(slot) = self.groups.get_mut(group) else { continue };
+                let replica = &mut slot.replica;
                 if !replica.has_ready() {
                     continue;
                 }
@@ -840,9 +803,9 @@ impl<L: LogStore> ShardRuntime<L> {
                     if let RaftEvent::RoleChanged { role: RaftRole::Leader, .. } = event {
                         // A new leader waits a whole rebalancing period before handing the
                         // group on (so a hand-off is not undone at once).
-                        self.last_rebalance.insert(group, self.ticks);
+                        slot.last_rebalance = self.ticks;
                     }
-                    settle_membership_waiters(&mut self.membership_waiters, group, &event);
+                    settle_membership_waiters(&mut slot.membership_waiters, &event);
                     (self.events)(group, &ShardEvent::Raft(event));
                 }
                 if let Some(snapshot) = ready.snapshot.take() {
@@ -856,10 +819,10 @@ impl<L: LogStore> ShardRuntime<L> {
                 // commit index, which Raft need not persist: it rides along with the next
                 // entries instead of costing a sync of its own.
                 let vote = ready.hard_state.map(|hs| (hs.term, hs.vote));
-                let vote_changed = vote.is_some() && vote != self.durable_votes.get(&group).copied();
+                let vote_changed = vote.is_some() && vote != Some(slot.durable_vote);
                 if vote_changed || !ready.entries.is_empty() {
                     if let Some(vote) = vote {
-                        self.durable_votes.insert(group, vote);
+                        slot.durable_vote = vote;
                     }
                     writes.push(GroupWrite { group, hard_state: ready.hard_state, entries: std::mem::take(&mut ready.entries) });
                     acks.push((group, ack, std::mem::take(&mut ready.persisted_messages)));
@@ -909,7 +872,7 @@ impl<L: LogStore> ShardRuntime<L> {
             return Err(self.log_failed(e));
         }
         for (group, ack, persisted_messages) in acks {
-            if let (Some((index, term)), Some(replica)) = (ack, self.replicas.get_mut(&group)) {
+            if let (Some((index, term)), Some(replica)) = (ack, self.groups.replica_mut(group)) {
                 self.schedule.touch(group);
                 replica.raft_mut().persisted(index, term);
             }
@@ -944,7 +907,7 @@ impl<L: LogStore> ShardRuntime<L> {
     fn log_failed(&mut self, e: String) -> ShardError {
         let error = ShardError::Storage(e);
         tracing::error!(error = %error, "the log failed; this shard stops serving");
-        for replica in self.replicas.values_mut() {
+        for (_, replica) in self.groups.replicas_mut() {
             replica.fail_all(error.clone());
         }
         error
@@ -968,12 +931,12 @@ impl<L: LogStore> ShardRuntime<L> {
     /// Answers everything in flight or queued with [`ShardError::ShuttingDown`]. Every
     /// acknowledged entry is already durable: a round acknowledges only after its write.
     async fn shutdown(&mut self) {
-        for replica in self.replicas.values_mut() {
+        for (_, replica) in self.groups.replicas_mut() {
             replica.fail_all(ShardError::ShuttingDown);
         }
         self.forwarded.fail_all(ShardError::ShuttingDown);
-        for (_, waiters) in std::mem::take(&mut self.membership_waiters) {
-            for (_, reply) in waiters {
+        for (_, slot) in self.groups.iter_mut() {
+            for (_, reply) in std::mem::take(&mut slot.membership_waiters) {
                 reply(Err(ShardError::ShuttingDown));
             }
         }

@@ -137,9 +137,9 @@ impl<L: LogStore> ShardRuntime<L> {
     /// The shard's groups as they are now (answers [`Request::Stats`](super::Request::Stats)).
     pub(super) fn stats(&self) -> RuntimeStats {
         let groups = self
-            .replicas
-            .iter()
-            .map(|(&group, replica)| {
+            .groups
+            .replicas()
+            .map(|(group, replica)| {
                 let raft = replica.raft();
                 let sm = replica.state_machine();
                 let witness = replica.is_witness();
