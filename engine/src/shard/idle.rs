@@ -9,7 +9,8 @@ use conclave_proto::conclave::peer::v1::{peer_message::Body, PeerMessage};
 
 use crate::raft::MessageBatch;
 
-use super::runtime::{LogStore, ShardRuntime};
+use super::api::LogStore;
+use super::runtime::ShardRuntime;
 
 /// Ticks between two looks at whether the activity counts changed (then logged).
 const ACTIVITY_LOG_TICKS: u64 = 100;

@@ -13,11 +13,12 @@ use conclave_proto::conclave::peer::v1::{
 use crate::raft::{open_batch, Membership, MessageType, RaftEvent, RaftRole, Role};
 use crate::sm::{self, Command};
 
+use super::api::LogStore;
 use super::counters::ShardCounters;
 use super::error::ShardError;
 use super::peer::{refusal, refusal_error, role_from_proto, role_to_proto};
 use super::replica::{Committed, Reply};
-use super::runtime::{LogStore, ShardRuntime};
+use super::runtime::ShardRuntime;
 
 /// Leader: a group's membership changes waiting for their entry to commit, each with the
 /// entry's index.
@@ -297,26 +298,6 @@ impl<L: LogStore> ShardRuntime<L> {
         }
         let change = MembershipChange { group, node: request.node_id, role, incarnation: Some(request.incarnation) };
         self.change_membership(change, 0, reply);
-    }
-
-    /// Starts handing every group this shard leads to its most caught-up other voter.
-    pub(super) fn hand_off_leadership(&mut self) -> usize {
-        self.handing_off = true;
-        let mut started = 0;
-        for (group, replica) in self.groups.replicas_mut() {
-            if !replica.is_leader() {
-                continue;
-            }
-            // Stays awake while stopping, so a failed hand-off is tried again.
-            self.schedule.touch(group);
-            if let Some(to) = replica.best_successor() {
-                match replica.raft_mut().transfer_leadership(to) {
-                    Ok(()) => started += 1,
-                    Err(e) => tracing::debug!(group, to, error = %e, "hand-off refused"),
-                }
-            }
-        }
-        started
     }
 
     /// The membership changes `group` (a hosted group) waits on.

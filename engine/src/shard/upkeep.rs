@@ -7,9 +7,10 @@ use futures_lite::future;
 use crate::raft::{Role, Snapshot};
 use crate::sm;
 
+use super::api::{LogStore, ShardEvent};
 use super::error::ShardError;
 use super::replica::SnapshotCapture;
-use super::runtime::{LogStore, ShardEvent, ShardRuntime};
+use super::runtime::ShardRuntime;
 
 /// The most snapshots one round of the loop starts (each serializes a state machine); the
 /// groups also due wait for the next rounds, so many groups due at once (they applied
