@@ -7,7 +7,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use conclave_proto::conclave::peer::v1::PeerMessage;
@@ -91,15 +91,10 @@ pub type EventSink = Box<dyn FnMut(u32, &ShardEvent)>;
 /// Wall-clock milliseconds since the Unix epoch; the leader stamps commands with it.
 pub type Clock = Box<dyn Fn() -> u64>;
 
-/// A monotonic clock in microseconds (any origin, never going back): Raft measures lease
-/// reads with it (`RaftNode::set_now`).
+/// A monotonic clock in microseconds (any origin, never going back): the runtime's loop
+/// (ticks, budgets, timeouts, barriers) runs on it, and Raft measures lease reads with it
+/// (`RaftNode::set_now`).
 pub type MonotonicClock = Box<dyn Fn() -> u64>;
-
-/// The process's monotonic clock, in microseconds since the runtime was built.
-pub(super) fn instant_clock() -> MonotonicClock {
-    let origin = Instant::now();
-    Box::new(move || u64::try_from(origin.elapsed().as_micros()).unwrap_or(u64::MAX))
-}
 
 /// Settings of a shard runtime.
 #[derive(Clone, Debug)]

@@ -4,25 +4,27 @@
 //! loop held up (a stall) credits every session with the pause before anything that queued
 //! up meanwhile is applied.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::sm;
 
 use super::api::LogStore;
+use super::clock::micros;
 use super::runtime::ShardRuntime;
 
 impl<L: LogStore> ShardRuntime<L> {
     /// A leader's tick: a barrier when a session of the group is past its deadline and
     /// the last barrier is at least `expiry_check` old.
     pub(super) fn expiry_tick(&mut self, group: u32, now_ms: u64) {
+        let now_micros = self.now_micros();
         let Some(slot) = self.groups.get_mut(group) else { return };
         let replica = &mut slot.replica;
         // Session expiry is decided by applied timestamps: with no traffic, the leader
         // proposes a barrier once a session's deadline has passed so expiry happens.
         let due = replica.next_session_deadline_ms().is_some_and(|d| d <= now_ms);
         let last = slot.last_expiry_barrier;
-        if due && last.is_none_or(|t| t.elapsed() >= self.cfg.expiry_check) {
-            slot.last_expiry_barrier = Some(Instant::now());
+        if due && last.is_none_or(|t| now_micros.saturating_sub(t) >= micros(self.cfg.expiry_check)) {
+            slot.last_expiry_barrier = Some(now_micros);
             replica.propose(&sm::command::leader_barrier(now_ms), Box::new(|_| {}));
         }
     }

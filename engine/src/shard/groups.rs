@@ -4,7 +4,6 @@
 //! that spare the loop a walk over every group (saves on their way, snapshot candidates).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Instant;
 
 use super::peer_requests::MembershipWaiters;
 use super::replica::Replica;
@@ -15,8 +14,9 @@ pub(super) struct GroupSlot {
     pub(super) replica: Replica,
     /// The (term, vote) of the group's hard state as last handed to the log.
     pub(super) durable_vote: (u64, u64),
-    /// Leader: when it last proposed a barrier that lets sessions expire (`None`: never).
-    pub(super) last_expiry_barrier: Option<Instant>,
+    /// Leader: when (monotonic clock, µs) it last proposed a barrier that lets sessions
+    /// expire (`None`: never).
+    pub(super) last_expiry_barrier: Option<u64>,
     /// The tick of the group's last rebalancing transfer or hand-off attempt (or of its
     /// replica becoming leader here); 0: none yet.
     pub(super) last_rebalance: u64,

@@ -10,6 +10,7 @@ use conclave_proto::conclave::peer::v1::{peer_message::Body, PeerMessage};
 use crate::raft::MessageBatch;
 
 use super::api::LogStore;
+use super::clock::micros;
 use super::runtime::ShardRuntime;
 
 /// Ticks between two looks at whether the activity counts changed (then logged).
@@ -139,9 +140,9 @@ impl<L: LogStore> ShardRuntime<L> {
             at(Some(self.next_activity_check));
         }
         if let Some(expiry) = self.forwarded.next_expiry(self.cfg.forward_timeout, self.cfg.membership_timeout) {
-            let left = expiry.saturating_duration_since(std::time::Instant::now());
+            let left = expiry.saturating_sub(self.now_micros());
             // Rounded down: the loop wakes at the last tick before the bound, then ticks on.
-            at(Some(self.ticks + (left.as_nanos() / self.cfg.tick.as_nanos().max(1)) as u64));
+            at(Some(self.ticks + left / micros(self.cfg.tick).max(1)));
         }
         due.saturating_sub(self.ticks).max(1)
     }

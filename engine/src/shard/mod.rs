@@ -4,6 +4,7 @@
 //! [`ShardHandle`]. Nothing here knows about gRPC; peers and events are callbacks.
 
 mod api;
+mod clock;
 mod counters;
 mod error;
 mod expiry;

@@ -92,7 +92,8 @@ impl<L: LogStore> ShardRuntime<L> {
             reply(Err(ShardError::NotLeader { group, leader: 0 }));
             return;
         }
-        let request_id = self.forwarded.add_proposal(group, leader, reply);
+        let now = self.now_micros();
+        let request_id = self.forwarded.add_proposal(group, leader, now, reply);
         let proposal = ForwardedProposal { group_id: group, request_id, command: sm::command::encode(command) };
         self.forwarded.send(leader, Body::Proposal(proposal));
     }
@@ -197,7 +198,8 @@ impl<L: LogStore> ShardRuntime<L> {
                 reply(Err(ShardError::NotLeader { group, leader: 0 }));
                 return;
             }
-            let request_id = self.forwarded.add_membership(group, leader, reply);
+            let now = self.now_micros();
+            let request_id = self.forwarded.add_membership(group, leader, now, reply);
             let request = MembershipRequest {
                 group_id: group,
                 request_id,

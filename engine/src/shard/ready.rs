@@ -4,7 +4,7 @@
 //! (Raft's acknowledgement, messages that need it durable) is released when it is durable.
 //! The log failing fails everything waiting.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use conclave_proto::conclave::peer::v1::peer_message::Body;
 use conclave_proto::conclave::peer::v1::PeerMessage;
@@ -15,6 +15,7 @@ use crate::raft::{RaftEvent, RaftRole};
 use crate::sm;
 
 use super::api::{Durable, GroupWrite, LogStore, ShardEvent};
+use super::clock::micros;
 use super::counters::ShardCounters;
 use super::error::ShardError;
 use super::peer_requests::settle_membership_waiters;
@@ -40,7 +41,7 @@ impl<L: LogStore> ShardRuntime<L> {
     /// one write (acknowledged when it is durable, see `write_done`), install snapshots from
     /// leaders once every earlier write is durable, repeat.
     pub(super) async fn process_ready(&mut self) -> Result<(), ShardError> {
-        let deadline = Instant::now() + ROUND_READY_BUDGET;
+        let deadline = self.now_micros().saturating_add(micros(ROUND_READY_BUDGET));
         loop {
             let mut writes = Vec::new();
             let mut acks = Vec::new();
@@ -121,7 +122,7 @@ impl<L: LogStore> ShardRuntime<L> {
             for group in touched {
                 self.reschedule(group);
             }
-            if !self.schedule.has_dirty() || Instant::now() >= deadline {
+            if !self.schedule.has_dirty() || self.now_micros() >= deadline {
                 return Ok(());
             }
         }

@@ -5,11 +5,13 @@
 //! and removals (`upkeep.rs`). With no group awake it sleeps past the ticks at which nothing
 //! is due (`idle.rs`); a request wakes it at once.
 
-use std::time::{Duration, Instant};
+use std::rc::Rc;
+use std::time::Duration;
 
 use futures_lite::future;
 
 use super::api::{LogStore, Request, ShardEvent};
+use super::clock::micros;
 use super::counters::ShardCounters;
 use super::error::ShardError;
 use super::runtime::ShardRuntime;
@@ -38,8 +40,9 @@ impl<L: LogStore> ShardRuntime<L> {
     /// when they are.
     pub async fn run(mut self) -> Result<(), ShardError> {
         let tick = self.cfg.tick;
-        // The instant tick `self.ticks + 1` is due.
-        let mut next_tick = Instant::now() + tick;
+        let tick_us = micros(tick);
+        // When (on the monotonic clock, in µs) tick `self.ticks + 1` is due.
+        let mut next_tick = self.now_micros().saturating_add(tick_us);
         // Drive any output recovery left (e.g. entries to re-apply) before serving.
         for (group, replica) in self.groups.replicas() {
             (self.events)(group, &ShardEvent::MemberReady { membership: replica.raft().membership().clone() });
@@ -52,9 +55,9 @@ impl<L: LogStore> ShardRuntime<L> {
         loop {
             // With no group awake the loop sleeps through the ticks at which nothing is due
             // (see `ticks_until_due`); a request wakes it at once.
-            let wake_at = next_tick + tick * u32::try_from(self.ticks_until_due() - 1).unwrap_or(u32::MAX);
+            let wake_at = next_tick.saturating_add(tick_us.saturating_mul(self.ticks_until_due() - 1));
             if timer_at != wake_at {
-                tick_timer.reset(wake_at.saturating_duration_since(Instant::now()));
+                tick_timer.reset(Duration::from_micros(wake_at.saturating_sub(self.now_micros())));
                 timer_at = wake_at;
             }
             let woke = if self.schedule.has_dirty() {
@@ -74,17 +77,17 @@ impl<L: LogStore> ShardRuntime<L> {
                     None => future::or(request, timer).await,
                 }
             };
-            let now = Instant::now();
+            let now = self.now_micros();
             // The ticks slept through count as elapsed, up to the planned wake-up (none when
             // it was the next tick): a loop held up beyond it counts one tick for the hold-up,
             // as when groups are awake (their Raft timers must not jump).
-            let slept = now.min(wake_at).saturating_duration_since(next_tick);
-            let skipped = u32::try_from(slept.as_nanos() / tick.as_nanos().max(1)).unwrap_or(u32::MAX);
-            self.ticks += u64::from(skipped);
-            next_tick += tick * skipped;
-            let mut round = RoundTimer::start(self.cfg.stall_warn);
+            let slept = now.min(wake_at).saturating_sub(next_tick);
+            let skipped = slept / tick_us.max(1);
+            self.ticks += skipped;
+            next_tick = next_tick.saturating_add(tick_us.saturating_mul(skipped));
+            let mut round = RoundTimer::start(self.cfg.stall_warn, Rc::clone(&self.monotonic));
             ShardCounters::add(&self.counters.rounds, 1);
-            let late = now.saturating_duration_since(wake_at);
+            let late = Duration::from_micros(now.saturating_sub(wake_at));
             if !self.cfg.stall_warn.is_zero() && late >= self.cfg.stall_warn {
                 self.credit_pause(late);
             }
@@ -101,12 +104,12 @@ impl<L: LogStore> ShardRuntime<L> {
                 Wake::Tick => {}
             }
             // Take what else is queued (within the round's budget): it joins this round.
-            let budget_end = Instant::now() + ROUND_REQUEST_BUDGET;
+            let budget_end = self.now_micros().saturating_add(micros(ROUND_REQUEST_BUDGET));
             // Requests may still be queued when the budget ran out: what peers sent may be
             // among them, so no peer counts as silent at this round's tick.
             let mut backlog = false;
             loop {
-                if Instant::now() >= budget_end {
+                if self.now_micros() >= budget_end {
                     backlog = true;
                     break;
                 }
@@ -120,10 +123,10 @@ impl<L: LogStore> ShardRuntime<L> {
                 return self.log.close().await.map_err(ShardError::Storage);
             }
             round.lap(Phase::Requests);
-            let now = Instant::now();
+            let now = self.now_micros();
             if now >= next_tick {
-                round.tick_ran(now - next_tick);
-                next_tick = now + tick;
+                round.tick_ran(Duration::from_micros(now - next_tick));
+                next_tick = now.saturating_add(tick_us);
                 self.tick(backlog);
                 round.lap(Phase::Tick);
             }
@@ -150,7 +153,7 @@ impl<L: LogStore> ShardRuntime<L> {
         let now_micros = (self.monotonic)();
         self.ticks += 1;
         ShardCounters::add(&self.counters.ticks, 1);
-        self.forwarded.expire(self.cfg.forward_timeout, self.cfg.membership_timeout);
+        self.forwarded.expire(now_micros, self.cfg.forward_timeout, self.cfg.membership_timeout);
         self.tick_liveness(backlog);
         // Only the groups with something due: quiet ones cost nothing (see `schedule.rs`).
         for group in self.schedule.due(self.ticks) {

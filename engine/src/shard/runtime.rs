@@ -25,7 +25,8 @@ use glommio::channels::local_channel::{self, LocalReceiver};
 
 use crate::raft::{Outbox, Snapshot};
 
-use super::api::{instant_clock, Clock, EventSink, LogStore, MonotonicClock, Request, RuntimeConfig, ShardEvent, ShardHandle, Transport};
+use super::api::{Clock, EventSink, LogStore, MonotonicClock, Request, RuntimeConfig, ShardEvent, ShardHandle, Transport};
+use super::clock::{instant_clock, Monotonic};
 use super::counters::ShardCounters;
 use super::error::ShardError;
 use super::groups::Groups;
@@ -46,7 +47,7 @@ pub struct ShardRuntime<L: LogStore> {
     pub(super) transport: Transport,
     pub(super) events: EventSink,
     pub(super) clock: Clock,
-    pub(super) monotonic: MonotonicClock,
+    pub(super) monotonic: Monotonic,
     pub(super) receiver: LocalReceiver<Request>,
     handle: ShardHandle,
     /// Requests forwarded to leaders on other nodes, and messages queued for peers.
@@ -101,7 +102,7 @@ impl<L: LogStore> ShardRuntime<L> {
             transport,
             events,
             clock,
-            monotonic: instant_clock(),
+            monotonic: Rc::from(instant_clock()),
             receiver,
             handle,
             forwarded: Forwarded::default(),
@@ -142,9 +143,10 @@ impl<L: LogStore> ShardRuntime<L> {
     }
 
     /// Replaces the monotonic clock (by default the process's, from `Instant`), e.g. with
-    /// a simulated one in tests.
+    /// a simulated one in tests. The loop's ticks, budgets and timeouts run on it too (only
+    /// its wake-ups are real timers, armed for the time it says is left).
     pub fn set_monotonic_clock(&mut self, clock: MonotonicClock) {
-        self.monotonic = clock;
+        self.monotonic = Rc::from(clock);
     }
 
     pub(super) fn replica_mut(&mut self, group: u32) -> Option<&mut Replica> {
