@@ -163,3 +163,41 @@ impl Groups {
         saving.into_iter().filter_map(|group| Some((group, self.slots.get_mut(&group)?.snapshot_save.take()?))).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+    use crate::raft::{Config, Membership, RaftNode};
+    use crate::shard::error::ShardError;
+    use crate::sm::StateMachine;
+
+    fn replica() -> Replica {
+        let raft = RaftNode::new(Config::new(1, 1), Membership::voters([1]).unwrap(), ChaCha8Rng::seed_from_u64(1)).unwrap();
+        Replica::new(raft, StateMachine::new())
+    }
+
+    #[test]
+    fn a_removed_group_takes_all_of_its_state_with_it() {
+        let mut groups = Groups::new(BTreeMap::from([(7, replica())]));
+        let slot = groups.get_mut(7).unwrap();
+        slot.last_rebalance = 40;
+        slot.handed_by = Some((2, 39));
+        slot.last_expiry_barrier = Some(1_000);
+        slot.membership_waiters.push((5, Box::new(|_: Result<u64, ShardError>| {})));
+        groups.snapshot_candidates.insert(7);
+
+        let removed = groups.remove(7).expect("hosted");
+        assert_eq!((removed.last_rebalance, removed.handed_by), (40, Some((2, 39))));
+        assert_eq!(removed.membership_waiters.len(), 1);
+        assert!(!groups.contains(7) && groups.snapshot_candidates.is_empty() && !groups.has_snapshot_saves());
+
+        // A replica of the same group added later starts with nothing of the old one.
+        groups.insert(7, replica());
+        let slot = groups.get(7).unwrap();
+        assert_eq!((slot.last_rebalance, slot.handed_by, slot.last_expiry_barrier), (0, None, None));
+        assert!(slot.membership_waiters.is_empty());
+    }
+}

@@ -6,7 +6,8 @@
 //! This file holds the runtime's state, its construction and the handling of each
 //! [`Request`]; the loop is in `run_loop.rs`, the rounds' Raft output in `ready.rs`,
 //! leadership hand-offs in `rebalance.rs`, session expiry barriers in `expiry.rs`, storage
-//! upkeep in `upkeep.rs`, idle groups in `idle.rs`, peer traffic in `peer_requests.rs`.
+//! upkeep in `upkeep.rs`, idle groups in `idle.rs`, peer traffic in `peer_requests.rs`; the
+//! per-group state in `groups.rs`, the public types in `api.rs`, the clocks in `clock.rs`.
 //!
 //! Requests arrive through a bounded local channel ([`ShardHandle`]); whatever queues up
 //! while a write is in flight joins the next round, so one `fdatasync` covers every group's

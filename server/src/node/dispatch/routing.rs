@@ -32,6 +32,7 @@ const MAX_RETRY_PAUSE: Duration = Duration::from_millis(50);
 pub type LeaderTable = Rc<RefCell<BTreeMap<u32, (u64, u64)>>>;
 
 impl Dispatch {
+    /// The shard of this node that owns `group`.
     pub(super) fn owner(&self, group: u32) -> usize {
         shard_of(group, self.shards as u32) as usize
     }
