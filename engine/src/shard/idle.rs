@@ -9,7 +9,9 @@ use conclave_proto::conclave::peer::v1::{peer_message::Body, PeerMessage};
 
 use crate::raft::MessageBatch;
 
-use super::runtime::{LogStore, ShardRuntime};
+use super::api::LogStore;
+use super::clock::micros;
+use super::runtime::ShardRuntime;
 
 /// Ticks between two looks at whether the activity counts changed (then logged).
 const ACTIVITY_LOG_TICKS: u64 = 100;
@@ -22,23 +24,26 @@ impl<L: LogStore> ShardRuntime<L> {
     /// Decides again, after `group` was touched and its output drained, whether it is
     /// ticked every tick or sleeps, and whether it may be due for a snapshot.
     pub(super) fn reschedule(&mut self, group: u32) {
-        let Some(replica) = self.replicas.get(&group) else {
+        let Some(replica) = self.groups.replica(group) else {
             self.schedule.forget(group);
-            self.snapshot_candidates.remove(&group);
+            self.groups.snapshot_candidates.remove(&group);
             return;
         };
-        if replica.has_ready() {
+        let (has_ready, leader) = (replica.has_ready(), replica.is_leader());
+        let snapshot_due = self.cfg.snapshot_every > 0 && replica.snapshot_due(self.cfg.snapshot_every);
+        // A stopping node keeps trying to hand its leaderships on.
+        let awake = replica.needs_ticks() || (self.handing_off && leader);
+        if has_ready {
             self.schedule.touch(group);
         }
-        if self.cfg.snapshot_every > 0 && replica.snapshot_due(self.cfg.snapshot_every) {
-            self.snapshot_candidates.insert(group);
+        if snapshot_due {
+            self.groups.snapshot_candidates.insert(group);
         }
-        // A stopping node keeps trying to hand its leaderships on.
-        if replica.needs_ticks() || (self.handing_off && replica.is_leader()) {
+        if awake {
             self.schedule.wake(group);
             return;
         }
-        let due = if replica.is_leader() { self.quiet_leader_due(group) } else { None };
+        let due = if leader { self.quiet_leader_due(group) } else { None };
         self.schedule.sleep(group, due);
     }
 
@@ -46,10 +51,11 @@ impl<L: LogStore> ShardRuntime<L> {
     /// check (when its preferred node is another voter) or the next session deadline of
     /// its state machine (a barrier then lets the session expire).
     fn quiet_leader_due(&self, group: u32) -> Option<u64> {
-        let replica = self.replicas.get(&group)?;
+        let slot = self.groups.get(group)?;
+        let replica = &slot.replica;
         let mut due = None;
         if self.cfg.rebalance_ticks > 0 && replica.rebalance_target().is_some() {
-            let last = self.last_rebalance.get(&group).copied().unwrap_or(0);
+            let last = slot.last_rebalance;
             due = Some((last + self.cfg.rebalance_ticks).max(self.ticks + 1));
         }
         if let Some(deadline_ms) = replica.next_session_deadline_ms() {
@@ -99,7 +105,7 @@ impl<L: LogStore> ShardRuntime<L> {
     /// the shard's groups, once per failure of a node.
     fn wake_led_by(&mut self, node: u64) -> usize {
         let mut woken = 0;
-        for (&group, replica) in self.replicas.iter_mut() {
+        for (group, replica) in self.groups.replicas_mut() {
             if replica.raft().leader() == node && replica.raft().is_quiesced() {
                 replica.raft_mut().wake();
                 self.schedule.touch(group);
@@ -116,8 +122,8 @@ impl<L: LogStore> ShardRuntime<L> {
     /// [`MAX_IDLE_TICKS`]. Requests wake the loop whenever they arrive.
     pub(super) fn ticks_until_due(&self) -> u64 {
         if self.schedule.awake_count() > 0
-            || !self.snapshot_saves.is_empty()
-            || !self.snapshot_candidates.is_empty()
+            || self.groups.has_snapshot_saves()
+            || !self.groups.snapshot_candidates.is_empty()
             || !self.removals.is_empty()
         {
             return 1;
@@ -134,16 +140,16 @@ impl<L: LogStore> ShardRuntime<L> {
             at(Some(self.next_activity_check));
         }
         if let Some(expiry) = self.forwarded.next_expiry(self.cfg.forward_timeout, self.cfg.membership_timeout) {
-            let left = expiry.saturating_duration_since(std::time::Instant::now());
+            let left = expiry.saturating_sub(self.now_micros());
             // Rounded down: the loop wakes at the last tick before the bound, then ticks on.
-            at(Some(self.ticks + (left.as_nanos() / self.cfg.tick.as_nanos().max(1)) as u64));
+            at(Some(self.ticks + left / micros(self.cfg.tick).max(1)));
         }
         due.saturating_sub(self.ticks).max(1)
     }
 
     /// (groups, awake, silent peers) now.
     fn activity(&self) -> (usize, usize, usize) {
-        (self.replicas.len(), self.schedule.awake_count(), self.liveness.silent_count())
+        (self.groups.len(), self.schedule.awake_count(), self.liveness.silent_count())
     }
 
     /// Every [`ACTIVITY_LOG_TICKS`] ticks, logs the shard's group counts if they changed:

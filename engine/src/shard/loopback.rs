@@ -22,9 +22,10 @@ use rand_chacha::ChaCha8Rng;
 use crate::log::{Log, LogOptions, SnapshotStore};
 use crate::raft::{Config, Membership, MessageType, RaftEvent, RaftRole};
 
+use super::api::{Request, RuntimeConfig, ShardEvent, ShardHandle};
 use super::counters::ShardCounters;
 use super::error::ShardError;
-use super::runtime::{Request, RuntimeConfig, ShardEvent, ShardHandle, ShardRuntime};
+use super::runtime::ShardRuntime;
 use super::storage::{load_snapshot, recover_replica, ShardStorage};
 
 /// Settings of a loopback cluster.

@@ -5,13 +5,14 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use conclave_proto::conclave::peer::v1::{peer_message::Body, PeerMessage, Refusal, RefusalKind};
 use conclave_proto::conclave::raft::v1::MemberRole;
 
 use crate::raft::Role;
 
+use super::clock::micros;
 use super::error::ShardError;
 use super::replica::{Committed, Reply};
 
@@ -65,7 +66,8 @@ struct Waiting<R> {
     group: u32,
     /// The node asked.
     node: u64,
-    since: Instant,
+    /// When it was forwarded (monotonic clock, µs).
+    since: u64,
     reply: R,
 }
 
@@ -117,9 +119,9 @@ impl Forwarded {
     }
 
     /// Registers a forwarded proposal; returns its request id.
-    pub fn add_proposal(&mut self, group: u32, node: u64, reply: Reply<Result<Committed, ShardError>>) -> u64 {
+    pub fn add_proposal(&mut self, group: u32, node: u64, now: u64, reply: Reply<Result<Committed, ShardError>>) -> u64 {
         let id = self.next_id();
-        self.proposals.insert(id, Waiting { group, node, since: Instant::now(), reply });
+        self.proposals.insert(id, Waiting { group, node, since: now, reply });
         id
     }
 
@@ -132,9 +134,9 @@ impl Forwarded {
     }
 
     /// Registers a forwarded membership change; returns its request id.
-    pub fn add_membership(&mut self, group: u32, node: u64, reply: Reply<Result<u64, ShardError>>) -> u64 {
+    pub fn add_membership(&mut self, group: u32, node: u64, now: u64, reply: Reply<Result<u64, ShardError>>) -> u64 {
         let id = self.next_id();
-        self.memberships.insert(id, Waiting { group, node, since: Instant::now(), reply });
+        self.memberships.insert(id, Waiting { group, node, since: now, reply });
         id
     }
 
@@ -145,10 +147,10 @@ impl Forwarded {
         }
     }
 
-    /// Fails every request whose answer has not come within its bound: the request or
-    /// its answer was lost (a connection broke), so the outcome is unknown.
-    pub fn expire(&mut self, proposal_timeout: Duration, membership_timeout: Duration) {
-        let now = Instant::now();
+    /// Fails every request whose answer has not come within its bound by `now` (monotonic
+    /// clock, µs): the request or its answer was lost (a connection broke), so the outcome
+    /// is unknown.
+    pub fn expire(&mut self, now: u64, proposal_timeout: Duration, membership_timeout: Duration) {
         for reply in take_older(&mut self.proposals, now, proposal_timeout) {
             reply(Err(ShardError::LeadershipLost));
         }
@@ -157,11 +159,12 @@ impl Forwarded {
         }
     }
 
-    /// When [`Forwarded::expire`] with these bounds next fails a request, if any waits.
-    pub fn next_expiry(&self, proposal_timeout: Duration, membership_timeout: Duration) -> Option<Instant> {
+    /// When (monotonic clock, µs) [`Forwarded::expire`] with these bounds next fails a
+    /// request, if any waits.
+    pub fn next_expiry(&self, proposal_timeout: Duration, membership_timeout: Duration) -> Option<u64> {
         // Request ids grow with time: the first waiter of each kind is its oldest.
-        let proposal = self.proposals.values().next().map(|w| w.since + proposal_timeout);
-        let membership = self.memberships.values().next().map(|w| w.since + membership_timeout);
+        let proposal = self.proposals.values().next().map(|w| w.since.saturating_add(micros(proposal_timeout)));
+        let membership = self.memberships.values().next().map(|w| w.since.saturating_add(micros(membership_timeout)));
         proposal.into_iter().chain(membership).min()
     }
 
@@ -194,10 +197,10 @@ fn take_where<R>(waiting: &mut BTreeMap<u64, Waiting<R>>, pick: impl Fn(&Waiting
 
 /// Removes the waiters registered `timeout` or more before `now` and returns their replies.
 /// Request ids grow with time, so they are the first ones.
-fn take_older<R>(waiting: &mut BTreeMap<u64, Waiting<R>>, now: Instant, timeout: Duration) -> Vec<R> {
+fn take_older<R>(waiting: &mut BTreeMap<u64, Waiting<R>>, now: u64, timeout: Duration) -> Vec<R> {
     let mut replies = Vec::new();
     while let Some(entry) = waiting.first_entry() {
-        if now - entry.get().since < timeout {
+        if now.saturating_sub(entry.get().since) < micros(timeout) {
             break;
         }
         replies.push(entry.remove().reply);

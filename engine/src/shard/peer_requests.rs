@@ -13,11 +13,16 @@ use conclave_proto::conclave::peer::v1::{
 use crate::raft::{open_batch, Membership, MessageType, RaftEvent, RaftRole, Role};
 use crate::sm::{self, Command};
 
+use super::api::LogStore;
 use super::counters::ShardCounters;
 use super::error::ShardError;
 use super::peer::{refusal, refusal_error, role_from_proto, role_to_proto};
 use super::replica::{Committed, Reply};
-use super::runtime::{LogStore, MembershipWaiters, ShardRuntime};
+use super::runtime::ShardRuntime;
+
+/// Leader: a group's membership changes waiting for their entry to commit, each with the
+/// entry's index.
+pub(super) type MembershipWaiters = Vec<(u64, Reply<Result<u64, ShardError>>)>;
 
 impl<L: LogStore> ShardRuntime<L> {
     /// Handles one message from the same shard of node `from`.
@@ -87,7 +92,8 @@ impl<L: LogStore> ShardRuntime<L> {
             reply(Err(ShardError::NotLeader { group, leader: 0 }));
             return;
         }
-        let request_id = self.forwarded.add_proposal(group, leader, reply);
+        let now = self.now_micros();
+        let request_id = self.forwarded.add_proposal(group, leader, now, reply);
         let proposal = ForwardedProposal { group_id: group, request_id, command: sm::command::encode(command) };
         self.forwarded.send(leader, Body::Proposal(proposal));
     }
@@ -192,7 +198,8 @@ impl<L: LogStore> ShardRuntime<L> {
                 reply(Err(ShardError::NotLeader { group, leader: 0 }));
                 return;
             }
-            let request_id = self.forwarded.add_membership(group, leader, reply);
+            let now = self.now_micros();
+            let request_id = self.forwarded.add_membership(group, leader, now, reply);
             let request = MembershipRequest {
                 group_id: group,
                 request_id,
@@ -223,7 +230,7 @@ impl<L: LogStore> ShardRuntime<L> {
                             )))
                         }))
                     });
-                    self.membership_waiters.entry(group).or_default().push((index, retry));
+                    self.membership_waiters(group).push((index, retry));
                 }
                 Err(e) => reply(Err(e)),
             };
@@ -259,7 +266,7 @@ impl<L: LogStore> ShardRuntime<L> {
             Err(e) => return reply(Err(ShardError::Invalid(format!("group {group}: {e}")))),
         };
         match replica.raft_mut().propose_membership_change(next) {
-            Ok(index) => self.membership_waiters.entry(group).or_default().push((index, reply)),
+            Ok(index) => self.membership_waiters(group).push((index, reply)),
             Err(e) => reply(Err(ShardError::from_raft(group, e))),
         }
     }
@@ -295,24 +302,9 @@ impl<L: LogStore> ShardRuntime<L> {
         self.change_membership(change, 0, reply);
     }
 
-    /// Starts handing every group this shard leads to its most caught-up other voter.
-    pub(super) fn hand_off_leadership(&mut self) -> usize {
-        self.handing_off = true;
-        let mut started = 0;
-        for (&group, replica) in self.replicas.iter_mut() {
-            if !replica.is_leader() {
-                continue;
-            }
-            // Stays awake while stopping, so a failed hand-off is tried again.
-            self.schedule.touch(group);
-            if let Some(to) = replica.best_successor() {
-                match replica.raft_mut().transfer_leadership(to) {
-                    Ok(()) => started += 1,
-                    Err(e) => tracing::debug!(group, to, error = %e, "hand-off refused"),
-                }
-            }
-        }
-        started
+    /// The membership changes `group` (a hosted group) waits on.
+    fn membership_waiters(&mut self, group: u32) -> &mut MembershipWaiters {
+        &mut self.groups.get_mut(group).expect("a hosted group").membership_waiters
     }
 }
 
@@ -328,8 +320,7 @@ pub(super) struct MembershipChange {
 
 /// Answers the membership changes a leader is waiting on as the group's Raft events say
 /// how they went: committed, or lost with the leadership.
-pub(super) fn settle_membership_waiters(waiters: &mut MembershipWaiters, group: u32, event: &RaftEvent) {
-    let Some(list) = waiters.get_mut(&group) else { return };
+pub(super) fn settle_membership_waiters(list: &mut MembershipWaiters, event: &RaftEvent) {
     match event {
         RaftEvent::MembershipCommitted { index } => {
             let mut kept = Vec::new();
@@ -350,8 +341,5 @@ pub(super) fn settle_membership_waiters(waiters: &mut MembershipWaiters, group: 
             }
         }
         _ => {}
-    }
-    if list.is_empty() {
-        waiters.remove(&group);
     }
 }

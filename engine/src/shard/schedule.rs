@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::runtime::Request;
+use super::api::Request;
 
 /// The awake set, the timers of quiet groups, and the dirty set of one shard.
 #[derive(Debug, Default)]

@@ -3,7 +3,9 @@
 //! logged at `warn` with its phases, so a replica that stops answering its peers (its
 //! election and heartbeat timers stop with the loop) can be traced to what held it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use super::clock::Monotonic;
 
 /// The phases of one round of the shard loop, in order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,23 +22,25 @@ const PHASES: usize = 5;
 /// Times the phases of one round; `finish` reports a round longer than the threshold.
 pub(super) struct RoundTimer {
     threshold: Duration,
-    started: Instant,
-    mark: Instant,
+    /// The runtime's monotonic clock (µs), and its readings at the start and the last lap.
+    clock: Monotonic,
+    started: u64,
+    mark: u64,
     phases: [Duration; PHASES],
     /// How late the round's tick ran after it was due.
     tick_late: Duration,
 }
 
 impl RoundTimer {
-    pub(super) fn start(threshold: Duration) -> Self {
-        let now = Instant::now();
-        RoundTimer { threshold, started: now, mark: now, phases: [Duration::ZERO; PHASES], tick_late: Duration::ZERO }
+    pub(super) fn start(threshold: Duration, clock: Monotonic) -> Self {
+        let now = clock();
+        RoundTimer { threshold, clock, started: now, mark: now, phases: [Duration::ZERO; PHASES], tick_late: Duration::ZERO }
     }
 
     /// Ends the current phase as `phase`.
     pub(super) fn lap(&mut self, phase: Phase) {
-        let now = Instant::now();
-        self.phases[phase as usize] += now - self.mark;
+        let now = (self.clock)();
+        self.phases[phase as usize] += Duration::from_micros(now.saturating_sub(self.mark));
         self.mark = now;
     }
 
@@ -47,7 +51,7 @@ impl RoundTimer {
     /// The round's phases, when it took longer than the threshold or its tick came later
     /// than the threshold; `None` otherwise.
     pub(super) fn finish(self) -> Option<StallReport> {
-        let total = self.started.elapsed();
+        let total = Duration::from_micros((self.clock)().saturating_sub(self.started));
         if self.threshold.is_zero() || (total < self.threshold && self.tick_late < self.threshold) {
             return None;
         }
@@ -84,10 +88,15 @@ impl StallReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shard::clock::instant_clock;
+
+    fn clock() -> Monotonic {
+        std::rc::Rc::from(instant_clock())
+    }
 
     #[test]
     fn a_quick_round_reports_nothing() {
-        let mut timer = RoundTimer::start(Duration::from_secs(60));
+        let mut timer = RoundTimer::start(Duration::from_secs(60), clock());
         timer.lap(Phase::Requests);
         timer.tick_ran(Duration::from_millis(1));
         assert!(timer.finish().is_none());
@@ -95,7 +104,7 @@ mod tests {
 
     #[test]
     fn a_slow_phase_is_reported_with_its_duration() {
-        let mut timer = RoundTimer::start(Duration::from_millis(5));
+        let mut timer = RoundTimer::start(Duration::from_millis(5), clock());
         timer.lap(Phase::Requests);
         std::thread::sleep(Duration::from_millis(10));
         timer.lap(Phase::Snapshots);
@@ -107,7 +116,7 @@ mod tests {
 
     #[test]
     fn a_late_tick_is_reported_even_when_the_round_was_quick() {
-        let mut timer = RoundTimer::start(Duration::from_millis(50));
+        let mut timer = RoundTimer::start(Duration::from_millis(50), clock());
         timer.tick_ran(Duration::from_millis(80));
         let report = timer.finish().expect("a tick 80 ms late is past a 50 ms threshold");
         assert_eq!(report.tick_late, Duration::from_millis(80));
@@ -115,7 +124,7 @@ mod tests {
 
     #[test]
     fn a_zero_threshold_turns_reports_off() {
-        let mut timer = RoundTimer::start(Duration::ZERO);
+        let mut timer = RoundTimer::start(Duration::ZERO, clock());
         timer.tick_ran(Duration::from_secs(1));
         assert!(timer.finish().is_none());
     }

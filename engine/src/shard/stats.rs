@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use crate::raft::RaftRole;
 
+use super::api::LogStore;
 use super::counters::CounterValues;
-use super::runtime::{LogStore, ShardRuntime};
+use super::runtime::ShardRuntime;
 
 /// Upper bounds (seconds) of the duration histograms: 100 µs doubling up to ~3.3 s, which
 /// brackets an O_DSYNC write on a fast disk as well as an fsync on a slow one (and puts a
@@ -137,9 +138,9 @@ impl<L: LogStore> ShardRuntime<L> {
     /// The shard's groups as they are now (answers [`Request::Stats`](super::Request::Stats)).
     pub(super) fn stats(&self) -> RuntimeStats {
         let groups = self
-            .replicas
-            .iter()
-            .map(|(&group, replica)| {
+            .groups
+            .replicas()
+            .map(|(group, replica)| {
                 let raft = replica.raft();
                 let sm = replica.state_machine();
                 let witness = replica.is_witness();

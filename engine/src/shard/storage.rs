@@ -16,8 +16,8 @@ use crate::log::{self, Log, RecoveredGroup, SnapshotStore};
 use crate::raft::{self, entry_kind_from_u8, entry_kind_to_u8, Membership, RaftNode, Recovered};
 use crate::sm::StateMachine;
 
+use super::api::{Durable, GroupWrite, LogStore};
 use super::replica::Replica;
-use super::runtime::{Durable, GroupWrite, LogStore};
 use super::stats::StorageStats;
 
 /// The version of the `conclave.shard.v1.GroupSnapshot` envelope this build writes and reads.

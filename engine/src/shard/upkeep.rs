@@ -7,34 +7,45 @@ use futures_lite::future;
 use crate::raft::{Role, Snapshot};
 use crate::sm;
 
+use super::api::{LogStore, ShardEvent};
 use super::error::ShardError;
-use super::runtime::{LogStore, ShardEvent, ShardRuntime, SnapshotSave};
+use super::replica::SnapshotCapture;
+use super::runtime::ShardRuntime;
 
 /// The most snapshots one round of the loop starts (each serializes a state machine); the
 /// groups also due wait for the next rounds, so many groups due at once (they applied
 /// entries at the same pace) do not hold the loop.
 const ROUND_SNAPSHOTS: usize = 64;
 
+/// A snapshot of a group being saved by a task of its own (at most one per group, kept in
+/// its [`GroupSlot`](super::groups::GroupSlot)); the log is compacted behind it once it is
+/// durable.
+pub(super) struct SnapshotSave {
+    pub(super) capture: SnapshotCapture,
+    /// The group had a snapshot before this one (which this one replaces).
+    pub(super) had_snapshot: bool,
+    pub(super) task: glommio::task::JoinHandle<Result<(), String>>,
+}
+
 impl<L: LogStore> ShardRuntime<L> {
-    /// Removes the replicas whose removal was asked for, deleting their data.
+    /// Removes the replicas whose removal was asked for, deleting their data. A group's
+    /// slot goes whole, with everything the runtime kept about the group.
     pub(super) async fn remove_pending(&mut self) -> Result<(), ShardError> {
         for (group, reply) in std::mem::take(&mut self.removals) {
-            let Some(mut replica) = self.replicas.remove(&group) else {
+            let Some(mut slot) = self.groups.remove(group) else {
                 reply(Err(ShardError::UnknownGroup(group)));
                 continue;
             };
-            replica.fail_all(ShardError::UnknownGroup(group));
-            for (_, waiter) in self.membership_waiters.remove(&group).unwrap_or_default() {
+            slot.replica.fail_all(ShardError::UnknownGroup(group));
+            for (_, waiter) in std::mem::take(&mut slot.membership_waiters) {
                 waiter(Err(ShardError::UnknownGroup(group)));
             }
             // The group's snapshot directory is deleted below: a save still writing into it
             // ends first.
-            self.forget_snapshot_save(group).await;
+            if let Some(save) = slot.take_snapshot_save() {
+                let _ = save.task.await;
+            }
             self.schedule.forget(group);
-            self.snapshot_candidates.remove(&group);
-            self.durable_votes.remove(&group);
-            self.last_expiry_barrier.remove(&group);
-            self.last_rebalance.remove(&group);
             if let Err(e) = self.log.remove_group(group).await {
                 let error = ShardError::Storage(format!("group {group}: {e}"));
                 reply(Err(error.clone()));
@@ -56,33 +67,32 @@ impl<L: LogStore> ShardRuntime<L> {
             return Ok(());
         }
         // Only groups that applied entries since they were last looked at can be due.
-        let candidates = std::mem::take(&mut self.snapshot_candidates);
-        let due = candidates.into_iter().filter(|g| {
-            !self.snapshot_saves.contains_key(g) && self.replicas.get(g).is_some_and(|r| r.snapshot_due(self.cfg.snapshot_every))
+        let candidates = std::mem::take(&mut self.groups.snapshot_candidates);
+        let due = candidates.into_iter().filter(|&g| {
+            !self.groups.has_snapshot_save(g) && self.groups.replica(g).is_some_and(|r| r.snapshot_due(self.cfg.snapshot_every))
         });
         let mut due: Vec<u32> = due.collect();
         if due.len() > ROUND_SNAPSHOTS {
-            self.snapshot_candidates.extend(due.split_off(ROUND_SNAPSHOTS));
+            self.groups.snapshot_candidates.extend(due.split_off(ROUND_SNAPSHOTS));
         }
         for group in due {
-            let Some(replica) = self.replicas.get(&group) else { continue };
+            let Some(replica) = self.groups.replica(group) else { continue };
             let Some(capture) = replica.capture_snapshot() else { continue };
             let had_snapshot = replica.last_snapshot() > 0;
             let save = self.log.save_snapshot(group, capture.index, capture.term, capture.data.clone());
             let task = glommio::spawn_local(save).detach();
             super::counters::ShardCounters::add(&self.counters.tasks_spawned, 1);
-            self.snapshot_saves.insert(group, SnapshotSave { capture, had_snapshot, task });
+            self.groups.set_snapshot_save(group, SnapshotSave { capture, had_snapshot, task });
         }
         Ok(())
     }
 
     /// Settles the snapshot saves that have ended, without waiting for the others.
     async fn settle_snapshot_saves(&mut self) -> Result<(), ShardError> {
-        let groups: Vec<u32> = self.snapshot_saves.keys().copied().collect();
-        for group in groups {
-            let Some(save) = self.snapshot_saves.get_mut(&group) else { continue };
+        for group in self.groups.saving() {
+            let Some(save) = self.groups.snapshot_save_mut(group) else { continue };
             let Some(outcome) = future::poll_once(&mut save.task).await else { continue };
-            let save = self.snapshot_saves.remove(&group).expect("polled above");
+            let save = self.groups.take_snapshot_save(group).expect("polled above");
             let outcome = outcome.unwrap_or_else(|| Err("the snapshot save task was cancelled".into()));
             self.snapshot_saved(group, save, outcome).await?;
         }
@@ -94,7 +104,7 @@ impl<L: LogStore> ShardRuntime<L> {
     async fn snapshot_saved(&mut self, group: u32, save: SnapshotSave, outcome: Result<(), String>) -> Result<(), ShardError> {
         let SnapshotSave { capture, had_snapshot, .. } = save;
         outcome.map_err(|e| ShardError::Storage(format!("group {group}: saving snapshot {}: {e}", capture.index)))?;
-        let Some(replica) = self.replicas.get_mut(&group) else { return Ok(()) };
+        let Some(replica) = self.groups.replica_mut(group) else { return Ok(()) };
         self.schedule.touch(group);
         if capture.index <= replica.last_snapshot() {
             return Ok(());
@@ -110,7 +120,7 @@ impl<L: LogStore> ShardRuntime<L> {
     /// Lets the group's snapshot save on its way, if any, end, and forgets it: its outcome
     /// no longer matters (the group is removed, or a newer snapshot replaces it).
     async fn forget_snapshot_save(&mut self, group: u32) {
-        if let Some(save) = self.snapshot_saves.remove(&group) {
+        if let Some(save) = self.groups.take_snapshot_save(group) {
             let _ = save.task.await;
         }
     }
@@ -119,7 +129,7 @@ impl<L: LogStore> ShardRuntime<L> {
     /// compacting behind it; the next start recovers from the newest snapshot and skips the
     /// log entries it covers.
     pub(super) async fn abandon_snapshot_saves(&mut self) {
-        for (group, save) in std::mem::take(&mut self.snapshot_saves) {
+        for (group, save) in self.groups.take_snapshot_saves() {
             if let Some(Err(e)) = save.task.await {
                 tracing::warn!(group, index = save.capture.index, error = %e, "a snapshot save failed while stopping");
             }
@@ -148,7 +158,7 @@ impl<L: LogStore> ShardRuntime<L> {
             Ok(sm) => sm,
             Err(e) => {
                 tracing::error!(group, index = snapshot.index, error = %e, "refusing a snapshot from the leader");
-                if let Some(replica) = self.replicas.get_mut(&group) {
+                if let Some(replica) = self.groups.replica_mut(group) {
                     self.schedule.touch(group);
                     replica.raft_mut().snapshot_install_failed(snapshot.index);
                 }
@@ -163,7 +173,7 @@ impl<L: LogStore> ShardRuntime<L> {
             .save_snapshot(group, snapshot.index, snapshot.term, data)
             .await
             .map_err(|e| ShardError::Storage(format!("group {group}: {e}")))?;
-        if let Some(replica) = self.replicas.get_mut(&group) {
+        if let Some(replica) = self.groups.replica_mut(group) {
             self.schedule.touch(group);
             replica.install_snapshot(sm, snapshot.index);
             replica.raft_mut().snapshot_installed(snapshot.index);

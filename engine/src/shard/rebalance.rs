@@ -1,0 +1,82 @@
+//! Where a group's leadership goes: a leader hands its group to the group's preferred
+//! leader once per rebalancing period (not back, for a while, to a node that just handed it
+//! over: that node may be stopping), and a stopping node hands every group it leads to
+//! another voter, trying again while leaderships come back.
+
+use super::api::LogStore;
+use super::runtime::ShardRuntime;
+
+/// Rebalancing periods before a leader hands a group back to the node that handed it
+/// over (which was perhaps stopping).
+const HANDED_BACK_AFTER_PERIODS: u64 = 10;
+
+/// While stopping, ticks between two attempts to hand a group on.
+const HAND_OFF_RETRY_TICKS: u64 = 10;
+
+impl<L: LogStore> ShardRuntime<L> {
+    /// Notes that node `from` handed group `group`'s leadership to this node.
+    pub(super) fn note_handed_by(&mut self, group: u32, from: u64) {
+        let ticks = self.ticks;
+        if let Some(slot) = self.groups.get_mut(group) {
+            slot.handed_by = Some((from, ticks));
+        }
+    }
+
+    /// A leader's tick: a stopping node hands the group on (again), otherwise once per
+    /// rebalancing period the group goes to its preferred node.
+    pub(super) fn rebalance_tick(&mut self, group: u32) {
+        let ticks = self.ticks;
+        let Some(slot) = self.groups.get_mut(group) else { return };
+        let replica = &mut slot.replica;
+        let last = slot.last_rebalance;
+        if self.handing_off {
+            // Stopping: a leadership that came back here is handed on again.
+            if ticks >= last + HAND_OFF_RETRY_TICKS {
+                slot.last_rebalance = ticks;
+                if let Some(to) = replica.best_successor() {
+                    if let Err(e) = replica.raft_mut().transfer_leadership(to) {
+                        tracing::debug!(group, to, error = %e, "hand-off refused");
+                    }
+                }
+            }
+        } else if self.cfg.rebalance_ticks > 0 && ticks >= last + self.cfg.rebalance_ticks {
+            let handed_by = slot.handed_by;
+            let gave_it_away = |to: u64| {
+                handed_by.is_some_and(|(from, at)| from == to && ticks < at + HANDED_BACK_AFTER_PERIODS * self.cfg.rebalance_ticks)
+            };
+            match replica.rebalance_target() {
+                Some(to) if !gave_it_away(to) => {
+                    slot.last_rebalance = ticks;
+                    if let Err(e) = replica.raft_mut().transfer_leadership(to) {
+                        tracing::debug!(group, to, error = %e, "rebalancing transfer refused");
+                    }
+                }
+                // Checked again a period later, not every tick.
+                Some(_) => {
+                    slot.last_rebalance = ticks;
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Starts handing every group this shard leads to its most caught-up other voter.
+    pub(super) fn hand_off_leadership(&mut self) -> usize {
+        self.handing_off = true;
+        let mut started = 0;
+        for (group, replica) in self.groups.replicas_mut() {
+            if !replica.is_leader() {
+                continue;
+            }
+            // Stays awake while stopping, so a failed hand-off is tried again.
+            self.schedule.touch(group);
+            if let Some(to) = replica.best_successor() {
+                match replica.raft_mut().transfer_leadership(to) {
+                    Ok(()) => started += 1,
+                    Err(e) => tracing::debug!(group, to, error = %e, "hand-off refused"),
+                }
+            }
+        }
+        started
+    }
+}
