@@ -107,3 +107,39 @@ fn a_quiet_leader_wakes_to_a_restarted_members_campaign_and_the_member_learns_it
     }
     panic!("the restarted member never learned the quiet leader (leader {}, knows {})", leader, cluster.nodes[&follower].leader());
 }
+
+/// The quiet followers of a leader whose node failed are woken together (by the same
+/// connection failure); the successor picked by group id campaigns first, just past the
+/// other's refusal window, and wins in one round: one election, no split vote.
+#[test]
+fn woken_for_their_leaders_loss_the_followers_elect_the_named_successor_in_one_round() {
+    let (mut cluster, leader) = elect_write_and_go_quiet(false);
+    let term = cluster.nodes[&leader].term();
+    cluster.nodes.remove(&leader);
+    let survivors: Vec<u64> = cluster.nodes.keys().copied().collect();
+    // Group 7 (quiet_config), the voters other than the lost leader in id order.
+    let successor = survivors[7 % survivors.len()];
+    for raft in cluster.nodes.values_mut() {
+        assert!(raft.is_quiesced());
+        raft.wake_for_leader_loss();
+        assert!(!raft.is_quiesced(), "woken");
+    }
+    let election_ticks = quiet_config(1, false).election_ticks;
+    let mut elected_at = None;
+    for tick in 1..=3 * election_ticks {
+        for raft in cluster.nodes.values_mut() {
+            raft.tick();
+        }
+        cluster.settle();
+        if let Some((id, _)) = cluster.nodes.iter().find(|(_, r)| r.role() == RaftRole::Leader) {
+            assert_eq!(*id, successor, "the named successor leads");
+            elected_at = Some(tick);
+            break;
+        }
+    }
+    let elected_at = elected_at.expect("a new leader within three election timeouts");
+    assert_eq!(elected_at, election_ticks + 1, "elected as soon as the successor's timeout ran out");
+    for raft in cluster.nodes.values() {
+        assert_eq!(raft.term(), term + 1, "one election, no split vote");
+    }
+}

@@ -283,6 +283,38 @@ impl RaftNode {
         }
     }
 
+    /// Wakes a quiet follower because its leader's node failed (its connection failed, or
+    /// it fell silent). All of the group's followers are woken by the same failure at about
+    /// the same time, so with the usual randomized timeouts they often campaign together and
+    /// split the vote, or ask a follower whose own wake restarted its timer (it refuses votes
+    /// for an election timeout after hearing from a leader). Here one successor, the same on
+    /// every node (a voter other than the lost leader, picked by group id so successions
+    /// spread over the nodes), campaigns after `election_ticks + 1` ticks, just past the
+    /// others' refusal window; the others wait a randomized timeout in the upper half of the
+    /// usual range. Timing only: votes are asked, granted and counted as always.
+    pub fn wake_for_leader_loss(&mut self) {
+        if !self.quiesced {
+            return;
+        }
+        let lost = self.leader;
+        self.wake();
+        if self.role != RaftRole::Follower {
+            return;
+        }
+        let candidates: Vec<u64> =
+            self.membership().members().filter(|(id, role)| *role == Role::Voter && *id != lost).map(|(id, _)| id).collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let successor = candidates[self.cfg.group_id as usize % candidates.len()];
+        let base = self.cfg.election_ticks;
+        self.randomized_election_ticks = if successor == self.cfg.id {
+            base + 1
+        } else {
+            self.rng.random_range((base + base / 2).max(base + 2)..(2 * base).max(base + 3))
+        };
+    }
+
     /// Feeds the caller's monotonic clock (any unit, microseconds in the shard runtime; the
     /// unit of `Config::lease_micros`). A reading earlier than the last one is ignored. With
     /// lease reads on, call it with a fresh reading before every input, `read_index` above

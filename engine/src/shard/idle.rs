@@ -107,7 +107,7 @@ impl<L: LogStore> ShardRuntime<L> {
         let mut woken = 0;
         for (group, replica) in self.groups.replicas_mut() {
             if replica.raft().leader() == node && replica.raft().is_quiesced() {
-                replica.raft_mut().wake();
+                replica.raft_mut().wake_for_leader_loss();
                 self.schedule.touch(group);
                 woken += 1;
             }

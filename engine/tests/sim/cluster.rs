@@ -490,7 +490,7 @@ impl Sim {
                 for replica in &mut node.replicas {
                     let Some(raft) = replica.raft.as_mut() else { continue };
                     if raft.leader() == peer && raft.is_quiesced() {
-                        raft.wake();
+                        raft.wake_for_leader_loss();
                     }
                 }
             }
