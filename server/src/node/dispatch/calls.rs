@@ -48,16 +48,23 @@ impl Dispatch {
         call
     }
 
+    /// Sends `op` on `group` to another shard, `owner`, and waits for its answer (`None`:
+    /// the call was dropped, e.g. the owner is stopping). The call stays in the table until
+    /// answered or abandoned.
+    async fn call_on(&self, owner: usize, group: u32, op: CallOp) -> Option<CallResult> {
+        let (tx, rx) = oneshot();
+        let call = self.start_call(PendingCall::Once(tx));
+        let _guard = CallGuard { dispatch: self, call };
+        self.outbound.send(owner, MeshMessage::Call { from: self.shard, call, group, op });
+        rx.await
+    }
+
     /// Proposes once through the shard `owner` of `group` (this one: the local runtime).
     pub(super) async fn propose_once(&self, owner: usize, group: u32, command: Command) -> Result<Committed, ShardError> {
         if owner == self.shard {
             return self.local.propose(group, command).await;
         }
-        let (tx, rx) = oneshot();
-        let call = self.start_call(PendingCall::Once(tx));
-        let _guard = CallGuard { dispatch: self, call };
-        self.outbound.send(owner, MeshMessage::Call { from: self.shard, call, group, op: CallOp::Propose(command) });
-        match rx.await {
+        match self.call_on(owner, group, CallOp::Propose(command)).await {
             Some(CallResult::Committed(result)) => result,
             _ => Err(ShardError::ShuttingDown),
         }
@@ -68,11 +75,7 @@ impl Dispatch {
         if owner == self.shard {
             return self.local.read(group, query).await;
         }
-        let (tx, rx) = oneshot();
-        let call = self.start_call(PendingCall::Once(tx));
-        let _guard = CallGuard { dispatch: self, call };
-        self.outbound.send(owner, MeshMessage::Call { from: self.shard, call, group, op: CallOp::Read(query) });
-        match rx.await {
+        match self.call_on(owner, group, CallOp::Read(query)).await {
             Some(CallResult::Read(result)) => result,
             _ => Err(ShardError::ShuttingDown),
         }
