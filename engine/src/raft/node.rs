@@ -301,14 +301,14 @@ impl RaftNode {
         if self.role != RaftRole::Follower {
             return;
         }
-        let candidates: Vec<u64> =
-            self.membership().members().filter(|(id, role)| *role == Role::Voter && *id != lost).map(|(id, _)| id).collect();
-        if candidates.is_empty() {
+        let candidates = || self.membership().members().filter(|(id, role)| *role == Role::Voter && *id != lost).map(|(id, _)| id);
+        let count = candidates().count();
+        if count == 0 {
             return;
         }
-        let successor = candidates[self.cfg.group_id as usize % candidates.len()];
+        let successor = candidates().nth(self.cfg.group_id as usize % count);
         let base = self.cfg.election_ticks;
-        self.randomized_election_ticks = if successor == self.cfg.id {
+        self.randomized_election_ticks = if successor == Some(self.cfg.id) {
             base + 1
         } else {
             self.rng.random_range((base + base / 2).max(base + 2)..(2 * base).max(base + 3))
