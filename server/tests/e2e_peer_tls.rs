@@ -193,9 +193,12 @@ async fn a_peer_tls_cluster_serves_and_refuses_impostors_and_plaintext_peers() {
     )
     .await;
 
-    // Another CA's certificate, claiming to be node 2.
+    // Another CA's certificate, claiming to be node 2. The impostor trusts the cluster's CA
+    // (a CA certificate is public), so it accepts node 1's certificate and presents its own:
+    // node 1's own check refuses it. (An impostor that also distrusted node 1 would hang up
+    // first, and node 1 could only log a closed handshake.)
     let stranger_ca = TestCa::new("stranger CA");
-    let foreign = PeerFiles::new(root.path(), "foreign", &stranger_ca.pem(), &stranger_ca.issue(&["127.0.0.5"]));
+    let foreign = PeerFiles::new(root.path(), "foreign", &ca.pem(), &stranger_ca.issue(&["127.0.0.5"]));
     let mut foreign_dir = TestDir::new();
     let foreign_node = spawn_impostor(&cluster, &mut foreign_dir, 2, 5, &foreign);
     wait_for_log_line(&cluster, 1, &["refusing peer connection", "certificate from an unknown CA"]).await;
