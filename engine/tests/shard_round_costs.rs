@@ -222,3 +222,46 @@ fn a_command_forwarded_by_a_follower_is_answered_with_the_leaders_result() {
         cluster.stop().await.unwrap();
     });
 }
+
+/// Awake groups led by one node heartbeat at the same tick of its shard loop, whenever
+/// each was elected: a node sends each peer at most two batches per heartbeat interval
+/// (its leaders' heartbeats, and its answers to the peer's), however many groups they share.
+/// With each leader on the phase of its own election, that was up to one batch per tick.
+#[test]
+fn awake_groups_heartbeat_to_each_peer_in_one_batch_per_interval() {
+    run(async {
+        const GROUPS: u32 = 12;
+        const HEARTBEAT_TICKS: u64 = 4;
+        let dir = tempfile::tempdir().unwrap();
+        let options = LoopbackOptions {
+            groups: GROUPS,
+            tick: Duration::from_millis(10),
+            election_ticks: 20,
+            heartbeat_ticks: HEARTBEAT_TICKS as u32,
+            ..LoopbackOptions::default()
+        };
+        let cluster = LoopbackCluster::start(&options, dir.path()).await.unwrap();
+        eventually("a leader every node knows, in every group", || {
+            (1..=GROUPS).all(|g| cluster.leader(g).is_some_and(|leader| cluster.all_know(g, leader)))
+        })
+        .await;
+        glommio::timer::sleep(Duration::from_millis(50)).await;
+        let before = values(&cluster);
+        glommio::timer::sleep(Duration::from_millis(800)).await;
+        let peers = cluster.node_ids().len() as u64 - 1;
+        for node in cluster.node_ids() {
+            let work = cluster.counters(node).snapshot().since(&of(&before, node));
+            let led = (1..=GROUPS).filter(|g| cluster.leader(*g) == Some(node)).count() as u64;
+            let intervals = work.ticks / HEARTBEAT_TICKS;
+            assert!(intervals >= 10, "node {node} ran too few ticks to judge: {work:?}");
+            // Every interval, each led group heartbeats each peer (none quiesce here).
+            assert!(work.heartbeats + 2 * led * peers >= led * peers * intervals, "node {node} leads {led}: {work:?}");
+            assert!(
+                work.batches_sent <= peers * 2 * (intervals + 2),
+                "node {node} (leading {led} of {GROUPS}) sent {} batches in {intervals} heartbeat intervals: {work:?}",
+                work.batches_sent
+            );
+        }
+        cluster.stop().await.unwrap();
+    });
+}

@@ -33,6 +33,12 @@ impl Outbox {
         }
     }
 
+    /// A batch for `to` leaves with the next drain even if no message joins it (a
+    /// node-level liveness ping rides with the round's Raft messages, or goes alone).
+    pub fn ensure_batch(&mut self, to: u64) {
+        self.batches.entry(to).or_default();
+    }
+
     pub fn is_empty(&self) -> bool {
         self.batches.is_empty()
     }

@@ -51,6 +51,12 @@ pub struct RaftNode {
     pub(super) votes: BTreeMap<u64, bool>,
     pub(super) election_elapsed: u32,
     pub(super) heartbeat_elapsed: u32,
+    /// The caller's loop tick as last fed by `set_shard_tick` (`None`: never fed; each
+    /// leader then keeps its own heartbeat phase).
+    pub(super) shard_tick: Option<u64>,
+    /// Leader, with `shard_tick` fed: the heartbeat interval (`shard_tick / heartbeat_ticks`)
+    /// of the last heartbeat.
+    pub(super) heartbeat_period: u64,
     pub(super) randomized_election_ticks: u32,
     /// Target of a leadership transfer in progress (0: none) and ticks since it started.
     pub(super) transferee: u64,
@@ -163,6 +169,8 @@ impl RaftNode {
             votes: BTreeMap::new(),
             election_elapsed: 0,
             heartbeat_elapsed: 0,
+            shard_tick: None,
+            heartbeat_period: 0,
             randomized_election_ticks: 0,
             transferee: 0,
             transfer_elapsed: 0,
@@ -324,6 +332,34 @@ impl RaftNode {
         self.now = self.now.max(now);
     }
 
+    /// Feeds the tick count of the caller's loop, shared by every group the loop runs; call
+    /// it before [`RaftNode::tick`]. A leader fed it heartbeats when the count crosses a
+    /// multiple of `heartbeat_ticks` rather than after `heartbeat_ticks` of its own ticks,
+    /// so all the loop's leaders heartbeat at the same tick and their heartbeats to one
+    /// peer leave together: one batch per peer per heartbeat interval, however many groups
+    /// are awake. Without it each leader keeps the phase of its election.
+    pub fn set_shard_tick(&mut self, tick: u64) {
+        self.shard_tick = Some(tick);
+    }
+
+    /// Whether a leader's heartbeat is due at this tick (see [`RaftNode::set_shard_tick`]).
+    fn heartbeat_due(&self) -> bool {
+        let interval = self.cfg.heartbeat_ticks;
+        // Past a whole interval: a woken leader (see `wake`), or ticks the caller skipped.
+        if self.heartbeat_elapsed > interval {
+            return true;
+        }
+        match self.shard_tick {
+            Some(tick) => tick / u64::from(interval) > self.heartbeat_period,
+            None => self.heartbeat_elapsed >= interval,
+        }
+    }
+
+    /// The heartbeat interval the caller's loop is in (0 if it never fed its tick).
+    pub(super) fn current_heartbeat_period(&self) -> u64 {
+        self.shard_tick.map_or(0, |tick| tick / u64::from(self.cfg.heartbeat_ticks))
+    }
+
     /// The clock reading last fed by [`RaftNode::set_now`].
     pub fn now(&self) -> u64 {
         self.now
@@ -368,8 +404,9 @@ impl RaftNode {
                 return;
             }
         }
-        if self.heartbeat_elapsed >= self.cfg.heartbeat_ticks {
+        if self.heartbeat_due() {
             self.heartbeat_elapsed = 0;
+            self.heartbeat_period = self.current_heartbeat_period();
             let idle = self.is_idle();
             self.broadcast_heartbeat();
             if idle {

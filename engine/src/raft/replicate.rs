@@ -19,6 +19,9 @@ impl RaftNode {
         self.set_leader(id);
         self.votes.clear();
         self.heartbeat_elapsed = 0;
+        // The first heartbeat comes with the next interval of the caller's loop, together
+        // with its other leaders' (see `set_shard_tick`).
+        self.heartbeat_period = self.current_heartbeat_period();
         self.election_elapsed = 0;
         self.transferee = 0;
         self.lease_revoked = false;

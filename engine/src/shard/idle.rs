@@ -5,10 +5,6 @@
 //! failed) woken so their followers elect again; a log line with the counts; and how long
 //! the loop may sleep past its ticks when no group is awake.
 
-use conclave_proto::conclave::peer::v1::{peer_message::Body, PeerMessage};
-
-use crate::raft::MessageBatch;
-
 use super::api::LogStore;
 use super::clock::micros;
 use super::runtime::ShardRuntime;
@@ -74,9 +70,10 @@ impl<L: LogStore> ShardRuntime<L> {
     pub(super) fn tick_liveness(&mut self, backlog: bool) {
         let (ping, silent) = self.liveness.tick(self.ticks, !backlog);
         let from = self.cfg.node_id;
+        // The ping rides in the batch the round sends the peer anyway (its groups'
+        // heartbeats fall on the same tick, see `RaftNode::set_shard_tick`).
         for to in ping {
-            let batch = MessageBatch { from, to, messages: Vec::new() };
-            (self.transport)(to, PeerMessage { body: Some(Body::Raft(batch)) });
+            self.outbox.ensure_batch(to);
         }
         for node in silent {
             let woken = self.wake_led_by(node);

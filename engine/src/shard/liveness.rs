@@ -64,7 +64,8 @@ impl Liveness {
             return (ping, silent);
         }
         for (&node, peer) in self.peers.iter_mut() {
-            if now >= peer.pinged + self.ping_ticks {
+            // At each multiple of the interval, the tick the shard's leaders heartbeat at.
+            if now / self.ping_ticks > peer.pinged / self.ping_ticks {
                 peer.pinged = now;
                 ping.push(node);
             }
@@ -83,7 +84,7 @@ impl Liveness {
             return None;
         }
         let due =
-            self.peers.values().flat_map(|p| [Some(p.pinged + self.ping_ticks), (!p.silent).then_some(p.heard + self.silence_ticks + 1)]);
+            self.peers.values().flat_map(|p| [Some((p.pinged / self.ping_ticks + 1) * self.ping_ticks), (!p.silent).then_some(p.heard + self.silence_ticks + 1)]);
         due.flatten().min().map(|tick| tick.max(now + 1))
     }
 

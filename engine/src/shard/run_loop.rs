@@ -160,6 +160,8 @@ impl<L: LogStore> ShardRuntime<L> {
             let Some(replica) = self.groups.replica_mut(group) else { continue };
             ShardCounters::add(&self.counters.replica_ticks, 1);
             replica.raft_mut().set_now(now_micros);
+            // Every leader of the shard heartbeats at the same tick: one batch per peer.
+            replica.raft_mut().set_shard_tick(self.ticks);
             replica.tick();
             if replica.is_leader() {
                 self.tick_leader(group, now_ms);

@@ -55,6 +55,8 @@ struct SimNode {
     last_heard: Vec<u64>,
     silent: Vec<bool>,
     up: bool,
+    /// Ticks of this run of the node (its shard loop's tick count, fed to every replica).
+    ticks: u64,
     incarnation: u64,
     /// Replica starts so far (restarts and joins): each start seeds its RNG afresh.
     replica_starts: u64,
@@ -161,6 +163,7 @@ impl Sim {
                 last_heard,
                 silent,
                 up: false,
+                ticks: 0,
                 incarnation: 0,
                 replica_starts: 0,
                 joins: 0,
@@ -189,6 +192,7 @@ impl Sim {
     /// Starts (or restarts) node `n` from what its disks hold.
     fn start_node(&mut self, n: usize) -> Result<(), Violation> {
         self.nodes[n].incarnation += 1;
+        self.nodes[n].ticks = 0;
         // A starting server counts every peer as just heard from.
         let tick = self.report.ticks;
         self.nodes[n].last_heard.fill(tick);
@@ -506,12 +510,15 @@ impl Sim {
             if !self.nodes[n].up || self.reads.is_stalled(n) {
                 continue;
             }
+            self.nodes[n].ticks += 1;
+            let node_tick = self.nodes[n].ticks;
             for g in 0..self.opts.groups as usize {
                 if let Some(raft) = self.nodes[n].replicas[g].raft.as_mut() {
                     // As the server's shard loop: a quiet replica is not ticked at all.
                     if raft.is_quiesced() {
                         self.report.quiesced_ticks += 1;
                     } else {
+                        raft.set_shard_tick(node_tick);
                         raft.tick();
                     }
                 }
