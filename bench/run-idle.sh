@@ -20,7 +20,9 @@
 #   target/release/conclave-bench, for step 4's kill), PARTITIONS (10000), BIG (100000),
 #   WINDOW (30), SETTLE (seconds between quiet and the window, for rebalancing transfers
 #   to end; default 20), SHARDS (default: one per core), STEPS (default "1 2 4 5 3"; step 3
-#   needs 5 for its RSS per partition).
+#   needs 5 for its RSS per partition), EXTRA_ARGS (flags added to every node, e.g.
+#   "--snapshot-every 1" to have every group snapshot as soon as it is led, or
+#   "--quiesce false" for step 4 with every group heartbeating).
 set -euo pipefail
 
 OUT=${1:-bench-results/idle-$(date -u +%Y%m%dT%H%M%SZ)}
@@ -34,6 +36,8 @@ STEPS=" ${STEPS:-1 2 4 5 3} "
 step() { [[ "$STEPS" == *" $1 "* ]]; }
 SHARD_ARGS=()
 if [[ -n "${SHARDS:-}" ]]; then SHARD_ARGS=(--shards "$SHARDS"); fi
+read -r -a EXTRA <<<"${EXTRA_ARGS:-}"
+SHARD_ARGS+=("${EXTRA[@]}")
 HZ=$(getconf CLK_TCK)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -57,7 +61,10 @@ log() { echo "$*" | tee -a "$OUT/summary.txt"; }
 
 [[ -x "$CONCLAVE" ]] || { echo "build it first: cargo build --release -p conclave-server" >&2; exit 1; }
 log "# bench/run-idle.sh $(date -u +%FT%TZ) on $(hostname): $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-log "# CONCLAVE=$CONCLAVE PARTITIONS=$PARTITIONS BIG=$BIG WINDOW=$WINDOW ${SHARD_ARGS[*]:-}"
+log "# CONCLAVE=$CONCLAVE PARTITIONS=$PARTITIONS BIG=$BIG WINDOW=$WINDOW node flags: ${SHARD_ARGS[*]:-}"
+
+# Whether the nodes quiesce idle groups (not with EXTRA_ARGS="--quiesce false").
+quiescing() { [[ " ${SHARD_ARGS[*]} " != *" --quiesce false "* ]]; }
 
 # start NAME NODE_ID PEERS BASE_PORT PARTITIONS [extra flags]: a node logging to $OUT/NAME.log
 start() {
@@ -115,7 +122,7 @@ measure() {
         local used=$(($(cpu_ticks "${PID[$name]}") - before[$name]))
         local pct
         pct=$(awk -v t="$used" -v hz="$HZ" -v w="$WINDOW" 'BEGIN {printf "%.2f", 100 * t / hz / w}')
-        log "  $name: cpu ${pct}% of a core over ${WINDOW}s; rss $(($(rss_kib "${PID[$name]}") / 1024)) MiB; stall warnings in the window $(($(stalls "$name") - stalls_before[$name])), in all $(stalls "$name"); awake groups $(awake "$name")"
+        log "  $name: cpu ${pct}% of a core over ${WINDOW}s; rss $(($(rss_kib "${PID[$name]}") / 1024)) MiB; stall warnings in the window $(($(stalls "$name") - stalls_before[$name])), in all $(stalls "$name"); awake groups $(awake "$name"); snapshot files $(find "$WORK/$name/data" -name '*.snap' 2>/dev/null | wc -l)"
     done
 }
 
@@ -167,8 +174,10 @@ t0=$(date +%s%N)
 for id in 1 2 3; do start "node$id" "$id" "$P3" $((27100 + id * 100)) "$PARTITIONS"; done
 for id in 1 2 3; do wait_for "node$id" "ready: every partition" 900; done
 log "  every node ready after $(ms_since "$t0") ms"
-for id in 1 2 3; do wait_quiet "node$id" 180 || true; done
-log "  every node quiet after $(ms_since "$t0") ms"
+if quiescing; then
+    for id in 1 2 3; do wait_quiet "node$id" 180 || true; done
+    log "  every node quiet after $(ms_since "$t0") ms"
+fi
 sleep "$SETTLE"
 measure node1 node2 node3
 log "## 4b. kill -9 of node1, every partition quiet"
@@ -190,8 +199,10 @@ t0=$(date +%s%N)
 start node1 1 "$P3" 27200 "$PARTITIONS"
 wait_for node1 "ready: every partition" 900
 log "  node1: recovered and ready after $(ms_since "$t0") ms (stall warnings so far: $(stalls node1))"
-for id in 1 2 3; do wait_quiet "node$id" 180 || true; done
-log "  every node quiet $(ms_since "$t0") ms after the restart"
+if quiescing; then
+    for id in 1 2 3; do wait_quiet "node$id" 180 || true; done
+    log "  every node quiet $(ms_since "$t0") ms after the restart"
+fi
 sleep "$SETTLE"
 measure node1 node2 node3
 stop_all

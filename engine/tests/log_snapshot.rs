@@ -20,6 +20,7 @@ fn save_replace_read_in_chunks() {
     run(move || async move {
         let store = SnapshotStore::open(&dir).await.unwrap();
         assert_eq!(store.latest(5).await.unwrap(), None);
+        assert_eq!(store.load_latest(5).await.unwrap(), None);
         let first = store.save(5, 100, 2, &data(300_000, 1)).await.unwrap();
         assert_eq!((first.index, first.term, first.size), (100, 2, 300_000));
         // A newer snapshot written in pieces replaces it once durable.
@@ -33,6 +34,8 @@ fn save_replace_read_in_chunks() {
         let latest = store.latest(5).await.unwrap().unwrap();
         assert_eq!(latest, second);
         assert_eq!(store.load(&latest).await.unwrap(), newer);
+        // Recovery's one-read path finds the same snapshot and data.
+        assert_eq!(store.load_latest(5).await.unwrap(), Some((second.clone(), newer.clone().into())));
         let mut reassembled = Vec::new();
         loop {
             let chunk = store.read_chunk(&latest, reassembled.len() as u64, 100_000).await.unwrap();
@@ -48,6 +51,7 @@ fn save_replace_read_in_chunks() {
         store.remove_group(5).await.unwrap();
         assert_eq!(store.latest(5).await.unwrap(), None);
         assert!(store.latest(6).await.unwrap().is_some());
+        assert_eq!(store.load_latest(6).await.unwrap(), Some((empty, Vec::new().into())));
     });
 }
 
@@ -64,14 +68,19 @@ fn corruption_and_half_written_snapshots() {
         damaged[12_345] ^= 0x40;
         std::fs::write(&meta.path, &damaged).unwrap();
         assert!(matches!(store.load(&meta).await, Err(LogError::CorruptSnapshot { .. })));
+        assert!(matches!(store.load_latest(1).await, Err(LogError::CorruptSnapshot { .. })));
         // A flipped trailer byte or a cut file is caught when looking the snapshot up.
         let mut damaged = pristine.clone();
         let last = damaged.len() - 10;
         damaged[last] ^= 1;
         std::fs::write(&meta.path, &damaged).unwrap();
         assert!(matches!(store.latest(1).await, Err(LogError::CorruptSnapshot { .. })));
+        assert!(matches!(store.load_latest(1).await, Err(LogError::CorruptSnapshot { .. })));
         std::fs::write(&meta.path, &pristine[..pristine.len() - 100]).unwrap();
         assert!(matches!(store.latest(1).await, Err(LogError::CorruptSnapshot { .. })));
+        assert!(matches!(store.load_latest(1).await, Err(LogError::CorruptSnapshot { .. })));
+        std::fs::write(&meta.path, &pristine[..10]).unwrap();
+        assert!(matches!(store.load_latest(1).await, Err(LogError::CorruptSnapshot { .. })));
         std::fs::write(&meta.path, &pristine).unwrap();
         // A snapshot abandoned half-way (or cut by a crash) never becomes visible.
         let mut writer = store.create(1, 20, 2).await.unwrap();
@@ -83,6 +92,7 @@ fn corruption_and_half_written_snapshots() {
         let reopened = SnapshotStore::open(&dir).await.unwrap();
         assert_eq!(reopened.latest(1).await.unwrap(), Some(meta.clone()));
         assert_eq!(reopened.load(&meta).await.unwrap(), data(50_000, 9));
+        assert_eq!(reopened.load_latest(1).await.unwrap(), Some((meta.clone(), data(50_000, 9).into())));
         let leftovers = std::fs::read_dir(meta.path.parent().unwrap()).unwrap().count();
         assert_eq!(leftovers, 1, "temporary files removed at open");
     });

@@ -83,8 +83,9 @@ impl Liveness {
         if self.ping_ticks == 0 {
             return None;
         }
-        let due =
-            self.peers.values().flat_map(|p| [Some((p.pinged / self.ping_ticks + 1) * self.ping_ticks), (!p.silent).then_some(p.heard + self.silence_ticks + 1)]);
+        let due = self.peers.values().flat_map(|p| {
+            [Some((p.pinged / self.ping_ticks + 1) * self.ping_ticks), (!p.silent).then_some(p.heard + self.silence_ticks + 1)]
+        });
         due.flatten().min().map(|tick| tick.max(now + 1))
     }
 

@@ -200,10 +200,9 @@ pub struct LoadedSnapshot {
 
 /// Loads and decodes the newest snapshot of `group`, if it has one.
 pub async fn load_snapshot(store: &SnapshotStore, group: u32) -> Result<Option<LoadedSnapshot>, String> {
-    let Some(meta) = store.latest(group).await.map_err(|e| format!("group {group}: {e}"))? else {
+    let Some((meta, data)) = store.load_latest(group).await.map_err(|e| format!("group {group}: {e}"))? else {
         return Ok(None);
     };
-    let data = store.load(&meta).await.map_err(|e| format!("group {group}: {e}"))?;
     let envelope =
         GroupSnapshot::decode(data.clone()).map_err(|e| format!("group {group}: snapshot {} does not decode: {e}", meta.path.display()))?;
     if envelope.version != SNAPSHOT_FORMAT_VERSION {
