@@ -1,7 +1,10 @@
 //! The engine alone: three nodes' shard runtimes in one glommio executor (one core), each
 //! on its own real io_uring log, talking through the in-memory network of
 //! `shard::loopback` — no gRPC, no TCP. Closed-loop proposers (each with its own client
-//! session) keep Enter/Withdraw commands in flight at every group's leader; the report
+//! session) keep Enter/Withdraw commands in flight at every group's leader, and each
+//! group's sessions are kept alive in one batch entry every 1.25 s, releasing the cached
+//! outputs of answered commands, as the server does (a quarter of its default 5 s session
+//! timeout; without them each session's output cache grows for the whole run); the report
 //! gives committed commands per second, the process's CPU per command (user + system,
 //! from `getrusage`, so it includes the proposers and the in-memory network) and each
 //! node's counts per command (log writes, Raft messages, rounds).
@@ -9,7 +12,7 @@
 //! Usage: `engine-bench [--dir DIR] [--groups G] [--proposers-per-group P] [--seconds S]
 //! [--tick-ms T]`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -81,12 +84,21 @@ async fn wait_for_leaders(cluster: &LoopbackCluster, groups: u32) -> Result<(), 
     }
 }
 
+/// How often each group's sessions are kept alive (the server's interval at its default
+/// session timeout).
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_millis(1_250);
+
+/// Each session of a group and the last sequence number it had answered.
+type Answered = Rc<RefCell<Vec<(u64, u64)>>>;
+
 /// One closed-loop proposer: opens a session at its group's leader, then alternates Enter
-/// and Withdraw of its own candidate until `stop`, counting committed commands.
+/// and Withdraw of its own candidate until `stop`, counting committed commands and noting
+/// in `answered` what its keep-alives may release.
 async fn proposer(
     leader: ShardHandle,
     group: u32,
     id: u32,
+    answered: Answered,
     stop: Rc<Cell<bool>>,
     committed: Rc<Cell<u64>>,
     failed: Rc<Cell<u64>>,
@@ -94,6 +106,11 @@ async fn proposer(
     let opened = leader.propose(group, command::open_session(now_ms(), 600_000)).await?;
     let Ok(Output::SessionOpened { session_id }) = opened.result else {
         return Err(ShardError::Invalid(format!("open session: {:?}", opened.result)));
+    };
+    let slot = {
+        let mut answered = answered.borrow_mut();
+        answered.push((session_id, 0));
+        answered.len() - 1
     };
     let election = format!("election-{}", id % 8);
     let candidate = format!("candidate-{group}-{id}");
@@ -110,6 +127,22 @@ async fn proposer(
             Ok(c) if c.result.is_ok() => committed.set(committed.get() + 1),
             _ => failed.set(failed.get() + 1),
         }
+        answered.borrow_mut()[slot].1 = seq;
+    }
+    Ok(())
+}
+
+/// Keeps a group's sessions alive until `stop`: one batch entry per interval.
+async fn keeper(leader: ShardHandle, group: u32, answered: Answered, stop: Rc<Cell<bool>>) -> Result<(), ShardError> {
+    while !stop.get() {
+        glommio::timer::sleep(KEEP_ALIVE_INTERVAL).await;
+        let sessions = answered.borrow().clone();
+        for batch in sessions.chunks(command::MAX_KEEP_ALIVE_BATCH) {
+            let kept = leader.propose(group, command::keep_alive_batch(now_ms(), batch)).await?;
+            if let Err(e) = kept.result {
+                return Err(ShardError::Invalid(format!("keep-alive: {e}")));
+            }
+        }
     }
     Ok(())
 }
@@ -125,10 +158,12 @@ async fn bench(args: Args) -> Result<(), String> {
     let mut tasks = Vec::new();
     for group in 1..=args.groups {
         let leader = cluster.leader(group).ok_or("a group lost its leader")?;
+        let answered = Answered::default();
         for id in 0..args.proposers {
-            let task = proposer(cluster.handle(leader), group, id, stop.clone(), committed.clone(), failed.clone());
+            let task = proposer(cluster.handle(leader), group, id, answered.clone(), stop.clone(), committed.clone(), failed.clone());
             tasks.push(glommio::spawn_local(task).detach());
         }
+        tasks.push(glommio::spawn_local(keeper(cluster.handle(leader), group, answered, stop.clone())).detach());
     }
     // Warm up, then measure a window.
     glommio::timer::sleep(Duration::from_secs(1)).await;
