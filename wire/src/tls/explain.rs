@@ -89,7 +89,8 @@ pub fn explain(e: &io::Error) -> (TlsFailure, String) {
     }
     match e.kind() {
         io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
-            (TlsFailure::Closed, format!("{}: {e}", TlsFailure::Closed))
+            // A dialer that refuses our certificate may hang up without sending its alert.
+            (TlsFailure::Closed, format!("{}: {e} (if the other side refused this side's certificate, its own log says why)", TlsFailure::Closed))
         }
         _ => (TlsFailure::Other, format!("{}: {e}", TlsFailure::Other)),
     }
