@@ -323,7 +323,7 @@ fn parse_trailer(path: &Path, trailer: &[u8], size: u64) -> Result<(SnapshotMeta
     if crc32fast::hash(&trailer[..TRAILER_BYTES - 4]) != stored_crc {
         return Err(corrupt("trailer checksum mismatch"));
     }
-    let mut cursor = &trailer[..];
+    let mut cursor = trailer;
     if &cursor[..8] != MAGIC {
         return Err(corrupt("bad magic"));
     }

@@ -36,6 +36,7 @@ mod ready;
 mod replicate;
 mod snapshot;
 mod step;
+mod timing;
 
 pub use batch::{open_batch, Outbox};
 pub use conclave_proto::conclave::raft::v1::{Entry, EntryKind, Message, MessageBatch, MessageType};

@@ -90,7 +90,10 @@ pub fn explain(e: &io::Error) -> (TlsFailure, String) {
     match e.kind() {
         io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe => {
             // A dialer that refuses our certificate may hang up without sending its alert.
-            (TlsFailure::Closed, format!("{}: {e} (if the other side refused this side's certificate, its own log says why)", TlsFailure::Closed))
+            (
+                TlsFailure::Closed,
+                format!("{}: {e} (if the other side refused this side's certificate, its own log says why)", TlsFailure::Closed),
+            )
         }
         _ => (TlsFailure::Other, format!("{}: {e}", TlsFailure::Other)),
     }
