@@ -9,6 +9,8 @@
 # Usage: bench/run-tls.sh [OUT]     (from the repository root)
 # Environment: ROUNDS (default 2), DURATION (seconds per run, default 10),
 #   WORKLOADS (default "churn-64 read-64"; any of churn-64 read-64 enter-1),
+#   MODES (default "plain tls"; "peer-tls" adds peers over mutual TLS with plaintext
+#   clients, each node presenting the same certificate for 127.0.0.1),
 #   CONCLAVE, BENCH (default: built with `cargo build --release`).
 set -euo pipefail
 
@@ -16,6 +18,7 @@ OUT=${1:-bench-results/tls-$(date -u +%Y%m%dT%H%M%SZ)}
 ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-10}
 WORKLOADS=${WORKLOADS:-churn-64 read-64}
+MODES=${MODES:-plain tls}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=bench/cluster.sh
 source "$HERE/cluster.sh"
@@ -38,9 +41,11 @@ issue server "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAut
 issue client "extendedKeyUsage=clientAuth\nkeyUsage=critical,digitalSignature\n"
 SERVER_TLS=(--cert-file "$PKI/server.crt" --key-file "$PKI/server.key" --trusted-ca-file "$PKI/ca.crt" --client-cert-auth)
 CLIENT_TLS=(--cacert "$PKI/ca.crt" --cert "$PKI/client.crt" --key "$PKI/client.key")
+PEER_TLS=(--peer-cert-file "$PKI/server.crt" --peer-key-file "$PKI/server.key" --peer-trusted-ca-file "$PKI/ca.crt")
 
 {
-    echo "conclave: 3 nodes: $CONCLAVE serve --partitions 16 --session-timeout-ms 5000 [TLS: ${SERVER_TLS[*]}]"
+    echo "conclave: 3 nodes: $CONCLAVE serve --partitions 16 --session-timeout-ms 5000 [TLS: ${SERVER_TLS[*]}] [peer TLS: ${PEER_TLS[*]}]"
+    echo "modes: $MODES"
     echo "machine: $(nproc) cores; $(machine_load)"
 } | tee "$OUT/setup.txt"
 
@@ -57,11 +62,16 @@ workload() { # TAG WORKLOAD CLIENT-FLAGS...
     esac
 }
 for ((round = 1; round <= ROUNDS; round++)); do
-    conclave_start 3 --partitions 16 --session-timeout-ms 5000
-    for w in $WORKLOADS; do workload "plain-$round" "$w"; done
-    conclave_stop
-    conclave_start 3 --partitions 16 --session-timeout-ms 5000 "${SERVER_TLS[@]}"
-    for w in $WORKLOADS; do workload "tls-$round" "$w" "${CLIENT_TLS[@]}"; done
-    conclave_stop
+    for mode in $MODES; do
+        case $mode in
+            plain) server=() client=() ;;
+            tls) server=("${SERVER_TLS[@]}") client=("${CLIENT_TLS[@]}") ;;
+            peer-tls) server=("${PEER_TLS[@]}") client=() ;;
+            *) echo "unknown mode $mode" >&2; exit 2 ;;
+        esac
+        conclave_start 3 --partitions 16 --session-timeout-ms 5000 "${server[@]}"
+        for w in $WORKLOADS; do workload "$mode-$round" "$w" "${client[@]}"; done
+        conclave_stop
+    done
 done
 echo "done: $OUT"
