@@ -719,3 +719,48 @@ fn a_leader_that_demoted_itself_hands_over_only_to_a_voter_holding_its_whole_log
     assert_eq!(cluster.leader(), Some(other), "the caught-up voter leads");
     assert_eq!(cluster.nodes[&leader].role(), RaftRole::Follower);
 }
+
+/// A leader fed its caller's loop tick heartbeats when that tick crosses a multiple of
+/// `heartbeat_ticks`, whenever it was elected, so every group of one loop heartbeats at the
+/// same tick; without it, at the phase of its own election.
+#[test]
+fn a_leader_fed_the_loop_tick_heartbeats_at_its_multiples() {
+    let mut cluster = Cluster::new(Membership::voters([1, 2, 3]).unwrap());
+    let leader = cluster.tick_until_leader();
+    cluster.settle();
+    let interval = u64::from(Config::new(leader, 1).heartbeat_ticks);
+    let span = 10 * interval;
+    // Ticks the leader `span` times (the followers answer everything it sends); returns the
+    // steps at which it heartbeat.
+    let mut heartbeats_at = |cluster: &mut Cluster, first_loop_tick: Option<u64>| -> Vec<u64> {
+        let mut at = Vec::new();
+        for step in 0..span {
+            let raft = cluster.nodes.get_mut(&leader).unwrap();
+            if let Some(first) = first_loop_tick {
+                raft.set_shard_tick(first + step);
+            }
+            raft.tick();
+            let messages = raft.ready().messages;
+            if messages.iter().any(|m| m.msg_type == MessageType::Heartbeat as i32) {
+                at.push(step);
+            }
+            cluster.deliver_until_quiet(messages, leader);
+        }
+        assert_eq!(cluster.leader(), Some(leader));
+        at
+    };
+    // Not fed: every `interval` ticks, at the phase of its election.
+    let unfed = heartbeats_at(&mut cluster, None);
+    let gaps: Vec<u64> = unfed.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(unfed.len() >= 9 && gaps.iter().all(|gap| *gap == interval), "heartbeats at steps {unfed:?}");
+    // Fed a loop tick numbered so that the leader's own schedule would fall 1 past a
+    // multiple: it moves to the multiples.
+    let next_unfed = unfed.last().unwrap() + interval - span;
+    let first_loop_tick = 100 * interval + 1 - next_unfed;
+    let fed = heartbeats_at(&mut cluster, Some(first_loop_tick));
+    let loop_ticks: Vec<u64> = fed.iter().map(|step| first_loop_tick + step).collect();
+    assert!(loop_ticks.len() >= 9, "heartbeats at loop ticks {loop_ticks:?}");
+    assert!(loop_ticks.iter().all(|tick| tick % interval == 0), "heartbeats at loop ticks {loop_ticks:?} (every {interval})");
+    let gaps: Vec<u64> = loop_ticks.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(gaps.iter().all(|gap| *gap == interval), "heartbeats at loop ticks {loop_ticks:?}");
+}
