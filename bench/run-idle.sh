@@ -180,7 +180,7 @@ if quiescing; then
 fi
 sleep "$SETTLE"
 measure node1 node2 node3
-log "## 4b. kill -9 of node1, every partition quiet"
+if quiescing; then log "## 4b. kill -9 of node1, every partition quiet"; else log "## 4b. kill -9 of node1 (--quiesce false: every partition heartbeating)"; fi
 [[ -x "$BENCH" ]] || { echo "build it first: cargo build --release -p conclave-bench" >&2; exit 1; }
 kill_cmd=("$BENCH" failover --endpoints 127.0.0.1:27208,127.0.0.1:27308,127.0.0.1:27408
     --kill-pid "${PID[node1]}" --kill-endpoint 127.0.0.1:27208 --kill-node-id 1
