@@ -732,7 +732,7 @@ fn a_leader_fed_the_loop_tick_heartbeats_at_its_multiples() {
     let span = 10 * interval;
     // Ticks the leader `span` times (the followers answer everything it sends); returns the
     // steps at which it heartbeat.
-    let mut heartbeats_at = |cluster: &mut Cluster, first_loop_tick: Option<u64>| -> Vec<u64> {
+    let heartbeats_at = |cluster: &mut Cluster, first_loop_tick: Option<u64>| -> Vec<u64> {
         let mut at = Vec::new();
         for step in 0..span {
             let raft = cluster.nodes.get_mut(&leader).unwrap();

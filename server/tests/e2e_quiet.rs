@@ -46,7 +46,7 @@ fn field(line: &str, key: &str) -> Option<u64> {
 fn activity(cluster: &Cluster, id: u32, skip: usize) -> Option<(u64, u64)> {
     let output = cluster.node(id).output();
     let text = strip_ansi(output.get(skip..).unwrap_or(""));
-    let line = text.lines().filter(|l| l.contains("group activity")).last()?;
+    let line = text.lines().rfind(|l| l.contains("group activity"))?;
     Some((field(line, "groups")?, field(line, "awake")?))
 }
 

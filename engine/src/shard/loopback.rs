@@ -121,10 +121,13 @@ pub struct LoopbackCluster {
     net: Rc<Net>,
     nodes: BTreeMap<u64, LoopbackNode>,
     /// The leader each node last heard of, per group.
-    leaders: Rc<RefCell<BTreeMap<(u64, u32), (u64, u64)>>>,
+    leaders: Rc<RefCell<ByNodeAndGroup<(u64, u64)>>>,
     /// Each node's role per group, with its term.
-    roles: Rc<RefCell<BTreeMap<(u64, u32), (RaftRole, u64)>>>,
+    roles: Rc<RefCell<ByNodeAndGroup<(RaftRole, u64)>>>,
 }
+
+/// What each node knows of each group, keyed by (node, group).
+type ByNodeAndGroup<T> = BTreeMap<(u64, u32), T>;
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)

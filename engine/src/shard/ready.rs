@@ -27,11 +27,14 @@ use super::runtime::ShardRuntime;
 const READY_CHUNK_GROUPS: usize = 256;
 const ROUND_READY_BUDGET: Duration = Duration::from_millis(20);
 
-/// A round's writes on their way to disk, and what waits for them: per group, the
-/// (index, term) Raft is told is durable and the messages that may leave only then.
+/// What waits for one group's part of a write: the group, the (index, term) Raft is told
+/// is durable, and the messages that may leave only then (group 0: messages alone).
+pub(super) type WriteAck = (u32, Option<(u64, u64)>, Vec<Message>);
+
+/// A round's writes on their way to disk, and what waits for them.
 pub(super) struct InFlightWrite {
     pub(super) durable: Durable,
-    pub(super) acks: Vec<(u32, Option<(u64, u64)>, Vec<Message>)>,
+    pub(super) acks: Vec<WriteAck>,
 }
 
 impl<L: LogStore> ShardRuntime<L> {
@@ -129,11 +132,7 @@ impl<L: LogStore> ShardRuntime<L> {
     }
 
     /// A round's writes are durable (or the log failed): tell Raft, send what waited.
-    pub(super) fn write_done(
-        &mut self,
-        acks: Vec<(u32, Option<(u64, u64)>, Vec<Message>)>,
-        result: Result<(), String>,
-    ) -> Result<(), ShardError> {
+    pub(super) fn write_done(&mut self, acks: Vec<WriteAck>, result: Result<(), String>) -> Result<(), ShardError> {
         if let Err(e) = result {
             return Err(self.log_failed(e));
         }

@@ -236,7 +236,7 @@ impl Replica {
     /// client, with `output`: answers the client now. False when nothing here waits for
     /// that entry (answered already by applying it, or another entry took the index).
     pub fn answer_from_leader(&mut self, index: u64, term: u64, output: sm::Output) -> bool {
-        if !self.proposals.get(&index).is_some_and(|(tracked, _)| *tracked == term) {
+        if self.proposals.get(&index).is_none_or(|(tracked, _)| *tracked != term) {
             return false;
         }
         let Some((_, reply)) = self.proposals.remove(&index) else {
