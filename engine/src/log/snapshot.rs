@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes};
 use futures_lite::AsyncWriteExt;
 use glommio::io::{DmaFile, DmaStreamWriter, DmaStreamWriterBuilder, OpenOptions};
 
@@ -138,29 +138,13 @@ impl SnapshotStore {
 
     /// The newest durable snapshot of `group` with its data, trailer and data checksums
     /// verified, in one open and one read of the file ([`SnapshotStore::latest`] then
-    /// [`SnapshotStore::load`] open it three times): a node recovering thousands of groups
-    /// loads one snapshot each.
+    /// [`SnapshotStore::load`] open it twice): a node recovering thousands of groups loads
+    /// one snapshot each.
     pub async fn load_latest(&self, group: GroupId) -> Result<Option<(SnapshotMeta, Bytes)>, LogError> {
         let Some((index, term, path)) = self.newest_file(group)? else { return Ok(None) };
-        let file = open_read(&path).await?;
-        let outcome = async {
-            let size = file.file_size().await.map_err(|e| LogError::glommio(format!("sizing {}", path.display()), e))?;
-            let read = file.read_at(0, size as usize).await.map_err(|e| LogError::glommio(format!("reading {}", path.display()), e))?;
-            Ok((size, read))
-        }
-        .await;
-        let _ = file.close().await;
-        let (size, read) = outcome?;
-        if (read.len() as u64) != size || size < TRAILER_BYTES as u64 {
-            return Err(LogError::CorruptSnapshot { file: path, reason: "shorter than its trailer or its size".into() });
-        }
-        let data_len = read.len() - TRAILER_BYTES;
-        let (meta, data_crc) = parse_trailer(&path, &read[data_len..], size)?;
+        let (meta, data) = read_verified(&path).await?;
         check_named(&meta, group, index, term)?;
-        if crc32fast::hash(&read[..data_len]) != data_crc {
-            return Err(LogError::CorruptSnapshot { file: path, reason: "data checksum mismatch".into() });
-        }
-        Ok(Some((meta, Bytes::copy_from_slice(&read[..data_len]))))
+        Ok(Some((meta, data)))
     }
 
     /// Up to `max_len` bytes of snapshot data from `offset` (empty at the end), for sending.
@@ -181,18 +165,7 @@ impl SnapshotStore {
 
     /// The whole snapshot data, its checksum verified.
     pub async fn load(&self, meta: &SnapshotMeta) -> Result<Bytes, LogError> {
-        let (stored, expected) = read_trailer_raw(&meta.path).await?;
-        let mut data = BytesMut::with_capacity(stored.size as usize);
-        let mut crc = crc32fast::Hasher::new();
-        while (data.len() as u64) < stored.size {
-            let chunk = self.read_chunk(&stored, data.len() as u64, 1 << 20).await?;
-            crc.update(&chunk);
-            data.extend_from_slice(&chunk);
-        }
-        if crc.finalize() != expected {
-            return Err(LogError::CorruptSnapshot { file: meta.path.clone(), reason: "data checksum mismatch".into() });
-        }
-        Ok(data.freeze())
+        Ok(read_verified(&meta.path).await?.1)
     }
 
     /// Removes every snapshot of `group`.
@@ -281,6 +254,30 @@ fn encode_trailer(group: GroupId, index: u64, term: u64, size: u64, data_crc: u3
 
 async fn open_read(path: &Path) -> Result<DmaFile, LogError> {
     DmaFile::open(path).await.map_err(|e| LogError::glommio(format!("opening {}", path.display()), e))
+}
+
+/// The whole snapshot file at `path` in one read: its meta and data, the trailer and the
+/// data checksum verified.
+async fn read_verified(path: &Path) -> Result<(SnapshotMeta, Bytes), LogError> {
+    let file = open_read(path).await?;
+    let outcome = async {
+        let size = file.file_size().await.map_err(|e| LogError::glommio(format!("sizing {}", path.display()), e))?;
+        let read = file.read_at(0, size as usize).await.map_err(|e| LogError::glommio(format!("reading {}", path.display()), e))?;
+        Ok((size, read))
+    }
+    .await;
+    let _ = file.close().await;
+    let (size, read) = outcome?;
+    let corrupt = |reason: &str| LogError::CorruptSnapshot { file: path.to_path_buf(), reason: reason.into() };
+    if (read.len() as u64) != size || size < TRAILER_BYTES as u64 {
+        return Err(corrupt("shorter than its trailer or its size"));
+    }
+    let data_len = read.len() - TRAILER_BYTES;
+    let (meta, data_crc) = parse_trailer(path, &read[data_len..], size)?;
+    if crc32fast::hash(&read[..data_len]) != data_crc {
+        return Err(corrupt("data checksum mismatch"));
+    }
+    Ok((meta, Bytes::copy_from_slice(&read[..data_len])))
 }
 
 /// A trailer that does not say what the file's name says is corrupt.
