@@ -764,3 +764,71 @@ fn a_leader_fed_the_loop_tick_heartbeats_at_its_multiples() {
     let gaps: Vec<u64> = loop_ticks.windows(2).map(|w| w[1] - w[0]).collect();
     assert!(gaps.iter().all(|gap| *gap == interval), "heartbeats at loop ticks {loop_ticks:?}");
 }
+
+#[test]
+fn a_leader_holding_commit_notices_lets_the_next_append_carry_them_and_flushes_the_rest() {
+    let membership = Membership::voters([1, 2, 3]).unwrap();
+    let mut cluster = Cluster::new(membership.clone());
+    for id in [1, 2, 3] {
+        let mut cfg = Config::new(id, 7);
+        cfg.hold_commit_notices = true;
+        cluster.nodes.insert(id, node_with(cfg, &membership));
+    }
+    let leader_id = cluster.tick_until_leader();
+    cluster.settle();
+    cluster.nodes.get_mut(&leader_id).unwrap().flush_commit_notices();
+    cluster.settle();
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader_id).collect();
+
+    // One command, acknowledged: the leader commits it and owes both followers a notice.
+    let first = cluster.nodes.get_mut(&leader_id).unwrap().propose([Bytes::from_static(b"a")]).unwrap().0;
+    cluster.settle();
+    assert_eq!(cluster.nodes[&leader_id].commit_index(), first);
+    assert!(cluster.nodes[&leader_id].commit_notices_owed());
+    for id in &followers {
+        assert!(cluster.nodes[id].commit_index() < first, "node {id} was told nothing yet");
+    }
+
+    // The next command's appends carry the first one's commit: nothing is owed after them.
+    let leader = cluster.nodes.get_mut(&leader_id).unwrap();
+    let second = leader.propose([Bytes::from_static(b"b")]).unwrap().0;
+    let ready = leader.ready();
+    let appends: Vec<(u64, u64, bool)> = ready
+        .messages
+        .iter()
+        .filter(|m| m.msg_type == MessageType::Append as i32)
+        .map(|m| (m.to, m.commit, m.entries.is_empty()))
+        .collect();
+    assert_eq!(appends.len(), 2, "one append per follower and no separate notice: {appends:?}");
+    assert!(appends.iter().all(|&(_, commit, empty)| commit == first && !empty), "{appends:?}");
+    assert!(!leader.commit_notices_owed(), "the appends told both followers");
+    let (index, term) = ready.persist_ack().unwrap();
+    leader.persisted(index, term);
+    for msg in ready.messages {
+        cluster.nodes.get_mut(&msg.to).unwrap().step(msg).unwrap();
+    }
+    cluster.settle();
+    for id in &followers {
+        assert_eq!(cluster.nodes[id].commit_index(), first, "node {id} learned the first commit from the append");
+    }
+
+    // Nothing follows the second command: the flush tells both followers, once.
+    let leader = cluster.nodes.get_mut(&leader_id).unwrap();
+    assert_eq!(leader.commit_index(), second);
+    assert!(leader.commit_notices_owed());
+    leader.flush_commit_notices();
+    assert!(!leader.commit_notices_owed());
+    let ready = leader.ready();
+    let notices: Vec<(u64, u64, bool)> = ready.messages.iter().map(|m| (m.to, m.commit, m.commit_only)).collect();
+    assert_eq!(notices.len(), 2, "{notices:?}");
+    assert!(notices.iter().all(|&(_, commit, commit_only)| commit == second && commit_only), "{notices:?}");
+    leader.flush_commit_notices();
+    assert!(!leader.has_ready(), "a second flush sends nothing");
+    for msg in ready.messages {
+        cluster.nodes.get_mut(&msg.to).unwrap().step(msg).unwrap();
+    }
+    cluster.settle();
+    for id in &followers {
+        assert_eq!(cluster.nodes[id].commit_index(), second, "node {id}");
+    }
+}

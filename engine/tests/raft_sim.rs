@@ -1,5 +1,6 @@
 //! Runs the deterministic Raft simulation over many seeds (1,000 by default), twice: with
-//! each seed's own options (quiescence on for about half of them), and with quiescence on
+//! each seed's own options (quiescence on for about half of them, held commit notices for
+//! about half), and with quiescence on
 //! for every seed (seeds from [`QUIET_SEEDS_FROM`] on), as the server runs by default; then
 //! [`EAGER_REJOIN_SEEDS`] seeds (from [`EAGER_SEEDS_FROM`] on) with eager rejoins: removed
 //! nodes join again at once, while their deleted replicas' messages are still in flight.

@@ -49,7 +49,11 @@ fn barrier() -> Command {
 /// Starts the cluster and waits until group 1 has a leader every node knows, and the
 /// leader's first barrier is committed everywhere (its commit notices sent).
 async fn settled_cluster(dir: &std::path::Path) -> (LoopbackCluster, u64) {
-    let cluster = LoopbackCluster::start(&options(), dir).await.unwrap();
+    settled_cluster_with(dir, &options()).await
+}
+
+async fn settled_cluster_with(dir: &std::path::Path, options: &LoopbackOptions) -> (LoopbackCluster, u64) {
+    let cluster = LoopbackCluster::start(options, dir).await.unwrap();
     let mut leader = 0;
     eventually("a leader every node knows", || {
         leader = cluster.leader(GROUP).unwrap_or(0);
@@ -84,7 +88,11 @@ struct Baseline {
 }
 
 async fn baseline(dir: &std::path::Path) -> Baseline {
-    let (cluster, leader) = settled_cluster(dir).await;
+    baseline_with(dir, &options()).await
+}
+
+async fn baseline_with(dir: &std::path::Path, options: &LoopbackOptions) -> Baseline {
+    let (cluster, leader) = settled_cluster_with(dir, options).await;
     let followers: Vec<u64> = cluster.node_ids().into_iter().filter(|n| *n != leader).collect();
     glommio::timer::sleep(Duration::from_millis(20)).await;
     let before = values(&cluster);
@@ -165,6 +173,63 @@ fn sixty_four_proposals_of_one_round_cost_one_append_per_follower() {
             let work = cluster.counters(*follower).snapshot().since(&of(&before, *follower));
             assert_eq!(work.log_writes, 1, "node {follower}: {work:?}");
             assert_eq!(work.append_responses, 1, "node {follower}: {work:?}");
+        }
+        cluster.stop().await.unwrap();
+    });
+}
+
+/// Waits until the leader told both followers a commit index since `before`, by commit
+/// notices or heartbeats (either carries it; a heartbeat may fall inside a held notice's
+/// delay and make the notice unneeded), and each node ran a round after.
+async fn commit_told(cluster: &LoopbackCluster, leader: u64, before: &[(u64, CounterValues)]) {
+    let told = || {
+        let work = cluster.counters(leader).snapshot().since(&of(before, leader));
+        work.commit_notices + work.heartbeats >= 2
+    };
+    eventually("the commit told to both followers", told).await;
+    let rounds: Vec<(u64, u64)> = cluster.node_ids().into_iter().map(|n| (n, cluster.counters(n).rounds.get())).collect();
+    eventually("a round on every node after that", || rounds.iter().all(|(n, r)| cluster.counters(*n).rounds.get() > *r)).await;
+    glommio::timer::sleep(Duration::from_millis(20)).await;
+}
+
+/// Commands proposed one after another, each once the one before is answered: the leader
+/// holds back each commit notice, and the next command's append carries it instead. Only the
+/// last command's notice goes out (after `commit_notice_delay`, long here so that no slow
+/// machine lets it expire between two commands), unless a heartbeat carried it first:
+/// followers get one message per command, not two. With notices sent at once
+/// (`commit_notice_delay` zero) the leader sends one notice per follower per command: 20.
+#[test]
+fn the_next_commands_append_carries_the_commit_notice_of_the_one_before() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = LoopbackOptions { commit_notice_delay: Duration::from_millis(300), ..options() };
+        let Baseline { cluster, leader, followers, before, .. } = baseline_with(dir.path(), &opts).await;
+        // The settling barrier's commit is told after the delay: measure from there.
+        commit_told(&cluster, leader, &before).await;
+        let before = values(&cluster);
+
+        let started = Instant::now();
+        for _ in 0..10 {
+            cluster.handle(leader).propose(GROUP, barrier()).await.unwrap();
+        }
+        let proposing = started.elapsed();
+        commit_told(&cluster, leader, &before).await;
+
+        let leader_work = cluster.counters(leader).snapshot().since(&of(&before, leader));
+        assert_eq!(leader_work.appends_with_entries, 20, "one append per follower per command: {leader_work:?}");
+        if proposing < Duration::from_millis(300) {
+            assert!(leader_work.commit_notices <= 2, "at most the last command's notices: {leader_work:?}");
+        } else {
+            // Only a machine stalled for the whole delay gets here; notices may then leave
+            // between commands, never more than one per follower per command.
+            assert!(leader_work.commit_notices <= 20, "{leader_work:?}");
+        }
+        assert!(leader_work.commit_notices_held >= 1, "{leader_work:?}");
+        assert_eq!(leader_work.empty_appends, 0, "{leader_work:?}");
+        for follower in &followers {
+            let work = cluster.counters(*follower).snapshot().since(&of(&before, *follower));
+            assert_eq!(work.log_writes, 10, "node {follower}: {work:?}");
+            assert_eq!(work.append_responses, 10, "node {follower} answers each append once: {work:?}");
         }
         cluster.stop().await.unwrap();
     });

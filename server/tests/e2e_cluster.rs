@@ -59,6 +59,17 @@ async fn with_two_voters_per_partition_the_observer_nodes_serve_too() {
     elections_through_any_node(ClusterOptions { replication: 2, ..ClusterOptions::default() }).await;
 }
 
+/// With commit notices held (`--commit-notice-delay-us`, 10 ms here, a third of a heartbeat
+/// interval), followers learn a commit index from the next append or after the delay: reads
+/// through them still show every acknowledged change (they wait for the leader's commit
+/// index), and their watchers still see every change, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_commit_notices_held_reads_and_watches_through_followers_see_every_change() {
+    let held = vec!["--commit-notice-delay-us".to_owned(), "10000".to_owned()];
+    let node_args = (1..=3).map(|id| (id, held.clone())).collect();
+    elections_through_any_node(ClusterOptions { node_args, ..ClusterOptions::default() }).await;
+}
+
 async fn elections_through_any_node(options: ClusterOptions) {
     let cluster = Cluster::start(options.clone()).await;
     let names = spread_names("anynode", 1, options.partitions);

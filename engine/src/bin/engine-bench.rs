@@ -10,7 +10,8 @@
 //! node's counts per command (log writes, Raft messages, rounds).
 //!
 //! Usage: `engine-bench [--dir DIR] [--groups G] [--proposers-per-group P] [--seconds S]
-//! [--tick-ms T]`.
+//! [--tick-ms T] [--commit-notice-delay-us US]` (the last: how long leaders hold back commit
+//! notices; 0, the default as in the server, for not at all).
 
 use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
@@ -28,10 +29,18 @@ struct Args {
     proposers: u32,
     seconds: f64,
     tick_ms: u64,
+    commit_notice_delay: Duration,
 }
 
 fn parse_args() -> Result<Args, String> {
-    let mut args = Args { dir: std::env::temp_dir().join("conclave-engine-bench"), groups: 4, proposers: 64, seconds: 10.0, tick_ms: 10 };
+    let mut args = Args {
+        dir: std::env::temp_dir().join("conclave-engine-bench"),
+        groups: 4,
+        proposers: 64,
+        seconds: 10.0,
+        tick_ms: 10,
+        commit_notice_delay: LoopbackOptions::default().commit_notice_delay,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
@@ -41,8 +50,14 @@ fn parse_args() -> Result<Args, String> {
             "--proposers-per-group" => args.proposers = value()?.parse().map_err(|e| format!("--proposers-per-group: {e}"))?,
             "--seconds" => args.seconds = value()?.parse().map_err(|e| format!("--seconds: {e}"))?,
             "--tick-ms" => args.tick_ms = value()?.parse().map_err(|e| format!("--tick-ms: {e}"))?,
+            "--commit-notice-delay-us" => {
+                let us: u64 = value()?.parse().map_err(|e| format!("--commit-notice-delay-us: {e}"))?;
+                args.commit_notice_delay = Duration::from_micros(us);
+            }
             "--help" | "-h" => {
-                return Err("usage: engine-bench [--dir DIR] [--groups G] [--proposers-per-group P] [--seconds S] [--tick-ms T]".into())
+                return Err("usage: engine-bench [--dir DIR] [--groups G] [--proposers-per-group P] [--seconds S] [--tick-ms T] \
+                            [--commit-notice-delay-us US]"
+                    .into())
             }
             other => return Err(format!("unknown argument {other}")),
         }
@@ -149,7 +164,12 @@ async fn keeper(leader: ShardHandle, group: u32, answered: Answered, stop: Rc<Ce
 
 async fn bench(args: Args) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&args.dir);
-    let opts = LoopbackOptions { groups: args.groups, tick: Duration::from_millis(args.tick_ms), ..LoopbackOptions::default() };
+    let opts = LoopbackOptions {
+        groups: args.groups,
+        tick: Duration::from_millis(args.tick_ms),
+        commit_notice_delay: args.commit_notice_delay,
+        ..LoopbackOptions::default()
+    };
     let cluster = LoopbackCluster::start(&opts, &args.dir).await?;
     wait_for_leaders(&cluster, args.groups).await?;
     let stop = Rc::new(Cell::new(false));

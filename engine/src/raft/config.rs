@@ -67,6 +67,16 @@ pub struct Config {
     /// must then call `wake()` on groups whose leader's node stops answering (a failed
     /// connection), or a quiet group would not notice its leader died.
     pub quiesce: bool,
+    /// Hold back commit notices: a commit index that moved is told to followers on the
+    /// appends and heartbeats that go to them anyway, and to the others only when the
+    /// caller calls [`super::RaftNode::flush_commit_notices`] (the shard runtime does a
+    /// moment later, see `RuntimeConfig::commit_notice_delay`). Under load the next
+    /// round's append carries it, so followers get one message per round instead of two.
+    /// Off by default (and in the server unless `--commit-notice-delay-us` is set): notices
+    /// leave with the drain in which the commit moved. The caller
+    /// must flush whenever [`super::RaftNode::commit_notices_owed`] holds, or followers
+    /// learn the commit only with the next heartbeat.
+    pub hold_commit_notices: bool,
     /// Maximum entries in one append message.
     pub max_entries_per_message: usize,
     /// Maximum payload bytes in one append message (at least one entry is always sent).
@@ -96,6 +106,7 @@ impl Config {
             lease_reads: false,
             lease_micros: 0,
             quiesce: false,
+            hold_commit_notices: false,
             max_entries_per_message: 256,
             max_bytes_per_message: 1 << 20,
             max_inflight_messages: 64,

@@ -65,6 +65,9 @@ pub struct RaftNode {
     /// Leader: the commit index moved since the last drain; followers learn it when the
     /// output is drained (see `send_due_commit`).
     pub(super) commit_due: bool,
+    /// Leader holding commit notices (`Config::hold_commit_notices`): a follower has not
+    /// been told the commit index yet; `flush_commit_notices` tells it.
+    pub(super) commit_notices_owed: bool,
     /// Leader: entries were proposed since the last drain; `ready()` sends them to every
     /// follower at once, so one round's proposals cost one append per follower.
     pub(super) append_due: bool,
@@ -176,6 +179,7 @@ impl RaftNode {
             transferee: 0,
             transfer_elapsed: 0,
             commit_due: false,
+            commit_notices_owed: false,
             append_due: false,
             reads: ReadQueue::new(first_batch),
             leader_ticks: 0,
@@ -414,6 +418,7 @@ impl RaftNode {
         self.send_due_read_round();
         self.send_due_appends();
         self.send_due_commit();
+        self.note_commit_sent();
         let hard_state = self.hard_state();
         let hard_state = if hard_state != self.last_hard_state {
             self.last_hard_state = hard_state;

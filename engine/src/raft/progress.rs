@@ -39,6 +39,8 @@ pub struct Progress {
     pub snapshot_offset: u64,
     /// The incarnation of the peer's replica this progress tracks.
     pub incarnation: u64,
+    /// The highest commit index sent to the peer in this term (on an append or heartbeat).
+    pub commit_sent: u64,
 }
 
 impl Progress {
@@ -56,6 +58,7 @@ impl Progress {
             snapshot_index: 0,
             snapshot_offset: 0,
             incarnation: 0,
+            commit_sent: 0,
         }
     }
 

@@ -279,7 +279,8 @@ impl RaftNode {
     /// Tells every follower the commit index that moved since the last drain, once: an
     /// append already queued for a follower in this drain carries it (the last one queued
     /// covers everything sent to that follower, and a follower commits no further than what
-    /// it matched), the others get an append of their own.
+    /// it matched), the others get an append of their own, or, holding commit notices
+    /// (`Config::hold_commit_notices`), are owed one until `flush_commit_notices`.
     pub(super) fn send_due_commit(&mut self) {
         if !std::mem::take(&mut self.commit_due) || self.role != RaftRole::Leader {
             return;
@@ -292,10 +293,51 @@ impl RaftNode {
                 self.out_messages.iter_mut().rev().find(|m| m.to == peer && m.msg_type == MessageType::Append as i32 && m.term == term);
             match queued {
                 Some(append) => append.commit = committed,
-                None => {
-                    self.send_commit_notice(peer);
+                None if self.cfg.hold_commit_notices => self.commit_notices_owed = true,
+                None => self.send_commit_notice(peer),
+            }
+        }
+    }
+
+    /// Records the commit index each follower is told by the appends and heartbeats of this
+    /// drain; owed notices that these carried are no longer owed.
+    pub(super) fn note_commit_sent(&mut self) {
+        if self.role != RaftRole::Leader {
+            self.commit_notices_owed = false;
+            return;
+        }
+        let term = self.term;
+        for msg in &self.out_messages {
+            let told = msg.msg_type == MessageType::Append as i32 || msg.msg_type == MessageType::Heartbeat as i32;
+            if told && msg.term == term {
+                if let Some(progress) = self.progress.get_mut(&msg.to) {
+                    progress.commit_sent = progress.commit_sent.max(msg.commit);
                 }
             }
+        }
+        if self.commit_notices_owed {
+            let committed = self.log.committed();
+            self.commit_notices_owed = self.progress.values().any(|p| p.commit_sent < committed);
+        }
+    }
+
+    /// True if a leader holding commit notices owes a follower one: the caller should call
+    /// [`RaftNode::flush_commit_notices`] soon (the shard runtime does within its
+    /// `commit_notice_delay`).
+    pub fn commit_notices_owed(&self) -> bool {
+        self.commit_notices_owed && self.role == RaftRole::Leader
+    }
+
+    /// Sends the commit notices held back (see `Config::hold_commit_notices`) to every
+    /// follower not yet told the commit index; they leave with the next `ready()`.
+    pub fn flush_commit_notices(&mut self) {
+        if !std::mem::take(&mut self.commit_notices_owed) || self.role != RaftRole::Leader {
+            return;
+        }
+        let committed = self.log.committed();
+        let behind: Vec<u64> = self.progress.iter().filter(|(_, p)| p.commit_sent < committed).map(|(peer, _)| *peer).collect();
+        for peer in behind {
+            self.send_commit_notice(peer);
         }
     }
 

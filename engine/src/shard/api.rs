@@ -131,6 +131,12 @@ pub struct RuntimeConfig {
     pub liveness_peers: Vec<u64>,
     pub liveness_ping_ticks: u64,
     pub liveness_silence_ticks: u64,
+    /// How long a leader holding commit notices (`raft::Config::hold_commit_notices`) waits
+    /// before telling followers a commit index no append carried to them: the next round's
+    /// append usually does first, saving a message and a follower's wake-up per round.
+    /// Followers apply (and serve reads and watches) up to that much later when nothing
+    /// follows. Zero (the default): held notices leave with the next round's output.
+    pub commit_notice_delay: Duration,
 }
 
 impl RuntimeConfig {
@@ -151,6 +157,7 @@ impl RuntimeConfig {
             liveness_peers: Vec::new(),
             liveness_ping_ticks: 0,
             liveness_silence_ticks: 0,
+            commit_notice_delay: Duration::ZERO,
         }
     }
 }

@@ -76,6 +76,9 @@ counters! {
     appends_with_entries,
     /// Appends that only tell an in-sync follower the commit index (answered only to refuse).
     commit_notices,
+    /// Times a leader held back its commit notices (`raft::Config::hold_commit_notices`):
+    /// the next append carried the commit index, or a notice went after the delay.
+    commit_notices_held,
     /// Other appends without entries (probes).
     empty_appends,
     append_responses,

@@ -40,6 +40,9 @@ pub struct LoopbackOptions {
     pub heartbeat_ticks: u32,
     /// Log segment size (bytes).
     pub segment_bytes: u64,
+    /// How long leaders hold back commit notices (zero, the default as in the server: they
+    /// do not; see `RuntimeConfig::commit_notice_delay`).
+    pub commit_notice_delay: Duration,
 }
 
 impl Default for LoopbackOptions {
@@ -51,6 +54,7 @@ impl Default for LoopbackOptions {
             election_ticks: 10,
             heartbeat_ticks: 2,
             segment_bytes: 8 << 20,
+            commit_notice_delay: Duration::ZERO,
         }
     }
 }
@@ -166,6 +170,7 @@ impl LoopbackCluster {
             let mut cfg = Config::new(id, group);
             cfg.election_ticks = opts.election_ticks;
             cfg.heartbeat_ticks = opts.heartbeat_ticks;
+            cfg.hold_commit_notices = !opts.commit_notice_delay.is_zero();
             let snapshot = load_snapshot(&snapshots, group).await?;
             let rng = ChaCha8Rng::seed_from_u64(now_ms() ^ (id << 32) ^ u64::from(group));
             let replica =
@@ -187,7 +192,7 @@ impl LoopbackCluster {
             }
             _ => {}
         });
-        let cfg = RuntimeConfig::new(id, opts.tick);
+        let cfg = RuntimeConfig { commit_notice_delay: opts.commit_notice_delay, ..RuntimeConfig::new(id, opts.tick) };
         let runtime = ShardRuntime::new(cfg, replicas, ShardStorage::new(log, snapshots), transport, sink, Box::new(now_ms));
         let handle = runtime.handle();
         let counters = runtime.counters();

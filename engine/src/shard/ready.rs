@@ -62,6 +62,11 @@ impl<L: LogStore> ShardRuntime<L> {
                 }
                 replica.raft_mut().set_now(now_micros);
                 let mut ready = replica.take_ready();
+                if replica.raft().commit_notices_owed() && self.held_commit_notices.insert(group) {
+                    ShardCounters::add(&self.counters.commit_notices_held, 1);
+                    let delay = micros(self.cfg.commit_notice_delay);
+                    self.commit_notices_due.get_or_insert(now_micros.saturating_add(delay));
+                }
                 self.outbox.extend(ready.messages.drain(..));
                 replica.apply_committed(&mut ready);
                 for event in ready.events.drain(..) {
@@ -127,6 +132,21 @@ impl<L: LogStore> ShardRuntime<L> {
             }
             if !self.schedule.has_dirty() || self.now_micros() >= deadline {
                 return Ok(());
+            }
+        }
+    }
+
+    /// Once their delay is up, has the leaders holding commit notices send them (those the
+    /// appends since carried are not sent again); they leave with this round's output.
+    pub(super) fn flush_due_commit_notices(&mut self, now_micros: u64) {
+        if self.commit_notices_due.is_none_or(|due| now_micros < due) {
+            return;
+        }
+        self.commit_notices_due = None;
+        for group in std::mem::take(&mut self.held_commit_notices) {
+            if let Some(replica) = self.groups.replica_mut(group) {
+                replica.raft_mut().flush_commit_notices();
+                self.schedule.touch(group);
             }
         }
     }

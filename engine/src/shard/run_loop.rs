@@ -56,6 +56,8 @@ impl<L: LogStore> ShardRuntime<L> {
             // With no group awake the loop sleeps through the ticks at which nothing is due
             // (see `ticks_until_due`); a request wakes it at once.
             let wake_at = next_tick.saturating_add(tick_us.saturating_mul(self.ticks_until_due() - 1));
+            // Held commit notices are due before that, maybe.
+            let wake_at = self.commit_notices_due.map_or(wake_at, |due| due.min(wake_at));
             if timer_at != wake_at {
                 tick_timer.reset(Duration::from_micros(wake_at.saturating_sub(self.now_micros())));
                 timer_at = wake_at;
@@ -124,6 +126,7 @@ impl<L: LogStore> ShardRuntime<L> {
             }
             round.lap(Phase::Requests);
             let now = self.now_micros();
+            self.flush_due_commit_notices(now);
             if now >= next_tick {
                 round.tick_ran(Duration::from_micros(now - next_tick));
                 next_tick = now.saturating_add(tick_us);

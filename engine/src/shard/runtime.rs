@@ -18,7 +18,7 @@
 //! leader answers with the (index, term) it appended the command at, and the follower
 //! answers its caller when it applies that entry itself.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::rc::Rc;
 
 use futures_lite::future;
@@ -72,6 +72,9 @@ pub struct ShardRuntime<L: LogStore> {
     /// (groups, awake, silent peers) as last logged, and the tick of the next look.
     pub(super) last_activity: (usize, usize, usize),
     pub(super) next_activity_check: u64,
+    /// Leaders owing followers a commit notice, and when (monotonic µs) they are told.
+    pub(super) held_commit_notices: BTreeSet<u32>,
+    pub(super) commit_notices_due: Option<u64>,
 }
 
 impl<L: LogStore> ShardRuntime<L> {
@@ -96,6 +99,8 @@ impl<L: LogStore> ShardRuntime<L> {
             liveness,
             last_activity: (0, 0, 0),
             next_activity_check: 0,
+            held_commit_notices: BTreeSet::new(),
+            commit_notices_due: None,
             outbox: Outbox::new(cfg.node_id),
             cfg,
             groups: Groups::new(replicas),

@@ -186,6 +186,7 @@ impl Sim {
         cfg.lease_reads = self.opts.lease_reads;
         cfg.lease_micros = Config::safe_lease_micros(cfg.election_ticks, reads::MICROS_PER_UNIT * self.opts.units_per_tick);
         cfg.quiesce = self.opts.quiesce;
+        cfg.hold_commit_notices = self.opts.hold_commit_notices;
         cfg
     }
 
@@ -514,6 +515,10 @@ impl Sim {
             let node_tick = self.nodes[n].ticks;
             for g in 0..self.opts.groups as usize {
                 if let Some(raft) = self.nodes[n].replicas[g].raft.as_mut() {
+                    // As the shard loop, within its commit-notice delay (shorter than a tick).
+                    if raft.commit_notices_owed() {
+                        raft.flush_commit_notices();
+                    }
                     // As the server's shard loop: a quiet replica is not ticked at all.
                     if raft.is_quiesced() {
                         self.report.quiesced_ticks += 1;

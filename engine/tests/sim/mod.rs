@@ -64,6 +64,9 @@ pub struct SimOptions {
     /// Idle groups quiesce; a node-level failure detector (pings between nodes) wakes
     /// groups whose leader's node went silent.
     pub quiesce: bool,
+    /// Leaders hold back commit notices (`Config::hold_commit_notices`); each node flushes
+    /// the owed ones at its next tick, the latest a shard runtime does.
+    pub hold_commit_notices: bool,
     /// The read-safety profile (see `read_profile.rs`): per-node clocks that drift and
     /// stall, and a nemesis aimed at reads around the leader. Off in `for_seed`.
     pub read_faults: bool,
@@ -102,6 +105,8 @@ impl SimOptions {
             snapshot_tail: rng.random_range(0..=5),
             lease_reads: rng.random_bool(0.5),
             quiesce: rng.random_bool(0.5),
+            // Drawn last, so the options drawn before it are those the seed always had.
+            hold_commit_notices: rng.random_bool(0.5),
             read_faults: false,
             bugs: DeliberateBugs::default(),
         }

@@ -154,6 +154,11 @@ impl Collector for NodeCollector {
                 work.forwarded_answered_by_leader,
             ),
             ("shard_peer_batches_sent", "Raft message batches sent to peers (one per peer per loop round at most).", work.batches_sent),
+            (
+                "shard_commit_notices_held",
+                "Times a leader held back commit notices for the next append to carry (--commit-notice-delay-us).",
+                work.commit_notices_held,
+            ),
         ] {
             counter(e, name, help, value)?;
         }

@@ -150,6 +150,7 @@ async fn serve(
             liveness_peers: config.peers.keys().map(|id| u64::from(*id)).filter(|id| *id != node_id).collect(),
             liveness_ping_ticks: u64::from(config.heartbeat_ticks),
             liveness_silence_ticks: u64::from(config.election_ticks),
+            commit_notice_delay: config.commit_notice_delay,
             ..RuntimeConfig::new(node_id, tick)
         },
         replicas,
