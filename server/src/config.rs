@@ -96,7 +96,11 @@ pub struct ServeArgs {
     /// Number of partitions (Raft groups) of the cluster [default: 16].
     #[arg(long, value_name = "P")]
     pub partitions: Option<u32>,
-    /// Number of shards (one per core) [default: the number of available cores].
+    /// Number of shards (one per core). A node keeps the count it first ran with: its data
+    /// directory holds one log per shard, so a different count is refused [default: the
+    /// count the data directory was written with; for a new one the number of available
+    /// cores, divided among the nodes when every `--peers` address is a loopback one (they
+    /// share this machine), at least 1].
     #[arg(long, value_name = "S")]
     pub shards: Option<u32>,
     /// This node's id within `--peers` [default: 1].
@@ -405,9 +409,44 @@ impl ServeArgs {
     }
 }
 
-/// The shard count the flags ask for (validated later), for checks that need it early.
-fn shards_hint(args: &ServeArgs, cores: u32) -> u32 {
-    args.shards.unwrap_or(cores.max(1))
+/// The shard count of a node without `--shards`: the available cores, shared among the
+/// nodes when every peer address is a loopback one (they all run on this machine, and
+/// thread-per-core shards on oversubscribed cores only add cross-shard hops and wake-ups).
+fn default_shards(cores: u32, peers: &BTreeMap<u32, SocketAddr>) -> u32 {
+    let cores = cores.max(1);
+    if peers.len() > 1 && peers.values().all(|addr| addr.ip().is_loopback()) {
+        (cores / peers.len() as u32).max(1)
+    } else {
+        cores
+    }
+}
+
+/// How many shards wrote the data directory `dir` (one `shard-N` directory each), if any did.
+fn shards_in_data_dir(dir: &Path) -> Option<u32> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    let indexes = entries.filter_map(|entry| entry.ok()?.file_name().to_str()?.strip_prefix("shard-")?.parse::<u32>().ok());
+    indexes.max().map(|highest| highest.saturating_add(1))
+}
+
+/// The shard count: `--shards`, else what the data directory was written with, else the
+/// default; refused when it differs from the data directory's (each shard owns the
+/// partitions `g` with `(g - 1) % shards == index`, and its log holds only theirs: another
+/// count would leave partitions' logs unread).
+fn resolve_shards(args: &ServeArgs, data_dir: &Path, peers: &BTreeMap<u32, SocketAddr>, cores: u32) -> Result<u32, ConfigError> {
+    let written = shards_in_data_dir(data_dir);
+    let shards = args.shards.or(written).unwrap_or_else(|| default_shards(cores, peers));
+    if shards == 0 || shards > 1024 {
+        return err(format!("--shards {shards} must be between 1 and 1024"));
+    }
+    if let Some(written) = written.filter(|w| *w != shards) {
+        return err(format!(
+            "--shards {shards}: the data directory {} holds the logs of {written} shards (shard-0 to shard-{}); a node cannot \
+             change its shard count, so run it with --shards {written} (or start it on a new data directory)",
+            data_dir.display(),
+            written - 1
+        ));
+    }
+    Ok(shards)
 }
 
 /// Reads a TOML configuration file.
@@ -444,18 +483,16 @@ impl Config {
         if cluster_id.is_empty() || cluster_id.len() > 255 {
             return err("--cluster-id must be 1 to 255 bytes");
         }
+        let data_dir = args.data_dir.clone().unwrap_or_else(|| PathBuf::from("data"));
+        let shards = resolve_shards(&args, &data_dir, &peers, cores)?;
         for (id, addr) in &peers {
-            if u32::from(addr.port()) + shards_hint(&args, cores) > 65_536 {
+            if u32::from(addr.port()) + shards > 65_536 {
                 return err(format!("--peers: node {id} listens on ports {}.. (one per shard), past 65535", addr.port()));
             }
         }
         let partitions = args.partitions.unwrap_or(DEFAULT_PARTITIONS);
         if partitions == 0 || partitions > 1_000_000 {
             return err(format!("--partitions {partitions} must be between 1 and 1000000"));
-        }
-        let shards = args.shards.unwrap_or(cores.max(1));
-        if shards == 0 || shards > 1024 {
-            return err(format!("--shards {shards} must be between 1 and 1024"));
         }
         let listen = args.listen.unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
         let admin_listen = args.admin_listen.unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.parse().expect("valid default"));
@@ -524,7 +561,7 @@ impl Config {
         let peer_tls = peer_tls_files(&args)?;
         Ok(Config {
             peer_tls,
-            data_dir: args.data_dir.unwrap_or_else(|| PathBuf::from("data")),
+            data_dir,
             listen,
             admin_listen,
             metrics_listen,
@@ -587,6 +624,42 @@ mod tests {
         // Longer than a heartbeat interval (30 ms by default) is refused: heartbeats carry it.
         assert!(resolve(&["--commit-notice-delay-us", "30000"]).is_err());
         assert!(resolve(&["--commit-notice-delay-us", "100001", "--tick-ms", "100"]).is_err());
+    }
+
+    #[test]
+    fn nodes_sharing_this_machine_share_its_cores_by_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let data = data.to_str().unwrap();
+        let loopback = "1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003";
+        let resolve_with = |peers: &str, cores: u32, extra: &[&str]| {
+            let mut argv = vec!["conclave", "serve", "--data-dir", data, "--peers", peers];
+            argv.extend_from_slice(extra);
+            let CliCommand::Serve(serve) = Cli::try_parse_from(argv).expect("flags parse").command else { panic!("not serve") };
+            Config::resolve(serve, cores)
+        };
+        assert_eq!(resolve_with(loopback, 2, &[]).unwrap().shards, 1, "3 nodes on 2 cores: one shard each");
+        assert_eq!(resolve_with(loopback, 8, &[]).unwrap().shards, 2, "3 nodes on 8 cores: two shards each");
+        assert_eq!(resolve_with("1=127.0.0.1:7001", 8, &[]).unwrap().shards, 8, "a lone node takes every core");
+        assert_eq!(resolve_with("1=10.0.0.1:7001,2=10.0.0.2:7001,3=10.0.0.3:7001", 8, &[]).unwrap().shards, 8);
+        assert_eq!(resolve_with(loopback, 2, &["--shards", "2"]).unwrap().shards, 2, "the flag wins");
+    }
+
+    #[test]
+    fn a_node_keeps_the_shard_count_its_data_directory_was_written_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        for shard in 0..3 {
+            std::fs::create_dir_all(data.join(format!("shard-{shard}"))).unwrap();
+        }
+        let data = data.to_str().unwrap();
+        let c = resolve(&["--data-dir", data]).unwrap();
+        assert_eq!(c.shards, 3, "the data directory's count, not the 2 cores");
+        assert_eq!(resolve(&["--data-dir", data, "--shards", "3"]).unwrap().shards, 3);
+        for other in ["1", "2", "4"] {
+            let error = resolve(&["--data-dir", data, "--shards", other]).unwrap_err().to_string();
+            assert!(error.contains("holds the logs of 3 shards") && error.contains("--shards 3"), "{error}");
+        }
     }
 
     #[test]
