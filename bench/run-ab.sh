@@ -7,7 +7,9 @@
 # Usage: bench/run-ab.sh OUT A_BINARY B_BINARY    (from the repository root)
 # Environment: ROUNDS (default 2), DURATION (seconds per run, default 10),
 #   WORKLOADS (default "read-64 watch"; any of churn-64 read-64 enter-1 watch),
-#   BENCH (default target/release/conclave-bench).
+#   BENCH (default target/release/conclave-bench), CONCLAVE_FLAGS (flags for every node of
+#   both sides, word-split; e.g. "--shards 2" to compare a build from before the loopback
+#   shard default with one after it on the same shard count).
 set -euo pipefail
 
 OUT=$1
@@ -38,7 +40,8 @@ workload() { # TAG WORKLOAD (each run reports the nodes' CPU per operation)
 for ((round = 1; round <= ROUNDS; round++)); do
     for side in a b; do
         if [[ $side == a ]]; then CONCLAVE=$A; else CONCLAVE=$B; fi
-        conclave_start 3 --partitions 16 --session-timeout-ms 5000
+        # shellcheck disable=SC2086 # CONCLAVE_FLAGS is word-split on purpose
+        conclave_start 3 --partitions 16 --session-timeout-ms 5000 ${CONCLAVE_FLAGS:-}
         for w in $WORKLOADS; do workload "$side-$round" "$w"; done
         conclave_stop
     done

@@ -20,7 +20,8 @@
 #   DURATION            seconds per run (default 10)
 #   CONCLAVE, BENCH     binaries (default: built with `cargo build --release`)
 #   CONCLAVE_NODES      3 (default) or 1
-#   CONCLAVE_SHARDS     --shards of every node (default: the server's, one per core)
+#   CONCLAVE_SHARDS     --shards of every node (default: the server's: the cores divided among
+#                       the nodes, since they all listen on loopback; at least 1)
 #   CONCLAVE_PARTITIONS --partitions (default 16)
 #   CONCLAVE_SESSION_TIMEOUT_MS  --session-timeout-ms (default 5000)
 #   CONCLAVE_FLAGS      more flags for every node, word-split (e.g. "--spin-before-park-us 50")

@@ -19,7 +19,8 @@
 # Environment: CONCLAVE (default target/release/conclave), BENCH (default
 #   target/release/conclave-bench, for step 4's kill), PARTITIONS (10000), BIG (100000),
 #   WINDOW (30), SETTLE (seconds between quiet and the window, for rebalancing transfers
-#   to end; default 20), SHARDS (default: one per core), STEPS (default "1 2 4 5 3"; step 3
+#   to end; default 20), SHARDS (default: the server's:
+#   the cores divided among the loopback nodes), STEPS (default "1 2 4 5 3"; step 3
 #   needs 5 for its RSS per partition), EXTRA_ARGS (flags added to every node, e.g.
 #   "--snapshot-every 1" to have every group snapshot as soon as it is led, or
 #   "--quiesce false" for step 4 with every group heartbeating).

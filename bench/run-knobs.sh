@@ -45,7 +45,8 @@ enter1() { bench_run "$1-enter-1" churn --endpoints "$(conclave_endpoints)" -c 1
 bench_floor floor-start
 
 if knob shards; then
-    # Shards per node: the default (one per core: 2 here) against 1, twice each, alternated.
+    # Shards per node: 2 (one per core, the default before loopback nodes shared the cores)
+    # against 1 (the default since on this 2-core machine), twice each, alternated.
     for shards in 2 1 2 1; do
         tag=$(fresh_tag "shards-$shards")
         cluster --shards "$shards"
