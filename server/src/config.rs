@@ -38,6 +38,8 @@ pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
 pub const DEFAULT_COMPACTION_TAIL: u64 = 1_000;
 /// Default spin before a shard sleeps (off).
 pub const DEFAULT_SPIN_BEFORE_PARK_US: u64 = 0;
+/// Default time a client or admin connection has to finish its TLS and HTTP/2 handshakes.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
 /// Default time a leader holds back a commit notice that no append carried yet (not at
 /// all: see `--commit-notice-delay-us`).
 pub const DEFAULT_COMMIT_NOTICE_DELAY_US: u64 = 0;
@@ -210,6 +212,11 @@ pub struct ServeArgs {
     /// them at once [default: 0].
     #[arg(long, value_name = "US")]
     pub commit_notice_delay_us: Option<u64>,
+    /// Milliseconds a client or admin connection has to complete its TLS handshake (with
+    /// TLS on) and the HTTP/2 preface; one that has not is closed and logged. 100 to 600000
+    /// [default: 10000].
+    #[arg(long, value_name = "MS")]
+    pub handshake_timeout_ms: Option<u64>,
 }
 
 /// The validated configuration of one node.
@@ -248,6 +255,9 @@ pub struct Config {
     /// How long a leader holds back a commit notice (`--commit-notice-delay-us`; zero: not
     /// at all).
     pub commit_notice_delay: Duration,
+    /// How long a client or admin connection has for its TLS and HTTP/2 handshakes
+    /// (`--handshake-timeout-ms`).
+    pub handshake_timeout: Duration,
     /// TLS of the client and admin listeners (`None`: plaintext).
     pub edge_tls: Option<EdgeTlsFiles>,
     /// Mutual TLS between peers (`--peer-cert-file` and friends; `None`: plaintext).
@@ -405,6 +415,7 @@ impl ServeArgs {
             peer_trusted_ca_file: self.peer_trusted_ca_file.or(file.peer_trusted_ca_file),
             lease_reads: self.lease_reads.or(file.lease_reads),
             commit_notice_delay_us: self.commit_notice_delay_us.or(file.commit_notice_delay_us),
+            handshake_timeout_ms: self.handshake_timeout_ms.or(file.handshake_timeout_ms),
         }
     }
 }
@@ -552,6 +563,10 @@ impl Config {
                 tick_ms * u64::from(heartbeat_ticks)
             ));
         }
+        let handshake_timeout_ms = args.handshake_timeout_ms.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT_MS);
+        if !(100..=600_000).contains(&handshake_timeout_ms) {
+            return err(format!("--handshake-timeout-ms {handshake_timeout_ms} must be between 100 and 600000"));
+        }
         let log_dsync = match args.log_sync.as_deref().unwrap_or("dsync") {
             "fdatasync" => false,
             "dsync" => true,
@@ -584,6 +599,7 @@ impl Config {
             edge_tls,
             lease_reads: args.lease_reads.unwrap_or(true),
             commit_notice_delay: Duration::from_micros(commit_notice_delay_us),
+            handshake_timeout: Duration::from_millis(handshake_timeout_ms),
             cluster_id,
             rebalance: Duration::from_millis(args.rebalance_ms.unwrap_or(DEFAULT_REBALANCE_MS)),
         })
@@ -620,6 +636,10 @@ mod tests {
         assert!(c.lease_reads, "leaders answer reads from a valid lease by default");
         assert!(!resolve(&["--lease-reads", "false"]).unwrap().lease_reads);
         assert_eq!(c.commit_notice_delay, Duration::ZERO, "commit notices are not held by default");
+        assert_eq!(c.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(resolve(&["--handshake-timeout-ms", "1500"]).unwrap().handshake_timeout, Duration::from_millis(1500));
+        assert!(resolve(&["--handshake-timeout-ms", "99"]).is_err());
+        assert!(resolve(&["--handshake-timeout-ms", "600001"]).is_err());
         assert_eq!(resolve(&["--commit-notice-delay-us", "2000"]).unwrap().commit_notice_delay, Duration::from_millis(2));
         // Longer than a heartbeat interval (30 ms by default) is refused: heartbeats carry it.
         assert!(resolve(&["--commit-notice-delay-us", "30000"]).is_err());

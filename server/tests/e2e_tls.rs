@@ -2,7 +2,8 @@
 //! certificates made at test time (rcgen, `conclave_wire::tls::testing`): tonic clients
 //! over TLS and mutual TLS, clients without a certificate, with one of another CA or an
 //! expired one refused under `--client-cert-auth` (each with its log line), a plaintext
-//! client on the TLS port refused, handshakes that never finish dropped, the admin
+//! client on the TLS port refused, handshakes that never finish dropped after
+//! `--handshake-timeout-ms` (on both listeners), the admin
 //! listener requiring client certificates once `--trusted-ca-file` is set, certificate
 //! rotation without a restart (SIGHUP and the per-connection check), and the command-line
 //! client with `--cacert`/`--cert`/`--key`. Python grpcio and grpcurl over TLS are in
@@ -267,25 +268,30 @@ async fn certificates_rotate_without_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_handshake_that_never_finishes_is_dropped() {
+async fn a_handshake_that_never_finishes_is_dropped_after_the_handshake_timeout() {
     let mut dir = TestDir::new();
     let pki = Pki::new(dir.path(), "main");
     let ports = Ports::fresh();
-    let args = pki.serve_args(&ports, &dir.data_dir(), &[]);
+    let args = pki.serve_args(&ports, &dir.data_dir(), &["--handshake-timeout-ms", "1500"]);
     let node = Node::start_tls(&mut dir, ports, args, pki.client_tls(None)).await;
 
     // The first byte of a TLS record, then silence: the server gives up after its
-    // handshake timeout (10 s) and closes the connection.
-    let mut stalled = std::net::TcpStream::connect(node.ports.listen).expect("connect");
-    stalled.write_all(&[0x16]).expect("write");
-    stalled.set_read_timeout(Some(Duration::from_secs(30))).expect("read timeout");
-    let started = Instant::now();
-    let mut buffer = [0u8; 64];
-    let read = stalled.read(&mut buffer);
-    assert!(
-        matches!(read, Ok(0) | Err(_)) && started.elapsed() < Duration::from_secs(25),
-        "the stalled handshake was not dropped: {read:?}"
-    );
+    // handshake timeout (`--handshake-timeout-ms`, 1.5 s here) and closes the connection,
+    // on the client listener and on the admin one alike.
+    for (listener, address) in [("client", node.ports.listen), ("admin", node.ports.admin)] {
+        let mut stalled = std::net::TcpStream::connect(address).expect("connect");
+        stalled.write_all(&[0x16]).expect("write");
+        stalled.set_read_timeout(Some(Duration::from_secs(30))).expect("read timeout");
+        let started = Instant::now();
+        let mut buffer = [0u8; 64];
+        let read = stalled.read(&mut buffer);
+        let after = started.elapsed();
+        assert!(matches!(read, Ok(0) | Err(_)), "{listener}: the stalled handshake was not dropped: {read:?}");
+        assert!(
+            after >= Duration::from_millis(1_200) && after < Duration::from_secs(8),
+            "{listener}: dropped after {after:?}, not after the 1.5 s timeout"
+        );
+    }
     wait_for_log(&node, "did not complete within").await;
     served(node.ports.listen, Some(pki.client_tls(None))).await.expect("still serving");
 }

@@ -252,7 +252,8 @@ async fn serve(
     Rc::new(ClientApi { dispatch: Rc::clone(&dispatch), sessions: Rc::clone(&sessions), partitions }).register(&mut router);
     Rc::new(DriverApi { dispatch: Rc::clone(&dispatch), partitions }).register(&mut router);
     ReflectionService::register(&mut router)?;
-    let server = GrpcServer::with_observer(router, ServerConfig::default(), Some(Rc::new(SessionObserver(Rc::clone(&sessions)))));
+    let edge_config = ServerConfig { handshake_timeout: config.handshake_timeout, ..ServerConfig::default() };
+    let server = GrpcServer::with_observer(router, edge_config.clone(), Some(Rc::new(SessionObserver(Rc::clone(&sessions)))));
     let call_observer = Rc::new(ShardCallObserver(Rc::clone(&dispatch.counters)));
     server.set_call_observer(call_observer.clone());
     if let Some(tls) = &edge_tls {
@@ -306,7 +307,7 @@ async fn serve(
             Rc::new(NodeApi::new(control, Rc::clone(&events.hub))).register(&mut admin_router);
         }
         ReflectionService::register(&mut admin_router)?;
-        let admin_server = GrpcServer::new(admin_router, ServerConfig::default());
+        let admin_server = GrpcServer::new(admin_router, edge_config);
         admin_server.set_call_observer(call_observer);
         if let Some(tls) = &edge_tls {
             admin_server.set_tls(tls.admin.clone());
