@@ -9,7 +9,8 @@
 # over every node's client endpoint; Conclave then etcd for each workload, so the two
 # compare under the same machine load), then kills a node of each system KILLS times
 # (Conclave: the nodes in turn, restarted after each kill; etcd: its current leader) and
-# measures failover. Every load run reports the servers' CPU per operation (user + system
+# measures failover; OUT/summary.txt then tabulates both systems and issue 13's targets
+# (bench/comparison-summary.py). Every load run reports the servers' CPU per operation (user + system
 # time of every node or member from /proc/PID/stat over the measured phase, beside ops/s and
 # latency). Writes one JSON + SVG + text per run into OUT, with the exact command
 # and the load average in each text, and stops everything it started on exit (trap),
@@ -135,4 +136,5 @@ for ((k = 1; k <= KILLS; k++)); do
 done
 
 bench_floor floor-end
+python3 "$HERE/comparison-summary.py" "$OUT" | tee "$OUT/summary.txt"
 echo "done: $OUT"
