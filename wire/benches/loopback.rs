@@ -31,7 +31,7 @@ fn small_message(index: u64) -> Entry {
 }
 
 fn identity(node_id: u64) -> LocalIdentity {
-    LocalIdentity { cluster_id: "bench".into(), node_id, shard_id: 0 }
+    LocalIdentity { cluster_id: "bench".into(), node_id, shard_id: 0, shard_count: 1 }
 }
 
 async fn wait_for_stop(stop: &mpsc::Receiver<()>) {

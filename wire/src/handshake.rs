@@ -28,6 +28,9 @@ pub struct LocalIdentity {
     pub node_id: u64,
     /// This shard's id; a shard only talks to the shard with the same id on other nodes.
     pub shard_id: u32,
+    /// How many shards this node runs; a peer running another number is refused (each node
+    /// finds a partition's shard from it). 0 checks nothing.
+    pub shard_count: u32,
 }
 
 /// The far end of an accepted connection, as it introduced itself.
@@ -107,6 +110,12 @@ pub fn check_handshake(local: &LocalIdentity, hello: &Handshake) -> Result<(), S
     if hello.node_id == local.node_id {
         return Err(format!("node {} dialed itself", hello.node_id));
     }
+    if hello.shard_count != 0 && local.shard_count != 0 && hello.shard_count != local.shard_count {
+        return Err(format!(
+            "node {} runs --shards {}, this node --shards {}: every node of a cluster must run the same number",
+            hello.node_id, hello.shard_count, local.shard_count
+        ));
+    }
     if hello.shard_id != local.shard_id {
         return Err(format!(
             "shard {} of node {} reached shard {}, shards only talk to the same shard id",
@@ -162,6 +171,7 @@ pub(crate) async fn dial<S: AsyncRead + AsyncWrite + Unpin>(
         shard_id: local.shard_id,
         expected_node_id,
         snapshot,
+        shard_count: local.shard_count,
     };
     write_message(stream, &hello).await?;
     let reply: HandshakeReply = read_message(stream).await?;
@@ -193,6 +203,7 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         cluster_id: local.cluster_id.clone(),
         node_id: local.node_id,
         shard_id: local.shard_id,
+        shard_count: local.shard_count,
     };
     write_message(stream, &reply).await?;
     verdict.map_err(HandshakeError::Refused)?;
@@ -204,7 +215,7 @@ mod tests {
     use super::*;
 
     fn local() -> LocalIdentity {
-        LocalIdentity { cluster_id: "prod".into(), node_id: 2, shard_id: 3 }
+        LocalIdentity { cluster_id: "prod".into(), node_id: 2, shard_id: 3, shard_count: 4 }
     }
 
     fn hello() -> Handshake {
@@ -215,12 +226,21 @@ mod tests {
             shard_id: 3,
             expected_node_id: 2,
             snapshot: false,
+            shard_count: 4,
         }
     }
 
     #[test]
     fn accepts_a_matching_peer() {
         assert_eq!(check_handshake(&local(), &hello()), Ok(()));
+    }
+
+    #[test]
+    fn a_shard_count_of_zero_is_not_checked() {
+        // 0: a build that did not send it, or a side that checks nothing.
+        assert_eq!(check_handshake(&local(), &Handshake { shard_count: 0, ..hello() }), Ok(()));
+        let unchecked = LocalIdentity { shard_count: 0, ..local() };
+        assert_eq!(check_handshake(&unchecked, &Handshake { shard_count: 7, ..hello() }), Ok(()));
     }
 
     #[test]
@@ -231,6 +251,7 @@ mod tests {
             (Handshake { expected_node_id: 5, ..hello() }, "meant to reach node 5"),
             (Handshake { node_id: 2, ..hello() }, "dialed itself"),
             (Handshake { shard_id: 4, ..hello() }, "same shard id"),
+            (Handshake { shard_count: 2, ..hello() }, "runs --shards 2, this node --shards 4"),
         ];
         for (hello, needle) in cases {
             let reason = check_handshake(&local(), &hello).expect_err("mismatch accepted");

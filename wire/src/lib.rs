@@ -24,7 +24,7 @@
 //! use conclave_wire::{Inbound, ListenerConfig, LocalIdentity, PeerConfig, PeerListener, PeerSet};
 //!
 //! # async fn shard() -> std::io::Result<()> {
-//! let local = LocalIdentity { cluster_id: "prod".into(), node_id: 1, shard_id: 0 };
+//! let local = LocalIdentity { cluster_id: "prod".into(), node_id: 1, shard_id: 0, shard_count: 1 };
 //! // Inbound: frames from every remote node's shard 0, decoded in place.
 //! let listener = PeerListener::bind("10.0.0.1:7100".parse().unwrap(), ListenerConfig::new(local.clone()))?;
 //! let (inbound_tx, inbound_rx) = glommio::channels::local_channel::new_bounded::<Inbound<Envelope>>(256);

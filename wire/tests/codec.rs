@@ -47,9 +47,18 @@ fn connection_event(established: bool) -> atomix::Event {
 
 #[test]
 fn every_message_type_round_trips() {
-    let hello = Handshake { protocol_version: 1, cluster_id: "prod".into(), node_id: 1, shard_id: 2, expected_node_id: 3, snapshot: true };
+    let hello = Handshake {
+        protocol_version: 1,
+        cluster_id: "prod".into(),
+        node_id: 1,
+        shard_id: 2,
+        expected_node_id: 3,
+        snapshot: true,
+        shard_count: 4,
+    };
     round_trip(&[hello], FrameFlags::HANDSHAKE);
-    let reply = HandshakeReply { accepted: false, reason: "wrong cluster".into(), cluster_id: "x".into(), node_id: 3, shard_id: 2 };
+    let reply =
+        HandshakeReply { accepted: false, reason: "wrong cluster".into(), cluster_id: "x".into(), node_id: 3, shard_id: 2, shard_count: 4 };
     round_trip(&[reply, HandshakeReply::default()], FrameFlags::HANDSHAKE);
     round_trip(&[connection_event(true), connection_event(false)], FrameFlags::NONE);
     let appends: Vec<RaftMessage> = (1..=3).map(|i| support::append(9, i, Bytes::from(vec![i as u8; 300]))).collect();

@@ -193,8 +193,15 @@ fn a_peer_that_discards_while_down_drops_its_backlog_and_delivers_only_what_is_c
 async fn raw_client(address: SocketAddr) -> TcpStream {
     let mut stream = TcpStream::connect(address).await.expect("connect");
     stream.set_nodelay(true).expect("nodelay");
-    let hello =
-        Handshake { protocol_version: 1, cluster_id: CLUSTER.into(), node_id: 1, shard_id: 0, expected_node_id: 2, snapshot: false };
+    let hello = Handshake {
+        protocol_version: 1,
+        cluster_id: CLUSTER.into(),
+        node_id: 1,
+        shard_id: 0,
+        expected_node_id: 2,
+        snapshot: false,
+        shard_count: 0,
+    };
     let mut wire = BytesMut::new();
     encode_frame(&mut wire, FrameFlags::HANDSHAKE, FrameLimits::default(), [&hello]).expect("fits");
     stream.write_all(&wire).await.expect("write handshake");

@@ -45,7 +45,8 @@ impl PeerNet {
         events: EventSink,
     ) -> Result<Rc<PeerNet>, String> {
         let me = config.node_id;
-        let local = LocalIdentity { cluster_id: config.cluster_id.clone(), node_id: u64::from(me), shard_id: shard };
+        let local =
+            LocalIdentity { cluster_id: config.cluster_id.clone(), node_id: u64::from(me), shard_id: shard, shard_count: config.shards };
         let own = config.peers[&me];
         let port =
             shard_port(own.port(), shard).ok_or_else(|| format!("shard {shard}: the peer port {} + {shard} is past 65535", own.port()))?;

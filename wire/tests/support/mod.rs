@@ -33,7 +33,7 @@ where
 }
 
 pub fn identity(cluster: &str, node_id: u64, shard_id: u32) -> LocalIdentity {
-    LocalIdentity { cluster_id: cluster.into(), node_id, shard_id }
+    LocalIdentity { cluster_id: cluster.into(), node_id, shard_id, shard_count: 0 }
 }
 
 /// A Raft append carrying one entry of `payload`.
