@@ -203,7 +203,6 @@ pub(crate) async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         cluster_id: local.cluster_id.clone(),
         node_id: local.node_id,
         shard_id: local.shard_id,
-        shard_count: local.shard_count,
     };
     write_message(stream, &reply).await?;
     verdict.map_err(HandshakeError::Refused)?;

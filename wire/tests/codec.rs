@@ -57,8 +57,7 @@ fn every_message_type_round_trips() {
         shard_count: 4,
     };
     round_trip(&[hello], FrameFlags::HANDSHAKE);
-    let reply =
-        HandshakeReply { accepted: false, reason: "wrong cluster".into(), cluster_id: "x".into(), node_id: 3, shard_id: 2, shard_count: 4 };
+    let reply = HandshakeReply { accepted: false, reason: "wrong cluster".into(), cluster_id: "x".into(), node_id: 3, shard_id: 2 };
     round_trip(&[reply, HandshakeReply::default()], FrameFlags::HANDSHAKE);
     round_trip(&[connection_event(true), connection_event(false)], FrameFlags::NONE);
     let appends: Vec<RaftMessage> = (1..=3).map(|i| support::append(9, i, Bytes::from(vec![i as u8; 300]))).collect();

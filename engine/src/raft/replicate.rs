@@ -300,8 +300,12 @@ impl RaftNode {
     }
 
     /// Records the commit index each follower is told by the appends and heartbeats of this
-    /// drain; owed notices that these carried are no longer owed.
+    /// drain; owed notices that these carried are no longer owed. Only a leader holding
+    /// commit notices needs it: the others skip the walk over the drain's messages.
     pub(super) fn note_commit_sent(&mut self) {
+        if !self.cfg.hold_commit_notices {
+            return;
+        }
         if self.role != RaftRole::Leader {
             self.commit_notices_owed = false;
             return;
