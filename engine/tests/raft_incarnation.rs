@@ -226,6 +226,70 @@ fn configurations_written_before_incarnations_decode_with_incarnation_zero() {
     assert_eq!(Membership::decode(&with.encode()).unwrap(), with, "incarnations survive encoding");
 }
 
+/// Eager-rejoin simulation seed 8589962636: node 4 left a group as a witness
+/// (incarnation 1) and joined again as an observer (incarnation 2). Its new replica
+/// installed a snapshot whose configuration still listed node 4 as that witness, took the
+/// witness role for its own, skipped the committed entry that reached it before the entries
+/// removing and re-adding it, and then served a read from the value that entry overwrote.
+/// The role it takes from a configuration is its own only for its own incarnation.
+#[test]
+fn a_replica_does_not_take_the_role_of_an_earlier_incarnation_of_its_node() {
+    let stale = Membership::new([(1, Role::Voter), (2, Role::Voter), (3, Role::Witness), (4, Role::Witness), (5, Role::Voter)])
+        .unwrap()
+        .with_incarnation(4, 1)
+        .unwrap();
+    let recovered = conclave_engine::raft::Recovered {
+        hard_state: conclave_engine::raft::HardState { term: 1, vote: 0, commit: 12 },
+        compacted_index: 12,
+        compacted_term: 1,
+        membership: stale.clone(),
+        entries: Vec::new(),
+        applied: 12,
+    };
+    let mut joined = RaftNode::restart(config(4, 2), recovered, rand_chacha_seed(4)).unwrap();
+    assert_eq!(joined.member_role(), None, "the witness listed is incarnation 1, not this replica");
+    let append = |prev: u64, entry: Entry, commit: u64| Message {
+        group_id: 7,
+        from: 5,
+        to: 4,
+        term: 1,
+        msg_type: MessageType::Append as i32,
+        index: prev,
+        log_term: 1,
+        entries: vec![entry],
+        commit,
+        from_incarnation: 0,
+        to_incarnation: 2,
+        ..Message::default()
+    };
+    let normal = Entry { index: 13, term: 1, kind: EntryKind::Normal as i32, data: Bytes::from_static(b"value 13") };
+    let without_4 = Membership::new([(1, Role::Voter), (2, Role::Voter), (3, Role::Witness), (5, Role::Voter)]).unwrap();
+    let with_4 = Membership::new([(1, Role::Voter), (2, Role::Voter), (3, Role::Witness), (4, Role::Observer), (5, Role::Voter)])
+        .unwrap()
+        .with_incarnation(4, 2)
+        .unwrap();
+    let config = |index: u64, m: &Membership| Entry { index, term: 1, kind: EntryKind::Membership as i32, data: m.encode() };
+    let mut applied = Vec::new();
+    for (prev, entry, commit) in [(12, normal, 13), (13, config(14, &without_4), 13), (14, config(15, &with_4), 15)] {
+        joined.step(append(prev, entry, commit)).unwrap();
+        while joined.has_ready() {
+            let ready = joined.ready();
+            let ack = ready.persist_ack();
+            applied.extend(ready.committed_entries);
+            if let Some((index, term)) = ack {
+                joined.persisted(index, term);
+            }
+        }
+        if prev == 12 {
+            assert!(applied.is_empty() && joined.applied_index() == 12, "entry 13 waits until this replica knows its role");
+        }
+    }
+    assert_eq!(joined.member_role(), Some(Role::Observer));
+    let indexes: Vec<u64> = applied.iter().map(|e| e.index).collect();
+    assert_eq!(indexes, [13, 14, 15], "every committed entry reaches the state machine");
+    assert_eq!(applied[0].data, Bytes::from_static(b"value 13"));
+}
+
 fn rand_chacha_seed(seed: u64) -> rand_chacha::ChaCha8Rng {
     use rand::SeedableRng;
     rand_chacha::ChaCha8Rng::seed_from_u64(seed)

@@ -265,7 +265,18 @@ impl RaftNode {
     }
     /// This replica's role in the configuration in effect (None: not a member).
     pub fn member_role(&self) -> Option<Role> {
-        self.membership().role(self.cfg.id)
+        self.role_in(self.membership())
+    }
+
+    /// This replica's role in `membership`: the role of this node's id there, if the member
+    /// is this replica (its incarnation), else None. A joining replica can install a
+    /// snapshot whose configuration lists an earlier replica of its node, say as a witness;
+    /// taking that role for its own, it skipped the committed entries that reached it before
+    /// the entry adding it, then served reads from the state they should have changed (sim
+    /// seed 8589962636, eager rejoins).
+    pub fn role_in(&self, membership: &Membership) -> Option<Role> {
+        let id = self.cfg.id;
+        membership.role(id).filter(|_| membership.incarnation(id) == self.cfg.incarnation)
     }
 
     // ----- inputs -----
@@ -450,8 +461,9 @@ impl RaftNode {
     /// Committed entries are handed to the caller (or, on a witness, skipped) only while
     /// this replica is a member of the configuration in effect. One that no longer is (its
     /// removal is in its log) may have been a witness holding entries without payloads; one
-    /// that is not yet (the entry adding it has not reached it) does not know its role.
-    /// Either waits: the entries are applied once it is a member again, or never.
+    /// that is not yet (the entry adding it has not reached it, and the configuration may
+    /// list an earlier replica of its node) does not know its role. Either waits: the
+    /// entries are applied once it is a member again, or never.
     fn applies(&self) -> bool {
         self.member_role().is_some()
     }

@@ -201,6 +201,6 @@ impl RaftNode {
             return true;
         }
         let committed = self.log.committed();
-        self.latest_config_index() > committed && self.membership_at(committed).role(self.cfg.id) == Some(Role::Voter)
+        self.latest_config_index() > committed && self.role_in(self.membership_at(committed)) == Some(Role::Voter)
     }
 }

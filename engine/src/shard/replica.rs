@@ -345,7 +345,7 @@ impl Replica {
                 // its watchers would never hear another change.
                 RaftEvent::MembershipChanged { membership, .. }
                     if !self.watchers.is_empty()
-                        && membership.role(self.raft.id()).is_none_or(|role| role == crate::raft::Role::Witness) =>
+                        && self.raft.role_in(membership).is_none_or(|role| role == crate::raft::Role::Witness) =>
                 {
                     let group = self.raft.group_id();
                     self.end_watchers(&ShardError::Unavailable(format!(

@@ -150,8 +150,9 @@ impl<L: LogStore> ShardRuntime<L> {
     /// Raft. A snapshot that does not decode is refused and logged, and Raft is told so (the
     /// replica goes on with its log and the leader starts over).
     pub(super) async fn install_snapshot(&mut self, group: u32, snapshot: Snapshot) -> Result<(), ShardError> {
-        let me = self.cfg.node_id;
-        let witness = snapshot.membership.role(me) == Some(Role::Witness);
+        // This replica's role in the snapshot's configuration, which may list an earlier
+        // replica of this node (another incarnation): that one's role is not ours.
+        let witness = self.groups.replica(group).is_some_and(|r| r.raft().role_in(&snapshot.membership) == Some(Role::Witness));
         let restored =
             if witness { Ok(sm::StateMachine::new()) } else { super::storage::decode_state_machine(group, snapshot.index, &snapshot.data) };
         let sm = match restored {
