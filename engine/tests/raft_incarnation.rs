@@ -194,7 +194,7 @@ fn members_keep_their_incarnation_and_cannot_swap_it_in_place() {
     assert!(with_new.check_single_change(&with_new.keeping_incarnations_of(demote.clone())).is_ok());
     assert_eq!(with_new.keeping_incarnations_of(demote.clone()).incarnation(3), 4);
     let swapped = Membership::voters([1, 2, 3]).unwrap().with_incarnation(3, 5).unwrap();
-    assert!(matches!(with_new.check_single_change(&swapped), Err(RaftError::MembershipChange(_))));
+    assert!(matches!(with_new.check_single_change(&swapped), Err(RaftError::InvalidMembership(_))));
 }
 
 /// Configurations written before incarnations existed (membership entries in the log,

@@ -413,7 +413,7 @@ fn membership_changes_one_voter_at_a_time() {
     let leader = cluster.tick_until_leader();
     let raft = cluster.nodes.get_mut(&leader).unwrap();
     let two_at_once = Membership::voters([1, 2, 3, 4, 5]).unwrap();
-    assert!(matches!(raft.propose_membership_change(two_at_once), Err(RaftError::MembershipChange(_))));
+    assert!(matches!(raft.propose_membership_change(two_at_once), Err(RaftError::InvalidMembership(_))));
     let promote = Membership::voters([1, 2, 3, 4]).unwrap();
     let index = raft.propose_membership_change(promote.clone()).unwrap();
     cluster.settle();
@@ -690,34 +690,67 @@ fn settle_without(cluster: &mut Cluster, cut: u64) {
 }
 
 #[test]
-fn a_leader_that_demoted_itself_hands_over_only_to_a_voter_holding_its_whole_log() {
-    // Seed 26582 of raft_sim: a leader demoted itself to observer; the change committed on
-    // the witnesses alone, and the leader stepped down at once. The witnesses held entries
-    // that the remaining voter lacked, so they refused its campaigns, and the only replica
-    // that could have led was no voter any more: the group never had a leader again.
-    let members = [(1, Role::Voter), (2, Role::Voter), (3, Role::Witness), (4, Role::Witness)];
+fn a_change_leaving_as_many_witnesses_as_voters_is_refused() {
+    // Seed 26582 of raft_sim: in voters {1, 2} and witnesses {3, 4}, a leader demoted
+    // itself to observer; the change committed on the witnesses alone, which then held
+    // entries the remaining voter lacked and refused its campaigns. Seed 4294970341 (with
+    // leaders kept awake by reads): voters {1, 2}, witnesses {3, 5}, and the leader crashed
+    // before persisting entries both witnesses held; neither voter could win again. Voters
+    // must outnumber witnesses, so that they alone form a quorum.
+    let members = [(1, Role::Voter), (2, Role::Voter), (3, Role::Witness)];
     let mut cluster = Cluster::new(Membership::new(members).unwrap());
     let leader = cluster.tick_until_leader();
     let other = if leader == 1 { 2 } else { 1 };
-    let demoted = Membership::new([(leader, Role::Observer), (other, Role::Voter), (3, Role::Witness), (4, Role::Witness)]).unwrap();
-    let index = cluster.nodes.get_mut(&leader).unwrap().propose_membership_change(demoted).unwrap();
-    // The other voter hears nothing: the witnesses alone commit the demotion.
-    settle_without(&mut cluster, other);
+    let refusals = [
+        ("a second witness", vec![(1, Role::Voter), (2, Role::Voter), (3, Role::Witness), (4, Role::Witness)]),
+        ("the leader demoting itself", vec![(leader, Role::Observer), (other, Role::Voter), (3, Role::Witness)]),
+        ("the other voter removed", vec![(leader, Role::Voter), (3, Role::Witness)]),
+    ];
     let raft = cluster.nodes.get_mut(&leader).unwrap();
-    assert!(raft.commit_index() >= index, "the witnesses committed the demotion");
-    assert!(cluster.nodes[&other].last_index() < index, "the other voter lacks it");
+    for (what, members) in refusals {
+        let next = Membership::new(members).unwrap();
+        match raft.propose_membership_change(next) {
+            Err(RaftError::InvalidMembership(why)) => assert!(why.contains("outnumber the witnesses"), "{what}: {why}"),
+            other => panic!("{what}: {other:?}"),
+        }
+    }
+    assert!(Membership::new([(1, Role::Voter), (2, Role::Witness)]).unwrap().check_electable().is_err());
+    assert!(Membership::new([(1, Role::Observer)]).unwrap().check_electable().is_err(), "no voter");
+    assert!(Membership::new(members).unwrap().check_electable().is_ok());
+    // A voter first, then the second witness.
+    let four_voting = Membership::new([(1, Role::Voter), (2, Role::Voter), (3, Role::Witness), (4, Role::Voter)]).unwrap();
+    raft.propose_membership_change(four_voting).unwrap();
+    cluster.settle();
     let raft = cluster.nodes.get_mut(&leader).unwrap();
-    assert_eq!(raft.role(), RaftRole::Leader, "no voter holds its whole log yet: it leads on");
-    assert!(matches!(raft.propose([Bytes::from_static(b"more")]), Err(RaftError::Transfer(_))), "it takes no proposals");
-    // The other voter is reachable again: it catches up, and leadership goes to it.
+    let five_voting = Membership::new([(1, Role::Voter), (2, Role::Voter), (3, Role::Witness), (4, Role::Voter), (5, Role::Witness)]).unwrap();
+    raft.propose_membership_change(five_voting).unwrap();
+}
+
+#[test]
+fn a_leader_that_demoted_itself_hands_over_only_to_a_voter_holding_its_whole_log() {
+    // A leader that demoted itself steps down only once a voter holds its whole log, and
+    // tells that voter, not a lagging one, to campaign.
+    let members = [(1, Role::Voter), (2, Role::Voter), (3, Role::Voter), (4, Role::Witness)];
+    let mut cluster = Cluster::new(Membership::new(members).unwrap());
+    let leader = cluster.tick_until_leader();
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
+    let (caught_up, lagging) = (others[0], others[1]);
+    let mut demoted: Vec<(u64, Role)> = members.into_iter().filter(|(id, _)| *id != leader).collect();
+    demoted.push((leader, Role::Observer));
+    let index = cluster.nodes.get_mut(&leader).unwrap().propose_membership_change(Membership::new(demoted).unwrap()).unwrap();
+    // The lagging voter hears nothing: the other voter and the witness commit the demotion.
+    settle_without(&mut cluster, lagging);
+    let raft = cluster.nodes.get_mut(&leader).unwrap();
+    assert!(raft.commit_index() >= index, "the demotion committed");
+    assert!(cluster.nodes[&lagging].last_index() < index, "the lagging voter lacks it");
+    assert_eq!(cluster.nodes[&leader].role(), RaftRole::Follower, "a voter holds its whole log: it handed over");
     for _ in 0..4 {
         for raft in cluster.nodes.values_mut() {
             raft.tick();
         }
-        cluster.settle();
+        settle_without(&mut cluster, lagging);
     }
-    assert_eq!(cluster.leader(), Some(other), "the caught-up voter leads");
-    assert_eq!(cluster.nodes[&leader].role(), RaftRole::Follower);
+    assert_eq!(cluster.leader(), Some(caught_up), "the caught-up voter leads");
 }
 
 /// A leader fed its caller's loop tick heartbeats when that tick crosses a multiple of

@@ -967,6 +967,24 @@ async fn node_api_bootstrap_leave_join_observer_and_witness_with_their_events() 
     bootstrap(&cluster, &mut w, g3, &[1, 2]).await;
     join_and_check(&cluster, &mut w, &mut problems, g3, &[1, 2], 3, Role::Witness).await;
 
+    // A group whose witnesses would be as many as its voters is refused, whether at its
+    // Bootstrap or by a Leave that takes a voter away: entries only witnesses hold could
+    // block every election.
+    let lopsided = cluster.group_config(k + 4, &[(1, Role::Member), (3, Role::Witness)]);
+    let refused = NodeApi::new(cluster.connect_admin(1).await)
+        .bootstrap(bounded(mr::BootstrapRequest { group: Some(lopsided) }))
+        .await
+        .expect_err("a Bootstrap with one voter and one witness is refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("outnumber the witnesses"), "{refused:?}");
+    let refused = NodeApi::new(cluster.connect_admin(2).await)
+        .leave(bounded(mr::LeaveRequest { group_id: g3 }))
+        .await
+        .expect_err("voter 2 leaving group K+3 would leave one voter beside one witness");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "refused at once, not retried: {refused:?}");
+    assert!(refused.message().contains("outnumber the witnesses"), "{refused:?}");
+    agreed_leader(&mut w, &[1, 2, 3], g3, &[1, 2]).await;
+
     // Neither the observer nor the witness ever led its group.
     for (node, events) in w.iter_mut() {
         let led = |e: &Ev| matches!(e, Ev::LeaderUpdated(l) if (l.group_id == g2 || l.group_id == g3) && l.leader == 3);

@@ -15,8 +15,13 @@ pub enum RaftError {
     InvalidMessage(String),
     /// Recovered durable state contradicts itself; the text says how.
     CorruptState(String),
-    /// A membership change was refused; the text says why.
+    /// A membership change was refused for now (one is still pending, or the leader has
+    /// not committed an entry of its term yet); the text says why. Retrying may succeed.
     MembershipChange(String),
+    /// A configuration is malformed, or may not follow the one in effect (more than one
+    /// voting member changed, no voter, as many witnesses as voters, ...); the text says
+    /// why. Retrying the same change does not help.
+    InvalidMembership(String),
     /// A leadership transfer was refused; the text says why.
     Transfer(String),
     /// The replica stopped when one of its invariants broke (see `RaftNode::halted`); it
@@ -36,6 +41,7 @@ impl fmt::Display for RaftError {
             RaftError::InvalidMessage(why) => write!(f, "invalid raft message: {why}"),
             RaftError::CorruptState(why) => write!(f, "recovered raft state is corrupt: {why}"),
             RaftError::MembershipChange(why) => write!(f, "membership change refused: {why}"),
+            RaftError::InvalidMembership(why) => write!(f, "configuration refused: {why}"),
             RaftError::Transfer(why) => write!(f, "leadership transfer refused: {why}"),
             RaftError::Halted(why) => write!(f, "this replica stopped (a Raft invariant broke: {why}); restart the node to rebuild it"),
         }

@@ -639,6 +639,8 @@ impl ShardError {
             RaftError::ProposalQueueFull => {
                 ShardError::Overloaded(format!("group {group} has too many uncommitted proposals; retry shortly"))
             }
+            // Permanent: the same change will be refused again.
+            RaftError::InvalidMembership(why) => ShardError::Invalid(format!("group {group}: configuration refused: {why}")),
             other => ShardError::Unavailable(format!("group {group}: {other}")),
         }
     }

@@ -124,6 +124,7 @@ impl GroupControl {
             return Err(Status::invalid_argument(format!("node {} is not among group {group}'s members", self.me)));
         }
         let membership = spec_membership(&spec, false, self.me).map_err(Status::invalid_argument)?;
+        membership.check_electable().map_err(|e| Status::invalid_argument(format!("group {group}: {e}")))?;
         self.start(&spec, false, membership).await
     }
 
