@@ -49,6 +49,10 @@ pub(super) struct ReadQueue {
     unsent: Vec<Bytes>,
     batches: BTreeMap<u64, Vec<Bytes>>,
     last_batch: u64,
+    /// Leader: a read came in since the last heartbeat. The group then stays awake another
+    /// heartbeat period (see `RaftNode::is_idle`): a quiet leader's lease lapses, and each
+    /// quiet spell's first read would pay a heartbeat round.
+    read_since_heartbeat: bool,
 }
 
 /// Batches asked of the leader and not answered (answers lost with a message, or never
@@ -78,6 +82,17 @@ impl ReadQueue {
         self.round_due = false;
         self.unsent.clear();
         self.batches.clear();
+        self.read_since_heartbeat = false;
+    }
+
+    /// Leader: notes a read, which keeps the group awake until the next heartbeat.
+    pub(super) fn note_read(&mut self) {
+        self.read_since_heartbeat = true;
+    }
+
+    /// Leader, at a heartbeat: true if a read came in since the last one; starts over.
+    pub(super) fn take_read_since_heartbeat(&mut self) -> bool {
+        std::mem::take(&mut self.read_since_heartbeat)
     }
 
     /// Forgets the heartbeat rounds that lease reads count on (a new round is needed).
@@ -130,6 +145,9 @@ impl RaftNode {
         if self.member_role() == Some(Role::Witness) {
             return Err(RaftError::InvalidConfig("a witness has no state machine to read".into()));
         }
+        if self.role == RaftRole::Leader {
+            self.reads.note_read();
+        }
         match self.role {
             RaftRole::Leader if self.lease_valid() => {
                 let index = self.log.committed();
@@ -168,6 +186,7 @@ impl RaftNode {
     /// with the commit index (the lease vouches, at this moment, that no other leader can
     /// have committed more); otherwise it waits for a heartbeat round, as local reads do.
     pub(super) fn on_read_index_request(&mut self, msg: Message) {
+        self.reads.note_read();
         if !self.lease_valid() {
             self.leader_read(msg.context, msg.from);
             return;

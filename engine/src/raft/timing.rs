@@ -153,7 +153,8 @@ impl RaftNode {
         if self.heartbeat_due() {
             self.heartbeat_elapsed = 0;
             self.heartbeat_period = self.current_heartbeat_period();
-            let idle = self.is_idle();
+            let read = self.reads.take_read_since_heartbeat();
+            let idle = !read && self.is_idle();
             self.broadcast_heartbeat();
             if idle {
                 for msg in self.out_messages.iter_mut().filter(|m| m.msg_type == MessageType::Heartbeat as i32) {
@@ -165,7 +166,8 @@ impl RaftNode {
     }
 
     /// Leader: may the group go quiet? Every member holds the whole log, it is committed in
-    /// this term, and nothing (reads, transfer) is in flight.
+    /// this term, and nothing (reads, transfer) is in flight. (A read served since the last
+    /// heartbeat also keeps it awake: see `tick_leader`.)
     fn is_idle(&self) -> bool {
         let last = self.log.last_index();
         self.cfg.quiesce
