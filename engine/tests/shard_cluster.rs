@@ -1321,6 +1321,76 @@ fn hand_off_from_the_preferred_leader_is_not_undone_by_rebalancing() {
     });
 }
 
+/// A node that left a group as a witness joins again, as an observer with a new replica
+/// (incarnation 2), and the leader sends that replica a snapshot taken before the removal,
+/// whose configuration still lists the node as the witness it was. The new replica is not
+/// that witness: it restores the state machine the snapshot holds and applies every entry
+/// after it. (It took the role for its own: it restored an empty state machine, as a
+/// witness does, skipped the committed entries before the one re-adding it, and then served
+/// reads from that; eager-rejoin simulation seed 8589962636.)
+#[test]
+fn a_replica_rejoining_after_leaving_as_a_witness_keeps_the_state_of_the_snapshot_it_is_sent() {
+    run(async {
+        let opts = Opts { snapshot_every: 10, compaction_tail: 2, ..Opts::default() };
+        let c = Cluster::start(opts, &[1, 2, 3], &[4], &[]).await;
+        let (leader, _) = c.wait_leader(&[1, 2, 3], 0).await;
+        let mut client = Client::open(&c.handle(leader)).await;
+        propose(&c.handle(leader), &client.create("e")).await;
+        c.add_replica(4, joining_replica(4, &[1, 2, 3])).await.unwrap();
+        c.change_membership_retrying(leader, 4, Some(Role::Witness)).await;
+        // Commands until the leader takes a snapshot, which lists node 4 as a witness.
+        let mark = c.event_count();
+        let mut snapshot = 0;
+        for k in 0..40 {
+            let (cmd, _) = client.enter("e", &format!("w{k}"));
+            propose(&c.handle(leader), &cmd).await;
+            let taken = c.events_since(mark, leader).iter().find_map(|e| match e {
+                ShardEvent::SnapshotCreated { index } => Some(*index),
+                _ => None,
+            });
+            if let Some(index) = taken {
+                snapshot = index;
+                break;
+            }
+        }
+        assert!(snapshot > 0, "the leader took no snapshot");
+        // One more command, then node 4 leaves: both before the next snapshot.
+        let (cmd, _) = client.enter("e", "after-the-snapshot");
+        propose(&c.handle(leader), &cmd).await;
+        c.change_membership_retrying(leader, 4, None).await;
+        c.remove_replica(4).await.unwrap();
+        // It joins again with a new replica, asking through itself (so with its incarnation).
+        let mut cfg = raft_config(4);
+        cfg.incarnation = 2;
+        let raft = RaftNode::new(cfg, voters(&[1, 2, 3]), ChaCha8Rng::seed_from_u64(4_002)).unwrap();
+        let installed_from = c.event_count();
+        c.add_replica(4, Replica::new(raft, StateMachine::new())).await.unwrap();
+        let start = Instant::now();
+        while let Err(e) = c.change_membership_through(4, 4, Some(Role::Observer), leader).await {
+            assert!(start.elapsed() < DEADLINE, "node 4 could not join again: {e}");
+            sleep_ms(10).await;
+        }
+        let mut installed = 0;
+        eventually("the new replica to install a snapshot", DEADLINE, || {
+            installed = c
+                .events_since(installed_from, 4)
+                .iter()
+                .find_map(|e| if let ShardEvent::SnapshotRecovered { index } = e { Some(*index) } else { None })
+                .unwrap_or(0);
+            installed > 0
+        })
+        .await;
+        assert_eq!(installed, snapshot, "the leader sent the snapshot that lists node 4 as a witness");
+        let everyone = candidates(&c.handle(leader), "e", 0).await;
+        assert!(everyone.contains(&"after-the-snapshot".to_string()), "{everyone:?}");
+        let (cmd, _) = client.enter("e", "last");
+        let last = propose(&c.handle(leader), &cmd).await;
+        let on_4 = candidates(&c.handle(4), "e", last.index).await;
+        assert_eq!(on_4, names(&term_of(&last)), "the rejoined observer holds the whole election");
+        c.stop_all().await;
+    });
+}
+
 /// A witness that installed a snapshot restarts. (It could not: a witness that fell behind the
 /// leaders' compaction is sent a snapshot whose configuration names it a witness;
 /// `ShardRuntime::install_snapshot` then stores `encode_envelope(membership,
