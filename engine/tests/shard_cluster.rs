@@ -409,6 +409,22 @@ impl Cluster {
         }
     }
 
+    /// Waits until `node` recovered a snapshot (installed one from the leader) after event
+    /// `from`; returns its index.
+    async fn wait_snapshot_recovered(&self, what: &str, from: usize, node: u64) -> u64 {
+        let mut installed = 0;
+        eventually(what, DEADLINE, || {
+            installed = self
+                .events_since(from, node)
+                .iter()
+                .find_map(|e| if let ShardEvent::SnapshotRecovered { index } = e { Some(*index) } else { None })
+                .unwrap_or(0);
+            installed > 0
+        })
+        .await;
+        installed
+    }
+
     async fn add_replica(&self, node: u64, replica: Replica) -> Result<(), ShardError> {
         let (tx, rx) = local_channel::new_bounded(1);
         let reply = Box::new(move |r| {
@@ -1370,16 +1386,7 @@ fn a_replica_rejoining_after_leaving_as_a_witness_keeps_the_state_of_the_snapsho
             assert!(start.elapsed() < DEADLINE, "node 4 could not join again: {e}");
             sleep_ms(10).await;
         }
-        let mut installed = 0;
-        eventually("the new replica to install a snapshot", DEADLINE, || {
-            installed = c
-                .events_since(installed_from, 4)
-                .iter()
-                .find_map(|e| if let ShardEvent::SnapshotRecovered { index } = e { Some(*index) } else { None })
-                .unwrap_or(0);
-            installed > 0
-        })
-        .await;
+        let installed = c.wait_snapshot_recovered("the new replica to install a snapshot", installed_from, 4).await;
         assert_eq!(installed, snapshot, "the leader sent the snapshot that lists node 4 as a witness");
         let everyone = candidates(&c.handle(leader), "e", 0).await;
         assert!(everyone.contains(&"after-the-snapshot".to_string()), "{everyone:?}");
@@ -1420,16 +1427,7 @@ fn a_witness_restarts_after_installing_a_snapshot() {
         }
         let healed_at = c.event_count();
         c.net.heal(4);
-        let mut installed = 0;
-        eventually("the witness to install a snapshot", DEADLINE, || {
-            installed = c
-                .events_since(healed_at, 4)
-                .iter()
-                .find_map(|e| if let ShardEvent::SnapshotRecovered { index } = e { Some(*index) } else { None })
-                .unwrap_or(0);
-            installed > 0
-        })
-        .await;
+        let installed = c.wait_snapshot_recovered("the witness to install a snapshot", healed_at, 4).await;
         eprintln!("the witness installed the snapshot at {installed}");
 
         // What the witness stored must load again.
