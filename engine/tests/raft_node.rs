@@ -722,7 +722,8 @@ fn a_change_leaving_as_many_witnesses_as_voters_is_refused() {
     raft.propose_membership_change(four_voting).unwrap();
     cluster.settle();
     let raft = cluster.nodes.get_mut(&leader).unwrap();
-    let five_voting = Membership::new([(1, Role::Voter), (2, Role::Voter), (3, Role::Witness), (4, Role::Voter), (5, Role::Witness)]).unwrap();
+    let five_voting =
+        Membership::new([(1, Role::Voter), (2, Role::Voter), (3, Role::Witness), (4, Role::Voter), (5, Role::Witness)]).unwrap();
     raft.propose_membership_change(five_voting).unwrap();
 }
 

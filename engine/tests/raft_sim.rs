@@ -166,6 +166,7 @@ fn run_seeds_with(first: u64, default_count: u64, force_quiesce: bool, force_eag
                 totals.replicas_discarded += report.replicas_discarded;
                 totals.eager_rejoins += report.eager_rejoins;
                 totals.incarnation_drops += report.incarnation_drops;
+                totals.peer_down_wakes += report.peer_down_wakes;
             }
             Err(violation) => {
                 let replay = replay_command(seed);
@@ -184,6 +185,9 @@ fn run_seeds_with(first: u64, default_count: u64, force_quiesce: bool, force_eag
     if seeds.len() >= 100 {
         assert!(totals.snapshots_installed > 0, "no run streamed a snapshot to a lagging follower");
         assert!(totals.quiesced_ticks > 0, "no group ever went quiet");
+        if force_quiesce {
+            assert!(totals.peer_down_wakes > 0, "no connection failure woke a quiet group");
+        }
         if SimOptions::for_seed(0).whole_nodes {
             assert!(totals.members_added > 0 && totals.replicas_discarded > 0, "no run added a new replica or deleted a removed one");
         }

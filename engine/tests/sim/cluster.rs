@@ -25,6 +25,10 @@ const CLIENT_TICKS_AFTER_HEAL: u64 = 50;
 const LINEARIZABILITY_BUDGET: usize = 2_000_000;
 
 /// What a run did, for the test's summary line.
+/// With `SimOptions::peer_down`: the probability per tick that some node's connection to a
+/// peer fails while both are alive.
+const SPURIOUS_PEER_DOWN: f64 = 0.01;
+
 #[derive(Debug, Default, Clone)]
 pub struct SimReport {
     pub ticks: u64,
@@ -44,6 +48,8 @@ pub struct SimReport {
     pub replicas_discarded: u64,
     /// With eager rejoins: nodes added back right after their removal committed.
     pub eager_rejoins: u64,
+    /// Quiet groups woken by a connection failure (`SimOptions::peer_down`).
+    pub peer_down_wakes: u64,
     /// Messages replicas dropped as traffic of another replica incarnation.
     pub incarnation_drops: u64,
 }
@@ -253,6 +259,38 @@ impl Sim {
         *replica = Replica::empty(false, false, Membership::default());
         self.clients[g].node_crashed(self.nodes[n].id);
         self.report.replicas_discarded += 1;
+    }
+
+    /// Node `n` crashed: each other node may hear of it at once, its connection to `n`
+    /// broken (`SimOptions::peer_down`); the others find out by silence.
+    fn connections_broken(&mut self, n: usize) -> Result<(), Violation> {
+        if !self.opts.peer_down {
+            return Ok(());
+        }
+        let crashed = self.nodes[n].id;
+        for m in 0..self.nodes.len() {
+            if m != n && self.rng.random_bool(0.5) {
+                self.peer_down(m, crashed)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Node `n`'s connection to `peer` failed, as a server's shard hears of it
+    /// (`Request::PeerDown`): its quiet groups led by `peer` wake now.
+    fn peer_down(&mut self, n: usize, peer: u64) -> Result<(), Violation> {
+        if !self.nodes[n].up {
+            return Ok(());
+        }
+        for g in 0..self.opts.groups as usize {
+            let Some(raft) = self.nodes[n].replicas[g].raft.as_mut() else { continue };
+            if raft.leader() == peer && raft.is_quiesced() {
+                raft.wake_for_leader_loss();
+                self.report.peer_down_wakes += 1;
+                self.pump(n, g)?;
+            }
+        }
+        Ok(())
     }
 
     fn crash_node(&mut self, n: usize) {
@@ -546,12 +584,22 @@ impl Sim {
             let n = self.rng.random_range(0..nodes as usize);
             if self.nodes[n].up {
                 self.crash_node(n);
+                self.connections_broken(n)?;
             }
         }
         if self.rng.random_bool(self.opts.crash_leader) {
             let g = self.rng.random_range(0..self.opts.groups as usize);
             if let Some(n) = self.leader_of(g) {
                 self.crash_node(n);
+                self.connections_broken(n)?;
+            }
+        }
+        if self.opts.peer_down && self.rng.random_bool(SPURIOUS_PEER_DOWN) {
+            // A connection fails while both ends are alive (a reset, a timeout).
+            let n = self.rng.random_range(0..nodes as usize);
+            let peer = self.rng.random_range(1..=nodes);
+            if peer != self.nodes[n].id {
+                self.peer_down(n, peer)?;
             }
         }
         for n in 0..self.nodes.len() {

@@ -67,6 +67,12 @@ pub struct SimOptions {
     /// Leaders hold back commit notices (`Config::hold_commit_notices`); each node flushes
     /// the owed ones at its next tick, the latest a shard runtime does.
     pub hold_commit_notices: bool,
+    /// Connection failures, as a server's shard hears of them (`Request::PeerDown`): when a
+    /// node crashes, each other node may notice at once (its connection breaks), and now and
+    /// then a connection fails while its peer is alive. Either way the node wakes its quiet
+    /// groups led by that peer, with the successor named by group id campaigning first
+    /// (`RaftNode::wake_for_leader_loss`). Only quiet groups wake, so only with `quiesce`.
+    pub peer_down: bool,
     /// The read-safety profile (see `read_profile.rs`): per-node clocks that drift and
     /// stall, and a nemesis aimed at reads around the leader. Off in `for_seed`.
     pub read_faults: bool,
@@ -107,6 +113,8 @@ impl SimOptions {
             quiesce: rng.random_bool(0.5),
             // Drawn last, so the options drawn before it are those the seed always had.
             hold_commit_notices: rng.random_bool(0.5),
+            // Drawn after it, for the same reason.
+            peer_down: rng.random_bool(0.5),
             read_faults: false,
             bugs: DeliberateBugs::default(),
         }
