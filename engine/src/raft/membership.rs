@@ -157,7 +157,9 @@ impl Membership {
                 )));
             }
             if *role != Role::Witness && self.role(*id) == Some(Role::Witness) {
-                return Err(RaftError::InvalidMembership(format!("witness {id} keeps no payloads and cannot change role; remove it first")));
+                return Err(RaftError::InvalidMembership(format!(
+                    "witness {id} keeps no payloads and cannot change role; remove it first"
+                )));
             }
         }
         Ok(())

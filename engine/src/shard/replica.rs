@@ -344,8 +344,7 @@ impl Replica {
                 // A replica that is no member any more, or a witness, applies nothing:
                 // its watchers would never hear another change.
                 RaftEvent::MembershipChanged { membership, .. }
-                    if !self.watchers.is_empty()
-                        && self.raft.role_in(membership).is_none_or(|role| role == crate::raft::Role::Witness) =>
+                    if !self.watchers.is_empty() && self.raft.role_in(membership).is_none_or(|role| role == crate::raft::Role::Witness) =>
                 {
                     let group = self.raft.group_id();
                     self.end_watchers(&ShardError::Unavailable(format!(
