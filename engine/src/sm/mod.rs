@@ -44,7 +44,7 @@ pub use machine::StateMachine;
 pub use query::PendingQueries;
 pub use registry::{Primitive, PrimitiveId, Registry};
 pub use session::{CachedOutput, Session, SessionId, SessionTable};
-pub use snapshot::SNAPSHOT_VERSION;
+pub use snapshot::{OLDEST_READABLE_VERSION as OLDEST_READABLE_SNAPSHOT_VERSION, SNAPSHOT_VERSION};
 
 /// The successful result of applying one command, for its proposer.
 #[derive(Clone, Debug, PartialEq, Eq)]

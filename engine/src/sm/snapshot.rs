@@ -20,7 +20,8 @@ use super::session::{CachedOutput, Session};
 /// The snapshot format this code writes. Version 2 added each session's latest driver
 /// KeepAlive filter; version 1 (without) is still read.
 pub const SNAPSHOT_VERSION: u32 = 2;
-const OLDEST_READABLE_VERSION: u32 = 1;
+/// The oldest snapshot format [`StateMachine::restore`] still reads.
+pub const OLDEST_READABLE_VERSION: u32 = 1;
 
 impl StateMachine {
     /// Encodes the whole state. Equal states give equal bytes.
