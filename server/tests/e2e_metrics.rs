@@ -268,15 +268,21 @@ async fn probes_follow_a_three_node_cluster_losing_nodes() {
         let connected = |to: &str| scrape.sum("conclave_network_active_peers", &[("local", "2"), ("remote", to)]);
         let rtts = |to: &str| scrape.sum("conclave_network_peer_round_trip_time_seconds_count", &[("to", to)]);
         let shards = f64::from(cluster.options.shards);
-        if connected("1") == shards && connected("3") == shards && rtts("1") > 0.0 && rtts("3") > 0.0 {
+        let partitions = f64::from(cluster.options.partitions);
+        // Node 2 may win every first election; rebalancing then hands the partitions to
+        // their preferred leaders, so it leads only some of them after a while.
+        // (A partition changing hands may be without a known leader for a moment.)
+        let led = scrape.sum("conclave_server_is_leader", &[]);
+        let with_leader = scrape.sum("conclave_server_has_leader", &[]);
+        let peered = connected("1") == shards && connected("3") == shards && rtts("1") > 0.0 && rtts("3") > 0.0;
+        if peered && led < partitions && with_leader == partitions {
             assert!(scrape.sum("conclave_network_peer_sent_bytes_total", &[("to", "1")]) > 0.0);
-            assert_eq!(scrape.sum("conclave_server_has_leader", &[]), f64::from(cluster.options.partitions));
-            assert!(scrape.sum("conclave_server_is_leader", &[]) < f64::from(cluster.options.partitions), "leaderships are spread");
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "peers connected {} / {}, round trips {} / {}",
+            "peers connected {} / {}, round trips {} / {}, node 2 leads {led} and knows a leader for {with_leader} \
+             of {partitions} partitions (leaderships are not spread, or not all led)",
             connected("1"),
             connected("3"),
             rtts("1"),
