@@ -140,18 +140,22 @@ fn a_saved_snapshot_compacts_the_in_memory_log() {
         propose(&mut replica, command::create_primitive(1, session_id, seq, &format!("e{seq}")));
     }
     let applied = replica.state_machine().last_applied();
-    assert!(replica.snapshot_due(20));
+    assert!(replica.snapshot_due(20, 0));
+    assert!(replica.snapshot_due(20, 1), "with no snapshot yet, the log outweighs none");
     let capture = replica.capture_snapshot().expect("a single-voter group can snapshot");
+    replica.note_snapshot_size(capture.data.len());
     assert_eq!(capture.index, applied);
     assert!(replica.raft().entries().count() > 20);
     replica.snapshot_saved(&capture, 5).unwrap();
     assert_eq!(replica.raft().compacted_index(), applied - 5, "Raft dropped what the snapshot covers but the tail");
     assert_eq!(replica.raft().entries().count(), 5, "the configured tail stays for followers just behind");
-    assert!(!replica.snapshot_due(1), "nothing applied since the snapshot");
+    assert!(!replica.snapshot_due(1, 0), "nothing applied since the snapshot");
     assert!(replica.capture_snapshot().is_none(), "no second snapshot at the same index");
     // The group keeps serving after compaction.
     let cmd = command::election(1, session_id, 21, PrimitiveRef::Name("e1".into()), ElectionOp::Enter, "a");
     assert!(matches!(propose(&mut replica, cmd), Output::Term(_)));
+    assert!(replica.snapshot_due(1, 0), "an entry applied since the snapshot");
+    assert!(!replica.snapshot_due(1, 1), "one small entry does not outweigh a snapshot of 20 elections");
 }
 
 /// Starts a driver query of election `e` in `session` with `sequence_num`, without settling.

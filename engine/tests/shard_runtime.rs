@@ -84,7 +84,7 @@ impl LogStore for RecordingLog {
     }
 }
 
-fn single_voter_runtime(log: RecordingLog, snapshot_every: u64) -> ShardRuntime<RecordingLog> {
+fn single_voter_runtime(log: RecordingLog, snapshot_every: u64, snapshot_log_ratio: u64) -> ShardRuntime<RecordingLog> {
     let mut cfg = Config::new(1, 1);
     cfg.election_ticks = 3;
     cfg.heartbeat_ticks = 1;
@@ -99,6 +99,7 @@ fn single_voter_runtime(log: RecordingLog, snapshot_every: u64) -> ShardRuntime<
             request_queue: 1024,
             expiry_check: Duration::from_millis(5),
             snapshot_every,
+            snapshot_log_ratio,
             compaction_tail: 0,
             ..RuntimeConfig::new(1, Duration::from_millis(1))
         },
@@ -130,10 +131,20 @@ where
     F: FnOnce(RecordingLog, ShardHandle) -> Fut + 'static,
     Fut: std::future::Future<Output = ()>,
 {
+    on_single_voter_with(snapshot_every, 0, test)
+}
+
+/// [`on_single_voter_snapshotting`] where a snapshot also waits until the entries applied
+/// since the last one weigh `snapshot_log_ratio` times it.
+fn on_single_voter_with<F, Fut>(snapshot_every: u64, snapshot_log_ratio: u64, test: F)
+where
+    F: FnOnce(RecordingLog, ShardHandle) -> Fut + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
     let ex = LocalExecutorBuilder::default().io_memory(1 << 20).make().unwrap();
     ex.run(async move {
         let log = RecordingLog::default();
-        let runtime = single_voter_runtime(log.clone(), snapshot_every);
+        let runtime = single_voter_runtime(log.clone(), snapshot_every, snapshot_log_ratio);
         let handle = runtime.handle();
         let task = glommio::spawn_local(runtime.run());
         test(log, handle.clone()).await;
@@ -308,6 +319,44 @@ fn a_slow_snapshot_save_does_not_hold_the_loop_and_the_log_is_compacted_only_beh
         let cmd = command::election(0, session_id, 14, PrimitiveRef::Name("e".into()), ElectionOp::Enter, "b");
         let Output::Term(t) = handle.propose(1, cmd).await.unwrap().result.unwrap() else { panic!("Enter answers a term") };
         assert_eq!(names(&t), vec!["b".to_string()]);
+    });
+}
+
+#[test]
+fn a_snapshot_waits_until_the_entries_since_the_last_one_outweigh_it() {
+    on_single_voter_with(1, 1, |log, handle| async move {
+        let session_id = open_session_with_election(&handle).await;
+        // A state of some size: 16 candidates with long names.
+        for (seq, i) in (2..18).zip(0..) {
+            let name = format!("a-candidate-with-a-rather-long-name-{i:03}");
+            let cmd = command::election(0, session_id, seq, PrimitiveRef::Name("e".into()), ElectionOp::Enter, &name);
+            handle.propose(1, cmd).await.unwrap().result.unwrap();
+        }
+        // Let the snapshots those commands allowed land.
+        let mut seen = usize::MAX;
+        while log.snapshots.borrow().len() != seen {
+            seen = log.snapshots.borrow().len();
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+        }
+        let (_, last_index, last_size) = *log.snapshots.borrow().last().expect("the state took snapshots");
+        // Keep-alives, each far smaller than the snapshot, one at a time, until the next.
+        for _ in 0..10_000 {
+            if log.snapshots.borrow().len() > seen {
+                break;
+            }
+            handle.propose(1, command::keep_alive(0, session_id, 17)).await.unwrap().result.unwrap();
+            glommio::timer::sleep(Duration::from_millis(3)).await;
+        }
+        let (_, index, _) = *log.snapshots.borrow().get(seen).expect("a snapshot once the log outweighs the last one");
+        // Entry i's payload is payloads[i - 1]: a single voter makes them durable in order.
+        let bytes = |from: u64, to: u64| -> usize { log.payloads.borrow()[from as usize - 1..to as usize].iter().map(|p| p.len()).sum() };
+        assert!(index > last_index + 10, "many small entries went by before the next snapshot ({last_index} -> {index})");
+        assert!(bytes(last_index + 1, index) >= last_size, "the entries since snapshot {last_index} outweigh its {last_size} bytes");
+        assert!(
+            bytes(last_index + 1, index - 1) < last_size,
+            "the snapshot came at the first index where they did ({} bytes before {index}, snapshot {last_size})",
+            bytes(last_index + 1, index - 1)
+        );
     });
 }
 

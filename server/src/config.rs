@@ -34,6 +34,8 @@ pub const DEFAULT_SESSION_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_SEGMENT_BYTES: u64 = 64 << 20;
 /// Default number of applied entries between two snapshots of a group.
 pub const DEFAULT_SNAPSHOT_EVERY: u64 = 10_000;
+/// A snapshot waits until the entries since the last one weigh this many times it.
+pub const DEFAULT_SNAPSHOT_LOG_RATIO: u64 = 1;
 /// Default number of entries kept in memory below a snapshot.
 pub const DEFAULT_COMPACTION_TAIL: u64 = 1_000;
 /// Default spin before a shard sleeps (off).
@@ -147,6 +149,11 @@ pub struct ServeArgs {
     /// Snapshot a group (and compact its log) every N applied entries [default: 10000].
     #[arg(long, value_name = "N")]
     pub snapshot_every: Option<u64>,
+    /// A group's snapshot also waits until the entries applied since its last one weigh R
+    /// times that snapshot, so a large state is not rewritten for every N small commands;
+    /// 0: --snapshot-every alone decides [default: 1].
+    #[arg(long, value_name = "R")]
+    pub snapshot_log_ratio: Option<u64>,
     /// Entries kept in memory below a group's snapshot for followers slightly behind it
     /// [default: 1000].
     #[arg(long, value_name = "N")]
@@ -244,6 +251,7 @@ pub struct Config {
     pub segment_bytes: u64,
     pub io_memory_bytes: usize,
     pub snapshot_every: u64,
+    pub snapshot_log_ratio: u64,
     pub compaction_tail: u64,
     pub spin_before_park: Duration,
     /// Log segments are opened with O_DSYNC (`--log-sync dsync`).
@@ -402,6 +410,7 @@ impl ServeArgs {
             segment_bytes: self.segment_bytes.or(file.segment_bytes),
             io_memory_bytes: self.io_memory_bytes.or(file.io_memory_bytes),
             snapshot_every: self.snapshot_every.or(file.snapshot_every),
+            snapshot_log_ratio: self.snapshot_log_ratio.or(file.snapshot_log_ratio),
             spin_before_park_us: self.spin_before_park_us.or(file.spin_before_park_us),
             compaction_tail: self.compaction_tail.or(file.compaction_tail),
             log_sync: self.log_sync.or(file.log_sync),
@@ -552,6 +561,10 @@ impl Config {
         if snapshot_every == 0 {
             return err("--snapshot-every must be at least 1");
         }
+        let snapshot_log_ratio = args.snapshot_log_ratio.unwrap_or(DEFAULT_SNAPSHOT_LOG_RATIO);
+        if snapshot_log_ratio > 1_000 {
+            return err(format!("--snapshot-log-ratio {snapshot_log_ratio} must be at most 1000"));
+        }
         let spin_us = args.spin_before_park_us.unwrap_or(DEFAULT_SPIN_BEFORE_PARK_US);
         if spin_us > 10_000 {
             return err(format!("--spin-before-park-us {spin_us} must be at most 10000"));
@@ -592,6 +605,7 @@ impl Config {
             segment_bytes,
             io_memory_bytes,
             snapshot_every,
+            snapshot_log_ratio,
             compaction_tail: args.compaction_tail.unwrap_or(DEFAULT_COMPACTION_TAIL),
             spin_before_park: Duration::from_micros(spin_us),
             log_dsync,
@@ -717,6 +731,7 @@ mod tests {
             (&["--session-timeout-ms", "10"], "--session-timeout-ms"),
             (&["--segment-bytes", "1000"], "--segment-bytes"),
             (&["--snapshot-every", "0"], "--snapshot-every"),
+            (&["--snapshot-log-ratio", "1001"], "--snapshot-log-ratio"),
             (&["--spin-before-park-us", "20000"], "--spin-before-park-us"),
             (&["--metrics-listen", "nowhere"], "--metrics-listen"),
             (&["--metrics-listen", "127.0.0.1:5679"], "--metrics-listen"),

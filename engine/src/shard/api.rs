@@ -111,6 +111,11 @@ pub struct RuntimeConfig {
     /// Take a snapshot of a group (and compact its log) every this many applied entries;
     /// 0 never does.
     pub snapshot_every: u64,
+    /// With N above 0, a group's snapshot also waits until the entries it applied since its
+    /// last one weigh N times that snapshot (bytes of entry data against bytes of
+    /// snapshot), so a large state next to small commands is not encoded and written again
+    /// every `snapshot_every` entries; 0: `snapshot_every` alone decides.
+    pub snapshot_log_ratio: u64,
     /// Entries kept in memory below a snapshot, for followers slightly behind it. The log
     /// on disk is compacted at the snapshot itself: a restart starts from the snapshot.
     pub compaction_tail: u64,
@@ -149,6 +154,7 @@ impl RuntimeConfig {
             request_queue: 8192,
             expiry_check: Duration::from_millis(100),
             snapshot_every: 0,
+            snapshot_log_ratio: 0,
             compaction_tail: 0,
             forward_timeout: Duration::from_secs(2),
             membership_timeout: Duration::from_secs(10),

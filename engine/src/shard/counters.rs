@@ -65,6 +65,8 @@ counters! {
     timers_armed,
     /// Tasks the runtime spawned (snapshot saves).
     tasks_spawned,
+    /// Bytes of the snapshots this shard took (encoded state machines and configurations).
+    snapshot_bytes,
     /// Proposals handed to a leader replica on this shard (local or forwarded).
     proposals,
     /// Proposals this shard forwarded to a leader elsewhere and answered with the result

@@ -26,7 +26,7 @@ impl<L: LogStore> ShardRuntime<L> {
             return;
         };
         let (has_ready, leader) = (replica.has_ready(), replica.is_leader());
-        let snapshot_due = self.cfg.snapshot_every > 0 && replica.snapshot_due(self.cfg.snapshot_every);
+        let snapshot_due = self.cfg.snapshot_every > 0 && replica.snapshot_due(self.cfg.snapshot_every, self.cfg.snapshot_log_ratio);
         // A stopping node keeps trying to hand its leaderships on.
         let awake = replica.needs_ticks() || (self.handing_off && leader);
         if has_ready {

@@ -43,6 +43,13 @@ pub struct LoopbackOptions {
     /// How long leaders hold back commit notices (zero, the default as in the server: they
     /// do not; see `RuntimeConfig::commit_notice_delay`).
     pub commit_notice_delay: Duration,
+    /// Snapshot each group every this many applied entries (and, with a log ratio, once
+    /// those outweigh the last snapshot), keeping `compaction_tail` entries in memory below
+    /// it (`RuntimeConfig::snapshot_every` and `snapshot_log_ratio`; 0, the default here,
+    /// never snapshots).
+    pub snapshot_every: u64,
+    pub snapshot_log_ratio: u64,
+    pub compaction_tail: u64,
 }
 
 impl Default for LoopbackOptions {
@@ -55,6 +62,9 @@ impl Default for LoopbackOptions {
             heartbeat_ticks: 2,
             segment_bytes: 8 << 20,
             commit_notice_delay: Duration::ZERO,
+            snapshot_every: 0,
+            snapshot_log_ratio: 0,
+            compaction_tail: 0,
         }
     }
 }
@@ -192,7 +202,13 @@ impl LoopbackCluster {
             }
             _ => {}
         });
-        let cfg = RuntimeConfig { commit_notice_delay: opts.commit_notice_delay, ..RuntimeConfig::new(id, opts.tick) };
+        let cfg = RuntimeConfig {
+            commit_notice_delay: opts.commit_notice_delay,
+            snapshot_every: opts.snapshot_every,
+            snapshot_log_ratio: opts.snapshot_log_ratio,
+            compaction_tail: opts.compaction_tail,
+            ..RuntimeConfig::new(id, opts.tick)
+        };
         let runtime = ShardRuntime::new(cfg, replicas, ShardStorage::new(log, snapshots), transport, sink, Box::new(now_ms));
         let handle = runtime.handle();
         let counters = runtime.counters();

@@ -114,6 +114,10 @@ pub struct Replica {
     barrier_due: bool,
     /// The index of the last snapshot taken or restored (0: none).
     last_snapshot: u64,
+    /// The size of that snapshot (0: none, or not known), and the bytes of entries
+    /// applied since: a snapshot may wait until these outweigh it (`snapshot_due`).
+    last_snapshot_bytes: u64,
+    applied_bytes_since_snapshot: u64,
     /// The node this group's leadership belongs on when it is healthy (balance across
     /// nodes); the leader hands over to it once it has caught up.
     preferred_leader: Option<u64>,
@@ -143,6 +147,8 @@ impl Replica {
         );
         Replica {
             last_snapshot: sm.last_applied(),
+            last_snapshot_bytes: 0,
+            applied_bytes_since_snapshot: 0,
             raft,
             sm,
             proposals: BTreeMap::new(),
@@ -405,6 +411,7 @@ impl Replica {
     pub fn apply_committed(&mut self, ready: &mut Ready) {
         for entry in ready.committed_entries.drain(..) {
             let index = entry.index;
+            self.applied_bytes_since_snapshot += entry.data.len() as u64;
             // Proposals at lower indexes whose entries were replaced never get an answer
             // of their own: they lost their place.
             while let Some((&waiting, _)) = self.proposals.first_key_value() {
@@ -513,9 +520,20 @@ impl Replica {
         self.last_snapshot
     }
 
-    /// True when `every` entries were applied since the last snapshot.
-    pub fn snapshot_due(&self, every: u64) -> bool {
+    /// True when `every` entries were applied since the last snapshot and, with a
+    /// `log_ratio` above 0, their bytes weigh at least `log_ratio` times that snapshot: a
+    /// snapshot then never costs more to encode and write than that many times the log it
+    /// lets the group drop, however large the state is next to its commands.
+    pub fn snapshot_due(&self, every: u64, log_ratio: u64) -> bool {
         self.sm.last_applied().saturating_sub(self.last_snapshot) >= every
+            && self.applied_bytes_since_snapshot >= self.last_snapshot_bytes.saturating_mul(log_ratio)
+    }
+
+    /// A snapshot of `bytes` was taken, restored or installed here: the log since it is
+    /// weighed against it from now on.
+    pub fn note_snapshot_size(&mut self, bytes: usize) {
+        self.last_snapshot_bytes = bytes as u64;
+        self.applied_bytes_since_snapshot = 0;
     }
 
     /// Captures the state at the applied index, with the configuration in effect there.

@@ -286,8 +286,11 @@ pub fn recover_replica(
         applied: base_index,
     };
     let mut raft = RaftNode::restart(cfg, recovered, rng).map_err(|e| format!("group {group}: {e}"))?;
+    let snapshot_bytes = snapshot_data.as_ref().map_or(0, |d| d.len());
     if let Some(data) = snapshot_data {
         raft.snapshot_taken(base_index, data).map_err(|e| format!("group {group}: {e}"))?;
     }
-    Ok(Replica::new(raft, sm))
+    let mut replica = Replica::new(raft, sm);
+    replica.note_snapshot_size(snapshot_bytes);
+    Ok(replica)
 }

@@ -69,15 +69,18 @@ impl<L: LogStore> ShardRuntime<L> {
         // Only groups that applied entries since they were last looked at can be due.
         let candidates = std::mem::take(&mut self.groups.snapshot_candidates);
         let due = candidates.into_iter().filter(|&g| {
-            !self.groups.has_snapshot_save(g) && self.groups.replica(g).is_some_and(|r| r.snapshot_due(self.cfg.snapshot_every))
+            !self.groups.has_snapshot_save(g)
+                && self.groups.replica(g).is_some_and(|r| r.snapshot_due(self.cfg.snapshot_every, self.cfg.snapshot_log_ratio))
         });
         let mut due: Vec<u32> = due.collect();
         if due.len() > ROUND_SNAPSHOTS {
             self.groups.snapshot_candidates.extend(due.split_off(ROUND_SNAPSHOTS));
         }
         for group in due {
-            let Some(replica) = self.groups.replica(group) else { continue };
+            let Some(replica) = self.groups.replica_mut(group) else { continue };
             let Some(capture) = replica.capture_snapshot() else { continue };
+            replica.note_snapshot_size(capture.data.len());
+            super::counters::ShardCounters::add(&self.counters.snapshot_bytes, capture.data.len() as u64);
             let had_snapshot = replica.last_snapshot() > 0;
             let save = self.log.save_snapshot(group, capture.index, capture.term, capture.data.clone());
             let task = glommio::spawn_local(save).detach();
@@ -177,6 +180,7 @@ impl<L: LogStore> ShardRuntime<L> {
         if let Some(replica) = self.groups.replica_mut(group) {
             self.schedule.touch(group);
             replica.install_snapshot(sm, snapshot.index);
+            replica.note_snapshot_size(snapshot.data.len());
             replica.raft_mut().snapshot_installed(snapshot.index);
         }
         (self.events)(group, &ShardEvent::SnapshotRecovered { index: snapshot.index });

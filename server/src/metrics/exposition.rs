@@ -147,6 +147,7 @@ impl Collector for NodeCollector {
             ),
             ("shard_timers_armed", "Timers the shard loops armed.", work.timers_armed),
             ("shard_tasks_spawned", "Tasks the shard runtimes spawned (snapshot saves).", work.tasks_spawned),
+            ("shard_snapshot_bytes", "Bytes of the partition snapshots this node took.", work.snapshot_bytes),
             ("shard_proposals", "Proposals handed to a leader replica on this node (local or forwarded).", work.proposals),
             (
                 "shard_forwarded_answered_by_leader",

@@ -142,6 +142,7 @@ async fn serve(
     let runtime = ShardRuntime::new(
         RuntimeConfig {
             snapshot_every: config.snapshot_every,
+            snapshot_log_ratio: config.snapshot_log_ratio,
             compaction_tail: config.compaction_tail,
             rebalance_ticks: (config.rebalance.as_millis() / tick.as_millis().max(1)) as u64,
             // One ping per peer node per heartbeat interval; a peer silent for an election
