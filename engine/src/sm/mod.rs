@@ -33,6 +33,7 @@ mod query;
 mod registry;
 mod session;
 mod snapshot;
+mod snapshot_encode;
 
 pub use command::{Command, PrimitiveRef};
 pub use election::{Candidate, Election, ElectionOp, ElectionTerm};

@@ -26,15 +26,8 @@ pub const OLDEST_READABLE_VERSION: u32 = 1;
 impl StateMachine {
     /// Encodes the whole state. Equal states give equal bytes.
     pub fn snapshot(&self) -> Bytes {
-        let snapshot = pb::Snapshot {
-            version: SNAPSHOT_VERSION,
-            last_applied_index: self.last_applied,
-            last_term: self.last_term,
-            clock_ms: self.clock_ms,
-            sessions: self.sessions.iter().map(encode_session).collect(),
-            primitives: self.registry.iter().map(encode_primitive).collect(),
-        };
-        Bytes::from(snapshot.encode_to_vec())
+        let primitives: Vec<pb::PrimitiveState> = self.registry.iter().map(encode_primitive).collect();
+        Bytes::from(super::snapshot_encode::encode(self, SNAPSHOT_VERSION, &primitives))
     }
 
     /// Rebuilds a state machine from [`Self::snapshot`] bytes. It then behaves exactly as
@@ -83,41 +76,7 @@ fn ascending(previous: u64, id: u64, what: &str) -> Result<(), SnapshotError> {
     Ok(())
 }
 
-fn encode_session(session: &Session) -> pb::SessionState {
-    pb::SessionState {
-        session_id: session.id,
-        timeout_ms: session.timeout_ms,
-        last_alive_ms: session.last_alive_ms,
-        released_sequence_num: session.released_sequence_num,
-        cached_outputs: session
-            .outputs
-            .iter()
-            .map(|(&sequence_num, output)| pb::CachedOutput { sequence_num, output: Some(encode_output(output)) })
-            .collect(),
-        open_inputs_through: session.open_inputs.as_ref().map_or(0, |(through, _)| *through),
-        open_inputs: session.open_inputs.as_ref().map(|(_, filter)| pb::BloomFilter {
-            m: filter.m(),
-            k: filter.k(),
-            bits: filter.bits(),
-            words: filter.words().to_vec(),
-        }),
-    }
-}
-
-fn encode_output(output: &CachedOutput) -> pb::cached_output::Output {
-    use pb::cached_output::Output as Out;
-    match output {
-        CachedOutput::PrimitiveCreated { primitive_id } => Out::PrimitiveCreated(*primitive_id),
-        CachedOutput::PrimitiveClosed => Out::PrimitiveClosed(pb::PrimitiveClosed {}),
-        CachedOutput::Term(term) => {
-            Out::ElectionTerm(pb::ElectionTerm { term: term.term, candidates: term.candidates.iter().map(|c| c.to_string()).collect() })
-        }
-        CachedOutput::UnknownPrimitive { primitive_id } => Out::UnknownPrimitive(*primitive_id),
-        CachedOutput::ElectionNotFound { name } => Out::ElectionNotFound(name.clone()),
-    }
-}
-
-fn encode_primitive(primitive: &Primitive) -> pb::PrimitiveState {
+pub(super) fn encode_primitive(primitive: &Primitive) -> pb::PrimitiveState {
     pb::PrimitiveState {
         primitive_id: primitive.id,
         name: primitive.name.to_string(),
