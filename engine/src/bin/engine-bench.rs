@@ -311,7 +311,14 @@ fn bench(args: Args) -> Result<(), String> {
     // Once every executor has its leaders and proposers, warm up for a second, then
     // measure the same window on all of them.
     let mut cpu_window = None;
+    let setup_deadline = Instant::now() + Duration::from_secs(120);
     while !window.aborted.load(Ordering::SeqCst) {
+        if Instant::now() > setup_deadline {
+            // An executor that died without reporting (a panic) never gets ready.
+            window.aborted.store(true, Ordering::SeqCst);
+            eprintln!("engine-bench: not every core was ready within 120 s");
+            break;
+        }
         if window.ready.load(Ordering::SeqCst) == args.cores {
             let start = Instant::now() + Duration::from_secs(1);
             let end = start + Duration::from_secs_f64(args.seconds);
@@ -334,6 +341,9 @@ fn bench(args: Args) -> Result<(), String> {
         }
     }
     let Some((cpu, elapsed)) = cpu_window.filter(|_| errors.is_empty()) else {
+        if errors.is_empty() {
+            errors.push("the run was aborted before its window".into());
+        }
         return Err(errors.join("; "));
     };
     let commands: u64 = reports.iter().map(|r| r.commands).sum();
