@@ -658,6 +658,8 @@ mod tests {
         // Longer than a heartbeat interval (30 ms by default) is refused: heartbeats carry it.
         assert!(resolve(&["--commit-notice-delay-us", "30000"]).is_err());
         assert!(resolve(&["--commit-notice-delay-us", "100001", "--tick-ms", "100"]).is_err());
+        assert_eq!((c.snapshot_every, c.snapshot_log_ratio), (DEFAULT_SNAPSHOT_EVERY, 1), "snapshots wait for the log to outweigh them");
+        assert_eq!(resolve(&["--snapshot-log-ratio", "0"]).unwrap().snapshot_log_ratio, 0);
     }
 
     #[test]
@@ -700,9 +702,9 @@ mod tests {
     fn flags_override_the_file_which_overrides_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("conclave.toml");
-        std::fs::write(&path, "partitions = 8\nshards = 1\ndata-dir = \"/tmp/x\"\n").unwrap();
+        std::fs::write(&path, "partitions = 8\nshards = 1\ndata-dir = \"/tmp/x\"\nsnapshot-log-ratio = 4\n").unwrap();
         let c = resolve(&["--config", path.to_str().unwrap(), "--partitions", "4"]).unwrap();
-        assert_eq!((c.partitions, c.shards), (4, 1));
+        assert_eq!((c.partitions, c.shards, c.snapshot_log_ratio), (4, 1, 4));
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
     }
 
