@@ -251,7 +251,7 @@ fn an_installed_snapshot_tells_only_the_watchers_of_elections_it_changed_once() 
         let enter = command::election(2, session_id, 3 + i as u64, PrimitiveRef::Name("e".into()), ElectionOp::Enter, who);
         assert!(ahead.apply(index + 1 + i as u64, term, &enter).result.is_ok());
     }
-    replica.install_snapshot(ahead, index + 2);
+    replica.install_snapshot(ahead, index + 2, 0);
     assert_eq!(
         *heard.borrow(),
         vec![("e".to_string(), vec!["a".to_string(), "b".to_string()])],

@@ -522,15 +522,15 @@ impl Replica {
 
     /// True when `every` entries were applied since the last snapshot and, with a
     /// `log_ratio` above 0, their bytes weigh at least `log_ratio` times that snapshot: a
-    /// snapshot then never costs more to encode and write than that many times the log it
-    /// lets the group drop, however large the state is next to its commands.
+    /// snapshot then costs at most 1/`log_ratio` of writing the log it lets the group drop,
+    /// however large the state is next to its commands.
     pub fn snapshot_due(&self, every: u64, log_ratio: u64) -> bool {
         self.sm.last_applied().saturating_sub(self.last_snapshot) >= every
             && self.applied_bytes_since_snapshot >= self.last_snapshot_bytes.saturating_mul(log_ratio)
     }
 
-    /// A snapshot of `bytes` was taken, restored or installed here: the log since it is
-    /// weighed against it from now on.
+    /// A snapshot of `bytes` was taken or restored here: the log since it is weighed
+    /// against it from now on.
     pub fn note_snapshot_size(&mut self, bytes: usize) {
         self.last_snapshot_bytes = bytes as u64;
         self.applied_bytes_since_snapshot = 0;
@@ -575,8 +575,9 @@ impl Replica {
     /// Replaces the state machine with one restored from a snapshot the leader sent (at
     /// `index`, already durable), before Raft is told it is installed. Proposals waiting
     /// at or below `index` lose their place (their outcome is unknown); watchers of an
-    /// election whose state the snapshot changed are told the new state, once.
-    pub fn install_snapshot(&mut self, sm: StateMachine, index: u64) {
+    /// election whose state the snapshot changed are told the new state, once. `bytes` is
+    /// the snapshot's size, which the next local snapshot waits for the log to outweigh.
+    pub fn install_snapshot(&mut self, sm: StateMachine, index: u64, bytes: usize) {
         while let Some((&waiting, _)) = self.proposals.first_key_value() {
             if waiting > index {
                 break;
@@ -590,6 +591,7 @@ impl Replica {
             self.watchers.keys().map(|&id| (id, self.sm.query_term(None, &PrimitiveRef::Id(id)).ok())).collect();
         self.sm = sm;
         self.last_snapshot = self.last_snapshot.max(index);
+        self.note_snapshot_size(bytes);
         for (id, before) in watched {
             let name = self.sm.registry().get(id).map(|p| p.name.clone());
             let (Some(name), Ok(term)) = (name, self.sm.query_term(None, &PrimitiveRef::Id(id))) else {

@@ -179,8 +179,7 @@ impl<L: LogStore> ShardRuntime<L> {
             .map_err(|e| ShardError::Storage(format!("group {group}: {e}")))?;
         if let Some(replica) = self.groups.replica_mut(group) {
             self.schedule.touch(group);
-            replica.install_snapshot(sm, snapshot.index);
-            replica.note_snapshot_size(snapshot.data.len());
+            replica.install_snapshot(sm, snapshot.index, snapshot.data.len());
             replica.raft_mut().snapshot_installed(snapshot.index);
         }
         (self.events)(group, &ShardEvent::SnapshotRecovered { index: snapshot.index });
