@@ -22,7 +22,7 @@ use conclave_engine::log::{Log, LogOptions, SnapshotStore};
 use conclave_engine::raft::{Config, Membership, Message, MessageType, RaftEvent, RaftNode, RaftRole, Role};
 use conclave_engine::shard::{
     load_snapshot, recover_replica, Committed, ReadTerm, Replica, Request, RuntimeConfig, ShardError, ShardEvent, ShardHandle,
-    ShardRuntime, ShardStorage, TermQuery,
+    ShardCounters, ShardRuntime, ShardStorage, TermQuery,
 };
 use conclave_engine::sm::{command, Command, ElectionOp, ElectionTerm, Output, PrimitiveRef, StateMachine};
 use conclave_proto::conclave::peer::v1::{peer_message::Body, PeerMessage};
@@ -132,6 +132,7 @@ struct Opts {
     forward_timeout: Duration,
     membership_timeout: Duration,
     rebalance_ticks: u64,
+    follow_workload: bool,
     preferred_leader: Option<u64>,
 }
 
@@ -143,6 +144,7 @@ impl Default for Opts {
             forward_timeout: Duration::from_millis(500),
             membership_timeout: Duration::from_secs(5),
             rebalance_ticks: 0,
+            follow_workload: false,
             preferred_leader: None,
         }
     }
@@ -158,6 +160,7 @@ struct Ev {
 struct Node {
     handle: ShardHandle,
     task: Task<Result<(), ShardError>>,
+    counters: Rc<ShardCounters>,
 }
 
 /// What a node found in its storage when it started.
@@ -266,6 +269,7 @@ impl Cluster {
             forward_timeout: self.opts.forward_timeout,
             membership_timeout: self.opts.membership_timeout,
             rebalance_ticks: self.opts.rebalance_ticks,
+            follow_workload: self.opts.follow_workload,
             ..RuntimeConfig::new(id, TICK)
         };
         let queue = self.queue.clone();
@@ -295,9 +299,10 @@ impl Cluster {
         });
         let runtime = ShardRuntime::new(cfg, replicas, ShardStorage::new(log, snapshots), transport, sink, Box::new(now_ms));
         let handle = runtime.handle();
+        let counters = runtime.counters();
         let task = glommio::spawn_local(runtime.run());
         self.net.handles.borrow_mut().insert(id, handle.clone());
-        self.nodes.insert(id, Node { handle, task });
+        self.nodes.insert(id, Node { handle, task, counters });
         started
     }
 
@@ -320,6 +325,11 @@ impl Cluster {
 
     fn handle(&self, id: u64) -> ShardHandle {
         self.nodes[&id].handle.clone()
+    }
+
+    /// Leadership transfers node `id` started toward its group's workload home.
+    fn workload_transfers(&self, id: u64) -> u64 {
+        self.nodes[&id].counters.workload_transfers.get()
     }
 
     /// The node of `among` that leads at the highest term any of them has reached, if any.
@@ -1215,6 +1225,89 @@ fn rebalancing_moves_leadership_to_the_preferred_node() {
         let (cmd, _) = client.enter("e", "on-preferred");
         let entered = propose(&c.handle(first), &cmd).await;
         assert_eq!(names(&term_of(&entered)).len(), 6);
+        c.stop_all().await;
+    });
+}
+
+/// With leadership following the workload, a group whose requests come through one
+/// follower is led from that follower (its commands and reads stop being forwarded), stays
+/// there while they keep coming, and goes back to its preferred node once requests come
+/// through every node alike.
+#[test]
+fn leadership_follows_the_workload_and_returns_to_the_preferred_node_when_it_spreads() {
+    run(async {
+        // Periods of 25 ticks (50 ms): each needs 16 requests to say where the workload is.
+        let opts = Opts { rebalance_ticks: 25, follow_workload: true, preferred_leader: Some(1), ..Opts::default() };
+        let c = Cluster::start(opts, &[1, 2, 3], &[], &[]).await;
+        let (_, mut term) = c.wait_leader(&[1, 2, 3], 0).await;
+        eventually("leadership on the preferred node", DEADLINE, || c.leader_among(&[1, 2, 3]).map(|(n, _)| n) == Some(1)).await;
+        let mut client = Client::open(&c.handle(1)).await;
+        propose(&c.handle(1), &client.create("e")).await;
+        c.wait_known_leader(&[2, 3], 1).await;
+
+        // Commands through node 2 only: node 1 forwards nothing, node 2 forwards them all.
+        let started = Instant::now();
+        let mut sent = 0;
+        while c.leader_among(&[1, 2, 3]).map(|(n, _)| n) != Some(2) {
+            assert!(started.elapsed() < DEADLINE, "leadership did not follow the commands to node 2 ({sent} sent)");
+            let (cmd, _) = client.enter("e", &format!("via-2-{sent}"));
+            propose(&c.handle(2), &cmd).await;
+            sent += 1;
+        }
+        eprintln!("leadership followed the commands to node 2 after {sent} of them, in {:?}", started.elapsed());
+        assert!(sent >= 16, "a period of fewer than 16 requests moves nothing (moved after {sent})");
+        assert_eq!(c.workload_transfers(1), 1, "node 1 handed the group to its workload home once");
+        term = c.leader_among(&[1, 2, 3]).unwrap().1.max(term);
+
+        // Reads through node 2 for six periods: served by its own leader, which keeps the
+        // group (its preferred node is 1).
+        let until = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < until {
+            read(&c.handle(2), "e", 0).await;
+            assert_eq!(c.leader_among(&[1, 2, 3]), Some((2, term)), "the workload's node keeps the group");
+        }
+        assert_eq!(c.workload_transfers(2), 0);
+
+        // Reads through every node alike: no node has three quarters of them, so the
+        // group goes back to its preferred node.
+        let started = Instant::now();
+        let mut k = 0;
+        while c.leader_among(&[1, 2, 3]).map(|(n, _)| n) != Some(1) {
+            assert!(started.elapsed() < DEADLINE, "leadership did not go back to the preferred node");
+            read(&c.handle(1 + k % 3), "e", 0).await;
+            k += 1;
+        }
+        eprintln!("back on the preferred node after {k} spread reads, in {:?}", started.elapsed());
+        assert_eq!(c.workload_transfers(2), 0, "going back to the preferred node is ordinary rebalancing");
+        let (cmd, _) = client.enter("e", "after");
+        let entered = propose(&c.handle(3), &cmd).await;
+        assert_eq!(names(&term_of(&entered)).len(), sent + 1);
+        c.stop_all().await;
+    });
+}
+
+/// Without following the workload, commands through a follower leave leadership on the
+/// preferred node.
+#[test]
+fn without_following_the_workload_leadership_stays_on_the_preferred_node() {
+    run(async {
+        let opts = Opts { rebalance_ticks: 25, preferred_leader: Some(1), ..Opts::default() };
+        let c = Cluster::start(opts, &[1, 2, 3], &[], &[]).await;
+        eventually("leadership on the preferred node", DEADLINE, || c.leader_among(&[1, 2, 3]).map(|(n, _)| n) == Some(1)).await;
+        let (_, term) = c.leader_among(&[1, 2, 3]).unwrap();
+        let mut client = Client::open(&c.handle(1)).await;
+        propose(&c.handle(1), &client.create("e")).await;
+        c.wait_known_leader(&[2, 3], 1).await;
+        let until = Instant::now() + Duration::from_millis(300);
+        let mut sent = 0;
+        while Instant::now() < until {
+            let (cmd, _) = client.enter("e", &format!("via-2-{sent}"));
+            propose(&c.handle(2), &cmd).await;
+            sent += 1;
+            assert_eq!(c.leader_among(&[1, 2, 3]), Some((1, term)), "leadership stays on node 1");
+        }
+        assert!(sent >= 32, "{sent} commands in six periods");
+        assert_eq!(c.workload_transfers(1), 0);
         c.stop_all().await;
     });
 }

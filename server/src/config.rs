@@ -128,6 +128,13 @@ pub struct ServeArgs {
     /// [default: 2000].
     #[arg(long, value_name = "MS")]
     pub rebalance_ms: Option<u64>,
+    /// Lead a partition from the node its requests come through: when, over a rebalancing
+    /// period, three quarters of a partition's commands and reads (at least 16) came
+    /// through one node, its leader hands it to that node (or keeps it, when that is
+    /// itself) instead of the preferred node, so they stop being forwarded. Requests spread
+    /// over nodes leave partitions spread. Needs `--rebalance-ms` above 0 [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub follow_workload: Option<bool>,
     /// Raft tick interval in milliseconds [default: 10].
     #[arg(long, value_name = "MS")]
     pub tick_ms: Option<u64>,
@@ -244,6 +251,8 @@ pub struct Config {
     pub cluster_id: String,
     /// Interval of the leaders' rebalancing check (zero: off).
     pub rebalance: Duration,
+    /// Leadership follows where a partition's requests come from (`--follow-workload`).
+    pub follow_workload: bool,
     pub tick: Duration,
     pub election_ticks: u32,
     pub heartbeat_ticks: u32,
@@ -403,6 +412,7 @@ impl ServeArgs {
             replication: self.replication.or(file.replication),
             cluster_id: self.cluster_id.or(file.cluster_id),
             rebalance_ms: self.rebalance_ms.or(file.rebalance_ms),
+            follow_workload: self.follow_workload.or(file.follow_workload),
             tick_ms: self.tick_ms.or(file.tick_ms),
             election_ticks: self.election_ticks.or(file.election_ticks),
             heartbeat_ticks: self.heartbeat_ticks.or(file.heartbeat_ticks),
@@ -616,6 +626,7 @@ impl Config {
             handshake_timeout: Duration::from_millis(handshake_timeout_ms),
             cluster_id,
             rebalance: Duration::from_millis(args.rebalance_ms.unwrap_or(DEFAULT_REBALANCE_MS)),
+            follow_workload: args.follow_workload.unwrap_or(true),
         })
     }
 }
@@ -647,6 +658,8 @@ mod tests {
         assert!(!resolve(&["--log-sync", "fdatasync"]).unwrap().log_dsync);
         assert!(c.quiesce, "idle groups go quiet by default");
         assert!(!resolve(&["--quiesce", "false"]).unwrap().quiesce);
+        assert!(c.follow_workload, "leadership follows the workload by default");
+        assert!(!resolve(&["--follow-workload", "false"]).unwrap().follow_workload);
         assert!(c.lease_reads, "leaders answer reads from a valid lease by default");
         assert!(!resolve(&["--lease-reads", "false"]).unwrap().lease_reads);
         assert_eq!(c.commit_notice_delay, Duration::ZERO, "commit notices are not held by default");

@@ -127,6 +127,10 @@ pub struct RuntimeConfig {
     /// A leader hands its group to the group's preferred leader (once caught up) at most
     /// once per this many ticks; 0 never does.
     pub rebalance_ticks: u64,
+    /// With rebalancing on, a group whose requests came mostly (three quarters, at least 16)
+    /// through one node over a rebalancing period is led from that node instead of its
+    /// preferred one, until a period's requests say otherwise (`shard::workload`).
+    pub follow_workload: bool,
     /// A round of the shard loop that holds it longer than this (or a tick that runs this
     /// late) is logged at `warn` with its phases; zero logs none.
     pub stall_warn: Duration,
@@ -159,6 +163,7 @@ impl RuntimeConfig {
             forward_timeout: Duration::from_secs(2),
             membership_timeout: Duration::from_secs(10),
             rebalance_ticks: 0,
+            follow_workload: false,
             stall_warn: Duration::from_millis(100),
             liveness_peers: Vec::new(),
             liveness_ping_ticks: 0,

@@ -69,6 +69,9 @@ counters! {
     snapshot_bytes,
     /// Proposals handed to a leader replica on this shard (local or forwarded).
     proposals,
+    /// Leadership transfers a leader here started toward its group's workload home (the
+    /// node most of the group's requests came through, `RuntimeConfig::follow_workload`).
+    workload_transfers,
     /// Proposals this shard forwarded to a leader elsewhere and answered with the result
     /// the leader sent, before applying the entry here.
     forwarded_answered_by_leader,

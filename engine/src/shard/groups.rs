@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::peer_requests::MembershipWaiters;
 use super::replica::Replica;
 use super::upkeep::SnapshotSave;
+use super::workload::Workload;
 
 /// One hosted group: its replica, and what the runtime remembers of it between rounds.
 pub(super) struct GroupSlot {
@@ -23,6 +24,8 @@ pub(super) struct GroupSlot {
     /// The node that last handed the group's leadership here (TimeoutNow), and the tick it
     /// did: a leader does not rebalance the group back to it at once (it may be stopping).
     pub(super) handed_by: Option<(u64, u64)>,
+    /// Leader: where the group's requests come from (leadership may follow them).
+    pub(super) workload: Workload,
     /// Leader: membership changes waiting for their entry to commit.
     pub(super) membership_waiters: MembershipWaiters,
     /// A snapshot this shard took of the group, on its way to disk (kept through
@@ -39,6 +42,7 @@ impl GroupSlot {
             last_expiry_barrier: None,
             last_rebalance: 0,
             handed_by: None,
+            workload: Workload::default(),
             membership_waiters: Vec::new(),
             snapshot_save: None,
         }

@@ -44,13 +44,13 @@ impl<L: LogStore> ShardRuntime<L> {
     }
 
     /// The tick at which a quiet leader must be looked at again: its next rebalancing
-    /// check (when its preferred node is another voter) or the next session deadline of
+    /// check (when its group has somewhere to go) or the next session deadline of
     /// its state machine (a barrier then lets the session expire).
     fn quiet_leader_due(&self, group: u32) -> Option<u64> {
         let slot = self.groups.get(group)?;
         let replica = &slot.replica;
         let mut due = None;
-        if self.cfg.rebalance_ticks > 0 && replica.rebalance_target().is_some() {
+        if self.rebalance_due(slot) {
             let last = slot.last_rebalance;
             due = Some((last + self.cfg.rebalance_ticks).max(self.ticks + 1));
         }

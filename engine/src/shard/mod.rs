@@ -25,6 +25,7 @@ mod stall;
 mod stats;
 mod storage;
 mod upkeep;
+mod workload;
 
 pub use api::{
     Clock, Durable, EventSink, GroupWrite, LogStore, MonotonicClock, Request, RuntimeConfig, ShardEvent, ShardHandle, Transport,

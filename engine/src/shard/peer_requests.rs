@@ -47,6 +47,8 @@ impl<L: LogStore> ShardRuntime<L> {
                     let group = msg.group_id;
                     if msg.msg_type == MessageType::TimeoutNow as i32 {
                         self.note_handed_by(group, from);
+                    } else if msg.msg_type == MessageType::ReadIndex as i32 {
+                        self.note_forwarded_request(group, from);
                     }
                     let dropped = match self.replica_mut(group) {
                         Some(replica) => {
@@ -114,6 +116,7 @@ impl<L: LogStore> ShardRuntime<L> {
             let applied = ProposalApplied { group_id: group, request_id, index, term: term.get(), output };
             outgoing.borrow_mut().push((from, PeerMessage { body: Some(Body::ProposalApplied(applied)) }));
         });
+        self.note_forwarded_request(group, from);
         let appended = match self.replica_mut(group) {
             None => Err(ShardError::UnknownGroup(group)),
             Some(replica) if !replica.is_leader() => Err(ShardError::NotLeader { group, leader: replica.raft().leader() }),
@@ -136,6 +139,16 @@ impl<L: LogStore> ShardRuntime<L> {
             Err(e) => outcome.refusal = Some(refusal(&e)),
         }
         self.forwarded.send(from, Body::ProposalOutcome(outcome));
+    }
+
+    /// Leader: counts a request node `from` forwarded for its clients (a proposal, or reads
+    /// asking for the read index), for where the group's workload is.
+    fn note_forwarded_request(&mut self, group: u32, from: u64) {
+        if let Some(slot) = self.groups.get_mut(group) {
+            if slot.replica.is_leader() {
+                slot.workload.note(from);
+            }
+        }
     }
 
     /// Follower: the leader applied a forwarded proposal; answer its client with the

@@ -74,6 +74,7 @@ impl<L: LogStore> ShardRuntime<L> {
                         // A new leader waits a whole rebalancing period before handing the
                         // group on (so a hand-off is not undone at once).
                         slot.last_rebalance = self.ticks;
+                        slot.workload.restart(self.ticks);
                     }
                     settle_membership_waiters(&mut slot.membership_waiters, &event);
                     (self.events)(group, &ShardEvent::Raft(event));

@@ -1,9 +1,12 @@
 //! Where a group's leadership goes: a leader hands its group to the group's preferred
-//! leader once per rebalancing period (not back, for a while, to a node that just handed it
-//! over: that node may be stopping), and a stopping node hands every group it leads to
-//! another voter, trying again while leaderships come back.
+//! leader once per rebalancing period, or, when the group's requests come mostly through
+//! one node (its workload home, `shard::workload`), to that node (not back, for a while,
+//! to a node that just handed it over: that node may be stopping); and a stopping node
+//! hands every group it leads to another voter, trying again while leaderships come back.
 
 use super::api::LogStore;
+use super::counters::ShardCounters;
+use super::groups::GroupSlot;
 use super::runtime::ShardRuntime;
 
 /// Rebalancing periods before a leader hands a group back to the node that handed it
@@ -23,16 +26,16 @@ impl<L: LogStore> ShardRuntime<L> {
     }
 
     /// A leader's tick: a stopping node hands the group on (again), otherwise once per
-    /// rebalancing period the group goes to its preferred node.
+    /// rebalancing period the group goes to its workload home or its preferred node.
     pub(super) fn rebalance_tick(&mut self, group: u32) {
         let ticks = self.ticks;
         let Some(slot) = self.groups.get_mut(group) else { return };
-        let replica = &mut slot.replica;
         let last = slot.last_rebalance;
         if self.handing_off {
             // Stopping: a leadership that came back here is handed on again.
             if ticks >= last + HAND_OFF_RETRY_TICKS {
                 slot.last_rebalance = ticks;
+                let replica = &mut slot.replica;
                 if let Some(to) = replica.best_successor() {
                     if let Err(e) = replica.raft_mut().transfer_leadership(to) {
                         tracing::debug!(group, to, error = %e, "hand-off refused");
@@ -40,15 +43,22 @@ impl<L: LogStore> ShardRuntime<L> {
                 }
             }
         } else if self.cfg.rebalance_ticks > 0 && ticks >= last + self.cfg.rebalance_ticks {
+            let period = self.cfg.rebalance_ticks;
+            if self.cfg.follow_workload {
+                slot.workload.settle(ticks, period);
+            }
             let handed_by = slot.handed_by;
-            let gave_it_away = |to: u64| {
-                handed_by.is_some_and(|(from, at)| from == to && ticks < at + HANDED_BACK_AFTER_PERIODS * self.cfg.rebalance_ticks)
-            };
-            match replica.rebalance_target() {
+            let gave_it_away =
+                |to: u64| handed_by.is_some_and(|(from, at)| from == to && ticks < at + HANDED_BACK_AFTER_PERIODS * period);
+            let follows_workload = self.cfg.follow_workload && slot.workload.home().is_some();
+            match leadership_target(slot, self.cfg.follow_workload) {
                 Some(to) if !gave_it_away(to) => {
                     slot.last_rebalance = ticks;
-                    if let Err(e) = replica.raft_mut().transfer_leadership(to) {
-                        tracing::debug!(group, to, error = %e, "rebalancing transfer refused");
+                    let replica = &mut slot.replica;
+                    match replica.raft_mut().transfer_leadership(to) {
+                        Ok(()) if follows_workload => ShardCounters::add(&self.counters.workload_transfers, 1),
+                        Ok(()) => {}
+                        Err(e) => tracing::debug!(group, to, error = %e, "rebalancing transfer refused"),
                     }
                 }
                 // Checked again a period later, not every tick.
@@ -58,6 +68,12 @@ impl<L: LogStore> ShardRuntime<L> {
                 None => {}
             }
         }
+    }
+
+    /// Whether a quiet leader must wake for its next rebalancing check: its group has
+    /// somewhere to go (see [`leadership_target`]).
+    pub(super) fn rebalance_due(&self, slot: &GroupSlot) -> bool {
+        self.cfg.rebalance_ticks > 0 && leadership_target(slot, self.cfg.follow_workload).is_some()
     }
 
     /// Starts handing every group this shard leads to its most caught-up other voter.
@@ -78,5 +94,16 @@ impl<L: LogStore> ShardRuntime<L> {
             }
         }
         started
+    }
+}
+
+/// Where a leader should hand its group now, if anywhere: to the group's workload home
+/// when it has one (staying put when that is this node), otherwise to its preferred node;
+/// either only as a voter holding the whole log.
+fn leadership_target(slot: &GroupSlot, follow_workload: bool) -> Option<u64> {
+    let replica = &slot.replica;
+    match slot.workload.home() {
+        Some(home) if follow_workload => replica.transfer_target(home),
+        _ => replica.rebalance_target(),
     }
 }

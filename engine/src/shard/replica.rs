@@ -172,7 +172,12 @@ impl Replica {
     /// The voter leadership should move to now, if any: this replica leads, the preferred
     /// node is another voter, and it holds the whole log.
     pub fn rebalance_target(&self) -> Option<u64> {
-        let to = self.preferred_leader?;
+        self.transfer_target(self.preferred_leader?)
+    }
+
+    /// `to`, if leadership can move there now: this replica leads, `to` is another voter,
+    /// and it holds the whole log.
+    pub fn transfer_target(&self, to: u64) -> Option<u64> {
         if !self.is_leader() || to == self.raft.id() || self.raft.membership().role(to) != Some(crate::raft::Role::Voter) {
             return None;
         }

@@ -166,26 +166,30 @@ impl<L: LogStore> ShardRuntime<L> {
             self.schedule.touch(group);
         }
         match request {
-            Request::Propose { group, mut command, reply } => match self.groups.replica_mut(group) {
-                Some(replica) if replica.is_leader() => {
+            Request::Propose { group, mut command, reply } => match self.groups.get_mut(group) {
+                Some(slot) if slot.replica.is_leader() => {
                     command.timestamp_ms = (self.clock)();
                     ShardCounters::add(&self.counters.proposals, 1);
-                    replica.propose(&command, reply);
+                    slot.workload.note(self.cfg.node_id);
+                    slot.replica.propose(&command, reply);
                 }
-                Some(replica) if replica.is_witness() => reply(Err(ShardError::Unavailable(format!(
+                Some(slot) if slot.replica.is_witness() => reply(Err(ShardError::Unavailable(format!(
                     "this node is a witness of group {group}: it runs no state machine and cannot answer commands; use another node"
                 )))),
-                Some(replica) => {
-                    let leader = replica.raft().leader();
+                Some(slot) => {
+                    let leader = slot.replica.raft().leader();
                     self.forward_proposal(group, leader, &command, reply);
                 }
                 None => reply(Err(ShardError::UnknownGroup(group))),
             },
-            Request::Read { group, query, reply } => match self.groups.replica_mut(group) {
-                Some(replica) => {
+            Request::Read { group, query, reply } => match self.groups.get_mut(group) {
+                Some(slot) => {
+                    if slot.replica.is_leader() {
+                        slot.workload.note(self.cfg.node_id);
+                    }
                     // A lease read is trusted only while the clock says the lease runs.
-                    replica.raft_mut().set_now((self.monotonic)());
-                    replica.read(query, reply)
+                    slot.replica.raft_mut().set_now((self.monotonic)());
+                    slot.replica.read(query, reply)
                 }
                 None => reply(Err(ShardError::UnknownGroup(group))),
             },

@@ -150,6 +150,11 @@ impl Collector for NodeCollector {
             ("shard_snapshot_bytes", "Bytes of the partition snapshots this node took.", work.snapshot_bytes),
             ("shard_proposals", "Proposals handed to a leader replica on this node (local or forwarded).", work.proposals),
             (
+                "shard_workload_transfers",
+                "Leadership transfers started toward the node most of a partition's requests came through (--follow-workload).",
+                work.workload_transfers,
+            ),
+            (
                 "shard_forwarded_answered_by_leader",
                 "Commands forwarded to a leader elsewhere and answered with the result it sent.",
                 work.forwarded_answered_by_leader,

@@ -145,6 +145,7 @@ async fn serve(
             snapshot_log_ratio: config.snapshot_log_ratio,
             compaction_tail: config.compaction_tail,
             rebalance_ticks: (config.rebalance.as_millis() / tick.as_millis().max(1)) as u64,
+            follow_workload: config.follow_workload,
             // One ping per peer node per heartbeat interval; a peer silent for an election
             // timeout wakes the quiet groups it leads.
             shard: shard as u32,
