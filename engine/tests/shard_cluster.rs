@@ -21,8 +21,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use conclave_engine::log::{Log, LogOptions, SnapshotStore};
 use conclave_engine::raft::{Config, Membership, Message, MessageType, RaftEvent, RaftNode, RaftRole, Role};
 use conclave_engine::shard::{
-    load_snapshot, recover_replica, Committed, ReadTerm, Replica, Request, RuntimeConfig, ShardError, ShardEvent, ShardHandle,
-    ShardCounters, ShardRuntime, ShardStorage, TermQuery,
+    load_snapshot, recover_replica, Committed, ReadTerm, Replica, Request, RuntimeConfig, ShardCounters, ShardError, ShardEvent,
+    ShardHandle, ShardRuntime, ShardStorage, TermQuery,
 };
 use conclave_engine::sm::{command, Command, ElectionOp, ElectionTerm, Output, PrimitiveRef, StateMachine};
 use conclave_proto::conclave::peer::v1::{peer_message::Body, PeerMessage};
@@ -133,6 +133,8 @@ struct Opts {
     membership_timeout: Duration,
     rebalance_ticks: u64,
     follow_workload: bool,
+    /// Idle groups go quiet (`raft::Config::quiesce`).
+    quiesce: bool,
     preferred_leader: Option<u64>,
 }
 
@@ -145,6 +147,7 @@ impl Default for Opts {
             membership_timeout: Duration::from_secs(5),
             rebalance_ticks: 0,
             follow_workload: false,
+            quiesce: false,
             preferred_leader: None,
         }
     }
@@ -257,7 +260,8 @@ impl Cluster {
         if let Some(bootstrap) = bootstrap {
             let snapshot = load_snapshot(&snapshots, GROUP).await.unwrap();
             started.snapshot_index = snapshot.as_ref().map(|s| s.index);
-            let mut replica = recover_replica(raft_config(id), bootstrap, snapshot, recovered, ChaCha8Rng::seed_from_u64(seed)).unwrap();
+            let raft = Config { quiesce: self.opts.quiesce, ..raft_config(id) };
+            let mut replica = recover_replica(raft, bootstrap, snapshot, recovered, ChaCha8Rng::seed_from_u64(seed)).unwrap();
             replica.set_preferred_leader(self.opts.preferred_leader);
             replicas.insert(GROUP, replica);
         }
@@ -1281,6 +1285,58 @@ fn leadership_follows_the_workload_and_returns_to_the_preferred_node_when_it_spr
         assert_eq!(c.workload_transfers(2), 0, "going back to the preferred node is ordinary rebalancing");
         let (cmd, _) = client.enter("e", "after");
         let entered = propose(&c.handle(3), &cmd).await;
+        assert_eq!(names(&term_of(&entered)).len(), sent + 1);
+        c.stop_all().await;
+    });
+}
+
+/// A group led from its workload's node goes back to its preferred node after ten quiet
+/// periods, also when it went quiet (no ticks) in between.
+#[test]
+fn a_quiet_group_forgets_its_workload_home_and_goes_back_to_the_preferred_node() {
+    run(async {
+        let opts = Opts { rebalance_ticks: 25, follow_workload: true, quiesce: true, preferred_leader: Some(1), ..Opts::default() };
+        let c = Cluster::start(opts, &[1, 2, 3], &[], &[]).await;
+        eventually("leadership on the preferred node", DEADLINE, || c.leader_among(&[1, 2, 3]).map(|(n, _)| n) == Some(1)).await;
+        let mut client = Client::open(&c.handle(1)).await;
+        propose(&c.handle(1), &client.create("e")).await;
+        c.wait_known_leader(&[2, 3], 1).await;
+        let started = Instant::now();
+        let mut sent = 0;
+        while c.leader_among(&[1, 2, 3]).map(|(n, _)| n) != Some(3) {
+            assert!(started.elapsed() < DEADLINE, "leadership did not follow the commands to node 3");
+            let (cmd, _) = client.enter("e", &format!("via-3-{sent}"));
+            propose(&c.handle(3), &cmd).await;
+            sent += 1;
+        }
+        // The commands keep coming through node 3 for twelve periods (past the ten in
+        // which a leader does not hand a group back to the node that handed it over), and
+        // it keeps the group.
+        let (_, term) = c.leader_among(&[1, 2, 3]).unwrap();
+        let until = Instant::now() + Duration::from_millis(600);
+        while Instant::now() < until {
+            let (cmd, _) = client.enter("e", &format!("via-3-{sent}"));
+            propose(&c.handle(3), &cmd).await;
+            sent += 1;
+            assert_eq!(c.leader_among(&[1, 2, 3]), Some((3, term)), "the workload's node keeps the group");
+        }
+        // No requests now: the group goes quiet, and is back on node 1 once ten quiet
+        // periods of 50 ms made node 3 forget the workload (a quiet leader wakes for that).
+        let quiet_from = Instant::now();
+        let ticks = c.nodes[&3].counters.replica_ticks.get();
+        let mut back = None;
+        eventually("leadership back on the preferred node", DEADLINE, || {
+            back = c.leader_among(&[1, 2, 3]);
+            back.is_some_and(|(n, _)| n == 1)
+        })
+        .await;
+        let took = quiet_from.elapsed();
+        let ticked = c.nodes[&3].counters.replica_ticks.get() - ticks;
+        eprintln!("back on node 1 {took:?} after the last of {sent} commands through node 3; it ticked {ticked} times meanwhile");
+        assert!(took >= Duration::from_millis(450), "the home is kept for ten quiet periods (back after {took:?})");
+        assert!(ticked < 100, "the group went quiet meanwhile ({ticked} ticks in {took:?})");
+        let (cmd, _) = client.enter("e", "after");
+        let entered = propose(&c.handle(2), &cmd).await;
         assert_eq!(names(&term_of(&entered)).len(), sent + 1);
         c.stop_all().await;
     });

@@ -53,6 +53,9 @@ impl<L: LogStore> ShardRuntime<L> {
         if self.rebalance_due(slot) {
             let last = slot.last_rebalance;
             due = Some((last + self.cfg.rebalance_ticks).max(self.ticks + 1));
+        } else if let Some(at) = self.home_forgotten_at(slot) {
+            // Kept here by its workload: look again when a quiet spell makes it forget it.
+            due = Some(at.max(self.ticks + 1));
         }
         if let Some(deadline_ms) = replica.next_session_deadline_ms() {
             let tick_ms = u64::try_from(self.cfg.tick.as_millis()).unwrap_or(u64::MAX).max(1);

@@ -48,8 +48,7 @@ impl<L: LogStore> ShardRuntime<L> {
                 slot.workload.settle(ticks, period);
             }
             let handed_by = slot.handed_by;
-            let gave_it_away =
-                |to: u64| handed_by.is_some_and(|(from, at)| from == to && ticks < at + HANDED_BACK_AFTER_PERIODS * period);
+            let gave_it_away = |to: u64| handed_by.is_some_and(|(from, at)| from == to && ticks < at + HANDED_BACK_AFTER_PERIODS * period);
             let follows_workload = self.cfg.follow_workload && slot.workload.home().is_some();
             match leadership_target(slot, self.cfg.follow_workload) {
                 Some(to) if !gave_it_away(to) => {
@@ -74,6 +73,16 @@ impl<L: LogStore> ShardRuntime<L> {
     /// somewhere to go (see [`leadership_target`]).
     pub(super) fn rebalance_due(&self, slot: &GroupSlot) -> bool {
         self.cfg.rebalance_ticks > 0 && leadership_target(slot, self.cfg.follow_workload).is_some()
+    }
+
+    /// Led here as its workload's home while its preferred node is elsewhere: the tick at
+    /// which a quiet spell makes the group forget that home (and go back).
+    pub(super) fn home_forgotten_at(&self, slot: &GroupSlot) -> Option<u64> {
+        let rebalancing = self.cfg.rebalance_ticks > 0 && self.cfg.follow_workload;
+        if !rebalancing || slot.replica.rebalance_target().is_none() {
+            return None;
+        }
+        slot.workload.home_forgotten_at(self.cfg.rebalance_ticks)
     }
 
     /// Starts handing every group this shard leads to its most caught-up other voter.

@@ -5,7 +5,7 @@
 //! the requests stop crossing nodes. A client talking to one node then finds the leaders
 //! of the partitions it uses on that node, and each of its commands saves the forwarding
 //! hop (a peer frame each way and a wake-up of two nodes). Requests spread over nodes
-//! leave the group on its preferred node.
+//! leave the group on its preferred node, and so does a long quiet.
 
 /// Requests a period needs before they say anything about where the workload is: fewer
 /// leave the group's home as it was (so a trickle does not move leadership back and forth).
@@ -14,6 +14,10 @@ pub(super) const MIN_REQUESTS_PER_PERIOD: u32 = 16;
 /// The share of a period's requests (numerator, denominator) one node must have sent to
 /// be the group's home.
 pub(super) const HOME_SHARE: (u32, u32) = (3, 4);
+
+/// Periods in a row with too few requests after which the home is forgotten (the group
+/// goes back to its preferred node, keeping leaderships spread while the workload rests).
+pub(super) const HOME_KEPT_QUIET_PERIODS: u64 = 10;
 
 /// One group's request counts over the current period, and the home the last full period
 /// found.
@@ -26,6 +30,8 @@ pub(super) struct Workload {
     /// Where the last period with enough requests found most of them came from
     /// (`None`: nowhere in particular, or not known yet).
     home: Option<u64>,
+    /// Periods in a row since then with too few requests to say anything.
+    quiet_periods: u64,
 }
 
 impl Workload {
@@ -47,18 +53,34 @@ impl Workload {
         self.home
     }
 
+    /// The tick at which a home kept through quiet periods is forgotten, if it has one
+    /// (with periods of `period` ticks).
+    pub(super) fn home_forgotten_at(&self, period: u64) -> Option<u64> {
+        let left = HOME_KEPT_QUIET_PERIODS.saturating_sub(self.quiet_periods);
+        self.home.map(|_| self.since.saturating_add(left.max(1).saturating_mul(period)))
+    }
+
     /// At tick `ticks`, once `period` ticks have passed since the period started: settles
-    /// the home from the period's counts and starts the next period. Returns whether a
-    /// period ended.
+    /// the home from the counts since then and starts the next period. A span of several
+    /// periods (a quiet leader was not ticked) counts as that many periods, all but the
+    /// last with no requests. Returns whether a period ended.
     pub(super) fn settle(&mut self, ticks: u64, period: u64) -> bool {
+        let period = period.max(1);
         if ticks < self.since.saturating_add(period) {
             return false;
         }
         let total: u64 = self.by_node.iter().map(|(_, n)| u64::from(*n)).sum();
+        let periods = (ticks - self.since) / period;
         if total >= u64::from(MIN_REQUESTS_PER_PERIOD) {
             let (num, den) = HOME_SHARE;
             let dominant = |n: u32| u64::from(n) * u64::from(den) >= total * u64::from(num);
             self.home = self.by_node.iter().find(|(_, n)| dominant(*n)).map(|(node, _)| *node);
+            self.quiet_periods = periods - 1;
+        } else {
+            self.quiet_periods = self.quiet_periods.saturating_add(periods);
+        }
+        if self.quiet_periods >= HOME_KEPT_QUIET_PERIODS {
+            self.home = None;
         }
         self.since = ticks;
         self.by_node.clear();
@@ -103,5 +125,33 @@ mod tests {
         w.restart(100);
         assert_eq!(w.home(), None, "a new leader starts with no home");
         assert_eq!(period(&mut w, 0, &[]), None);
+    }
+
+    #[test]
+    fn a_home_is_forgotten_after_ten_quiet_periods() {
+        let mut w = Workload::default();
+        assert_eq!(period(&mut w, 0, &[(2, 20)]), Some(2));
+        assert_eq!(w.home_forgotten_at(10), Some(w.since + 100));
+        for k in 1..HOME_KEPT_QUIET_PERIODS {
+            assert_eq!(period(&mut w, 0, &[(2, 3)]), Some(2), "quiet period {k}");
+        }
+        assert_eq!(w.home_forgotten_at(10), Some(w.since + 10));
+        assert_eq!(period(&mut w, 0, &[]), None, "the tenth quiet period forgets it");
+        assert_eq!(w.home_forgotten_at(10), None);
+
+        // A leader not ticked for a while (quiet) counts the periods it missed.
+        assert_eq!(period(&mut w, 0, &[(3, 16)]), Some(3));
+        w.note(3);
+        assert!(w.settle(w.since + 95, 10), "nine periods, one request in all");
+        assert_eq!((w.home(), w.quiet_periods), (Some(3), 9));
+        assert!(w.settle(w.since + 10, 10));
+        assert_eq!(w.home(), None);
+        // A busy period after a gap keeps counting from it.
+        assert_eq!(period(&mut w, 0, &[(3, 16)]), Some(3));
+        for _ in 0..16 {
+            w.note(3);
+        }
+        assert!(w.settle(w.since + 95, 10), "nine periods, the last with 16 requests");
+        assert_eq!((w.home(), w.quiet_periods), (Some(3), 8));
     }
 }
