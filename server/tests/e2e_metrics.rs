@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use support::client::atomix::runtime::election::v1 as rt;
-use support::cluster::{create, Cluster, ClusterOptions, Election};
+use support::cluster::{create, spread_names, Cluster, ClusterOptions, Election};
 use support::python::python_with_grpc;
 use support::{bounded, id, Node, NodeOptions, TestDir};
 
@@ -354,4 +354,62 @@ async fn keep_alives_cost_one_entry_per_partition_per_interval() {
     let term = clients[0].get_term(bounded(rt::GetTermRequest { id: id("keepalive") })).await.expect("get term").into_inner();
     assert_eq!(term.term.map(|t| t.candidates.len()), Some(CONNECTIONS), "every session stayed alive");
     assert_eq!(after.sum("conclave_client_sessions_open", &[]), CONNECTIONS as f64);
+}
+
+/// Leadership follows the workload on real processes: a client talking to node 2 alone
+/// finds, within a few rebalancing periods, the leaders of all four partitions on node 2
+/// (those preferred elsewhere are handed over and counted), and then its commands are no
+/// longer forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_follows_a_client_to_the_node_it_talks_to() {
+    let rebalance = ["--rebalance-ms".to_owned(), "200".to_owned()];
+    let options = ClusterOptions {
+        shards: 1,
+        partitions: 4,
+        node_args: (1..=3).map(|n| (n, rebalance.to_vec())).collect(),
+        ..ClusterOptions::default()
+    };
+    let cluster = Cluster::start(options).await;
+    let channel = cluster.connect(2).await;
+    let names = spread_names("follow", 1, 4);
+    for name in &names {
+        create(&channel, name).await;
+    }
+    let mut client = Election::new(channel);
+    let metrics = |n: u32| cluster.member(n).ports.metrics;
+    let sum = |name: &'static str| {
+        let addrs: Vec<SocketAddr> = (1..=3).map(metrics).collect();
+        async move { tokio::task::spawn_blocking(move || addrs.iter().map(|a| scrape(*a).sum(name, &[])).collect::<Vec<f64>>()).await.unwrap() }
+    };
+    let forwarded = || {
+        let addr = metrics(2);
+        async move {
+            tokio::task::spawn_blocking(move || scrape(addr).sum("conclave_shard_forwarded_answered_by_leader_total", &[])).await.unwrap()
+        }
+    };
+    // Rounds of 20 commands in every partition through node 2, until a round is not
+    // forwarded at all (bounded: 20 s).
+    let started = Instant::now();
+    let mut rounds = 0;
+    loop {
+        let before = forwarded().await;
+        for k in 0..10 {
+            for name in &names {
+                let candidate = format!("c{k}");
+                client.enter(bounded(rt::EnterRequest { id: id(name), candidate: candidate.clone() })).await.expect("enter");
+                client.withdraw(bounded(rt::WithdrawRequest { id: id(name), candidate })).await.expect("withdraw");
+            }
+        }
+        rounds += 1;
+        let grew = forwarded().await - before;
+        if grew == 0.0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "node 2 still forwards {grew} of 80 commands after {rounds} rounds");
+    }
+    let transfers = sum("conclave_shard_workload_transfers_total").await;
+    eprintln!("no command forwarded after {rounds} rounds ({:?}); workload transfers by node: {transfers:?}", started.elapsed());
+    assert!(rounds > 1, "the partitions led elsewhere forwarded at first");
+    assert_eq!(transfers[1], 0.0, "node 2 handed nothing away");
+    assert!(transfers[0] + transfers[2] >= 2.0, "the partitions preferred by nodes 1 and 3 were handed to node 2: {transfers:?}");
 }
