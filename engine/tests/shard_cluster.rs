@@ -1342,6 +1342,43 @@ fn a_quiet_group_forgets_its_workload_home_and_goes_back_to_the_preferred_node()
     });
 }
 
+/// Commands through an observer's node, which cannot lead, leave leadership on the
+/// preferred node (and do not keep a leader elsewhere from going there).
+#[test]
+fn a_workload_through_an_observer_leaves_leadership_on_the_preferred_node() {
+    run(async {
+        let opts = Opts { rebalance_ticks: 25, follow_workload: true, preferred_leader: Some(3), ..Opts::default() };
+        // Node 3 (preferred) starts cut off: node 1 or 2 leads first.
+        let c = Cluster::start(opts, &[1, 2, 3], &[4], &[3]).await;
+        let (first, term) = c.wait_leader(&[1, 2], 0).await;
+        let mut client = Client::open(&c.handle(first)).await;
+        propose(&c.handle(first), &client.create("e")).await;
+        c.add_replica(4, joining_replica(4, &[1, 2, 3])).await.unwrap();
+        c.change_membership_retrying(first, 4, Some(Role::Observer)).await;
+        c.wait_knows_a_leader(&[4]).await;
+        // Commands through the observer for six periods, then node 3 is back: the group
+        // goes to node 3 while they keep coming through node 4.
+        let heal_at = Instant::now() + Duration::from_millis(300);
+        let mut healed = false;
+        let mut sent = 0;
+        while c.leader_among(&[1, 2, 3]).map(|(n, _)| n) != Some(3) {
+            assert!(sent < 100_000 && heal_at.elapsed() < DEADLINE, "leadership did not go to the preferred node");
+            if !healed && Instant::now() >= heal_at {
+                assert_eq!(c.leader_among(&[1, 2, 3]), Some((first, term)), "no move while node 3 is cut off");
+                c.net.heal(3);
+                healed = true;
+            }
+            let (cmd, _) = client.enter("e", &format!("via-4-{sent}"));
+            propose(&c.handle(4), &cmd).await;
+            sent += 1;
+        }
+        assert!(healed);
+        eprintln!("on the preferred node {:?} after node 3 was healed, {sent} commands through the observer", heal_at.elapsed());
+        assert_eq!(c.workload_transfers(first), 0, "the observer's node is no home");
+        c.stop_all().await;
+    });
+}
+
 /// Without following the workload, commands through a follower leave leadership on the
 /// preferred node.
 #[test]

@@ -49,7 +49,7 @@ impl<L: LogStore> ShardRuntime<L> {
             }
             let handed_by = slot.handed_by;
             let gave_it_away = |to: u64| handed_by.is_some_and(|(from, at)| from == to && ticks < at + HANDED_BACK_AFTER_PERIODS * period);
-            let follows_workload = self.cfg.follow_workload && slot.workload.home().is_some();
+            let follows_workload = workload_home(slot, self.cfg.follow_workload).is_some();
             match leadership_target(slot, self.cfg.follow_workload) {
                 Some(to) if !gave_it_away(to) => {
                     slot.last_rebalance = ticks;
@@ -107,12 +107,20 @@ impl<L: LogStore> ShardRuntime<L> {
 }
 
 /// Where a leader should hand its group now, if anywhere: to the group's workload home
-/// when it has one (staying put when that is this node), otherwise to its preferred node;
-/// either only as a voter holding the whole log.
+/// when it has one that may lead (staying put when that is this node), otherwise to its
+/// preferred node; either only as a voter holding the whole log. (A home that cannot lead,
+/// an observer's node, says nothing about where the leader should be.)
 fn leadership_target(slot: &GroupSlot, follow_workload: bool) -> Option<u64> {
-    let replica = &slot.replica;
-    match slot.workload.home() {
-        Some(home) if follow_workload => replica.transfer_target(home),
-        _ => replica.rebalance_target(),
+    match workload_home(slot, follow_workload) {
+        Some(home) => slot.replica.transfer_target(home),
+        None => slot.replica.rebalance_target(),
     }
+}
+
+/// The group's workload home, when leadership follows the workload and that node may lead
+/// (this one, or another voter).
+fn workload_home(slot: &GroupSlot, follow_workload: bool) -> Option<u64> {
+    let raft = slot.replica.raft();
+    let may_lead = |node: &u64| *node == raft.id() || raft.membership().role(*node) == Some(crate::raft::Role::Voter);
+    slot.workload.home().filter(|home| follow_workload && may_lead(home))
 }
