@@ -7,13 +7,15 @@
 # server CPU per op are in OUT/run.txt beside them.
 #
 # Usage: bench/count-per-op.sh OUT WORKLOAD ARGS...   e.g. ... OUT read -c 64 -e 1000
-# Environment: DURATION (default 10), CONCLAVE_FLAGS (word-split flags for every node),
+# Environment: DURATION (default 10), WARMUP (seconds of the same workload run first and
+#   not counted, default 0), CONCLAVE_FLAGS (word-split flags for every node),
 #   CONCLAVE and BENCH (binaries).
 set -euo pipefail
 
 OUT=$1
 shift
 DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-0}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CONCLAVE=${CONCLAVE:-target/release/conclave}
 BENCH=${BENCH:-target/release/conclave-bench}
@@ -31,6 +33,9 @@ scrape() { # TAG: every node's metrics into OUT/metrics-TAG-N.txt
 # shellcheck disable=SC2206 # word splitting of extra flags is the point
 conclave_start 3 --partitions 16 ${CONCLAVE_FLAGS:-}
 pids=$(IFS=,; echo "${CONCLAVE_NODE_PIDS[*]}")
+if ((WARMUP > 0)); then # the same workload first, unmeasured (e.g. for leaderships to move)
+    bench_run warmup "$@" --endpoints "$(conclave_endpoints)" -d "$WARMUP"
+fi
 scrape before
 bench_run run "$@" --endpoints "$(conclave_endpoints)" -d "$DURATION" --server-pids "$pids"
 scrape after
