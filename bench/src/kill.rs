@@ -49,8 +49,10 @@ const PROBE_INTERVAL: Duration = Duration::from_millis(5);
 /// 5 s of them), and at most this many in all.
 const MAX_IN_FLIGHT: usize = 1_024;
 const MAX_ATTEMPTS_AFTER_KILL: u64 = 10_000;
-/// Longest wait for the node to be killed to lead `min_led_groups` groups.
-const BALANCE_BOUND: Duration = Duration::from_secs(30);
+/// Longest wait for the node to be killed to lead `min_led_groups` groups. A partition
+/// whose leadership followed an earlier run's workload goes back to its preferred node
+/// after ten quiet rebalancing periods (20 s with the defaults), then a transfer.
+const BALANCE_BOUND: Duration = Duration::from_secs(60);
 /// Session timeout assumed for the candidacy bound when the run is not told the cluster's.
 const ASSUMED_SESSION_TIMEOUT: Duration = Duration::from_secs(5);
 /// The next candidate of every candidacy election, on a surviving node.
