@@ -19,6 +19,9 @@
 # Usage: bench/run-comparison.sh [OUT]          (from the repository root)
 # Environment:
 #   DURATION            seconds per run (default 10)
+#   WARMUP              seconds of each workload run first against the same system, not
+#                       measured (default 0; e.g. so leaderships that follow a workload have
+#                       moved; not before the kill runs)
 #   CONCLAVE, BENCH     binaries (default: built with `cargo build --release`)
 #   CONCLAVE_NODES      3 (default) or 1
 #   CONCLAVE_SHARDS     --shards of every node (default: the server's: the cores divided among
@@ -38,6 +41,7 @@ set -euo pipefail
 
 OUT=${1:-bench-results/$(date -u +%Y%m%dT%H%M%SZ)}
 DURATION=${DURATION:-10}
+WARMUP=${WARMUP:-0}
 NODES=${CONCLAVE_NODES:-3}
 PARTITIONS=${CONCLAVE_PARTITIONS:-16}
 SESSION_TIMEOUT_MS=${CONCLAVE_SESSION_TIMEOUT_MS:-5000}
@@ -100,6 +104,10 @@ run() { # NAME TARGET ENDPOINTS WORKLOAD ARGS...
     local name=$1 target=$2 endpoints=$3 workload=$4
     shift 4
     selected "$name" || return 0
+    if ((WARMUP > 0)); then # the same run first, unmeasured and not reported
+        bench_run "warmup-$name" "$workload" --target "$target" --endpoints "$endpoints" \
+            --duration "$WARMUP" "$@"
+    fi
     bench_run "$name" "$workload" --target "$target" --endpoints "$endpoints" \
         --duration "$DURATION" --server-pids "$(server_pids "$target")" "$@"
 }
