@@ -1233,6 +1233,62 @@ fn rebalancing_moves_leadership_to_the_preferred_node() {
     });
 }
 
+/// A 3-node cluster (node 4 may join later) whose group is led by its preferred node 1,
+/// and a client session that created election "e" there.
+async fn led_by_node_1(opts: Opts) -> (Cluster, Client) {
+    let c = Cluster::start(Opts { preferred_leader: Some(1), ..opts }, &[1, 2, 3], &[4], &[]).await;
+    eventually("leadership on the preferred node", DEADLINE, || c.leader_among(&[1, 2, 3]).map(|(n, _)| n) == Some(1)).await;
+    let mut client = Client::open(&c.handle(1)).await;
+    propose(&c.handle(1), &client.create("e")).await;
+    c.wait_known_leader(&[2, 3], 1).await;
+    (c, client)
+}
+
+/// Enters a new candidate of "e" through `node`.
+async fn enter_through(c: &Cluster, client: &mut Client, node: u64) -> Committed {
+    let who = format!("via-{node}-{}", client.seq + 1);
+    let (cmd, _) = client.enter("e", &who);
+    propose(&c.handle(node), &cmd).await
+}
+
+/// Commands through `node` until it leads the group (bounded); returns how many it took.
+async fn enter_through_until_it_leads(c: &Cluster, client: &mut Client, node: u64) -> usize {
+    let started = Instant::now();
+    let mut sent = 0;
+    while c.leader_among(&[1, 2, 3]).map(|(n, _)| n) != Some(node) {
+        assert!(started.elapsed() < DEADLINE, "leadership did not follow the commands to node {node} ({sent} sent)");
+        enter_through(c, client, node).await;
+        sent += 1;
+    }
+    eprintln!("leadership followed the commands to node {node} after {sent} of them, in {:?}", started.elapsed());
+    sent
+}
+
+/// Commands through `node` for `window`, the group led by `leader` (leader, term) after
+/// each; returns how many were sent.
+async fn enter_through_while_led_by(c: &Cluster, client: &mut Client, node: u64, window: Duration, leader: (u64, u64)) -> usize {
+    let until = Instant::now() + window;
+    let mut sent = 0;
+    while Instant::now() < until {
+        enter_through(c, client, node).await;
+        sent += 1;
+        assert_eq!(c.leader_among(&[1, 2, 3]), Some(leader), "leadership stays");
+    }
+    sent
+}
+
+/// Periods of 25 ticks (50 ms): each needs 16 requests to say where the workload is.
+const WORKLOAD_OPTS: Opts = Opts {
+    rebalance_ticks: 25,
+    follow_workload: true,
+    snapshot_every: 0,
+    compaction_tail: 0,
+    forward_timeout: Duration::from_millis(500),
+    membership_timeout: Duration::from_secs(5),
+    quiesce: false,
+    preferred_leader: Some(1),
+};
+
 /// With leadership following the workload, a group whose requests come through one
 /// follower is led from that follower (its commands and reads stop being forwarded), stays
 /// there while they keep coming, and goes back to its preferred node once requests come
@@ -1240,28 +1296,12 @@ fn rebalancing_moves_leadership_to_the_preferred_node() {
 #[test]
 fn leadership_follows_the_workload_and_returns_to_the_preferred_node_when_it_spreads() {
     run(async {
-        // Periods of 25 ticks (50 ms): each needs 16 requests to say where the workload is.
-        let opts = Opts { rebalance_ticks: 25, follow_workload: true, preferred_leader: Some(1), ..Opts::default() };
-        let c = Cluster::start(opts, &[1, 2, 3], &[], &[]).await;
-        let (_, mut term) = c.wait_leader(&[1, 2, 3], 0).await;
-        eventually("leadership on the preferred node", DEADLINE, || c.leader_among(&[1, 2, 3]).map(|(n, _)| n) == Some(1)).await;
-        let mut client = Client::open(&c.handle(1)).await;
-        propose(&c.handle(1), &client.create("e")).await;
-        c.wait_known_leader(&[2, 3], 1).await;
-
+        let (c, mut client) = led_by_node_1(WORKLOAD_OPTS).await;
         // Commands through node 2 only: node 1 forwards nothing, node 2 forwards them all.
-        let started = Instant::now();
-        let mut sent = 0;
-        while c.leader_among(&[1, 2, 3]).map(|(n, _)| n) != Some(2) {
-            assert!(started.elapsed() < DEADLINE, "leadership did not follow the commands to node 2 ({sent} sent)");
-            let (cmd, _) = client.enter("e", &format!("via-2-{sent}"));
-            propose(&c.handle(2), &cmd).await;
-            sent += 1;
-        }
-        eprintln!("leadership followed the commands to node 2 after {sent} of them, in {:?}", started.elapsed());
+        let sent = enter_through_until_it_leads(&c, &mut client, 2).await;
         assert!(sent >= 16, "a period of fewer than 16 requests moves nothing (moved after {sent})");
         assert_eq!(c.workload_transfers(1), 1, "node 1 handed the group to its workload home once");
-        term = c.leader_among(&[1, 2, 3]).unwrap().1.max(term);
+        let (_, term) = c.leader_among(&[1, 2, 3]).unwrap();
 
         // Reads through node 2 for six periods: served by its own leader, which keeps the
         // group (its preferred node is 1).
@@ -1283,8 +1323,7 @@ fn leadership_follows_the_workload_and_returns_to_the_preferred_node_when_it_spr
         }
         eprintln!("back on the preferred node after {k} spread reads, in {:?}", started.elapsed());
         assert_eq!(c.workload_transfers(2), 0, "going back to the preferred node is ordinary rebalancing");
-        let (cmd, _) = client.enter("e", "after");
-        let entered = propose(&c.handle(3), &cmd).await;
+        let entered = enter_through(&c, &mut client, 3).await;
         assert_eq!(names(&term_of(&entered)).len(), sent + 1);
         c.stop_all().await;
     });
@@ -1295,48 +1334,24 @@ fn leadership_follows_the_workload_and_returns_to_the_preferred_node_when_it_spr
 #[test]
 fn a_quiet_group_forgets_its_workload_home_and_goes_back_to_the_preferred_node() {
     run(async {
-        let opts = Opts { rebalance_ticks: 25, follow_workload: true, quiesce: true, preferred_leader: Some(1), ..Opts::default() };
-        let c = Cluster::start(opts, &[1, 2, 3], &[], &[]).await;
-        eventually("leadership on the preferred node", DEADLINE, || c.leader_among(&[1, 2, 3]).map(|(n, _)| n) == Some(1)).await;
-        let mut client = Client::open(&c.handle(1)).await;
-        propose(&c.handle(1), &client.create("e")).await;
-        c.wait_known_leader(&[2, 3], 1).await;
-        let started = Instant::now();
-        let mut sent = 0;
-        while c.leader_among(&[1, 2, 3]).map(|(n, _)| n) != Some(3) {
-            assert!(started.elapsed() < DEADLINE, "leadership did not follow the commands to node 3");
-            let (cmd, _) = client.enter("e", &format!("via-3-{sent}"));
-            propose(&c.handle(3), &cmd).await;
-            sent += 1;
-        }
+        let (c, mut client) = led_by_node_1(Opts { quiesce: true, ..WORKLOAD_OPTS }).await;
+        let mut sent = enter_through_until_it_leads(&c, &mut client, 3).await;
         // The commands keep coming through node 3 for twelve periods (past the ten in
         // which a leader does not hand a group back to the node that handed it over), and
         // it keeps the group.
         let (_, term) = c.leader_among(&[1, 2, 3]).unwrap();
-        let until = Instant::now() + Duration::from_millis(600);
-        while Instant::now() < until {
-            let (cmd, _) = client.enter("e", &format!("via-3-{sent}"));
-            propose(&c.handle(3), &cmd).await;
-            sent += 1;
-            assert_eq!(c.leader_among(&[1, 2, 3]), Some((3, term)), "the workload's node keeps the group");
-        }
+        sent += enter_through_while_led_by(&c, &mut client, 3, Duration::from_millis(600), (3, term)).await;
         // No requests now: the group goes quiet, and is back on node 1 once ten quiet
         // periods of 50 ms made node 3 forget the workload (a quiet leader wakes for that).
         let quiet_from = Instant::now();
         let ticks = c.nodes[&3].counters.replica_ticks.get();
-        let mut back = None;
-        eventually("leadership back on the preferred node", DEADLINE, || {
-            back = c.leader_among(&[1, 2, 3]);
-            back.is_some_and(|(n, _)| n == 1)
-        })
-        .await;
+        eventually("leadership back on the preferred node", DEADLINE, || c.leader_among(&[1, 2, 3]).is_some_and(|(n, _)| n == 1)).await;
         let took = quiet_from.elapsed();
         let ticked = c.nodes[&3].counters.replica_ticks.get() - ticks;
         eprintln!("back on node 1 {took:?} after the last of {sent} commands through node 3; it ticked {ticked} times meanwhile");
         assert!(took >= Duration::from_millis(450), "the home is kept for ten quiet periods (back after {took:?})");
         assert!(ticked < 100, "the group went quiet meanwhile ({ticked} ticks in {took:?})");
-        let (cmd, _) = client.enter("e", "after");
-        let entered = propose(&c.handle(2), &cmd).await;
+        let entered = enter_through(&c, &mut client, 2).await;
         assert_eq!(names(&term_of(&entered)).len(), sent + 1);
         c.stop_all().await;
     });
@@ -1347,7 +1362,7 @@ fn a_quiet_group_forgets_its_workload_home_and_goes_back_to_the_preferred_node()
 #[test]
 fn a_workload_through_an_observer_leaves_leadership_on_the_preferred_node() {
     run(async {
-        let opts = Opts { rebalance_ticks: 25, follow_workload: true, preferred_leader: Some(3), ..Opts::default() };
+        let opts = Opts { preferred_leader: Some(3), ..WORKLOAD_OPTS };
         // Node 3 (preferred) starts cut off: node 1 or 2 leads first.
         let c = Cluster::start(opts, &[1, 2, 3], &[4], &[3]).await;
         let (first, term) = c.wait_leader(&[1, 2], 0).await;
@@ -1358,22 +1373,15 @@ fn a_workload_through_an_observer_leaves_leadership_on_the_preferred_node() {
         c.wait_knows_a_leader(&[4]).await;
         // Commands through the observer for six periods, then node 3 is back: the group
         // goes to node 3 while they keep coming through node 4.
-        let heal_at = Instant::now() + Duration::from_millis(300);
-        let mut healed = false;
-        let mut sent = 0;
+        let sent = enter_through_while_led_by(&c, &mut client, 4, Duration::from_millis(300), (first, term)).await;
+        assert!(sent >= 32, "{sent} commands in six periods");
+        c.net.heal(3);
+        let healed = Instant::now();
         while c.leader_among(&[1, 2, 3]).map(|(n, _)| n) != Some(3) {
-            assert!(sent < 100_000 && heal_at.elapsed() < DEADLINE, "leadership did not go to the preferred node");
-            if !healed && Instant::now() >= heal_at {
-                assert_eq!(c.leader_among(&[1, 2, 3]), Some((first, term)), "no move while node 3 is cut off");
-                c.net.heal(3);
-                healed = true;
-            }
-            let (cmd, _) = client.enter("e", &format!("via-4-{sent}"));
-            propose(&c.handle(4), &cmd).await;
-            sent += 1;
+            assert!(healed.elapsed() < DEADLINE, "leadership did not go to the preferred node");
+            enter_through(&c, &mut client, 4).await;
         }
-        assert!(healed);
-        eprintln!("on the preferred node {:?} after node 3 was healed, {sent} commands through the observer", heal_at.elapsed());
+        eprintln!("on the preferred node {:?} after node 3 was healed", healed.elapsed());
         assert_eq!(c.workload_transfers(first), 0, "the observer's node is no home");
         c.stop_all().await;
     });
@@ -1384,21 +1392,9 @@ fn a_workload_through_an_observer_leaves_leadership_on_the_preferred_node() {
 #[test]
 fn without_following_the_workload_leadership_stays_on_the_preferred_node() {
     run(async {
-        let opts = Opts { rebalance_ticks: 25, preferred_leader: Some(1), ..Opts::default() };
-        let c = Cluster::start(opts, &[1, 2, 3], &[], &[]).await;
-        eventually("leadership on the preferred node", DEADLINE, || c.leader_among(&[1, 2, 3]).map(|(n, _)| n) == Some(1)).await;
+        let (c, mut client) = led_by_node_1(Opts { follow_workload: false, ..WORKLOAD_OPTS }).await;
         let (_, term) = c.leader_among(&[1, 2, 3]).unwrap();
-        let mut client = Client::open(&c.handle(1)).await;
-        propose(&c.handle(1), &client.create("e")).await;
-        c.wait_known_leader(&[2, 3], 1).await;
-        let until = Instant::now() + Duration::from_millis(300);
-        let mut sent = 0;
-        while Instant::now() < until {
-            let (cmd, _) = client.enter("e", &format!("via-2-{sent}"));
-            propose(&c.handle(2), &cmd).await;
-            sent += 1;
-            assert_eq!(c.leader_among(&[1, 2, 3]), Some((1, term)), "leadership stays on node 1");
-        }
+        let sent = enter_through_while_led_by(&c, &mut client, 2, Duration::from_millis(300), (1, term)).await;
         assert!(sent >= 32, "{sent} commands in six periods");
         assert_eq!(c.workload_transfers(1), 0);
         c.stop_all().await;

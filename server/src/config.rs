@@ -715,7 +715,8 @@ mod tests {
     fn flags_override_the_file_which_overrides_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("conclave.toml");
-        std::fs::write(&path, "partitions = 8\nshards = 1\ndata-dir = \"/tmp/x\"\nsnapshot-log-ratio = 4\nfollow-workload = false\n").unwrap();
+        std::fs::write(&path, "partitions = 8\nshards = 1\ndata-dir = \"/tmp/x\"\nsnapshot-log-ratio = 4\nfollow-workload = false\n")
+            .unwrap();
         let c = resolve(&["--config", path.to_str().unwrap(), "--partitions", "4"]).unwrap();
         assert_eq!((c.partitions, c.shards, c.snapshot_log_ratio, c.follow_workload), (4, 1, 4, false));
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
