@@ -8,7 +8,8 @@
 #
 # Usage: bench/count-per-op.sh OUT WORKLOAD ARGS...   e.g. ... OUT read -c 64 -e 1000
 # Environment: DURATION (default 10), WARMUP (seconds of the same workload run first and
-#   not counted, default 0), CONCLAVE_FLAGS (word-split flags for every node),
+#   not counted, default 0), CALLER_NODES (the nodes whose client endpoints the callers
+#   use, e.g. "1"; default all three), CONCLAVE_FLAGS (word-split flags for every node),
 #   CONCLAVE and BENCH (binaries).
 set -euo pipefail
 
@@ -33,10 +34,14 @@ scrape() { # TAG: every node's metrics into OUT/metrics-TAG-N.txt
 # shellcheck disable=SC2206 # word splitting of extra flags is the point
 conclave_start 3 --partitions 16 ${CONCLAVE_FLAGS:-}
 pids=$(IFS=,; echo "${CONCLAVE_NODE_PIDS[*]}")
+endpoints=$(conclave_endpoints)
+if [[ -n ${CALLER_NODES:-} ]]; then # only these nodes' client endpoints
+    endpoints=$(for n in $CALLER_NODES; do echo "127.0.0.1:$(conclave_client_port "$n")"; done | paste -sd,)
+fi
 if ((WARMUP > 0)); then # the same workload first, unmeasured (e.g. for leaderships to move)
-    bench_run warmup "$@" --endpoints "$(conclave_endpoints)" -d "$WARMUP"
+    bench_run warmup "$@" --endpoints "$endpoints" -d "$WARMUP"
 fi
 scrape before
-bench_run run "$@" --endpoints "$(conclave_endpoints)" -d "$DURATION" --server-pids "$pids"
+bench_run run "$@" --endpoints "$endpoints" -d "$DURATION" --server-pids "$pids"
 scrape after
 python3 "$HERE/count-per-op.py" "$OUT" | tee "$OUT/per-op.txt"
