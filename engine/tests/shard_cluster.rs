@@ -1277,17 +1277,11 @@ async fn enter_through_while_led_by(c: &Cluster, client: &mut Client, node: u64,
     sent
 }
 
-/// Periods of 25 ticks (50 ms): each needs 16 requests to say where the workload is.
-const WORKLOAD_OPTS: Opts = Opts {
-    rebalance_ticks: 25,
-    follow_workload: true,
-    snapshot_every: 0,
-    compaction_tail: 0,
-    forward_timeout: Duration::from_millis(500),
-    membership_timeout: Duration::from_secs(5),
-    quiesce: false,
-    preferred_leader: Some(1),
-};
+/// Leadership follows the workload, in periods of 25 ticks (50 ms): each needs 16 requests
+/// to say where the workload is.
+fn workload_opts() -> Opts {
+    Opts { rebalance_ticks: 25, follow_workload: true, ..Opts::default() }
+}
 
 /// With leadership following the workload, a group whose requests come through one
 /// follower is led from that follower (its commands and reads stop being forwarded), stays
@@ -1296,7 +1290,7 @@ const WORKLOAD_OPTS: Opts = Opts {
 #[test]
 fn leadership_follows_the_workload_and_returns_to_the_preferred_node_when_it_spreads() {
     run(async {
-        let (c, mut client) = led_by_node_1(WORKLOAD_OPTS).await;
+        let (c, mut client) = led_by_node_1(workload_opts()).await;
         // Commands through node 2 only: node 1 forwards nothing, node 2 forwards them all.
         let sent = enter_through_until_it_leads(&c, &mut client, 2).await;
         assert!(sent >= 16, "a period of fewer than 16 requests moves nothing (moved after {sent})");
@@ -1334,7 +1328,7 @@ fn leadership_follows_the_workload_and_returns_to_the_preferred_node_when_it_spr
 #[test]
 fn a_quiet_group_forgets_its_workload_home_and_goes_back_to_the_preferred_node() {
     run(async {
-        let (c, mut client) = led_by_node_1(Opts { quiesce: true, ..WORKLOAD_OPTS }).await;
+        let (c, mut client) = led_by_node_1(Opts { quiesce: true, ..workload_opts() }).await;
         let mut sent = enter_through_until_it_leads(&c, &mut client, 3).await;
         // The commands keep coming through node 3 for twelve periods (past the ten in
         // which a leader does not hand a group back to the node that handed it over), and
@@ -1362,7 +1356,7 @@ fn a_quiet_group_forgets_its_workload_home_and_goes_back_to_the_preferred_node()
 #[test]
 fn a_workload_through_an_observer_leaves_leadership_on_the_preferred_node() {
     run(async {
-        let opts = Opts { preferred_leader: Some(3), ..WORKLOAD_OPTS };
+        let opts = Opts { preferred_leader: Some(3), ..workload_opts() };
         // Node 3 (preferred) starts cut off: node 1 or 2 leads first.
         let c = Cluster::start(opts, &[1, 2, 3], &[4], &[3]).await;
         let (first, term) = c.wait_leader(&[1, 2], 0).await;
@@ -1392,7 +1386,7 @@ fn a_workload_through_an_observer_leaves_leadership_on_the_preferred_node() {
 #[test]
 fn without_following_the_workload_leadership_stays_on_the_preferred_node() {
     run(async {
-        let (c, mut client) = led_by_node_1(Opts { follow_workload: false, ..WORKLOAD_OPTS }).await;
+        let (c, mut client) = led_by_node_1(Opts { follow_workload: false, ..workload_opts() }).await;
         let (_, term) = c.leader_among(&[1, 2, 3]).unwrap();
         let sent = enter_through_while_led_by(&c, &mut client, 2, Duration::from_millis(300), (1, term)).await;
         assert!(sent >= 32, "{sent} commands in six periods");

@@ -142,8 +142,12 @@ impl<L: LogStore> ShardRuntime<L> {
     }
 
     /// Leader: counts a request node `from` forwarded for its clients (a proposal, or reads
-    /// asking for the read index), for where the group's workload is.
+    /// asking for the read index), for where the group's workload is (only counted when
+    /// leadership follows it).
     fn note_forwarded_request(&mut self, group: u32, from: u64) {
+        if !self.cfg.follow_workload {
+            return;
+        }
         if let Some(slot) = self.groups.get_mut(group) {
             if slot.replica.is_leader() {
                 slot.workload.note(from);

@@ -49,9 +49,8 @@ impl<L: LogStore> ShardRuntime<L> {
             }
             let handed_by = slot.handed_by;
             let gave_it_away = |to: u64| handed_by.is_some_and(|(from, at)| from == to && ticks < at + HANDED_BACK_AFTER_PERIODS * period);
-            let follows_workload = workload_home(slot, self.cfg.follow_workload).is_some();
             match leadership_target(slot, self.cfg.follow_workload) {
-                Some(to) if !gave_it_away(to) => {
+                Some((to, follows_workload)) if !gave_it_away(to) => {
                     slot.last_rebalance = ticks;
                     let replica = &mut slot.replica;
                     match replica.raft_mut().transfer_leadership(to) {
@@ -109,11 +108,12 @@ impl<L: LogStore> ShardRuntime<L> {
 /// Where a leader should hand its group now, if anywhere: to the group's workload home
 /// when it has one that may lead (staying put when that is this node), otherwise to its
 /// preferred node; either only as a voter holding the whole log. (A home that cannot lead,
-/// an observer's node, says nothing about where the leader should be.)
-fn leadership_target(slot: &GroupSlot, follow_workload: bool) -> Option<u64> {
+/// an observer's node, says nothing about where the leader should be.) With the target,
+/// whether it is the workload home.
+fn leadership_target(slot: &GroupSlot, follow_workload: bool) -> Option<(u64, bool)> {
     match workload_home(slot, follow_workload) {
-        Some(home) => slot.replica.transfer_target(home),
-        None => slot.replica.rebalance_target(),
+        Some(home) => slot.replica.transfer_target(home).map(|to| (to, true)),
+        None => slot.replica.rebalance_target().map(|to| (to, false)),
     }
 }
 

@@ -170,7 +170,9 @@ impl<L: LogStore> ShardRuntime<L> {
                 Some(slot) if slot.replica.is_leader() => {
                     command.timestamp_ms = (self.clock)();
                     ShardCounters::add(&self.counters.proposals, 1);
-                    slot.workload.note(self.cfg.node_id);
+                    if self.cfg.follow_workload {
+                        slot.workload.note(self.cfg.node_id);
+                    }
                     slot.replica.propose(&command, reply);
                 }
                 Some(slot) if slot.replica.is_witness() => reply(Err(ShardError::Unavailable(format!(
@@ -184,7 +186,7 @@ impl<L: LogStore> ShardRuntime<L> {
             },
             Request::Read { group, query, reply } => match self.groups.get_mut(group) {
                 Some(slot) => {
-                    if slot.replica.is_leader() {
+                    if self.cfg.follow_workload && slot.replica.is_leader() {
                         slot.workload.note(self.cfg.node_id);
                     }
                     // A lease read is trusted only while the clock says the lease runs.
