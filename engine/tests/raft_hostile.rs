@@ -285,6 +285,7 @@ fn config(id: u64, features: Features) -> Config {
     let mut cfg = Config::new(id, GROUP);
     cfg.lease_reads = features.lease_reads;
     cfg.lease_micros = Config::safe_lease_micros(cfg.election_ticks, 10_000);
+    cfg.follower_leases = features.lease_reads;
     cfg.quiesce = features.quiesce;
     if features.tight_flow {
         cfg.max_entries_per_message = 1;
@@ -628,6 +629,7 @@ struct MsgSpec {
     snapshot_done: bool,
     quiesce: bool,
     commit_only: bool,
+    lease_micros: Num,
     entries: Vec<EntrySpec>,
     /// One field replaced by a value no honest peer sends.
     extreme: Option<(Field, Num)>,
@@ -648,13 +650,21 @@ fn msg_spec() -> impl Strategy<Value = MsgSpec> {
     let header = (sender(), prop::bool::weighted(0.97), prop::bool::weighted(0.97), msg_type, term_num());
     let log = (prev_term(), num(), num(), prop::collection::vec(entry_spec(), 0..4));
     let extreme = prop_oneof![6 => Just(None), 1 => (field(), extreme()).prop_map(Some)];
-    let rest =
-        (any::<bool>(), num(), num(), context, snapshot, offset, any::<bool>(), (prop::bool::weighted(0.2), prop::bool::weighted(0.2)));
+    let rest = (
+        any::<bool>(),
+        num(),
+        num(),
+        context,
+        snapshot,
+        offset,
+        any::<bool>(),
+        (prop::bool::weighted(0.2), prop::bool::weighted(0.2), num()),
+    );
     (header, log, rest, extreme).prop_map(
         |(
             (from, to_self, right_group, msg_type, term),
             (log_term, index, commit, entries),
-            (reject, reject_hint, read_seq, context, snapshot, snapshot_offset, snapshot_done, (quiesce, commit_only)),
+            (reject, reject_hint, read_seq, context, snapshot, snapshot_offset, snapshot_done, (quiesce, commit_only, lease_micros)),
             extreme,
         )| MsgSpec {
             from,
@@ -674,6 +684,7 @@ fn msg_spec() -> impl Strategy<Value = MsgSpec> {
             snapshot_done,
             quiesce,
             commit_only,
+            lease_micros,
             entries,
             extreme,
         },
@@ -722,6 +733,7 @@ impl MsgSpec {
             snapshot_done: self.snapshot_done,
             quiesce: self.quiesce,
             commit_only: self.commit_only,
+            lease_micros: self.lease_micros.at(here),
             // The replicas under test are of the initial configuration (incarnation 0); other
             // incarnations are dropped before any of the content is looked at.
             from_incarnation: 0,

@@ -111,7 +111,7 @@ fn simulation_aimed_at_reads_serves_only_linearizable_reads() {
         None => (READ_SEEDS_FROM..READ_SEEDS_FROM + env_u64("CONCLAVE_SIM_SEEDS").unwrap_or(READ_SEEDS)).collect(),
     };
     let started = std::time::Instant::now();
-    let (mut operations, mut leaders) = (0, 0);
+    let (mut operations, mut leaders, mut follower_lease_reads) = (0, 0, 0);
     for &seed in &seeds {
         let opts = SimOptions::reads_for_seed(seed);
         match run_seed(seed, &opts) {
@@ -121,6 +121,7 @@ fn simulation_aimed_at_reads_serves_only_linearizable_reads() {
                 }
                 operations += report.client_operations;
                 leaders += report.leaders_elected;
+                follower_lease_reads += report.follower_lease_reads;
             }
             Err(violation) => panic!(
                 "seed {seed} (read profile) violated a property: {}\noptions: {opts:?}\nreplay: CONCLAVE_SIM_READS=1 {}",
@@ -129,8 +130,13 @@ fn simulation_aimed_at_reads_serves_only_linearizable_reads() {
             ),
         }
     }
-    println!("{} read-profile seeds in {:?}: {operations} client operations, {leaders} leaders elected", seeds.len(), started.elapsed());
+    println!(
+        "{} read-profile seeds in {:?}: {operations} client operations, {leaders} leaders elected, {follower_lease_reads} reads served under follower leases",
+        seeds.len(),
+        started.elapsed()
+    );
     assert!(operations > 0 && leaders > 0, "the runs did nothing");
+    assert!(seeds.len() == 1 || follower_lease_reads > 0, "no follower served a read under a lease");
 }
 
 fn run_seeds(first: u64, force_quiesce: bool) {
@@ -169,6 +175,7 @@ fn run_seeds_with(first: u64, default_count: u64, force_quiesce: bool, force_eag
                 totals.replicas_discarded += report.replicas_discarded;
                 totals.eager_rejoins += report.eager_rejoins;
                 totals.incarnation_drops += report.incarnation_drops;
+                totals.follower_lease_reads += report.follower_lease_reads;
                 totals.peer_down_wakes += report.peer_down_wakes;
             }
             Err(violation) => {

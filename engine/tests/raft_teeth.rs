@@ -24,13 +24,15 @@ enum Profile {
     /// The read-safety profile of `raft_sim` (`SimOptions::reads_for_seed`), on its own
     /// seeds (from `READ_SEEDS_FROM`).
     Reads,
+    /// The read-safety profile with follower read leases on in every seed.
+    FollowerReads,
 }
 
 impl Profile {
     /// The seed of the `n`th run of this profile.
     fn seed(self, n: u64) -> u64 {
         match self {
-            Profile::Reads => READ_SEEDS_FROM + n,
+            Profile::Reads | Profile::FollowerReads => READ_SEEDS_FROM + n,
             Profile::Regular | Profile::FigureEight => n,
         }
     }
@@ -51,6 +53,7 @@ impl Profile {
                 opts
             }
             Profile::Reads => SimOptions::reads_for_seed(seed),
+            Profile::FollowerReads => SimOptions { lease_reads: true, follower_leases: true, ..SimOptions::reads_for_seed(seed) },
         }
     }
 }
@@ -109,6 +112,17 @@ fn catches_votes_inside_a_lease() {
 #[test]
 fn catches_leases_trusted_after_they_ran_out() {
     assert_caught("lease_in_ticks", DeliberateBugs { lease_in_ticks: true, ..Default::default() }, Profile::Reads);
+}
+
+#[test]
+fn catches_commits_without_the_follower_lease_holders() {
+    let bugs = DeliberateBugs { commit_without_lease_holders: true, ..Default::default() };
+    assert_caught("commit_without_lease_holders", bugs, Profile::FollowerReads);
+}
+
+#[test]
+fn catches_new_leaders_not_waiting_for_follower_leases() {
+    assert_caught("no_lease_window", DeliberateBugs { no_lease_window: true, ..Default::default() }, Profile::FollowerReads);
 }
 
 /// The hostile profile alone, without bugs, must pass: the teeth bite only on bugs.

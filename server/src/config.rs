@@ -218,6 +218,13 @@ pub struct ServeArgs {
     /// round [default: true].
     #[arg(long, value_name = "BOOL")]
     pub lease_reads: Option<bool>,
+    /// Followers (and observers) serve reads themselves under a lease from the partition's
+    /// leader, instead of asking it for a read index each time. While a follower's lease
+    /// may run, the leader commits a command only once that follower holds it too, so
+    /// commands wait for the slower follower while reads reach followers. Needs
+    /// `--lease-reads` [default: true].
+    #[arg(long, value_name = "BOOL")]
+    pub follower_reads: Option<bool>,
     /// Microseconds a partition's leader waits before telling followers a commit index
     /// that no append has carried to them yet. Under load the next append carries it, so a
     /// follower gets one message per round instead of an append and a commit notice; when
@@ -269,6 +276,9 @@ pub struct Config {
     pub quiesce: bool,
     /// Leaders answer reads from a lease when it is valid (`--lease-reads`).
     pub lease_reads: bool,
+    /// Followers serve reads under leases from their leader (`--follower-reads`; only
+    /// with `lease_reads`).
+    pub follower_reads: bool,
     /// How long a leader holds back a commit notice (`--commit-notice-delay-us`; zero: not
     /// at all).
     pub commit_notice_delay: Duration,
@@ -433,6 +443,7 @@ impl ServeArgs {
             peer_key_file: self.peer_key_file.or(file.peer_key_file),
             peer_trusted_ca_file: self.peer_trusted_ca_file.or(file.peer_trusted_ca_file),
             lease_reads: self.lease_reads.or(file.lease_reads),
+            follower_reads: self.follower_reads.or(file.follower_reads),
             commit_notice_delay_us: self.commit_notice_delay_us.or(file.commit_notice_delay_us),
             handshake_timeout_ms: self.handshake_timeout_ms.or(file.handshake_timeout_ms),
         }
@@ -622,6 +633,7 @@ impl Config {
             quiesce: args.quiesce.unwrap_or(true),
             edge_tls,
             lease_reads: args.lease_reads.unwrap_or(true),
+            follower_reads: args.follower_reads.unwrap_or(true),
             commit_notice_delay: Duration::from_micros(commit_notice_delay_us),
             handshake_timeout: Duration::from_millis(handshake_timeout_ms),
             cluster_id,
@@ -662,6 +674,8 @@ mod tests {
         assert!(!resolve(&["--follow-workload", "false"]).unwrap().follow_workload);
         assert!(c.lease_reads, "leaders answer reads from a valid lease by default");
         assert!(!resolve(&["--lease-reads", "false"]).unwrap().lease_reads);
+        assert!(c.follower_reads, "followers serve reads under leases by default");
+        assert!(!resolve(&["--follower-reads", "false"]).unwrap().follower_reads);
         assert_eq!(c.commit_notice_delay, Duration::ZERO, "commit notices are not held by default");
         assert_eq!(c.handshake_timeout, Duration::from_secs(10));
         assert_eq!(resolve(&["--handshake-timeout-ms", "1500"]).unwrap().handshake_timeout, Duration::from_millis(1500));

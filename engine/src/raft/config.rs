@@ -22,6 +22,11 @@ pub struct DeliberateBugs {
     /// Trust a lease by counting leader ticks alone, not the monotonic clock, so a leader
     /// whose ticks lag (a stalled loop) trusts a lease that ran out in real time.
     pub lease_in_ticks: bool,
+    /// Commit by quorum alone, not waiting for followers whose read lease may run.
+    pub commit_without_lease_holders: bool,
+    /// Let a new leader commit at once after a transfer or restart, though a follower
+    /// lease of the previous leader may still run.
+    pub no_lease_window: bool,
 }
 
 /// Settings of one replica. Time is measured in ticks of the caller's clock, except the
@@ -61,6 +66,11 @@ pub struct Config {
     /// from the leader, `(election_ticks - 1)` ticks, by a margin for clock drift: see
     /// [`Config::safe_lease_micros`].
     pub lease_micros: u64,
+    /// Followers serve reads themselves under a lease from the leader, without asking it
+    /// for a read index each time (see `follower_lease.rs`). While a follower's lease may
+    /// run, the leader commits an entry only once that follower holds it too. Off by
+    /// default; requires `lease_reads`.
+    pub follower_leases: bool,
     /// Let idle groups go silent: once every member holds the whole committed log, the leader
     /// sends one last heartbeat marked `quiesce` and stops heartbeating; followers stop their
     /// election timers. Any message or proposal wakes the group. Off by default: the caller
@@ -105,6 +115,7 @@ impl Config {
             check_quorum: true,
             lease_reads: false,
             lease_micros: 0,
+            follower_leases: false,
             quiesce: false,
             hold_commit_notices: false,
             max_entries_per_message: 256,
@@ -143,6 +154,9 @@ impl Config {
         }
         if self.lease_reads && self.lease_micros == 0 {
             return bad("lease_reads requires lease_micros (see Config::safe_lease_micros)");
+        }
+        if self.follower_leases && !self.lease_reads {
+            return bad("follower_leases requires lease_reads");
         }
         if self.max_entries_per_message == 0 || self.max_inflight_messages == 0 {
             return bad("max_entries_per_message and max_inflight_messages must be at least 1");

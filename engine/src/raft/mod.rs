@@ -25,6 +25,7 @@
 mod batch;
 mod config;
 mod error;
+mod follower_lease;
 mod incarnation;
 mod invariants;
 mod log;

@@ -12,6 +12,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::config::Config;
 use super::error::RaftError;
+use super::follower_lease::FollowerLeases;
 use super::invariants::Invariants;
 use super::log::RaftLog;
 use super::membership::{Membership, Role};
@@ -72,6 +73,8 @@ pub struct RaftNode {
     /// follower at once, so one round's proposals cost one append per follower.
     pub(super) append_due: bool,
     pub(super) reads: ReadQueue,
+    /// Follower read leases, held (follower) and granted (leader): see `follower_lease.rs`.
+    pub(super) leases: FollowerLeases,
     /// Ticks counted while leader (a lease is also bounded in ticks, see `lease_valid`).
     pub(super) leader_ticks: u64,
     /// The caller's monotonic clock as last fed by `set_now` (lease reads measure with it).
@@ -182,6 +185,7 @@ impl RaftNode {
             commit_notices_owed: false,
             append_due: false,
             reads: ReadQueue::new(first_batch),
+            leases: FollowerLeases::default(),
             leader_ticks: 0,
             now: 0,
             lease_revoked: false,
@@ -202,6 +206,8 @@ impl RaftNode {
             incarnation_drops: 0,
         };
         node.startup_quiet = node.cfg.lease_reads;
+        // A lease this replica granted before it stopped may still run.
+        node.note_foreign_leases();
         node.reset_election_timer();
         Ok(node)
     }
@@ -510,6 +516,7 @@ impl RaftNode {
         self.votes.clear();
         self.transferee = 0;
         self.reads.clear();
+        self.leases.drop_held();
     }
 
     /// Records the configuration of a membership entry just placed in the log.

@@ -24,6 +24,8 @@ struct PendingRead {
     context: Bytes,
     /// Node that asked (the leader itself for local reads).
     requester: u64,
+    /// The requester asked for a follower read lease with it.
+    wants_lease: bool,
 }
 
 /// The leader's reads in flight, and reads ready for the caller.
@@ -31,7 +33,7 @@ struct PendingRead {
 pub(super) struct ReadQueue {
     last_seq: u64,
     /// Reads that arrived before the leader committed an entry of its term.
-    waiting_commit: Vec<(Bytes, u64)>,
+    waiting_commit: Vec<(Bytes, u64, bool)>,
     pending: VecDeque<PendingRead>,
     ready: Vec<ReadState>,
     /// Lease reads: recent heartbeat rounds, as (round, leader tick, monotonic clock)
@@ -47,7 +49,9 @@ pub(super) struct ReadQueue {
     /// the answer to a batch of this one: its index may predate writes that completed
     /// since, and serving a read at it would be stale.
     unsent: Vec<Bytes>,
-    batches: BTreeMap<u64, Vec<Bytes>>,
+    /// Each batch's reads and the clock reading when it was sent (a lease granted on it
+    /// counts from then).
+    batches: BTreeMap<u64, (Vec<Bytes>, u64)>,
     last_batch: u64,
     /// Leader: a read came in since the last heartbeat. The group then stays awake another
     /// heartbeat period (see `RaftNode::is_idle`): a quiet leader's lease lapses, and each
@@ -68,6 +72,10 @@ impl ReadQueue {
 
     pub(super) fn has_ready(&self) -> bool {
         !self.ready.is_empty()
+    }
+
+    pub(super) fn push_ready(&mut self, read: ReadState) {
+        self.ready.push(read);
     }
 
     pub(super) fn take_ready(&mut self) -> Vec<ReadState> {
@@ -156,25 +164,27 @@ impl RaftNode {
             }
             RaftRole::Leader => {
                 let id = self.cfg.id;
-                self.leader_read(context, id);
+                self.leader_read(context, id, false);
                 Ok(())
             }
             _ if self.leader != 0 => {
-                self.reads.unsent.push(context);
+                if let Err(context) = self.try_follower_lease_read(context) {
+                    self.reads.unsent.push(context);
+                }
                 Ok(())
             }
             _ => Err(RaftError::NotLeader { leader: 0 }),
         }
     }
 
-    pub(super) fn leader_read(&mut self, context: Bytes, requester: u64) {
+    pub(super) fn leader_read(&mut self, context: Bytes, requester: u64, wants_lease: bool) {
         debug_assert_eq!(self.role, RaftRole::Leader);
         if self.log.term(self.log.committed()) != Some(self.term) {
-            self.reads.waiting_commit.push((context, requester));
+            self.reads.waiting_commit.push((context, requester, wants_lease));
             return;
         }
         self.reads.last_seq += 1;
-        let read = PendingRead { seq: self.reads.last_seq, index: self.log.committed(), context, requester };
+        let read = PendingRead { seq: self.reads.last_seq, index: self.log.committed(), context, requester, wants_lease };
         self.reads.pending.push_back(read);
         self.advance_reads();
         if !self.reads.pending.is_empty() {
@@ -185,15 +195,24 @@ impl RaftNode {
     /// Leader: a follower's batch of reads. Under a valid lease it is answered at once
     /// with the commit index (the lease vouches, at this moment, that no other leader can
     /// have committed more); otherwise it waits for a heartbeat round, as local reads do.
+    /// With follower leases on, the answer may grant the follower a lease (see
+    /// `follower_lease.rs`).
     pub(super) fn on_read_index_request(&mut self, msg: Message) {
         self.reads.note_read();
+        let wants_lease = msg.lease_micros > 0;
         if !self.lease_valid() {
-            self.leader_read(msg.context, msg.from);
+            self.leader_read(msg.context, msg.from, wants_lease);
             return;
         }
-        let mut reply = self.new_message(msg.from, MessageType::ReadIndexResponse);
-        reply.index = self.log.committed();
-        reply.context = msg.context;
+        self.answer_read_batch(msg.from, self.log.committed(), msg.context, wants_lease);
+    }
+
+    fn answer_read_batch(&mut self, to: u64, index: u64, context: Bytes, wants_lease: bool) {
+        let lease_micros = if wants_lease { self.grant_lease(to) } else { 0 };
+        let mut reply = self.new_message(to, MessageType::ReadIndexResponse);
+        reply.index = index;
+        reply.context = context;
+        reply.lease_micros = lease_micros;
         self.out_messages.push(reply);
     }
 
@@ -201,15 +220,18 @@ impl RaftNode {
     /// request (its context is the batch number). A node that became leader meanwhile
     /// serves them itself; with no leader they are dropped (their callers fail on the leader
     /// change).
+    /// With follower leases on, every batch asks for a lease, and a follower whose lease
+    /// runs low sends an empty batch to renew it.
     pub(super) fn send_read_batch(&mut self) {
-        if self.reads.unsent.is_empty() {
+        let (wants_lease, renew) = self.take_lease_request();
+        if self.reads.unsent.is_empty() && !renew {
             return;
         }
         let contexts = std::mem::take(&mut self.reads.unsent);
         if self.role == RaftRole::Leader {
             let id = self.cfg.id;
             for context in contexts {
-                self.leader_read(context, id);
+                self.leader_read(context, id, false);
             }
             return;
         }
@@ -218,12 +240,13 @@ impl RaftNode {
         }
         self.reads.last_batch += 1;
         let batch = self.reads.last_batch;
-        self.reads.batches.insert(batch, contexts);
+        self.reads.batches.insert(batch, (contexts, self.now));
         while self.reads.batches.len() > MAX_READ_BATCHES {
             self.reads.batches.pop_first();
         }
         let mut msg = self.new_message(self.leader, MessageType::ReadIndex);
         msg.context = Bytes::copy_from_slice(&batch.to_be_bytes());
+        msg.lease_micros = u64::from(wants_lease);
         self.out_messages.push(msg);
     }
 
@@ -242,11 +265,17 @@ impl RaftNode {
     /// ticks, which never run ahead of real time, so a caller's clock that stopped cannot
     /// stretch it beyond what ticks allow.
     pub(super) fn lease_valid(&self) -> bool {
+        self.lease_end().is_some()
+    }
+
+    /// The clock reading at which the leader's lease ends, if it holds a valid one now
+    /// (see `lease_valid`).
+    pub(super) fn lease_end(&self) -> Option<u64> {
         if !self.cfg.lease_reads || self.lease_revoked || self.role != RaftRole::Leader {
-            return false;
+            return None;
         }
         if self.log.term(self.log.committed()) != Some(self.term) {
-            return false;
+            return None;
         }
         let id = self.cfg.id;
         let last_seq = self.reads.last_seq;
@@ -260,9 +289,11 @@ impl RaftNode {
                     }
                 },
             );
-        let Some((sent_tick, sent_at)) = self.reads.round_sent(confirmed) else { return false };
-        let in_time = self.now < sent_at.saturating_add(self.cfg.lease_micros) || self.cfg.deliberate_bugs.lease_in_ticks;
-        in_time && self.leader_ticks - sent_tick + 2 < u64::from(self.cfg.election_ticks)
+        let (sent_tick, sent_at) = self.reads.round_sent(confirmed)?;
+        let end = sent_at.saturating_add(self.cfg.lease_micros);
+        let in_time = self.now < end || self.cfg.deliberate_bugs.lease_in_ticks;
+        let in_ticks = self.leader_ticks - sent_tick + 2 < u64::from(self.cfg.election_ticks);
+        (in_time && in_ticks).then_some(end)
     }
 
     /// Called when the commit index moved: release reads that waited for the term's entry.
@@ -270,8 +301,8 @@ impl RaftNode {
         if self.reads.waiting_commit.is_empty() || self.log.term(self.log.committed()) != Some(self.term) {
             return;
         }
-        for (context, requester) in std::mem::take(&mut self.reads.waiting_commit) {
-            self.leader_read(context, requester);
+        for (context, requester, wants_lease) in std::mem::take(&mut self.reads.waiting_commit) {
+            self.leader_read(context, requester, wants_lease);
         }
     }
 
@@ -292,10 +323,7 @@ impl RaftNode {
             if read.requester == id {
                 self.reads.ready.push(ReadState { index: read.index, context: read.context });
             } else {
-                let mut msg = self.new_message(read.requester, MessageType::ReadIndexResponse);
-                msg.index = read.index;
-                msg.context = read.context;
-                self.out_messages.push(msg);
+                self.answer_read_batch(read.requester, read.index, read.context, read.wants_lease);
             }
         }
     }
@@ -305,7 +333,8 @@ impl RaftNode {
         let Ok(batch) = <[u8; 8]>::try_from(msg.context.as_ref()).map(u64::from_be_bytes) else {
             return;
         };
-        let Some(contexts) = self.reads.batches.remove(&batch) else { return };
+        let Some((contexts, sent_at)) = self.reads.batches.remove(&batch) else { return };
+        self.lease_granted(sent_at, msg.lease_micros);
         let index = msg.index;
         self.reads.ready.extend(contexts.into_iter().map(|context| ReadState { index, context }));
     }

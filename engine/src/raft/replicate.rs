@@ -25,6 +25,7 @@ impl RaftNode {
         self.election_elapsed = 0;
         self.transferee = 0;
         self.lease_revoked = false;
+        self.open_lease_window();
         let next = self.log.last_index() + 1;
         let membership = self.membership();
         let peers: Vec<(u64, u64)> =
@@ -237,6 +238,8 @@ impl RaftNode {
                     }
                 },
             );
+        // Members whose follower read lease may run must hold an entry before it commits.
+        let quorum_index = quorum_index.min(self.lease_holders_match());
         if quorum_index <= self.log.committed() {
             return;
         }

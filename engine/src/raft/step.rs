@@ -116,6 +116,8 @@ impl RaftNode {
             MessageType::TimeoutNow => {
                 // Only our leader may hand leadership over.
                 if self.role == RaftRole::Follower && msg.from == self.leader && self.can_campaign() {
+                    // The old leader's follower leases may still run.
+                    self.note_foreign_leases();
                     self.start_election(true);
                 }
                 Ok(())

@@ -113,6 +113,9 @@ impl RaftNode {
 
     /// Advances logical time by one tick.
     pub fn tick(&mut self) {
+        if self.tick_leases() {
+            self.maybe_commit();
+        }
         if self.quiesced {
             self.leader_ticks += u64::from(self.role == RaftRole::Leader);
             return;

@@ -72,6 +72,9 @@ counters! {
     /// Leadership transfers a leader here started toward its group's workload home (the
     /// node most of the group's requests came through, `RuntimeConfig::follow_workload`).
     workload_transfers,
+    /// Reads (and watches' first reads) a follower or observer here served under a lease
+    /// from its leader, without asking the leader (`raft::Config::follower_leases`).
+    follower_lease_reads,
     /// Proposals this shard forwarded to a leader elsewhere and answered with the result
     /// the leader sent, before applying the entry here.
     forwarded_answered_by_leader,

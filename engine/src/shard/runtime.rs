@@ -191,14 +191,20 @@ impl<L: LogStore> ShardRuntime<L> {
                     }
                     // A lease read is trusted only while the clock says the lease runs.
                     slot.replica.raft_mut().set_now((self.monotonic)());
-                    slot.replica.read(query, reply)
+                    let before = slot.replica.raft().follower_lease_reads();
+                    slot.replica.read(query, reply);
+                    let served = slot.replica.raft().follower_lease_reads() - before;
+                    ShardCounters::add(&self.counters.follower_lease_reads, served);
                 }
                 None => reply(Err(ShardError::UnknownGroup(group))),
             },
             Request::Watch { group, key, query, first, watcher } => match self.groups.replica_mut(group) {
                 Some(replica) => {
                     replica.raft_mut().set_now((self.monotonic)());
-                    replica.watch(query, key, first, watcher)
+                    let before = replica.raft().follower_lease_reads();
+                    replica.watch(query, key, first, watcher);
+                    let served = replica.raft().follower_lease_reads() - before;
+                    ShardCounters::add(&self.counters.follower_lease_reads, served);
                 }
                 None => first(Err(ShardError::UnknownGroup(group))),
             },

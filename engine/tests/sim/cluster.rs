@@ -52,6 +52,8 @@ pub struct SimReport {
     pub peer_down_wakes: u64,
     /// Messages replicas dropped as traffic of another replica incarnation.
     pub incarnation_drops: u64,
+    /// Reads followers served under a lease from their leader.
+    pub follower_lease_reads: u64,
 }
 
 struct SimNode {
@@ -133,7 +135,10 @@ pub fn run_seed(seed: u64, opts: &SimOptions) -> Result<SimReport, Violation> {
     }
     sim.check_histories()?;
     let live = sim.nodes.iter().flat_map(|node| node.replicas.iter()).filter_map(|replica| replica.raft.as_ref());
-    sim.report.incarnation_drops += live.map(|raft| raft.incarnation_drops()).sum::<u64>();
+    for raft in live {
+        sim.report.incarnation_drops += raft.incarnation_drops();
+        sim.report.follower_lease_reads += raft.follower_lease_reads();
+    }
     sim.report.batches_delivered = sim.net.delivered;
     sim.report.committed_entries = sim.checkers.iter().map(GroupChecker::committed_len).sum();
     Ok(sim.report)
@@ -191,6 +196,7 @@ impl Sim {
         cfg.deliberate_bugs = self.opts.bugs;
         cfg.lease_reads = self.opts.lease_reads;
         cfg.lease_micros = Config::safe_lease_micros(cfg.election_ticks, reads::MICROS_PER_UNIT * self.opts.units_per_tick);
+        cfg.follower_leases = self.opts.lease_reads && self.opts.follower_leases;
         cfg.quiesce = self.opts.quiesce;
         cfg.hold_commit_notices = self.opts.hold_commit_notices;
         cfg
@@ -256,6 +262,7 @@ impl Sim {
             return;
         }
         self.report.incarnation_drops += replica.raft.as_ref().map_or(0, |r| r.incarnation_drops());
+        self.report.follower_lease_reads += replica.raft.as_ref().map_or(0, |r| r.follower_lease_reads());
         *replica = Replica::empty(false, false, Membership::default());
         self.clients[g].node_crashed(self.nodes[n].id);
         self.report.replicas_discarded += 1;
@@ -300,6 +307,7 @@ impl Sim {
         node.outbox.drain();
         for replica in &mut node.replicas {
             self.report.incarnation_drops += replica.raft.as_ref().map_or(0, |r| r.incarnation_drops());
+            self.report.follower_lease_reads += replica.raft.as_ref().map_or(0, |r| r.follower_lease_reads());
             replica.raft = None;
             replica.writes.clear();
         }
@@ -446,7 +454,7 @@ impl Sim {
         if !self.nodes[n].up {
             return Ok(());
         }
-        if self.reads.is_stalled(n) {
+        if self.reads.holds_for(n) {
             self.reads.hold(batch);
             return Ok(());
         }

@@ -61,6 +61,10 @@ pub struct SimOptions {
     pub snapshot_tail: u64,
     /// Leaders serve reads under a lease (no heartbeat round per read).
     pub lease_reads: bool,
+    /// With lease reads, followers also serve reads under leases from their leader
+    /// (`Config::follower_leases`). `CONCLAVE_SIM_FOLLOWER_LEASES=1` turns them on for
+    /// every seed that has lease reads.
+    pub follower_leases: bool,
     /// Idle groups quiesce; a node-level failure detector (pings between nodes) wakes
     /// groups whose leader's node went silent.
     pub quiesce: bool,
@@ -115,10 +119,16 @@ impl SimOptions {
             hold_commit_notices: rng.random_bool(0.5),
             // Drawn after it, for the same reason.
             peer_down: rng.random_bool(0.5),
+            // Drawn after it, for the same reason.
+            follower_leases: rng.random_bool(0.5) || follower_leases_from_env(),
             read_faults: false,
             bugs: DeliberateBugs::default(),
         }
     }
+}
+
+fn follower_leases_from_env() -> bool {
+    std::env::var("CONCLAVE_SIM_FOLLOWER_LEASES").is_ok_and(|v| v == "1")
 }
 
 /// `CONCLAVE_SIM_WHOLE_NODES=0` turns off whole-node membership changes (on by default).

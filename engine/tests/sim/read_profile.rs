@@ -34,6 +34,8 @@ impl SimOptions {
             transfer: rng.random_range(0.0..0.005),
             lease_reads: rng.random_bool(0.8),
             quiesce: rng.random_bool(0.3),
+            // Drawn last, so the options drawn before it are those the seed always had.
+            follower_leases: rng.random_bool(0.6) || base.follower_leases,
             read_faults: true,
             ..base
         }

@@ -155,6 +155,11 @@ impl Collector for NodeCollector {
                 work.workload_transfers,
             ),
             (
+                "shard_follower_lease_reads",
+                "Reads a follower or observer served under a lease from its partition's leader, without asking the leader (--follower-reads).",
+                work.follower_lease_reads,
+            ),
+            (
                 "shard_forwarded_answered_by_leader",
                 "Commands forwarded to a leader elsewhere and answered with the result it sent.",
                 work.forwarded_answered_by_leader,

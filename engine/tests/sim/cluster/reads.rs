@@ -14,7 +14,13 @@
 //!   date and only the lease refuses it;
 //! - **stall**: the leader's node stops for a while, its clock frozen; the others elect and
 //!   commit; when it resumes its clock jumps and clients read from it before it hears of
-//!   the new term (a lease trusted after it ran out in real time serves stale data).
+//!   the new term (a lease trusted after it ran out in real time serves stale data);
+//! - **slow follower** (with follower read leases): clients read from a follower for a
+//!   while, so that it holds a lease; then everything sent to it is held back (delivered
+//!   in order when the scenario ends) while clients keep reading from it, and half the time
+//!   the leader hands leadership to another voter at that moment (a leader that commits
+//!   without the follower, or a new leader that does not wait out the old leader's follower
+//!   leases, lets it serve stale data).
 
 use conclave_engine::raft::{MessageBatch, RaftRole};
 use rand::{Rng, SeedableRng};
@@ -36,6 +42,7 @@ enum Kind {
     Isolate,
     Challenger,
     Stall,
+    SlowFollower,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -49,6 +56,8 @@ struct Scenario {
     ends_at: u64,
     /// Challenger: the leader no longer hears anyone.
     deafened: bool,
+    /// SlowFollower: the follower (in `challenger`) hears nothing from this tick on.
+    deaf_at: u64,
 }
 
 /// One node's clock: `offset + real time * (1 + drift)`, frozen while the node stalls.
@@ -68,6 +77,8 @@ pub struct ReadNemesis {
     stalled: Vec<bool>,
     /// Batches that reached a stalled node, delivered in order once it resumes.
     held: Vec<MessageBatch>,
+    /// A node that runs but whose incoming batches are held (`Kind::SlowFollower`).
+    deaf: Option<usize>,
     released: Vec<MessageBatch>,
     scenario: Option<Scenario>,
     /// Per group: the leader of the latest scenario, which clients keep reading from.
@@ -92,6 +103,7 @@ impl ReadNemesis {
             clocks,
             stalled: vec![false; opts.nodes as usize],
             held: Vec::new(),
+            deaf: None,
             released: Vec::new(),
             scenario: None,
             old_leader: vec![None; opts.groups as usize],
@@ -100,6 +112,20 @@ impl ReadNemesis {
 
     pub fn is_stalled(&self, n: usize) -> bool {
         self.stalled[n]
+    }
+
+    /// True if batches to node `n` are held for now (it stalls or is deaf).
+    pub fn holds_for(&self, n: usize) -> bool {
+        self.stalled[n] || self.deaf == Some(n)
+    }
+
+    /// A deaf node hears again: its held batches follow in order.
+    fn hear(&mut self) {
+        let Some(n) = self.deaf.take() else { return };
+        let to = n as u64 + 1;
+        let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held).into_iter().partition(|b| b.to == to);
+        self.held = others;
+        self.released.extend(mine);
     }
 
     pub fn hold(&mut self, batch: MessageBatch) {
@@ -141,6 +167,9 @@ impl ReadNemesis {
 
     /// A crashed node's stall ends with it (what was held for it is lost).
     pub fn node_crashed(&mut self, n: usize) {
+        if self.deaf == Some(n) {
+            self.hear();
+        }
         self.resume(n);
         let to = n as u64 + 1;
         self.released.retain(|b| b.to != to);
@@ -151,6 +180,7 @@ impl ReadNemesis {
         for n in 0..self.stalled.len() {
             self.resume(n);
         }
+        self.hear();
         self.scenario = None;
     }
 }
@@ -183,12 +213,16 @@ impl Sim {
     pub(super) fn read_nemesis(&mut self) -> Result<(), Violation> {
         let tick = self.report.ticks;
         if let Some(scenario) = self.reads.scenario {
+            if scenario.kind == Kind::SlowFollower && tick == scenario.deaf_at {
+                self.deafen_follower(scenario);
+            }
             if tick < scenario.ends_at {
                 return Ok(());
             }
             self.reads.scenario = None;
             self.net.heal();
             self.reads.resume(scenario.leader);
+            self.reads.hear();
             return Ok(());
         }
         if !self.reads.rng.random_bool(SCENARIO_START) {
@@ -196,10 +230,12 @@ impl Sim {
         }
         let g = self.reads.rng.random_range(0..self.opts.groups as usize);
         let Some(leader) = self.newest_leader(g) else { return Ok(()) };
-        let kind = match self.reads.rng.random_range(0..3) {
+        let kinds = if self.opts.follower_leases { 4 } else { 3 };
+        let kind = match self.reads.rng.random_range(0..kinds) {
             0 => Kind::Isolate,
             1 => Kind::Challenger,
-            _ => Kind::Stall,
+            2 => Kind::Stall,
+            _ => Kind::SlowFollower,
         };
         let raft = self.nodes[leader].replicas[g].raft.as_ref().expect("leader is up");
         let (last, membership) = (raft.last_index(), raft.membership().clone());
@@ -210,20 +246,42 @@ impl Sim {
             .filter(|&n| n != leader && self.nodes[n].replicas[g].raft.as_ref().is_some_and(|r| r.last_index() >= last))
             .collect();
         let challenger = match kind {
-            Kind::Challenger if challengers.is_empty() => return Ok(()),
-            Kind::Challenger => challengers[self.reads.rng.random_range(0..challengers.len())],
+            Kind::Challenger | Kind::SlowFollower if challengers.is_empty() => return Ok(()),
+            Kind::Challenger | Kind::SlowFollower => challengers[self.reads.rng.random_range(0..challengers.len())],
             _ => leader,
         };
         let ends_at = tick + self.reads.rng.random_range(20..=45);
-        self.reads.scenario = Some(Scenario { kind, group: g, leader, challenger, ends_at, deafened: false });
-        self.reads.old_leader[g] = Some(leader);
+        let deaf_at = tick + 8;
+        self.reads.scenario = Some(Scenario { kind, group: g, leader, challenger, ends_at, deafened: false, deaf_at });
+        // Clients read from the follower of a slow-follower scenario (it takes a lease).
+        self.reads.old_leader[g] = Some(if kind == Kind::SlowFollower { challenger } else { leader });
         let (l, c) = (leader as u64 + 1, challenger as u64 + 1);
         match kind {
             Kind::Isolate => self.net.isolate(l, self.opts.nodes),
             Kind::Challenger => self.net.block(l, c),
             Kind::Stall => self.reads.stall(leader, self.now),
+            Kind::SlowFollower => {}
         }
         Ok(())
+    }
+
+    /// The slow follower stops hearing anything; half the time the group's leader hands
+    /// leadership to another voter at the same moment.
+    fn deafen_follower(&mut self, scenario: Scenario) {
+        let (g, follower) = (scenario.group, scenario.challenger);
+        if !self.nodes[follower].up {
+            return;
+        }
+        self.reads.deaf = Some(follower);
+        if !self.reads.rng.random_bool(0.5) {
+            return;
+        }
+        let Some(leader) = self.newest_leader(g) else { return };
+        let raft = self.nodes[leader].replicas[g].raft.as_mut().expect("leader is up");
+        let to = raft.membership().voting().find(|&id| id as usize - 1 != leader && id as usize - 1 != follower);
+        if let Some(to) = to {
+            let _ = raft.transfer_leadership(to);
+        }
     }
 
     /// After every time unit: a challenger that started campaigning deafens the leader.

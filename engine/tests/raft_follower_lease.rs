@@ -1,0 +1,130 @@
+//! Follower read leases on the in-memory cluster (`Config::follower_leases`): a follower
+//! holding a lease serves reads itself without a message; while its lease may run the
+//! leader commits nothing it does not hold; a leader elected by a transfer waits an
+//! election timeout for every member, since the old leader's leases may still run.
+
+mod raft_support;
+
+use bytes::Bytes;
+use conclave_engine::raft::{Config, Membership, MessageType, RaftNode};
+use raft_support::{node_with, Cluster};
+
+const TICK_MICROS: u64 = 10_000;
+
+fn config(id: u64) -> Config {
+    let mut cfg = Config::new(id, 7);
+    cfg.lease_reads = true;
+    cfg.follower_leases = true;
+    cfg.lease_micros = Config::safe_lease_micros(cfg.election_ticks, TICK_MICROS);
+    cfg
+}
+
+fn lease() -> u64 {
+    config(1).lease_micros
+}
+
+/// Ticks every node once with the clock one tick on, then settles.
+fn tick_all(cluster: &mut Cluster, now: &mut u64) {
+    *now += TICK_MICROS;
+    for raft in cluster.nodes.values_mut() {
+        raft.set_now(*now);
+        raft.tick();
+    }
+    cluster.settle();
+}
+
+/// A 3-node cluster whose leader holds a lease, and a follower that read once through the
+/// leader and was granted a follower lease; returns (cluster, leader, follower, clock).
+fn follower_with_lease() -> (Cluster, u64, u64, u64) {
+    let membership = Membership::voters([1, 2, 3]).unwrap();
+    let mut cluster = Cluster::new(membership.clone());
+    for id in [1, 2, 3] {
+        cluster.nodes.insert(id, node_with(config(id), &membership));
+    }
+    let mut now = 0;
+    let leader = cluster.tick_until_leader();
+    for _ in 0..2 {
+        tick_all(&mut cluster, &mut now);
+    }
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let raft = cluster.nodes.get_mut(&follower).unwrap();
+    raft.read_index(Bytes::from_static(b"first")).unwrap();
+    let ask = raft.ready().messages;
+    assert_eq!(ask.len(), 1);
+    assert_eq!((ask[0].msg_type, ask[0].lease_micros), (MessageType::ReadIndex as i32, 1), "the batch asks for a lease");
+    let released = cluster.deliver_until_quiet(ask, follower);
+    assert_eq!(released.len(), 1, "the first read goes through the leader");
+    (cluster, leader, follower, now)
+}
+
+fn read_without_asking(raft: &mut RaftNode) -> Option<u64> {
+    raft.read_index(Bytes::from_static(b"local")).unwrap();
+    let ready = raft.ready();
+    let asked = ready.messages.iter().any(|m| m.msg_type == MessageType::ReadIndex as i32 && !m.context.is_empty());
+    match (asked, ready.read_states.as_slice()) {
+        (false, [read]) => Some(read.index),
+        _ => None,
+    }
+}
+
+#[test]
+fn a_follower_holding_a_lease_serves_reads_without_asking_the_leader() {
+    let (mut cluster, _, follower, now) = follower_with_lease();
+    let raft = cluster.nodes.get_mut(&follower).unwrap();
+    raft.set_now(now + TICK_MICROS);
+    let last = raft.last_index();
+    assert_eq!(read_without_asking(raft), Some(last), "served at the follower's last index, with no message");
+    assert_eq!(raft.follower_lease_reads(), 1);
+    // Past the lease (counted from when the follower asked, less 1/8), reads ask again.
+    raft.set_now(now + lease());
+    assert_eq!(read_without_asking(raft), None, "an expired lease serves nothing");
+}
+
+#[test]
+fn the_leader_commits_only_what_a_lease_holder_holds_until_its_lease_ends() {
+    let (mut cluster, leader, follower, mut now) = follower_with_lease();
+    // The lease holder hears nothing more.
+    let cut_off = cluster.nodes.remove(&follower).unwrap();
+    let raft = cluster.nodes.get_mut(&leader).unwrap();
+    let committed = raft.commit_index();
+    let (index, _) = raft.propose([Bytes::from_static(b"write")]).unwrap();
+    cluster.settle();
+    assert_eq!(cluster.nodes[&leader].commit_index(), committed, "a quorum holds the entry, the lease holder does not");
+    // The leader stops counting the holder once the lease it granted ran out.
+    let mut ticks = 0;
+    while cluster.nodes[&leader].commit_index() < index {
+        tick_all(&mut cluster, &mut now);
+        ticks += 1;
+        assert!(ticks <= 10, "the leader never committed without the expired holder");
+    }
+    assert!(now >= lease() / 2, "committed only once the lease could have run out (at {now})");
+    cluster.nodes.insert(follower, cut_off);
+}
+
+#[test]
+fn a_leader_elected_by_transfer_waits_an_election_timeout_for_every_member() {
+    let (mut cluster, leader, follower, mut now) = follower_with_lease();
+    let target = [1, 2, 3].into_iter().find(|id| *id != leader && *id != follower).unwrap();
+    let cut_off = cluster.nodes.remove(&follower).unwrap();
+    cluster.nodes.get_mut(&leader).unwrap().transfer_leadership(target).unwrap();
+    cluster.settle();
+    assert_eq!(cluster.leader(), Some(target), "the transfer completed");
+    let raft = cluster.nodes.get_mut(&target).unwrap();
+    let (index, _) = raft.propose([Bytes::from_static(b"after transfer")]).unwrap();
+    cluster.settle();
+    let mut ticks = 0;
+    while cluster.nodes[&target].commit_index() < index {
+        assert!(ticks < config(1).election_ticks, "the new leader did not wait for the old leader's follower lease");
+        tick_all(&mut cluster, &mut now);
+        ticks += 1;
+    }
+    assert!(ticks + 1 >= config(1).election_ticks, "committed after {ticks} ticks, inside the window");
+    cluster.nodes.insert(follower, cut_off);
+}
+
+#[test]
+fn follower_leases_need_lease_reads() {
+    let mut cfg = config(1);
+    cfg.lease_reads = false;
+    assert!(cfg.validate().is_err());
+}
