@@ -10,8 +10,8 @@ use std::future::Future;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use conclave_engine::shard::loopback::{LoopbackCluster, LoopbackOptions, WireCounts};
-use conclave_engine::shard::{CounterValues, Request, ShardHandle};
-use conclave_engine::sm::{command, Command};
+use conclave_engine::shard::{CounterValues, Request, ShardHandle, TermQuery};
+use conclave_engine::sm::{command, Command, PrimitiveRef};
 use futures_lite::future;
 use glommio::channels::local_channel;
 use glommio::LocalExecutorBuilder;
@@ -284,6 +284,32 @@ fn a_command_forwarded_by_a_follower_is_answered_with_the_leaders_result() {
         assert_eq!(by_leader.index, last_index + 1);
         let leader_work = cluster.counters(leader).snapshot().since(&of(&before, leader));
         assert_eq!(leader_work.proposals, forwarded + 1, "{leader_work:?}");
+        cluster.stop().await.unwrap();
+    });
+}
+
+/// A follower holding a lease from its leader answers reads without a Raft message: the
+/// first read asks the leader for the read index and the lease; the next twenty cost no
+/// message at all (before follower leases, each asked the leader once).
+#[test]
+fn a_follower_holding_a_lease_answers_reads_without_a_message() {
+    run(async {
+        let dir = tempfile::tempdir().unwrap();
+        let options = LoopbackOptions { follower_reads: true, ..options() };
+        let Baseline { cluster, followers, .. } = baseline_with(dir.path(), &options).await;
+        let follower = cluster.handle(followers[0]);
+        let query = || TermQuery { session_id: None, primitive: PrimitiveRef::Name("e".into()), min_index: 0, sequence_num: 0 };
+        follower.read(GROUP, query()).await.unwrap();
+        let before = values(&cluster);
+        for _ in 0..20 {
+            follower.read(GROUP, query()).await.unwrap();
+        }
+        for (node, now) in values(&cluster) {
+            let work = now.since(&of(&before, node));
+            let served = if node == followers[0] { 20 } else { 0 };
+            assert_eq!(work.follower_lease_reads, served, "node {node}: {work:?}");
+            assert_eq!(work.other_messages, 0, "node {node} sent a read index request or answer: {work:?}");
+        }
         cluster.stop().await.unwrap();
     });
 }

@@ -413,3 +413,45 @@ async fn leadership_follows_a_client_to_the_node_it_talks_to() {
     assert_eq!(transfers[1], 0.0, "node 2 handed nothing away");
     assert!(transfers[0] + transfers[2] >= 2.0, "the partitions preferred by nodes 1 and 3 were handed to node 2: {transfers:?}");
 }
+
+/// GetTerm through nodes that do not lead the partition is served there under a lease from
+/// the leader (`--follower-reads`, on by default): after the first read of each partition
+/// through each node, followers answer without asking the leader, and every read sees the
+/// term the last Enter made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_serve_reads_under_leases_from_their_leader() {
+    // Leadership stays put (no workload moves), so two of three nodes follow each partition.
+    let stay = ["--follow-workload".to_owned(), "false".to_owned()];
+    let options =
+        ClusterOptions { shards: 1, partitions: 3, node_args: (1..=3).map(|n| (n, stay.to_vec())).collect(), ..ClusterOptions::default() };
+    let cluster = Cluster::start(options).await;
+    let names = spread_names("lease", 1, 3);
+    let channel = cluster.connect(1).await;
+    for name in &names {
+        create(&channel, name).await;
+        let mut client = Election::new(channel.clone());
+        client.enter(bounded(rt::EnterRequest { id: id(name), candidate: "c".into() })).await.expect("enter");
+    }
+    const READS: usize = 30;
+    let mut reads = 0.0;
+    for node in 1..=3 {
+        let mut client = Election::new(cluster.connect(node).await);
+        for name in &names {
+            for _ in 0..READS {
+                let term = client.get_term(bounded(rt::GetTermRequest { id: id(name) })).await.expect("get term").into_inner().term;
+                assert_eq!(term.map(|t| t.leader), Some("c".to_owned()), "read of {name} through node {node}");
+                reads += 1.0;
+            }
+        }
+    }
+    let addrs: Vec<SocketAddr> = (1..=3).map(|n| cluster.member(n).ports.metrics).collect();
+    let served: f64 = tokio::task::spawn_blocking(move || {
+        addrs.iter().map(|a| scrape(*a).sum("conclave_shard_follower_lease_reads_total", &[])).sum::<f64>()
+    })
+    .await
+    .unwrap();
+    eprintln!("{served} of {reads} reads served under follower leases");
+    // Two thirds of the reads reach a follower; all but about the first of each partition
+    // on each follower go without asking the leader.
+    assert!(served >= reads / 2.0, "only {served} of {reads} reads were served under follower leases");
+}

@@ -35,8 +35,8 @@ use super::ready::{RaftRole, ReadState};
 pub(super) struct FollowerLeases {
     /// Follower: the lease from the current leader runs until this clock reading (0: none).
     held_until: u64,
-    /// Follower: a read was served under a lease with less than half of it left; the next
-    /// drain asks for a new one (an empty read batch).
+    /// Follower: a read was served under a lease with less than a quarter of a whole lease
+    /// left; the next drain asks for a new one (an empty read batch).
     renew_due: bool,
     /// Leader: members that may hold a lease it granted, until this clock reading (the
     /// leader's own clock).
@@ -71,7 +71,7 @@ impl RaftNode {
         if !matches!(self.member_role(), Some(Role::Voter | Role::Observer)) || self.now >= self.leases.held_until {
             return Err(context);
         }
-        if self.leases.held_until - self.now < self.cfg.lease_micros / 2 {
+        if self.leases.held_until - self.now < self.cfg.lease_micros / 4 {
             self.leases.renew_due = true;
         }
         self.leases.reads_served += 1;

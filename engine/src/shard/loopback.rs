@@ -50,6 +50,9 @@ pub struct LoopbackOptions {
     pub snapshot_every: u64,
     pub snapshot_log_ratio: u64,
     pub compaction_tail: u64,
+    /// Lease reads, and followers serving reads under leases from their leader
+    /// (`raft::Config::follower_leases`); off by default here.
+    pub follower_reads: bool,
 }
 
 impl Default for LoopbackOptions {
@@ -65,6 +68,7 @@ impl Default for LoopbackOptions {
             snapshot_every: 0,
             snapshot_log_ratio: 0,
             compaction_tail: 0,
+            follower_reads: false,
         }
     }
 }
@@ -181,6 +185,13 @@ impl LoopbackCluster {
             cfg.election_ticks = opts.election_ticks;
             cfg.heartbeat_ticks = opts.heartbeat_ticks;
             cfg.hold_commit_notices = !opts.commit_notice_delay.is_zero();
+            if opts.follower_reads {
+                // The runtime's clock here counts milliseconds: so does the lease.
+                let tick_ms = u64::try_from(opts.tick.as_millis()).unwrap_or(u64::MAX);
+                cfg.lease_reads = true;
+                cfg.follower_leases = true;
+                cfg.lease_micros = Config::safe_lease_micros(opts.election_ticks, tick_ms);
+            }
             let snapshot = load_snapshot(&snapshots, group).await?;
             let rng = ChaCha8Rng::seed_from_u64(now_ms() ^ (id << 32) ^ u64::from(group));
             let replica =
