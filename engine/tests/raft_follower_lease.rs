@@ -12,7 +12,12 @@ use raft_support::{node_with, Cluster};
 const TICK_MICROS: u64 = 10_000;
 
 fn config(id: u64) -> Config {
+    config_with(id, 0)
+}
+
+fn config_with(id: u64, follower_lease_micros: u64) -> Config {
     let mut cfg = Config::new(id, 7);
+    cfg.follower_lease_micros = follower_lease_micros;
     cfg.lease_reads = true;
     cfg.follower_leases = true;
     cfg.lease_micros = Config::safe_lease_micros(cfg.election_ticks, TICK_MICROS);
@@ -36,10 +41,14 @@ fn tick_all(cluster: &mut Cluster, now: &mut u64) {
 /// A 3-node cluster whose leader holds a lease, and a follower that read once through the
 /// leader and was granted a follower lease; returns (cluster, leader, follower, clock).
 fn follower_with_lease() -> (Cluster, u64, u64, u64) {
+    follower_with_lease_of(0)
+}
+
+fn follower_with_lease_of(follower_lease_micros: u64) -> (Cluster, u64, u64, u64) {
     let membership = Membership::voters([1, 2, 3]).unwrap();
     let mut cluster = Cluster::new(membership.clone());
     for id in [1, 2, 3] {
-        cluster.nodes.insert(id, node_with(config(id), &membership));
+        cluster.nodes.insert(id, node_with(config_with(id, follower_lease_micros), &membership));
     }
     let mut now = 0;
     let leader = cluster.tick_until_leader();
@@ -78,6 +87,28 @@ fn a_follower_holding_a_lease_serves_reads_without_asking_the_leader() {
     // Past the lease (counted from when the follower asked, less 1/8), reads ask again.
     raft.set_now(now + lease());
     assert_eq!(read_without_asking(raft), None, "an expired lease serves nothing");
+}
+
+#[test]
+fn a_shorter_follower_lease_is_granted_no_longer_than_configured() {
+    let short = lease() / 4;
+    let (mut cluster, leader, follower, mut now) = follower_with_lease_of(short);
+    let raft = cluster.nodes.get_mut(&follower).unwrap();
+    raft.set_now(now + short / 2);
+    assert!(read_without_asking(raft).is_some(), "inside the short lease");
+    raft.set_now(now + short);
+    assert_eq!(read_without_asking(raft), None, "past the short lease, though the leader's runs on");
+    // The leader stops waiting for a cut-off holder once the short lease ran out.
+    let cut_off = cluster.nodes.remove(&follower).unwrap();
+    let (index, _) = cluster.nodes.get_mut(&leader).unwrap().propose([Bytes::from_static(b"write")]).unwrap();
+    cluster.settle();
+    let mut waited = 0;
+    while cluster.nodes[&leader].commit_index() < index {
+        tick_all(&mut cluster, &mut now);
+        waited += TICK_MICROS;
+    }
+    assert!(waited <= short + TICK_MICROS, "the leader waited {waited} µs for a lease of {short}");
+    cluster.nodes.insert(follower, cut_off);
 }
 
 #[test]

@@ -225,6 +225,12 @@ pub struct ServeArgs {
     /// `--lease-reads` [default: true].
     #[arg(long, value_name = "BOOL")]
     pub follower_reads: Option<bool>,
+    /// Longest lease a leader grants a follower for `--follower-reads`, in milliseconds (at
+    /// most the leader's own lease, 7/8 of election ticks − 2). A follower that dies
+    /// holding one stalls its partitions' commands until it runs out; shorter leases bound
+    /// that stall and are renewed more often [default: 0, the leader's lease].
+    #[arg(long, value_name = "MS")]
+    pub follower_read_lease_ms: Option<u64>,
     /// Microseconds a partition's leader waits before telling followers a commit index
     /// that no append has carried to them yet. Under load the next append carries it, so a
     /// follower gets one message per round instead of an append and a commit notice; when
@@ -279,6 +285,8 @@ pub struct Config {
     /// Followers serve reads under leases from their leader (`--follower-reads`; only
     /// with `lease_reads`).
     pub follower_reads: bool,
+    /// Longest follower lease (`--follower-read-lease-ms`; zero: the leader's lease).
+    pub follower_read_lease: Duration,
     /// How long a leader holds back a commit notice (`--commit-notice-delay-us`; zero: not
     /// at all).
     pub commit_notice_delay: Duration,
@@ -444,6 +452,7 @@ impl ServeArgs {
             peer_trusted_ca_file: self.peer_trusted_ca_file.or(file.peer_trusted_ca_file),
             lease_reads: self.lease_reads.or(file.lease_reads),
             follower_reads: self.follower_reads.or(file.follower_reads),
+            follower_read_lease_ms: self.follower_read_lease_ms.or(file.follower_read_lease_ms),
             commit_notice_delay_us: self.commit_notice_delay_us.or(file.commit_notice_delay_us),
             handshake_timeout_ms: self.handshake_timeout_ms.or(file.handshake_timeout_ms),
         }
@@ -634,6 +643,7 @@ impl Config {
             edge_tls,
             lease_reads: args.lease_reads.unwrap_or(true),
             follower_reads: args.follower_reads.unwrap_or(true),
+            follower_read_lease: Duration::from_millis(args.follower_read_lease_ms.unwrap_or(0)),
             commit_notice_delay: Duration::from_micros(commit_notice_delay_us),
             handshake_timeout: Duration::from_millis(handshake_timeout_ms),
             cluster_id,
@@ -676,6 +686,8 @@ mod tests {
         assert!(!resolve(&["--lease-reads", "false"]).unwrap().lease_reads);
         assert!(c.follower_reads, "followers serve reads under leases by default");
         assert!(!resolve(&["--follower-reads", "false"]).unwrap().follower_reads);
+        assert_eq!(c.follower_read_lease, Duration::ZERO, "follower leases as long as the leader's by default");
+        assert_eq!(resolve(&["--follower-read-lease-ms", "30"]).unwrap().follower_read_lease, Duration::from_millis(30));
         assert_eq!(c.commit_notice_delay, Duration::ZERO, "commit notices are not held by default");
         assert_eq!(c.handshake_timeout, Duration::from_secs(10));
         assert_eq!(resolve(&["--handshake-timeout-ms", "1500"]).unwrap().handshake_timeout, Duration::from_millis(1500));

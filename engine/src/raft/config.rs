@@ -71,6 +71,10 @@ pub struct Config {
     /// run, the leader commits an entry only once that follower holds it too. Off by
     /// default; requires `lease_reads`.
     pub follower_leases: bool,
+    /// Longest follower lease the leader grants, in `lease_micros` units (0: as long as
+    /// the leader's own lease). A follower that dies holding a lease stalls commits until
+    /// the lease runs out; a shorter one bounds that stall and costs more renewals.
+    pub follower_lease_micros: u64,
     /// Let idle groups go silent: once every member holds the whole committed log, the leader
     /// sends one last heartbeat marked `quiesce` and stops heartbeating; followers stop their
     /// election timers. Any message or proposal wakes the group. Off by default: the caller
@@ -116,6 +120,7 @@ impl Config {
             lease_reads: false,
             lease_micros: 0,
             follower_leases: false,
+            follower_lease_micros: 0,
             quiesce: false,
             hold_commit_notices: false,
             max_entries_per_message: 256,

@@ -35,8 +35,8 @@ use super::ready::{RaftRole, ReadState};
 pub(super) struct FollowerLeases {
     /// Follower: the lease from the current leader runs until this clock reading (0: none).
     held_until: u64,
-    /// Follower: a read was served under a lease with less than a quarter of a whole lease
-    /// left; the next drain asks for a new one (an empty read batch).
+    /// Follower: a read was served under a lease with less than a quarter of a whole
+    /// follower lease left; the next drain asks for a new one (an empty read batch).
     renew_due: bool,
     /// Leader: members that may hold a lease it granted, until this clock reading (the
     /// leader's own clock).
@@ -71,7 +71,7 @@ impl RaftNode {
         if !matches!(self.member_role(), Some(Role::Voter | Role::Observer)) || self.now >= self.leases.held_until {
             return Err(context);
         }
-        if self.leases.held_until - self.now < self.cfg.lease_micros / 4 {
+        if self.leases.held_until - self.now < self.follower_lease_length() / 4 {
             self.leases.renew_due = true;
         }
         self.leases.reads_served += 1;
@@ -91,7 +91,7 @@ impl RaftNode {
         if !self.cfg.follower_leases || micros == 0 || self.role != RaftRole::Follower {
             return;
         }
-        let micros = micros.min(self.cfg.lease_micros);
+        let micros = micros.min(self.follower_lease_length());
         self.leases.held_until = self.leases.held_until.max(sent_at.saturating_add(micros / 8 * 7));
     }
 
@@ -108,7 +108,7 @@ impl RaftNode {
         if !holds_committed {
             return 0;
         }
-        let micros = lease_end.saturating_sub(self.now).min(self.cfg.lease_micros);
+        let micros = lease_end.saturating_sub(self.now).min(self.follower_lease_length());
         if micros == 0 {
             return 0;
         }
@@ -176,6 +176,15 @@ impl RaftNode {
             }
         }
         bound
+    }
+
+    /// The longest follower lease granted (`Config::follower_lease_micros`, at most the
+    /// leader's lease).
+    fn follower_lease_length(&self) -> u64 {
+        match self.cfg.follower_lease_micros {
+            0 => self.cfg.lease_micros,
+            micros => micros.min(self.cfg.lease_micros),
+        }
     }
 
     /// Reads served under a follower lease since this replica started.

@@ -15,8 +15,9 @@
 //! Features: pre-vote, check-quorum, pipelined replication with bounded in-flight messages
 //! and bytes, fast back-off, the §5.4.2 commit rule, ReadIndex reads, single-step membership
 //! changes with voters, observers and witnesses, leadership transfer, snapshots (taken by
-//! the state machine, streamed in chunks to lagging followers, installed), and two options
-//! that are off by default: lease reads and quiescence of idle groups.
+//! the state machine, streamed in chunks to lagging followers, installed), and options that
+//! are off by default: lease reads, follower reads under leases from the leader
+//! (`follower_lease.rs`), and quiescence of idle groups.
 //!
 //! A new group's replicas start with [`RaftNode::new`] and the initial configuration; a
 //! replica joining an existing group starts with an empty [`Membership`] and learns the

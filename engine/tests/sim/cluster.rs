@@ -197,6 +197,9 @@ impl Sim {
         cfg.lease_reads = self.opts.lease_reads;
         cfg.lease_micros = Config::safe_lease_micros(cfg.election_ticks, reads::MICROS_PER_UNIT * self.opts.units_per_tick);
         cfg.follower_leases = self.opts.lease_reads && self.opts.follower_leases;
+        if self.opts.short_follower_leases {
+            cfg.follower_lease_micros = cfg.lease_micros / 4;
+        }
         cfg.quiesce = self.opts.quiesce;
         cfg.hold_commit_notices = self.opts.hold_commit_notices;
         cfg

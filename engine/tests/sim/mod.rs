@@ -65,6 +65,8 @@ pub struct SimOptions {
     /// (`Config::follower_leases`). `CONCLAVE_SIM_FOLLOWER_LEASES=1` turns them on for
     /// every seed that has lease reads.
     pub follower_leases: bool,
+    /// Follower leases a quarter as long as the leader's (`Config::follower_lease_micros`).
+    pub short_follower_leases: bool,
     /// Idle groups quiesce; a node-level failure detector (pings between nodes) wakes
     /// groups whose leader's node went silent.
     pub quiesce: bool,
@@ -121,6 +123,7 @@ impl SimOptions {
             peer_down: rng.random_bool(0.5),
             // Drawn after it, for the same reason.
             follower_leases: rng.random_bool(0.5) || follower_leases_from_env(),
+            short_follower_leases: false,
             read_faults: false,
             bugs: DeliberateBugs::default(),
         }

@@ -36,6 +36,7 @@ impl SimOptions {
             quiesce: rng.random_bool(0.3),
             // Drawn last, so the options drawn before it are those the seed always had.
             follower_leases: rng.random_bool(0.6) || base.follower_leases,
+            short_follower_leases: rng.random_bool(0.3),
             read_faults: true,
             ..base
         }

@@ -36,6 +36,7 @@ pub fn raft_config(config: &Config, group: u32, incarnation: u64) -> raft::Confi
     cfg.quiesce = config.quiesce;
     cfg.lease_reads = config.lease_reads;
     cfg.follower_leases = config.lease_reads && config.follower_reads;
+    cfg.follower_lease_micros = u64::try_from(config.follower_read_lease.as_micros()).unwrap_or(u64::MAX);
     cfg.hold_commit_notices = !config.commit_notice_delay.is_zero();
     let tick_micros = u64::try_from(config.tick.as_micros()).unwrap_or(u64::MAX);
     cfg.lease_micros = raft::Config::safe_lease_micros(config.election_ticks, tick_micros);
