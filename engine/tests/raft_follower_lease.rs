@@ -154,6 +154,22 @@ fn a_leader_elected_by_transfer_waits_an_election_timeout_for_every_member() {
 }
 
 #[test]
+fn a_leader_elected_by_transfer_does_not_wait_for_the_leader_that_handed_over() {
+    let (mut cluster, leader, follower, _) = follower_with_lease();
+    let target = [1, 2, 3].into_iter().find(|id| *id != leader && *id != follower).unwrap();
+    cluster.nodes.get_mut(&leader).unwrap().transfer_leadership(target).unwrap();
+    cluster.settle();
+    assert_eq!(cluster.leader(), Some(target), "the transfer completed");
+    // The old leader stops, as a node does after handing its leaderships over.
+    let stopped = cluster.nodes.remove(&leader).unwrap();
+    let raft = cluster.nodes.get_mut(&target).unwrap();
+    let (index, _) = raft.propose([Bytes::from_static(b"after handover")]).unwrap();
+    cluster.settle();
+    assert!(cluster.nodes[&target].commit_index() >= index, "committed with the lease holder, not waiting for the stopped node");
+    cluster.nodes.insert(leader, stopped);
+}
+
+#[test]
 fn follower_leases_need_lease_reads() {
     let mut cfg = config(1);
     cfg.lease_reads = false;

@@ -17,7 +17,10 @@
 //!   stepped down or restarted; its followers vote for it at once). So for an election
 //!   timeout, counted in ticks (which never run ahead of real time), after receiving a
 //!   TimeoutNow, after restarting, and after granting a lease itself, a replica that
-//!   becomes leader commits only what every member that may hold a lease holds. Any other
+//!   becomes leader commits only what every member that may hold a lease holds. The leader
+//!   that sent the TimeoutNow is not waited for: it left the follower role before it led,
+//!   and a replica serves no follower lease read once it did (a node stopping gracefully
+//!   hands its leaderships over, and its successors must not wait for it). Any other
 //!   election happens after the old leader's lease, and so every lease it granted, ended.
 //!
 //! A follower drops its lease when its leader or term changes, and serves lease reads only
@@ -49,6 +52,11 @@ pub(super) struct FollowerLeases {
     /// Leader: ticks left during which every member that may hold a lease must hold an
     /// entry before it commits.
     window: u32,
+    /// The leader that handed leadership to this replica (TimeoutNow), exempt from the
+    /// window: it left the follower role before, so it serves no follower lease reads.
+    /// A node stopping gracefully hands its leaderships over; its successors must not wait
+    /// for it.
+    handed_by: u64,
     /// Reads this replica served under a follower lease (for the caller's metrics).
     pub(super) reads_served: u64,
 }
@@ -118,11 +126,12 @@ impl RaftNode {
         micros
     }
 
-    /// A lease of an earlier leader may run for an election timeout from now (this replica
-    /// restarted, or is told to campaign at once).
-    pub(super) fn note_foreign_leases(&mut self) {
+    /// A lease of an earlier leader may run for an election timeout from now: this replica
+    /// restarted (`handed_by` 0), or leader `handed_by` told it to campaign at once.
+    pub(super) fn note_foreign_leases(&mut self, handed_by: u64) {
         if self.cfg.follower_leases {
             self.leases.foreign_ticks_left = self.cfg.election_ticks;
+            self.leases.handed_by = handed_by;
         }
     }
 
@@ -167,9 +176,10 @@ impl RaftNode {
         }
         if self.leases.window > 0 {
             let id = self.cfg.id;
+            let exempt = self.leases.handed_by;
             for (_, _, membership) in &self.configs {
                 for (member, role) in membership.members() {
-                    if member != id && role != Role::Witness {
+                    if member != id && member != exempt && role != Role::Witness {
                         bound = bound.min(match_of(member));
                     }
                 }

@@ -207,7 +207,7 @@ impl RaftNode {
         };
         node.startup_quiet = node.cfg.lease_reads;
         // A lease this replica granted before it stopped may still run.
-        node.note_foreign_leases();
+        node.note_foreign_leases(0);
         node.reset_election_timer();
         Ok(node)
     }

@@ -117,7 +117,7 @@ impl RaftNode {
                 // Only our leader may hand leadership over.
                 if self.role == RaftRole::Follower && msg.from == self.leader && self.can_campaign() {
                     // The old leader's follower leases may still run.
-                    self.note_foreign_leases();
+                    self.note_foreign_leases(msg.from);
                     self.start_election(true);
                 }
                 Ok(())
