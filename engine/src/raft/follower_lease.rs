@@ -58,7 +58,7 @@ pub(super) struct FollowerLeases {
     /// for it.
     handed_by: u64,
     /// Reads this replica served under a follower lease (for the caller's metrics).
-    pub(super) reads_served: u64,
+    reads_served: u64,
 }
 
 impl FollowerLeases {
@@ -70,8 +70,9 @@ impl FollowerLeases {
 }
 
 impl RaftNode {
-    /// Follower: serves a read under its lease if it holds a valid one (true), at its last
-    /// log index: every write acknowledged before now is at or below it.
+    /// Follower: serves a read under its lease if it holds a valid one, at its last log
+    /// index (every write acknowledged before now is at or below it); otherwise hands the
+    /// read's context back.
     pub(super) fn try_follower_lease_read(&mut self, context: bytes::Bytes) -> Result<(), bytes::Bytes> {
         if !self.cfg.follower_leases || self.role != RaftRole::Follower || self.leader == 0 || self.is_installing() {
             return Err(context);
@@ -88,10 +89,14 @@ impl RaftNode {
         Ok(())
     }
 
-    /// Follower: whether the next read batch asks for a lease, and takes a due renewal.
-    pub(super) fn take_lease_request(&mut self) -> (bool, bool) {
-        let wanted = self.cfg.follower_leases && matches!(self.member_role(), Some(Role::Voter | Role::Observer));
-        (wanted, std::mem::take(&mut self.leases.renew_due) && wanted)
+    /// Follower: a renewal is due (set only by a read served under a lease); takes it.
+    pub(super) fn take_lease_renewal(&mut self) -> bool {
+        std::mem::take(&mut self.leases.renew_due)
+    }
+
+    /// Follower: whether its read batches ask for a lease.
+    pub(super) fn wants_follower_lease(&self) -> bool {
+        self.cfg.follower_leases && matches!(self.member_role(), Some(Role::Voter | Role::Observer))
     }
 
     /// Follower: the leader granted a lease of `micros` on the batch sent at `sent_at`.
@@ -112,10 +117,7 @@ impl RaftNode {
             return 0;
         }
         let holds_committed = self.progress.get(&requester).is_some_and(|p| p.match_index >= self.log.committed());
-        let Some(lease_end) = self.lease_end() else { return 0 };
-        if !holds_committed {
-            return 0;
-        }
+        let Some(lease_end) = self.lease_end().filter(|_| holds_committed) else { return 0 };
         let micros = lease_end.saturating_sub(self.now).min(self.follower_lease_length());
         if micros == 0 {
             return 0;
@@ -164,11 +166,11 @@ impl RaftNode {
     /// Leader: the highest index that every member whose lease may run holds (`u64::MAX`
     /// when none may).
     pub(super) fn lease_holders_match(&self) -> u64 {
+        if self.cfg.deliberate_bugs.commit_without_lease_holders {
+            return u64::MAX;
+        }
         let match_of = |member: u64| self.progress.get(&member).map_or(0, |p| p.match_index);
         let mut bound = u64::MAX;
-        if self.cfg.deliberate_bugs.commit_without_lease_holders {
-            return bound;
-        }
         for (member, until) in &self.leases.holders {
             if *until > self.now {
                 bound = bound.min(match_of(*member));

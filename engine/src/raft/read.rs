@@ -223,7 +223,7 @@ impl RaftNode {
     /// With follower leases on, every batch asks for a lease, and a follower whose lease
     /// runs low sends an empty batch to renew it.
     pub(super) fn send_read_batch(&mut self) {
-        let (wants_lease, renew) = self.take_lease_request();
+        let renew = self.take_lease_renewal();
         if self.reads.unsent.is_empty() && !renew {
             return;
         }
@@ -246,7 +246,7 @@ impl RaftNode {
         }
         let mut msg = self.new_message(self.leader, MessageType::ReadIndex);
         msg.context = Bytes::copy_from_slice(&batch.to_be_bytes());
-        msg.lease_micros = u64::from(wants_lease);
+        msg.lease_micros = u64::from(self.wants_follower_lease());
         self.out_messages.push(msg);
     }
 

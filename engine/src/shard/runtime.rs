@@ -191,20 +191,14 @@ impl<L: LogStore> ShardRuntime<L> {
                     }
                     // A lease read is trusted only while the clock says the lease runs.
                     slot.replica.raft_mut().set_now((self.monotonic)());
-                    let before = slot.replica.raft().follower_lease_reads();
-                    slot.replica.read(query, reply);
-                    let served = slot.replica.raft().follower_lease_reads() - before;
-                    ShardCounters::add(&self.counters.follower_lease_reads, served);
+                    counting_lease_reads(&self.counters, &mut slot.replica, |replica| replica.read(query, reply));
                 }
                 None => reply(Err(ShardError::UnknownGroup(group))),
             },
             Request::Watch { group, key, query, first, watcher } => match self.groups.replica_mut(group) {
                 Some(replica) => {
                     replica.raft_mut().set_now((self.monotonic)());
-                    let before = replica.raft().follower_lease_reads();
-                    replica.watch(query, key, first, watcher);
-                    let served = replica.raft().follower_lease_reads() - before;
-                    ShardCounters::add(&self.counters.follower_lease_reads, served);
+                    counting_lease_reads(&self.counters, replica, |replica| replica.watch(query, key, first, watcher));
                 }
                 None => first(Err(ShardError::UnknownGroup(group))),
             },
@@ -281,4 +275,12 @@ impl<L: LogStore> ShardRuntime<L> {
             }
         }
     }
+}
+
+/// Starts a read on `replica` with `start`, counting it if the replica served it under a
+/// follower lease.
+fn counting_lease_reads(counters: &ShardCounters, replica: &mut Replica, start: impl FnOnce(&mut Replica)) {
+    let before = replica.raft().follower_lease_reads();
+    start(replica);
+    ShardCounters::add(&counters.follower_lease_reads, replica.raft().follower_lease_reads() - before);
 }
