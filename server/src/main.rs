@@ -6,6 +6,12 @@ use clap::Parser;
 use conclave_server::config::{Cli, CliCommand, Config};
 use conclave_server::logging::{self, LogFormat};
 
+/// jemalloc, not glibc's malloc: less CPU per request on the shard threads (tuning.md,
+/// "Allocator").
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     let cli = Cli::parse();
     logging::init(cli.log_format);
