@@ -265,6 +265,12 @@ fn run_floor(args: FloorArgs) -> Result<(), String> {
         result.fdatasync_4k.count
     );
     println!(
+        "fdatasync 4 KiB with {} writers at once (the loopback cluster's nodes share the disk): p50 {:.1} us, p99 {:.1} us",
+        floor::SHARED_DISK_WRITERS,
+        result.fdatasync_4k_shared_disk.p50_us,
+        result.fdatasync_4k_shared_disk.p99_us
+    );
+    println!(
         "loopback TCP round trip of {} bytes: p50 {:.1} us, p99 {:.1} us ({} samples)",
         floor::ROUND_TRIP_BYTES,
         result.loopback_round_trip.p50_us,
@@ -272,6 +278,7 @@ fn run_floor(args: FloorArgs) -> Result<(), String> {
         result.loopback_round_trip.count
     );
     println!("floor of one Enter (fdatasync p50 + 2 round-trip p50): {:.1} us", result.enter_floor_us);
+    println!("the same with the shared-disk fdatasync p50 (context, not the target): {:.1} us", result.enter_floor_shared_disk_us);
     if let Some(path) = args.json {
         let json = serde_json::to_string_pretty(&result).map_err(|e| e.to_string())?;
         std::fs::write(&path, json + "\n").map_err(|e| format!("writing {}: {e}", path.display()))?;

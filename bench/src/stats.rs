@@ -32,6 +32,12 @@ impl OpStats {
         self.latencies.record(nanos).expect("value clamped into the histogram's range");
     }
 
+    /// Adds `other`'s latencies and errors to these.
+    pub fn merge(&mut self, other: &OpStats) {
+        self.latencies.add(&other.latencies).expect("histograms of the same bounds");
+        self.errors += other.errors;
+    }
+
     /// Percentiles and rates of this operation over `elapsed`.
     pub fn summary(&self, elapsed: Duration) -> OpSummary {
         OpSummary::of(&self.latencies, self.errors, elapsed)
