@@ -136,6 +136,9 @@ struct Opts {
     /// Idle groups go quiet (`raft::Config::quiesce`).
     quiesce: bool,
     preferred_leader: Option<u64>,
+    /// Node-level liveness: each shard pings nodes 1 to 4 (but itself) every heartbeat
+    /// interval and reports one silent after an election timeout (`RuntimeConfig::liveness_*`).
+    liveness: bool,
 }
 
 impl Default for Opts {
@@ -149,6 +152,7 @@ impl Default for Opts {
             follow_workload: false,
             quiesce: false,
             preferred_leader: None,
+            liveness: false,
         }
     }
 }
@@ -274,6 +278,9 @@ impl Cluster {
             membership_timeout: self.opts.membership_timeout,
             rebalance_ticks: self.opts.rebalance_ticks,
             follow_workload: self.opts.follow_workload,
+            liveness_peers: if self.opts.liveness { (1..=4).filter(|n| *n != id).collect() } else { Vec::new() },
+            liveness_ping_ticks: u64::from(HEARTBEAT_TICKS),
+            liveness_silence_ticks: u64::from(ELECTION_TICKS),
             ..RuntimeConfig::new(id, TICK)
         };
         let queue = self.queue.clone();
@@ -1187,6 +1194,45 @@ fn hand_off_moves_leadership_to_another_voter() {
     });
 }
 
+/// A stopping leader hands its group to a voter that is not silent, even when a silent one
+/// holds as much of the log (a TimeoutNow to it would be lost).
+#[test]
+fn hand_off_skips_a_silent_voter() {
+    run(async {
+        let c = Cluster::start(Opts { quiesce: true, liveness: true, ..Opts::default() }, &[1, 2, 3], &[], &[]).await;
+        let (leader, term) = c.wait_leader(&[1, 2, 3], 0).await;
+        let mut client = Client::open(&c.handle(leader)).await;
+        propose(&c.handle(leader), &client.create("e")).await;
+        wait_quiet(&c, leader).await;
+        // Both followers hold the whole log; the one that would win a tie goes silent.
+        let followers = others(&[1, 2, 3], &[leader]);
+        let (reachable, silent) = (followers[0], followers[1]);
+        c.net.cut(silent);
+        sleep_ms(3 * ELECTION_TIMEOUT.as_millis() as u64).await;
+        assert_eq!(c.hand_off(leader).await, 1, "one transfer started");
+        let (next, _) = c.wait_leader(&[leader, reachable], term).await;
+        assert_eq!(next, reachable, "handed to the voter that is not silent");
+        let (cmd, _) = client.enter("e", "after-hand-off");
+        let entered = propose(&c.handle(reachable), &cmd).await;
+        assert_eq!(names(&term_of(&entered)), vec!["after-hand-off"]);
+        c.stop_all().await;
+    });
+}
+
+/// Waits until `node`'s group stopped ticking: a leader's group goes quiet only once every
+/// follower holds the whole log.
+async fn wait_quiet(c: &Cluster, node: u64) {
+    let started = Instant::now();
+    loop {
+        assert!(started.elapsed() < DEADLINE, "the group did not go quiet");
+        let ticks = c.nodes[&node].counters.replica_ticks.get();
+        sleep_ms(40).await;
+        if c.nodes[&node].counters.replica_ticks.get() == ticks {
+            return;
+        }
+    }
+}
+
 /// With a preferred leader set and rebalancing on, leadership moves to the preferred node
 /// once it has caught up, and stays there.
 #[test]
@@ -1345,6 +1391,36 @@ fn a_quiet_group_forgets_its_workload_home_and_goes_back_to_the_preferred_node()
         eprintln!("back on node 1 {took:?} after the last of {sent} commands through node 3; it ticked {ticked} times meanwhile");
         assert!(took >= Duration::from_millis(450), "the home is kept for ten quiet periods (back after {took:?})");
         assert!(ticked < 100, "the group went quiet meanwhile ({ticked} ticks in {took:?})");
+        let entered = enter_through(&c, &mut client, 2).await;
+        assert_eq!(names(&term_of(&entered)).len(), sent + 1);
+        c.stop_all().await;
+    });
+}
+
+/// A leader does not hand its group to a preferred node that went silent (the TimeoutNow
+/// would be lost, and the leader would refuse commands for an election timeout waiting for
+/// it, again every period); once that node is heard from again, the group goes there.
+#[test]
+fn a_silent_preferred_node_is_not_handed_the_group_until_it_is_heard_from_again() {
+    run(async {
+        let opts = Opts { quiesce: true, liveness: true, ..workload_opts() };
+        let (c, mut client) = led_by_node_1(opts).await;
+        // Led from node 3, its workload's home, while node 1 is preferred.
+        let sent = enter_through_until_it_leads(&c, &mut client, 3).await;
+        let (_, term) = c.leader_among(&[1, 2, 3]).unwrap();
+        wait_quiet(&c, 3).await;
+        // Node 1 goes silent. Ten quiet periods later node 3 forgets the workload's home,
+        // and its group would go to node 1 but for the silence: for thirty periods it stays.
+        c.net.cut(1);
+        let since = c.event_count();
+        holds_throughout("node 3 keeps the group and tries no transfer", Duration::from_millis(1_500), || {
+            let aborted = c.events_since(since, 3).iter().any(|e| matches!(e, ShardEvent::Raft(RaftEvent::TransferAborted { .. })));
+            !aborted && c.leader_among(&[2, 3]) == Some((3, term))
+        })
+        .await;
+        // Heard from again: the group goes to node 1 at node 3's next period.
+        c.net.heal(1);
+        eventually("leadership back on the preferred node", DEADLINE, || c.leader_among(&[1, 2, 3]).is_some_and(|(n, _)| n == 1)).await;
         let entered = enter_through(&c, &mut client, 2).await;
         assert_eq!(names(&term_of(&entered)).len(), sent + 1);
         c.stop_all().await;

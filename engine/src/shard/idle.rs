@@ -87,7 +87,8 @@ impl<L: LogStore> ShardRuntime<L> {
     /// Something arrived from `node`.
     pub(super) fn peer_heard(&mut self, node: u64) {
         if self.liveness.heard(node, self.ticks) {
-            tracing::info!(node = self.cfg.node_id, peer = node, "peer node heard from again");
+            let woken = self.wake_rebalancing_toward(node);
+            tracing::info!(node = self.cfg.node_id, peer = node, woken, "peer node heard from again");
         }
     }
 

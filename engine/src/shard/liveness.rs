@@ -55,6 +55,17 @@ impl Liveness {
         }
     }
 
+    /// Whether `node` was reported silent (or its connection failed) and not heard from
+    /// since. A node this shard does not watch is never silent.
+    pub(super) fn is_silent(&self, node: u64) -> bool {
+        self.peers.get(&node).is_some_and(|peer| peer.silent)
+    }
+
+    /// The peers that are silent now (see [`Liveness::is_silent`]).
+    pub(super) fn silent_nodes(&self) -> Vec<u64> {
+        self.peers.iter().filter(|(_, peer)| peer.silent).map(|(node, _)| *node).collect()
+    }
+
     /// At tick `now`: the peers to ping now, and (when `report_silence`) the peers that
     /// just became silent.
     pub(super) fn tick(&mut self, now: u64, report_silence: bool) -> (Vec<u64>, Vec<u64>) {
@@ -128,6 +139,20 @@ mod tests {
         quiet.heard(2, 150);
         assert_eq!(quiet.next_due(150), Some(161));
         assert_eq!(Liveness::new(&[2], 0, 10, 0).next_due(5), None);
+    }
+
+    #[test]
+    fn a_peer_is_silent_from_its_report_or_failure_until_heard() {
+        let mut l = Liveness::new(&[2, 3], 3, 10, 0);
+        assert!(!l.is_silent(2) && l.silent_nodes().is_empty());
+        l.tick(11, true);
+        assert!(l.is_silent(2) && l.is_silent(3));
+        l.heard(2, 12);
+        assert_eq!(l.silent_nodes(), vec![3]);
+        l.heard(3, 13);
+        assert!(l.down(3));
+        assert_eq!(l.silent_nodes(), vec![3]);
+        assert!(!l.is_silent(9), "a node not watched is never silent");
     }
 
     #[test]

@@ -190,6 +190,7 @@ impl<L: LogStore> ShardRuntime<L> {
         let MembershipChange { group, node, role, incarnation } = change;
         let me = self.node_id();
         let attempt = self.next_membership_attempt();
+        let silent = self.liveness.silent_nodes();
         let Some(replica) = self.replica_mut(group) else {
             reply(Err(ShardError::UnknownGroup(group)));
             return;
@@ -263,7 +264,7 @@ impl<L: LogStore> ShardRuntime<L> {
         if role.is_none() && node == me {
             // A leader does not remove itself: it hands the group over and the caller
             // retries through the new leader.
-            return match replica.best_successor() {
+            return match replica.best_successor(|id| silent.contains(&id)) {
                 Some(to) => {
                     if let Err(e) = replica.raft_mut().transfer_leadership(to) {
                         tracing::debug!(group, to, error = %e, "hand-off before leaving refused");

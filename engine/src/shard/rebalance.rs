@@ -1,8 +1,11 @@
 //! Where a group's leadership goes: a leader hands its group to the group's preferred
 //! leader once per rebalancing period, or, when the group's requests come mostly through
 //! one node (its workload home, `shard::workload`), to that node (not back, for a while,
-//! to a node that just handed it over: that node may be stopping); and a stopping node
-//! hands every group it leads to another voter, trying again while leaderships come back.
+//! to a node that just handed it over: that node may be stopping), never to a node that
+//! went silent (its TimeoutNow would be lost, and the leader would refuse commands while it
+//! waits for the transfer); and a stopping node hands every group it leads to another
+//! voter (one that is not silent, where there is one), trying again while leaderships
+//! come back.
 
 use super::api::LogStore;
 use super::counters::ShardCounters;
@@ -36,7 +39,7 @@ impl<L: LogStore> ShardRuntime<L> {
             if ticks >= last + HAND_OFF_RETRY_TICKS {
                 slot.last_rebalance = ticks;
                 let replica = &mut slot.replica;
-                if let Some(to) = replica.best_successor() {
+                if let Some(to) = replica.best_successor(|id| self.liveness.is_silent(id)) {
                     if let Err(e) = replica.raft_mut().transfer_leadership(to) {
                         tracing::debug!(group, to, error = %e, "hand-off refused");
                     }
@@ -49,8 +52,9 @@ impl<L: LogStore> ShardRuntime<L> {
             }
             let handed_by = slot.handed_by;
             let gave_it_away = |to: u64| handed_by.is_some_and(|(from, at)| from == to && ticks < at + HANDED_BACK_AFTER_PERIODS * period);
+            let silent = |to: u64| self.liveness.is_silent(to);
             match leadership_target(slot, self.cfg.follow_workload) {
-                Some((to, follows_workload)) if !gave_it_away(to) => {
+                Some((to, follows_workload)) if !gave_it_away(to) && !silent(to) => {
                     slot.last_rebalance = ticks;
                     let replica = &mut slot.replica;
                     match replica.raft_mut().transfer_leadership(to) {
@@ -69,9 +73,30 @@ impl<L: LogStore> ShardRuntime<L> {
     }
 
     /// Whether a quiet leader must wake for its next rebalancing check: its group has
-    /// somewhere to go (see [`leadership_target`]).
+    /// somewhere to go (see [`leadership_target`]) that is not silent. (A silent node
+    /// heard from again wakes the quiet groups that would go there:
+    /// [`ShardRuntime::wake_rebalancing_toward`].)
     pub(super) fn rebalance_due(&self, slot: &GroupSlot) -> bool {
-        self.cfg.rebalance_ticks > 0 && leadership_target(slot, self.cfg.follow_workload).is_some()
+        self.cfg.rebalance_ticks > 0
+            && leadership_target(slot, self.cfg.follow_workload).is_some_and(|(to, _)| !self.liveness.is_silent(to))
+    }
+
+    /// Wakes every quiet group led here whose leadership would go to `node`, which was
+    /// silent and is heard from again, so each checks at its next rebalancing period;
+    /// returns how many. A walk over the shard's groups, once per recovery of a node.
+    pub(super) fn wake_rebalancing_toward(&mut self, node: u64) -> usize {
+        if self.cfg.rebalance_ticks == 0 {
+            return 0;
+        }
+        let mut woken = 0;
+        for (group, slot) in self.groups.iter() {
+            let quiet_leader = slot.replica.is_leader() && slot.replica.raft().is_quiesced();
+            if quiet_leader && leadership_target(slot, self.cfg.follow_workload).is_some_and(|(to, _)| to == node) {
+                self.schedule.touch(group);
+                woken += 1;
+            }
+        }
+        woken
     }
 
     /// Led here as its workload's home while its preferred node is elsewhere: the tick at
@@ -94,7 +119,7 @@ impl<L: LogStore> ShardRuntime<L> {
             }
             // Stays awake while stopping, so a failed hand-off is tried again.
             self.schedule.touch(group);
-            if let Some(to) = replica.best_successor() {
+            if let Some(to) = replica.best_successor(|id| self.liveness.is_silent(id)) {
                 match replica.raft_mut().transfer_leadership(to) {
                     Ok(()) => started += 1,
                     Err(e) => tracing::debug!(group, to, error = %e, "hand-off refused"),

@@ -184,14 +184,15 @@ impl Replica {
         (self.raft.match_index(to) == Some(self.raft.last_index())).then_some(to)
     }
 
-    /// The voter (other than this node) holding the most of the log, to hand leadership to.
-    pub fn best_successor(&self) -> Option<u64> {
+    /// The voter (other than this node) to hand leadership to: one that is not `silent`
+    /// (see `shard::liveness`) if any, and of those the one holding the most of the log.
+    pub fn best_successor(&self, silent: impl Fn(u64) -> bool) -> Option<u64> {
         let me = self.raft.id();
         self.raft
             .membership()
             .members()
             .filter(|(id, role)| *id != me && *role == crate::raft::Role::Voter)
-            .max_by_key(|(id, _)| self.raft.match_index(*id).unwrap_or(0))
+            .max_by_key(|(id, _)| (!silent(*id), self.raft.match_index(*id).unwrap_or(0)))
             .map(|(id, _)| id)
     }
 
