@@ -149,6 +149,9 @@ impl RaftNode {
     /// At every tick: counts the windows down; a leader forgets holders whose lease ended.
     /// Returns true if the commit rule got looser (the caller retries committing).
     pub(super) fn tick_leases(&mut self) -> bool {
+        if !self.cfg.follower_leases {
+            return false;
+        }
         let leases = &mut self.leases;
         leases.granted_ticks_left = leases.granted_ticks_left.saturating_sub(1);
         leases.foreign_ticks_left = leases.foreign_ticks_left.saturating_sub(1);
@@ -166,7 +169,7 @@ impl RaftNode {
     /// Leader: the highest index that every member whose lease may run holds (`u64::MAX`
     /// when none may).
     pub(super) fn lease_holders_match(&self) -> u64 {
-        if self.cfg.deliberate_bugs.commit_without_lease_holders {
+        if !self.cfg.follower_leases || self.cfg.deliberate_bugs.commit_without_lease_holders {
             return u64::MAX;
         }
         let match_of = |member: u64| self.progress.get(&member).map_or(0, |p| p.match_index);
