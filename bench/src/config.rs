@@ -96,6 +96,9 @@ pub struct BenchConfig {
     pub server_pids: Vec<i32>,
     /// TLS of `https://` endpoints (Conclave only).
     pub tls: Option<BenchTls>,
+    /// Threads of the bench's own tokio runtime; 1 runs every caller and connection on
+    /// the calling thread (no hand-off of an answer between threads).
+    pub client_threads: usize,
 }
 
 /// TLS towards Conclave: the CA that the servers' certificates chain to and, for servers
@@ -148,6 +151,7 @@ impl BenchConfig {
             kill: None,
             server_pids: Vec::new(),
             tls: None,
+            client_threads: 2,
         }
     }
 
@@ -158,6 +162,9 @@ impl BenchConfig {
         }
         if self.concurrency == 0 {
             return Err("concurrency must be at least 1".into());
+        }
+        if self.client_threads == 0 {
+            return Err("client-threads must be at least 1".into());
         }
         if self.elections == 0 {
             return Err("elections must be at least 1".into());
@@ -223,6 +230,7 @@ mod tests {
         let refused = |config: BenchConfig| config.validate().is_err();
         assert!(refused(BenchConfig { endpoints: vec![], ..base.clone() }));
         assert!(refused(BenchConfig { concurrency: 0, ..base.clone() }));
+        assert!(refused(BenchConfig { client_threads: 0, ..base.clone() }));
         assert!(refused(BenchConfig { elections: 0, ..base.clone() }));
         assert!(refused(BenchConfig { read_percent: 101, ..base.clone() }));
         assert!(refused(BenchConfig { load: LoadMode::Open { rate_per_sec: 0.0 }, ..base.clone() }));

@@ -36,10 +36,14 @@ pub use error::BenchError;
 pub use report::Report;
 pub use runner::run_async;
 
-/// Runs `config` to completion on a runtime of its own (two worker threads) and returns
-/// the report; writes the JSON and SVG if `config.json` is set.
+/// Runs `config` to completion on a runtime of its own (`config.client_threads` worker
+/// threads; with one, the calling thread runs everything) and returns the report; writes
+/// the JSON and SVG if `config.json` is set.
 pub fn run(config: BenchConfig) -> Result<Report, BenchError> {
     config.validate().map_err(BenchError::Config)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let runtime = match config.client_threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        threads => tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?,
+    };
     runtime.block_on(run_async(config))
 }

@@ -71,6 +71,10 @@ struct RunArgs {
     /// Bound of every request, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     timeout_ms: u64,
+    /// Threads of the bench's own runtime (1: callers, connections and timers all on one
+    /// thread, so no answer is handed from one thread to another).
+    #[arg(long, default_value_t = 2)]
+    client_threads: usize,
     /// etcd only: lease TTL of each caller, in seconds.
     #[arg(long, default_value_t = conclave_bench::etcd::DEFAULT_LEASE_TTL_SECS)]
     lease_ttl: i64,
@@ -233,6 +237,7 @@ fn config_of(workload: Workload, args: RunArgs) -> Result<BenchConfig, String> {
         kill: args.kill.node_kill(),
         server_pids: args.server_pids,
         tls,
+        client_threads: args.client_threads,
     };
     config.validate()?;
     Ok(config)

@@ -51,8 +51,14 @@ fn bench_workloads_run_against_a_real_server() {
     assert!(per_op > 0.0 && per_op < 1e6, "server CPU per operation {per_op} us");
     assert!(report.table().contains("server CPU"), "{}", report.table());
 
-    let read =
-        BenchConfig { concurrency: 8, elections: 50, duration: Duration::from_secs(2), ..BenchConfig::new(node.url(), Workload::Read) };
+    // On the bench's single-threaded runtime (`--client-threads 1`).
+    let read = BenchConfig {
+        concurrency: 8,
+        elections: 50,
+        duration: Duration::from_secs(2),
+        client_threads: 1,
+        ..BenchConfig::new(node.url(), Workload::Read)
+    };
     let report = run_checked(&node, out.path(), read);
     assert!(count(&report, "get_term") > 0, "{}", report.table());
 
