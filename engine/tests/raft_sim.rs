@@ -4,7 +4,9 @@
 //! for every seed (seeds from [`QUIET_SEEDS_FROM`] on), as the server runs by default; then
 //! [`EAGER_REJOIN_SEEDS`] seeds (from [`EAGER_SEEDS_FROM`] on) with eager rejoins: removed
 //! nodes join again at once, while their deleted replicas' messages are still in flight.
-//! `CONCLAVE_SIM_SEEDS=N` runs N seeds of each (a soak); `CONCLAVE_SIM_SEED=S` replays seed S
+//! `CONCLAVE_SIM_SEEDS=N` runs N seeds of each (a soak), and `CONCLAVE_SIM_SEED_OFFSET=K`
+//! starts each run K seeds after its usual first seed (a soak of seeds no earlier run
+//! covered); `CONCLAVE_SIM_SEED=S` replays seed S
 //! alone (`CONCLAVE_SIM_QUIESCE=1` forces quiescence on, as the second run does;
 //! `CONCLAVE_SIM_EAGER_REJOIN=1` eager rejoins, as the third does). A fourth run, beside
 //! them, uses the read-safety profile (`sim/read_profile.rs`: drifting and stalling clocks,
@@ -30,6 +32,18 @@ fn replaying_reads() -> bool {
 fn env_u64(name: &str) -> Option<u64> {
     let text = std::env::var(name).ok()?;
     Some(text.parse().unwrap_or_else(|_| panic!("{name} must be an unsigned integer, got {text:?}")))
+}
+
+/// The seeds of one run: seed `CONCLAVE_SIM_SEED` alone, or `CONCLAVE_SIM_SEEDS` (default
+/// `default_count`) seeds from `first` plus `CONCLAVE_SIM_SEED_OFFSET`.
+fn seeds_of_run(first: u64, default_count: u64) -> Vec<u64> {
+    match env_u64("CONCLAVE_SIM_SEED") {
+        Some(seed) => vec![seed],
+        None => {
+            let first = first + env_u64("CONCLAVE_SIM_SEED_OFFSET").unwrap_or(0);
+            (first..first + env_u64("CONCLAVE_SIM_SEEDS").unwrap_or(default_count)).collect()
+        }
+    }
 }
 
 /// The first seed of the run with quiescence on for every seed (distinct from the first
@@ -106,10 +120,7 @@ fn simulation_aimed_at_reads_serves_only_linearizable_reads() {
     if std::env::var("CONCLAVE_SIM_SEED").is_ok() && !replaying_reads() {
         return; // a replay of another profile
     }
-    let seeds: Vec<u64> = match env_u64("CONCLAVE_SIM_SEED") {
-        Some(seed) => vec![seed],
-        None => (READ_SEEDS_FROM..READ_SEEDS_FROM + env_u64("CONCLAVE_SIM_SEEDS").unwrap_or(READ_SEEDS)).collect(),
-    };
+    let seeds = seeds_of_run(READ_SEEDS_FROM, READ_SEEDS);
     let started = std::time::Instant::now();
     let (mut operations, mut leaders, mut follower_lease_reads) = (0, 0, 0);
     for &seed in &seeds {
@@ -144,10 +155,7 @@ fn run_seeds(first: u64, force_quiesce: bool) {
 }
 
 fn run_seeds_with(first: u64, default_count: u64, force_quiesce: bool, force_eager_rejoin: bool) {
-    let seeds: Vec<u64> = match env_u64("CONCLAVE_SIM_SEED") {
-        Some(seed) => vec![seed],
-        None => (first..first + env_u64("CONCLAVE_SIM_SEEDS").unwrap_or(default_count)).collect(),
-    };
+    let seeds = seeds_of_run(first, default_count);
     let started = std::time::Instant::now();
     let mut totals = sim::cluster::SimReport::default();
     let options = |seed: u64| {
