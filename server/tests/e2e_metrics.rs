@@ -132,9 +132,24 @@ async fn metrics_parse_and_move_under_load() {
         ("conclave_shard_proposals", "counter"),
         ("conclave_raft_messages_sent", "counter"),
         ("conclave_client_session_keepalive_entries", "counter"),
+        ("process_cpu_seconds", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_virtual_memory_bytes", "gauge"),
+        ("process_start_time_seconds", "gauge"),
+        ("process_open_fds", "gauge"),
     ] {
         assert_eq!(before.families.get(family).map(String::as_str), Some(kind), "family {family}");
     }
+    // The process figures are the server's own (its pid's /proc entry, read here too).
+    let rss = before.sum("process_resident_memory_bytes", &[]);
+    assert!(rss > 1e6 && rss < 4e9, "resident memory {rss}");
+    assert!(before.sum("process_open_fds", &[]) >= 5.0, "the node holds its listeners, logs and ring");
+    let ticks: f64 = std::fs::read_to_string(format!("/proc/{}/stat", node.pid())).map_or(0.0, |stat| {
+        let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 1..].split_whitespace().collect();
+        fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap()
+    });
+    let scraped_cpu = before.sum("process_cpu_seconds_total", &[]);
+    assert!(scraped_cpu > 0.0 && scraped_cpu <= ticks / 100.0 + 0.05, "scraped {scraped_cpu} s, /proc read later {ticks} ticks");
     // A single node leads every partition.
     assert_eq!(before.count("conclave_server_has_leader"), options.partitions as usize);
     assert_eq!(before.sum("conclave_server_is_leader", &[]) as u32, options.partitions);

@@ -2,7 +2,8 @@
 //! `prometheus-client` from one [`NodeMetrics`]: a collector registered in a fresh registry
 //! (prefix `conclave_`) for each scrape. Names and units follow etcd's where a counterpart
 //! exists (`etcd_server_has_leader` → `conclave_server_has_leader`, ...); every metric is
-//! listed in the README.
+//! listed in the README. The standard `process_*` metrics ([`super::process`]) go beside
+//! them, unprefixed, as every Prometheus client library names them.
 
 use std::fmt::Write;
 
@@ -15,6 +16,7 @@ use prometheus_client::registry::Registry;
 
 use crate::grpc::Code;
 
+use super::process::{self, ProcessStats};
 use super::NodeMetrics;
 
 /// The `Content-Type` of [`encode`]'s output.
@@ -23,10 +25,11 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// A label set of a metric family.
 type Labels = Vec<(&'static str, String)>;
 
-/// Encodes `metrics` as OpenMetrics text.
+/// Encodes `metrics`, and the process's own figures read now, as OpenMetrics text.
 pub fn encode(metrics: NodeMetrics) -> String {
-    let mut registry = Registry::with_prefix("conclave");
-    registry.register_collector(Box::new(NodeCollector(metrics)));
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ProcessCollector(process::read())));
+    registry.sub_registry_with_prefix("conclave").register_collector(Box::new(NodeCollector(metrics)));
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).expect("writing to a String cannot fail");
     text
@@ -246,6 +249,42 @@ impl Collector for NodeCollector {
         counter(e, "edge_connection_writes", "Writes to client connections.", edge.connection_writes)?;
         let shards: Vec<(Labels, u64)> = m.shards_up.iter().map(|(s, up)| (vec![("shard", s.to_string())], u64::from(*up))).collect();
         gauges(e, "shard_up", "Whether the shard and its runtime answered this scrape (1) or not (0).", shards)
+    }
+}
+
+#[derive(Debug)]
+struct ProcessCollector(ProcessStats);
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut out: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let p = &self.0;
+        let e = &mut out;
+        if let Some(seconds) = p.cpu_seconds {
+            e.encode_descriptor("process_cpu_seconds", "Total user and system CPU time spent in seconds.", None, MetricType::Counter)?
+                .encode_counter::<NoLabelSet, _, u64>(&seconds, None)?;
+        }
+        if let Some(bytes) = p.resident_memory_bytes {
+            gauge(e, "process_resident_memory_bytes", "Resident memory size in bytes.", bytes)?;
+        }
+        if let Some(bytes) = p.virtual_memory_bytes {
+            gauge(e, "process_virtual_memory_bytes", "Virtual memory size in bytes.", bytes)?;
+        }
+        if let Some(seconds) = p.start_time_seconds {
+            e.encode_descriptor(
+                "process_start_time_seconds",
+                "Start time of the process since unix epoch in seconds.",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&seconds)?;
+        }
+        if let Some(fds) = p.open_fds {
+            gauge(e, "process_open_fds", "Number of open file descriptors.", fds)?;
+        }
+        if let Some(fds) = p.max_fds {
+            gauge(e, "process_max_fds", "Maximum number of open file descriptors.", fds)?;
+        }
+        Ok(())
     }
 }
 

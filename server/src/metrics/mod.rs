@@ -5,12 +5,14 @@
 //! counters, its gRPC calls ([`GrpcCallStats`]), its peers, its storage timings and its
 //! runtime's view of every group it hosts. Shard 0 gathers the snapshots over the shard
 //! mesh, adds them up into a [`NodeMetrics`] and encodes them with `prometheus-client`
-//! ([`exposition`]); [`http`] is the small HTTP/1.1 server in front of it.
+//! ([`exposition`]), with the process's own CPU, memory and file descriptors
+//! ([`process`]); [`http`] is the small HTTP/1.1 server in front of it.
 
 pub mod edge;
 pub mod exposition;
 mod grpc;
 pub mod http;
+pub mod process;
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
