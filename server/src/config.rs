@@ -11,6 +11,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::routing::LeaderPlacement;
+
 /// Default client-API address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:5678";
 /// Default Node control API address (loopback only).
@@ -135,6 +137,12 @@ pub struct ServeArgs {
     /// over nodes leave partitions spread. Needs `--rebalance-ms` above 0 [default: true].
     #[arg(long, value_name = "BOOL")]
     pub follow_workload: Option<bool>,
+    /// Which node each partition prefers as its leader, and so where its voters start:
+    /// `spread` (round robin by partition over the nodes in id order) or `pack` (every
+    /// partition on the lowest node id: fewer frames and log writes per command, as the
+    /// followers hear from one leader, but that node does all the leading) [default: spread].
+    #[arg(long, value_enum, value_name = "PLACEMENT")]
+    pub leader_placement: Option<LeaderPlacement>,
     /// Raft tick interval in milliseconds [default: 10].
     #[arg(long, value_name = "MS")]
     pub tick_ms: Option<u64>,
@@ -266,6 +274,8 @@ pub struct Config {
     pub rebalance: Duration,
     /// Leadership follows where a partition's requests come from (`--follow-workload`).
     pub follow_workload: bool,
+    /// Which node each partition prefers as its leader (`--leader-placement`).
+    pub leader_placement: LeaderPlacement,
     pub tick: Duration,
     pub election_ticks: u32,
     pub heartbeat_ticks: u32,
@@ -431,6 +441,7 @@ impl ServeArgs {
             cluster_id: self.cluster_id.or(file.cluster_id),
             rebalance_ms: self.rebalance_ms.or(file.rebalance_ms),
             follow_workload: self.follow_workload.or(file.follow_workload),
+            leader_placement: self.leader_placement.or(file.leader_placement),
             tick_ms: self.tick_ms.or(file.tick_ms),
             election_ticks: self.election_ticks.or(file.election_ticks),
             heartbeat_ticks: self.heartbeat_ticks.or(file.heartbeat_ticks),
@@ -649,6 +660,7 @@ impl Config {
             cluster_id,
             rebalance: Duration::from_millis(args.rebalance_ms.unwrap_or(DEFAULT_REBALANCE_MS)),
             follow_workload: args.follow_workload.unwrap_or(true),
+            leader_placement: args.leader_placement.unwrap_or_default(),
         })
     }
 }
@@ -682,6 +694,8 @@ mod tests {
         assert!(!resolve(&["--quiesce", "false"]).unwrap().quiesce);
         assert!(c.follow_workload, "leadership follows the workload by default");
         assert!(!resolve(&["--follow-workload", "false"]).unwrap().follow_workload);
+        assert_eq!(c.leader_placement, LeaderPlacement::Spread, "leaderships spread over the nodes by default");
+        assert_eq!(resolve(&["--leader-placement", "pack"]).unwrap().leader_placement, LeaderPlacement::Pack);
         assert!(c.lease_reads, "leaders answer reads from a valid lease by default");
         assert!(!resolve(&["--lease-reads", "false"]).unwrap().lease_reads);
         assert!(c.follower_reads, "followers serve reads under leases by default");
@@ -741,11 +755,18 @@ mod tests {
     fn flags_override_the_file_which_overrides_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("conclave.toml");
-        std::fs::write(&path, "partitions = 8\nshards = 1\ndata-dir = \"/tmp/x\"\nsnapshot-log-ratio = 4\nfollow-workload = false\n")
-            .unwrap();
+        std::fs::write(
+            &path,
+            "partitions = 8\nshards = 1\ndata-dir = \"/tmp/x\"\nsnapshot-log-ratio = 4\nfollow-workload = false\nleader-placement = \"pack\"\n",
+        )
+        .unwrap();
         let c = resolve(&["--config", path.to_str().unwrap(), "--partitions", "4"]).unwrap();
         assert_eq!((c.partitions, c.shards, c.snapshot_log_ratio, c.follow_workload), (4, 1, 4, false));
+        assert_eq!(c.leader_placement, LeaderPlacement::Pack);
         assert_eq!(c.data_dir, PathBuf::from("/tmp/x"));
+        std::fs::write(&path, "leader-placement = \"everywhere\"\n").unwrap();
+        let e = resolve(&["--config", path.to_str().unwrap()]).unwrap_err();
+        assert!(e.0.contains("everywhere"), "{e}");
     }
 
     #[test]

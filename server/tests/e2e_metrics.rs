@@ -429,6 +429,39 @@ async fn leadership_follows_a_client_to_the_node_it_talks_to() {
     assert!(transfers[0] + transfers[2] >= 2.0, "the partitions preferred by nodes 1 and 3 were handed to node 2: {transfers:?}");
 }
 
+/// `--leader-placement pack` on real processes: wherever the first elections put them, every
+/// partition's leadership ends on node 1 (the lowest id) within a few rebalancing periods,
+/// and a command through another node still succeeds (forwarded to node 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packed_leaderships_gather_on_the_lowest_node_id() {
+    let flags = ["--rebalance-ms", "200", "--leader-placement", "pack"].map(str::to_owned);
+    let options =
+        ClusterOptions { shards: 1, partitions: 4, node_args: (1..=3).map(|n| (n, flags.to_vec())).collect(), ..ClusterOptions::default() };
+    let cluster = Cluster::start(options).await;
+    let addrs: Vec<SocketAddr> = (1..=3).map(|n| cluster.member(n).ports.metrics).collect();
+    let started = Instant::now();
+    loop {
+        let addrs = addrs.clone();
+        let led: Vec<f64> =
+            tokio::task::spawn_blocking(move || addrs.iter().map(|a| scrape(*a).sum("conclave_server_is_leader", &[])).collect())
+                .await
+                .unwrap();
+        if led == [4.0, 0.0, 0.0] {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "leaderships by node after {:?}: {led:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let channel = cluster.connect(3).await;
+    let names = spread_names("pack", 1, 4);
+    let mut client = Election::new(channel.clone());
+    for name in &names {
+        create(&channel, name).await;
+        let entered = client.enter(bounded(rt::EnterRequest { id: id(name), candidate: "c".into() })).await.expect("enter through node 3");
+        assert_eq!(entered.into_inner().term.map(|t| t.leader).as_deref(), Some("c"));
+    }
+}
+
 /// GetTerm through nodes that do not lead the partition is served there under a lease from
 /// the leader (`--follower-reads`, on by default): after the first read of each partition
 /// through each node, followers answer without asking the leader, and every read sees the

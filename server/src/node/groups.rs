@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::Config;
 use crate::grpc::Status;
-use crate::routing::preferred_leader;
+use crate::routing::{preferred_leader, preferred_position};
 use crate::service::node_control::{GroupSpec, MemberRole};
 use crate::service::status::from_shard;
 
@@ -44,13 +44,14 @@ pub fn raft_config(config: &Config, group: u32, incarnation: u64) -> raft::Confi
 }
 
 /// The initial configuration of client partition `group`: `--replication` voters, the
-/// nodes from the partition's preferred leader on in id order (wrapping), and every other
+/// nodes from the partition's preferred leader (`--leader-placement`) on in id order
+/// (wrapping), and every other
 /// node an observer, which keeps a non-voting copy so it can serve reads and watches
 /// locally and forward commands. Quorums, and so commit latency and fault tolerance, are
 /// those of the voters.
 pub fn partition_membership(config: &Config, group: u32) -> Result<Membership, String> {
     let nodes: Vec<u64> = config.peers.keys().map(|id| u64::from(*id)).collect();
-    let first = ((group - 1) as usize) % nodes.len();
+    let first = preferred_position(group, nodes.len(), config.leader_placement);
     let voters = config.replication as usize;
     let members = (0..nodes.len()).map(|k| {
         let node = nodes[(first + k) % nodes.len()];
@@ -60,10 +61,11 @@ pub fn partition_membership(config: &Config, group: u32) -> Result<Membership, S
 }
 
 /// The preferred leader of client partition `group` (None on a single node): its first
-/// voter, so leaderships spread evenly over the nodes.
+/// voter, so leaderships spread evenly over the nodes (or all on the lowest id, with
+/// `--leader-placement pack`).
 pub fn partition_preferred_leader(config: &Config, group: u32) -> Option<u64> {
     let nodes: Vec<u32> = config.peers.keys().copied().collect();
-    (nodes.len() > 1).then(|| u64::from(preferred_leader(group, &nodes)))
+    (nodes.len() > 1).then(|| u64::from(preferred_leader(group, &nodes, config.leader_placement)))
 }
 
 pub fn raft_role(role: MemberRole) -> Role {
@@ -315,5 +317,17 @@ mod tests {
         }
         let all = config("1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003", "3");
         assert!(partition_membership(&all, 2).unwrap().members().all(|(_, r)| r == v));
+    }
+
+    #[test]
+    fn packed_partitions_all_prefer_the_lowest_id_and_take_their_voters_from_it() {
+        let mut c = config("1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003,4=127.0.0.1:7004", "2");
+        c.leader_placement = crate::routing::LeaderPlacement::Pack;
+        let (v, o) = (Role::Voter, Role::Observer);
+        for g in 1..=8 {
+            assert_eq!(partition_preferred_leader(&c, g), Some(1), "group {g}");
+            let roles: Vec<_> = partition_membership(&c, g).unwrap().members().collect();
+            assert_eq!(roles, vec![(1, v), (2, v), (3, o), (4, o)], "group {g}");
+        }
     }
 }

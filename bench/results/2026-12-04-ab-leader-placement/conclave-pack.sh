@@ -1,0 +1,2 @@
+#!/bin/sh
+exec /tmp/exp/conclave-cur "$@" --leader-placement pack
