@@ -137,10 +137,11 @@ pub struct ServeArgs {
     /// over nodes leave partitions spread. Needs `--rebalance-ms` above 0 [default: true].
     #[arg(long, value_name = "BOOL")]
     pub follow_workload: Option<bool>,
-    /// Which node each partition prefers as its leader, and so where its voters start:
-    /// `spread` (round robin by partition over the nodes in id order) or `pack` (every
-    /// partition on the lowest node id: fewer frames and log writes per command, as the
-    /// followers hear from one leader, but that node does all the leading) [default: spread].
+    /// Which node each partition prefers as its leader: `spread` (round robin by partition
+    /// over the nodes in id order) or `pack` (each partition's lowest-id voter, node 1 for
+    /// all when every node votes: fewer frames and log writes per command, as the followers
+    /// hear from one leader, but that node does all the leading). Voters are the same
+    /// either way [default: spread].
     #[arg(long, value_enum, value_name = "PLACEMENT")]
     pub leader_placement: Option<LeaderPlacement>,
     /// Raft tick interval in milliseconds [default: 10].

@@ -22,7 +22,9 @@ pub fn shard_of(group: u32, shards: u32) -> u32 {
     (group - 1) % shards
 }
 
-/// Which node each partition prefers as its leader (`--leader-placement`).
+/// Which node each partition prefers as its leader (`--leader-placement`). Its voters are
+/// the same either way (from the round-robin node on, [`preferred_leader`]), so nodes that
+/// disagree on it never disagree on a partition's configuration.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LeaderPlacement {
@@ -30,28 +32,20 @@ pub enum LeaderPlacement {
     /// leading, spread evenly over the nodes.
     #[default]
     Spread,
-    /// Every partition prefers the node with the lowest id: followers then hear from one
-    /// leader, whose rounds carry every partition's commands (fewer frames and log writes
-    /// per command), while that node does all the leading.
+    /// Every partition prefers the lowest node id among its voters (with every node a
+    /// voter: node 1 for all): followers then hear from one leader, whose rounds carry every
+    /// partition's commands (fewer frames and log writes per command), while that node
+    /// does all the leading.
     Pack,
 }
 
-/// The position, in id order, of the node that should lead partition `group` while it is
-/// healthy, among `nodes` nodes.
-pub fn preferred_position(group: u32, nodes: usize, placement: LeaderPlacement) -> usize {
-    assert!(nodes > 0 && group > 0, "a cluster has nodes and groups start at 1");
-    match placement {
-        LeaderPlacement::Spread => ((group - 1) as usize) % nodes,
-        LeaderPlacement::Pack => 0,
-    }
-}
-
-/// The node that should lead partition `group` while it is healthy (`nodes` in ascending
-/// id order). Spread: round robin by group, so leaderships spread evenly over the nodes
-/// and (as groups also spread round robin over shards) over each node's shards. Pack: the
-/// lowest id.
-pub fn preferred_leader(group: u32, nodes: &[u32], placement: LeaderPlacement) -> u32 {
-    nodes[preferred_position(group, nodes.len(), placement)]
+/// The round-robin node of partition `group`: the node ids in ascending order, taken round
+/// robin by group, so leaderships spread evenly over the nodes and (as groups also spread
+/// round robin over shards) over each node's shards. The partition's voters start at it,
+/// and with the spread placement it is the preferred leader.
+pub fn preferred_leader(group: u32, nodes: &[u32]) -> u32 {
+    assert!(!nodes.is_empty() && group > 0, "a cluster has nodes and groups start at 1");
+    nodes[((group - 1) as usize) % nodes.len()]
 }
 
 /// The peer port of `shard` on a node whose peer address has port `base`: shards listen on
@@ -94,21 +88,12 @@ mod tests {
         for shard in 0..2 {
             let mut led = [0u32; 3];
             for g in groups_of_shard(shard, 2, 12) {
-                led[(preferred_leader(g, &nodes, LeaderPlacement::Spread) - 1) as usize] += 1;
+                led[(preferred_leader(g, &nodes) - 1) as usize] += 1;
             }
             assert_eq!(led, [2, 2, 2], "shard {shard}");
         }
         assert_eq!(shard_port(5680, 1), Some(5681));
         assert_eq!(shard_port(65535, 1), None);
-    }
-
-    #[test]
-    fn packed_leaders_all_prefer_the_lowest_node_id() {
-        for g in 1..=12 {
-            assert_eq!(preferred_leader(g, &[2, 5, 7], LeaderPlacement::Pack), 2, "group {g}");
-            assert_eq!(preferred_position(g, 3, LeaderPlacement::Pack), 0);
-        }
-        assert_eq!(preferred_leader(5, &[2, 5, 7], LeaderPlacement::Spread), 5);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::config::Config;
 use crate::grpc::Status;
-use crate::routing::{preferred_leader, preferred_position};
+use crate::routing::{preferred_leader, LeaderPlacement};
 use crate::service::node_control::{GroupSpec, MemberRole};
 use crate::service::status::from_shard;
 
@@ -44,14 +44,14 @@ pub fn raft_config(config: &Config, group: u32, incarnation: u64) -> raft::Confi
 }
 
 /// The initial configuration of client partition `group`: `--replication` voters, the
-/// nodes from the partition's preferred leader (`--leader-placement`) on in id order
-/// (wrapping), and every other
+/// nodes from the partition's round-robin node on in id order (wrapping; the same whatever
+/// `--leader-placement` says), and every other
 /// node an observer, which keeps a non-voting copy so it can serve reads and watches
 /// locally and forward commands. Quorums, and so commit latency and fault tolerance, are
 /// those of the voters.
 pub fn partition_membership(config: &Config, group: u32) -> Result<Membership, String> {
     let nodes: Vec<u64> = config.peers.keys().map(|id| u64::from(*id)).collect();
-    let first = preferred_position(group, nodes.len(), config.leader_placement);
+    let first = ((group - 1) as usize) % nodes.len();
     let voters = config.replication as usize;
     let members = (0..nodes.len()).map(|k| {
         let node = nodes[(first + k) % nodes.len()];
@@ -61,11 +61,20 @@ pub fn partition_membership(config: &Config, group: u32) -> Result<Membership, S
 }
 
 /// The preferred leader of client partition `group` (None on a single node): its first
-/// voter, so leaderships spread evenly over the nodes (or all on the lowest id, with
-/// `--leader-placement pack`).
+/// voter, so leaderships spread evenly over the nodes, or with `--leader-placement pack`
+/// its lowest-id voter, so they gather on the lowest ids.
 pub fn partition_preferred_leader(config: &Config, group: u32) -> Option<u64> {
     let nodes: Vec<u32> = config.peers.keys().copied().collect();
-    (nodes.len() > 1).then(|| u64::from(preferred_leader(group, &nodes, config.leader_placement)))
+    if nodes.len() < 2 {
+        return None;
+    }
+    match config.leader_placement {
+        LeaderPlacement::Spread => Some(u64::from(preferred_leader(group, &nodes))),
+        LeaderPlacement::Pack => {
+            let membership = partition_membership(config, group).ok()?;
+            membership.members().filter(|(_, role)| *role == Role::Voter).map(|(node, _)| node).min()
+        }
+    }
 }
 
 pub fn raft_role(role: MemberRole) -> Role {
@@ -320,14 +329,21 @@ mod tests {
     }
 
     #[test]
-    fn packed_partitions_all_prefer_the_lowest_id_and_take_their_voters_from_it() {
-        let mut c = config("1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003,4=127.0.0.1:7004", "2");
-        c.leader_placement = crate::routing::LeaderPlacement::Pack;
-        let (v, o) = (Role::Voter, Role::Observer);
-        for g in 1..=8 {
-            assert_eq!(partition_preferred_leader(&c, g), Some(1), "group {g}");
-            let roles: Vec<_> = partition_membership(&c, g).unwrap().members().collect();
-            assert_eq!(roles, vec![(1, v), (2, v), (3, o), (4, o)], "group {g}");
+    fn packed_partitions_prefer_their_lowest_voter_and_keep_the_same_voters() {
+        let mut c = config("1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003,4=127.0.0.1:7004,5=127.0.0.1:7005", "3");
+        let spread: Vec<_> = (1..=10).map(|g| partition_membership(&c, g).unwrap()).collect();
+        c.leader_placement = LeaderPlacement::Pack;
+        for g in 1..=10u32 {
+            let membership = partition_membership(&c, g).unwrap();
+            assert_eq!(membership, spread[g as usize - 1], "group {g}: the placement does not change the voters");
+            let lowest = membership.members().filter(|(_, r)| *r == Role::Voter).map(|(n, _)| n).min();
+            assert_eq!(partition_preferred_leader(&c, g), lowest, "group {g}");
         }
+        // Voters {1,2,3}, {2,3,4}, {3,4,5}, {4,5,1}, {5,1,2}: node 1 leads three of five.
+        let packed: Vec<_> = (1..=5).map(|g| partition_preferred_leader(&c, g).unwrap()).collect();
+        assert_eq!(packed, vec![1, 2, 3, 1, 1]);
+        let all = config("1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003", "3");
+        let all = Config { leader_placement: LeaderPlacement::Pack, ..all };
+        assert!((1..=8).all(|g| partition_preferred_leader(&all, g) == Some(1)));
     }
 }
