@@ -89,6 +89,51 @@ fn a_follower_holding_a_lease_serves_reads_without_asking_the_leader() {
     assert_eq!(read_without_asking(raft), None, "an expired lease serves nothing");
 }
 
+/// Serves one read at `raft` under its lease at `at`; returns the lease asks that left.
+fn read_at(raft: &mut RaftNode, at: u64) -> Vec<conclave_engine::raft::Message> {
+    raft.set_now(at);
+    raft.read_index(Bytes::from_static(b"local")).unwrap();
+    let ready = raft.ready();
+    assert_eq!(ready.read_states.len(), 1, "served under the lease at {at}");
+    ready.messages.into_iter().filter(|m| m.msg_type == MessageType::ReadIndex as i32).collect()
+}
+
+#[test]
+fn a_follower_renews_its_lease_once_until_the_grant_comes_back() {
+    let (mut cluster, _, follower, now) = follower_with_lease();
+    let step = 1_000;
+    let raft = cluster.nodes.get_mut(&follower).unwrap();
+    // Reads every millisecond until one finds less than a quarter of the lease left.
+    let mut at = now;
+    let renewal = loop {
+        at += step;
+        let asks = read_at(raft, at);
+        if !asks.is_empty() {
+            break asks;
+        }
+        assert!(at < now + lease(), "no renewal before the lease ran out");
+    };
+    assert_eq!(renewal.len(), 1);
+    assert_eq!((renewal[0].lease_micros, renewal[0].context.len()), (1, 8), "an empty batch asking for a lease");
+    // Its grant has not come back: the reads of the next rounds, for an eighth of a lease,
+    // do not ask again (each round asked once before).
+    let asked = at;
+    while at + step < asked + lease() / 8 {
+        at += step;
+        assert!(read_at(raft, at).is_empty(), "asked again {} µs after the renewal", at - asked);
+    }
+    // Then one read asks again (the first ask may be lost), and the grant renews the lease.
+    at = asked + lease() / 8;
+    let again = read_at(raft, at);
+    assert_eq!(again.len(), 1, "the renewal is asked again after an eighth of a lease");
+    cluster.deliver_until_quiet(again, follower);
+    let raft = cluster.nodes.get_mut(&follower).unwrap();
+    for _ in 0..10 {
+        at += step;
+        assert!(read_at(raft, at).is_empty(), "the renewed lease has more than a quarter left");
+    }
+}
+
 #[test]
 fn a_shorter_follower_lease_is_granted_no_longer_than_configured() {
     let short = lease() / 4;

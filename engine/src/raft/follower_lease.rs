@@ -41,6 +41,10 @@ pub(super) struct FollowerLeases {
     /// Follower: a read was served under a lease with less than a quarter of a whole
     /// follower lease left; the next drain asks for a new one (an empty read batch).
     renew_due: bool,
+    /// Follower: when it last asked for a lease (a read batch, or a renewal), while no grant
+    /// has answered since. A renewal is not asked again for an eighth of a lease after
+    /// that, so the reads of the rounds before the grant comes back do not each send one.
+    asked_at: Option<u64>,
     /// Leader: members that may hold a lease it granted, until this clock reading (the
     /// leader's own clock).
     holders: BTreeMap<u64, u64>,
@@ -66,6 +70,7 @@ impl FollowerLeases {
     pub(super) fn drop_held(&mut self) {
         self.held_until = 0;
         self.renew_due = false;
+        self.asked_at = None;
     }
 }
 
@@ -80,7 +85,8 @@ impl RaftNode {
         if !matches!(self.member_role(), Some(Role::Voter | Role::Observer)) || self.now >= self.leases.held_until {
             return Err(context);
         }
-        if self.leases.held_until - self.now < self.follower_lease_length() / 4 {
+        let asked_lately = self.leases.asked_at.is_some_and(|at| self.now < at.saturating_add(self.follower_lease_length() / 8));
+        if self.leases.held_until - self.now < self.follower_lease_length() / 4 && !asked_lately {
             self.leases.renew_due = true;
         }
         self.leases.reads_served += 1;
@@ -99,6 +105,11 @@ impl RaftNode {
         self.cfg.follower_leases && matches!(self.member_role(), Some(Role::Voter | Role::Observer))
     }
 
+    /// Follower: a read batch asking for a lease left now.
+    pub(super) fn lease_asked(&mut self) {
+        self.leases.asked_at = Some(self.now);
+    }
+
     /// Follower: the leader granted a lease of `micros` on the batch sent at `sent_at`.
     pub(super) fn lease_granted(&mut self, sent_at: u64, micros: u64) {
         if !self.cfg.follower_leases || micros == 0 || self.role != RaftRole::Follower {
@@ -106,6 +117,7 @@ impl RaftNode {
         }
         let micros = micros.min(self.follower_lease_length());
         self.leases.held_until = self.leases.held_until.max(sent_at.saturating_add(micros / 8 * 7));
+        self.leases.asked_at = None;
     }
 
     /// Leader: the lease to grant `requester` now (0: none), recorded as held.

@@ -221,7 +221,8 @@ impl RaftNode {
     /// serves them itself; with no leader they are dropped (their callers fail on the leader
     /// change).
     /// With follower leases on, every batch asks for a lease, and a follower whose lease
-    /// runs low sends an empty batch to renew it.
+    /// runs low sends an empty batch to renew it (once until a grant comes back, or an
+    /// eighth of a lease passed).
     pub(super) fn send_read_batch(&mut self) {
         let renew = self.take_lease_renewal();
         if self.reads.unsent.is_empty() && !renew {
@@ -247,6 +248,9 @@ impl RaftNode {
         let mut msg = self.new_message(self.leader, MessageType::ReadIndex);
         msg.context = Bytes::copy_from_slice(&batch.to_be_bytes());
         msg.lease_micros = u64::from(self.wants_follower_lease());
+        if msg.lease_micros > 0 {
+            self.lease_asked();
+        }
         self.out_messages.push(msg);
     }
 
