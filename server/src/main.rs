@@ -7,7 +7,7 @@ use conclave_server::config::{Cli, CliCommand, Config};
 use conclave_server::logging::{self, LogFormat};
 
 /// jemalloc, not glibc's malloc: less CPU per request on the shard threads (tuning.md,
-/// "Allocator").
+/// "The allocator: jemalloc").
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -85,8 +85,7 @@ impl RaftNode {
         if !matches!(self.member_role(), Some(Role::Voter | Role::Observer)) || self.now >= self.leases.held_until {
             return Err(context);
         }
-        let asked_lately = self.leases.asked_at.is_some_and(|at| self.now < at.saturating_add(self.follower_lease_length() / 8));
-        if self.leases.held_until - self.now < self.follower_lease_length() / 4 && !asked_lately {
+        if self.leases.held_until - self.now < self.follower_lease_length() / 4 && !self.lease_asked_lately() {
             self.leases.renew_due = true;
         }
         self.leases.reads_served += 1;
@@ -108,6 +107,12 @@ impl RaftNode {
     /// Follower: a read batch asking for a lease left now.
     pub(super) fn lease_asked(&mut self) {
         self.leases.asked_at = Some(self.now);
+    }
+
+    /// Follower: it asked for a lease less than an eighth of a lease ago, and no grant came
+    /// back since (so a renewal is not asked again yet).
+    fn lease_asked_lately(&self) -> bool {
+        self.leases.asked_at.is_some_and(|at| self.now < at.saturating_add(self.follower_lease_length() / 8))
     }
 
     /// Follower: the leader granted a lease of `micros` on the batch sent at `sent_at`.

@@ -64,15 +64,11 @@ fn sysconf(name: libc::c_int) -> Option<u64> {
 
 /// This process's figures now.
 pub fn read() -> ProcessStats {
-    read_from(Path::new("/proc"), "self")
-}
-
-fn read_from(proc_root: &Path, pid: &str) -> ProcessStats {
-    let dir = proc_root.join(pid);
+    let dir = Path::new("/proc/self");
     let stat = std::fs::read_to_string(dir.join("stat")).ok().and_then(|line| parse_stat(&line));
     let ticks_per_second = sysconf(libc::_SC_CLK_TCK);
     let page_bytes = sysconf(libc::_SC_PAGESIZE);
-    let boot_time = std::fs::read_to_string(proc_root.join("stat")).ok().and_then(|text| parse_boot_time(&text));
+    let boot_time = std::fs::read_to_string("/proc/stat").ok().and_then(|text| parse_boot_time(&text));
     ProcessStats {
         cpu_seconds: stat.zip(ticks_per_second).map(|(s, hz)| (s.utime_ticks + s.stime_ticks) as f64 / hz as f64),
         resident_memory_bytes: stat.zip(page_bytes).map(|(s, page)| s.resident_pages * page),
